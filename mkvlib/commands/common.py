@@ -1,0 +1,49 @@
+"""Arguments and set-up shared by several subcommands."""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from ..runtime import pick
+
+
+def add_model_args(p, tokens_fast: int, tokens_full: int, seq_len: int = 256, role: str = "eval") -> None:
+    p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--corpus", default=None, help=f"corpus name or .txt/.jsonl path (default: wikitext2 "
+                   f"{'validation' if role == 'calibration' else 'test'} with MKV_DATA_DIR, else pydoc)")
+    p.add_argument("--tokens", type=int, default=None, help=f"tokens to use (default {tokens_full}; "
+                   f"{tokens_fast} with MKV_FAST=1)")
+    p.add_argument("--seq-len", type=int, default=seq_len, help=f"tokens per block (default {seq_len})")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(_tokens=(tokens_fast, tokens_full), _role=role)
+
+
+def setup(args):
+    """(model, tokenizer, blocks) for the common arguments."""
+    from ..corpora import default_corpus, token_blocks
+    from ..models import load_model
+
+    if args.tokens is not None and args.tokens < args.seq_len:
+        raise ValueError(f"--tokens ({args.tokens}) must be at least --seq-len ({args.seq_len})")
+    model, tokenizer = load_model(args.model, device=args.device)
+    corpus = args.corpus or default_corpus(args._role)
+    tokens = args.tokens or pick(*args._tokens)
+    blocks = token_blocks(tokenizer, corpus, args.seq_len, tokens)
+    args.corpus = corpus
+    return model, tokenizer, blocks
+
+
+def emit(result: dict, as_json: bool) -> None:
+    """Print a result as one JSON object or as aligned ``key: value`` lines."""
+    if as_json:
+        print(json.dumps(result, default=lambda x: x.tolist() if isinstance(x, torch.Tensor) else str(x)))
+        return
+    width = max(map(len, result))
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        print(f"{key:<{width}}  {value}", file=sys.stdout)

@@ -1,0 +1,108 @@
+"""Streaming KV statistics: float64 means and second moments per (layer, KV head), never holding the tokens.
+
+Post-RoPE keys and values come from the attention hook; pre-RoPE keys from a forward hook on ``k_proj``
+(or ``k_norm`` where the model normalises keys before RoPE, as Gemma3 does). Introduced in notebook 01.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from . import attention
+from .geometry import KVGeometry
+
+KINDS = ("keys", "keys_pre_rope", "values")
+
+
+@dataclass
+class Moments:
+    """Running sums over tokens for each (layer, KV head): count, sum (L, G, d) and outer products (L, G, d, d)."""
+    count: torch.Tensor   # (L,) float64: tokens seen per layer
+    total: torch.Tensor   # (L, G, d) float64
+    outer: torch.Tensor   # (L, G, d, d) float64
+
+    @classmethod
+    def zeros(cls, geom: KVGeometry) -> "Moments":
+        L, G, d = geom.layers, geom.kv_heads, geom.head_dim
+        return cls(torch.zeros(L, dtype=torch.float64), torch.zeros(L, G, d, dtype=torch.float64),
+                   torch.zeros(L, G, d, d, dtype=torch.float64))
+
+    def update(self, layer: int, x: torch.Tensor) -> None:
+        """Add tokens ``x`` of shape (B, G, S, d) to layer ``layer``."""
+        x = x.detach().to("cpu", torch.float64)
+        self.count[layer] += x.shape[0] * x.shape[2]
+        self.total[layer] += x.sum(dim=(0, 2))
+        self.outer[layer] += torch.einsum("bgsd,bgse->gde", x, x)
+
+    def mean(self) -> torch.Tensor:
+        """(L, G, d)."""
+        return self.total / self._n()[:, None, None]
+
+    def second_moment(self) -> torch.Tensor:
+        """E[x x^T], (L, G, d, d)."""
+        return self.outer / self._n()[:, None, None, None]
+
+    def covariance(self) -> torch.Tensor:
+        """E[x x^T] - mu mu^T, (L, G, d, d)."""
+        mu = self.mean()
+        return self.second_moment() - mu[..., :, None] * mu[..., None, :]
+
+    def _n(self) -> torch.Tensor:
+        if (self.count == 0).any():
+            raise RuntimeError("no tokens were seen for some layers: run collect_kv_stats on some text first")
+        return self.count
+
+
+@dataclass
+class KVStats:
+    """Moments of post-RoPE keys, pre-RoPE keys and values, plus where they came from."""
+    geometry: KVGeometry
+    keys: Moments
+    keys_pre_rope: Moments
+    values: Moments
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, geom: KVGeometry, **info) -> "KVStats":
+        return cls(geom, Moments.zeros(geom), Moments.zeros(geom), Moments.zeros(geom), dict(info))
+
+    def __getitem__(self, kind: str) -> Moments:
+        if kind not in KINDS:
+            raise KeyError(f"unknown statistics {kind!r}; choose from {KINDS}")
+        return getattr(self, kind)
+
+
+def _pre_rope_hook(stats: KVStats, layer: int, geom: KVGeometry):
+    def hook(_module, _inputs, output):
+        x = output.reshape(output.shape[0], output.shape[1], geom.kv_heads, geom.head_dim)  # (B, S, G, d)
+        stats.keys_pre_rope.update(layer, x.transpose(1, 2))
+    return hook
+
+
+@torch.no_grad()
+def collect_kv_stats(model, blocks: torch.Tensor, batch_size: int = 4, progress: bool = True,
+                     **info) -> KVStats:
+    """Run ``model`` over ``blocks`` (N, S) of token ids and accumulate :class:`KVStats`."""
+    geom = KVGeometry.of(model)
+    stats = KVStats.zeros(geom, tokens=int(blocks.numel()), seq_len=int(blocks.shape[1]), **info)
+
+    def observe(module, query, key, value):
+        stats.keys.update(module.layer_idx, key)
+        stats.values.update(module.layer_idx, value)
+        return query, key, value
+
+    handles = []
+    for module in attention.attention_modules(model):
+        source = getattr(module, "k_norm", None) or module.k_proj
+        handles.append(source.register_forward_hook(_pre_rope_hook(stats, module.layer_idx, geom)))
+    device = next(model.parameters()).device
+    try:
+        with attention.install(model, hook=observe):
+            for start in tqdm(range(0, len(blocks), batch_size), desc="KV statistics", disable=not progress):
+                model(blocks[start:start + batch_size].to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
