@@ -1,0 +1,84 @@
+"""Plot helpers: each returns a matplotlib Figure; :func:`save_figure` writes it under figures/ with a stable name.
+
+Introduced in notebook 01 (spectra, energy heatmaps, truncation curve).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(matplotlib.get_backend() if "inline" in matplotlib.get_backend() else "Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+from .runtime import figures_dir  # noqa: E402
+
+
+def save_figure(fig, name: str, dpi: int = 120) -> Path:
+    """Save ``fig`` as figures/<name>.png (figures/fast/ in fast mode), atomically; return the path."""
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"figure name {name!r} must be letters, digits, '-' and '_' only")
+    path = figures_dir() / f"{name}.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    return path
+
+
+def spectrum_decay(spectrum: torch.Tensor, title: str, ax=None):
+    """Normalised eigenvalue decay, one line per layer (mean over KV heads), for a spectrum (L, G, d)."""
+    fig, ax = _fig_ax(ax, (5, 3.5))
+    spec = spectrum.double()
+    spec = (spec / spec.sum(-1, keepdim=True)).mean(1).numpy()            # (L, d)
+    cmap = plt.get_cmap("viridis")
+    for layer, row in enumerate(spec):
+        ax.semilogy(np.arange(1, len(row) + 1), row, color=cmap(layer / max(1, len(spec) - 1)), lw=1)
+    ax.set(xlabel="component", ylabel="share of energy", title=title)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(spec) - 1))
+    fig.colorbar(sm, ax=ax, label="layer")
+    return fig
+
+
+def rank_heatmaps(panels: dict, head_dim: int, suptitle: str = "", cmap: str = "magma"):
+    """One heatmap (layer x KV head) per entry of ``panels`` {title: (L, G) tensor of ranks}."""
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(1.6 + 1.3 * n + 0.4 * n, 4.2), squeeze=False, sharey=True)
+    for ax, (title, ranks) in zip(axes[0], panels.items()):
+        im = ax.imshow(np.asarray(ranks), aspect="auto", cmap=cmap, vmin=0, vmax=head_dim, interpolation="nearest")
+        ax.set(title=title, xlabel="KV head")
+        ax.set_xticks(range(np.asarray(ranks).shape[1]))
+    axes[0][0].set_ylabel("layer")
+    fig.colorbar(im, ax=axes[0].tolist(), label="rank", shrink=0.8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def quality_vs_budget(curves: dict, metrics=("perplexity_ratio", "kl_to_base"), title: str = ""):
+    """Metrics against budget, one line per entry of ``curves`` {label: list of metric rows}."""
+    labels = {"perplexity_ratio": "perplexity / uncompressed", "kl_to_base": "KL(base || compressed)",
+              "perplexity": "perplexity", "top1_agreement": "top-1 agreement"}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, rows in curves.items():
+            xs = [100 * r["budget"] for r in rows]
+            ax.plot(xs, [r[metric] for r in rows], marker="o", label=label)
+        ax.set(xlabel="KV budget (%)", ylabel=labels.get(metric, metric))
+        if metric.startswith("perplexity"):
+            ax.set_yscale("log")
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _fig_ax(ax, size):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=size)
+        return fig, ax
+    return ax.figure, ax
