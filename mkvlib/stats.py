@@ -74,10 +74,23 @@ class KVStats:
         return getattr(self, kind)
 
 
+def _as_bgsd(x: torch.Tensor, layout_hint: torch.Tensor, geom: KVGeometry) -> torch.Tensor:
+    """Pre-RoPE keys as (B, G, S, d) from k_proj's output (B, S, G*d) or a key norm's (B, S, G, d) / (B, G, S, d).
+
+    Models differ (Qwen3 normalises (B, S, G, d), Gemma3 (B, G, S, d)); when G == S the input's strides tell.
+    """
+    G, d = geom.kv_heads, geom.head_dim
+    if x.dim() == 3:
+        return x.reshape(x.shape[0], x.shape[1], G, d).transpose(1, 2)
+    heads_first = x.shape[2] != G if x.shape[1] == G else False
+    if x.shape[1] == G and x.shape[2] == G:
+        heads_first = layout_hint.stride(1) < layout_hint.stride(2)
+    return x if heads_first else x.transpose(1, 2)
+
+
 def _pre_rope_hook(stats: KVStats, layer: int, geom: KVGeometry):
-    def hook(_module, _inputs, output):
-        x = output.reshape(output.shape[0], output.shape[1], geom.kv_heads, geom.head_dim)  # (B, S, G, d)
-        stats.keys_pre_rope.update(layer, x.transpose(1, 2))
+    def hook(_module, inputs, output):
+        stats.keys_pre_rope.update(layer, _as_bgsd(output, inputs[0], geom))
     return hook
 
 

