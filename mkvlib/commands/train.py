@@ -1,0 +1,159 @@
+"""mkv train: Matryoshka training of the projections by distillation at sampled ranks (notebook 02)."""
+from __future__ import annotations
+
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ..runtime import pick
+
+# evaluation and benchmark sets: never trained on
+FORBIDDEN = {"wikitext2-test", "pydoc-test"}
+BENCHMARK_DIRS = ("piqa", "arc_easy", "hellaswag", "winogrande", "commonsense_qa", "openbookqa", "gsm8k")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train the projections (KD + LM at sampled ranks), starting from PCA")
+    p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--init", default="pca", help="'pca' (shipped), 'trained' or a .safetensors file to start from")
+    p.add_argument("--corpus", action="append", default=None,
+                   help="training corpus (repeat to mix; default wikitext2-validation with MKV_DATA_DIR, else "
+                        "pydoc). Never wikitext2-test or benchmark items")
+    p.add_argument("--tokens", type=int, default=None, help="training tokens in all, split evenly over corpora "
+                   "(default 262144; 8192 with MKV_FAST=1)")
+    p.add_argument("--eval-tokens", type=int, default=None,
+                   help="held-out tokens of the first corpus for the periodic KL (default 2048; 512 fast)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300; 6 with MKV_FAST=1)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch", type=int, default=4, help="sequences per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
+    p.add_argument("--kd-weight", type=float, default=1.0)
+    p.add_argument("--lm-weight", type=float, default=3.0)
+    p.add_argument("--schedule", default=None, help="comma-separated ranks to sample (default d/8, 2d/8, ..., d)")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default OUT with .ckpt)")
+    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default=None, help="checkpoint to resume from (same settings and data)")
+    p.add_argument("--out", required=True, help="output .safetensors file (a JSON record is written beside it)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run)
+
+
+def check_training_corpus(name: str) -> str:
+    """Refuse the evaluation set and benchmark items as training text."""
+    from ..corpora import ALIASES
+
+    key = ALIASES.get(name.lower(), name.lower())
+    if key in FORBIDDEN:
+        raise ValueError(f"{name!r} is an evaluation set: train on wikitext2-validation, wikipedia, c4 or pydoc")
+    parts = {part.lower() for part in Path(name).parts}
+    if any(b in parts for b in BENCHMARK_DIRS):
+        raise ValueError(f"{name!r} looks like benchmark items: train on text corpora only")
+    return name
+
+
+def load_training_blocks(tokenizer, corpora: list, tokens: int, seq_len: int, eval_tokens: int):
+    """(train blocks, eval blocks): ``tokens`` split evenly over corpora; eval = a held-out slice of the first."""
+    import torch
+
+    from ..corpora import token_blocks
+
+    share = tokens // len(corpora)
+    if share < seq_len:
+        raise ValueError(f"--tokens {tokens} over {len(corpora)} corpora leaves {share} each, under --seq-len {seq_len}")
+    train = torch.cat([token_blocks(tokenizer, c, seq_len, share) for c in corpora])
+    n_first = len(token_blocks(tokenizer, corpora[0], seq_len, share)) * seq_len
+    evals = token_blocks(tokenizer, corpora[0], seq_len, eval_tokens, skip_tokens=n_first) if eval_tokens else None
+    return train, evals
+
+
+def run(args) -> int:
+    import torch
+
+    from ..corpora import default_corpus
+    from ..io import write_json
+    from ..models import load_model
+    from ..projections import resolve_projections
+    from ..training import TrainConfig, Trainer
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
+    corpora = [check_training_corpus(c) for c in (args.corpus or [default_corpus("calibration")])]
+    schedule = None
+    if args.schedule:
+        try:
+            schedule = [int(x) for x in args.schedule.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--schedule must be comma-separated integers such as 8,16,32,64, not {args.schedule!r}")
+    config = TrainConfig(steps=args.steps or pick(6, 300), batch_size=args.batch, grad_accum=args.grad_accum,
+                         lr=args.lr, warmup_steps=args.warmup, kd_weight=args.kd_weight, lm_weight=args.lm_weight,
+                         schedule=schedule, seed=args.seed, eval_every=args.eval_every,
+                         checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing,
+                         mixed_precision=args.mixed_precision, progress=not args.json)
+    accelerator = None
+    try:
+        from accelerate import Accelerator
+        from accelerate.state import PartialState
+
+        if PartialState().num_processes > 1:   # launched by `accelerate launch`
+            accelerator = Accelerator()
+    except ImportError:
+        pass
+    device = accelerator.device if accelerator else args.device
+    model, tokenizer = load_model(args.model, device=device)
+    init = resolve_projections(args.init, model)
+    tokens = args.tokens or pick(8192, 262144)
+    eval_tokens = pick(512, 2048) if args.eval_tokens is None else args.eval_tokens
+    train_blocks, eval_blocks = load_training_blocks(tokenizer, corpora, tokens, args.seq_len, eval_tokens)
+    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt")
+    trainer = Trainer(model, init, train_blocks, config, eval_blocks=eval_blocks, checkpoint_path=ckpt,
+                      accelerator=accelerator)
+    if args.resume:
+        trainer.resume(args.resume)
+        print(f"resumed from {args.resume} at step {trainer.step}", file=sys.stderr)
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        print(f"mkv train: interrupted; resume with --resume {ckpt}", file=sys.stderr)
+        return 130
+    finally:
+        trainer.close()
+    if accelerator is not None and not accelerator.is_main_process:
+        return 0
+    command = "mkv " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if Path(sys.argv[0]).name in (
+        "mkv", "__main__.py") else None
+    record = {
+        "out": str(out), "model": model.mkv_name, "init": args.init, "init_fingerprint": trainer.init_fingerprint,
+        "command": command, "corpora": corpora, "train_tokens_available": int(train_blocks.numel()),
+        "tokens_seen": trainer.tokens_seen, "steps": trainer.step, "seq_len": args.seq_len,
+        "wall_time_s": round(trainer.wall_time, 1),
+        "hardware": {"device": str(trainer.device), "torch_threads": torch.get_num_threads(),
+                     "cpu": platform.processor() or platform.machine(), "platform": platform.platform(),
+                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                     "processes": trainer.world},
+        "config": config.to_dict(), "schedule": list(trainer.sampler.schedule),
+        "final_train_loss": trainer.history[-1] if trainer.history else None,
+        "evals": trainer.evals, "history": trainer.history,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    proj = trainer.result(model=model.mkv_name, corpora=corpora)
+    proj.save(out)
+    record["fingerprint"] = proj.fingerprint()
+    write_json(out.with_suffix(".json"), record)
+    summary = {k: record[k] for k in ("out", "fingerprint", "steps", "tokens_seen", "wall_time_s")}
+    if trainer.evals:
+        summary.update({f"kl@{r['budget']:.0%}": r["kl_to_base"] for r in trainer.evals[-1]["rows"]})
+    from .common import emit
+
+    emit(summary, args.json)
+    return 0

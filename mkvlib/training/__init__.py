@@ -1,0 +1,16 @@
+"""Matryoshka training of the orthogonal projections (DESIGN.md, section 2). Introduced in notebook 02.
+
+- :mod:`.sampler`: per-step ranks per (layer, KV head, K/V) from a schedule ({d/8, ..., d} by default)
+- :mod:`.loss`: KD (KL teacher || student) + LM cross-entropy, 1 : 3
+- :mod:`.config`: :class:`TrainConfig`
+- :mod:`.checkpoint`: atomic, hash-checked checkpoints
+- :mod:`.trainer`: :class:`Trainer` (AdamW, cosine warm-up, clipping, accumulation, resume, accelerate)
+"""
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .loss import distill_loss
+from .sampler import RankSampler, check_schedule, default_schedule
+from .trainer import Trainer
+
+__all__ = ["CheckpointError", "RankSampler", "TrainConfig", "Trainer", "check_schedule", "default_schedule",
+           "distill_loss", "load_checkpoint", "save_checkpoint"]

@@ -1,0 +1,84 @@
+"""Training settings as one validated dataclass, with a CI-sized variant. Introduced in notebook 02."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+MIXED_PRECISION = ("auto", "no", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run (the data and the initial projections are given separately).
+
+    steps: optimizer steps; batch_size: sequences per micro-batch; grad_accum: micro-batches per step.
+    lr / warmup_steps / min_lr_ratio: AdamW with linear warm-up then cosine decay to ``lr * min_lr_ratio``.
+    extra_lr: learning rate of extra parameters (e.g. a LoRA adapter; default ``lr``).
+    kd_weight / lm_weight: loss = kd_weight * KL(teacher || student) + lm_weight * CE (paper 1 : 3).
+    schedule: ranks to sample from (default {d/8, ..., d}). eval_budgets: uniform budgets for periodic KL eval.
+    checkpoint_every: steps between checkpoints (0: only at the end and on interrupt).
+    mixed_precision: 'auto' (bf16 autocast on CUDA, float32 on CPU), 'no' or 'bf16'.
+    """
+    steps: int = 300
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 2e-3
+    extra_lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    kd_weight: float = 1.0
+    lm_weight: float = 3.0
+    schedule: tuple | None = None
+    seed: int = 0
+    eval_every: int = 50
+    eval_budgets: tuple = (0.25, 0.5, 0.75)
+    checkpoint_every: int = 25
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(f"TrainConfig: {msg}")
+
+        for name in ("steps", "batch_size", "grad_accum"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                 f"{name} must be a positive integer, not {getattr(self, name)!r}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                 f"{name} must be a non-negative integer, not {getattr(self, name)!r}")
+        need(self.lr > 0, f"lr must be positive, not {self.lr}")
+        need(self.extra_lr is None or self.extra_lr > 0, f"extra_lr must be positive, not {self.extra_lr}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay}")
+        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must lie in [0, 1], not {self.min_lr_ratio}")
+        need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables clipping), not {self.grad_clip}")
+        need(self.kd_weight >= 0 and self.lm_weight >= 0, "kd_weight and lm_weight must be >= 0")
+        need(self.kd_weight + self.lm_weight > 0, "kd_weight and lm_weight cannot both be 0")
+        need(self.mixed_precision in MIXED_PRECISION,
+             f"mixed_precision must be one of {MIXED_PRECISION}, not {self.mixed_precision!r}")
+        self.eval_budgets = tuple(float(b) for b in self.eval_budgets)
+        need(all(0 < b <= 1 for b in self.eval_budgets), f"eval_budgets must lie in (0, 1]: {self.eval_budgets}")
+        if self.schedule is not None:
+            self.schedule = tuple(self.schedule)   # checked against head_dim by the RankSampler
+
+    @classmethod
+    def fast(cls, **overrides) -> "TrainConfig":
+        """A CI-sized run: a few short steps, evaluation and checkpoints switched down."""
+        base = dict(steps=8, batch_size=2, warmup_steps=2, eval_every=0, checkpoint_every=0, progress=False)
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+    # fields that may differ between an interrupted run and its resumption without changing the result
+    RESUME_FREE = ("progress", "eval_every", "checkpoint_every")

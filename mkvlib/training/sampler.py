@@ -1,0 +1,64 @@
+"""Matryoshka rank sampling: every forward pass draws r_K and r_V for every (layer, KV head) from a schedule.
+
+Training at random prefixes of each basis is what orders its columns by importance, so that any prefix is a
+usable projection (DESIGN.md, section 2). Introduced in notebook 02.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..geometry import KVGeometry
+
+
+def default_schedule(head_dim: int) -> tuple[int, ...]:
+    """{d/8, 2d/8, ..., d} (rounded, at least 1, duplicates dropped when d is small)."""
+    return tuple(sorted({max(1, round(head_dim * i / 8)) for i in range(1, 9)}))
+
+
+def check_schedule(schedule, head_dim: int) -> tuple[int, ...]:
+    """Validate a rank schedule against ``head_dim``; return it as a sorted tuple of ints.
+
+    Raises ValueError naming the problem: empty, not whole numbers, duplicates, or ranks outside [1, d].
+    """
+    if isinstance(schedule, (int, str)) or schedule is None:
+        raise ValueError(f"a rank schedule is a list of ranks such as [8, 16, 32, 64], not {schedule!r}")
+    values = list(schedule)
+    if not values:
+        raise ValueError("the rank schedule is empty: give at least one rank in [1, head_dim]")
+    if any(isinstance(r, bool) or not float(r).is_integer() for r in values):
+        raise ValueError(f"rank schedule {values} must hold whole numbers")
+    values = [int(r) for r in values]
+    bad = [r for r in values if not 1 <= r <= head_dim]
+    if bad:
+        raise ValueError(f"rank schedule has ranks {bad} outside [1, head_dim={head_dim}]")
+    if len(set(values)) != len(values):
+        raise ValueError(f"rank schedule {values} repeats a rank; list each rank once")
+    return tuple(sorted(values))
+
+
+class RankSampler:
+    """Draws independent ranks per (layer, KV head, K or V) uniformly from ``schedule``.
+
+    ``sample()`` -> LongTensor (L, G, 2). Its generator's state is part of :meth:`state_dict`, so a resumed
+    run draws exactly the ranks the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, geometry: KVGeometry, schedule=None, seed: int = 0):
+        self.geometry = geometry
+        self.schedule = check_schedule(default_schedule(geometry.head_dim) if schedule is None else schedule,
+                                       geometry.head_dim)
+        self._values = torch.tensor(self.schedule, dtype=torch.long)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def sample(self) -> torch.Tensor:
+        idx = torch.randint(len(self.schedule), self.geometry.shape, generator=self.generator)
+        return self._values[idx]
+
+    def state_dict(self) -> dict:
+        return {"schedule": list(self.schedule), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if tuple(state["schedule"]) != self.schedule:
+            raise ValueError(f"checkpoint was trained with rank schedule {tuple(state['schedule'])}, "
+                             f"not {self.schedule}: resume with the same schedule")
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,320 @@
+"""The Matryoshka trainer: projections (and optional extra parameters) trained by distillation at sampled ranks.
+
+Each micro-batch: the teacher is the same model with compression switched off, under no_grad; the student is
+the model with compression on at ranks drawn by the :class:`RankSampler`; the loss is KD + LM (1 : 3). Only
+the projector's rotations (and ``extra_parameters``) train; every model weight is frozen. Introduced in
+notebook 02.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..compress import Projector, attach
+from ..geometry import KVGeometry
+from ..metrics import quality_curve
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .loss import distill_loss
+from .sampler import RankSampler
+
+
+def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
+    """lr multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def blocks_fingerprint(blocks: torch.Tensor) -> str:
+    """Identity of the training data, checked on resume."""
+    return hashlib.sha256(blocks.to(torch.long).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _defer_sigint():
+    """Hold Ctrl-C back while the optimizer commits a step, so an interrupt never leaves half an update."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
+class Trainer:
+    """Train a :class:`~mkvlib.compress.Projector` (made trainable here if it is not) on token blocks.
+
+    Args:
+        model: a causal LM; its own weights are frozen (``requires_grad=False``) except ``extra_parameters``.
+        projector: a Projector or Projections to start from (e.g. PCA); trained in float32.
+        train_blocks: LongTensor (N, T) of training token ids (text corpora only, never the evaluation set).
+        config: :class:`TrainConfig`.
+        eval_blocks: optional LongTensor (M, T) for the periodic KL evaluation at ``config.eval_budgets``.
+        extra_parameters: optional {name: Parameter} trained together with the projector (e.g. a peft LoRA
+            adapter's parameters: ``{n: p for n, p in model.named_parameters() if "lora_" in n}``); they are
+            saved in checkpoints by name and restored on resume. Set ``config.kd_weight = 0`` to train with the
+            LM loss alone (then no teacher pass runs).
+        teacher_context: optional factory of a context manager entered around the teacher pass, in addition
+            to switching compression off (e.g. ``model.disable_adapter`` for a peft model).
+        accelerator: optional ``accelerate.Accelerator``: device from it, data sharded across processes (all
+            processes draw the same ranks), gradients averaged, only the main process writes checkpoints.
+
+    ``history`` holds one dict per step (loss, kd, lm, lr, grad_norm, budget) and ``evals`` the periodic
+    evaluations. :meth:`train` runs to ``config.steps`` (or ``until``), checkpointing every
+    ``config.checkpoint_every`` steps to ``checkpoint_path``; Ctrl-C saves a checkpoint and re-raises.
+    """
+
+    def __init__(self, model, projector, train_blocks: torch.Tensor, config: TrainConfig | None = None,
+                 eval_blocks: torch.Tensor | None = None, extra_parameters: dict | None = None,
+                 checkpoint_path=None, teacher_context=None, accelerator=None):
+        self.config = config or TrainConfig()
+        self.model, self.accelerator = model, accelerator
+        self.geometry = KVGeometry.of(model)
+        if train_blocks.ndim != 2 or train_blocks.shape[1] < 2:
+            raise ValueError(f"train_blocks must be (N, T) token ids with T >= 2, not {tuple(train_blocks.shape)}")
+        self.train_blocks, self.eval_blocks = train_blocks.long(), eval_blocks
+        self.world, self.rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+        if len(train_blocks) < self.config.batch_size * self.world:
+            raise ValueError(f"{len(train_blocks)} training blocks are fewer than one batch of "
+                             f"{self.config.batch_size} x {self.world} process(es): give more tokens")
+        self.sampler = RankSampler(self.geometry, self.config.schedule, seed=self.config.seed)
+        if not isinstance(projector, Projector):
+            projector = Projector(projector, trainable=True)
+        elif not projector.trainable:
+            projector = Projector(projector.to_projections(), trainable=True)
+        self.projector = projector
+        self.init_fingerprint = projector.to_projections().fingerprint()
+        self.extra = dict(extra_parameters or {})
+        extra_ids = {id(p) for p in self.extra.values()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in extra_ids)
+        for name, p in self.extra.items():
+            if not isinstance(p, torch.nn.Parameter):
+                raise TypeError(f"extra parameter {name!r} is a {type(p).__name__}, not a torch.nn.Parameter")
+            p.requires_grad_(True)
+        self.device = accelerator.device if accelerator else next(model.parameters()).device
+        self.compression = attach(model, projector, ranks=self.geometry.head_dim)
+        groups = [{"params": list(projector.parameters()), "lr": self.config.lr}]
+        if self.extra:
+            groups.append({"params": list(self.extra.values()), "lr": self.config.extra_lr or self.config.lr})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_with_warmup(self.config.warmup_steps, self.config.steps, self.config.min_lr_ratio))
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.teacher_context = teacher_context or contextlib.nullcontext
+        self.step, self.history, self.evals, self.wall_time = 0, [], [], 0.0
+        self.data_fingerprint = blocks_fingerprint(self.train_blocks)
+        if self.config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # --- the data stream: stateless, so resuming needs only the step ---------------------------------
+    def micro_batch(self, index: int) -> torch.Tensor:
+        """The ``index``-th micro-batch (B, T) of this process: a fresh seeded permutation every epoch."""
+        n, b = len(self.train_blocks), self.config.batch_size
+        per_epoch = n // (b * self.world)
+        epoch, pos = divmod(index, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100003 + epoch))
+        start = (pos * self.world + self.rank) * b
+        return self.train_blocks[perm[start:start + b]]
+
+    @property
+    def tokens_seen(self) -> int:
+        c = self.config
+        return self.step * c.grad_accum * c.batch_size * self.world * self.train_blocks.shape[1]
+
+    def _autocast(self):
+        mp = self.config.mixed_precision
+        if mp == "bf16" or (mp == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --- one optimizer step -----------------------------------------------------------------------------
+    def _micro_step(self, ids: torch.Tensor) -> dict:
+        c, comp = self.config, self.compression
+        ranks = self.sampler.sample()
+        teacher = None
+        if c.kd_weight:
+            comp.enabled = False
+            with torch.no_grad(), self.teacher_context(), self._autocast():
+                teacher = self.model(ids, use_cache=False).logits
+            comp.enabled = True
+        comp.set_ranks(ranks)
+        with self._autocast():
+            student = self.model(ids, use_cache=False).logits
+        loss, parts = distill_loss(student, teacher, ids, kd_weight=c.kd_weight, lm_weight=c.lm_weight)
+        (loss / c.grad_accum).backward()
+        parts.update(loss=float(loss.detach()), budget=float(ranks.double().mean()) / self.geometry.head_dim)
+        return parts
+
+    def _params(self):
+        return list(self.projector.parameters()) + list(self.extra.values())
+
+    def train_step(self) -> dict:
+        """Run ``grad_accum`` micro-batches and one optimizer step; return that step's log row."""
+        c = self.config
+        self.model.eval()   # frozen weights: no dropout; the projector has none
+        self.optimizer.zero_grad(set_to_none=True)
+        rows = [self._micro_step(self.micro_batch(self.step * c.grad_accum + i).to(self.device))
+                for i in range(c.grad_accum)]
+        params = [p for p in self._params() if p.grad is not None]
+        if self.world > 1:
+            for p in params:
+                p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else float("inf"))
+        row = {k: sum(r[k] for r in rows if k in r) / len(rows) for k in rows[0]}
+        row.update(step=self.step + 1, lr=self.scheduler.get_last_lr()[0], grad_norm=float(norm))
+        with _defer_sigint():
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.history.append(row)
+        return row
+
+    # --- evaluation -------------------------------------------------------------------------------------
+    def evaluate(self, blocks: torch.Tensor | None = None, budgets=None) -> list[dict]:
+        """Perplexity and KL to the uncompressed model at uniform ``budgets`` (default config.eval_budgets)."""
+        blocks = self.eval_blocks if blocks is None else blocks
+        if blocks is None:
+            raise ValueError("no evaluation blocks: pass eval_blocks to the Trainer or blocks here")
+        rows = quality_curve(self.model, blocks, self.compression, list(budgets or self.config.eval_budgets),
+                             batch_size=self.config.batch_size, progress=False)
+        self.compression.set_ranks(self.geometry.head_dim)
+        return rows
+
+    # --- the loop ---------------------------------------------------------------------------------------
+    def train(self, until: int | None = None, callback=None) -> list[dict]:
+        """Train to step ``until`` (default ``config.steps``); ``callback(trainer, row)`` after every step.
+
+        Ctrl-C (KeyboardInterrupt) writes a checkpoint of the last completed step, then re-raises.
+        """
+        c = self.config
+        until = c.steps if until is None else min(until, c.steps)
+        main = self.accelerator is None or self.accelerator.is_main_process
+        bar = tqdm(total=until, initial=self.step, desc="training", disable=not (c.progress and main))
+        running = None
+        try:
+            while self.step < until:
+                t0 = time.perf_counter()
+                row = self.train_step()
+                self.wall_time += time.perf_counter() - t0
+                running = row["loss"] if running is None else 0.9 * running + 0.1 * row["loss"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.3f}", kd=f"{row.get('kd', 0):.3f}", lr=f"{row['lr']:.1e}")
+                if c.eval_every and self.eval_blocks is not None and (self.step % c.eval_every == 0
+                                                                      or self.step == c.steps):
+                    self.evals.append({"step": self.step, "rows": self.evaluate()})
+                    if main:
+                        bar.write(f"step {self.step}: " + ", ".join(
+                            f"KL@{r['budget']:.0%}={r['kl_to_base']:.3f}" for r in self.evals[-1]["rows"]))
+                if callback is not None:
+                    callback(self, row)
+                if self.checkpoint_path and c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                    self.save()
+        except KeyboardInterrupt:
+            if self.checkpoint_path:
+                self.save()
+                bar.write(f"interrupted at step {self.step}: checkpoint saved to {self.checkpoint_path}")
+            raise
+        finally:
+            bar.close()
+        if self.checkpoint_path and self.step == c.steps:
+            self.save()
+        return self.history
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything an exact resume needs: step, weights, optimizer, scheduler, sampler and RNG states."""
+        return {
+            "step": self.step, "config": self.config.to_dict(), "wall_time": self.wall_time,
+            "data": self.data_fingerprint, "init": self.init_fingerprint,
+            "projector": {k: v.detach().cpu() for k, v in self.projector.state_dict().items()},
+            "extra": {k: v.detach().cpu() for k, v in self.extra.items()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": list(_py_state_to_list(random.getstate()))},
+            "history": self.history, "evals": self.evals,
+        }
+
+    def save(self, path=None) -> Path | None:
+        """Write a checkpoint (main process only); returns its path."""
+        path = Path(path) if path else self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path: pass checkpoint_path to the Trainer or a path here")
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+            if not self.accelerator.is_main_process:
+                return None
+        return save_checkpoint(path, self.state_dict())
+
+    def resume(self, path) -> "Trainer":
+        """Restore a checkpoint written by :meth:`save` for the same data, initial projections and config."""
+        state = load_checkpoint(path)
+        mine, theirs = self.config.to_dict(), dict(state["config"])
+        differ = [k for k in mine if k not in TrainConfig.RESUME_FREE and mine[k] != theirs.get(k)]
+        if differ:
+            raise CheckpointError(f"{path} was written with different settings {differ} "
+                                  f"({ {k: theirs.get(k) for k in differ} }); resume with the same settings")
+        if state["data"] != self.data_fingerprint:
+            raise CheckpointError(f"{path} was trained on other data (fingerprint {state['data']}, "
+                                  f"here {self.data_fingerprint}): resume with the same corpus, tokens and seq-len")
+        if state["init"] != self.init_fingerprint:
+            raise CheckpointError(f"{path} started from other projections ({state['init']}, here "
+                                  f"{self.init_fingerprint}): resume with the same --init")
+        if set(state["extra"]) != set(self.extra):
+            raise CheckpointError(f"{path} holds extra parameters {sorted(state['extra'])}, "
+                                  f"but this trainer has {sorted(self.extra)}")
+        with torch.no_grad():
+            self.projector.load_state_dict(state["projector"])
+            for name, value in state["extra"].items():
+                self.extra[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(_py_state_from_list(state["rng"]["python"]))
+        self.step, self.wall_time = int(state["step"]), float(state["wall_time"])
+        self.history, self.evals = list(state["history"]), list(state["evals"])
+        self.compression.set_ranks(self.geometry.head_dim)
+        return self
+
+    def result(self, **meta):
+        """The trained :class:`~mkvlib.projections.Projections`, with the training record in its meta."""
+        info = {"kind": "trained", "init_fingerprint": self.init_fingerprint,
+                "training": {"steps": self.step, "tokens_seen": self.tokens_seen, "wall_time_s": round(self.wall_time, 1),
+                             "config": self.config.to_dict(), "schedule": list(self.sampler.schedule),
+                             "data_fingerprint": self.data_fingerprint}}
+        return self.projector.to_projections(**{**info, **meta})
+
+    def close(self) -> None:
+        """Detach the compression hook (the model computes exactly as before)."""
+        self.compression.detach()
+        if self.config.gradient_checkpointing:
+            self.model.gradient_checkpointing_disable()
+
+
+def _py_state_to_list(state):
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_state_from_list(state):
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
