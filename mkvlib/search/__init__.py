@@ -1,0 +1,14 @@
+"""Greedy adaptive rank search (DESIGN.md section 3) with a recorded trajectory. Introduced in notebook 03.
+
+    traj = greedy_search(model, "pca", blocks, SearchConfig.fast())   # 100% -> floor, one step at a time
+    ranks = traj.ranks_at(0.5)                                         # (L, G, 2): a prefix of the trajectory
+    adaptive_ranks(model, projections, 0.5)                            # from the shipped trajectory
+"""
+from .config import SearchConfig
+from .greedy import greedy_search, rank_path
+from .quality import budget_grid, evaluate_trajectory
+from .shipped import adaptive_ranks, find_trajectory, shipped_trajectory_path
+from .trajectory import Trajectory, TrajectoryMismatchError
+
+__all__ = ["SearchConfig", "greedy_search", "rank_path", "budget_grid", "evaluate_trajectory", "adaptive_ranks",
+           "find_trajectory", "shipped_trajectory_path", "Trajectory", "TrajectoryMismatchError"]

@@ -1,0 +1,73 @@
+"""Settings of the greedy rank search, validated, with a CI-sized variant. Introduced in notebook 03."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+STRATEGIES = ("exact", "lazy", "proxy")
+BALANCES = ("pooled", "separate")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How the greedy search walks from every rank at d down to the floor.
+
+    step: how much one committed step lowers one entry's rank (d/8 = 8 for d = 64 matches training's schedule).
+    min_rank: the floor of every entry. stop_budget: stop once the budget is at or below this (None: the floor).
+    batched: commit the k best candidates per scoring pass (1 = the paper's one-at-a-time greedy).
+    strategy: 'exact' re-scores every candidate each pass by its true KL; 'lazy' keeps each candidate's last
+      exact score and re-scores only the front-runners until the best one is fresh (the same choices as 'exact'
+      whenever a step never hurts less after other entries were lowered); 'proxy' ranks by a per-layer
+      attention-output error weighted by an exact per-layer sensitivity (no full forward passes per candidate),
+      optionally re-scoring its ``shortlist`` best exactly each pass.
+    balance: 'pooled' lets keys and values compete for one budget; 'separate' alternates between the key and
+      the value pools so both budgets fall together, and any pair of key/value budgets is a prefix of each pool.
+    tokens, seq_len, corpus: calibration text (never the evaluation split). batch_size: blocks per forward pass.
+    """
+    step: int = 8
+    min_rank: int = 8
+    stop_budget: float | None = None
+    batched: int = 1
+    strategy: str = "lazy"
+    shortlist: int = 0
+    balance: str = "pooled"
+    tokens: int = 1024
+    seq_len: int = 256
+    corpus: str | None = None
+    batch_size: int = 4
+
+    def __post_init__(self):
+        for name in ("step", "batched", "tokens", "seq_len", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"SearchConfig.{name} must be a positive integer, not {value!r}")
+        if not isinstance(self.min_rank, int) or self.min_rank < 0:
+            raise ValueError(f"SearchConfig.min_rank must be an integer >= 0, not {self.min_rank!r}")
+        if not isinstance(self.shortlist, int) or self.shortlist < 0:
+            raise ValueError(f"SearchConfig.shortlist must be an integer >= 0, not {self.shortlist!r}")
+        if self.stop_budget is not None and not 0 < self.stop_budget <= 1:
+            raise ValueError(f"SearchConfig.stop_budget must lie in (0, 1] or be None, not {self.stop_budget!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"SearchConfig.strategy must be one of {STRATEGIES}, not {self.strategy!r}")
+        if self.balance not in BALANCES:
+            raise ValueError(f"SearchConfig.balance must be one of {BALANCES}, not {self.balance!r}")
+        if self.tokens < self.seq_len:
+            raise ValueError(f"SearchConfig.tokens ({self.tokens}) must be at least seq_len ({self.seq_len})")
+
+    def check_head_dim(self, head_dim: int) -> None:
+        """Raise unless step and floor make sense for heads of size ``head_dim``."""
+        if self.min_rank >= head_dim:
+            raise ValueError(f"min_rank {self.min_rank} leaves nothing to search: it must be below head_dim={head_dim}")
+        if self.step > head_dim - self.min_rank:
+            raise ValueError(f"step {self.step} is larger than the whole range {head_dim} -> {self.min_rank}")
+
+    @classmethod
+    def fast(cls, **overrides) -> "SearchConfig":
+        """CI size: 128 calibration tokens, steps of d/4 down to 25%, scored by the calibrated proxy."""
+        base = dict(step=16, min_rank=16, strategy="proxy", tokens=256, seq_len=128, batch_size=2)
+        return cls(**dict(base, **overrides))
+
+    def with_(self, **changes) -> "SearchConfig":
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

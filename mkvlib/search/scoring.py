@@ -1,0 +1,118 @@
+"""Scores for lowering one entry (layer, KV head, K or V): the exact calibration KL, and a cheap proxy.
+
+:class:`KLScorer` holds the base model's next-token distributions on the calibration blocks (computed once,
+compression switched off) and the captured layer inputs of the current state, so scoring a candidate in layer l
+re-runs only layers l..L-1 (:mod:`mkvlib.search.replay`); the result equals a full forward pass.
+:class:`LocalProxy` scores without any forward pass through later layers: the mean squared change of layer l's
+attention output caused by that entry alone (on the uncompressed model's inputs), times a per-layer
+sensitivity measured once by the exact KL. Introduced in notebook 03.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..geometry import KVGeometry
+from .replay import LayerReplay
+
+Entry = tuple  # (layer, kv_head, kind) with kind 0 = K, 1 = V
+
+
+def with_rank(ranks: torch.Tensor, entry: Entry, rank: int) -> torch.Tensor:
+    """A copy of ``ranks`` (L, G, 2) with one entry changed."""
+    out = ranks.clone()
+    out[entry] = rank
+    return out
+
+
+class KLScorer:
+    """KL(base || compressed), mean over the next-token predictions of ``blocks`` (N, T).
+
+    ``compression``: an attached :class:`~mkvlib.compress.Compression`; the scorer changes its ranks.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model, compression, blocks: torch.Tensor, batch_size: int = 4):
+        self.model, self.compression = model, compression
+        device = next(model.parameters()).device
+        self.chunks = [blocks[i:i + batch_size].to(device) for i in range(0, len(blocks), batch_size)]
+        self.replays = [LayerReplay(model) for _ in self.chunks]
+        self.base_logp, self.base_probs = [], []
+        self.tokens = sum(c.shape[0] * (c.shape[1] - 1) for c in self.chunks)
+        enabled = compression.enabled
+        compression.enabled = False
+        try:
+            for replay, ids in zip(self.replays, self.chunks):
+                logp = replay.capture(ids)                                 # (B*(T-1), vocab)
+                self.base_logp.append(logp)
+                self.base_probs.append(logp.exp())
+        finally:
+            compression.enabled = enabled
+        self.state = None          # the ranks whose layer inputs the replays hold (None: base model)
+        self.evaluations = 0       # candidate scorings, each a partial forward pass
+
+    def _kl(self, i: int, logp: torch.Tensor) -> float:
+        return float((self.base_probs[i] * (self.base_logp[i] - logp)).sum())
+
+    @torch.no_grad()
+    def set_state(self, ranks: torch.Tensor) -> float:
+        """Capture every layer's input with ``ranks`` applied; return the KL at ``ranks``."""
+        self.compression.set_ranks(ranks)
+        total = sum(self._kl(i, rp.capture(ids)) for i, (rp, ids) in enumerate(zip(self.replays, self.chunks)))
+        self.state = ranks.clone()
+        return total / self.tokens
+
+    @torch.no_grad()
+    def score(self, ranks: torch.Tensor, layer: int) -> float:
+        """KL at ``ranks``, which must equal the captured state in every layer below ``layer``."""
+        if self.state is None or not torch.equal(self.state[:layer], ranks[:layer]):
+            raise RuntimeError("score() needs ranks that agree with the captured state below the candidate's "
+                               "layer; call set_state(ranks) first")
+        self.compression.set_ranks(ranks)
+        self.evaluations += 1
+        total = sum(self._kl(i, rp.logprobs_from(layer)) for i, rp in enumerate(self.replays))
+        return total / self.tokens
+
+
+class LocalProxy:
+    """Separable proxy: harm(l, g, c: r -> r') = s_l * (e_{l,g,c}(r') - e_{l,g,c}(r)).
+
+    e(r): mean squared change of layer l's attention output (B, T, D) when only that entry is at rank r,
+    on the inputs the uncompressed model gives layer l. s_l: exact KL of compressing all of layer l to
+    ``probe_rank`` divided by that configuration's output error. Build it while the scorer holds the base state.
+    """
+
+    @torch.no_grad()
+    def __init__(self, scorer: KLScorer, rank_grid: list[int], probe_rank: int):
+        self.scorer = scorer
+        comp = scorer.compression
+        geom: KVGeometry = comp.geometry
+        full = torch.full(geom.shape, geom.head_dim, dtype=torch.long)
+        if scorer.state is None or not torch.equal(scorer.state, full):
+            scorer.set_state(full)
+        comp.set_ranks(full)
+        reference = [[rp.attention_output(l) for l in range(geom.layers)] for rp in scorer.replays]
+
+        def error(ranks, layer):
+            comp.set_ranks(ranks)
+            num = sum(float((rp.attention_output(layer) - ref[layer]).pow(2).sum())
+                      for rp, ref in zip(scorer.replays, reference))
+            return num / scorer.tokens
+
+        self.errors = {}                                  # (l, g, c) -> {rank: error}
+        for l in range(geom.layers):
+            for g in range(geom.kv_heads):
+                for c in (0, 1):
+                    self.errors[(l, g, c)] = {r: (0.0 if r == geom.head_dim else error(with_rank(full, (l, g, c), r), l))
+                                              for r in rank_grid}
+        self.sensitivity = []
+        for l in range(geom.layers):
+            probe = full.clone()
+            probe[l] = probe_rank
+            err = error(probe, l)
+            kl = scorer.score(probe, l)
+            self.sensitivity.append(kl / err if err > 0 else 0.0)
+        comp.set_ranks(full)
+
+    def harm(self, entry: Entry, rank: int, new_rank: int) -> float:
+        errs = self.errors[entry]
+        return self.sensitivity[entry[0]] * (errs[new_rank] - errs[rank])

@@ -1,0 +1,202 @@
+"""A recorded greedy search: the ordered steps from every rank at d down to the floor, saved as JSON.
+
+Each step lowers one entry (layer, KV head, K or V) to a new rank and records the calibration KL the search
+measured (or, for the proxy, estimated) after it and the budget after it. The ranks for any budget are the
+shortest prefix whose budget is at or below it, so a budget slider only replays steps. Optional precomputed
+evaluations (KL and perplexity on held-out text at a grid of budgets) make a slider's readout instant.
+Introduced in notebook 03.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..geometry import K, V, check_budget
+from ..io import write_json
+
+FORMAT = "mkv-trajectory/1"
+STEP_FIELDS = ("layer", "head", "kind", "rank", "kl", "budget")
+KIND_NAMES = ("K", "V")
+
+
+class TrajectoryMismatchError(ValueError):
+    """A trajectory was recorded for other projections (or another model) than the ones it is used with."""
+
+
+@dataclass
+class Trajectory:
+    """Steps (layer, head, kind 0=K/1=V, new rank, kl, budget) for a model of (L, G, d) = ``geometry``."""
+    model: str
+    fingerprint: str
+    geometry: tuple[int, int, int]
+    steps: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    evaluations: dict | None = None
+
+    def __post_init__(self):
+        self.geometry = tuple(int(x) for x in self.geometry)
+        self.steps = [(int(l), int(g), int(c), int(r), float(kl), float(b)) for l, g, c, r, kl, b, *_ in self.steps]
+        self._table = None
+
+    # --- ranks ----------------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.geometry[2]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def full_ranks(self) -> torch.Tensor:
+        L, G, d = self.geometry
+        return torch.full((L, G, 2), d, dtype=torch.long)
+
+    def _ranks_table(self) -> np.ndarray:
+        """(n+1, L, G, 2): the ranks after 0, 1, ..., n steps (built once)."""
+        if self._table is None:
+            table = np.empty((len(self.steps) + 1, *self.full_ranks().shape), dtype=np.int16)
+            table[0] = self.head_dim
+            for i, (l, g, c, r, *_) in enumerate(self.steps, 1):
+                table[i] = table[i - 1]
+                table[i, l, g, c] = r
+            self._table = table
+        return self._table
+
+    def ranks_after(self, n: int) -> torch.Tensor:
+        """Ranks (L, G, 2) after the first ``n`` steps."""
+        if not 0 <= n <= len(self.steps):
+            raise ValueError(f"this trajectory has {len(self.steps)} steps; asked for the ranks after {n}")
+        return torch.from_numpy(self._ranks_table()[n].astype(np.int64))
+
+    def budgets(self) -> np.ndarray:
+        """(n+1,) budget after 0, 1, ..., n steps (1.0 first)."""
+        return np.concatenate([[1.0], [s[5] for s in self.steps]])
+
+    @property
+    def final_budget(self) -> float:
+        return self.steps[-1][5] if self.steps else 1.0
+
+    def ranks_at(self, budget: float | None = None, key_budget: float | None = None,
+                 value_budget: float | None = None) -> torch.Tensor:
+        """Ranks (L, G, 2) for a pooled ``budget``, or for separate ``key_budget`` and ``value_budget``.
+
+        Pooled: the shortest prefix of the trajectory whose budget is at or below ``budget``. Separate: the
+        shortest prefix of the key steps whose key budget is at or below ``key_budget``, and likewise for values.
+        The result never exceeds the budget asked for.
+        """
+        if budget is not None:
+            if key_budget is not None or value_budget is not None:
+                raise ValueError("give either one pooled budget or key_budget and value_budget, not both")
+            check_budget(budget)
+            return self.ranks_after(self._prefix(self.budgets(), budget, "budget"))
+        if key_budget is None or value_budget is None:
+            raise ValueError("give a pooled budget, or both key_budget and value_budget")
+        check_budget(key_budget)
+        check_budget(value_budget)
+        ranks = self.full_ranks()
+        for kind, target in ((K, key_budget), (V, value_budget)):
+            mine = [s for s in self.steps if s[2] == kind]
+            part = ranks[..., kind].clone()
+            levels = [1.0]
+            for l, g, _, r, *_ in mine:
+                part[l, g] = r
+                levels.append(float(part.double().mean()) / self.head_dim)
+            n = self._prefix(np.array(levels), target, f"{KIND_NAMES[kind]} budget")
+            for l, g, _, r, *_ in mine[:n]:
+                ranks[l, g, kind] = r
+        return ranks
+
+    @staticmethod
+    def _prefix(levels: np.ndarray, target: float, what: str) -> int:
+        ok = np.nonzero(levels <= target + 1e-9)[0]
+        if len(ok) == 0:
+            raise ValueError(f"this trajectory only reaches a {what} of {levels.min():.4f}; {target:.4f} is below "
+                             "its floor. Search further (lower --min-rank or stop budget) or ask for more.")
+        return int(ok[0])
+
+    # --- identity -------------------------------------------------------------------------------------
+    def check_projections(self, projections, model=None) -> None:
+        """Raise :class:`TrajectoryMismatchError` unless this trajectory was searched with ``projections``."""
+        theirs = projections.fingerprint()
+        if theirs != self.fingerprint:
+            raise TrajectoryMismatchError(
+                f"this trajectory was searched with projections {self.fingerprint} "
+                f"({self.meta.get('projections', '?')}) for {self.model!r}, not with projections {theirs} "
+                f"({projections.meta.get('kind', projections.meta.get('method', '?'))}). Run `mkv search "
+                "--projections ...` for these projections.")
+        name = getattr(model, "mkv_name", None) if model is not None else None
+        if name is not None and name != self.model:
+            raise TrajectoryMismatchError(f"this trajectory is for model {self.model!r}, not {name!r}")
+
+    # --- precomputed quality --------------------------------------------------------------------------
+    def quality_at(self, budget: float, allocation: str = "adaptive") -> dict | None:
+        """KL and perplexity at ``budget`` from the precomputed grid, linearly interpolated (log-perplexity);
+        None when nothing was precomputed for that allocation."""
+        rows = sorted((r for r in (self.evaluations or {}).get("rows", []) if r["allocation"] == allocation),
+                      key=lambda r: r["budget"])
+        if not rows:
+            return None
+        xs = np.array([r["budget"] for r in rows])
+        b = float(np.clip(budget, xs[0], xs[-1]))
+        out = {"budget": budget, "allocation": allocation, "interpolated": not np.isclose(xs, b).any()}
+        for key in ("kl_to_base", "top1_agreement"):
+            out[key] = float(np.interp(b, xs, [r[key] for r in rows]))
+        out["perplexity"] = float(math.exp(np.interp(b, xs, [math.log(r["perplexity"]) for r in rows])))
+        out["base_perplexity"] = rows[0]["base_perplexity"]
+        return out
+
+    # --- files ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        L, G, d = self.geometry
+        return {"format": FORMAT, "model": self.model, "fingerprint": self.fingerprint,
+                "geometry": {"layers": L, "kv_heads": G, "head_dim": d}, "meta": self.meta,
+                "step_fields": list(STEP_FIELDS),
+                "steps": [[l, g, c, r, round(kl, 6), round(b, 6)] for l, g, c, r, kl, b in self.steps],
+                "evaluations": self.evaluations}
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically as JSON."""
+        path = Path(path)
+        if path.suffix != ".json":
+            raise ValueError(f"a trajectory file must end in .json, not {path.name!r}")
+        write_json(path, self.to_dict(), indent=None)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Trajectory":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no trajectory file at {path}; make one with `mkv search --out {path}`")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); it may be truncated") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a trajectory file (format {FORMAT!r} expected)")
+        if list(data.get("step_fields", [])) != list(STEP_FIELDS):
+            raise ValueError(f"{path} has step fields {data.get('step_fields')}, expected {list(STEP_FIELDS)}")
+        geo = data["geometry"]
+        traj = cls(data["model"], data["fingerprint"], (geo["layers"], geo["kv_heads"], geo["head_dim"]),
+                   data["steps"], data.get("meta", {}), data.get("evaluations"))
+        traj.validate()
+        return traj
+
+    def validate(self) -> None:
+        """Raise ValueError unless every step lowers an existing entry and budgets fall monotonically."""
+        L, G, d = self.geometry
+        ranks = self.full_ranks()
+        last = 1.0
+        for i, (l, g, c, r, kl, b) in enumerate(self.steps):
+            if not (0 <= l < L and 0 <= g < G and c in (K, V)):
+                raise ValueError(f"step {i} names entry ({l}, {g}, {c}) outside geometry {self.geometry}")
+            if not 0 <= r < ranks[l, g, c]:
+                raise ValueError(f"step {i} does not lower entry ({l}, {g}, {KIND_NAMES[c]}): {int(ranks[l, g, c])} -> {r}")
+            ranks[l, g, c] = r
+            actual = float(ranks.double().mean()) / d
+            if abs(actual - b) > 1e-5 or b > last + 1e-12:
+                raise ValueError(f"step {i} records budget {b}, but the ranks give {actual:.6f}")
+            last = b

@@ -1,0 +1,188 @@
+"""Greedy rank search: replay exactness, agreement with brute-force re-scoring, budgets, prefixes, identity."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mkvlib.compress import attach
+from mkvlib.geometry import KVGeometry, budget_of
+from mkvlib.models import tiny_model
+from mkvlib.pca import fit_pca
+from mkvlib.search import SearchConfig, Trajectory, TrajectoryMismatchError, greedy_search, rank_path
+from mkvlib.search.replay import LayerReplay
+from mkvlib.search.scoring import KLScorer
+from mkvlib.stats import collect_kv_stats
+
+CFG = SearchConfig(step=8, min_rank=4, tokens=48, seq_len=24, batch_size=2, strategy="exact")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: one thread avoids spin-waiting on a busy CPU (30x faster here); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _proj(model, ids):
+    return fit_pca(collect_kv_stats(model, ids, 2, progress=False, model_name=model.mkv_name), model_name=model.mkv_name)
+
+
+def _sharp_model():
+    """A tiny model whose attention is far from uniform, so that keys matter as much as values."""
+    model = tiny_model("llama", heads=4, kv_heads=2, layers=3)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = _sharp_model()
+    ids = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(3))
+    return model, ids, _proj(model, ids)
+
+
+@pytest.fixture(scope="module")
+def exact_traj(setup):
+    model, ids, proj = setup
+    return greedy_search(model, proj, ids, CFG, progress=False)
+
+
+def test_replay_from_any_layer_equals_a_full_forward(any_model, ids):
+    proj = _proj(any_model, ids)
+    with attach(any_model, proj, 0.5):
+        full = F.log_softmax(any_model(ids, use_cache=False).logits[:, :-1].float(), -1).flatten(0, 1)
+        replay = LayerReplay(any_model)
+        torch.testing.assert_close(replay.capture(ids), full, rtol=0, atol=1e-5)
+        for layer in range(any_model.config.num_hidden_layers):
+            torch.testing.assert_close(replay.logprobs_from(layer), full, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def _brute_kl(model, comp, ids, base_logp, ranks):
+    comp.set_ranks(ranks)
+    logp = F.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1).flatten(0, 1)
+    return float((base_logp.exp() * (base_logp - logp)).sum(-1).mean())
+
+
+def test_exact_search_agrees_step_by_step_with_brute_force(setup, exact_traj):
+    model, ids, proj = setup
+    geom = KVGeometry.of(model)
+    nxt = dict(zip(rank_path(16, 8, 4)[:-1], rank_path(16, 8, 4)[1:]))
+    with torch.no_grad(), attach(model, proj, 1.0) as comp:
+        comp.enabled = False
+        base = F.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1).flatten(0, 1)
+        comp.enabled = True
+        ranks, agree = torch.full(geom.shape, 16, dtype=torch.long), 0
+        for i, (l, g, c, r, kl, b) in enumerate(exact_traj.steps[:12]):
+            scores = {}
+            for e in [(a, h, k) for a in range(geom.layers) for h in range(geom.kv_heads) for k in (0, 1)]:
+                if int(ranks[e]) in nxt:
+                    trial = ranks.clone()
+                    trial[e] = nxt[int(ranks[e])]
+                    scores[e] = _brute_kl(model, comp, ids, base, trial)
+            best = min(scores, key=lambda e: (scores[e], e))
+            # the same choice, up to float ties (the replayed and the full forward pass round alike to ~1e-7)
+            assert scores[(l, g, c)] <= scores[best] + 1e-6, f"step {i}: search chose {(l, g, c)}, brute force {best}"
+            assert kl == pytest.approx(scores[(l, g, c)], abs=1e-6)
+            agree += (l, g, c) == best
+            ranks[(l, g, c)] = r
+        assert agree >= 10
+
+
+def test_budgets_fall_monotonically_to_the_floor_and_are_never_exceeded(exact_traj):
+    budgets = exact_traj.budgets()
+    assert (budgets[1:] < budgets[:-1]).all()
+    assert exact_traj.final_budget == pytest.approx(4 / 16)
+    for target in (0.9, 0.5, 0.37, 0.25):
+        ranks = exact_traj.ranks_at(target)
+        assert budget_of(ranks, 16) <= target + 1e-9
+    with pytest.raises(ValueError, match="floor"):
+        exact_traj.ranks_at(0.2)
+
+
+def test_ranks_at_is_a_prefix_and_nested(exact_traj):
+    prev = exact_traj.full_ranks()
+    for target in (0.95, 0.8, 0.6, 0.45, 0.3):
+        ranks = exact_traj.ranks_at(target)
+        assert (ranks <= prev).all()
+        n = next(i for i, b in enumerate(exact_traj.budgets()) if b <= target + 1e-9)
+        assert torch.equal(ranks, exact_traj.ranks_after(n))
+        prev = ranks
+
+
+def test_separate_budgets_respect_both_limits(exact_traj):
+    ranks = exact_traj.ranks_at(key_budget=0.6, value_budget=0.4)
+    assert budget_of(ranks[..., 0], 16) <= 0.6 + 1e-9 and budget_of(ranks[..., 1], 16) <= 0.4 + 1e-9
+    with pytest.raises(ValueError, match="not both"):
+        exact_traj.ranks_at(0.5, key_budget=0.5, value_budget=0.5)
+
+
+def test_separate_balance_keeps_key_and_value_budgets_together(setup):
+    model, ids, proj = setup
+    traj = greedy_search(model, proj, ids, CFG.with_(balance="separate", strategy="lazy"), progress=False)
+    for n in range(len(traj)):
+        ranks = traj.ranks_after(n)
+        assert abs(int(ranks[..., 0].sum()) - int(ranks[..., 1].sum())) <= 8
+
+
+@pytest.mark.parametrize("strategy, batched", [("lazy", 1), ("lazy", 3), ("exact", 4), ("proxy", 2)])
+def test_other_strategies_give_valid_trajectories(setup, exact_traj, strategy, batched):
+    model, ids, proj = setup
+    traj = greedy_search(model, proj, ids, CFG.with_(strategy=strategy, batched=batched, shortlist=0), progress=False)
+    traj.validate()
+    assert len(traj) == len(exact_traj) and traj.final_budget == exact_traj.final_budget
+    if strategy == "lazy" and batched == 1:  # same first pass as the exact search
+        assert traj.steps[0][:4] == exact_traj.steps[0][:4]
+
+
+def test_save_load_roundtrip_and_identity(setup, exact_traj, tmp_path):
+    model, ids, proj = setup
+    path = exact_traj.save(tmp_path / "t.json")
+    back = Trajectory.load(path)
+    assert torch.equal(back.ranks_at(0.5), exact_traj.ranks_at(0.5))
+    back.check_projections(proj, model)
+    other = _proj(model, torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(9)))
+    with pytest.raises(TrajectoryMismatchError, match="searched with projections"):
+        back.check_projections(other, model)
+
+
+def test_corrupt_or_foreign_files_are_rejected(exact_traj, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Trajectory.load(bad)
+    data = exact_traj.to_dict()
+    data["steps"][3][5] = 0.01
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="records budget"):
+        Trajectory.load(bad)
+    with pytest.raises(FileNotFoundError, match="mkv search"):
+        Trajectory.load(tmp_path / "missing.json")
+
+
+def test_config_rejects_bad_fields():
+    with pytest.raises(ValueError, match="strategy"):
+        SearchConfig(strategy="magic")
+    with pytest.raises(ValueError, match="step"):
+        SearchConfig(step=0)
+    with pytest.raises(ValueError, match="min_rank"):
+        SearchConfig(min_rank=64).check_head_dim(64)
+    assert SearchConfig.fast().tokens < SearchConfig().tokens
+
+
+def test_scorer_refuses_ranks_that_disagree_with_the_captured_state(setup):
+    model, ids, proj = setup
+    with attach(model, proj, 1.0) as comp:
+        scorer = KLScorer(model, comp, ids, 2)
+        full = torch.full(KVGeometry.of(model).shape, 16, dtype=torch.long)
+        assert scorer.set_state(full) == pytest.approx(0.0, abs=1e-6)
+        trial = full.clone()
+        trial[0, 0, 0] = 8
+        with pytest.raises(RuntimeError, match="set_state"):
+            scorer.score(trial, 1)
