@@ -59,3 +59,12 @@ def fit_pca(stats: KVStats, center_keys: bool = True, center_values: bool = Fals
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return Projections(k_vec.float(), v_vec.float(), vmean.float(), k_eval.float(), v_eval.float(), meta)
+
+
+def spectra(stats: KVStats, center_keys: bool = True, center_values: bool = False) -> dict[str, torch.Tensor]:
+    """Eigenvalue spectra (L, G, d), descending, of post-RoPE keys, pre-RoPE keys and values."""
+    out = {}
+    for kind, centre in (("keys", center_keys), ("keys_pre_rope", center_keys), ("values", center_values)):
+        moments = stats[kind]
+        out[kind] = eigh_descending(moments.covariance() if centre else moments.second_moment())[0]
+    return out

@@ -82,3 +82,17 @@ def _fig_ax(ax, size):
         fig, ax = plt.subplots(figsize=size)
         return fig, ax
     return ax.figure, ax
+
+
+def energy_by_layer(curves: dict, head_dim: int, fraction: float):
+    """Rank needed to keep ``fraction`` of the energy, averaged over KV heads, per layer; one line per entry of
+    ``curves`` {label: (L, G) ranks}."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for label, ranks in curves.items():
+        ranks = torch.as_tensor(ranks).double()
+        ax.plot(range(ranks.shape[0]), ranks.mean(1).numpy(), marker=".", label=label)
+    ax.set(xlabel="layer", ylabel=f"rank for {fraction:.0%} energy", ylim=(0, head_dim), title=
+           f"How many of {head_dim} dimensions hold {fraction:.0%} of the energy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
