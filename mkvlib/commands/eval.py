@@ -15,6 +15,8 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--budget", type=float, default=None, help="KV budget in (0, 1] (default 0.5)")
     g.add_argument("--ranks", default=None, help="JSON file with a (layers, kv_heads, 2) list of ranks")
+    g.add_argument("--budgets", default=None, help="comma-separated budgets: one row per budget, base computed once "
+                   "(e.g. 1,0.875,0.75,0.625,0.5,0.375,0.25,0.125)")
     p.add_argument("--allocation", choices=["uniform", "adaptive"], default="uniform",
                    help="uniform ranks, or the shipped greedy-search trajectory for these projections")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -35,18 +37,46 @@ def resolve_rank_args(args, model, projections):
     return budget
 
 
+def parse_budgets(text: str) -> list[float]:
+    from ..geometry import check_budget
+
+    try:
+        budgets = [float(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--budgets must be comma-separated numbers in (0, 1], not {text!r}") from None
+    for b in budgets:
+        check_budget(b)
+    return budgets
+
+
 def run(args) -> int:
     from ..compress import attach
-    from ..metrics import evaluate
+    from ..metrics import quality_curve
     from ..projections import resolve_projections
 
+    budgets = parse_budgets(args.budgets) if args.budgets else None
     model, _, blocks = setup(args)
     proj = resolve_projections(args.projections, model)
-    ranks = resolve_rank_args(args, model, proj)
-    with attach(model, proj, ranks) as comp:
-        result = evaluate(model, blocks, comp, args.batch_size, progress=not args.json)
-    result.update(model=model.mkv_name, projections=args.projections, fingerprint=proj.fingerprint(),
-                  allocation="explicit" if args.ranks else args.allocation, corpus=args.corpus,
-                  seq_len=args.seq_len)
-    emit(result, args.json)
+    if budgets:
+        settings = []
+        for b in budgets:
+            args.budget = b
+            settings.append(resolve_rank_args(args, model, proj))
+    else:
+        settings = [resolve_rank_args(args, model, proj)]
+    with attach(model, proj, settings[0]) as comp:
+        rows = quality_curve(model, blocks, comp, settings, args.batch_size, progress=not args.json)
+    common = dict(model=model.mkv_name, projections=args.projections, fingerprint=proj.fingerprint(),
+                  allocation="explicit" if args.ranks else args.allocation, corpus=args.corpus, seq_len=args.seq_len)
+    if budgets is None:
+        emit(dict(rows[0], **common), args.json)
+    elif args.json:
+        emit(dict(common, rows=rows), True)
+    else:
+        print(f"{common['model']} | {common['projections']} ({common['fingerprint']}) | {common['allocation']} | "
+              f"{common['corpus']}, {rows[0]['tokens']} tokens, base perplexity {rows[0]['base_perplexity']:.2f}")
+        print(f"{'budget':>7} {'perplexity':>11} {'ratio':>7} {'KL':>7} {'top-1':>7}")
+        for r in rows:
+            print(f"{r['budget']:>7.3f} {r['perplexity']:>11.2f} {r['perplexity_ratio']:>7.2f} "
+                  f"{r['kl_to_base']:>7.3f} {r['top1_agreement']:>7.3f}")
     return 0
