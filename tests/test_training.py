@@ -1,0 +1,185 @@
+"""Matryoshka training on tiny random models: orthogonality, exactness, learning, exact resume, clear errors."""
+import pytest
+import torch
+
+from mkvlib.compress import attach
+from mkvlib.geometry import KVGeometry
+from mkvlib.models import tiny_model
+from mkvlib.pca import fit_pca
+from mkvlib.stats import collect_kv_stats
+from mkvlib.training import (CheckpointError, RankSampler, TrainConfig, Trainer, check_schedule, default_schedule,
+                             distill_loss, load_checkpoint, save_checkpoint)
+
+torch.set_num_threads(2)
+
+
+def setup(seed=0, kv_heads=2, n=8, t=24):
+    model = tiny_model("llama", heads=4, kv_heads=kv_heads, seed=seed)
+    blocks = torch.randint(0, 128, (n, t), generator=torch.Generator().manual_seed(3))
+    proj = fit_pca(collect_kv_stats(model, blocks[:4], progress=False))
+    return model, blocks, proj
+
+
+def cfg(**kw):
+    return TrainConfig.fast(**{"steps": 6, "lr": 2e-2, "warmup_steps": 1, **kw})
+
+
+def test_projections_stay_orthogonal_and_move():
+    model, blocks, proj = setup()
+    trainer = Trainer(model, proj, blocks, cfg(schedule=(4, 8)))
+    trainer.train()
+    trained = trainer.result()
+    assert trained.orthogonality_error() < 1e-5
+    assert (trained.keys - proj.keys).abs().max() > 1e-4   # the bases did move
+    assert trained.meta["kind"] == "trained" and trained.meta["training"]["steps"] == 6
+
+
+def test_full_rank_is_exact_with_trained_projections(ids):
+    model, blocks, proj = setup()
+    trainer = Trainer(model, proj, blocks, cfg(schedule=(4,)))
+    trainer.train()
+    trainer.close()
+    trained = trainer.result()
+    with torch.no_grad():
+        base = model(ids).logits
+        with attach(model, trained, ranks=16):
+            full = model(ids).logits
+    torch.testing.assert_close(full, base, atol=2e-5, rtol=1e-5)
+
+
+def _kl_at(model, proj, blocks, rank):
+    with torch.no_grad():
+        base = model(blocks).logits
+        with attach(model, proj, ranks=rank):
+            comp = model(blocks).logits
+    return distill_loss(comp, base, blocks, kd_weight=1.0, lm_weight=0.0)[1]["kd"]
+
+
+def test_loss_falls_on_a_tiny_model():
+    model, blocks, proj = setup()
+    trainer = Trainer(model, proj, blocks, cfg(steps=25, lr=3e-2, schedule=(4,), kd_weight=1.0, lm_weight=0.0))
+    history = trainer.train()
+    trainer.close()
+    before, after = _kl_at(model, proj, blocks, 4), _kl_at(model, trainer.result(), blocks, 4)
+    assert after < 0.7 * before, (before, after)
+    first, last = sum(r["kd"] for r in history[:5]) / 5, sum(r["kd"] for r in history[-5:]) / 5
+    assert last < first
+
+
+def test_model_weights_frozen_and_extra_parameters_train():
+    model, blocks, proj = setup()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    extra = {"norm": model.model.norm.weight}                      # stands in for a LoRA adapter's weights
+    trainer = Trainer(model, proj, blocks, cfg(steps=3, kd_weight=0.0, lm_weight=1.0), extra_parameters=extra)
+    trainer.train()
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed == ["model.norm.weight"]
+    assert all("kd" not in row for row in trainer.history)        # KD off: no teacher pass
+
+
+def _run(tmp_path, interrupt_at=None, resume=False):
+    model, blocks, proj = setup()
+    config = cfg(steps=6, grad_accum=2, schedule=(2, 8, 16), checkpoint_every=0)
+    trainer = Trainer(model, proj, blocks, config, checkpoint_path=tmp_path / "run.ckpt")
+    if resume:
+        trainer.resume(tmp_path / "run.ckpt")
+
+    def stop(tr, row):
+        if tr.step == interrupt_at:
+            raise KeyboardInterrupt
+
+    trainer.train(callback=stop if interrupt_at else None)
+    return trainer
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+    straight = _run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", interrupt_at=3)
+    assert load_checkpoint(tmp_path / "b" / "run.ckpt")["step"] == 3
+    resumed = _run(tmp_path / "b", resume=True)
+    assert resumed.step == straight.step == 6
+    for name, p in straight.projector.named_parameters():
+        assert torch.equal(p, dict(resumed.projector.named_parameters())[name]), name
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+    assert torch.equal(resumed.sampler.generator.get_state(), straight.sampler.generator.get_state())
+
+
+def test_truncated_or_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    model, blocks, proj = setup()
+    trainer = Trainer(model, proj, blocks, cfg(steps=1))
+    trainer.train()
+    path = trainer.save(tmp_path / "ok.ckpt")
+    raw = path.read_bytes()
+    (tmp_path / "short.ckpt").write_bytes(raw[:-100])
+    flipped = bytearray(raw)
+    flipped[-50] ^= 0xFF
+    (tmp_path / "flip.ckpt").write_bytes(bytes(flipped))
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    for name, msg in [("short", "truncated"), ("flip", "corrupted"), ("junk", "not an mkv"), ("absent", "no checkpoint")]:
+        with pytest.raises(CheckpointError, match=msg):
+            Trainer(model, proj, blocks, cfg(steps=1)).resume(tmp_path / f"{name}.ckpt")
+    with pytest.raises(CheckpointError, match="different settings"):
+        Trainer(model, proj, blocks, cfg(steps=1, lr=1e-3)).resume(path)
+    with pytest.raises(CheckpointError, match="other data"):
+        Trainer(model, proj, blocks.flip(0), cfg(steps=1)).resume(path)
+
+
+def test_checkpoint_roundtrip_keeps_every_value(tmp_path):
+    state = {"a": torch.arange(5), "b": [1, 2.5, "x"], "c": {"d": None}}
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "s.ckpt", state))
+    assert torch.equal(loaded["a"], state["a"]) and loaded["b"] == state["b"] and loaded["c"] == state["c"]
+
+
+@pytest.mark.parametrize("schedule,msg", [([], "empty"), ([0, 8], "outside"), ([8, 17], "outside"),
+                                          ([4, 4], "repeats"), ("8", "list of ranks"), ([2.5], "whole"),
+                                          (8, "list of ranks")])
+def test_invalid_rank_schedule_is_a_clear_error(schedule, msg):
+    with pytest.raises(ValueError, match=msg):
+        check_schedule(schedule, 16)
+    model, blocks, proj = setup()
+    if not isinstance(schedule, (str, int)):
+        with pytest.raises(ValueError, match=msg):
+            Trainer(model, proj, blocks, cfg(schedule=schedule))
+
+
+def test_sampler_draws_from_schedule_and_resumes_exactly():
+    geom = KVGeometry(layers=3, heads=4, kv_heads=2, head_dim=64)
+    assert default_schedule(64) == (8, 16, 24, 32, 40, 48, 56, 64)
+    sampler = RankSampler(geom, (8, 32), seed=1)
+    draws = torch.stack([sampler.sample() for _ in range(50)])
+    assert draws.shape == (50, 3, 2, 2) and set(draws.unique().tolist()) == {8, 32}
+    state = sampler.state_dict()
+    again = RankSampler(geom, (8, 32), seed=99)
+    again.load_state_dict(state)
+    assert torch.equal(again.sample(), sampler.sample())
+    with pytest.raises(ValueError, match="schedule"):
+        RankSampler(geom, (8, 16)).load_state_dict(state)
+
+
+def test_distill_loss_zero_kl_for_identical_logits_and_mask():
+    logits = torch.randn(2, 5, 11)
+    ids = torch.randint(0, 11, (2, 5))
+    loss, parts = distill_loss(logits, logits, ids, kd_weight=1.0, lm_weight=0.0)
+    assert abs(parts["kd"]) < 1e-6
+    mask = torch.ones(2, 5)
+    mask[1] = 0                                                     # second row is padding
+    _, masked = distill_loss(logits, logits.flip(-1), ids, mask, kd_weight=1.0, lm_weight=1.0)
+    _, first = distill_loss(logits[:1], logits.flip(-1)[:1], ids[:1], kd_weight=1.0, lm_weight=1.0)
+    assert masked["kd"] == pytest.approx(first["kd"]) and masked["lm"] == pytest.approx(first["lm"])
+
+
+def test_config_rejects_bad_fields():
+    for bad in [dict(steps=0), dict(lr=-1.0), dict(kd_weight=0.0, lm_weight=0.0), dict(mixed_precision="fp8"),
+                dict(eval_budgets=(0.0,))]:
+        with pytest.raises(ValueError, match="TrainConfig"):
+            TrainConfig(**bad)
+
+
+def test_cli_refuses_the_evaluation_set(tmp_path, capsys):
+    from mkvlib.cli import main
+
+    assert main(["train", "--corpus", "wikitext2-test", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "evaluation set" in capsys.readouterr().err
+    assert main(["train", "--schedule", "8,x", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert main(["train", "--out", str(tmp_path / "x.pt")]) == 2
