@@ -1,0 +1,263 @@
+"""The accuracy-versus-compression sweep: methods x budgets x tasks, one stored row per finished cell.
+
+A cell is (method, budget, task). Each finished cell is appended to a CSV at once (the file is rewritten
+atomically), keyed by model, method, projections fingerprint, budget, task and item limit, so an interrupted
+sweep resumes where it stopped. Compression at full rank is exact, so every method shares one 100% cell:
+the uncompressed baseline, computed once (method ``uncompressed``). Introduced in notebook 04.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io import atomic_path
+from ..runtime import project_dir
+from .evaluate import LMEvalConfig, lm_eval_version, run_lm_eval, wrap
+from .tasks import LOCAL_TASKS, choose_source
+from ..corpora import data_dir
+
+BUDGETS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+BASELINE = "uncompressed"
+FIELDS = ["model", "method", "projections", "allocation", "fingerprint", "budget", "kv_budget", "task", "acc",
+          "acc_norm", "items", "limit", "batch_size", "seconds", "source", "git_commit", "lm_eval_version",
+          "finished_at"]
+KEY = ("model", "method", "fingerprint", "budget", "task", "limit")
+# mean answer choices per item (loglikelihood requests per item), for the cost estimate
+CHOICES = {"piqa": 2, "arc_easy": 4, "arc_challenge": 4, "hellaswag": 4, "winogrande": 2, "openbookqa": 4}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compression method: which projections (``pca``, ``trained`` or a file) and how ranks are allocated."""
+    name: str
+    projections: str
+    allocation: str = "uniform"
+
+    def __post_init__(self):
+        if self.allocation not in ("uniform", "adaptive"):
+            raise ValueError(f"method {self.name!r}: allocation must be 'uniform' or 'adaptive', "
+                             f"not {self.allocation!r}")
+
+
+METHODS = {m.name: m for m in [Method("pca-uniform", "pca"), Method("trained-uniform", "trained"),
+                               Method("trained-adaptive", "trained", "adaptive"),
+                               Method("pca-adaptive", "pca", "adaptive")]}
+
+
+def parse_methods(spec) -> list[Method]:
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"unknown method(s) {unknown or spec!r}: choose from {sorted(METHODS)}")
+    return [METHODS[n] for n in names]
+
+
+@dataclass
+class SweepConfig:
+    """methods x budgets x tasks, with the lm-eval settings shared by every cell; ``out``: the results CSV."""
+    out: str
+    methods: list = field(default_factory=lambda: ["pca-uniform", "trained-uniform", "trained-adaptive"])
+    budgets: list = field(default_factory=lambda: list(BUDGETS))
+    tasks: list = field(default_factory=lambda: ["piqa", "arc_easy", "hellaswag"])
+    limit: int | None = None
+    batch_size: int = 8
+    source: str = "auto"
+    include_path: str | None = None
+    skip_unavailable: bool = True
+    seconds_per_request: float = 1.0
+
+    def __post_init__(self):
+        if not str(self.out).endswith(".csv"):
+            raise ValueError(f"the sweep's results file must end in .csv, not {self.out!r}")
+        self.methods = parse_methods(self.methods)
+        budgets = [float(b) for b in self.budgets]
+        bad = [b for b in budgets if not 0 < b <= 1]
+        if bad or not budgets:
+            raise ValueError(f"budgets must be fractions in (0, 1] (e.g. 0.5 for 50%), not {bad or self.budgets}")
+        self.budgets = sorted(set(budgets), reverse=True)
+        self.eval_config = LMEvalConfig(self.tasks, self.limit, self.batch_size, self.source, self.include_path)
+        self.tasks = self.eval_config.tasks
+
+    @classmethod
+    def fast(cls, out: str, **kw) -> "SweepConfig":
+        """CI-sized: PCA only, three budgets, a few items per task."""
+        return cls(out, **{"methods": ["pca-uniform"], "budgets": [1.0, 0.5, 0.25], "limit": 4, **kw})
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=project_dir(), capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def read_rows(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def append_row(path, row: dict) -> None:
+    """Add one row to the CSV, rewriting the file atomically (old file or new file, never half of one)."""
+    rows = read_rows(path) + [row]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _key(row: dict) -> tuple:
+    return tuple(str(row.get(k)) for k in KEY)
+
+
+def _fmt_budget(b: float) -> str:
+    return f"{float(b):.4f}"
+
+
+def _split_size(task: str) -> int | None:
+    """Items in the scored split of a local task (its line count), or None when unknown."""
+    spec, root = LOCAL_TASKS.get(task), data_dir()
+    if spec is None or root is None:
+        return None
+    split = "test" if "test" in spec.files else "validation"
+    path = root / spec.files[split]
+    if not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+@dataclass
+class Cell:
+    method: Method | None     # None: the uncompressed baseline
+    budget: float
+    task: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.method.name if self.method else BASELINE} @ {100 * self.budget:g}% / {self.task}"
+
+
+class Sweep:
+    """Runs a :class:`SweepConfig` on one loaded model, storing each finished cell in ``config.out``."""
+
+    def __init__(self, model, tokenizer, config: SweepConfig):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self._projections: dict = {}
+        self.skipped: dict = {}
+
+    # --- planning ---------------------------------------------------------------------------------
+    def projections_for(self, method: Method):
+        from ..projections import resolve_projections
+
+        if method.projections not in self._projections:
+            self._projections[method.projections] = resolve_projections(method.projections, self.model)
+        return self._projections[method.projections]
+
+    def ranks_for(self, method: Method, budget: float):
+        if method.allocation == "uniform":
+            return budget
+        from .. import search  # the rank-search module (notebook 03)
+
+        return search.adaptive_ranks(self.model, self.projections_for(method), budget)
+
+    def cells(self) -> list[Cell]:
+        """Every cell of the grid that can run: one shared baseline per task, then method x budget x task.
+        Methods whose projections or rank trajectories are not available are skipped (see ``skipped``)."""
+        cells = [Cell(None, 1.0, t) for t in self.config.tasks] if 1.0 in self.config.budgets else []
+        for method in self.config.methods:
+            try:
+                self.projections_for(method)
+                if method.allocation == "adaptive":
+                    self.ranks_for(method, min(self.config.budgets))
+            except (FileNotFoundError, ImportError, AttributeError, ValueError) as err:
+                if not self.config.skip_unavailable:
+                    raise
+                self.skipped[method.name] = f"{type(err).__name__}: {err}"
+                continue
+            cells += [Cell(method, b, t) for b in self.config.budgets if b < 1.0 for t in self.config.tasks]
+        return cells
+
+    def row_key(self, cell: Cell) -> tuple:
+        return _key(self._identity(cell))
+
+    def _identity(self, cell: Cell) -> dict:
+        fingerprint = self.projections_for(cell.method).fingerprint() if cell.method else "none"
+        return {"model": getattr(self.model, "mkv_name", "?"), "method": cell.method.name if cell.method else
+                BASELINE, "fingerprint": fingerprint, "budget": _fmt_budget(cell.budget), "task": cell.task,
+                "limit": self.config.limit if self.config.limit is not None else "full"}
+
+    def pending(self) -> list[Cell]:
+        done = {_key(r) for r in read_rows(self.config.out)}
+        return [c for c in self.cells() if self.row_key(c) not in done]
+
+    def estimate(self, cells=None) -> dict:
+        """Loglikelihood requests and seconds the pending cells will take (at ``seconds_per_request``)."""
+        cells = self.pending() if cells is None else cells
+        requests = 0
+        for c in cells:
+            size = _split_size(c.task)
+            items = min(x for x in (self.config.limit, size) if x is not None) if (self.config.limit or size) \
+                else 1000
+            requests += items * CHOICES.get(c.task, 4)
+        return {"cells": len(cells), "requests": requests,
+                "seconds": requests * self.config.seconds_per_request}
+
+    # --- running ----------------------------------------------------------------------------------
+    def run_cell(self, cell: Cell, lm) -> dict:
+        from ..compress import attach
+        from ..geometry import budget_of
+
+        eval_config = LMEvalConfig([cell.task], self.config.limit, self.config.batch_size, self.config.source,
+                                   self.config.include_path)
+        row = self._identity(cell)
+        if cell.method is None:
+            summary = run_lm_eval(self.model, self.tokenizer, eval_config, lm=lm)
+            row.update(projections="none", allocation="none", kv_budget=_fmt_budget(1.0))
+        else:
+            proj = self.projections_for(cell.method)
+            with attach(self.model, proj, self.ranks_for(cell.method, cell.budget)) as comp:
+                summary = run_lm_eval(self.model, self.tokenizer, eval_config, lm=lm)
+                kv = budget_of(comp.ranks, comp.geometry.head_dim)
+            row.update(projections=cell.method.projections, allocation=cell.method.allocation,
+                       kv_budget=_fmt_budget(kv))
+        result = summary["tasks"][cell.task]
+        row.update(acc=result["acc"], acc_norm=result["acc_norm"], items=result["items"],
+                   batch_size=self.config.batch_size, seconds=round(summary["seconds"], 1),
+                   source=choose_source(self.config.source), git_commit=git_commit(),
+                   lm_eval_version=lm_eval_version(),
+                   finished_at=datetime.datetime.now().isoformat(timespec="seconds"))
+        append_row(self.config.out, row)
+        return row
+
+    def run(self, progress: bool = True, dry_run: bool = False, max_cells: int | None = None) -> list[dict]:
+        """Run every pending cell (at most ``max_cells``); print the cost estimate first. Returns the rows
+        written by this call."""
+        from tqdm.auto import tqdm
+
+        pending = self.pending()[:max_cells]
+        est = self.estimate(pending)
+        for name, why in self.skipped.items():
+            print(f"skipping {name}: {why}", file=sys.stderr)
+        print(f"{est['cells']} cells to run ({len(self.cells()) - len(pending)} already stored in "
+              f"{self.config.out}): about {est['requests']} loglikelihood requests, ~{est['seconds'] / 60:.0f} min "
+              f"at {self.config.seconds_per_request:g} s/request", file=sys.stderr)
+        if dry_run or not pending:
+            return []
+        lm = wrap(self.model, self.tokenizer, self.config.batch_size)
+        written = []
+        bar = tqdm(pending, desc="lm-eval sweep", unit="cell", disable=not progress)
+        for cell in bar:
+            bar.set_postfix_str(cell.label)
+            start = time.perf_counter()
+            written.append(self.run_cell(cell, lm))
+            bar.set_postfix_str(f"{cell.label}: acc {written[-1]['acc']:.3f} in {time.perf_counter() - start:.0f}s")
+        return written
