@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .tasks import SOURCES, parse_tasks, resolve_task_paths
+from .tasks import SOURCES, choose_source, parse_tasks, resolve_task_paths
 
 
 @dataclass
@@ -61,13 +61,14 @@ def wrap(model, tokenizer, batch_size: int = 8):
 _MANAGERS: dict = {}
 
 
-def task_manager(paths):
-    """lm-eval's TaskManager for these include paths, built once per process (indexing takes ~30 s on CPU)."""
+def task_manager(paths, include_defaults: bool = True):
+    """lm-eval's TaskManager for these include paths, built once per process. Offline runs leave out the
+    index of lm-eval's ~10k built-in YAMLs (about 30 s on CPU): the generated YAMLs include theirs by path."""
     from lm_eval.tasks import TaskManager
 
-    key = tuple(paths)
+    key = (tuple(paths), include_defaults)
     if key not in _MANAGERS:
-        _MANAGERS[key] = TaskManager(include_path=list(paths) or None)
+        _MANAGERS[key] = TaskManager(include_path=list(paths) or None, include_defaults=include_defaults)
     return _MANAGERS[key]
 
 
@@ -82,7 +83,7 @@ def run_lm_eval(model, tokenizer, config: LMEvalConfig, lm=None) -> dict:
     import lm_eval
 
     paths = resolve_task_paths(config.tasks, config.source, config.include_path)
-    manager = task_manager(paths)
+    manager = task_manager(paths, include_defaults=choose_source(config.source) == "hub")
     lm = lm or wrap(model, tokenizer, config.batch_size)
     start = time.perf_counter()
     raw = lm_eval.simple_evaluate(model=lm, tasks=list(config.tasks), task_manager=manager, limit=config.limit,

@@ -50,11 +50,13 @@ METHODS = {m.name: m for m in [Method("pca-uniform", "pca"), Method("trained-uni
 
 
 def parse_methods(spec) -> list[Method]:
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
-    unknown = [n for n in names if n not in METHODS]
-    if unknown or not names:
+    """Method names ('pca-uniform,trained-adaptive' or a list; see :data:`METHODS`) or :class:`Method` objects."""
+    items = [s.strip() if isinstance(s, str) else s for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    items = [s for s in items if s]
+    unknown = [n for n in items if isinstance(n, str) and n not in METHODS]
+    if unknown or not items:
         raise ValueError(f"unknown method(s) {unknown or spec!r}: choose from {sorted(METHODS)}")
-    return [METHODS[n] for n in names]
+    return [METHODS[n] if isinstance(n, str) else n for n in items]
 
 
 @dataclass
@@ -87,6 +89,17 @@ class SweepConfig:
     def fast(cls, out: str, **kw) -> "SweepConfig":
         """CI-sized: PCA only, three budgets, a few items per task."""
         return cls(out, **{"methods": ["pca-uniform"], "budgets": [1.0, 0.5, 0.25], "limit": 4, **kw})
+
+
+def ranks_for(model, projections, allocation: str, budget: float):
+    """Ranks at ``budget``: the float budget itself (uniform), or the shipped search trajectory's (adaptive)."""
+    if allocation == "uniform":
+        return float(budget)
+    if allocation != "adaptive":
+        raise ValueError(f"allocation must be 'uniform' or 'adaptive', not {allocation!r}")
+    from .. import search  # the rank-search module (notebook 03)
+
+    return search.adaptive_ranks(model, projections, budget)
 
 
 def git_commit() -> str:
@@ -163,11 +176,7 @@ class Sweep:
         return self._projections[method.projections]
 
     def ranks_for(self, method: Method, budget: float):
-        if method.allocation == "uniform":
-            return budget
-        from .. import search  # the rank-search module (notebook 03)
-
-        return search.adaptive_ranks(self.model, self.projections_for(method), budget)
+        return ranks_for(self.model, self.projections_for(method), method.allocation, budget)
 
     def cells(self) -> list[Cell]:
         """Every cell of the grid that can run: one shared baseline per task, then method x budget x task.
@@ -243,11 +252,12 @@ class Sweep:
         written by this call."""
         from tqdm.auto import tqdm
 
-        pending = self.pending()[:max_cells]
+        all_pending = self.pending()
+        pending = all_pending[:max_cells]
         est = self.estimate(pending)
         for name, why in self.skipped.items():
             print(f"skipping {name}: {why}", file=sys.stderr)
-        print(f"{est['cells']} cells to run ({len(self.cells()) - len(pending)} already stored in "
+        print(f"{est['cells']} cells to run ({len(self.cells()) - len(all_pending)} already stored in "
               f"{self.config.out}): about {est['requests']} loglikelihood requests, ~{est['seconds'] / 60:.0f} min "
               f"at {self.config.seconds_per_request:g} s/request", file=sys.stderr)
         if dry_run or not pending:

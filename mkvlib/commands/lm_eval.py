@@ -1,0 +1,83 @@
+"""mkv lm-eval: zero-shot accuracy of the compressed model through lm-evaluation-harness, or a whole sweep."""
+from __future__ import annotations
+
+import sys
+
+from .common import emit
+
+
+def register(sub) -> None:
+    p = sub.add_parser("lm-eval", help="zero-shot accuracy through lm-evaluation-harness (one budget, or a sweep)")
+    p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--projections", default="pca", help="'pca', 'trained' (shipped) or a .safetensors file")
+    p.add_argument("--budget", type=float, default=1.0, help="KV budget in (0, 1]; 1 = uncompressed (default)")
+    p.add_argument("--allocation", choices=["uniform", "adaptive"], default="uniform",
+                   help="uniform ranks, or the shipped greedy-search trajectory for these projections")
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. piqa,arc_easy,hellaswag")
+    p.add_argument("--include-path", default=None, help="a folder of your own lm-eval task YAMLs")
+    p.add_argument("--source", choices=["auto", "local", "hub"], default="auto",
+                   help="task data: local files in MKV_DATA_DIR, the Hugging Face Hub, or auto (local when "
+                   "MKV_DATA_DIR is set or HF is offline)")
+    p.add_argument("--limit", type=int, default=None, help="items per task (default: the whole split)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--sweep", default=None, metavar="CSV",
+                   help="run the methods x budgets x tasks grid instead, storing each cell in CSV (resumable)")
+    p.add_argument("--methods", default="pca-uniform,trained-uniform,trained-adaptive", help="with --sweep")
+    p.add_argument("--budgets", default="1,0.875,0.75,0.625,0.5,0.375,0.25", help="with --sweep")
+    p.add_argument("--dry-run", action="store_true", help="with --sweep: print the cost estimate and stop")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..lmeval import LMEvalConfig
+    from ..models import load_model
+
+    config = LMEvalConfig(args.tasks, args.limit, args.batch_size, args.source, args.include_path)
+    if args.sweep:
+        return run_sweep(args)
+    from ..lmeval.tasks import resolve_task_paths
+
+    resolve_task_paths(config.tasks, config.source, config.include_path)   # missing files fail before loading
+    model, tokenizer = load_model(args.model, device=args.device)
+    result = evaluate_one(model, tokenizer, config, args.projections, args.budget, args.allocation)
+    emit(result, args.json)
+    return 0
+
+
+def evaluate_one(model, tokenizer, config, projections: str, budget: float, allocation: str) -> dict:
+    """Accuracy at one budget: uncompressed at 1.0 with uniform ranks, else through the attached compression."""
+    from ..compress import attach
+    from ..geometry import check_budget
+    from ..lmeval import flat_result, run_lm_eval
+    from ..lmeval.sweep import ranks_for
+    from ..projections import resolve_projections
+
+    check_budget(budget)
+    meta = dict(model=model.mkv_name, budget=budget, allocation=allocation, projections=projections)
+    if budget == 1.0 and allocation == "uniform":
+        summary = run_lm_eval(model, tokenizer, config)
+        return flat_result(summary, **meta, fingerprint="none")
+    proj = resolve_projections(projections, model)
+    with attach(model, proj, ranks_for(model, proj, allocation, budget)) as comp:
+        summary = run_lm_eval(model, tokenizer, config)
+        meta.update(kv_budget=comp.budget)
+    return flat_result(summary, **meta, fingerprint=proj.fingerprint())
+
+
+def run_sweep(args) -> int:
+    from ..lmeval import Sweep, SweepConfig
+    from ..models import load_model
+
+    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    config = SweepConfig(args.sweep, methods=args.methods, budgets=budgets, tasks=args.tasks, limit=args.limit,
+                         batch_size=args.batch_size, source=args.source, include_path=args.include_path)
+    model, tokenizer = load_model(args.model, device=args.device)
+    sweep = Sweep(model, tokenizer, config)
+    rows = sweep.run(progress=not args.json, dry_run=args.dry_run)
+    result = {"out": args.sweep, "cells_run": len(rows), "skipped": sweep.skipped, **sweep.estimate()}
+    emit(result, args.json)
+    print(f"results in {args.sweep}", file=sys.stderr)
+    return 0
