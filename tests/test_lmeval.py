@@ -1,0 +1,175 @@
+"""lm-eval through the compression wrapper: tiny local tasks on a tiny model, exactness at full rank, sweep resume,
+and clear errors for missing task files."""
+import json
+
+import pytest
+import torch
+
+from mkvlib.lmeval import LMEvalConfig, Method, Sweep, SweepConfig, run_lm_eval
+from mkvlib.lmeval.hellaswag import process_docs
+from mkvlib.lmeval.sweep import read_rows
+from mkvlib.lmeval.tasks import TaskFilesMissingError, resolve_task_paths, write_local_tasks
+from mkvlib.models import tiny_model
+from mkvlib.projections import Projections
+
+WORDS = ("question answer what is the a an of to in yes no red blue green sky grass fire water cold hot "
+         "colour color sun ice open door key lock how do i").split()
+TINY_TASK = [{"q": "what colour is the sky", "choices": ["blue", "green", "red"], "label": 0},
+             {"q": "what colour is the grass", "choices": ["red", "green"], "label": 1},
+             {"q": "is ice cold", "choices": ["yes", "no"], "label": 0},
+             {"q": "is fire hot", "choices": ["no", "yes"], "label": 1},
+             {"q": "how do i open a lock", "choices": ["the key", "the water", "the sun"], "label": 0}]
+TINY_YAML = """task: tiny_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {file}
+output_type: multiple_choice
+validation_split: validation
+doc_to_text: "Question: {{{{q}}}}\\nAnswer:"
+doc_to_target: label
+doc_to_choice: "{{{{choices}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[EOS]", *WORDS, ":", "?", ".", ","])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]", pad_token="[EOS]")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama", heads=4, kv_heads=2, layers=2, vocab=64)
+
+
+@pytest.fixture(scope="module")
+def include_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tasks")
+    data = folder / "tiny.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in TINY_TASK))
+    (folder / "tiny_mc.yaml").write_text(TINY_YAML.format(file=data))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def projections_file(model, tmp_path_factory):
+    """Random orthogonal bases and value means for the tiny model, saved like shipped projections."""
+    g = torch.Generator().manual_seed(3)
+    L, G, d = 2, 2, 16
+    keys = torch.linalg.qr(torch.randn(L, G, d, d, generator=g))[0]
+    values = torch.linalg.qr(torch.randn(L, G, d, d, generator=g))[0]
+    proj = Projections(keys, values, 0.1 * torch.randn(L, G, d, generator=g), meta={"model": model.mkv_name})
+    return proj.save(tmp_path_factory.mktemp("proj") / "random.safetensors")
+
+
+def config(include_dir, **kw):
+    return LMEvalConfig(["tiny_mc"], include_path=str(include_dir), source="local", batch_size=4, **kw)
+
+
+def test_wrapper_scores_a_tiny_local_task(model, tokenizer, include_dir, projections_file):
+    from mkvlib.compress import attach
+
+    plain = run_lm_eval(model, tokenizer, config(include_dir))
+    row = plain["tasks"]["tiny_mc"]
+    assert row["items"] == len(TINY_TASK)
+    assert 0.0 <= row["acc"] <= 1.0 and 0.0 <= row["acc_norm"] <= 1.0
+    assert plain["average"] == row["acc"]
+    with attach(model, str(projections_file), 0.25):
+        low = run_lm_eval(model, tokenizer, config(include_dir, log_samples=True))
+    assert low["tasks"]["tiny_mc"]["items"] == len(TINY_TASK)
+
+
+def test_full_rank_gives_the_same_per_item_loglikelihoods(model, tokenizer, include_dir, projections_file):
+    from mkvlib.compress import attach
+
+    plain = run_lm_eval(model, tokenizer, config(include_dir, log_samples=True))["loglikelihoods"]["tiny_mc"]
+    with attach(model, str(projections_file), 1.0):
+        full = run_lm_eval(model, tokenizer, config(include_dir, log_samples=True))["loglikelihoods"]["tiny_mc"]
+    with attach(model, str(projections_file), 0.25):
+        low = run_lm_eval(model, tokenizer, config(include_dir, log_samples=True))["loglikelihoods"]["tiny_mc"]
+    assert [len(x) for x in plain] == [len(r["choices"]) for r in TINY_TASK]
+    flat = lambda lls: torch.tensor([x for item in lls for x in item])  # noqa: E731
+    assert torch.allclose(flat(plain), flat(full), atol=1e-4), "full rank must be exact"
+    assert not torch.allclose(flat(plain), flat(low), atol=1e-4), "a 25% budget should change the scores"
+
+
+def test_offline_builtin_piqa_and_hellaswag_read_local_files(model, tokenizer, tmp_path, monkeypatch):
+    """The built-in piqa YAML (prompts, choices, metrics) runs on a local copy laid out like the data folder."""
+    (tmp_path / "piqa").mkdir()
+    rows = [{"goal": "how do i open a door", "sol1": "the key", "sol2": "the water", "label": 0},
+            {"goal": "is ice cold", "sol1": "no", "sol2": "yes", "label": 1}]
+    (tmp_path / "piqa" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("MKV_DATA_DIR", str(tmp_path))
+    result = run_lm_eval(model, tokenizer, LMEvalConfig(["piqa"], source="local", batch_size=4))
+    assert result["tasks"]["piqa"]["items"] == 2
+    generated = (tmp_path / "x")  # the generated YAML includes lm-eval's own definition and only moves the data
+    folder = write_local_tasks(["piqa"], tmp_path, generated)
+    text = (folder / "piqa_local.yaml").read_text()
+    assert "lm_eval/tasks/piqa/piqa.yaml" in text and str(tmp_path / "piqa" / "validation.jsonl") in text
+
+
+def test_hellaswag_adapter_feeds_lm_evals_own_process_docs():
+    import datasets
+
+    row = {"idx": 0, "activity_label": "Roof shingle removal", "ctx": "A man is sitting on a roof. he",
+           "query": "Roof shingle removal: A man is sitting on a roof. He",
+           "choices": ["is using wrap.", "is ripping level tiles off.", "is holding a cube.", "starts pulling."],
+           "label": 3}
+    doc = process_docs(datasets.Dataset.from_list([row]))[0]
+    assert doc["query"] == row["query"] and doc["choices"] == row["choices"] and doc["gold"] == 3
+
+
+def test_missing_task_files_name_the_expected_files(tmp_path, monkeypatch, capsys):
+    with pytest.raises(TaskFilesMissingError) as err:
+        write_local_tasks(["piqa", "hellaswag"], tmp_path)
+    assert "piqa/validation.jsonl" in str(err.value) and "hellaswag/validation.jsonl" in str(err.value)
+    monkeypatch.setenv("MKV_DATA_DIR", str(tmp_path))
+    with pytest.raises(TaskFilesMissingError, match="arc_easy/test.jsonl"):
+        resolve_task_paths(["arc_easy"], source="local")
+    with pytest.raises(ValueError, match="no offline definition"):
+        resolve_task_paths(["no_such_task"], source="local")
+    from mkvlib.cli import main
+
+    assert main(["lm-eval", "--tasks", "piqa", "--source", "local"]) == 2   # fails before loading any model
+    assert "piqa/validation.jsonl" in capsys.readouterr().err
+
+
+def test_configs_reject_bad_fields(tmp_path):
+    with pytest.raises(ValueError, match="limit"):
+        LMEvalConfig(["piqa"], limit=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        LMEvalConfig(["piqa"], batch_size=0)
+    with pytest.raises(ValueError, match="no tasks"):
+        LMEvalConfig("")
+    with pytest.raises(ValueError, match=".csv"):
+        SweepConfig(str(tmp_path / "out.json"))
+    with pytest.raises(ValueError, match="budgets"):
+        SweepConfig(str(tmp_path / "out.csv"), budgets=[1.5])
+    with pytest.raises(ValueError, match="unknown method"):
+        SweepConfig(str(tmp_path / "out.csv"), methods=["magic"])
+
+
+def test_sweep_resumes_without_redoing_finished_cells(model, tokenizer, include_dir, projections_file, tmp_path):
+    out = tmp_path / "sweep.csv"
+    cfg = SweepConfig(str(out), methods=[Method("random-uniform", str(projections_file))], budgets=[1.0, 0.5, 0.25],
+                      tasks=["tiny_mc"], include_path=str(include_dir), source="local", batch_size=4)
+    sweep = Sweep(model, tokenizer, cfg)
+    assert len(sweep.pending()) == 3 and sweep.estimate()["cells"] == 3
+    first = sweep.run(progress=False, max_cells=2)        # "interrupted" after two cells
+    assert [r["method"] for r in first] == ["uncompressed", "random-uniform"]
+    rest = Sweep(model, tokenizer, cfg).run(progress=False)
+    assert [(r["method"], r["budget"]) for r in rest] == [("random-uniform", "0.2500")]
+    assert Sweep(model, tokenizer, cfg).run(progress=False) == []
+    rows = read_rows(out)
+    assert len(rows) == 3 and {r["limit"] for r in rows} == {"full"}
+    assert all(r["git_commit"] and r["lm_eval_version"] and r["items"] == "5" for r in rows)
+    assert rows[0]["fingerprint"] == "none" and len(rows[1]["fingerprint"]) == 16
