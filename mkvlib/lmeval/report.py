@@ -1,0 +1,135 @@
+"""Tables and plots of accuracy against KV budget from a sweep's results CSV (see :mod:`.sweep`).
+
+Accuracy is shown as a share of the uncompressed model's, per task and averaged over tasks (the paper's
+"% of baseline average"), and also normalised above chance: (acc - chance) / (acc_100% - chance), which is
+the fairer scale for a small model whose baseline is itself not far above chance. Introduced in notebook 04.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .sweep import BASELINE, read_rows
+
+# chance accuracy of each task (1 / number of choices; ARC-Easy has a few 3- and 5-choice items, ~0.25)
+CHANCE = {"piqa": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "winogrande": 0.5,
+          "openbookqa": 0.25, "tiny_mc": 0.4}
+LABELS = {"pca-uniform": "PCA, uniform", "trained-uniform": "trained, uniform", "trained-adaptive":
+          "MatryoshkaKV (trained, adaptive)", "pca-adaptive": "PCA, adaptive", BASELINE: "uncompressed"}
+AVERAGE = "average"
+
+
+def load_results(path) -> pd.DataFrame:
+    """The sweep CSV as a DataFrame with numeric budget, acc, acc_norm and items."""
+    rows = read_rows(path)
+    if not rows:
+        raise FileNotFoundError(f"no sweep results in {path}: run `mkv lm-eval --sweep {path} --tasks ...` first")
+    df = pd.DataFrame(rows)
+    for col in ("budget", "kv_budget", "acc", "acc_norm", "items", "seconds"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def curves(df: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
+    """Long table (method, budget, task, value, baseline, relative, above_chance), the shared 100% cell repeated
+    under every method, plus ``average`` rows where a (method, budget) has every task the baseline has."""
+    base = df[df.method == BASELINE].set_index("task")[metric]
+    if base.empty:
+        raise ValueError("the results hold no uncompressed (100%) cells: every ratio needs that baseline")
+    methods = [m for m in df.method.unique() if m != BASELINE]
+    parts = [df[df.method != BASELINE]] + [df[df.method == BASELINE].assign(method=m) for m in methods]
+    long = pd.concat(parts, ignore_index=True)[["method", "budget", "task", metric, "items"]]
+    long = long.rename(columns={metric: "value"})
+    long = long[long.task.isin(base.index)]
+    avg = (long.groupby(["method", "budget"]).filter(lambda g: set(g.task) == set(base.index))
+           .groupby(["method", "budget"], as_index=False).agg(value=("value", "mean"), items=("items", "sum")))
+    long = pd.concat([long, avg.assign(task=AVERAGE)], ignore_index=True)
+    base_avg = float(base.mean())
+    chance = {t: CHANCE.get(t, 0.0) for t in base.index}
+    chance[AVERAGE] = sum(chance.values()) / len(chance)
+    long["baseline"] = long.task.map(lambda t: base_avg if t == AVERAGE else float(base[t]))
+    long["chance"] = long.task.map(chance)
+    long["relative"] = long.value / long.baseline
+    long["above_chance"] = (long.value - long.chance) / (long.baseline - long.chance)
+    return long.sort_values(["method", "task", "budget"], ascending=[True, True, False]).reset_index(drop=True)
+
+
+def table1(df: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
+    """The paper's Table 1 layout: one row per (budget, method), one column per task, then the average and
+    the average as % of the uncompressed model's (accuracies in %)."""
+    long = curves(df, metric)
+    tasks = [t for t in long.task.unique() if t != AVERAGE]
+    wide = long.pivot_table(index=["budget", "method"], columns="task", values="value")
+    wide = wide.reindex(columns=tasks + [AVERAGE]) * 100
+    rel = long[long.task == AVERAGE].set_index(["budget", "method"])["relative"] * 100
+    wide["% of 100%"] = rel
+    wide = wide.sort_index(level=["budget", "method"], ascending=[False, True])
+    # the shared 100% cell once, not once per method
+    full = wide.xs(1.0, level="budget", drop_level=False).iloc[:1].rename(index=lambda m: BASELINE, level=1)
+    wide = pd.concat([full, wide.drop(index=1.0, level="budget")])
+    wide.index = wide.index.set_levels([[f"{100 * b:g}%" for b in wide.index.levels[0]],
+                                        [LABELS.get(m, m) for m in wide.index.levels[1]]])
+    wide.index.names = ["budget", "method"]
+    return wide.round(1)
+
+
+def kept_at(df: pd.DataFrame, budgets=(0.5, 0.375), metric: str = "acc") -> pd.DataFrame:
+    """% of the uncompressed average accuracy kept, and the above-chance share kept, per method and budget."""
+    avg = curves(df, metric)
+    avg = avg[(avg.task == AVERAGE) & avg.budget.isin(budgets)]
+    return (avg.assign(kept=100 * avg.relative, kept_above_chance=100 * avg.above_chance)
+            .pivot_table(index="method", columns="budget", values=["kept", "kept_above_chance"]).round(1))
+
+
+def accuracy_vs_budget(df: pd.DataFrame, scale: str = "relative", metric: str = "acc"):
+    """One panel per task plus the average: accuracy against budget for every method, side by side.
+
+    ``scale``: "relative" (% of uncompressed), "above_chance" (% of the baseline's margin over chance)
+    or "value" (raw accuracy, chance drawn dashed).
+    """
+    import matplotlib.pyplot as plt
+
+    if scale not in ("relative", "above_chance", "value"):
+        raise ValueError(f"scale must be 'relative', 'above_chance' or 'value', not {scale!r}")
+    long = curves(df, metric)
+    tasks = [t for t in long.task.unique() if t != AVERAGE] + [AVERAGE]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.3 * len(tasks), 3.3), sharey=scale != "value",
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sub = long[long.task == task]
+        for method, g in sub.groupby("method"):
+            y = g[scale] * (100 if scale != "value" else 1)
+            ax.plot(100 * g.budget, y, marker="o", label=LABELS.get(method, method))
+        if scale == "value":
+            ax.axhline(sub.chance.iloc[0], ls="--", c="grey", lw=1, label="chance")
+        else:
+            ax.axhline(100, ls=":", c="black", lw=1)
+            if scale == "relative":
+                ax.axhline(100 * sub.chance.iloc[0] / sub.baseline.iloc[0], ls="--", c="grey", lw=1, label="chance")
+            else:
+                ax.axhline(0, ls="--", c="grey", lw=1, label="chance")
+        items = int(sub[sub.method == sub.method.iloc[0]]["items"].max())
+        ax.set(title=f"{task} ({items} items)", xlabel="KV budget (%)")
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    ylabel = {"relative": "% of uncompressed accuracy", "above_chance": "% of margin above chance kept",
+              "value": metric}[scale]
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def results_path(name: str = "lm_eval_smollm2.csv") -> Path:
+    """The committed results table under data/results/."""
+    from ..runtime import shipped_data_dir
+
+    return shipped_data_dir() / "results" / name
+
+
+def scratch_path(name: str = "lm_eval_live.csv") -> Path:
+    """A fresh CSV path in a new temporary folder, for a throw-away (fast-mode) sweep."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="mkv-lmeval-")) / name
