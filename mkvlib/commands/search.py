@@ -21,6 +21,7 @@ def register(sub) -> None:
                    "(default wikitext2 test with MKV_DATA_DIR, else pydoc-test)")
     p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default 4096; 512 fast)")
     p.add_argument("--grid", type=int, default=None, help="budgets in the precomputed grid (default 13; 4 fast)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     p.add_argument("--out", required=True, help="output trajectory .json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run, seq_len=None)
@@ -50,6 +51,10 @@ def run(args) -> int:
     if not args.out.endswith(".json"):
         raise ValueError(f"--out must end in .json, not {args.out!r}")
     config = config_from_args(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, device=args.device)
     proj = resolve_projections(args.projections, model)
     corpus = config.corpus or default_corpus("calibration")

@@ -60,7 +60,7 @@ class _Search:
         with attach(self.model, self.projections, ranks) as comp:
             self.scorer = KLScorer(self.model, comp, self.blocks, cfg.batch_size)
             kl_now = self.scorer.set_state(ranks)
-            self.proxy = LocalProxy(self.scorer, self.path, self.path[len(self.path) // 2]) \
+            self.proxy = LocalProxy(self.scorer, self.path, self.path[len(self.path) // 2], self.progress) \
                 if cfg.strategy == "proxy" else None
             self.stale = {}                                     # lazy: entry -> (harm, pass number)
             total = int(round((1 - self.stop) * d * len(self.entries) / cfg.step))
@@ -83,7 +83,8 @@ class _Search:
         meta = {"config": cfg.as_dict(), "passes": passes, "seconds": round(time.time() - start, 2),
                 "candidate_evaluations": self.scorer.evaluations, "calibration_tokens": self.scorer.tokens,
                 "projections": self.projections.meta.get("kind") or self.projections.meta.get("method", "?"),
-                "proxy_sensitivity": None if self.proxy is None else [round(s, 6) for s in self.proxy.sensitivity]}
+                "proxy_sensitivity": None if self.proxy is None else
+                [round(self.proxy.sensitivity[l], 6) for l in range(self.geom.layers)]}
         return Trajectory(getattr(self.model, "mkv_name", "?"), self.projections.fingerprint(),
                           (self.geom.layers, self.geom.kv_heads, d), steps, meta)
 

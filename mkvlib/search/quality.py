@@ -3,10 +3,13 @@ stored in the trajectory so that a budget slider's readout needs no forward pass
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 
 from ..compress import attach
-from ..geometry import KVGeometry, uniform_ranks
+from ..geometry import KVGeometry, check_budget
 from ..metrics import quality_curve
 from .trajectory import Trajectory
 
@@ -20,12 +23,23 @@ def budget_grid(trajectory: Trajectory, points: int = 13) -> list[float]:
     return [round(float(b), 6) for b in np.linspace(1.0, trajectory.final_budget, points)]
 
 
+def uniform_ranks_at(geometry: tuple, key_budget: float, value_budget: float | None = None):
+    """Uniform ranks (L, G, 2) for ``geometry`` (L, G, d): floor(b * d), so the budget is never exceeded."""
+    L, G, d = geometry
+    value_budget = key_budget if value_budget is None else value_budget
+    ranks = torch.empty((L, G, 2), dtype=torch.long)
+    ranks[..., 0] = math.floor(key_budget * d + 1e-9)
+    ranks[..., 1] = math.floor(value_budget * d + 1e-9)
+    return ranks
+
+
 def allocation_ranks(trajectory: Trajectory, allocation: str, budget: float, geom: KVGeometry):
     """Ranks (L, G, 2) of ``allocation`` ('adaptive': the trajectory's prefix; 'uniform') at ``budget``."""
     if allocation == "adaptive":
         return trajectory.ranks_at(budget)
     if allocation == "uniform":
-        return uniform_ranks(geom, budget)
+        check_budget(budget)
+        return uniform_ranks_at((geom.layers, geom.kv_heads, geom.head_dim), budget)
     raise ValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
 
 

@@ -10,6 +10,7 @@ sensitivity measured once by the exact KL. Introduced in notebook 03.
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from ..geometry import KVGeometry
 from .replay import LayerReplay
@@ -78,11 +79,12 @@ class LocalProxy:
 
     e(r): mean squared change of layer l's attention output (B, T, D) when only that entry is at rank r,
     on the inputs the uncompressed model gives layer l. s_l: exact KL of compressing all of layer l to
-    ``probe_rank`` divided by that configuration's output error. Build it while the scorer holds the base state.
+    ``probe_rank`` divided by that configuration's output error. ``layers``: only these (default all).
     """
 
     @torch.no_grad()
-    def __init__(self, scorer: KLScorer, rank_grid: list[int], probe_rank: int):
+    def __init__(self, scorer: KLScorer, rank_grid: list[int], probe_rank: int, progress: bool = False,
+                 layers: list[int] | None = None):
         self.scorer = scorer
         comp = scorer.compression
         geom: KVGeometry = comp.geometry
@@ -90,7 +92,8 @@ class LocalProxy:
         if scorer.state is None or not torch.equal(scorer.state, full):
             scorer.set_state(full)
         comp.set_ranks(full)
-        reference = [[rp.attention_output(l) for l in range(geom.layers)] for rp in scorer.replays]
+        layers = list(range(geom.layers)) if layers is None else list(layers)
+        reference = [{l: rp.attention_output(l) for l in layers} for rp in scorer.replays]
 
         def error(ranks, layer):
             comp.set_ranks(ranks)
@@ -99,18 +102,18 @@ class LocalProxy:
             return num / scorer.tokens
 
         self.errors = {}                                  # (l, g, c) -> {rank: error}
-        for l in range(geom.layers):
+        for l in tqdm(layers, desc="proxy: output errors", disable=not progress):
             for g in range(geom.kv_heads):
                 for c in (0, 1):
                     self.errors[(l, g, c)] = {r: (0.0 if r == geom.head_dim else error(with_rank(full, (l, g, c), r), l))
                                               for r in rank_grid}
-        self.sensitivity = []
-        for l in range(geom.layers):
+        self.sensitivity = {}
+        for l in tqdm(layers, desc="proxy: sensitivities", disable=not progress):
             probe = full.clone()
             probe[l] = probe_rank
             err = error(probe, l)
             kl = scorer.score(probe, l)
-            self.sensitivity.append(kl / err if err > 0 else 0.0)
+            self.sensitivity[l] = kl / err if err > 0 else 0.0
         comp.set_ranks(full)
 
     def harm(self, entry: Entry, rank: int, new_rank: int) -> float:
