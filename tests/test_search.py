@@ -186,3 +186,17 @@ def test_scorer_refuses_ranks_that_disagree_with_the_captured_state(setup):
         trial[0, 0, 0] = 8
         with pytest.raises(RuntimeError, match="set_state"):
             scorer.score(trial, 1)
+
+
+def test_adaptive_ranks_use_the_shipped_trajectory_matched_by_fingerprint(setup, exact_traj, tmp_path, monkeypatch):
+    from mkvlib.search import adaptive_ranks, shipped_trajectory_path
+
+    model, ids, proj = setup
+    monkeypatch.setenv("MKV_PROJECT_DIR", str(tmp_path))
+    with pytest.raises(TrajectoryMismatchError, match="no shipped trajectory"):
+        adaptive_ranks(model, proj, 0.5)
+    exact_traj.save(shipped_trajectory_path(model.mkv_name, "pca"))
+    assert torch.equal(adaptive_ranks(model, proj, 0.5), exact_traj.ranks_at(0.5))
+    other = _proj(model, torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(9)))
+    with pytest.raises(TrajectoryMismatchError, match="mkv search"):
+        adaptive_ranks(model, other, 0.5)

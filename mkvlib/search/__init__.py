@@ -12,6 +12,3 @@ from .trajectory import Trajectory, TrajectoryMismatchError
 
 __all__ = ["SearchConfig", "greedy_search", "rank_path", "budget_grid", "evaluate_trajectory", "adaptive_ranks",
            "find_trajectory", "shipped_trajectory_path", "Trajectory", "TrajectoryMismatchError"]
-from .compare import compare_trajectories, first_divergence  # noqa: E402
-
-__all__ += ["compare_trajectories", "first_divergence"]

@@ -49,7 +49,8 @@ class _Search:
         self.entries = [(l, g, c) for l in range(self.geom.layers) for g in range(self.geom.kv_heads) for c in (K, V)]
 
     def candidates(self, ranks, pool, exclude=()) -> list:
-        return [e for e in self.entries if int(ranks[e]) in self.next_rank and e not in exclude
+        r = ranks.tolist()
+        return [e for e in self.entries if r[e[0]][e[1]][e[2]] in self.next_rank and e not in exclude
                 and (pool is None or e[2] == pool)]
 
     def run(self) -> Trajectory:
