@@ -76,6 +76,9 @@ class Trainer:
             to switching compression off (e.g. ``model.disable_adapter`` for a peft model).
         accelerator: optional ``accelerate.Accelerator``: device from it, data sharded across processes (all
             processes draw the same ranks), gradients averaged, only the main process writes checkpoints.
+        train_masks: optional (N, T) 0/1 tensor aligned with ``train_blocks``, handed to the loss as its
+            attention mask: a next-token target counts where both it and its input are 1 (padding, or only the
+            answers of supervised fine-tuning examples; see :mod:`mkvlib.lora.data`). Default: every token.
 
     ``history`` holds one dict per step (loss, kd, lm, lr, grad_norm, budget) and ``evals`` the periodic
     evaluations. :meth:`train` runs to ``config.steps`` (or ``until``), checkpointing every
@@ -84,13 +87,17 @@ class Trainer:
 
     def __init__(self, model, projector, train_blocks: torch.Tensor, config: TrainConfig | None = None,
                  eval_blocks: torch.Tensor | None = None, extra_parameters: dict | None = None,
-                 checkpoint_path=None, teacher_context=None, accelerator=None):
+                 checkpoint_path=None, teacher_context=None, accelerator=None, train_masks=None):
         self.config = config or TrainConfig()
         self.model, self.accelerator = model, accelerator
         self.geometry = KVGeometry.of(model)
         if train_blocks.ndim != 2 or train_blocks.shape[1] < 2:
             raise ValueError(f"train_blocks must be (N, T) token ids with T >= 2, not {tuple(train_blocks.shape)}")
         self.train_blocks, self.eval_blocks = train_blocks.long(), eval_blocks
+        if train_masks is not None and tuple(train_masks.shape) != tuple(train_blocks.shape):
+            raise ValueError(f"train_masks shape {tuple(train_masks.shape)} differs from train_blocks "
+                             f"{tuple(train_blocks.shape)}")
+        self.train_masks = None if train_masks is None else train_masks.long()
         self.world, self.rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
         if len(train_blocks) < self.config.batch_size * self.world:
             raise ValueError(f"{len(train_blocks)} training blocks are fewer than one batch of "
@@ -121,19 +128,27 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.teacher_context = teacher_context or contextlib.nullcontext
         self.step, self.history, self.evals, self.wall_time = 0, [], [], 0.0
-        self.data_fingerprint = blocks_fingerprint(self.train_blocks)
+        self.data_fingerprint = blocks_fingerprint(self.train_blocks if self.train_masks is None
+                                                   else torch.cat([self.train_blocks, self.train_masks]))
         if self.config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # --- the data stream: stateless, so resuming needs only the step ---------------------------------
     def micro_batch(self, index: int) -> torch.Tensor:
         """The ``index``-th micro-batch (B, T) of this process: a fresh seeded permutation every epoch."""
+        return self.train_blocks[self._batch_rows(index)]
+
+    def micro_mask(self, index: int) -> torch.Tensor | None:
+        """The loss mask (B, T) of the ``index``-th micro-batch, or None when every token counts."""
+        return None if self.train_masks is None else self.train_masks[self._batch_rows(index)]
+
+    def _batch_rows(self, index: int) -> torch.Tensor:
         n, b = len(self.train_blocks), self.config.batch_size
         per_epoch = n // (b * self.world)
         epoch, pos = divmod(index, per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100003 + epoch))
         start = (pos * self.world + self.rank) * b
-        return self.train_blocks[perm[start:start + b]]
+        return perm[start:start + b]
 
     @property
     def tokens_seen(self) -> int:
@@ -147,7 +162,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     # --- one optimizer step -----------------------------------------------------------------------------
-    def _micro_step(self, ids: torch.Tensor) -> dict:
+    def _micro_step(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
         c, comp = self.config, self.compression
         ranks = self.sampler.sample()
         teacher = None
@@ -159,7 +174,8 @@ class Trainer:
         comp.set_ranks(ranks)
         with self._autocast():
             student = self.model(ids, use_cache=False).logits
-        loss, parts = distill_loss(student, teacher, ids, kd_weight=c.kd_weight, lm_weight=c.lm_weight)
+        loss, parts = distill_loss(student, teacher, ids, attention_mask=mask, kd_weight=c.kd_weight,
+                                   lm_weight=c.lm_weight)
         (loss / c.grad_accum).backward()
         parts.update(loss=float(loss.detach()), budget=float(ranks.double().mean()) / self.geometry.head_dim)
         return parts
@@ -172,8 +188,12 @@ class Trainer:
         c = self.config
         self.model.eval()   # frozen weights: no dropout; the projector has none
         self.optimizer.zero_grad(set_to_none=True)
-        rows = [self._micro_step(self.micro_batch(self.step * c.grad_accum + i).to(self.device))
-                for i in range(c.grad_accum)]
+        rows = []
+        for i in range(c.grad_accum):
+            index = self.step * c.grad_accum + i
+            mask = self.micro_mask(index)
+            rows.append(self._micro_step(self.micro_batch(index).to(self.device),
+                                         None if mask is None else mask.to(self.device)))
         params = [p for p in self._params() if p.grad is not None]
         if self.world > 1:
             for p in params:

@@ -1,0 +1,182 @@
+"""Task accuracy of a fine-tuned (merged) model against budget, per kind of projections. Notebook 06.
+
+Every cell runs lm-eval (:func:`mkvlib.lmeval.run_lm_eval`) on the in-memory model with the projections
+attached at a uniform budget; 100% is computed once with compression off (it is exact at full rank). Each
+finished cell is written at once to a CSV (rewritten atomically) and skipped when it is already there, so an
+interrupted curve resumes.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from ..compress import attach
+from ..io import atomic_path
+from ..lmeval import LMEvalConfig, run_lm_eval, wrap
+
+FIELDS = ["model", "adapter", "projections", "fingerprint", "budget", "task", "acc", "acc_norm", "items", "limit",
+          "seconds"]
+KEY = ("model", "adapter", "fingerprint", "budget", "task", "limit")
+UNCOMPRESSED = "uncompressed"
+
+
+def read_rows(path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["budget"] = float(r["budget"])
+        for k in ("acc", "acc_norm"):
+            r[k] = float(r[k]) if r[k] not in ("", "None") else None
+    return rows
+
+
+def _key(row) -> tuple:
+    return tuple(str(float(row[k])) if k == "budget" else str(row[k]) for k in KEY)
+
+
+def write_rows(path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+
+def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, task: str = "arc_easy",
+                   limit: int | None = None, batch_size: int = 32, out=None, progress: bool = True) -> list[dict]:
+    """Rows {projections, budget, acc, ...} for ``model`` (the merged fine-tuned model) with each of
+    ``projections`` ({label: Projections}) at each budget < 1, plus one uncompressed row at budget 1.
+
+    ``adapter`` names the fine-tuned weights in the rows (e.g. the adapter's weights hash). With ``out`` (a CSV
+    path) rows already stored are reused and new ones appended as they finish.
+    """
+    from tqdm.auto import tqdm
+
+    stored = read_rows(out) if out else []
+    have = {_key(r): r for r in stored}
+    config = LMEvalConfig(tasks=[task], limit=limit, batch_size=batch_size)
+    name = getattr(model, "mkv_name", "?")
+    cells = [(UNCOMPRESSED, None, 1.0)] + [(label, proj, float(b)) for label, proj in projections.items()
+                                           for b in budgets if b < 1]
+    lm, rows = None, []
+    for label, proj, budget in tqdm(cells, desc="accuracy", disable=not progress):
+        row = {"model": name, "adapter": adapter, "projections": label,
+               "fingerprint": proj.fingerprint() if proj is not None else UNCOMPRESSED, "budget": budget,
+               "task": task, "limit": limit}
+        if _key(row) in have:
+            rows.append({**have[_key(row)], "projections": label})
+            continue
+        lm = lm or wrap(model, tokenizer, batch_size)
+        start = time.perf_counter()
+        if proj is None:
+            summary = run_lm_eval(model, tokenizer, config, lm=lm)
+        else:
+            with attach(model, proj, ranks=budget):
+                summary = run_lm_eval(model, tokenizer, config, lm=lm)
+        res = summary["tasks"][task]
+        row.update(acc=res["acc"], acc_norm=res["acc_norm"], items=res["items"],
+                   seconds=round(time.perf_counter() - start, 1))
+        rows.append(row)
+        if out:
+            stored.append(row)
+            write_rows(out, stored)
+    return rows
+
+
+def baseline(rows: list[dict], label: str, metric: str = "acc") -> float:
+    """The uncompressed accuracy of the fine-tuned model that ``label``'s rows were measured on."""
+    adapters = {r["adapter"] for r in rows if r["projections"] == label}
+    base = [r[metric] for r in rows if r["projections"] == UNCOMPRESSED and r["adapter"] in adapters]
+    if not base:
+        raise KeyError(f"no uncompressed row for the adapter of {label!r}")
+    return base[0]
+
+
+def keep_ratio(rows: list[dict], label: str, budget: float, metric: str = "acc") -> float:
+    """Accuracy of ``label`` at ``budget`` over the uncompressed accuracy of the same fine-tuned model."""
+    at = [r[metric] for r in rows if r["projections"] == label and abs(r["budget"] - budget) < 1e-9]
+    if not at:
+        raise KeyError(f"no {label!r} row at budget {budget}")
+    return at[0] / baseline(rows, label, metric)
+
+
+def _labels(rows):
+    return list(dict.fromkeys(r["projections"] for r in rows if r["projections"] != UNCOMPRESSED))
+
+
+def accuracy_table(rows: list[dict], metric: str = "acc") -> str:
+    """Plain text: one line per projections kind, one column per budget; 100% is that adapter's uncompressed
+    accuracy, and the last column the share of it kept at 50%."""
+    budgets = sorted({r["budget"] for r in rows}, reverse=True)
+    lines = [f"{metric:<14}" + "".join(f"{b:>9.1%}" for b in budgets) + f"{'kept@50%':>10}"]
+    for label in _labels(rows):
+        vals = {r["budget"]: r[metric] for r in rows if r["projections"] == label}
+        vals[1.0] = baseline(rows, label, metric)
+        kept = f"{vals[0.5] / vals[1.0]:>10.1%}" if 0.5 in vals and vals[1.0] else f"{'-':>10}"
+        lines.append(f"{label:<14}" + "".join(f"{vals[b]:>9.3f}" if b in vals else f"{'-':>9}" for b in budgets)
+                     + kept)
+    return "\n".join(lines)
+
+
+def plot_accuracy(rows: list[dict], metric: str = "acc", title: str = ""):
+    """Accuracy against budget, one line per projections kind, each ending at its fine-tuned model's
+    uncompressed accuracy (100%); dotted: 97% of the first kind's uncompressed accuracy."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.4, 3.6))
+    labels = _labels(rows)
+    for label in labels:
+        pts = sorted((r["budget"], r[metric]) for r in rows if r["projections"] == label)
+        pts.append((1.0, baseline(rows, label, metric)))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    if labels:
+        ax.axhline(0.97 * baseline(rows, labels[-1], metric), ls=":", color="gray", lw=1,
+                   label=f"97% of {labels[-1]} at 100%")
+    first = rows[0]
+    ax.set(xlabel="KV budget (fraction of the full cache)", ylabel=f"{first['task']} {metric}",
+           title=title or f"fine-tuned model, {first['items']} items")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def evaluate_bundle(folder, projections=None, budgets=(0.5,), task: str = "arc_easy", limit: int | None = None,
+                    batch_size: int = 32, out=None, progress: bool = True) -> list[dict]:
+    """Accuracy rows of a bundle's fine-tuned model, merged (``merge_and_unload``) into a freshly loaded base.
+
+    ``projections``: {label: Projections | 'pca' | 'trained' | 'general' | 'bundle' | path}; default
+    {"two-stage": the bundle's own projections}. 'general' is the shipped trained projections, else PCA.
+    """
+    from ..models import load_model
+    from ..projections import resolve_projections
+    from .adapter import merge, weights_hash
+    from .bundle import load_bundle, read_manifest
+    from .stages import general_projections
+
+    manifest = read_manifest(folder)
+    model, tokenizer = load_model(manifest.get("base_model"))
+    peft_model, own, manifest = load_bundle(folder, model)
+    adapter = weights_hash(peft_model)
+    merged = merge(peft_model)
+    specs = projections or {"two-stage": "bundle"}
+    kinds = {}
+    for label, spec in specs.items():
+        if isinstance(spec, str) and spec == "bundle":
+            if own is None:
+                raise ValueError(f"{folder} holds no projections (a stage-1 bundle): name others to evaluate")
+            kinds[label] = own
+        elif isinstance(spec, str) and spec == "general":
+            kinds[label] = general_projections(merged)[0]
+        else:
+            kinds[label] = resolve_projections(spec, merged)
+        seen = [k for k, v in kinds.items() if k != label and v.fingerprint() == kinds[label].fingerprint()]
+        if seen:
+            print(f"{label}: the same projections as {seen[0]} (no trained projections shipped?): not evaluated twice")
+            del kinds[label]
+    return accuracy_curve(merged, tokenizer, kinds, budgets, adapter=adapter, task=task, limit=limit,
+                          batch_size=batch_size, out=out, progress=progress)

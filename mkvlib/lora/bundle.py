@@ -1,0 +1,121 @@
+"""One folder holding a fine-tuned adapter and the projections trained with it. Notebook 06.
+
+Layout::
+
+    BUNDLE/adapter/             peft's own files (adapter_config.json, adapter_model.safetensors)
+    BUNDLE/projections.safetensors
+    BUNDLE/manifest.json        base model, geometry, adapter config + hash, adapter weights hash,
+                                projections fingerprint, and how the bundle was made
+
+Loading checks every identity in the manifest against the files and the base model, so an adapter for another
+model or geometry, or files swapped between bundles, is a clear error rather than silently wrong numbers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..geometry import KVGeometry
+from ..io import write_json
+from ..projections import Projections
+from .adapter import adapter_config_dict, config_hash, weights_hash
+
+FORMAT = "mkv-lora-bundle/1"
+
+
+class BundleMismatchError(ValueError):
+    """A bundle does not fit the model it is loaded on, or its files do not match its manifest."""
+
+
+def save_bundle(folder, peft_model, projections: Projections | None, **record) -> Path:
+    """Write adapter + projections + manifest into ``folder`` (replaced as a whole, atomically). ``record``:
+    extra JSON fields for the manifest (command, steps, tokens, wall time...)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        peft_model.save_pretrained(str(tmp / "adapter"))
+        adapter_cfg = adapter_config_dict(peft_model)
+        manifest = {"format": FORMAT, "base_model": getattr(peft_model, "mkv_name", None),
+                    "geometry": KVGeometry.of(peft_model).as_dict(), "adapter_config": adapter_cfg,
+                    "adapter_config_hash": config_hash(adapter_cfg), "adapter_weights_hash": weights_hash(peft_model),
+                    "projections_fingerprint": None, **record}
+        if projections is not None:
+            projections.check_model(peft_model)
+            projections.save(tmp / "projections.safetensors")
+            manifest["projections_fingerprint"] = projections.fingerprint()
+        write_json(tmp / "manifest.json", manifest)
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def read_manifest(folder) -> dict:
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not an adapter bundle: no manifest.json (make one with "
+                                "`mkv sft --stage 1 --out FOLDER`)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise BundleMismatchError(f"{path} has format {manifest.get('format')!r}; this mkvlib reads {FORMAT!r}")
+    return manifest
+
+
+def check_bundle(manifest: dict, model, where="the bundle") -> None:
+    """Raise :class:`BundleMismatchError` unless the bundle was made for ``model`` (name and geometry)."""
+    name = getattr(model, "mkv_name", None)
+    geom = KVGeometry.of(model).as_dict()
+    if manifest.get("geometry") != geom:
+        raise BundleMismatchError(f"{where} was made for a model with geometry {manifest.get('geometry')} "
+                                  f"({manifest.get('base_model')!r}); this model has {geom} ({name!r}). Load it "
+                                  "on the base model it was trained on.")
+    if manifest.get("base_model") not in (None, name):
+        raise BundleMismatchError(f"{where} was fine-tuned from {manifest.get('base_model')!r}, not {name!r}: "
+                                  "load it on that base model")
+
+
+def load_bundle(folder, model, trainable: bool = False):
+    """(peft model, projections or None, manifest) from a bundle folder, on the base ``model``.
+
+    Checks base model and geometry first, then that the adapter files and projections match the manifest.
+    """
+    from peft import PeftModel
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    check_bundle(manifest, model, where=str(folder))
+    name = getattr(model, "mkv_name", None)
+    peft_model = PeftModel.from_pretrained(model, str(folder / "adapter"), is_trainable=trainable)
+    if name is not None:
+        model.mkv_name = name
+    cfg = adapter_config_dict(peft_model)
+    if config_hash(cfg) != manifest["adapter_config_hash"]:
+        raise BundleMismatchError(f"{folder}/adapter has config {cfg}, which does not match the manifest's "
+                                  f"{manifest['adapter_config']}: the adapter files were replaced")
+    if weights_hash(peft_model) != manifest["adapter_weights_hash"]:
+        raise BundleMismatchError(f"{folder}/adapter weights do not match the manifest's hash: the adapter files "
+                                  "were replaced or corrupted")
+    projections = None
+    if manifest.get("projections_fingerprint"):
+        projections = Projections.load(folder / "projections.safetensors")
+        if projections.fingerprint() != manifest["projections_fingerprint"]:
+            raise BundleMismatchError(f"{folder}/projections.safetensors has fingerprint "
+                                      f"{projections.fingerprint()}, the manifest says "
+                                      f"{manifest['projections_fingerprint']}")
+        projections.check_model(peft_model)
+    return peft_model, projections, manifest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,154 @@
+"""LoRA with compressed KV (notebook 06): data masks, both stages, bundles, merging, mismatch errors."""
+import json
+
+import pytest
+import torch
+
+from helpers import random_projections
+from mkvlib.compress import attach
+from mkvlib.lora import (BundleMismatchError, Example, LoRASettings, add_adapter, adapter_parameters, encode,
+                         load_bundle, merge, save_bundle, stage1_config, stage1_trainer, stage2_config,
+                         stage2_trainer, target_count, weights_hash)
+from mkvlib.lora.data import arc_examples, instruction_examples
+from mkvlib.models import tiny_model
+
+
+class CharTokenizer:
+    """A tokenizer stand-in for tiny models: one id per character."""
+    eos_token_id, pad_token_id = 1, 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [3 + ord(c) % 120 for c in text]}
+
+
+def examples(n=48):
+    return [Example(f"Q{i}: what is {i % 5}?\nA:", f" it is {i % 5}") for i in range(n)]
+
+
+def lora_model(arch="llama", kv_heads=2, seed=0, randomise=True):
+    model = tiny_model(arch, heads=4, kv_heads=kv_heads, seed=seed)
+    peft_model = add_adapter(model, LoRASettings.fast())
+    if randomise:   # a fresh adapter is the identity (B = 0): give it weight so the checks can fail
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for p in adapter_parameters(peft_model).values():
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return peft_model
+
+
+def test_mask_scores_exactly_the_responses():
+    tok, exs = CharTokenizer(), examples(10)
+    for pack in (True, False):
+        ids, mask = encode(exs, tok, seq_len=64, pack=pack)
+        assert ids.shape[1] == 64 and mask.shape == ids.shape
+        assert target_count(mask) == sum(len(e.response) + 1 for e in exs)   # + eos
+        scored = ids[:, 1:][(mask[:, 1:] * mask[:, :-1]).bool()]
+        expected = torch.cat([torch.tensor(tok(e.response)["input_ids"] + [1]) for e in exs])
+        assert torch.equal(scored, expected)
+    packed, _ = encode(exs, tok, seq_len=64, pack=True)
+    assert len(packed) < len(exs)
+    _, every = encode(exs, tok, seq_len=64, loss_on="all")
+    assert target_count(every) > target_count(mask)
+
+
+def test_bad_data_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="reported on"):
+        arc_examples("test")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n')
+    with pytest.raises(ValueError, match="'prompt' and 'response'"):
+        instruction_examples(bad)
+    with pytest.raises(ValueError, match="does not fit"):
+        encode([Example("q", "x" * 100)], CharTokenizer(), seq_len=32)
+
+
+def test_stage1_trains_only_the_adapter_and_loss_falls():
+    peft_model = lora_model(randomise=False)
+    base = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" not in n}
+    ids, mask = encode(examples(), CharTokenizer(), seq_len=64)
+    trainer = stage1_trainer(peft_model, ids, mask, stage1_config(steps=24, batch_size=4, lr=5e-3, warmup_steps=2,
+                                                                  progress=False, checkpoint_every=0))
+    hist = trainer.train()
+    trainer.close()
+    first, last = sum(r["loss"] for r in hist[:3]) / 3, sum(r["loss"] for r in hist[-3:]) / 3
+    assert last < 0.9 * first, (first, last)
+    assert torch.equal(trainer.projector.to_projections().keys, torch.eye(16).expand_as(trainer.projector.keys_init))
+    for n, p in peft_model.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, base[n]), n
+
+
+def test_stage2_loss_falls_and_rotations_move():
+    peft_model = lora_model()
+    ids, mask = encode(examples(), CharTokenizer(), seq_len=64, loss_on="all")
+    proj = random_projections(peft_model, seed=3)
+    before = weights_hash(peft_model)
+    trainer = stage2_trainer(peft_model, proj, ids, mask, stage2_config(
+        steps=24, batch_size=4, lr=3e-2, warmup_steps=2, schedule=(4,), progress=False, checkpoint_every=0))
+    hist = trainer.train()
+    trainer.close()
+    first, last = sum(r["loss"] for r in hist[:3]) / 3, sum(r["loss"] for r in hist[-3:]) / 3
+    assert last < first, (first, last)
+    trained = trainer.result()
+    assert trained.fingerprint() != proj.fingerprint() and trained.orthogonality_error() < 1e-4
+    assert weights_hash(peft_model) != before       # the adapter trained jointly
+
+
+def test_bundle_round_trip_gives_the_same_logits(tmp_path, ids):
+    peft_model = lora_model()
+    proj = random_projections(peft_model, seed=4, value_mean=True)
+    folder = save_bundle(tmp_path / "bundle", peft_model, proj, stage=2)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["projections_fingerprint"] == proj.fingerprint()
+    assert manifest["adapter_weights_hash"] == weights_hash(peft_model)
+    loaded, proj2, _ = load_bundle(folder, tiny_model("llama", heads=4, kv_heads=2, seed=0))
+    assert proj2.fingerprint() == proj.fingerprint()
+    with torch.no_grad(), attach(peft_model, proj, ranks=0.5):
+        want = peft_model(ids).logits
+    with torch.no_grad(), attach(loaded, proj2, ranks=0.5):
+        got = loaded(ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_merged_and_unmerged_models_agree_with_and_without_compression(ids):
+    peft_model = lora_model()
+    proj = random_projections(peft_model, seed=5, value_mean=True)
+    with torch.no_grad():
+        plain = peft_model(ids).logits
+        with attach(peft_model, proj, ranks=0.375):
+            compressed = peft_model(ids).logits
+    with torch.no_grad():
+        base_only = peft_model.get_base_model()
+        with peft_model.disable_adapter():
+            assert not torch.allclose(base_only(ids).logits, plain, atol=1e-3)   # the adapter matters
+    merged = merge(peft_model)
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, plain, rtol=0, atol=1e-4)
+        with attach(merged, proj, ranks=0.375):
+            torch.testing.assert_close(merged(ids).logits, compressed, rtol=0, atol=1e-4)
+    assert not torch.allclose(compressed, plain, atol=1e-3)   # compression is really on
+
+
+def test_mismatched_adapter_is_a_clear_error(tmp_path):
+    folder = save_bundle(tmp_path / "bundle", lora_model(), None, stage=1)
+    with pytest.raises(BundleMismatchError, match="geometry"):
+        load_bundle(folder, tiny_model("llama", heads=4, kv_heads=1))
+    other = tiny_model("llama", heads=4, kv_heads=2)
+    other.mkv_name = "some-other-model"
+    with pytest.raises(BundleMismatchError, match="fine-tuned from"):
+        load_bundle(folder, other)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["adapter_weights_hash"] = "0" * 16
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleMismatchError, match="weights do not match"):
+        load_bundle(folder, tiny_model("llama", heads=4, kv_heads=2))
+    with pytest.raises(FileNotFoundError, match="not an adapter bundle"):
+        load_bundle(tmp_path, tiny_model("llama", heads=4, kv_heads=2))
+
+
+def test_cli_stage2_needs_an_adapter(capsys):
+    from mkvlib.cli import main
+
+    assert main(["sft", "--stage", "2", "--out", "/tmp/never"]) == 2
+    assert "needs --adapter" in capsys.readouterr().err
