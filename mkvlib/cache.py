@@ -141,8 +141,8 @@ class CompressedLayer(CacheLayerMixin):
         for group, (uk, uv, mu), kbuf, vbuf in zip(self.groups, self.bases, self.key_buffers, self.value_buffers):
             idx = group.index
             k, v = key_states[:, idx], value_states[:, idx]                               # (B, n, T, d)
-            kbuf[:, :, self.length:end].copy_(torch.matmul(k, uk[None]))                  # (B, n, T, r_K)
-            vbuf[:, :, self.length:end].copy_(torch.matmul(v - mu[None, :, None], uv[None]))  # (B, n, T, r_V)
+            kbuf[:, :, self.length:end].copy_(torch.einsum("bntd,ndr->bntr", k, uk))
+            vbuf[:, :, self.length:end].copy_(torch.einsum("bntd,ndr->bntr", v - mu[:, None], uv))
         self.length = end
         handle = ReducedKV(self)
         return handle, handle
@@ -224,7 +224,7 @@ class CompressedLayer(CacheLayerMixin):
         uk, uv, mu = self.bases[i]
         k, v = self.reduced(i)                                                  # (B, n, S, r_K), (B, n, S, r_V)
         B, n, per_kv, T, d = q.shape
-        qr = torch.matmul(q, uk[None, :, None])                                # (B, n, H/G, T, r_K)
+        qr = torch.einsum("bnhtd,ndr->bnhtr", q, uk)                          # (B, n, H/G, T, r_K)
         if T == 1:  # decode: the H/G queries of a KV head share its keys; no key expansion needed
             o = F.scaled_dot_product_attention(qr.view(B, n, per_kv, -1), k, v, attn_mask=mask, scale=scaling)
         else:
@@ -235,7 +235,7 @@ class CompressedLayer(CacheLayerMixin):
             o = F.scaled_dot_product_attention(qr.reshape(B, n * per_kv, T, -1), k, v, attn_mask=mask,
                                                is_causal=causal, scale=scaling, enable_gqa=per_kv > 1)
         o = o.view(B, n, per_kv, T, -1)                                          # (B, n, H/G, T, r_V)
-        return torch.matmul(o, uv.transpose(-1, -2)[None, :, None]) + mu[None, :, None, None]
+        return torch.einsum("bnhtr,ndr->bnhtd", o, uv) + mu[:, None, None]
 
 
 class CompressedCache(Cache):
