@@ -103,7 +103,7 @@ class ExplorerState:
         traj = self.trajectories[name]
         ranks = explorer_ranks(traj, allocation, budget, key_share)
         info = readout(traj, allocation, budget, ranks, key_share)
-        fig = self.view.update(ranks, f"{name} projections, " + readout_text(info))
+        fig = self.view.update(ranks, f"{name} projections, " + readout_text(info).replace(" | ", "\n"))
         return ranks, info, fig
 
 
@@ -126,7 +126,7 @@ class BudgetExplorer:
         self.allocation = w.ToggleButtons(options=list(ALLOCATIONS), description="allocation")
         self.split = w.Dropdown(options=list(KV_SPLITS.items()), description="K/V split")
         self.text = w.HTML()
-        self.figure = w.Output()
+        self.figure = w.Image(format="png")
         self.prompt = w.Text(value=prompt, description="prompt", layout=w.Layout(width="60%"))
         self.button = w.Button(description="generate", disabled=model is None)
         self.generated = w.Output()
@@ -143,13 +143,9 @@ class BudgetExplorer:
 
     def refresh(self):
         """The slider callback: ranks, readout and figure for the current settings."""
-        from IPython.display import display
-
-        self.ranks, info, fig = self.state.update(*self.settings())
+        self.ranks, info, _ = self.state.update(*self.settings())
         self.text.value = f"<code>{readout_text(info)}</code>"
-        with self.figure:
-            self.figure.clear_output(wait=True)
-            display(fig)
+        self.figure.value = self.state.view.png()
         return info
 
     def generate(self) -> str:
@@ -171,13 +167,8 @@ class BudgetExplorer:
 
 
 def benchmark(trajectory: Trajectory, moves: int = 20, allocation: str = "adaptive") -> dict:
-    """Seconds per slider move: ranks from the trajectory, readout, redraw of the figure and its PNG encoding."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
+    """Seconds per slider move: ranks from the trajectory, readout, redraw of the figure and its PNG image."""
     state = ExplorerState({"t": trajectory})
-    FigureCanvasAgg(state.view.fig)
     budgets = torch.linspace(1.0, trajectory.final_budget, moves).tolist()
     times, parts = [], {"ranks+readout": 0.0, "redraw+png": 0.0}
     for b in budgets:
@@ -185,8 +176,8 @@ def benchmark(trajectory: Trajectory, moves: int = 20, allocation: str = "adapti
         ranks = explorer_ranks(trajectory, allocation, b)
         readout(trajectory, allocation, b, ranks)
         t1 = time.perf_counter()
-        _, _, fig = state.update("t", allocation, b)
-        fig.savefig(io.BytesIO(), format="png", dpi=72)      # what displaying the figure in a notebook costs
+        state.update("t", allocation, b)
+        state.view.png()                                     # the image the widget shows
         t2 = time.perf_counter()
         parts["ranks+readout"] += t1 - t0
         parts["redraw+png"] += t2 - t1

@@ -24,7 +24,7 @@ class RankView:
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int):
         self.head_dim = head_dim
-        self.fig = Figure(figsize=(8.4, max(3.2, 0.16 * layers + 1.6)))
+        self.fig = Figure(figsize=(8.4, max(3.4, 0.16 * layers + 1.8)))
         axes = self.fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.6]}, sharey=True)
         empty = np.zeros((layers, kv_heads))
         self.images = []
@@ -40,8 +40,38 @@ class RankView:
         axes[2].set(xlim=(0, 1), xlabel="layer budget (mean r/d)", title="per-layer budget")
         axes[2].legend(loc="lower right", fontsize=8)
         self.budget_lines = [axes[2].axvline(0, color=c, ls="--", lw=1) for c in ("tab:blue", "tab:orange")]
-        self.fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.12, wspace=0.25)
-        self.title = self.fig.suptitle("")
+        self.fig.subplots_adjust(left=0.07, right=0.98, top=0.84, bottom=0.12, wspace=0.25)
+        self.title = self.fig.suptitle("", fontsize=10)
+
+    def dynamic_artists(self) -> list:
+        return [*self.images, *(b for bars in self.bars for b in bars), *self.budget_lines, self.title]
+
+    def png(self) -> bytes:
+        """The figure as PNG bytes, redrawing only the artists :meth:`update` changes (the axes, ticks and
+        labels are rasterised once and reused): what a slider move costs in a notebook."""
+        import io
+
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from PIL import Image
+
+        if not isinstance(self.fig.canvas, FigureCanvasAgg):
+            FigureCanvasAgg(self.fig)
+        canvas = self.fig.canvas
+        if getattr(self, "_background", None) is None:
+            dynamic = self.dynamic_artists()
+            for artist in dynamic:
+                artist.set_visible(False)
+            canvas.draw()
+            self._background = canvas.copy_from_bbox(self.fig.bbox)
+            for artist in dynamic:
+                artist.set_visible(True)
+        canvas.get_renderer()
+        canvas.restore_region(self._background)
+        for artist in self.dynamic_artists():
+            self.fig.draw_artist(artist)
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(canvas.buffer_rgba())).save(buf, format="png", compress_level=1)
+        return buf.getvalue()
 
     def update(self, ranks: torch.Tensor, title: str = "") -> Figure:
         arr = ranks.numpy()
