@@ -131,10 +131,12 @@ def test_separate_balance_keeps_key_and_value_budgets_together(setup):
         assert abs(int(ranks[..., 0].sum()) - int(ranks[..., 1].sum())) <= 8
 
 
-@pytest.mark.parametrize("strategy, batched", [("lazy", 1), ("lazy", 3), ("exact", 4), ("proxy", 2)])
-def test_other_strategies_give_valid_trajectories(setup, exact_traj, strategy, batched):
+@pytest.mark.parametrize("strategy, batched, refresh", [("lazy", 1, 0), ("lazy", 3, 0), ("exact", 4, 0),
+                                                         ("proxy", 2, 0), ("proxy", 1, 1)])
+def test_other_strategies_give_valid_trajectories(setup, exact_traj, strategy, batched, refresh):
     model, ids, proj = setup
-    traj = greedy_search(model, proj, ids, CFG.with_(strategy=strategy, batched=batched, shortlist=0), progress=False)
+    cfg = CFG.with_(strategy=strategy, batched=batched, proxy_refresh=refresh)
+    traj = greedy_search(model, proj, ids, cfg, progress=False)
     traj.validate()
     assert len(traj) == len(exact_traj) and traj.final_budget == exact_traj.final_budget
     if strategy == "lazy" and batched == 1:  # same first pass as the exact search

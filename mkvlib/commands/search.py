@@ -15,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--strategy", choices=["exact", "lazy", "proxy"], default=None,
                    help="candidate scoring (default lazy; proxy fast): see mkvlib.search.SearchConfig")
     p.add_argument("--shortlist", type=int, default=0, help="proxy: re-score this many front-runners exactly per pass")
+    p.add_argument("--proxy-refresh", type=int, default=0,
+                   help="proxy: rebuild it around the current ranks this many times along the way")
     p.add_argument("--balance", choices=["pooled", "separate"], default="pooled",
                    help="one pooled K+V budget, or key and value budgets falling together")
     p.add_argument("--eval-corpus", default=None, help="held-out text for the precomputed readout "
@@ -36,7 +38,8 @@ def config_from_args(args):
     given = {k: v for k, v in dict(step=args.step, min_rank=args.min_rank, stop_budget=args.stop_budget,
                                    strategy=args.strategy, seq_len=args.seq_len, tokens=args.tokens,
                                    batch_size=args.batch_size, corpus=args.corpus).items() if v is not None}
-    return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance, **given)
+    return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance,
+                      proxy_refresh=args.proxy_refresh, **given)
 
 
 def run(args) -> int:

@@ -37,16 +37,21 @@ def calibration_kl(model, projections, blocks, ranks_list, batch_size: int = 4) 
         return [scorer.set_state(r) for r in ranks_list]
 
 
-def strategy_report(model, projections, blocks, config, strategies=("exact", "lazy", "proxy"),
+VARIANTS = {"exact": {"strategy": "exact"}, "lazy": {"strategy": "lazy"}, "proxy": {"strategy": "proxy"},
+            "proxy+refresh3": {"strategy": "proxy", "proxy_refresh": 3}}
+
+
+def strategy_report(model, projections, blocks, config, strategies=tuple(VARIANTS),
                     budgets=(0.75, 0.5, 0.375)) -> list[dict]:
-    """Run the search with each strategy and compare it with the first one (the exact search).
+    """Run the search with each variant of :data:`VARIANTS` and compare it with the first one (the exact search).
 
     Rows: strategy, seconds, candidate scorings, first divergent step, and per budget the share of entries at
     the same rank as the exact search and the calibration KL of both.
     """
     from .greedy import greedy_search
 
-    runs = {s: greedy_search(model, projections, blocks, config.with_(strategy=s), progress=False) for s in strategies}
+    runs = {s: greedy_search(model, projections, blocks, config.with_(**VARIANTS[s]), progress=False)
+            for s in strategies}
     ref = runs[strategies[0]]
     budgets = [b for b in budgets if b >= ref.final_budget]
     ref_kl = calibration_kl(model, projections, blocks, [ref.ranks_at(b) for b in budgets], config.batch_size)

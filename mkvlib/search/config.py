@@ -18,7 +18,8 @@ class SearchConfig:
       exact score and re-scores only the front-runners until the best one is fresh (the same choices as 'exact'
       whenever a step never hurts less after other entries were lowered); 'proxy' ranks by a per-layer
       attention-output error weighted by an exact per-layer sensitivity (no full forward passes per candidate),
-      optionally re-scoring its ``shortlist`` best exactly each pass.
+      optionally re-scoring its ``shortlist`` best exactly each pass, and rebuilt around the current ranks
+      ``proxy_refresh`` times along the way (evenly spaced in budget; each rebuild costs about one exact pass).
     balance: 'pooled' lets keys and values compete for one budget; 'separate' alternates between the key and
       the value pools so both budgets fall together, and any pair of key/value budgets is a prefix of each pool.
     tokens, seq_len, corpus: calibration text (never the evaluation split). batch_size: blocks per forward pass.
@@ -29,6 +30,7 @@ class SearchConfig:
     batched: int = 1
     strategy: str = "lazy"
     shortlist: int = 0
+    proxy_refresh: int = 0
     balance: str = "pooled"
     tokens: int = 1024
     seq_len: int = 256
@@ -42,6 +44,8 @@ class SearchConfig:
                 raise ValueError(f"SearchConfig.{name} must be a positive integer, not {value!r}")
         if not isinstance(self.min_rank, int) or self.min_rank < 0:
             raise ValueError(f"SearchConfig.min_rank must be an integer >= 0, not {self.min_rank!r}")
+        if not isinstance(self.proxy_refresh, int) or self.proxy_refresh < 0:
+            raise ValueError(f"SearchConfig.proxy_refresh must be an integer >= 0, not {self.proxy_refresh!r}")
         if not isinstance(self.shortlist, int) or self.shortlist < 0:
             raise ValueError(f"SearchConfig.shortlist must be an integer >= 0, not {self.shortlist!r}")
         if self.stop_budget is not None and not 0 < self.stop_budget <= 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -61,8 +62,8 @@ class _Search:
         with attach(self.model, self.projections, ranks) as comp:
             self.scorer = KLScorer(self.model, comp, self.blocks, cfg.batch_size)
             kl_now = self.scorer.set_state(ranks)
-            self.proxy = LocalProxy(self.scorer, self.path, self.path[len(self.path) // 2], self.progress) \
-                if cfg.strategy == "proxy" else None
+            self.proxy = LocalProxy(self.scorer, self.path, None, self.progress) if cfg.strategy == "proxy" else None
+            refresh_at = list(np.linspace(1.0, self.stop, cfg.proxy_refresh + 2)[1:-1])
             self.stale = {}                                     # lazy: entry -> (harm, pass number)
             total = int(round((1 - self.stop) * d * len(self.entries) / cfg.step))
             bar = tqdm(total=max(1, total), desc="greedy search", disable=not self.progress)
@@ -76,7 +77,11 @@ class _Search:
                     if budget_of(ranks, d) <= self.stop + 1e-12:
                         break
                 passes += 1
-                if cfg.strategy == "proxy" and not cfg.shortlist:
+                if refresh_at and budget_of(ranks, d) <= refresh_at[0] + 1e-12 and self.candidates(ranks, None):
+                    refresh_at = [b for b in refresh_at if b < budget_of(ranks, d) - 1e-12]
+                    self.proxy = LocalProxy(self.scorer, self.path, ranks.clone(), self.progress)
+                    kl_now = self.proxy.kl_state                # re-measured exactly at the new centre
+                elif cfg.strategy == "proxy" and not cfg.shortlist:
                     kl_now = chosen[-1][2]                      # the running estimate; no forward pass needed
                 else:
                     kl_now = self.scorer.set_state(ranks)

@@ -75,23 +75,24 @@ class KLScorer:
 
 
 class LocalProxy:
-    """Separable proxy: harm(l, g, c: r -> r') = s_l * (e_{l,g,c}(r') - e_{l,g,c}(r)).
+    """Separable proxy around a state: harm(l, g, c: r -> r') = s_l * (e_{l,g,c}(r') - e_{l,g,c}(r)).
 
-    e(r): mean squared change of layer l's attention output (B, T, D) when only that entry is at rank r,
-    on the inputs the uncompressed model gives layer l. s_l: exact KL of compressing all of layer l to
-    ``probe_rank`` divided by that configuration's output error. ``layers``: only these (default all).
+    e(r): mean squared change of layer l's attention output (B, T, D) when only that entry moves from its rank
+    in ``state`` to r (on the inputs layer l gets at ``state``). s_l: the exact KL increase of moving every entry
+    of layer l halfway down its remaining ``path`` (d, d - step, ..., floor), divided by that move's output
+    error. ``state`` defaults to full ranks (the uncompressed model); ``layers``: only these (default all).
     """
 
     @torch.no_grad()
-    def __init__(self, scorer: KLScorer, rank_grid: list[int], probe_rank: int, progress: bool = False,
-                 layers: list[int] | None = None):
+    def __init__(self, scorer: KLScorer, path: list[int], state: torch.Tensor | None = None,
+                 progress: bool = False, layers: list[int] | None = None):
         self.scorer = scorer
         comp = scorer.compression
         geom: KVGeometry = comp.geometry
-        full = torch.full(geom.shape, geom.head_dim, dtype=torch.long)
-        if scorer.state is None or not torch.equal(scorer.state, full):
-            scorer.set_state(full)
-        comp.set_ranks(full)
+        if state is None:
+            state = torch.full(geom.shape, geom.head_dim, dtype=torch.long)
+        kl_state = scorer.set_state(state)
+        comp.set_ranks(state)
         layers = list(range(geom.layers)) if layers is None else list(layers)
         reference = [{l: rp.attention_output(l) for l in layers} for rp in scorer.replays]
 
@@ -102,19 +103,23 @@ class LocalProxy:
             return num / scorer.tokens
 
         self.errors = {}                                  # (l, g, c) -> {rank: error}
+        probe = state.clone()
         for l in tqdm(layers, desc="proxy: output errors", disable=not progress):
             for g in range(geom.kv_heads):
                 for c in (0, 1):
-                    self.errors[(l, g, c)] = {r: (0.0 if r == geom.head_dim else error(with_rank(full, (l, g, c), r), l))
-                                              for r in rank_grid}
+                    now = int(state[l, g, c])
+                    below = path[path.index(now):]
+                    probe[l, g, c] = below[len(below) // 2]
+                    self.errors[(l, g, c)] = {r: (0.0 if r == now else error(with_rank(state, (l, g, c), r), l))
+                                              for r in below}
         self.sensitivity = {}
         for l in tqdm(layers, desc="proxy: sensitivities", disable=not progress):
-            probe = full.clone()
-            probe[l] = probe_rank
-            err = error(probe, l)
-            kl = scorer.score(probe, l)
-            self.sensitivity[l] = kl / err if err > 0 else 0.0
-        comp.set_ranks(full)
+            trial = state.clone()
+            trial[l] = probe[l]
+            err = error(trial, l)
+            self.sensitivity[l] = (scorer.score(trial, l) - kl_state) / err if err > 0 else 0.0
+        self.kl_state = kl_state
+        comp.set_ranks(state)
 
     def harm(self, entry: Entry, rank: int, new_rank: int) -> float:
         errs = self.errors[entry]
