@@ -183,3 +183,27 @@ def test_cli_refuses_the_evaluation_set(tmp_path, capsys):
     assert "evaluation set" in capsys.readouterr().err
     assert main(["train", "--schedule", "8,x", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert main(["train", "--out", str(tmp_path / "x.pt")]) == 2
+
+
+def test_report_targets_and_reversed_columns():
+    from mkvlib.training.report import reversed_columns, targets
+
+    def rows(kl50, ppl50, ppl375):
+        return [{"budget": 0.5, "kl_to_base": kl50, "perplexity_ratio": ppl50},
+                {"budget": 0.375, "kl_to_base": 2 * kl50, "perplexity_ratio": ppl375}]
+
+    got = targets({"PCA": rows(1.2, 3.4, 5.0), "trained": rows(0.3, 1.1, 1.4)})
+    assert got["kl_vs_pca@50%"]["measured"] == pytest.approx(0.25) and got["kl_vs_pca@50%"]["met"]
+    assert got["ppl_ratio@50%"]["met"] and not got["ppl_ratio@37.5%"]["met"]
+    _, _, proj = setup()
+    flipped = reversed_columns(proj)
+    assert torch.equal(flipped.keys[..., 0], proj.keys[..., -1]) and flipped.orthogonality_error() < 1e-5
+
+
+def test_runs_under_an_accelerate_accelerator(tmp_path):
+    accelerate = pytest.importorskip("accelerate")
+    model, blocks, proj = setup()
+    trainer = Trainer(model, proj, blocks, cfg(steps=2), accelerator=accelerate.Accelerator(cpu=True),
+                      checkpoint_path=tmp_path / "acc.ckpt")
+    trainer.train()
+    assert trainer.step == 2 and load_checkpoint(tmp_path / "acc.ckpt")["step"] == 2
