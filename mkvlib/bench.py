@@ -258,7 +258,8 @@ def run_variant(kind: str, config: BenchConfig, ranks=None) -> dict:
     _sync(device)
     decode_s = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if cuda else _rss_bytes("VmHWM")
-    result = dict(kind=kind, prefill_s=prefill_s, decode_tokens_per_s=config.batch * config.new_tokens / decode_s,
+    result = dict(kind=kind, batch=config.batch, context=config.context, new_tokens=config.new_tokens,
+                  budget=config.budget if kind == "compressed" else None, prefill_s=prefill_s, decode_tokens_per_s=config.batch * config.new_tokens / decode_s,
                   cache_bytes=cache_bytes(cache), peak_memory_bytes=peak - before,
                   model_memory_bytes=before, memory_measure="cuda_max_allocated" if cuda else "peak_rss_growth")
     if not cuda and not clean:
@@ -422,9 +423,67 @@ def capacity(bytes_per_token: float, fixed_bytes: float, limit_bytes: float, con
     return {"max_tokens": tokens, "max_batch": tokens // context, "context": context, "limit_bytes": int(limit_bytes)}
 
 
+def memory_model(run: dict) -> dict:
+    """Fixed bytes and cache bytes per token (one sequence) from one fresh-process run of :func:`run_variant`.
+
+    fixed = the model's resident memory before the run + the peak growth not explained by the cache (activations
+    of one prefill chunk, buffers); bytes per token = cache bytes / (batch x (context + new tokens)).
+    """
+    tokens = run["batch"] * (run["context"] + run.get("new_tokens", 0))
+    return {"fixed_bytes": run["model_memory_bytes"] + run["peak_memory_bytes"] - run["cache_bytes"],
+            "bytes_per_token": run["cache_bytes"] / tokens}
+
+
 if __name__ == "__main__":  # the fresh process of measure_in_subprocess
     args = json.loads(sys.argv[1])
     cfg = BenchConfig(**{**args["config"], "baselines": tuple(args["config"]["baselines"])})
     ranks = args["ranks"]
     out = run_variant(args["kind"], cfg, None if ranks is None else torch.tensor(ranks))
     print(json.dumps(out))
+
+
+# --- checks and figures for notebook 05 ---------------------------------------------------------------------------
+@torch.no_grad()
+def simulated_gap(model, projections, ranks, ids: torch.Tensor, split: int) -> float:
+    """Max |logit difference| between the compressed cache (prefill ``split`` tokens, then one token a step) and
+    the simulated path of :func:`mkvlib.compress.attach` on the same ids (B, T)."""
+    from .cache import CompressedCache
+    from .compress import attach
+
+    with attach(model, projections, ranks):
+        expected = model(ids).logits
+    past = CompressedCache(model, projections, ranks)
+    got = [model(ids[:, :split], past_key_values=past).logits]
+    got += [model(ids[:, t:t + 1], past_key_values=past).logits for t in range(split, ids.shape[1])]
+    return float((torch.cat(got, 1) - expected).abs().max())
+
+
+def plot_decode_speedup(rows: list[dict], title: str = ""):
+    """Decode tokens/s of the compressed cache over DynamicCache's, per budget (one line per context)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for context in sorted({r["context"] for r in rows}):
+        pts = sorted((r["budget"], r["speedup"]) for r in rows if r["context"] == context and r["budget"])
+        ax.plot([100 * b for b, _ in pts], [s for _, s in pts], marker="o", label=f"context {context}")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("KV budget (%)")
+    ax.set_ylabel("decode tokens/s vs DynamicCache")
+    ax.invert_xaxis()
+    ax.legend(fontsize=8)
+    ax.set_title(title or "real compressed cache: decode speed-up")
+    fig.tight_layout()
+    return fig
+
+
+def plot_capacity(capacities: dict, title: str = ""):
+    """Bar chart of the largest number of cached tokens (batch x context) within a memory limit, per cache."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    names = list(capacities)
+    ax.bar(names, [capacities[n]["max_tokens"] for n in names], color=["#888", "#3a7", "#37a", "#a73"][:len(names)])
+    ax.set_ylabel("max batch x context tokens")
+    ax.set_title(title or f"within {capacities[names[0]]['limit_bytes'] / 2**30:.1f} GiB")
+    fig.tight_layout()
+    return fig
