@@ -411,27 +411,36 @@ def _bytes_per_token(model, compressed) -> dict:
     return {"compressed": None if compressed is None else int(compressed.ranks.sum()) * size, "dynamic": 2 * geom.layers * geom.kv_heads * geom.head_dim * size}
 
 
-def capacity(bytes_per_token: float, fixed_bytes: float, limit_bytes: float, context: int) -> dict:
-    """Largest number of cached tokens (batch x context) and largest batch at ``context`` within ``limit_bytes``.
+def capacity(bytes_per_token: float, fixed_bytes: float, limit_bytes: float, context: int,
+             per_sequence_bytes: float = 0.0) -> dict:
+    """Largest batch at ``context`` (and batch x context tokens) whose peak memory fits in ``limit_bytes``.
 
-    ``fixed_bytes``: everything that does not grow with the cache (weights, runtime, transient activations of one
-    prefill chunk), measured; ``bytes_per_token``: measured cache bytes per token of one sequence.
+    Peak = fixed_bytes + batch x (per_sequence_bytes + context x bytes_per_token): ``fixed_bytes`` the model and
+    runtime, ``per_sequence_bytes`` the transient activations of one row of a prefill chunk, ``bytes_per_token``
+    the cache bytes per token of one sequence; all three measured by :func:`memory_model`.
     """
-    if bytes_per_token <= 0:
-        raise ValueError("bytes_per_token must be positive")
-    tokens = max(0, int((limit_bytes - fixed_bytes) // bytes_per_token))
-    return {"max_tokens": tokens, "max_batch": tokens // context, "context": context, "limit_bytes": int(limit_bytes)}
+    if bytes_per_token <= 0 or context < 1:
+        raise ValueError("bytes_per_token and context must be positive")
+    batch = max(0, int((limit_bytes - fixed_bytes) // (per_sequence_bytes + context * bytes_per_token)))
+    return {"max_batch": batch, "max_tokens": batch * context, "context": context, "limit_bytes": int(limit_bytes)}
 
 
 def memory_model(run: dict) -> dict:
-    """Fixed bytes and cache bytes per token (one sequence) from one fresh-process run of :func:`run_variant`.
+    """Fixed bytes, transient bytes per sequence and cache bytes per token from one fresh-process run.
 
-    fixed = the model's resident memory before the run + the peak growth not explained by the cache (activations
-    of one prefill chunk, buffers); bytes per token = cache bytes / (batch x (context + new tokens)).
+    fixed = the process's resident memory before the run (weights, runtime); per sequence = the peak growth not
+    explained by the cache, divided by the batch (one row of a prefill chunk's activations); bytes per token =
+    cache bytes / (batch x (context + new tokens)).
     """
     tokens = run["batch"] * (run["context"] + run.get("new_tokens", 0))
-    return {"fixed_bytes": run["model_memory_bytes"] + run["peak_memory_bytes"] - run["cache_bytes"],
+    return {"fixed_bytes": run["model_memory_bytes"],
+            "per_sequence_bytes": (run["peak_memory_bytes"] - run["cache_bytes"]) / run["batch"],
             "bytes_per_token": run["cache_bytes"] / tokens}
+
+
+def predicted_peak(model: dict, batch: int, tokens: int) -> float:
+    """Peak resident bytes the :func:`memory_model` predicts for ``batch`` sequences of ``tokens`` cached tokens."""
+    return model["fixed_bytes"] + batch * (model["per_sequence_bytes"] + tokens * model["bytes_per_token"])
 
 
 if __name__ == "__main__":  # the fresh process of measure_in_subprocess

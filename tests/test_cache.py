@@ -171,3 +171,4 @@ def test_bench_config_validates_and_capacity_scales():
     half = bench.capacity(500, 10_000, 1_010_000, context=100)
     assert full == {"max_tokens": 1000, "max_batch": 10, "context": 100, "limit_bytes": 1_010_000}
     assert half["max_tokens"] == 2 * full["max_tokens"]
+    assert bench.capacity(500, 10_000, 1_010_000, context=100, per_sequence_bytes=50_000)["max_batch"] == 10
