@@ -38,6 +38,7 @@ def save_bundle(folder, peft_model, projections: Projections | None, **record) -
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         peft_model.save_pretrained(str(tmp / "adapter"))
+        (tmp / "adapter" / "README.md").unlink(missing_ok=True)   # peft's empty model-card template
         adapter_cfg = adapter_config_dict(peft_model)
         manifest = {"format": FORMAT, "base_model": getattr(peft_model, "mkv_name", None),
                     "geometry": KVGeometry.of(peft_model).as_dict(), "adapter_config": adapter_cfg,
