@@ -6,23 +6,23 @@ from .common import add_model_args, emit
 
 def register(sub) -> None:
     p = sub.add_parser("search", help="greedy adaptive rank search: record the trajectory from 100%% to the floor")
-    add_model_args(p, tokens_fast=256, tokens_full=1024, role="calibration")
+    add_model_args(p, tokens_fast=256, tokens_full=256, role="calibration")
     p.add_argument("--projections", default="pca", help="'pca', 'trained' (shipped) or a .safetensors file")
     p.add_argument("--step", type=int, default=None, help="rank decrement per committed step (default 8; 16 fast)")
     p.add_argument("--min-rank", type=int, default=None, help="floor of every rank (default 8; 16 fast)")
     p.add_argument("--stop-budget", type=float, default=None, help="stop at this budget (default: the floor)")
     p.add_argument("--batched", type=int, default=1, help="commit the k best candidates per scoring pass")
     p.add_argument("--strategy", choices=["exact", "lazy", "proxy"], default=None,
-                   help="candidate scoring (default lazy; proxy fast): see mkvlib.search.SearchConfig")
+                   help="candidate scoring (default proxy): see mkvlib.search.SearchConfig")
     p.add_argument("--shortlist", type=int, default=0, help="proxy: re-score this many front-runners exactly per pass")
-    p.add_argument("--proxy-refresh", type=int, default=0,
-                   help="proxy: rebuild it around the current ranks this many times along the way")
+    p.add_argument("--proxy-refresh", type=int, default=None,
+                   help="proxy: rebuild it around the current ranks this many times on the way (default 2; 0 fast)")
     p.add_argument("--balance", choices=["pooled", "separate"], default="pooled",
                    help="one pooled K+V budget, or key and value budgets falling together")
     p.add_argument("--eval-corpus", default=None, help="held-out text for the precomputed readout "
                    "(default wikitext2 test with MKV_DATA_DIR, else pydoc-test)")
-    p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default 4096; 512 fast)")
-    p.add_argument("--grid", type=int, default=None, help="budgets in the precomputed grid (default 13; 4 fast)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default 2048; 512 fast)")
+    p.add_argument("--grid", type=int, default=None, help="budgets in the precomputed grid (default 8; 4 fast)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     p.add_argument("--out", required=True, help="output trajectory .json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -38,8 +38,9 @@ def config_from_args(args):
     given = {k: v for k, v in dict(step=args.step, min_rank=args.min_rank, stop_budget=args.stop_budget,
                                    strategy=args.strategy, seq_len=args.seq_len, tokens=args.tokens,
                                    batch_size=args.batch_size, corpus=args.corpus).items() if v is not None}
-    return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance,
-                      proxy_refresh=args.proxy_refresh, **given)
+    if args.proxy_refresh is not None:
+        given["proxy_refresh"] = args.proxy_refresh
+    return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance, **given)
 
 
 def run(args) -> int:
@@ -68,8 +69,8 @@ def run(args) -> int:
     search_seconds = time.time() - start
     traj.meta.update(projections=args.projections, calibration_corpus=corpus)
     eval_corpus = args.eval_corpus or default_corpus("eval")
-    eval_blocks = token_blocks(tokenizer, eval_corpus, config.seq_len, args.eval_tokens or pick(512, 4096))
-    grid = budget_grid(traj, args.grid or pick(4, 13))
+    eval_blocks = token_blocks(tokenizer, eval_corpus, config.seq_len, args.eval_tokens or pick(512, 2048))
+    grid = budget_grid(traj, args.grid or pick(4, 8))
     evaluate_trajectory(model, proj, traj, eval_blocks, grid, eval_corpus, config.batch_size, progress=not args.json)
     traj.meta["total_seconds"] = round(time.time() - start, 2)
     traj.save(args.out)

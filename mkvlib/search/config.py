@@ -9,7 +9,8 @@ BALANCES = ("pooled", "separate")
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """How the greedy search walks from every rank at d down to the floor.
+    """How the greedy search walks from every rank at d down to the floor. The defaults made the shipped
+    trajectories (a CPU budget); on a GPU, ``strategy='lazy'`` with more tokens scores every step exactly.
 
     step: how much one committed step lowers one entry's rank (d/8 = 8 for d = 64 matches training's schedule).
     min_rank: the floor of every entry. stop_budget: stop once the budget is at or below this (None: the floor).
@@ -28,11 +29,11 @@ class SearchConfig:
     min_rank: int = 8
     stop_budget: float | None = None
     batched: int = 1
-    strategy: str = "lazy"
+    strategy: str = "proxy"
     shortlist: int = 0
-    proxy_refresh: int = 0
+    proxy_refresh: int = 2
     balance: str = "pooled"
-    tokens: int = 1024
+    tokens: int = 256
     seq_len: int = 256
     corpus: str | None = None
     batch_size: int = 4
@@ -66,8 +67,8 @@ class SearchConfig:
 
     @classmethod
     def fast(cls, **overrides) -> "SearchConfig":
-        """CI size: 128 calibration tokens, steps of d/4 down to 25%, scored by the calibrated proxy."""
-        base = dict(step=16, min_rank=16, strategy="proxy", tokens=256, seq_len=128, batch_size=2)
+        """CI size: 2 x 128 calibration tokens, steps of d/4 down to 25%, the proxy built once."""
+        base = dict(step=16, min_rank=16, strategy="proxy", proxy_refresh=0, tokens=256, seq_len=128, batch_size=2)
         return cls(**dict(base, **overrides))
 
     def with_(self, **changes) -> "SearchConfig":
