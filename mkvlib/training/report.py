@@ -30,10 +30,11 @@ def compare_curves(model, blocks, projections: dict, budgets, batch_size: int = 
 def curve_table(curves: dict, metrics=("perplexity_ratio", "kl_to_base")) -> str:
     """A plain-text table: one row per (label, metric), one column per budget."""
     budgets = [r["budget"] for r in next(iter(curves.values()))]
-    lines = [f"{'':<22}" + "".join(f"{b:>8.1%}" for b in budgets)]
+    width = max(len(f"{label} {m}") for label in curves for m in metrics) + 2
+    lines = [" " * width + "".join(f"{b:>9.1%}" for b in budgets)]
     for label, rows in curves.items():
         for m in metrics:
-            lines.append(f"{label + ' ' + m:<22}" + "".join(f"{r[m]:>8.3f}" for r in rows))
+            lines.append(f"{label + ' ' + m:<{width}}" + "".join(f"{r[m]:>9.3f}" for r in rows))
     return "\n".join(lines)
 
 
