@@ -207,3 +207,11 @@ def test_runs_under_an_accelerate_accelerator(tmp_path):
                       checkpoint_path=tmp_path / "acc.ckpt")
     trainer.train()
     assert trainer.step == 2 and load_checkpoint(tmp_path / "acc.ckpt")["step"] == 2
+
+
+def test_periodic_evaluation_includes_the_starting_point():
+    model, blocks, proj = setup()
+    trainer = Trainer(model, proj, blocks, cfg(steps=2, eval_every=2, eval_budgets=(0.5,)), eval_blocks=blocks[:2])
+    trainer.train()
+    assert [e["step"] for e in trainer.evals] == [0, 2]
+    assert trainer.evals[0]["rows"][0]["budget"] == 0.5

@@ -230,7 +230,10 @@ class Trainer:
         main = self.accelerator is None or self.accelerator.is_main_process
         bar = tqdm(total=until, initial=self.step, desc="training", disable=not (c.progress and main))
         running = None
+        evaluating = c.eval_every and self.eval_blocks is not None
         try:
+            if evaluating and self.step == 0 and not self.evals:   # the starting point (e.g. PCA) for the curves
+                self.evals.append({"step": 0, "rows": self.evaluate()})
             while self.step < until:
                 t0 = time.perf_counter()
                 row = self.train_step()
@@ -238,8 +241,7 @@ class Trainer:
                 running = row["loss"] if running is None else 0.9 * running + 0.1 * row["loss"]
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.3f}", kd=f"{row.get('kd', 0):.3f}", lr=f"{row['lr']:.1e}")
-                if c.eval_every and self.eval_blocks is not None and (self.step % c.eval_every == 0
-                                                                      or self.step == c.steps):
+                if evaluating and (self.step % c.eval_every == 0 or self.step == c.steps):
                     self.evals.append({"step": self.step, "rows": self.evaluate()})
                     if main:
                         bar.write(f"step {self.step}: " + ", ".join(
