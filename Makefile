@@ -28,7 +28,7 @@ notebooks: venv
 	MKV_FAST=1 $(PY) -m mkvlib.notebooks --out build/notebooks
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/
