@@ -17,13 +17,7 @@ from mkvlib.stats import collect_kv_stats
 CFG = SearchConfig(step=8, min_rank=4, tokens=48, seq_len=24, batch_size=2, strategy="exact")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread avoids spin-waiting on a busy CPU (30x faster here); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _proj(model, ids):

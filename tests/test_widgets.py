@@ -10,13 +10,7 @@ from mkvlib.widgets import (BudgetExplorer, ExplorerState, benchmark, continuati
 L, G, D = 4, 2, 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread avoids spin-waiting on a busy CPU; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trajectory():

@@ -51,3 +51,20 @@ def emit(result: dict, as_json: bool) -> None:
         if isinstance(value, float):
             value = f"{value:.4f}"
         print(f"{key:<{width}}  {value}", file=sys.stdout)
+
+
+def drive_trainer(trainer, resume, checkpoint, command: str, accelerator=None) -> int | None:
+    """Resume if asked, train, save on Ctrl-C (exit 130); None when this process should write the results."""
+    if resume:
+        trainer.resume(resume)
+        print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        print(f"mkv {command}: interrupted; resume with --resume {checkpoint}", file=sys.stderr)
+        return 130
+    finally:
+        trainer.close()
+    if accelerator is not None and not accelerator.is_main_process:
+        return 0
+    return None

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..runtime import pick
+from .common import drive_trainer
 
 
 def register(sub) -> None:
@@ -127,18 +128,9 @@ def run(args) -> int:
         trainer = stage2_trainer(peft_model, init, ids, mask, stage2_config(extra_lr=args.adapter_lr, **common),
                                  train_adapter=not args.freeze_adapter, checkpoint_path=ckpt,
                                  accelerator=accelerator)
-    if args.resume:
-        trainer.resume(args.resume)
-        print(f"resumed from {args.resume} at step {trainer.step}", file=sys.stderr)
-    try:
-        trainer.train()
-    except KeyboardInterrupt:
-        print(f"mkv sft: interrupted; resume with --resume {ckpt}", file=sys.stderr)
-        return 130
-    finally:
-        trainer.close()
-    if accelerator is not None and not accelerator.is_main_process:
-        return 0
+    status = drive_trainer(trainer, args.resume, ckpt, "sft", accelerator)
+    if status is not None:
+        return status
     projections = None if args.stage == 1 else trainer.result(model=model.mkv_name, stage=2, data=args.data)
     hist = trainer.history
     record = {

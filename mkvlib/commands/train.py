@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..runtime import pick
+from .common import drive_trainer
 
 # evaluation and benchmark sets: never trained on
 FORBIDDEN = {"wikitext2-test", "pydoc-test"}
@@ -118,18 +119,9 @@ def run(args) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt")
     trainer = Trainer(model, init, train_blocks, config, eval_blocks=eval_blocks, checkpoint_path=ckpt,
                       accelerator=accelerator)
-    if args.resume:
-        trainer.resume(args.resume)
-        print(f"resumed from {args.resume} at step {trainer.step}", file=sys.stderr)
-    try:
-        trainer.train()
-    except KeyboardInterrupt:
-        print(f"mkv train: interrupted; resume with --resume {ckpt}", file=sys.stderr)
-        return 130
-    finally:
-        trainer.close()
-    if accelerator is not None and not accelerator.is_main_process:
-        return 0
+    status = drive_trainer(trainer, args.resume, ckpt, "train", accelerator)
+    if status is not None:
+        return status
     command = "mkv " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if Path(sys.argv[0]).name in (
         "mkv", "__main__.py") else None
     record = {
