@@ -68,3 +68,16 @@ def drive_trainer(trainer, resume, checkpoint, command: str, accelerator=None) -
     if accelerator is not None and not accelerator.is_main_process:
         return 0
     return None
+
+
+def launched_accelerator():
+    """An accelerate ``Accelerator`` when started by ``accelerate launch`` with several processes, else None."""
+    try:
+        from accelerate import Accelerator
+        from accelerate.state import PartialState
+
+        if PartialState().num_processes > 1:
+            return Accelerator()
+    except ImportError:
+        pass
+    return None

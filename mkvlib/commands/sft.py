@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..runtime import pick
-from .common import drive_trainer
+from .common import drive_trainer, launched_accelerator
 
 
 def register(sub) -> None:
@@ -61,18 +61,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _accelerator():
-    try:
-        from accelerate import Accelerator
-        from accelerate.state import PartialState
-
-        if PartialState().num_processes > 1:   # launched by `accelerate launch`
-            return Accelerator()
-    except ImportError:
-        pass
-    return None
-
-
 def _budgets(text):
     try:
         return [float(b) for b in text.split(",") if b.strip()]
@@ -97,7 +85,7 @@ def run(args) -> int:
         raise ValueError("--adapter, --init and --freeze-adapter belong to stage 2")
     if args.stage == 2 and not args.adapter:
         raise ValueError("stage 2 needs --adapter: the bundle folder written by `mkv sft --stage 1`")
-    accelerator = _accelerator()
+    accelerator = launched_accelerator()
     model, tokenizer = load_model(args.model, device=accelerator.device if accelerator else args.device)
     examples = load_examples(args.data, args.split, args.limit)
     loss_on = args.loss_on or ("response" if args.stage == 1 else "all")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..runtime import pick
-from .common import drive_trainer
+from .common import drive_trainer, launched_accelerator
 
 # evaluation and benchmark sets: never trained on
 FORBIDDEN = {"wikitext2-test", "pydoc-test"}
@@ -101,15 +101,7 @@ def run(args) -> int:
                          schedule=schedule, seed=args.seed, eval_every=args.eval_every,
                          checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing,
                          mixed_precision=args.mixed_precision, progress=not args.json)
-    accelerator = None
-    try:
-        from accelerate import Accelerator
-        from accelerate.state import PartialState
-
-        if PartialState().num_processes > 1:   # launched by `accelerate launch`
-            accelerator = Accelerator()
-    except ImportError:
-        pass
+    accelerator = launched_accelerator()
     device = accelerator.device if accelerator else args.device
     model, tokenizer = load_model(args.model, device=device)
     init = resolve_projections(args.init, model)
