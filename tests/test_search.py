@@ -196,3 +196,31 @@ def test_adaptive_ranks_use_the_shipped_trajectory_matched_by_fingerprint(setup,
     other = _proj(model, torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(9)))
     with pytest.raises(TrajectoryMismatchError, match="mkv search"):
         adaptive_ranks(model, other, 0.5)
+
+
+@torch.no_grad()
+def test_proxy_sensitivities_are_per_kind_positive_and_measured(setup):
+    """Each (layer, K or V) sensitivity is the exact KL change of its probe over the probe's output error; none
+    is left at or below zero, so lowering an entry never looks free or helpful to the proxy."""
+    from mkvlib.search.scoring import LocalProxy
+
+    model, ids, proj = setup
+    geom = KVGeometry.of(model)
+    path = rank_path(geom.head_dim, 8, 4)
+    with attach(model, proj, 1.0) as comp:
+        scorer = KLScorer(model, comp, ids, 2)
+        proxy = LocalProxy(scorer, path)
+        assert set(proxy.sensitivity) == {(l, c) for l in range(geom.layers) for c in (0, 1)}
+        positive = [s for s in proxy.raw_sensitivity.values() if s > 0]
+        assert positive and all(s >= min(positive) for s in proxy.sensitivity.values())
+        for key, raw in proxy.raw_sensitivity.items():
+            assert proxy.sensitivity[key] == (raw if raw > 0 else min(positive))
+        # re-measure one sensitivity by hand: layer 1's keys moved halfway down
+        full = torch.full(geom.shape, geom.head_dim, dtype=torch.long)
+        trial = full.clone()
+        trial[1, :, 0] = path[len(path) // 2]
+        kl = scorer.score(trial, 1) - scorer.set_state(full)
+        errors = [proxy.errors[(1, g, 0)][path[len(path) // 2]] for g in range(geom.kv_heads)]
+        assert kl / proxy.raw_sensitivity[(1, 0)] > max(errors) * 0.5   # the probe's error covers its heads
+        harm = proxy.harm((1, 0, 0), geom.head_dim, path[1])
+        assert harm == proxy.sensitivity[(1, 0)] * proxy.errors[(1, 0, 0)][path[1]]

@@ -90,7 +90,8 @@ class _Search:
                 "candidate_evaluations": self.scorer.evaluations, "calibration_tokens": self.scorer.tokens,
                 "projections": self.projections.meta.get("kind") or self.projections.meta.get("method", "?"),
                 "proxy_sensitivity": None if self.proxy is None else
-                [round(self.proxy.sensitivity[l], 6) for l in range(self.geom.layers)]}
+                [[round(self.proxy.raw_sensitivity.get((l, c), 0.0), 6) for c in (K, V)]
+                                     for l in range(self.geom.layers)]}
         return Trajectory(getattr(self.model, "mkv_name", "?"), self.projections.fingerprint(),
                           (self.geom.layers, self.geom.kv_heads, d), steps, meta)
 

@@ -4,8 +4,8 @@
 compression switched off) and the captured layer inputs of the current state, so scoring a candidate in layer l
 re-runs only layers l..L-1 (:mod:`mkvlib.search.replay`); the result equals a full forward pass.
 :class:`LocalProxy` scores without any forward pass through later layers: the mean squared change of layer l's
-attention output caused by that entry alone (on the uncompressed model's inputs), times a per-layer
-sensitivity measured once by the exact KL. Introduced in notebook 03.
+attention output caused by that entry alone (on the uncompressed model's inputs), times a sensitivity per
+layer and kind (K or V) measured once by the exact KL. Introduced in notebook 03.
 """
 from __future__ import annotations
 
@@ -75,12 +75,16 @@ class KLScorer:
 
 
 class LocalProxy:
-    """Separable proxy around a state: harm(l, g, c: r -> r') = s_l * (e_{l,g,c}(r') - e_{l,g,c}(r)).
+    """Separable proxy around a state: harm(l, g, c: r -> r') = s_{l,c} * (e_{l,g,c}(r') - e_{l,g,c}(r)).
 
     e(r): mean squared change of layer l's attention output (B, T, D) when only that entry moves from its rank
-    in ``state`` to r (on the inputs layer l gets at ``state``). s_l: the exact KL increase of moving every entry
-    of layer l halfway down its remaining ``path`` (d, d - step, ..., floor), divided by that move's output
-    error. ``state`` defaults to full ranks (the uncompressed model); ``layers``: only these (default all).
+    in ``state`` to r (on the inputs layer l gets at ``state``). s_{l,c}: the exact KL increase of moving every
+    key (c = K) or every value (c = V) entry of layer l halfway down its remaining ``path`` (d, d - step, ...,
+    floor), divided by that move's output error. Keys and values get separate sensitivities because a key error
+    reshapes the attention pattern while a value error only shifts the output, so the same output error costs
+    them differently downstream. A measured sensitivity at or below zero (a small move whose KL change drowned in
+    calibration noise) is raised to the smallest positive one, so no layer looks free to cut. ``state``
+    defaults to full ranks (the uncompressed model); ``layers``: only these (default all).
     """
 
     @torch.no_grad()
@@ -112,15 +116,22 @@ class LocalProxy:
                     probe[l, g, c] = below[len(below) // 2]
                     self.errors[(l, g, c)] = {r: (0.0 if r == now else error(with_rank(state, (l, g, c), r), l))
                                               for r in below}
-        self.sensitivity = {}
+        self.raw_sensitivity = {}                         # (l, c) -> measured KL per unit output error
         for l in tqdm(layers, desc="proxy: sensitivities", disable=not progress):
-            trial = state.clone()
-            trial[l] = probe[l]
-            err = error(trial, l)
-            self.sensitivity[l] = (scorer.score(trial, l) - kl_state) / err if err > 0 else 0.0
+            for c in (0, 1):
+                trial = state.clone()
+                trial[l, :, c] = probe[l, :, c]
+                if torch.equal(trial[l], state[l]):       # every entry of this kind already at the floor
+                    self.raw_sensitivity[(l, c)] = 0.0
+                    continue
+                err = error(trial, l)
+                self.raw_sensitivity[(l, c)] = (scorer.score(trial, l) - kl_state) / err if err > 0 else 0.0
+        positive = [s for s in self.raw_sensitivity.values() if s > 0]
+        floor = min(positive) if positive else 1.0
+        self.sensitivity = {k: max(s, floor) for k, s in self.raw_sensitivity.items()}
         self.kl_state = kl_state
         comp.set_ranks(state)
 
     def harm(self, entry: Entry, rank: int, new_rank: int) -> float:
         errs = self.errors[entry]
-        return self.sensitivity[entry[0]] * (errs[new_rank] - errs[rank])
+        return self.sensitivity[(entry[0], entry[2])] * (errs[new_rank] - errs[rank])
