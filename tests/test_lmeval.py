@@ -163,9 +163,15 @@ def test_sweep_resumes_without_redoing_finished_cells(model, tokenizer, include_
     cfg = SweepConfig(str(out), methods=[Method("random-uniform", str(projections_file))], budgets=[1.0, 0.5, 0.25],
                       tasks=["tiny_mc"], include_path=str(include_dir), source="local", batch_size=4)
     sweep = Sweep(model, tokenizer, cfg)
-    assert len(sweep.pending()) == 3 and sweep.estimate()["cells"] == 3
+    guess = sweep.estimate()
+    assert guess["cells"] == 3 and guess["measured_on_cells"] == 0
+    assert guess["seconds"] == guess["requests"] * cfg.seconds_per_request
     first = sweep.run(progress=False, max_cells=2)        # "interrupted" after two cells
     assert [r["method"] for r in first] == ["uncompressed", "random-uniform"]
+    measured = Sweep(model, tokenizer, cfg).estimate()     # now timed on the two stored cells
+    rate = sum(float(r["seconds"]) for r in first) / (2 * 5 * 4)
+    assert measured["cells"] == 1 and measured["measured_on_cells"] == 2
+    assert measured["seconds_per_request"] == pytest.approx(rate)
     rest = Sweep(model, tokenizer, cfg).run(progress=False)
     assert [(r["method"], r["budget"]) for r in rest] == [("random-uniform", "0.2500")]
     assert Sweep(model, tokenizer, cfg).run(progress=False) == []

@@ -12,7 +12,7 @@ import datetime
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..io import atomic_path
@@ -208,8 +208,24 @@ class Sweep:
         done = {_key(r) for r in read_rows(self.config.out)}
         return [c for c in self.cells() if self.row_key(c) not in done]
 
+    def measured_rate(self) -> tuple[float, int]:
+        """Seconds per loglikelihood request measured on the cells already stored (same batch size), and how
+        many cells that was measured on; ``(config.seconds_per_request, 0)`` when none are stored."""
+        seconds = requests = cells = 0
+        for row in read_rows(self.config.out):
+            try:
+                if int(row["batch_size"]) != self.config.batch_size:
+                    continue
+                seconds += float(row["seconds"])
+                requests += int(row["items"]) * CHOICES.get(row["task"], 4)
+                cells += 1
+            except (KeyError, TypeError, ValueError):
+                continue
+        return (seconds / requests, cells) if requests and seconds > 0 else (self.config.seconds_per_request, 0)
+
     def estimate(self, cells=None) -> dict:
-        """Loglikelihood requests and seconds the pending cells will take (at ``seconds_per_request``)."""
+        """Loglikelihood requests and seconds the pending cells will take: at the rate measured on the stored
+        cells when there are any, else at ``config.seconds_per_request``."""
         cells = self.pending() if cells is None else cells
         requests = 0
         for c in cells:
@@ -217,16 +233,16 @@ class Sweep:
             items = min(x for x in (self.config.limit, size) if x is not None) if (self.config.limit or size) \
                 else 1000
             requests += items * CHOICES.get(c.task, 4)
-        return {"cells": len(cells), "requests": requests,
-                "seconds": requests * self.config.seconds_per_request}
+        rate, measured_on = self.measured_rate()
+        return {"cells": len(cells), "requests": requests, "seconds": requests * rate,
+                "seconds_per_request": rate, "measured_on_cells": measured_on}
 
     # --- running ----------------------------------------------------------------------------------
     def run_cell(self, cell: Cell, lm) -> dict:
         from ..compress import attach
         from ..geometry import budget_of
 
-        eval_config = LMEvalConfig([cell.task], self.config.limit, self.config.batch_size, self.config.source,
-                                   self.config.include_path)
+        eval_config = replace(self.config.eval_config, tasks=[cell.task])
         row = self._identity(cell)
         if cell.method is None:
             summary = run_lm_eval(self.model, self.tokenizer, eval_config, lm=lm)
@@ -259,7 +275,9 @@ class Sweep:
             print(f"skipping {name}: {why}", file=sys.stderr)
         print(f"{est['cells']} cells to run ({len(self.cells()) - len(all_pending)} already stored in "
               f"{self.config.out}): about {est['requests']} loglikelihood requests, ~{est['seconds'] / 60:.0f} min "
-              f"at {self.config.seconds_per_request:g} s/request", file=sys.stderr)
+              f"at {est['seconds_per_request']:.3g} s/request ("
+              + (f"measured on {est['measured_on_cells']} stored cells)" if est["measured_on_cells"] else
+                 "a guess: nothing stored yet to measure)"), file=sys.stderr)
         if dry_run or not pending:
             return []
         lm = wrap(self.model, self.tokenizer, self.config.batch_size)
