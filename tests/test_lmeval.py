@@ -179,3 +179,34 @@ def test_sweep_resumes_without_redoing_finished_cells(model, tokenizer, include_
     assert len(rows) == 3 and {r["limit"] for r in rows} == {"full"}
     assert all(r["git_commit"] and r["lm_eval_version"] and r["items"] == "5" for r in rows)
     assert rows[0]["fingerprint"] == "none" and len(rows[1]["fingerprint"]) == 16
+
+
+def test_report_keeps_one_limit_and_the_newest_row_per_cell(tmp_path, capsys):
+    from mkvlib.lmeval import report
+    from mkvlib.lmeval.sweep import append_row
+
+    out = tmp_path / "mixed.csv"
+    base = {"model": "m", "projections": "pca", "allocation": "uniform", "kv_budget": "0.5000", "acc_norm": "0.5",
+            "items": "25", "limit": "25", "batch_size": "8", "seconds": "1", "source": "local", "git_commit": "x",
+            "lm_eval_version": "0.4"}
+    for task, acc in (("piqa", "0.70"), ("arc_easy", "0.50")):
+        append_row(out, {**base, "method": "uncompressed", "fingerprint": "none", "budget": "1.0000", "task": task,
+                         "acc": acc, "finished_at": "2026-01-01T00:00:00"})
+        append_row(out, {**base, "method": "pca-uniform", "fingerprint": "a", "budget": "0.5000", "task": task,
+                         "acc": "0.10", "finished_at": "2026-01-01T00:00:00"})
+    big = {**base, "items": "1000", "limit": "1000"}
+    for task, acc in (("piqa", "0.60"), ("arc_easy", "0.40")):
+        append_row(out, {**big, "method": "uncompressed", "fingerprint": "none", "budget": "1.0000", "task": task,
+                         "acc": acc, "finished_at": "2026-01-02T00:00:00"})
+        for when, value in (("2026-01-02T00:00:00", "0.20"), ("2026-01-03T00:00:00", "0.30")):  # re-run later
+            append_row(out, {**big, "method": "pca-uniform", "fingerprint": when[:10], "budget": "0.5000",
+                             "task": task, "acc": value, "finished_at": when})
+    df = report.load_results(out)
+    assert len(df) == 4 and set(df["limit"]) == {"1000"}
+    assert sorted(df[df.method == "pca-uniform"].acc) == [0.3, 0.3]
+    assert "left out 6" in capsys.readouterr().err
+    table = report.table1(df)
+    assert table.loc[("50%", report.LABELS["pca-uniform"]), "% of 100%"] == pytest.approx(60.0)
+    assert len(report.load_results(out, limit=25)) == 4
+    with pytest.raises(ValueError, match="no cells run with limit 7"):
+        report.load_results(out, limit=7)

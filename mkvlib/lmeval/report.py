@@ -20,15 +20,33 @@ LABELS = {"pca-uniform": "PCA, uniform", "trained-uniform": "trained, uniform", 
 AVERAGE = "average"
 
 
-def load_results(path) -> pd.DataFrame:
-    """The sweep CSV as a DataFrame with numeric budget, acc, acc_norm and items."""
+def load_results(path, limit=None) -> pd.DataFrame:
+    """The sweep CSV as a DataFrame with numeric budget, acc, acc_norm and items.
+
+    A CSV may hold sweeps run at several item limits, or cells re-run after the projections changed. Ratios
+    are only meaningful within one run, so this keeps one limit (``limit``; default the largest, a whole split
+    counting as the largest) and, per (model, method, budget, task), the newest row; a note on stderr says
+    what was left out.
+    """
+    import sys
+
     rows = read_rows(path)
     if not rows:
         raise FileNotFoundError(f"no sweep results in {path}: run `mkv lm-eval --sweep {path} --tasks ...` first")
     df = pd.DataFrame(rows)
     for col in ("budget", "kv_budget", "acc", "acc_norm", "items", "seconds"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    return df
+    limits = sorted(df["limit"].astype(str).unique(), key=lambda x: float("inf") if x == "full" else float(x))
+    chosen = limits[-1] if limit is None else str(limit)
+    if chosen not in limits:
+        raise ValueError(f"{path} holds no cells run with limit {limit!r}; it has limits {limits}")
+    kept = df[df["limit"].astype(str) == chosen]
+    kept = kept.sort_values("finished_at").drop_duplicates(["model", "method", "budget", "task"], keep="last")
+    if len(kept) < len(df):
+        print(f"{path}: using the {len(kept)} cells run with limit {chosen} (newest of each); left out "
+              f"{len(df) - len(kept)} (other limits {[x for x in limits if x != chosen]}, or superseded)",
+              file=sys.stderr)
+    return kept.reset_index(drop=True)
 
 
 def curves(df: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
