@@ -6,6 +6,7 @@ the fairer scale for a small model whose baseline is itself not far above chance
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -28,8 +29,6 @@ def load_results(path, limit=None) -> pd.DataFrame:
     counting as the largest) and, per (model, method, budget, task), the newest row; a note on stderr says
     what was left out.
     """
-    import sys
-
     rows = read_rows(path)
     if not rows:
         raise FileNotFoundError(f"no sweep results in {path}: run `mkv lm-eval --sweep {path} --tasks ...` first")

@@ -19,8 +19,7 @@ class SearchConfig:
       exact score and re-scores only the front-runners until the best one is fresh (the same choices as 'exact'
       whenever a step never hurts less after other entries were lowered); 'proxy' ranks by a per-layer
       attention-output error weighted by an exact sensitivity per layer and kind (no full forward passes per
-      candidate),
-      optionally re-scoring its ``shortlist`` best exactly each pass, and rebuilt around the current ranks
+      candidate), optionally re-scoring its ``shortlist`` best exactly each pass, and rebuilt around the current ranks
       ``proxy_refresh`` times along the way (evenly spaced in budget; each rebuild costs about two exact passes).
     balance: 'pooled' lets keys and values compete for one budget; 'separate' alternates between the key and
       the value pools so both budgets fall together, and any pair of key/value budgets is a prefix of each pool.

@@ -91,7 +91,7 @@ class _Search:
                 "projections": self.projections.meta.get("kind") or self.projections.meta.get("method", "?"),
                 "proxy_sensitivity": None if self.proxy is None else
                 [[round(self.proxy.raw_sensitivity.get((l, c), 0.0), 6) for c in (K, V)]
-                                     for l in range(self.geom.layers)]}
+                 for l in range(self.geom.layers)]}
         return Trajectory(getattr(self.model, "mkv_name", "?"), self.projections.fingerprint(),
                           (self.geom.layers, self.geom.kv_heads, d), steps, meta)
 
