@@ -131,6 +131,11 @@ def _key(row: dict) -> tuple:
     return tuple(str(row.get(k)) for k in KEY)
 
 
+def _requests(task: str, items: int) -> int:
+    """Loglikelihood requests that ``items`` items of ``task`` make (one per answer choice)."""
+    return items * CHOICES.get(task, 4)
+
+
 def _fmt_budget(b: float) -> str:
     return f"{float(b):.4f}"
 
@@ -217,7 +222,7 @@ class Sweep:
                 if int(row["batch_size"]) != self.config.batch_size:
                     continue
                 seconds += float(row["seconds"])
-                requests += int(row["items"]) * CHOICES.get(row["task"], 4)
+                requests += _requests(row["task"], int(row["items"]))
                 cells += 1
             except (KeyError, TypeError, ValueError):
                 continue
@@ -232,7 +237,7 @@ class Sweep:
             size = _split_size(c.task)
             items = min(x for x in (self.config.limit, size) if x is not None) if (self.config.limit or size) \
                 else 1000
-            requests += items * CHOICES.get(c.task, 4)
+            requests += _requests(c.task, items)
         rate, measured_on = self.measured_rate()
         return {"cells": len(cells), "requests": requests, "seconds": requests * rate,
                 "seconds_per_request": rate, "measured_on_cells": measured_on}
