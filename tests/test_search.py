@@ -89,6 +89,33 @@ def test_exact_search_agrees_step_by_step_with_brute_force(setup, exact_traj):
         assert agree >= 10
 
 
+def test_nll_weighted_score_adds_the_change_of_the_texts_own_cross_entropy(setup):
+    """With nll_weight w the scorer gives KL + w * (NLL(compressed) - NLL(base)) on the blocks' next tokens,
+    recomputed here from plain forward passes; w = 0 is the KL alone, and a weighted search runs to the floor."""
+    model, ids, proj = setup
+    geom = KVGeometry.of(model)
+    trial = torch.full(geom.shape, 16, dtype=torch.long)
+    trial[1, 0, 1] = 4
+    trial[2, 1, 0] = 8
+    with torch.no_grad(), attach(model, proj, 1.0) as comp:
+        comp.enabled = False
+        base = F.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1).flatten(0, 1)
+        comp.enabled = True
+        nll = lambda logp: float(-logp.gather(1, ids[:, 1:].flatten()[:, None]).mean())
+        kl = _brute_kl(model, comp, ids, base, trial)
+        logp = F.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1).flatten(0, 1)
+        delta = nll(logp) - nll(base)
+        assert abs(delta) > 1e-4                              # the test would notice a missing NLL term
+        for w in (0.0, 0.5):
+            scorer = KLScorer(model, comp, ids, 1, nll_weight=w)
+            scorer.set_state(torch.full(geom.shape, 16, dtype=torch.long))
+            assert scorer.score(trial, 1) == pytest.approx(kl + w * delta, abs=1e-5)
+    with pytest.raises(ValueError, match="nll_weight"):
+        SearchConfig(nll_weight=-1.0)
+    traj = greedy_search(model, proj, ids, CFG.with_(nll_weight=0.5), progress=False)
+    assert traj.meta["config"]["nll_weight"] == 0.5 and traj.final_budget == pytest.approx(4 / 16)
+
+
 def test_budgets_fall_monotonically_to_the_floor_and_are_never_exceeded(exact_traj):
     budgets = exact_traj.budgets()
     assert (budgets[1:] < budgets[:-1]).all()

@@ -23,6 +23,8 @@ class SearchConfig:
       ``proxy_refresh`` times along the way (evenly spaced in budget; each rebuild costs about two exact passes).
     balance: 'pooled' lets keys and values compete for one budget; 'separate' alternates between the key and
       the value pools so both budgets fall together, and any pair of key/value budgets is a prefix of each pool.
+    nll_weight: 0 scores steps by the calibration KL alone (the paper's search); w > 0 by KL + w * the change of
+      the calibration text's NLL (for projections trained with an LM term, w = lm_weight / kd_weight of training).
     tokens, seq_len, corpus: calibration text (never the evaluation split). batch_size: blocks per forward pass.
     """
     step: int = 8
@@ -33,6 +35,7 @@ class SearchConfig:
     shortlist: int = 0
     proxy_refresh: int = 2
     balance: str = "pooled"
+    nll_weight: float = 0.0
     tokens: int = 256
     seq_len: int = 256
     corpus: str | None = None
@@ -49,6 +52,8 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.proxy_refresh must be an integer >= 0, not {self.proxy_refresh!r}")
         if not isinstance(self.shortlist, int) or self.shortlist < 0:
             raise ValueError(f"SearchConfig.shortlist must be an integer >= 0, not {self.shortlist!r}")
+        if isinstance(self.nll_weight, bool) or not isinstance(self.nll_weight, (int, float)) or not self.nll_weight >= 0:
+            raise ValueError(f"SearchConfig.nll_weight must be a number >= 0, not {self.nll_weight!r}")
         if self.stop_budget is not None and not 0 < self.stop_budget <= 1:
             raise ValueError(f"SearchConfig.stop_budget must lie in (0, 1] or be None, not {self.stop_budget!r}")
         if self.strategy not in STRATEGIES:

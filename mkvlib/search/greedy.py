@@ -60,7 +60,7 @@ class _Search:
         ranks = torch.full(self.geom.shape, d, dtype=torch.long)
         steps = []
         with attach(self.model, self.projections, ranks) as comp:
-            self.scorer = KLScorer(self.model, comp, self.blocks, cfg.batch_size)
+            self.scorer = KLScorer(self.model, comp, self.blocks, cfg.batch_size, cfg.nll_weight)
             kl_now = self.scorer.set_state(ranks)
             self.proxy = LocalProxy(self.scorer, self.path, None, self.progress) if cfg.strategy == "proxy" else None
             refresh_at = list(np.linspace(1.0, self.stop, cfg.proxy_refresh + 2)[1:-1])

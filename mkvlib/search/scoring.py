@@ -1,7 +1,7 @@
 """Scores for lowering one entry (layer, KV head, K or V): the exact calibration KL, and a cheap proxy.
 
 :class:`KLScorer` holds the base model's next-token distributions on the calibration blocks (computed once,
-compression switched off) and the captured layer inputs of the current state, so scoring a candidate in layer l
+compression switched off; optionally an NLL term on the calibration text's own next tokens) and the captured layer inputs of the current state, so scoring a candidate in layer l
 re-runs only layers l..L-1 (:mod:`mkvlib.search.replay`); the result equals a full forward pass.
 :class:`LocalProxy` scores without any forward pass through later layers: the mean squared change of layer l's
 attention output caused by that entry alone (on the uncompressed model's inputs), times a sensitivity per
@@ -29,15 +29,21 @@ class KLScorer:
     """KL(base || compressed), mean over the next-token predictions of ``blocks`` (N, T).
 
     ``compression``: an attached :class:`~mkvlib.compress.Compression`; the scorer changes its ranks.
+    ``nll_weight`` w > 0 scores KL + w * (NLL(compressed) - NLL(base)) instead, the NLL being the cross-entropy
+    on the blocks' own next tokens: the same mix of distillation and language modelling that Matryoshka
+    training minimises (kd_weight : lm_weight), for projections whose truncations were fitted to the text.
     """
 
     @torch.no_grad()
-    def __init__(self, model, compression, blocks: torch.Tensor, batch_size: int = 4):
-        self.model, self.compression = model, compression
+    def __init__(self, model, compression, blocks: torch.Tensor, batch_size: int = 4, nll_weight: float = 0.0):
+        if not nll_weight >= 0:
+            raise ValueError(f"nll_weight must be >= 0, not {nll_weight!r}")
+        self.model, self.compression, self.nll_weight = model, compression, float(nll_weight)
         device = next(model.parameters()).device
         self.chunks = [blocks[i:i + batch_size].to(device) for i in range(0, len(blocks), batch_size)]
+        self.targets = [ids[:, 1:].flatten() for ids in self.chunks]
         self.replays = [LayerReplay(model) for _ in self.chunks]
-        self.base_logp, self.base_probs = [], []
+        self.base_logp, self.base_probs, self.base_nll = [], [], []
         self.tokens = sum(c.shape[0] * (c.shape[1] - 1) for c in self.chunks)
         enabled = compression.enabled
         compression.enabled = False
@@ -46,13 +52,21 @@ class KLScorer:
                 logp = replay.capture(ids)                                 # (B*(T-1), vocab)
                 self.base_logp.append(logp)
                 self.base_probs.append(logp.exp())
+                self.base_nll.append(self._nll(len(self.base_nll), logp))
         finally:
             compression.enabled = enabled
         self.state = None          # the ranks whose layer inputs the replays hold (None: base model)
         self.evaluations = 0       # candidate scorings, each a partial forward pass
 
+    def _nll(self, i: int, logp: torch.Tensor) -> float:
+        return float(-logp.gather(1, self.targets[i][:, None]).sum())
+
     def _kl(self, i: int, logp: torch.Tensor) -> float:
-        return float((self.base_probs[i] * (self.base_logp[i] - logp)).sum())
+        """Chunk ``i``'s summed objective: KL to base, plus the weighted NLL change when ``nll_weight`` is set."""
+        kl = float((self.base_probs[i] * (self.base_logp[i] - logp)).sum())
+        if self.nll_weight:
+            kl += self.nll_weight * (self._nll(i, logp) - self.base_nll[i])
+        return kl
 
     @torch.no_grad()
     def set_state(self, ranks: torch.Tensor) -> float:

@@ -30,7 +30,11 @@ class TrajectoryMismatchError(ValueError):
 
 @dataclass
 class Trajectory:
-    """Steps (layer, head, kind 0=K/1=V, new rank, kl, budget) for a model of (L, G, d) = ``geometry``."""
+    """Steps (layer, head, kind 0=K/1=V, new rank, kl, budget) for a model of (L, G, d) = ``geometry``.
+
+    ``kl`` is the search's calibration score after the step: the KL to the base model, plus
+    ``meta['config']['nll_weight']`` times the NLL change when the search was run with that weight.
+    """
     model: str
     fingerprint: str
     geometry: tuple[int, int, int]
