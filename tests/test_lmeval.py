@@ -9,6 +9,7 @@ from mkvlib.lmeval import LMEvalConfig, Method, Sweep, SweepConfig, run_lm_eval
 from mkvlib.lmeval.hellaswag import process_docs
 from mkvlib.lmeval.sweep import read_rows
 from mkvlib.lmeval.tasks import TaskFilesMissingError, resolve_task_paths, write_local_tasks
+from mkvlib.geometry import KVGeometry
 from mkvlib.models import tiny_model
 from mkvlib.projections import Projections
 
@@ -179,6 +180,33 @@ def test_sweep_resumes_without_redoing_finished_cells(model, tokenizer, include_
     assert len(rows) == 3 and {r["limit"] for r in rows} == {"full"}
     assert all(r["git_commit"] and r["lm_eval_version"] and r["items"] == "5" for r in rows)
     assert rows[0]["fingerprint"] == "none" and len(rows[1]["fingerprint"]) == 16
+
+
+def test_adaptive_cells_are_keyed_by_the_ranks_they_used(model, tokenizer, include_dir, projections_file, tmp_path,
+                                                          monkeypatch):
+    """A new search trajectory gives new adaptive ranks: their stored cells no longer count as done; uniform
+    cells and rows from before the ranks column (legacy CSVs) keep counting where they can be matched."""
+    from mkvlib.lmeval.sweep import append_row, ranks_digest
+
+    out = tmp_path / "sweep.csv"
+    cfg = SweepConfig(str(out), methods=[Method("rand-uniform", str(projections_file)),
+                                         Method("rand-adaptive", str(projections_file), "adaptive")],
+                      budgets=[1.0, 0.5], tasks=["tiny_mc"], include_path=str(include_dir), source="local")
+    sweep = Sweep(model, tokenizer, cfg)
+    ranks = torch.full(KVGeometry.of(model).shape, 8, dtype=torch.long)
+    monkeypatch.setattr(sweep, "ranks_for", lambda m, b: ranks.clone() if m.allocation == "adaptive" else float(b))
+    for cell in sweep.cells():
+        row = sweep._identity(cell)
+        append_row(out, {**row, "allocation": cell.method.allocation if cell.method else "none"})
+    assert sweep.pending() == []
+    assert {r["ranks"] for r in read_rows(out)} == {"full", "uniform", ranks_digest(ranks)}
+    ranks[0, 0, 0] = 4                                        # the trajectory changed
+    assert [c.label for c in sweep.pending()] == ["rand-adaptive @ 50% / tiny_mc"]
+    legacy = [{k: v for k, v in r.items() if k != "ranks"} for r in read_rows(out)]
+    out.unlink()
+    for row in legacy:
+        append_row(out, row)
+    assert [c.label for c in sweep.pending()] == ["rand-adaptive @ 50% / tiny_mc"]
 
 
 def test_report_keeps_one_limit_and_the_newest_row_per_cell(tmp_path, capsys):

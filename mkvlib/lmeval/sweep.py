@@ -1,7 +1,8 @@
 """The accuracy-versus-compression sweep: methods x budgets x tasks, one stored row per finished cell.
 
 A cell is (method, budget, task). Each finished cell is appended to a CSV at once (the file is rewritten
-atomically), keyed by model, method, projections fingerprint, budget, task and item limit, so an interrupted
+atomically), keyed by model, method, projections fingerprint, budget, the ranks used (a digest of the adaptive
+ranks, so a cell run with an older search trajectory is run again), task and item limit, so an interrupted
 sweep resumes where it stopped. Compression at full rank is exact, so every method shares one 100% cell:
 the uncompressed baseline, computed once (method ``uncompressed``). Introduced in notebook 04.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import subprocess
 import sys
 import time
@@ -23,10 +25,10 @@ from ..corpora import data_dir
 
 BUDGETS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 BASELINE = "uncompressed"
-FIELDS = ["model", "method", "projections", "allocation", "fingerprint", "budget", "kv_budget", "task", "acc",
-          "acc_norm", "items", "limit", "batch_size", "seconds", "source", "git_commit", "lm_eval_version",
+FIELDS = ["model", "method", "projections", "allocation", "fingerprint", "budget", "kv_budget", "ranks", "task",
+          "acc", "acc_norm", "items", "limit", "batch_size", "seconds", "source", "git_commit", "lm_eval_version",
           "finished_at"]
-KEY = ("model", "method", "fingerprint", "budget", "task", "limit")
+KEY = ("model", "method", "fingerprint", "budget", "ranks", "task", "limit")
 # mean answer choices per item (loglikelihood requests per item), for the cost estimate
 CHOICES = {"piqa": 2, "arc_easy": 4, "arc_challenge": 4, "hellaswag": 4, "winogrande": 2, "openbookqa": 4}
 
@@ -127,7 +129,20 @@ def append_row(path, row: dict) -> None:
         writer.writerows(rows)
 
 
+def ranks_digest(ranks) -> str:
+    """The ``ranks`` column: 'full' (uncompressed), 'uniform', or a digest of an adaptive rank tensor."""
+    if ranks is None:
+        return "full"
+    if isinstance(ranks, float):
+        return "uniform"
+    return "adaptive-" + hashlib.sha256(str(ranks.tolist()).encode()).hexdigest()[:12]
+
+
 def _key(row: dict) -> tuple:
+    """A row's identity. Rows written before the ``ranks`` column existed count as 'full' / 'uniform' by their
+    allocation; an adaptive one cannot be matched to its ranks, so that cell is run again."""
+    if not row.get("ranks"):
+        row = {**row, "ranks": {"none": "full", "uniform": "uniform"}.get(row.get("allocation"), "unknown")}
     return tuple(str(row.get(k)) for k in KEY)
 
 
@@ -205,8 +220,10 @@ class Sweep:
 
     def _identity(self, cell: Cell) -> dict:
         fingerprint = self.projections_for(cell.method).fingerprint() if cell.method else "none"
+        ranks = ranks_digest(self.ranks_for(cell.method, cell.budget) if cell.method else None)
         return {"model": getattr(self.model, "mkv_name", "?"), "method": cell.method.name if cell.method else
-                BASELINE, "fingerprint": fingerprint, "budget": _fmt_budget(cell.budget), "task": cell.task,
+                BASELINE, "fingerprint": fingerprint, "budget": _fmt_budget(cell.budget), "ranks": ranks,
+                "task": cell.task,
                 "limit": self.config.limit if self.config.limit is not None else "full"}
 
     def pending(self) -> list[Cell]:
