@@ -10,8 +10,8 @@ BALANCES = ("pooled", "separate")
 @dataclass(frozen=True)
 class SearchConfig:
     """How the greedy search walks from every rank at d down to the floor. The defaults are a CPU budget (they made
-    the shipped PCA trajectory); ``strategy='lazy'`` chooses every step by its exact KL (the shipped trained
-    trajectory: 256 tokens, batched=2, 46 min on one CPU core), and on a GPU affords more calibration tokens.
+    the shipped trajectories); ``strategy='lazy'`` chooses every step by its exact KL (for the trained projections:
+    256 tokens, batched=2, 46 min on one CPU core; README), and on a GPU affords more calibration tokens.
 
     step: how much one committed step lowers one entry's rank (d/8 = 8 for d = 64 matches training's schedule).
     min_rank: the floor of every entry. stop_budget: stop once the budget is at or below this (None: the floor).
