@@ -1,5 +1,6 @@
 """The `mkv` command line on the embedded model: JSON output, shipped projections, clear errors (exit 2)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ def _embedded_available() -> bool:
         return False
 
 
+ALTERNATIVE = Path(__file__).resolve().parents[1] / "data/trajectories/alternatives/SmolLM2-135M-Instruct.trained.lazy-kl.json"
 needs_model = pytest.mark.skipif(not _embedded_available(), reason="embedded model package not installed")
 
 
@@ -35,6 +37,17 @@ def test_eval_json_at_full_and_half_budget(capsys):
 
 
 @needs_model
+def test_eval_with_a_trajectory_file_uses_its_adaptive_ranks(capsys):
+    from mkvlib.search import Trajectory
+
+    assert main(["eval", "--json", "--corpus", "pydoc-test", "--tokens", "256", "--seq-len", "128",
+                 "--projections", "trained", "--trajectory", str(ALTERNATIVE), "--budget", "0.5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ranks = Trajectory.load(ALTERNATIVE).ranks_at(0.5)
+    assert out["allocation"] == "adaptive" and out["budget"] == pytest.approx(float(ranks.double().mean()) / 64)
+
+
+@needs_model
 def test_fit_pca_writes_projections(tmp_path, capsys):
     out = tmp_path / "p.safetensors"
     assert main(["fit-pca", "--json", "--corpus", "pydoc-train", "--tokens", "256", "--seq-len", "128",
@@ -50,6 +63,9 @@ def test_fit_pca_writes_projections(tmp_path, capsys):
     (["eval", "--projections", "/no/such.safetensors", "--corpus", "pydoc-test", "--tokens", "256",
       "--seq-len", "128"], "no projections file"),
     (["fit-pca", "--out", "x.bin"], "safetensors"),
+    (["eval", "--projections", "pca", "--trajectory", str(ALTERNATIVE), "--corpus", "pydoc-test", "--tokens", "256",
+      "--seq-len", "128"], "was searched with projections"),
+    (["lm-eval", "--sweep", "x.csv", "--trajectory", str(ALTERNATIVE), "--tasks", "piqa"], "one budget"),
 ])
 @needs_model
 def test_bad_input_is_a_clear_error(argv, msg, capsys):

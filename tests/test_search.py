@@ -223,6 +223,10 @@ def test_adaptive_ranks_use_the_shipped_trajectory_matched_by_fingerprint(setup,
     other = _proj(model, torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(9)))
     with pytest.raises(TrajectoryMismatchError, match="mkv search"):
         adaptive_ranks(model, other, 0.5)
+    elsewhere = exact_traj.save(tmp_path / "mine.json")      # a user's own search, passed explicitly
+    assert torch.equal(adaptive_ranks(model, proj, 0.375, elsewhere), exact_traj.ranks_at(0.375))
+    with pytest.raises(TrajectoryMismatchError):
+        adaptive_ranks(model, other, 0.375, elsewhere)
 
 
 @torch.no_grad()

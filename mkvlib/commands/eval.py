@@ -19,6 +19,8 @@ def register(sub) -> None:
                    "(e.g. 1,0.875,0.75,0.625,0.5,0.375,0.25,0.125)")
     p.add_argument("--allocation", choices=["uniform", "adaptive"], default="uniform",
                    help="uniform ranks, or the shipped greedy-search trajectory for these projections")
+    p.add_argument("--trajectory", default=None, metavar="JSON",
+                   help="adaptive ranks from this `mkv search` file instead of the shipped one (implies adaptive)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -30,10 +32,10 @@ def resolve_rank_args(args, model, projections):
             data = json.load(fh)
         return torch.tensor(data["ranks"] if isinstance(data, dict) else data)
     budget = 0.5 if args.budget is None else args.budget
-    if args.allocation == "adaptive":
+    if args.allocation == "adaptive" or args.trajectory:
         from .. import search  # provided by the rank-search module
 
-        return search.adaptive_ranks(model, projections, budget)
+        return search.adaptive_ranks(model, projections, budget, args.trajectory)
     return budget
 
 
@@ -67,7 +69,7 @@ def run(args) -> int:
     with attach(model, proj, settings[0]) as comp:
         rows = quality_curve(model, blocks, comp, settings, args.batch_size, progress=not args.json)
     common = dict(model=model.mkv_name, projections=args.projections, fingerprint=proj.fingerprint(),
-                  allocation="explicit" if args.ranks else args.allocation, corpus=args.corpus, seq_len=args.seq_len)
+                  allocation="explicit" if args.ranks else ("adaptive" if args.trajectory else args.allocation), corpus=args.corpus, seq_len=args.seq_len)
     if budgets is None:
         emit(dict(rows[0], **common), args.json)
     elif args.json:

@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("--budget", type=float, default=1.0, help="KV budget in (0, 1]; 1 = uncompressed (default)")
     p.add_argument("--allocation", choices=["uniform", "adaptive"], default="uniform",
                    help="uniform ranks, or the shipped greedy-search trajectory for these projections")
+    p.add_argument("--trajectory", default=None, metavar="JSON",
+                   help="adaptive ranks from this `mkv search` file instead of the shipped one (implies adaptive)")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. piqa,arc_easy,hellaswag")
     p.add_argument("--include-path", default=None, help="a folder of your own lm-eval task YAMLs")
     p.add_argument("--source", choices=["auto", "local", "hub"], default="auto",
@@ -37,18 +39,23 @@ def run(args) -> int:
 
     config = LMEvalConfig(args.tasks, args.limit, args.batch_size, args.source, args.include_path)
     if args.sweep:
+        if args.trajectory:
+            raise ValueError("--trajectory applies to one budget; a sweep uses the shipped trajectories")
         return run_sweep(args)
     from ..lmeval.tasks import resolve_task_paths
 
     resolve_task_paths(config.tasks, config.source, config.include_path)   # missing files fail before loading
     model, tokenizer = load_model(args.model, device=args.device)
-    result = evaluate_one(model, tokenizer, config, args.projections, args.budget, args.allocation)
+    allocation = "adaptive" if args.trajectory else args.allocation
+    result = evaluate_one(model, tokenizer, config, args.projections, args.budget, allocation, args.trajectory)
     emit(result, args.json)
     return 0
 
 
-def evaluate_one(model, tokenizer, config, projections: str, budget: float, allocation: str) -> dict:
-    """Accuracy at one budget: uncompressed at 1.0 with uniform ranks, else through the attached compression."""
+def evaluate_one(model, tokenizer, config, projections: str, budget: float, allocation: str,
+                 trajectory: str | None = None) -> dict:
+    """Accuracy at one budget: uncompressed at 1.0 with uniform ranks, else through the attached compression
+    (adaptive ranks from the shipped trajectory, or from ``trajectory``)."""
     from ..compress import attach
     from ..geometry import check_budget
     from ..lmeval import flat_result, run_lm_eval
@@ -57,11 +64,13 @@ def evaluate_one(model, tokenizer, config, projections: str, budget: float, allo
 
     check_budget(budget)
     meta = dict(model=model.mkv_name, budget=budget, allocation=allocation, projections=projections)
+    if trajectory:
+        meta["trajectory"] = str(trajectory)
     if budget == 1.0 and allocation == "uniform":
         summary = run_lm_eval(model, tokenizer, config)
         return flat_result(summary, **meta, fingerprint="none")
     proj = resolve_projections(projections, model)
-    with attach(model, proj, ranks_for(model, proj, allocation, budget)) as comp:
+    with attach(model, proj, ranks_for(model, proj, allocation, budget, trajectory)) as comp:
         summary = run_lm_eval(model, tokenizer, config)
         meta.update(kv_budget=comp.budget)
     return flat_result(summary, **meta, fingerprint=proj.fingerprint())

@@ -93,15 +93,16 @@ class SweepConfig:
         return cls(out, **{"methods": ["pca-uniform"], "budgets": [1.0, 0.5, 0.25], "limit": 4, **kw})
 
 
-def ranks_for(model, projections, allocation: str, budget: float):
-    """Ranks at ``budget``: the float budget itself (uniform), or the shipped search trajectory's (adaptive)."""
+def ranks_for(model, projections, allocation: str, budget: float, trajectory=None):
+    """Ranks at ``budget``: the float budget itself (uniform), or the search trajectory's (adaptive): the one
+    shipped for ``projections``, or ``trajectory`` (a path) when given."""
     if allocation == "uniform":
         return float(budget)
     if allocation != "adaptive":
         raise ValueError(f"allocation must be 'uniform' or 'adaptive', not {allocation!r}")
     from .. import search  # the rank-search module (notebook 03)
 
-    return search.adaptive_ranks(model, projections, budget)
+    return search.adaptive_ranks(model, projections, budget, trajectory)
 
 
 def git_commit() -> str:

@@ -39,7 +39,12 @@ def find_trajectory(model, projections) -> Trajectory:
         "--allocation uniform.")
 
 
-def adaptive_ranks(model, projections, budget: float) -> torch.Tensor:
-    """Ranks (L, G, 2) at ``budget`` from the shipped greedy-search trajectory for ``projections``."""
-    traj = find_trajectory(model, projections)
+def adaptive_ranks(model, projections, budget: float, trajectory=None) -> torch.Tensor:
+    """Ranks (L, G, 2) at ``budget`` from the shipped greedy-search trajectory for ``projections``, or from
+    ``trajectory`` (a :class:`Trajectory` or a path to one), which must have been searched with them."""
+    if trajectory is None:
+        traj = find_trajectory(model, projections)
+    else:
+        traj = trajectory if isinstance(trajectory, Trajectory) else Trajectory.load(trajectory)
+        traj.check_projections(resolve_projections(projections, model), model)
     return resolve_ranks(traj.ranks_at(budget), KVGeometry.of(model))
