@@ -32,7 +32,7 @@ def resolve_rank_args(args, model, projections):
             data = json.load(fh)
         return torch.tensor(data["ranks"] if isinstance(data, dict) else data)
     budget = 0.5 if args.budget is None else args.budget
-    if args.allocation == "adaptive" or args.trajectory:
+    if args.allocation == "adaptive":
         from .. import search  # provided by the rank-search module
 
         return search.adaptive_ranks(model, projections, budget, args.trajectory)
@@ -57,6 +57,8 @@ def run(args) -> int:
     from ..projections import resolve_projections
 
     budgets = parse_budgets(args.budgets) if args.budgets else None
+    if args.trajectory:
+        args.allocation = "adaptive"
     model, _, blocks = setup(args)
     proj = resolve_projections(args.projections, model)
     if budgets:
@@ -69,7 +71,7 @@ def run(args) -> int:
     with attach(model, proj, settings[0]) as comp:
         rows = quality_curve(model, blocks, comp, settings, args.batch_size, progress=not args.json)
     common = dict(model=model.mkv_name, projections=args.projections, fingerprint=proj.fingerprint(),
-                  allocation="explicit" if args.ranks else ("adaptive" if args.trajectory else args.allocation), corpus=args.corpus, seq_len=args.seq_len)
+                  allocation="explicit" if args.ranks else args.allocation, corpus=args.corpus, seq_len=args.seq_len)
     if budgets is None:
         emit(dict(rows[0], **common), args.json)
     elif args.json:

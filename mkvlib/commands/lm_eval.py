@@ -46,7 +46,7 @@ def run(args) -> int:
 
     resolve_task_paths(config.tasks, config.source, config.include_path)   # missing files fail before loading
     model, tokenizer = load_model(args.model, device=args.device)
-    allocation = "adaptive" if args.trajectory else args.allocation
+    allocation = "adaptive" if args.trajectory else args.allocation          # --trajectory implies adaptive
     result = evaluate_one(model, tokenizer, config, args.projections, args.budget, allocation, args.trajectory)
     emit(result, args.json)
     return 0

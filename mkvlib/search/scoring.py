@@ -1,8 +1,9 @@
 """Scores for lowering one entry (layer, KV head, K or V): the exact calibration KL, and a cheap proxy.
 
 :class:`KLScorer` holds the base model's next-token distributions on the calibration blocks (computed once,
-compression switched off; optionally an NLL term on the calibration text's own next tokens) and the captured layer inputs of the current state, so scoring a candidate in layer l
-re-runs only layers l..L-1 (:mod:`mkvlib.search.replay`); the result equals a full forward pass.
+compression switched off) and the captured layer inputs of the current state, so scoring a candidate in layer l
+re-runs only layers l..L-1 (:mod:`mkvlib.search.replay`); the result equals a full forward pass. It can add an
+NLL term on the calibration text's own next tokens (``nll_weight``).
 :class:`LocalProxy` scores without any forward pass through later layers: the mean squared change of layer l's
 attention output caused by that entry alone (on the uncompressed model's inputs), times a sensitivity per
 layer and kind (K or V) measured once by the exact KL. Introduced in notebook 03.
