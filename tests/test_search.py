@@ -116,6 +116,40 @@ def test_nll_weighted_score_adds_the_change_of_the_texts_own_cross_entropy(setup
     assert traj.meta["config"]["nll_weight"] == 0.5 and traj.final_budget == pytest.approx(4 / 16)
 
 
+@pytest.mark.parametrize("strategy, batched", [("exact", 1), ("lazy", 2), ("proxy", 1)])
+def test_max_spread_bounds_every_prefix_and_takes_the_best_allowed_step(setup, exact_traj, strategy, batched):
+    """With max_spread s no prefix has ranks further apart than s; the free search does break that bound (so the
+    test notices a missing filter), and the exact search still takes the best step among those allowed."""
+    model, ids, proj = setup
+    spread = lambda r: int(r.max()) - int(r.min())
+    assert max(spread(exact_traj.ranks_after(n)) for n in range(len(exact_traj))) > 8
+    traj = greedy_search(model, proj, ids, CFG.with_(strategy=strategy, batched=batched, max_spread=8),
+                         progress=False)
+    traj.validate()
+    assert traj.final_budget == pytest.approx(4 / 16) and traj.meta["config"]["max_spread"] == 8
+    assert all(spread(traj.ranks_after(n)) <= 8 for n in range(len(traj) + 1))
+    if strategy != "exact":
+        return
+    geom = KVGeometry.of(model)
+    nxt = {16: 8, 8: 4}
+    with torch.no_grad(), attach(model, proj, 1.0) as comp:
+        comp.enabled = False
+        base = F.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1).flatten(0, 1)
+        comp.enabled = True
+        for n, (l, g, c, r, kl, b) in list(enumerate(traj.steps))[:8]:
+            ranks, scores = traj.ranks_after(n), {}
+            for e in [(a, h, k) for a in range(geom.layers) for h in range(geom.kv_heads) for k in (0, 1)]:
+                if int(ranks[e]) in nxt:
+                    trial = ranks.clone()
+                    trial[e] = nxt[int(ranks[e])]
+                    if spread(trial) <= 8:
+                        scores[e] = _brute_kl(model, comp, ids, base, trial)
+            assert kl == pytest.approx(min(scores.values()), abs=1e-6), f"step {n} is not the best allowed one"
+    for bad in (4, 0, 2.5, True):
+        with pytest.raises(ValueError, match="max_spread"):
+            SearchConfig(step=8, max_spread=bad)
+
+
 def test_budgets_fall_monotonically_to_the_floor_and_are_never_exceeded(exact_traj):
     budgets = exact_traj.budgets()
     assert (budgets[1:] < budgets[:-1]).all()

@@ -21,6 +21,8 @@ def register(sub) -> None:
                    help="one pooled K+V budget, or key and value budgets falling together")
     p.add_argument("--nll-weight", type=float, default=None,
                    help="score steps by KL + W * calibration NLL change (default 0: KL alone, the paper's search)")
+    p.add_argument("--max-spread", type=int, default=None,
+                   help="keep the highest and lowest rank within this many of each other (default: no limit)")
     p.add_argument("--eval-corpus", default=None, help="held-out text for the precomputed readout "
                    "(default wikitext2 test with MKV_DATA_DIR, else pydoc-test)")
     p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default 2048; 512 fast)")
@@ -40,7 +42,8 @@ def config_from_args(args):
     given = {k: v for k, v in dict(step=args.step, min_rank=args.min_rank, stop_budget=args.stop_budget,
                                    strategy=args.strategy, seq_len=args.seq_len, tokens=args.tokens,
                                    batch_size=args.batch_size, corpus=args.corpus,
-                                   nll_weight=args.nll_weight).items() if v is not None}
+                                   nll_weight=args.nll_weight,
+                                   max_spread=args.max_spread).items() if v is not None}
     if args.proxy_refresh is not None:
         given["proxy_refresh"] = args.proxy_refresh
     return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance, **given)

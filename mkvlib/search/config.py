@@ -26,6 +26,9 @@ class SearchConfig:
       the value pools so both budgets fall together, and any pair of key/value budgets is a prefix of each pool.
     nll_weight: 0 scores steps by the calibration KL alone (the paper's search); w > 0 by KL + w * the change of
       the calibration text's NLL (for projections trained with an LM term, w = lm_weight / kd_weight of training).
+    max_spread: None lets every entry go anywhere between d and the floor; an integer s >= step only offers steps
+      after which the highest and the lowest rank (over all entries, keys and values) differ by at most s, so
+      the allocation stays near uniform and the search only decides which entries lead and which lag.
     tokens, seq_len, corpus: calibration text (never the evaluation split). batch_size: blocks per forward pass.
     """
     step: int = 8
@@ -37,6 +40,7 @@ class SearchConfig:
     proxy_refresh: int = 2
     balance: str = "pooled"
     nll_weight: float = 0.0
+    max_spread: int | None = None
     tokens: int = 256
     seq_len: int = 256
     corpus: str | None = None
@@ -55,6 +59,11 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.shortlist must be an integer >= 0, not {self.shortlist!r}")
         if isinstance(self.nll_weight, bool) or not isinstance(self.nll_weight, (int, float)) or not self.nll_weight >= 0:
             raise ValueError(f"SearchConfig.nll_weight must be a number >= 0, not {self.nll_weight!r}")
+        if self.max_spread is not None and (not isinstance(self.max_spread, int) or isinstance(self.max_spread, bool)
+                                            or self.max_spread < self.step):
+            raise ValueError(f"SearchConfig.max_spread must be None or an integer >= step ({self.step}), not "
+                             f"{self.max_spread!r}: a smaller spread would leave no step to take once all ranks "
+                             "are equal")
         if self.stop_budget is not None and not 0 < self.stop_budget <= 1:
             raise ValueError(f"SearchConfig.stop_budget must lie in (0, 1] or be None, not {self.stop_budget!r}")
         if self.strategy not in STRATEGIES:

@@ -51,8 +51,19 @@ class _Search:
 
     def candidates(self, ranks, pool, exclude=()) -> list:
         r = ranks.tolist()
-        return [e for e in self.entries if r[e[0]][e[1]][e[2]] in self.next_rank and e not in exclude
-                and (pool is None or e[2] == pool)]
+        found = [e for e in self.entries if r[e[0]][e[1]][e[2]] in self.next_rank and e not in exclude
+                 and (pool is None or e[2] == pool)]
+        return [e for e in found if self.within_spread(ranks, e)] if self.config.max_spread is not None else found
+
+    def within_spread(self, ranks, entry) -> bool:
+        """Whether lowering ``entry`` one step keeps max(rank) - min(rank) within ``config.max_spread``."""
+        spread = self.config.max_spread
+        if spread is None:
+            return True
+        new = self.next_rank[int(ranks[entry])]
+        after = ranks.clone()
+        after[entry] = new
+        return int(after.max()) - int(after.min()) <= spread
 
     def run(self) -> Trajectory:
         cfg, d = self.config, self.geom.head_dim
@@ -121,13 +132,13 @@ class _Search:
             pool = _pool(trial, cfg.balance)
             taken = {c[0] for c in chosen}
             if strategy == "lazy":
-                entry = self.lazy_best(ranks, kl_now, pass_no, pool, taken)
+                entry = self.lazy_best(ranks, trial, kl_now, pass_no, pool, taken)
                 if entry is None and pool is not None:
-                    entry = self.lazy_best(ranks, kl_now, pass_no, 1 - pool, taken)
+                    entry = self.lazy_best(ranks, trial, kl_now, pass_no, 1 - pool, taken)
                 harm = None if entry is None else self.stale[entry][0]
             else:
-                options = [e for e in harms if e not in taken and (pool is None or e[2] == pool)]
-                options = options or [e for e in harms if e not in taken]
+                allowed = [e for e in harms if e not in taken and self.within_spread(trial, e)]
+                options = [e for e in allowed if pool is None or e[2] == pool] or allowed
                 entry = min(options, key=lambda e: (harms[e], e)) if options else None
                 harm = None if entry is None else harms[entry]
             if entry is None:
@@ -137,9 +148,9 @@ class _Search:
             chosen.append((entry, new_rank, kl_now + harm))
         return chosen
 
-    def lazy_best(self, ranks, kl_now, pass_no, pool, taken):
+    def lazy_best(self, ranks, trial, kl_now, pass_no, pool, taken):
         """The candidate with the lowest harm, re-scoring stale front-runners until the best one is fresh."""
-        options = self.candidates(ranks, pool, taken)
+        options = [e for e in self.candidates(ranks, pool, taken) if self.within_spread(trial, e)]
         while options:
             entry = min(options, key=lambda e: (self.stale.get(e, (float("-inf"), -1))[0], e))
             harm, when = self.stale.get(entry, (None, -1))
