@@ -280,12 +280,23 @@ def test_proxy_sensitivities_are_per_kind_positive_and_measured(setup):
         assert positive and all(s >= min(positive) for s in proxy.sensitivity.values())
         for key, raw in proxy.raw_sensitivity.items():
             assert proxy.sensitivity[key] == (raw if raw > 0 else min(positive))
-        # re-measure one sensitivity by hand: layer 1's keys moved halfway down
+        # re-measure one sensitivity from plain forward passes: layer 1's keys moved halfway down, its attention
+        # output's squared error per scored token (a forward hook) and the KL change (full log-softmax)
         full = torch.full(geom.shape, geom.head_dim, dtype=torch.long)
         trial = full.clone()
         trial[1, :, 0] = path[len(path) // 2]
-        kl = scorer.score(trial, 1) - scorer.set_state(full)
-        errors = [proxy.errors[(1, g, 0)][path[len(path) // 2]] for g in range(geom.kv_heads)]
-        assert kl / proxy.raw_sensitivity[(1, 0)] > max(errors) * 0.5   # the probe's error covers its heads
+        seen = []
+        handle = model.model.layers[1].self_attn.register_forward_hook(lambda m, a, out: seen.append(out[0]))
+        with torch.no_grad():
+            comp.enabled = False
+            base = F.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1).flatten(0, 1)
+            comp.enabled = True
+            comp.set_ranks(full)
+            model(ids, use_cache=False)
+            kl = _brute_kl(model, comp, ids, base, trial) - _brute_kl(model, comp, ids, base, full)
+        handle.remove()
+        err = float((seen[-1] - seen[-2]).pow(2).sum()) / (ids.shape[0] * (ids.shape[1] - 1))
+        assert err > 0 and abs(kl) > 1e-6
+        assert proxy.raw_sensitivity[(1, 0)] == pytest.approx(kl / err, rel=1e-3)
         harm = proxy.harm((1, 0, 0), geom.head_dim, path[1])
         assert harm == proxy.sensitivity[(1, 0)] * proxy.errors[(1, 0, 0)][path[1]]
