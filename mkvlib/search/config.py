@@ -10,8 +10,9 @@ BALANCES = ("pooled", "separate")
 @dataclass(frozen=True)
 class SearchConfig:
     """How the greedy search walks from every rank at d down to the floor. The defaults are a CPU budget (they made
-    the shipped trajectories); ``strategy='lazy'`` chooses every step by its exact KL (for the trained projections:
-    256 tokens, batched=2, 46 min on one CPU core; README), and on a GPU affords more calibration tokens.
+    the shipped PCA trajectory; the trained one adds tokens=512, proxy_refresh=6, max_spread=32, stop_budget=0.25);
+    ``strategy='lazy'`` chooses every step by its exact KL (for the trained projections: 256 tokens, batched=2,
+    46 min on one CPU core; README), and on a GPU affords more calibration tokens.
 
     step: how much one committed step lowers one entry's rank (d/8 = 8 for d = 64 matches training's schedule).
     min_rank: the floor of every entry. stop_budget: stop once the budget is at or below this (None: the floor).
