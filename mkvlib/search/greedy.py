@@ -53,7 +53,7 @@ class _Search:
         r = ranks.tolist()
         found = [e for e in self.entries if r[e[0]][e[1]][e[2]] in self.next_rank and e not in exclude
                  and (pool is None or e[2] == pool)]
-        return [e for e in found if self.within_spread(ranks, e)] if self.config.max_spread is not None else found
+        return [e for e in found if self.within_spread(ranks, e)]
 
     def within_spread(self, ranks, entry) -> bool:
         """Whether lowering ``entry`` one step keeps max(rank) - min(rank) within ``config.max_spread``."""
@@ -150,7 +150,7 @@ class _Search:
 
     def lazy_best(self, ranks, trial, kl_now, pass_no, pool, taken):
         """The candidate with the lowest harm, re-scoring stale front-runners until the best one is fresh."""
-        options = [e for e in self.candidates(ranks, pool, taken) if self.within_spread(trial, e)]
+        options = self.candidates(trial, pool, taken)     # untaken entries have the same rank in trial and ranks
         while options:
             entry = min(options, key=lambda e: (self.stale.get(e, (float("-inf"), -1))[0], e))
             harm, when = self.stale.get(entry, (None, -1))
