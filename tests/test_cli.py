@@ -65,7 +65,9 @@ def test_fit_pca_writes_projections(tmp_path, capsys):
     (["fit-pca", "--out", "x.bin"], "safetensors"),
     (["eval", "--projections", "pca", "--trajectory", str(ALTERNATIVE), "--corpus", "pydoc-test", "--tokens", "256",
       "--seq-len", "128"], "was searched with projections"),
-    (["lm-eval", "--sweep", "x.csv", "--trajectory", str(ALTERNATIVE), "--tasks", "piqa"], "one budget"),
+    (["lm-eval", "--sweep", "x.csv", "--methods", "pca-uniform", "--trajectory", str(ALTERNATIVE), "--tasks", "piqa"],
+     "add trained-adaptive"),
+    (["lm-eval", "--sweep", "x.csv", "--projections", "trained", "--tasks", "piqa"], "no effect with --sweep"),
 ])
 @needs_model
 def test_bad_input_is_a_clear_error(argv, msg, capsys):

@@ -182,6 +182,45 @@ def test_sweep_resumes_without_redoing_finished_cells(model, tokenizer, include_
     assert rows[0]["fingerprint"] == "none" and len(rows[1]["fingerprint"]) == 16
 
 
+def test_a_sweep_scores_your_own_projections_and_trajectory(model, tokenizer, include_dir, projections_file,
+                                                            tmp_path):
+    """``with_own_files`` swaps the trained methods' projections and adaptive ranks (PCA untouched); the sweep
+    then attaches exactly the trajectory's ranks and records the file and its fingerprint."""
+    from mkvlib.geometry import budget_of
+    from mkvlib.lmeval.sweep import ranks_digest, with_own_files
+    from mkvlib.search import Trajectory
+
+    proj = Projections.load(projections_file)
+    ranks = torch.full(KVGeometry.of(model).shape, 16, dtype=torch.long)
+    steps = []
+    for layer, g, c in [(1, 0, 0), (1, 1, 1), (0, 0, 1), (0, 1, 0)]:
+        ranks[layer, g, c] = 4
+        steps.append((layer, g, c, 4, 0.1 * len(steps), budget_of(ranks, 16)))
+    traj_file = Trajectory(model.mkv_name, proj.fingerprint(), proj.geometry, steps, {}, None).save(
+        tmp_path / "own.json")
+    methods = with_own_files("pca-uniform,trained-uniform,trained-adaptive", str(projections_file), str(traj_file))
+    assert [(m.name, m.projections, m.trajectory) for m in methods] == [
+        ("pca-uniform", "pca", None), ("trained-uniform", str(projections_file), None),
+        ("trained-adaptive", str(projections_file), str(traj_file))]
+    with pytest.raises(ValueError, match="add trained-adaptive"):
+        with_own_files("pca-uniform,trained-uniform", None, str(traj_file))
+    with pytest.raises(FileNotFoundError, match="mkv search"):
+        with_own_files("trained-adaptive", None, str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="trajectory gives adaptive"):
+        Method("x", "pca", "uniform", str(traj_file))
+
+    out = tmp_path / "own.csv"
+    cfg = SweepConfig(str(out), methods=methods[2:], budgets=[0.75], tasks=["tiny_mc"],
+                      include_path=str(include_dir), source="local", batch_size=4)
+    sweep = Sweep(model, tokenizer, cfg)
+    expected = Trajectory.load(traj_file).ranks_at(0.75)
+    assert torch.equal(sweep.ranks_for(methods[2], 0.75), expected)
+    (row,) = sweep.run(progress=False)
+    assert row["projections"] == str(projections_file) and row["fingerprint"] == proj.fingerprint()
+    assert row["ranks"] == ranks_digest(expected) and budget_of(expected, 16) < 0.75
+    assert float(row["kv_budget"]) == pytest.approx(budget_of(expected, 16), abs=1e-4)
+
+
 def test_adaptive_cells_are_keyed_by_the_ranks_they_used(model, tokenizer, include_dir, projections_file, tmp_path,
                                                           monkeypatch):
     """A new search trajectory gives new adaptive ranks: their stored cells no longer count as done; uniform

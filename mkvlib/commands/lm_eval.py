@@ -9,12 +9,15 @@ from .common import emit
 def register(sub) -> None:
     p = sub.add_parser("lm-eval", help="zero-shot accuracy through lm-evaluation-harness (one budget, or a sweep)")
     p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--projections", default="pca", help="'pca', 'trained' (shipped) or a .safetensors file")
+    p.add_argument("--projections", default=None,
+                   help="'pca' (default), 'trained' (shipped) or a .safetensors file; with --sweep, a file replaces "
+                   "the shipped trained projections in the trained methods")
     p.add_argument("--budget", type=float, default=1.0, help="KV budget in (0, 1]; 1 = uncompressed (default)")
     p.add_argument("--allocation", choices=["uniform", "adaptive"], default="uniform",
                    help="uniform ranks, or the shipped greedy-search trajectory for these projections")
     p.add_argument("--trajectory", default=None, metavar="JSON",
-                   help="adaptive ranks from this `mkv search` file instead of the shipped one (implies adaptive)")
+                   help="adaptive ranks from this `mkv search` file instead of the shipped one (implies adaptive; "
+                   "with --sweep, the trained-adaptive method's ranks)")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. piqa,arc_easy,hellaswag")
     p.add_argument("--include-path", default=None, help="a folder of your own lm-eval task YAMLs")
     p.add_argument("--source", choices=["auto", "local", "hub"], default="auto",
@@ -39,15 +42,14 @@ def run(args) -> int:
 
     config = LMEvalConfig(args.tasks, args.limit, args.batch_size, args.source, args.include_path)
     if args.sweep:
-        if args.trajectory:
-            raise ValueError("--trajectory applies to one budget; a sweep uses the shipped trajectories")
         return run_sweep(args)
     from ..lmeval.tasks import resolve_task_paths
 
     resolve_task_paths(config.tasks, config.source, config.include_path)   # missing files fail before loading
     model, tokenizer = load_model(args.model, device=args.device)
     allocation = "adaptive" if args.trajectory else args.allocation          # --trajectory implies adaptive
-    result = evaluate_one(model, tokenizer, config, args.projections, args.budget, allocation, args.trajectory)
+    result = evaluate_one(model, tokenizer, config, args.projections or "pca", args.budget, allocation,
+                          args.trajectory)
     emit(result, args.json)
     return 0
 
@@ -78,10 +80,16 @@ def evaluate_one(model, tokenizer, config, projections: str, budget: float, allo
 
 def run_sweep(args) -> int:
     from ..lmeval import Sweep, SweepConfig
+    from ..lmeval.sweep import with_own_files
     from ..models import load_model
 
+    if args.projections in ("pca", "trained"):
+        raise ValueError(f"--projections {args.projections} has no effect with --sweep: the methods name their "
+                         f"projections (--methods pca-uniform,trained-adaptive ...); give a .safetensors file to "
+                         f"replace the shipped trained ones")
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
-    config = SweepConfig(args.sweep, methods=args.methods, budgets=budgets, tasks=args.tasks, limit=args.limit,
+    methods = with_own_files(args.methods, args.projections, args.trajectory)
+    config = SweepConfig(args.sweep, methods=methods, budgets=budgets, tasks=args.tasks, limit=args.limit,
                          batch_size=args.batch_size, source=args.source, include_path=args.include_path)
     model, tokenizer = load_model(args.model, device=args.device)
     sweep = Sweep(model, tokenizer, config)

@@ -35,15 +35,20 @@ CHOICES = {"piqa": 2, "arc_easy": 4, "arc_challenge": 4, "hellaswag": 4, "winogr
 
 @dataclass(frozen=True)
 class Method:
-    """A compression method: which projections (``pca``, ``trained`` or a file) and how ranks are allocated."""
+    """A compression method: which projections (``pca``, ``trained`` or a file) and how ranks are allocated
+    (adaptive: from the shipped trajectory for the projections, or from ``trajectory``, a ``mkv search`` file)."""
     name: str
     projections: str
     allocation: str = "uniform"
+    trajectory: str | None = None
 
     def __post_init__(self):
         if self.allocation not in ("uniform", "adaptive"):
             raise ValueError(f"method {self.name!r}: allocation must be 'uniform' or 'adaptive', "
                              f"not {self.allocation!r}")
+        if self.trajectory is not None and self.allocation != "adaptive":
+            raise ValueError(f"method {self.name!r}: a trajectory gives adaptive ranks; its allocation is "
+                             f"{self.allocation!r}")
 
 
 METHODS = {m.name: m for m in [Method("pca-uniform", "pca"), Method("trained-uniform", "trained"),
@@ -59,6 +64,31 @@ def parse_methods(spec) -> list[Method]:
     if unknown or not items:
         raise ValueError(f"unknown method(s) {unknown or spec!r}: choose from {sorted(METHODS)}")
     return [METHODS[n] if isinstance(n, str) else n for n in items]
+
+
+def with_own_files(methods, projections: str | None = None, trajectory: str | None = None) -> list[Method]:
+    """``methods`` with the shipped trained projections replaced by ``projections`` (a .safetensors file) and
+    the adaptive ranks of the trained methods taken from ``trajectory`` (a ``mkv search`` file for those
+    projections): how a sweep scores projections and trajectories of your own. PCA methods are unchanged."""
+    methods = parse_methods(methods)
+    for what, path in (("projections", projections), ("trajectory", trajectory)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{what} file {path!r} not found: give the path of a file written by "
+                                    f"{'mkv train / mkv fit-pca' if what == 'projections' else 'mkv search'}")
+    trained = [m for m in methods if m.projections != "pca"]
+    if projections is not None and not trained:
+        raise ValueError(f"projections {projections!r} replace the trained methods' ones, but none of "
+                         f"{[m.name for m in methods]} is a trained method: add trained-uniform or trained-adaptive")
+    if trajectory is not None and not any(m.allocation == "adaptive" for m in trained):
+        raise ValueError(f"trajectory {trajectory!r} gives the trained-adaptive method's ranks, but it is not among "
+                         f"{[m.name for m in methods]}: add trained-adaptive")
+    out = []
+    for m in methods:
+        if m.projections != "pca":
+            m = replace(m, projections=projections or m.projections,
+                        trajectory=trajectory if m.allocation == "adaptive" else None)
+        out.append(m)
+    return out
 
 
 @dataclass
@@ -197,7 +227,7 @@ class Sweep:
         return self._projections[method.projections]
 
     def ranks_for(self, method: Method, budget: float):
-        return ranks_for(self.model, self.projections_for(method), method.allocation, budget)
+        return ranks_for(self.model, self.projections_for(method), method.allocation, budget, method.trajectory)
 
     def cells(self) -> list[Cell]:
         """Every cell of the grid that can run: one shared baseline per task, then method x budget x task.
