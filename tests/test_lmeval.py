@@ -202,6 +202,8 @@ def test_a_sweep_scores_your_own_projections_and_trajectory(model, tokenizer, in
     assert [(m.name, m.projections, m.trajectory) for m in methods] == [
         ("pca-uniform", "pca", None), ("trained-uniform", str(projections_file), None),
         ("trained-adaptive", str(projections_file), str(traj_file))]
+    mine = Method("mine", str(projections_file), "adaptive", str(traj_file))
+    assert with_own_files([mine]) == [mine]             # nothing given: a method's own files are kept
     with pytest.raises(ValueError, match="add trained-adaptive"):
         with_own_files("pca-uniform,trained-uniform", None, str(traj_file))
     with pytest.raises(FileNotFoundError, match="mkv search"):

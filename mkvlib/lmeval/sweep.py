@@ -84,9 +84,10 @@ def with_own_files(methods, projections: str | None = None, trajectory: str | No
                          f"{[m.name for m in methods]}: add trained-adaptive")
     out = []
     for m in methods:
-        if m.projections != "pca":
-            m = replace(m, projections=projections or m.projections,
-                        trajectory=trajectory if m.allocation == "adaptive" else None)
+        if m.projections != "pca" and projections is not None:
+            m = replace(m, projections=projections)
+        if m.projections != "pca" and m.allocation == "adaptive" and trajectory is not None:
+            m = replace(m, trajectory=trajectory)
         out.append(m)
     return out
 
