@@ -7,7 +7,7 @@ import torch
 
 from mkvlib.lmeval import LMEvalConfig, Method, Sweep, SweepConfig, run_lm_eval
 from mkvlib.lmeval.hellaswag import process_docs
-from mkvlib.lmeval.sweep import read_rows
+from mkvlib.lmeval.sweep import GUESSED_ITEMS, read_rows
 from mkvlib.lmeval.tasks import TaskFilesMissingError, resolve_task_paths, write_local_tasks
 from mkvlib.geometry import KVGeometry
 from mkvlib.models import tiny_model
@@ -167,12 +167,14 @@ def test_sweep_resumes_without_redoing_finished_cells(model, tokenizer, include_
     guess = sweep.estimate()
     assert guess["cells"] == 3 and guess["measured_on_cells"] == 0
     assert guess["seconds"] == guess["requests"] * cfg.seconds_per_request
+    assert guess["requests"] == 3 * GUESSED_ITEMS * 4      # a task of your own: its size is not known yet
     first = sweep.run(progress=False, max_cells=2)        # "interrupted" after two cells
     assert [r["method"] for r in first] == ["uncompressed", "random-uniform"]
     measured = Sweep(model, tokenizer, cfg).estimate()     # now timed on the two stored cells
     rate = sum(float(r["seconds"]) for r in first) / (2 * 5 * 4)
     assert measured["cells"] == 1 and measured["measured_on_cells"] == 2
     assert measured["seconds_per_request"] == pytest.approx(rate)
+    assert measured["requests"] == 5 * 4                   # the stored cells say the task has 5 items
     rest = Sweep(model, tokenizer, cfg).run(progress=False)
     assert [(r["method"], r["budget"]) for r in rest] == [("random-uniform", "0.2500")]
     assert Sweep(model, tokenizer, cfg).run(progress=False) == []

@@ -178,6 +178,9 @@ def _key(row: dict) -> tuple:
     return tuple(str(row.get(k)) for k in KEY)
 
 
+GUESSED_ITEMS = 1000   # items assumed for a task whose split size is unknown and that has no stored cell yet
+
+
 def _requests(task: str, items: int) -> int:
     """Loglikelihood requests that ``items`` items of ``task`` make (one per answer choice)."""
     return items * CHOICES.get(task, 4)
@@ -277,15 +280,31 @@ class Sweep:
                 continue
         return (seconds / requests, cells) if requests and seconds > 0 else (self.config.seconds_per_request, 0)
 
+    def stored_items(self) -> dict:
+        """Items per task as scored by the cells already stored at this limit (what lm-eval actually ran)."""
+        limit = self.config.limit if self.config.limit is not None else "full"
+        items = {}
+        for row in read_rows(self.config.out):
+            try:
+                if row["task"] in self.config.tasks and str(row["limit"]) == str(limit):
+                    items[row["task"]] = int(row["items"])
+            except (KeyError, TypeError, ValueError):
+                continue
+        return items
+
     def estimate(self, cells=None) -> dict:
         """Loglikelihood requests and seconds the pending cells will take: at the rate measured on the stored
         cells when there are any, else at ``config.seconds_per_request``."""
         cells = self.pending() if cells is None else cells
+        stored = self.stored_items()
         requests = 0
         for c in cells:
-            size = _split_size(c.task)
-            items = min(x for x in (self.config.limit, size) if x is not None) if (self.config.limit or size) \
-                else 1000
+            if c.task in stored:  # a stored cell of this task, at this limit, says how many items it has
+                items = stored[c.task]
+            else:
+                size = _split_size(c.task)
+                known = [x for x in (self.config.limit, size) if x is not None]
+                items = min(known) if known else GUESSED_ITEMS
             requests += _requests(c.task, items)
         rate, measured_on = self.measured_rate()
         return {"cells": len(cells), "requests": requests, "seconds": requests * rate,
