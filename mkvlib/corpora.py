@@ -24,6 +24,7 @@ class CorpusSource:
     data_path: str | None
     hf: tuple | None = None          # (path, config, split, text field)
     field: str = "text"
+    render: str | None = None        # rows rendered by RENDERERS[render] instead of read from ``field``
 
 
 CORPORA: dict[str, CorpusSource] = {
@@ -35,11 +36,27 @@ CORPORA: dict[str, CorpusSource] = {
     "c4": CorpusSource("calibration/c4_sample/original/c4_sample.jsonl",
                        ("allenai/c4", "en", "validation", "text")),
     "shakespeare": CorpusSource("calibration/tinyshakespeare/original/input.txt"),
+    # task text, as lm-eval prompts it with the gold answer: calibration for a model fine-tuned on the task
+    "arc_easy-validation": CorpusSource("arc_easy/validation.jsonl", render="arc"),
     "pydoc-train": CorpusSource(None),
     "pydoc-test": CorpusSource(None),
 }
 ALIASES = {"wikitext2": "wikitext2-test", "wikitext": "wikitext2-test", "wikitext2-val": "wikitext2-validation",
-           "pydoc": "pydoc-train", "tinyshakespeare": "shakespeare", "c4_sample": "c4"}
+           "pydoc": "pydoc-train", "tinyshakespeare": "shakespeare", "c4_sample": "c4",
+           "arc_easy": "arc_easy-validation"}
+ARC_PROMPT = "Question: {question}\nAnswer:"   # lm-eval's arc_easy doc_to_text; the target is " " + the choice
+
+
+def arc_item(doc: dict) -> tuple[str, str]:
+    """(prompt, response) of one ARC row ({question, choices: {text, label}, answerKey}) as lm-eval scores it."""
+    try:
+        answer = doc["choices"]["text"][doc["choices"]["label"].index(doc["answerKey"])]
+        return ARC_PROMPT.format(question=doc["question"]), " " + answer
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"not an ARC row (question, choices.text/label, answerKey): {err!r}") from None
+
+
+RENDERERS = {"arc": lambda row: "".join(arc_item(row))}
 
 
 def data_dir() -> Path | None:
@@ -59,8 +76,10 @@ def default_corpus(role: str = "calibration") -> str:
     return "pydoc-train" if role == "calibration" else "pydoc-test"
 
 
-def read_text_file(path: Path, field: str | None = None) -> str:
-    """Read a .txt file, or a .jsonl file's text field (``text``, ``page`` or the first string field)."""
+def read_text_file(path: Path, field: str | None = None, render: str | None = None) -> str:
+    """Read a .txt file, or a .jsonl file's rows: their text field (``text``, ``page``, ``content`` or the first
+    string field), ``prompt`` + ``response`` for instruction rows, or ``RENDERERS[render](row)``; rows are
+    joined by blank lines."""
     if path.suffix == ".jsonl":
         docs = []
         with open(path, encoding="utf-8") as fh:
@@ -71,6 +90,12 @@ def read_text_file(path: Path, field: str | None = None) -> str:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{line_no} is not valid JSON ({err})") from None
+                if render is not None:
+                    docs.append(RENDERERS[render](row))
+                    continue
+                if field not in row and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
+                    docs.append(row["prompt"] + row["response"])
+                    continue
                 key = field if field in row else next((k for k in ("text", "page", "content") if k in row), None)
                 if key is None:
                     key = next((k for k, v in row.items() if isinstance(v, str)), None)
@@ -118,7 +143,7 @@ def load_text(name: str) -> str:
             else:
                 candidate = root / source.data_path
                 if candidate.is_file():
-                    return read_text_file(candidate, source.field)
+                    return read_text_file(candidate, source.field, source.render)
                 tried.append(f"data directory: {candidate} (missing)")
         if source.hf:
             if not _online_allowed():

@@ -1,4 +1,6 @@
 """Budget accounting, rank validation, corpora lookup and model-loading errors."""
+import json
+
 import pytest
 import torch
 
@@ -93,3 +95,22 @@ def test_missing_model_package_says_how_to_install(monkeypatch):
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="unknown architecture"):
         models.tiny_config("gpt2")
+
+
+def test_task_text_corpora_render_prompt_and_answer(tmp_path, monkeypatch):
+    """'arc_easy-validation' is the task as lm-eval prompts it, with the gold answer; instruction rows join
+    prompt and response; a row that is not ARC's shape is a clear error."""
+    (tmp_path / "arc_easy").mkdir()
+    rows = [{"question": "What is hot?", "choices": {"text": ["ice", "fire"], "label": ["A", "B"]}, "answerKey": "B"},
+            {"question": "What is wet?", "choices": {"text": ["water", "sand"], "label": ["1", "2"]}, "answerKey": "1"}]
+    path = tmp_path / "arc_easy" / "validation.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("MKV_DATA_DIR", str(tmp_path))
+    assert corpora.load_text("arc_easy-validation") == ("Question: What is hot?\nAnswer: fire\n\n"
+                                                         "Question: What is wet?\nAnswer: water")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Say hi.", "response": " hi"}) + "\n" + json.dumps({"text": "plain"}))
+    assert corpora.load_text(str(pairs)) == "Say hi. hi\n\nplain"
+    path.write_text(json.dumps({"question": "Which?", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "C"}))
+    with pytest.raises(ValueError, match="not an ARC row"):
+        corpora.load_text("arc_easy-validation")

@@ -281,3 +281,44 @@ def test_report_keeps_one_limit_and_the_newest_row_per_cell(tmp_path, capsys):
     assert len(report.load_results(out, limit=25)) == 4
     with pytest.raises(ValueError, match="no cells run with limit 7"):
         report.load_results(out, limit=7)
+
+
+def test_lora_accuracy_curve_uses_a_trajectorys_ranks_and_keys_rows_by_them(model, tokenizer, tmp_path,
+                                                                              monkeypatch):
+    """Notebook 06's accuracy rows: an adaptive label scores with the search's ranks (not uniform ones), its
+    row is told apart from the uniform row of the same projections, and stored rows are reused."""
+    from helpers import random_projections
+    from mkvlib.lora.accuracy import accuracy_curve, read_rows
+    from mkvlib.search import SearchConfig, greedy_search
+
+    (tmp_path / "arc_easy").mkdir()
+    rows = [{"id": str(i), "question": r["q"], "answerKey": "ABC"[r["label"]],
+             "choices": {"text": r["choices"], "label": list("ABC"[:len(r["choices"])])}} for i, r in
+            enumerate(TINY_TASK)]
+    for split in ("validation", "test"):
+        (tmp_path / "arc_easy" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("MKV_DATA_DIR", str(tmp_path))
+    proj = random_projections(model, seed=3)
+    ids = torch.randint(2, 60, (2, 24), generator=torch.Generator().manual_seed(0))
+    traj = greedy_search(model, proj, ids, SearchConfig(step=8, min_rank=4, tokens=48, seq_len=24, batch_size=2,
+                                                        strategy="exact"), progress=False)
+    seen = []
+    real_attach = accuracy_curve.__globals__["attach"]
+
+    def spy(m, p, ranks):
+        seen.append(ranks)
+        return real_attach(m, p, ranks)
+
+    monkeypatch.setitem(accuracy_curve.__globals__, "attach", spy)
+    out = tmp_path / "acc.csv"
+    got = accuracy_curve(model, tokenizer, {"uniform": proj, "adaptive": proj}, [0.5], adapter="abc", task="arc_easy",
+                         batch_size=4, out=out, progress=False, trajectories={"adaptive": traj})
+    assert [r["projections"] for r in got] == ["uncompressed", "uniform", "adaptive"]
+    assert seen[0] == 0.5 and torch.equal(seen[1], traj.ranks_at(0.5))
+    assert got[1]["ranks"] == "uniform" and got[2]["ranks"].startswith("adaptive-")
+    assert len(read_rows(out)) == 3 and all(r["items"] == 5 for r in got)
+    again = accuracy_curve(model, tokenizer, {"uniform": proj, "adaptive": proj}, [0.5], adapter="abc",
+                           task="arc_easy", out=out, progress=False, trajectories={"adaptive": traj})
+    assert len(seen) == 2 and [r["acc"] for r in again] == [float(r["acc"]) for r in got]   # reused, not re-run
+    with pytest.raises(KeyError, match="not among the projections"):
+        accuracy_curve(model, tokenizer, {"uniform": proj}, [0.5], adapter="abc", trajectories={"other": traj})

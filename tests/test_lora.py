@@ -152,3 +152,34 @@ def test_cli_stage2_needs_an_adapter(capsys):
 
     assert main(["sft", "--stage", "2", "--out", "/tmp/never"]) == 2
     assert "needs --adapter" in capsys.readouterr().err
+
+
+def test_load_merged_folds_the_adapter_in_and_names_it(tmp_path, ids):
+    """What `mkv search/lm-eval --adapter` evaluate: the bundle's adapter merged into a fresh base model gives the
+    fine-tuned logits, and the merged model carries the adapter's hash (results record it)."""
+    from mkvlib.lora import load_merged
+
+    peft_model = lora_model(seed=2)
+    proj = random_projections(peft_model, seed=6)
+    folder = save_bundle(tmp_path / "bundle", peft_model, proj, stage=2)
+    with torch.no_grad():
+        want = peft_model(ids).logits
+    fresh = tiny_model("llama", heads=4, kv_heads=2, seed=2)
+    with torch.no_grad():
+        assert not torch.allclose(fresh(ids).logits, want, atol=1e-3)
+    merged, own, manifest = load_merged(folder, fresh)
+    assert merged.mkv_adapter == manifest["adapter_weights_hash"] == weights_hash(peft_model)
+    assert merged.mkv_name == peft_model.mkv_name and own.fingerprint() == proj.fingerprint()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["search", "--projections", "bundle", "--out", "t.json"], "give --adapter BUNDLE"),
+    (["search", "--adapter", "/no/such/bundle", "--out", "t.json"], "not an adapter bundle"),
+])
+def test_cli_adapter_options_fail_clearly_before_loading(argv, msg, capsys):
+    from mkvlib.cli import main
+
+    assert main(argv) == 2
+    assert msg in capsys.readouterr().err

@@ -41,6 +41,39 @@ def setup(args):
     return model, tokenizer, blocks
 
 
+def add_adapter_arg(p) -> None:
+    p.add_argument("--adapter", default=None, metavar="BUNDLE",
+                   help="a fine-tuned model: the `mkv sft` bundle whose adapter is merged into --model first; "
+                   "'--projections bundle' then names the bundle's own projections")
+
+
+def load_model_and_adapter(args):
+    """(model, tokenizer) for --model and --device, with --adapter merged in when given (``mkv_adapter`` names it);
+    '--projections bundle' becomes the bundle's projections file."""
+    from pathlib import Path
+
+    from ..models import load_model
+
+    adapter, projections = getattr(args, "adapter", None), getattr(args, "projections", None)
+    if projections == "bundle" and not adapter:
+        raise ValueError("--projections bundle names the projections of an `mkv sft` bundle: give --adapter BUNDLE")
+    if adapter:
+        from ..lora.bundle import read_manifest
+
+        read_manifest(adapter)   # a missing or unreadable bundle fails before the model loads
+    model, tokenizer = load_model(args.model, device=args.device)
+    if adapter:
+        from ..lora.bundle import load_merged
+
+        model, own, _ = load_merged(adapter, model)
+        if projections == "bundle":
+            if own is None:
+                raise ValueError(f"{adapter} holds no projections (a stage-1 bundle): give --projections pca, "
+                                 "trained or a .safetensors file")
+            args.projections = str(Path(adapter) / "projections.safetensors")
+    return model, tokenizer
+
+
 def emit(result: dict, as_json: bool) -> None:
     """Print a result as one JSON object or as aligned ``key: value`` lines."""
     if as_json:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import emit
+from .common import add_adapter_arg, emit, load_model_and_adapter
 
 
 def register(sub) -> None:
@@ -11,7 +11,8 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--projections", default=None,
                    help="'pca' (default), 'trained' (shipped) or a .safetensors file; with --sweep, a file replaces "
-                   "the shipped trained projections in the trained methods")
+                   "the shipped trained projections in the trained methods; 'bundle' (with --adapter) the bundle's own")
+    add_adapter_arg(p)
     p.add_argument("--budget", type=float, default=1.0, help="KV budget in (0, 1]; 1 = uncompressed (default)")
     p.add_argument("--allocation", choices=["uniform", "adaptive"], default="uniform",
                    help="uniform ranks, or the shipped greedy-search trajectory for these projections")
@@ -38,7 +39,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..lmeval import LMEvalConfig
-    from ..models import load_model
 
     config = LMEvalConfig(args.tasks, args.limit, args.batch_size, args.source, args.include_path)
     if args.sweep:
@@ -46,7 +46,7 @@ def run(args) -> int:
     from ..lmeval.tasks import resolve_task_paths
 
     resolve_task_paths(config.tasks, config.source, config.include_path)   # missing files fail before loading
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model_and_adapter(args)
     allocation = "adaptive" if args.trajectory else args.allocation          # --trajectory implies adaptive
     result = evaluate_one(model, tokenizer, config, args.projections or "pca", args.budget, allocation,
                           args.trajectory)
@@ -66,6 +66,8 @@ def evaluate_one(model, tokenizer, config, projections: str, budget: float, allo
 
     check_budget(budget)
     meta = dict(model=model.mkv_name, budget=budget, allocation=allocation, projections=projections)
+    if getattr(model, "mkv_adapter", None):
+        meta["adapter"] = model.mkv_adapter
     if trajectory:
         meta["trajectory"] = str(trajectory)
     if budget == 1.0 and allocation == "uniform":
@@ -81,17 +83,16 @@ def evaluate_one(model, tokenizer, config, projections: str, budget: float, allo
 def run_sweep(args) -> int:
     from ..lmeval import Sweep, SweepConfig
     from ..lmeval.sweep import with_own_files
-    from ..models import load_model
 
     if args.projections in ("pca", "trained"):
         raise ValueError(f"--projections {args.projections} has no effect with --sweep: the methods name their "
                          f"projections (--methods pca-uniform,trained-adaptive ...); give a .safetensors file to "
                          f"replace the shipped trained ones")
+    model, tokenizer = load_model_and_adapter(args)     # '--projections bundle' becomes the bundle's file
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     methods = with_own_files(args.methods, args.projections, args.trajectory)
     config = SweepConfig(args.sweep, methods=methods, budgets=budgets, tasks=args.tasks, limit=args.limit,
                          batch_size=args.batch_size, source=args.source, include_path=args.include_path)
-    model, tokenizer = load_model(args.model, device=args.device)
     sweep = Sweep(model, tokenizer, config)
     rows = sweep.run(progress=not args.json, dry_run=args.dry_run)
     result = {"out": args.sweep, "cells_run": len(rows), "skipped": sweep.skipped, **sweep.estimate()}

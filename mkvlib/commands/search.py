@@ -1,13 +1,15 @@
 """mkv search: the greedy adaptive rank search, recorded as a trajectory JSON file (with precomputed quality)."""
 from __future__ import annotations
 
-from .common import add_model_args, emit
+from .common import add_adapter_arg, add_model_args, emit, load_model_and_adapter
 
 
 def register(sub) -> None:
     p = sub.add_parser("search", help="greedy adaptive rank search: record the trajectory from 100%% to the floor")
     add_model_args(p, tokens_fast=256, tokens_full=256, role="calibration")
-    p.add_argument("--projections", default="pca", help="'pca', 'trained' (shipped) or a .safetensors file")
+    p.add_argument("--projections", default="pca",
+                   help="'pca', 'trained' (shipped), a .safetensors file, or 'bundle' (with --adapter)")
+    add_adapter_arg(p)
     p.add_argument("--step", type=int, default=None, help="rank decrement per committed step (default 8; 16 fast)")
     p.add_argument("--min-rank", type=int, default=None, help="floor of every rank (default 8; 16 fast)")
     p.add_argument("--stop-budget", type=float, default=None, help="stop at this budget (default: the floor)")
@@ -53,7 +55,6 @@ def run(args) -> int:
     import time
 
     from ..corpora import default_corpus, token_blocks
-    from ..models import load_model
     from ..projections import resolve_projections
     from ..runtime import pick
     from ..search import budget_grid, evaluate_trajectory, greedy_search
@@ -65,7 +66,7 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model_and_adapter(args)
     proj = resolve_projections(args.projections, model)
     corpus = config.corpus or default_corpus("calibration")
     blocks = token_blocks(tokenizer, corpus, config.seq_len, config.tokens)
@@ -74,6 +75,8 @@ def run(args) -> int:
     traj = greedy_search(model, proj, blocks, config, progress=not args.json)
     search_seconds = time.time() - start
     traj.meta.update(projections=args.projections, calibration_corpus=corpus)
+    if args.adapter:
+        traj.meta["adapter"] = {"path": args.adapter, "weights_hash": model.mkv_adapter}
     eval_corpus = args.eval_corpus or default_corpus("eval")
     eval_blocks = token_blocks(tokenizer, eval_corpus, config.seq_len, args.eval_tokens or pick(512, 2048))
     grid = budget_grid(traj, args.grid or pick(4, 8))

@@ -256,7 +256,10 @@ class Sweep:
     def _identity(self, cell: Cell) -> dict:
         fingerprint = self.projections_for(cell.method).fingerprint() if cell.method else "none"
         ranks = ranks_digest(self.ranks_for(cell.method, cell.budget) if cell.method else None)
-        return {"model": getattr(self.model, "mkv_name", "?"), "method": cell.method.name if cell.method else
+        model = getattr(self.model, "mkv_name", "?")
+        if getattr(self.model, "mkv_adapter", None):      # a fine-tuned model (an `mkv sft` bundle merged in)
+            model += f"+adapter:{self.model.mkv_adapter}"
+        return {"model": model, "method": cell.method.name if cell.method else
                 BASELINE, "fingerprint": fingerprint, "budget": _fmt_budget(cell.budget), "ranks": ranks,
                 "task": cell.task,
                 "limit": self.config.limit if self.config.limit is not None else "full"}

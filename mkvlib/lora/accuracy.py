@@ -16,8 +16,8 @@ from ..io import atomic_path
 from ..lmeval import LMEvalConfig, run_lm_eval, wrap
 
 FIELDS = ["model", "adapter", "projections", "fingerprint", "budget", "task", "acc", "acc_norm", "items", "limit",
-          "seconds"]
-KEY = ("model", "adapter", "fingerprint", "budget", "task", "limit")
+          "seconds", "ranks"]
+KEY = ("model", "adapter", "fingerprint", "budget", "task", "limit", "ranks")
 UNCOMPRESSED = "uncompressed"
 
 
@@ -29,13 +29,16 @@ def read_rows(path) -> list[dict]:
         rows = list(csv.DictReader(fh))
     for r in rows:
         r["budget"] = float(r["budget"])
+        if not r.get("ranks"):       # rows from before the column: every compressed one had uniform ranks
+            r["ranks"] = "full" if r["projections"] == UNCOMPRESSED else "uniform"
         for k in ("acc", "acc_norm"):
             r[k] = float(r[k]) if r[k] not in ("", "None") else None
     return rows
 
 
 def _key(row) -> tuple:
-    return tuple(str(float(row[k])) if k == "budget" else str(row[k]) for k in KEY)
+    """A row's identity; None (no limit) is written to the CSV as an empty cell and read back as one."""
+    return tuple(str(float(row[k])) if k == "budget" else "" if row[k] is None else str(row[k]) for k in KEY)
 
 
 def write_rows(path, rows: list[dict]) -> None:
@@ -47,15 +50,26 @@ def write_rows(path, rows: list[dict]) -> None:
 
 
 def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, task: str = "arc_easy",
-                   limit: int | None = None, batch_size: int = 32, out=None, progress: bool = True) -> list[dict]:
+                   limit: int | None = None, batch_size: int = 32, out=None, progress: bool = True,
+                   trajectories: dict | None = None) -> list[dict]:
     """Rows {projections, budget, acc, ...} for ``model`` (the merged fine-tuned model) with each of
     ``projections`` ({label: Projections}) at each budget < 1, plus one uncompressed row at budget 1.
 
-    ``adapter`` names the fine-tuned weights in the rows (e.g. the adapter's weights hash). With ``out`` (a CSV
-    path) rows already stored are reused and new ones appended as they finish.
+    Ranks are uniform, except for labels in ``trajectories`` ({label: Trajectory or path}, searched with that
+    label's projections on this model), whose ranks at each budget are the search's (adaptive); the ``ranks``
+    column says which ('uniform', or a digest of the adaptive ranks). ``adapter`` names the fine-tuned weights in
+    the rows (e.g. the adapter's weights hash). With ``out`` (a CSV path) rows already stored are reused and new
+    ones appended as they finish.
     """
     from tqdm.auto import tqdm
 
+    from ..lmeval.sweep import ranks_digest
+    from ..search import adaptive_ranks
+
+    trajectories = trajectories or {}
+    unknown = sorted(set(trajectories) - set(projections))
+    if unknown:
+        raise KeyError(f"trajectories given for {unknown}, which are not among the projections {list(projections)}")
     stored = read_rows(out) if out else []
     have = {_key(r): r for r in stored}
     config = LMEvalConfig(tasks=[task], limit=limit, batch_size=batch_size)
@@ -64,9 +78,11 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
                                            for b in budgets if b < 1]
     lm, rows = None, []
     for label, proj, budget in tqdm(cells, desc="accuracy", disable=not progress):
+        ranks = None if proj is None else (
+            adaptive_ranks(model, proj, budget, trajectories[label]) if label in trajectories else budget)
         row = {"model": name, "adapter": adapter, "projections": label,
                "fingerprint": proj.fingerprint() if proj is not None else UNCOMPRESSED, "budget": budget,
-               "task": task, "limit": limit}
+               "task": task, "limit": limit, "ranks": ranks_digest(ranks)}
         if _key(row) in have:
             rows.append({**have[_key(row)], "projections": label})
             continue
@@ -75,7 +91,7 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
         if proj is None:
             summary = run_lm_eval(model, tokenizer, config, lm=lm)
         else:
-            with attach(model, proj, ranks=budget):
+            with attach(model, proj, ranks=ranks):
                 summary = run_lm_eval(model, tokenizer, config, lm=lm)
         res = summary["tasks"][task]
         row.update(acc=res["acc"], acc_norm=res["acc_norm"], items=res["items"],
@@ -146,24 +162,24 @@ def plot_accuracy(rows: list[dict], metric: str = "acc", title: str = ""):
 
 
 def evaluate_bundle(folder, projections=None, budgets=(0.5,), task: str = "arc_easy", limit: int | None = None,
-                    batch_size: int = 32, out=None, progress: bool = True) -> list[dict]:
+                    batch_size: int = 32, out=None, progress: bool = True, trajectories: dict | None = None
+                    ) -> list[dict]:
     """Accuracy rows of a bundle's fine-tuned model, merged (``merge_and_unload``) into a freshly loaded base.
 
     ``projections``: {label: Projections | 'pca' | 'trained' | 'general' | 'bundle' | path}; default
     {"two-stage": the bundle's own projections}. 'general' is the shipped trained projections, else PCA.
+    ``trajectories``: {label: trajectory path}, adaptive ranks for those labels (see :func:`accuracy_curve`).
     """
     from ..models import load_model
     from ..projections import resolve_projections
-    from .adapter import merge, weights_hash
-    from .bundle import load_bundle, read_manifest
+    from .bundle import load_merged, read_manifest
     from .stages import general_projections
 
-    manifest = read_manifest(folder)
-    model, tokenizer = load_model(manifest.get("base_model"))
-    peft_model, own, manifest = load_bundle(folder, model)
-    adapter = weights_hash(peft_model)
-    merged = merge(peft_model)
+    model, tokenizer = load_model(read_manifest(folder).get("base_model"))
+    merged, own, _ = load_merged(folder, model)
+    adapter = merged.mkv_adapter
     specs = projections or {"two-stage": "bundle"}
+    trajectories = trajectories or {}
     kinds = {}
     for label, spec in specs.items():
         if isinstance(spec, str) and spec == "bundle":
@@ -174,9 +190,10 @@ def evaluate_bundle(folder, projections=None, budgets=(0.5,), task: str = "arc_e
             kinds[label] = general_projections(merged)[0]
         else:
             kinds[label] = resolve_projections(spec, merged)
-        seen = [k for k, v in kinds.items() if k != label and v.fingerprint() == kinds[label].fingerprint()]
+        seen = [k for k, v in kinds.items() if k != label and v.fingerprint() == kinds[label].fingerprint()
+                and trajectories.get(k) == trajectories.get(label)]
         if seen:
             print(f"{label}: the same projections as {seen[0]} (no trained projections shipped?): not evaluated twice")
             del kinds[label]
     return accuracy_curve(merged, tokenizer, kinds, budgets, adapter=adapter, task=task, limit=limit,
-                          batch_size=batch_size, out=out, progress=progress)
+                          batch_size=batch_size, out=out, progress=progress, trajectories=trajectories)

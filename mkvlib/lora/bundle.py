@@ -21,7 +21,7 @@ from pathlib import Path
 from ..geometry import KVGeometry
 from ..io import write_json
 from ..projections import Projections
-from .adapter import adapter_config_dict, config_hash, weights_hash
+from .adapter import adapter_config_dict, config_hash, merge, weights_hash
 
 FORMAT = "mkv-lora-bundle/1"
 
@@ -114,6 +114,19 @@ def load_bundle(folder, model, trainable: bool = False):
                                       f"{manifest['projections_fingerprint']}")
         projections.check_model(peft_model)
     return peft_model, projections, manifest
+
+
+def load_merged(folder, model):
+    """(merged model, projections or None, manifest): the bundle's adapter folded into ``model``'s weights
+    (``merge_and_unload``). The merged model keeps the base model's name (so projections fitted to the base still
+    load) and carries the adapter's weights hash as ``mkv_adapter``, which results record."""
+    from .adapter import merge
+
+    peft_model, projections, manifest = load_bundle(folder, model)
+    adapter = weights_hash(peft_model)
+    merged = merge(peft_model)
+    merged.mkv_adapter = adapter
+    return merged, projections, manifest
 
 
 def _umask() -> int:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..corpora import data_dir
+from ..corpora import arc_item, data_dir
 
-ARC_PROMPT = "Question: {question}\nAnswer:"   # lm-eval's arc_easy doc_to_text; the target is " " + choice
 EVAL_SPLITS = {("arc_easy", "test")}            # what notebook 06 reports: never trained on
 
 
@@ -40,9 +39,7 @@ def arc_examples(split: str = "validation", root=None, limit: int | None = None)
                                 "folder holding arc_easy/validation.jsonl, or pass an instruction file")
     out = []
     for line in path.read_text().splitlines()[:limit]:
-        doc = json.loads(line)
-        answer = doc["choices"]["text"][doc["choices"]["label"].index(doc["answerKey"])]
-        out.append(Example(ARC_PROMPT.format(question=doc["question"]), " " + answer))
+        out.append(Example(*arc_item(json.loads(line))))
     return out
 
 
