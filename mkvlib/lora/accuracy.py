@@ -128,12 +128,13 @@ def accuracy_table(rows: list[dict], metric: str = "acc") -> str:
     """Plain text: one line per projections kind, one column per budget; 100% is that adapter's uncompressed
     accuracy, and the last column the share of it kept at 50%."""
     budgets = sorted({r["budget"] for r in rows}, reverse=True)
-    lines = [f"{metric:<14}" + "".join(f"{b:>9.1%}" for b in budgets) + f"{'kept@50%':>10}"]
+    width = max([14] + [len(label) + 2 for label in _labels(rows)])
+    lines = [f"{metric:<{width}}" + "".join(f"{b:>9.1%}" for b in budgets) + f"{'kept@50%':>10}"]
     for label in _labels(rows):
         vals = {r["budget"]: r[metric] for r in rows if r["projections"] == label}
         vals[1.0] = baseline(rows, label, metric)
         kept = f"{vals[0.5] / vals[1.0]:>10.1%}" if 0.5 in vals and vals[1.0] else f"{'-':>10}"
-        lines.append(f"{label:<14}" + "".join(f"{vals[b]:>9.3f}" if b in vals else f"{'-':>9}" for b in budgets)
+        lines.append(f"{label:<{width}}" + "".join(f"{vals[b]:>9.3f}" if b in vals else f"{'-':>9}" for b in budgets)
                      + kept)
     return "\n".join(lines)
 
