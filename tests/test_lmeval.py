@@ -243,6 +243,10 @@ def test_adaptive_cells_are_keyed_by_the_ranks_they_used(model, tokenizer, inclu
         append_row(out, {**row, "allocation": cell.method.allocation if cell.method else "none"})
     assert sweep.pending() == []
     assert {r["ranks"] for r in read_rows(out)} == {"full", "uniform", ranks_digest(ranks)}
+    monkeypatch.setattr(model, "mkv_adapter", "0123abcd", raising=False)   # `--adapter`: a fine-tuned model's cells
+    assert len(sweep.pending()) == len(sweep.cells())                      # are not the base model's
+    monkeypatch.delattr(model, "mkv_adapter")
+    assert sweep.pending() == []
     ranks[0, 0, 0] = 4                                        # the trajectory changed
     assert [c.label for c in sweep.pending()] == ["rand-adaptive @ 50% / tiny_mc"]
     legacy = [{k: v for k, v in r.items() if k != "ranks"} for r in read_rows(out)]
