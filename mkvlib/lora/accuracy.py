@@ -64,9 +64,10 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
     from tqdm.auto import tqdm
 
     from ..lmeval.sweep import ranks_digest
-    from ..search import adaptive_ranks
+    from ..search import Trajectory, adaptive_ranks
 
-    trajectories = trajectories or {}
+    trajectories = {label: t if isinstance(t, Trajectory) else Trajectory.load(t)     # read each file once
+                    for label, t in (trajectories or {}).items()}
     unknown = sorted(set(trajectories) - set(projections))
     if unknown:
         raise KeyError(f"trajectories given for {unknown}, which are not among the projections {list(projections)}")

@@ -120,12 +120,9 @@ def load_merged(folder, model):
     """(merged model, projections or None, manifest): the bundle's adapter folded into ``model``'s weights
     (``merge_and_unload``). The merged model keeps the base model's name (so projections fitted to the base still
     load) and carries the adapter's weights hash as ``mkv_adapter``, which results record."""
-    from .adapter import merge
-
-    peft_model, projections, manifest = load_bundle(folder, model)
-    adapter = weights_hash(peft_model)
+    peft_model, projections, manifest = load_bundle(folder, model)   # checks the weights against this hash
     merged = merge(peft_model)
-    merged.mkv_adapter = adapter
+    merged.mkv_adapter = manifest["adapter_weights_hash"]
     return merged, projections, manifest
 
 
