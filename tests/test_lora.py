@@ -177,6 +177,8 @@ def test_load_merged_folds_the_adapter_in_and_names_it(tmp_path, ids):
 @pytest.mark.parametrize("argv,msg", [
     (["search", "--projections", "bundle", "--out", "t.json"], "give --adapter BUNDLE"),
     (["search", "--adapter", "/no/such/bundle", "--out", "t.json"], "not an adapter bundle"),
+    (["sft", "--stage", "1", "--schedule", "24,32,40", "--out", "b"], "belong to stage 2"),
+    (["sft", "--stage", "2", "--adapter", "a", "--schedule", "24,x", "--out", "b"], "comma-separated integers"),
 ])
 def test_cli_adapter_options_fail_clearly_before_loading(argv, msg, capsys):
     from mkvlib.cli import main

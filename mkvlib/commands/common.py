@@ -74,6 +74,21 @@ def load_model_and_adapter(args):
     return model, tokenizer
 
 
+def add_schedule_arg(p) -> None:
+    p.add_argument("--schedule", default=None, help="comma-separated ranks to sample (default d/8, 2d/8, ..., d); "
+                   "e.g. 24,32,40 concentrates training near a 50%% budget of d=64")
+
+
+def parse_schedule(text) -> list[int] | None:
+    """--schedule's ranks as integers (None when not given); range checks happen against head_dim later."""
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--schedule must be comma-separated integers such as 8,16,32,64, not {text!r}") from None
+
+
 def emit(result: dict, as_json: bool) -> None:
     """Print a result as one JSON object or as aligned ``key: value`` lines."""
     if as_json:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..runtime import pick
-from .common import drive_trainer, launched_accelerator
+from .common import add_schedule_arg, drive_trainer, launched_accelerator, parse_schedule
 
 
 def register(sub) -> None:
@@ -32,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--init", default=None, help="stage 2: projections to start from: 'trained' (default when "
                    "shipped, else 'pca'), 'pca' or a .safetensors file")
     p.add_argument("--freeze-adapter", action="store_true", help="stage 2: train the projections only")
+    add_schedule_arg(p)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--lora-targets", default=None, help="comma-separated linear layers (default all)")
@@ -81,8 +82,9 @@ def run(args) -> int:
 
     out = Path(args.out)
     budgets = _budgets(args.eval_budgets) if args.eval_budgets else None
-    if args.stage == 1 and (args.adapter or args.init or args.freeze_adapter):
-        raise ValueError("--adapter, --init and --freeze-adapter belong to stage 2")
+    schedule = parse_schedule(args.schedule)
+    if args.stage == 1 and (args.adapter or args.init or args.freeze_adapter or args.schedule):
+        raise ValueError("--adapter, --init, --freeze-adapter and --schedule belong to stage 2")
     if args.stage == 2 and not args.adapter:
         raise ValueError("stage 2 needs --adapter: the bundle folder written by `mkv sft --stage 1`")
     accelerator = launched_accelerator()
@@ -113,7 +115,8 @@ def run(args) -> int:
             init, init_label = resolve_projections(args.init, model), args.init
         else:
             init, init_label = general_projections(model)
-        trainer = stage2_trainer(peft_model, init, ids, mask, stage2_config(extra_lr=args.adapter_lr, **common),
+        trainer = stage2_trainer(peft_model, init, ids, mask,
+                                 stage2_config(extra_lr=args.adapter_lr, schedule=schedule, **common),
                                  train_adapter=not args.freeze_adapter, checkpoint_path=ckpt,
                                  accelerator=accelerator)
     status = drive_trainer(trainer, args.resume, ckpt, "sft", accelerator)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..runtime import pick
-from .common import drive_trainer, launched_accelerator
+from .common import add_schedule_arg, drive_trainer, launched_accelerator, parse_schedule
 
 # evaluation and benchmark sets: never trained on
 FORBIDDEN = {"wikitext2-test", "pydoc-test"}
@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
     p.add_argument("--kd-weight", type=float, default=1.0)
     p.add_argument("--lm-weight", type=float, default=3.0)
-    p.add_argument("--schedule", default=None, help="comma-separated ranks to sample (default d/8, 2d/8, ..., d)")
+    add_schedule_arg(p)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default OUT with .ckpt)")
     p.add_argument("--checkpoint-every", type=int, default=25)
@@ -90,12 +90,7 @@ def run(args) -> int:
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
     corpora = [check_training_corpus(c) for c in (args.corpus or [default_corpus("calibration")])]
-    schedule = None
-    if args.schedule:
-        try:
-            schedule = [int(x) for x in args.schedule.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--schedule must be comma-separated integers such as 8,16,32,64, not {args.schedule!r}")
+    schedule = parse_schedule(args.schedule)
     config = TrainConfig(steps=args.steps or pick(6, 300), batch_size=args.batch, grad_accum=args.grad_accum,
                          lr=args.lr, warmup_steps=args.warmup, kd_weight=args.kd_weight, lm_weight=args.lm_weight,
                          schedule=schedule, seed=args.seed, eval_every=args.eval_every,
