@@ -62,6 +62,35 @@ def test_bad_data_is_a_clear_error(tmp_path):
         encode([Example("q", "x" * 100)], CharTokenizer(), seq_len=32)
 
 
+def test_choices_give_every_continuation_the_accuracy_compares(tmp_path, monkeypatch):
+    """--choices data: one example per answer choice under the item's own prompt, the gold one among them
+    (ARC from the data folder, and an lm-eval task through its own doc_to_choice); limit counts items."""
+    from mkvlib.lora import load_examples
+
+    (tmp_path / "arc_easy").mkdir()
+    rows = [{"question": "What is hot?", "choices": {"text": ["ice", "fire", "snow"], "label": ["A", "B", "C"]},
+             "answerKey": "B"},
+            {"question": "What is wet?", "choices": {"text": ["water", "sand"], "label": ["1", "2"]}, "answerKey": "1"}]
+    (tmp_path / "arc_easy" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "piqa").mkdir()
+    piqa = [{"goal": "open a door", "sol1": "use the key", "sol2": "use water", "label": 0}]
+    (tmp_path / "piqa" / "validation.jsonl").write_text(json.dumps(piqa[0]) + "\n")
+    monkeypatch.setenv("MKV_DATA_DIR", str(tmp_path))
+    gold = load_examples("arc_easy")
+    every = load_examples("arc_easy", choices=True)
+    assert [e.response for e in every] == [" ice", " fire", " snow", " water", " sand"]
+    assert [e.prompt for e in every] == [gold[0].prompt] * 3 + [gold[1].prompt] * 2
+    assert set(gold) <= set(every) and len(load_examples("arc_easy", limit=1, choices=True)) == 3
+    mc = load_examples("piqa", choices=True)
+    assert [e.response for e in mc] == [" use the key", " use water"]
+    assert mc[0].prompt == mc[1].prompt and "open a door" in mc[0].prompt
+    assert load_examples("piqa")[0] == mc[0]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Say hi.", "response": " hi"}) + "\n")
+    with pytest.raises(ValueError, match="no answer choices"):
+        load_examples(str(pairs), choices=True)
+
+
 def test_stage1_trains_only_the_adapter_and_loss_falls():
     peft_model = lora_model(randomise=False)
     base = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" not in n}
@@ -178,6 +207,10 @@ def test_load_merged_folds_the_adapter_in_and_names_it(tmp_path, ids):
     (["search", "--projections", "bundle", "--out", "t.json"], "give --adapter BUNDLE"),
     (["search", "--adapter", "/no/such/bundle", "--out", "t.json"], "not an adapter bundle"),
     (["sft", "--stage", "1", "--schedule", "24,32,40", "--out", "b"], "belong to stage 2"),
+    (["sft", "--stage", "1", "--choices", "--out", "b"], "belong to stage 2"),
+    (["sft", "--stage", "2", "--adapter", "a", "--choices", "--out", "b"], "pass --lm-weight 0"),
+    (["sft", "--stage", "2", "--adapter", "a", "--choices", "--lm-weight", "0", "--kd-weight", "0", "--out", "b"],
+     "pass --lm-weight 0"),
     (["sft", "--stage", "2", "--adapter", "a", "--schedule", "24,x", "--out", "b"], "comma-separated integers"),
 ])
 def test_cli_adapter_options_fail_clearly_before_loading(argv, msg, capsys):

@@ -32,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--init", default=None, help="stage 2: projections to start from: 'trained' (default when "
                    "shipped, else 'pca'), 'pca' or a .safetensors file")
     p.add_argument("--freeze-adapter", action="store_true", help="stage 2: train the projections only")
+    p.add_argument("--choices", action="store_true", help="stage 2: distil on every answer choice of each item "
+                   "(the continuations the task's accuracy compares); KD only, so it needs --lm-weight 0")
     add_schedule_arg(p)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--lora-alpha", type=float, default=32.0)
@@ -83,13 +85,16 @@ def run(args) -> int:
     out = Path(args.out)
     budgets = _budgets(args.eval_budgets) if args.eval_budgets else None
     schedule = parse_schedule(args.schedule)
-    if args.stage == 1 and (args.adapter or args.init or args.freeze_adapter or args.schedule):
-        raise ValueError("--adapter, --init, --freeze-adapter and --schedule belong to stage 2")
+    if args.stage == 1 and (args.adapter or args.init or args.freeze_adapter or args.schedule or args.choices):
+        raise ValueError("--adapter, --init, --freeze-adapter, --schedule and --choices belong to stage 2")
+    if args.choices and (args.lm_weight != 0 or args.kd_weight == 0):
+        raise ValueError("--choices trains on the wrong answers as well as the right one, so it distils only: "
+                         "pass --lm-weight 0 (and leave --kd-weight above 0)")
     if args.stage == 2 and not args.adapter:
         raise ValueError("stage 2 needs --adapter: the bundle folder written by `mkv sft --stage 1`")
     accelerator = launched_accelerator()
     model, tokenizer = load_model(args.model, device=accelerator.device if accelerator else args.device)
-    examples = load_examples(args.data, args.split, args.limit)
+    examples = load_examples(args.data, args.split, args.limit, choices=args.choices)
     loss_on = args.loss_on or ("response" if args.stage == 1 else "all")
     ids, mask = encode(examples, tokenizer, args.seq_len, pack=not args.no_pack, loss_on=loss_on)
     common = dict(steps=args.steps or pick(6, 150 if args.stage == 1 else 100), batch_size=args.batch,
@@ -127,7 +132,7 @@ def run(args) -> int:
     record = {
         "stage": args.stage, "command": "mkv " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         if Path(sys.argv[0]).name in ("mkv", "__main__.py") else None,
-        "data": args.data, "split": args.split, "examples": len(examples), "rows": int(len(ids)),
+        "data": args.data, "split": args.split, "choices": args.choices, "examples": len(examples), "rows": int(len(ids)),
         "seq_len": args.seq_len, "loss_on": loss_on, "loss_targets": target_count(mask),
         "steps": trainer.step, "tokens_seen": trainer.tokens_seen, "wall_time_s": round(trainer.wall_time, 1),
         "config": trainer.config.to_dict(), "lora": settings_dict(settings) if settings else None,

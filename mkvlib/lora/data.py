@@ -29,8 +29,10 @@ class Example:
     response: str
 
 
-def arc_examples(split: str = "validation", root=None, limit: int | None = None) -> list[Example]:
-    """ARC-Easy items of ``split`` from ``root`` (default ``MKV_DATA_DIR``) as lm-eval formats them."""
+def arc_examples(split: str = "validation", root=None, limit: int | None = None,
+                 choices: bool = False) -> list[Example]:
+    """ARC-Easy items of ``split`` from ``root`` (default ``MKV_DATA_DIR``) as lm-eval formats them: the gold
+    answer, or with ``choices`` one example per answer choice (``limit`` counts items either way)."""
     check_training_split("arc_easy", split)
     root = Path(root) if root is not None else data_dir()
     path = None if root is None else root / "arc_easy" / f"{split}.jsonl"
@@ -39,7 +41,10 @@ def arc_examples(split: str = "validation", root=None, limit: int | None = None)
                                 "folder holding arc_easy/validation.jsonl, or pass an instruction file")
     out = []
     for line in path.read_text().splitlines()[:limit]:
-        out.append(Example(*arc_item(json.loads(line))))
+        doc = json.loads(line)
+        prompt, answer = arc_item(doc)
+        responses = [" " + text for text in doc["choices"]["text"]] if choices else [answer]
+        out.extend(Example(prompt, r) for r in responses)
     return out
 
 
@@ -65,8 +70,10 @@ def instruction_examples(path, limit: int | None = None) -> list[Example]:
     return out[:limit]
 
 
-def lmeval_examples(task: str, split: str = "validation", limit: int | None = None) -> list[Example]:
-    """Examples from an lm-eval task's own prompt and gold target (local files offline, see mkvlib.lmeval)."""
+def lmeval_examples(task: str, split: str = "validation", limit: int | None = None,
+                    choices: bool = False) -> list[Example]:
+    """Examples from an lm-eval task's own prompt and gold target (local files offline, see mkvlib.lmeval), or
+    with ``choices`` one per answer choice of a multiple-choice task."""
     check_training_split(task, split)
     from ..lmeval.evaluate import task_manager
     from ..lmeval.tasks import resolve_task_paths
@@ -76,8 +83,14 @@ def lmeval_examples(task: str, split: str = "validation", limit: int | None = No
     docs = {"validation": obj.validation_docs, "test": obj.test_docs, "train": obj.training_docs}[split]()
     if docs is None:
         raise ValueError(f"lm-eval task {task!r} has no {split} split here")
+    if choices and obj.config.doc_to_choice is None:
+        raise ValueError(f"lm-eval task {task!r} is not multiple choice (no doc_to_choice): drop --choices")
     out = []
     for doc in list(docs)[:limit]:
+        if choices:
+            out.extend(Example(str(obj.doc_to_text(doc)), obj.config.target_delimiter + str(c))
+                       for c in obj.doc_to_choice(doc))
+            continue
         target = obj.doc_to_target(doc)
         if isinstance(target, int) and obj.config.doc_to_choice is not None:
             target = obj.doc_to_choice(doc)[target]
@@ -91,13 +104,20 @@ def check_training_split(task: str, split: str) -> None:
                          "(e.g. validation)")
 
 
-def load_examples(source: str, split: str = "validation", limit: int | None = None) -> list[Example]:
-    """``source``: 'arc_easy' (local files), a .jsonl instruction file, or the name of an lm-eval task."""
+def load_examples(source: str, split: str = "validation", limit: int | None = None,
+                  choices: bool = False) -> list[Example]:
+    """``source``: 'arc_easy' (local files), a .jsonl instruction file, or the name of an lm-eval task.
+
+    ``choices``: every answer choice of a multiple-choice source, the continuations its accuracy compares
+    (distillation data: an LM loss on them would teach the wrong answers)."""
     if source.endswith(".jsonl") or Path(source).is_file():
+        if choices:
+            raise ValueError(f"{source} is an instruction file, with one response per prompt and no answer "
+                             "choices: drop --choices, or use 'arc_easy' or a multiple-choice lm-eval task")
         return instruction_examples(source, limit)
     if source == "arc_easy":
-        return arc_examples(split, limit=limit)
-    return lmeval_examples(source, split, limit)
+        return arc_examples(split, limit=limit, choices=choices)
+    return lmeval_examples(source, split, limit, choices=choices)
 
 
 def encode(examples: list[Example], tokenizer, seq_len: int = 256, pack: bool = True,
