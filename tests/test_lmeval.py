@@ -290,9 +290,10 @@ def test_report_keeps_one_limit_and_the_newest_row_per_cell(tmp_path, capsys):
 def test_lora_accuracy_curve_uses_a_trajectorys_ranks_and_keys_rows_by_them(model, tokenizer, tmp_path,
                                                                               monkeypatch):
     """Notebook 06's accuracy rows: an adaptive label scores with the search's ranks (not uniform ones), its
-    row is told apart from the uniform row of the same projections, and stored rows are reused."""
+    row is told apart from the uniform row of the same projections, stored rows are reused, and rows another
+    process adds to the same CSV meanwhile are kept."""
     from helpers import random_projections
-    from mkvlib.lora.accuracy import accuracy_curve, read_rows
+    from mkvlib.lora.accuracy import accuracy_curve, add_row, read_rows
     from mkvlib.search import SearchConfig, greedy_search
 
     (tmp_path / "arc_easy").mkdir()
@@ -324,5 +325,14 @@ def test_lora_accuracy_curve_uses_a_trajectorys_ranks_and_keys_rows_by_them(mode
     again = accuracy_curve(model, tokenizer, {"uniform": proj, "adaptive": proj}, [0.5], adapter="abc",
                            task="arc_easy", out=out, progress=False, trajectories={"adaptive": traj})
     assert len(seen) == 2 and [r["acc"] for r in again] == [float(r["acc"]) for r in got]   # reused, not re-run
+    # a second process sharing the CSV: its row, written while this one runs, is kept; no uncompressed cell
+    other = {**got[0], "adapter": "other-process"}
+    monkeypatch.setitem(accuracy_curve.__globals__, "attach",
+                        lambda m, p, ranks: (add_row(out, other), spy(m, p, ranks))[1])
+    more = accuracy_curve(model, tokenizer, {"uniform": proj}, [0.25], adapter="abc", task="arc_easy", out=out,
+                          progress=False, uncompressed=False)
+    assert [(r["projections"], r["budget"]) for r in more] == [("uniform", 0.25)] and seen[-1] == 0.25
+    assert sorted((r["adapter"], r["budget"]) for r in read_rows(out)) == [
+        ("abc", 0.25), ("abc", 0.5), ("abc", 0.5), ("abc", 1.0), ("other-process", 1.0)]
     with pytest.raises(KeyError, match="not among the projections"):
         accuracy_curve(model, tokenizer, {"uniform": proj}, [0.5], adapter="abc", trajectories={"other": traj})

@@ -2,12 +2,14 @@
 
 Every cell runs lm-eval (:func:`mkvlib.lmeval.run_lm_eval`) on the in-memory model with the projections
 attached at a uniform budget; 100% is computed once with compression off (it is exact at full rank). Each
-finished cell is written at once to a CSV (rewritten atomically) and skipped when it is already there, so an
-interrupted curve resumes.
+finished cell is written at once to a CSV (rewritten atomically, under a lock so that processes sharing the file
+each add their own cells) and skipped when it is already there, so an interrupted curve resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import time
 from pathlib import Path
 
@@ -49,11 +51,39 @@ def write_rows(path, rows: list[dict]) -> None:
             w.writerows(rows)
 
 
+@contextlib.contextmanager
+def _locked(path):
+    """Hold an exclusive lock on the folder of ``path`` (POSIX; elsewhere, no lock): no lock file is left."""
+    try:
+        import fcntl
+    except ImportError:             # Windows: one process per CSV
+        yield
+        return
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                # closing releases the lock
+
+
+def add_row(path, row: dict) -> None:
+    """Add ``row`` to the CSV at ``path`` (unless a row with its key is there), keeping rows that other
+    processes wrote since this one read the file."""
+    with _locked(path):
+        rows = read_rows(path)
+        if _key(row) not in {_key(r) for r in rows}:
+            write_rows(path, rows + [row])
+
+
 def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, task: str = "arc_easy",
                    limit: int | None = None, batch_size: int = 32, out=None, progress: bool = True,
-                   trajectories: dict | None = None) -> list[dict]:
+                   trajectories: dict | None = None, uncompressed: bool = True) -> list[dict]:
     """Rows {projections, budget, acc, ...} for ``model`` (the merged fine-tuned model) with each of
-    ``projections`` ({label: Projections}) at each budget < 1, plus one uncompressed row at budget 1.
+    ``projections`` ({label: Projections}) at each budget < 1, plus one uncompressed row at budget 1
+    (``uncompressed=False`` leaves it out, e.g. to score it in another process writing to the same ``out``).
 
     Ranks are uniform, except for labels in ``trajectories`` ({label: Trajectory or path}, searched with that
     label's projections on this model), whose ranks at each budget are the search's (adaptive); the ``ranks``
@@ -75,8 +105,8 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
     have = {_key(r): r for r in stored}
     config = LMEvalConfig(tasks=[task], limit=limit, batch_size=batch_size)
     name = getattr(model, "mkv_name", "?")
-    cells = [(UNCOMPRESSED, None, 1.0)] + [(label, proj, float(b)) for label, proj in projections.items()
-                                           for b in budgets if b < 1]
+    cells = [(UNCOMPRESSED, None, 1.0)] * uncompressed + [(label, proj, float(b)) for label, proj in
+                                                          projections.items() for b in budgets if b < 1]
     lm, rows = None, []
     for label, proj, budget in tqdm(cells, desc="accuracy", disable=not progress):
         ranks = None if proj is None else (
@@ -99,8 +129,7 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
                    seconds=round(time.perf_counter() - start, 1))
         rows.append(row)
         if out:
-            stored.append(row)
-            write_rows(out, stored)
+            add_row(out, row)
     return rows
 
 
@@ -164,13 +193,15 @@ def plot_accuracy(rows: list[dict], metric: str = "acc", title: str = ""):
 
 
 def evaluate_bundle(folder, projections=None, budgets=(0.5,), task: str = "arc_easy", limit: int | None = None,
-                    batch_size: int = 32, out=None, progress: bool = True, trajectories: dict | None = None
-                    ) -> list[dict]:
+                    batch_size: int = 32, out=None, progress: bool = True, trajectories: dict | None = None,
+                    uncompressed: bool = True) -> list[dict]:
     """Accuracy rows of a bundle's fine-tuned model, merged (``merge_and_unload``) into a freshly loaded base.
 
     ``projections``: {label: Projections | 'pca' | 'trained' | 'general' | 'bundle' | path}; default
     {"two-stage": the bundle's own projections}. 'general' is the shipped trained projections, else PCA.
-    ``trajectories``: {label: trajectory path}, adaptive ranks for those labels (see :func:`accuracy_curve`).
+    ``trajectories``: {label: trajectory path}, adaptive ranks for those labels; ``uncompressed=False``: no
+    uncompressed row (see :func:`accuracy_curve`). Two processes may share ``out``, e.g. one per CPU core:
+    ``evaluate_bundle(b, budgets=(), out=csv)`` and ``evaluate_bundle(b, uncompressed=False, out=csv)``.
     """
     from ..models import load_model
     from ..projections import resolve_projections
@@ -198,4 +229,5 @@ def evaluate_bundle(folder, projections=None, budgets=(0.5,), task: str = "arc_e
             print(f"{label}: the same projections as {seen[0]} (no trained projections shipped?): not evaluated twice")
             del kinds[label]
     return accuracy_curve(merged, tokenizer, kinds, budgets, adapter=adapter, task=task, limit=limit,
-                          batch_size=batch_size, out=out, progress=progress, trajectories=trajectories)
+                          batch_size=batch_size, out=out, progress=progress, trajectories=trajectories,
+                          uncompressed=uncompressed)
