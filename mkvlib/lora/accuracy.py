@@ -105,8 +105,8 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
     have = {_key(r): r for r in stored}
     config = LMEvalConfig(tasks=[task], limit=limit, batch_size=batch_size)
     name = getattr(model, "mkv_name", "?")
-    cells = [(UNCOMPRESSED, None, 1.0)] * uncompressed + [(label, proj, float(b)) for label, proj in
-                                                          projections.items() for b in budgets if b < 1]
+    cells = ([(UNCOMPRESSED, None, 1.0)] if uncompressed else []) + [
+        (label, proj, float(b)) for label, proj in projections.items() for b in budgets if b < 1]
     lm, rows = None, []
     for label, proj, budget in tqdm(cells, desc="accuracy", disable=not progress):
         ranks = None if proj is None else (
