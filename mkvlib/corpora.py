@@ -3,11 +3,19 @@
 A name is looked up, in order, as: a local file (.txt or .jsonl); a file in the data directory
 (``MKV_DATA_DIR``, laid out like the project's shared data folder); a Hugging Face dataset (when online);
 and, for ``pydoc``, text that ships with Python itself. Introduced in notebook 01.
+
+The five ``training/*.jsonl`` files of the data directory are corpora by short name (``books``,
+``stackexchange``, ``factbook``, ``peps``, ``rfcs``): each name means the file's *training part*, and
+``<name>-heldout`` its held-out part (the last 5% of documents, at least one), which only evaluation may read
+(:func:`check_not_heldout`). A corpus spec may also be a weighted mixture, ``books:2,stackexchange:1,peps``
+(:func:`parse_mixture`, :func:`mixture_blocks`); :func:`token_blocks` takes either.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +33,7 @@ class CorpusSource:
     hf: tuple | None = None          # (path, config, split, text field)
     field: str = "text"
     render: str | None = None        # rows rendered by RENDERERS[render] instead of read from ``field``
+    part: str | None = None          # "train" or "heldout": that document split of a JSONL file (split_documents)
 
 
 CORPORA: dict[str, CorpusSource] = {
@@ -41,9 +50,24 @@ CORPORA: dict[str, CorpusSource] = {
     "pydoc-train": CorpusSource(None),
     "pydoc-test": CorpusSource(None),
 }
+# the data directory's training/ files: NAME is the training part, NAME-heldout the last HELDOUT_FRACTION of documents
+TRAINING_FILES = {"books": "training/gutenberg_books.jsonl", "stackexchange": "training/stackexchange_qa.jsonl",
+                  "factbook": "training/cia_world_factbook.jsonl", "peps": "training/python_peps_prose.jsonl",
+                  "rfcs": "training/rust_rfcs_prose.jsonl"}
+HELDOUT_FRACTION = 0.05
+for _name, _path in TRAINING_FILES.items():
+    CORPORA[_name] = CorpusSource(_path, part="train")
+    CORPORA[f"{_name}-heldout"] = CorpusSource(_path, part="heldout")
 ALIASES = {"wikitext2": "wikitext2-test", "wikitext": "wikitext2-test", "wikitext2-val": "wikitext2-validation",
            "pydoc": "pydoc-train", "tinyshakespeare": "shakespeare", "c4_sample": "c4",
-           "arc_easy": "arc_easy-validation"}
+           "arc_easy": "arc_easy-validation",
+           "gutenberg_books": "books", "gutenberg": "books", "stackexchange_qa": "stackexchange",
+           "cia_world_factbook": "factbook", "python_peps_prose": "peps", "rust_rfcs_prose": "rfcs"}
+ALIASES.update({f"{_name}-train": _name for _name in TRAINING_FILES})
+# held out from all training and calibration: the out-of-domain suite's text (mkvlib.suite) and benchmark items
+EVALUATION_CORPORA = ("wikitext2-test", "shakespeare", "pydoc-test")
+BENCHMARK_DIRS = ("piqa", "arc_easy", "hellaswag", "winogrande", "commonsense_qa", "openbookqa", "gsm8k")
+DEFAULT_TRAINING_MIXTURE = "books,stackexchange,factbook,peps,rfcs,c4,wikipedia"
 ARC_PROMPT = "Question: {question}\nAnswer:"   # lm-eval's arc_easy doc_to_text; the target is " " + the choice
 
 
@@ -66,13 +90,22 @@ def data_dir() -> Path | None:
 
 
 def default_corpus(role: str = "calibration") -> str:
-    """Wikitext2 (validation to calibrate and train, test to evaluate) when a data directory is set,
-    else the Python documentation that ships with Python (disjoint train and test parts)."""
+    """To calibrate and train: :data:`DEFAULT_TRAINING_MIXTURE` when the data directory has ``training/``, else
+    wikitext2 validation; to evaluate: wikitext2 test. Without a data directory, :func:`fallback_corpus`."""
     if role not in ("calibration", "eval"):
         raise ValueError(f"role must be 'calibration' or 'eval', not {role!r}")
-    have_data = data_dir() is not None and (data_dir() / "wikitext2").is_dir()
+    root = data_dir()
+    if role == "calibration" and root is not None and (root / "training").is_dir():
+        return DEFAULT_TRAINING_MIXTURE
+    have_data = root is not None and (root / "wikitext2").is_dir()
     if have_data:
         return "wikitext2-validation" if role == "calibration" else "wikitext2-test"
+    return fallback_corpus(role)
+
+
+def fallback_corpus(role: str) -> str:
+    """The corpus for ``role`` on a machine without a data directory: Python's own documentation (disjoint
+    train and test parts). The one place a data-free source (e.g. text sampled from the model) plugs in."""
     return "pydoc-train" if role == "calibration" else "pydoc-test"
 
 
@@ -81,29 +114,58 @@ def read_text_file(path: Path, field: str | None = None, render: str | None = No
     string field), ``prompt`` + ``response`` for instruction rows, or ``RENDERERS[render](row)``; rows are
     joined by blank lines."""
     if path.suffix == ".jsonl":
-        docs = []
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{line_no} is not valid JSON ({err})") from None
-                if render is not None:
-                    docs.append(RENDERERS[render](row))
-                    continue
-                if field not in row and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
-                    docs.append(row["prompt"] + row["response"])
-                    continue
-                key = field if field in row else next((k for k in ("text", "page", "content") if k in row), None)
-                if key is None:
-                    key = next((k for k, v in row.items() if isinstance(v, str)), None)
-                if key is None:
-                    raise ValueError(f"{path}:{line_no} has no text field; expected 'text' or 'page'")
-                docs.append(row[key])
-        return "\n\n".join(docs)
+        return "\n\n".join(read_documents(path, field, render))
     return path.read_text(encoding="utf-8", errors="replace")
+
+
+_DOCUMENTS: dict = {}   # (path, size, mtime, field, render) -> documents: each JSONL file parsed once per process
+
+
+def read_documents(path: Path, field: str | None = None, render: str | None = None) -> tuple[str, ...]:
+    """The documents (one per row, in file order) of a .jsonl file, as :func:`read_text_file` reads them;
+    parsed once per process (cached by path, size and modification time)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, field, render)
+    if key not in _DOCUMENTS:
+        _DOCUMENTS[key] = _parse_jsonl(path, field, render)
+    return _DOCUMENTS[key]
+
+
+def split_documents(docs, part: str, fraction: float = HELDOUT_FRACTION) -> list[str]:
+    """The ``part`` of ``docs``: 'heldout' is the last ``fraction`` of documents (at least one), 'train' the rest."""
+    if part not in ("train", "heldout"):
+        raise ValueError(f"part must be 'train' or 'heldout', not {part!r}")
+    if len(docs) < 2:
+        raise ValueError(f"{len(docs)} document(s) cannot be split into a training and a held-out part (need 2+)")
+    n_held = max(1, int(len(docs) * fraction))
+    return list(docs[:-n_held]) if part == "train" else list(docs[-n_held:])
+
+
+def _parse_jsonl(path: Path, field: str | None, render: str | None) -> tuple[str, ...]:
+    """The rows of a .jsonl file as documents (see :func:`read_text_file`)."""
+    docs = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no} is not valid JSON ({err})") from None
+            if render is not None:
+                docs.append(RENDERERS[render](row))
+                continue
+            if field not in row and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
+                docs.append(row["prompt"] + row["response"])
+                continue
+            key = field if field in row else next((k for k in ("text", "page", "content") if k in row), None)
+            if key is None:
+                key = next((k for k, v in row.items() if isinstance(v, str)), None)
+            if key is None:
+                raise ValueError(f"{path}:{line_no} has no text field; expected 'text' or 'page'")
+            docs.append(row[key])
+    return tuple(docs)
 
 
 def pydoc_text(part: str) -> str:
@@ -121,7 +183,10 @@ def _online_allowed() -> bool:
 
 
 def load_text(name: str) -> str:
-    """The raw text of a corpus given by name (see :data:`CORPORA`) or path."""
+    """The raw text of a corpus given by name (see :data:`CORPORA`) or path; of a mixture spec, the texts of its
+    parts joined by blank lines (weights play no part here: see :func:`mixture_blocks`)."""
+    if is_mixture(name):
+        return "\n\n".join(load_text(part) for part, _ in parse_mixture(name))
     tried = []
     path = Path(name).expanduser()
     if path.suffix in (".txt", ".jsonl") or path.exists():
@@ -142,6 +207,9 @@ def load_text(name: str) -> str:
                 tried.append("data directory: MKV_DATA_DIR is not set")
             else:
                 candidate = root / source.data_path
+                if candidate.is_file() and source.part:
+                    docs = read_documents(candidate, source.field, source.render)
+                    return "\n\n".join(split_documents(docs, source.part))
                 if candidate.is_file():
                     return read_text_file(candidate, source.field, source.render)
                 tried.append(f"data directory: {candidate} (missing)")
@@ -157,19 +225,31 @@ def load_text(name: str) -> str:
                 except Exception as err:  # noqa: BLE001 - any failure means "not available here"
                     tried.append(f"Hugging Face dataset {source.hf[0]}/{source.hf[1]} ({type(err).__name__}: "
                                  f"{str(err)[:120]})")
-        else:
+        elif not source.part:
             tried.append("no Hugging Face source for this corpus")
     raise CorpusNotFoundError(
         f"corpus {name!r} not found. Looked in:\n  - " + "\n  - ".join(tried)
         + "\nSet MKV_DATA_DIR to a folder with the shared data layout, pass a file path, or use 'pydoc' (offline).")
 
 
-def token_blocks(tokenizer, corpus: str, seq_len: int, n_tokens: int | None = None, skip_tokens: int = 0):
+def token_blocks(tokenizer, corpus: str, seq_len: int, n_tokens: int | None = None, skip_tokens: int = 0,
+                 seed: int = 0):
     """Tokenise a corpus into a LongTensor of shape (n_blocks, seq_len), dropping the ragged tail.
 
     ``n_tokens`` caps the total (rounded down to whole blocks); ``skip_tokens`` starts further in, so two
-    calls can take disjoint slices of one corpus.
+    calls can take disjoint slices of one corpus. A mixture spec (``books:2,peps``) goes to
+    :func:`mixture_blocks` (``n_tokens`` required; ``seed`` orders its shuffled blocks).
     """
+    if is_mixture(corpus):
+        if n_tokens is None:
+            raise ValueError(f"the mixture {corpus!r} needs a token count (n_tokens / --tokens) to share out")
+        return mixture_blocks(tokenizer, corpus, seq_len, n_tokens, seed=seed, skip_tokens=skip_tokens)
+    return _corpus_blocks(tokenizer, corpus, seq_len, n_tokens, skip_tokens)
+
+
+def _corpus_blocks(tokenizer, corpus: str, seq_len: int, n_tokens: int | None, skip_tokens: int,
+                   allow_short: bool = False) -> torch.Tensor:
+    """(n_blocks, seq_len) blocks of one corpus; with ``allow_short`` too few tokens give (0, seq_len)."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, not {seq_len}")
     text = load_text(corpus)
@@ -181,6 +261,151 @@ def token_blocks(tokenizer, corpus: str, seq_len: int, n_tokens: int | None = No
     if n_tokens is not None:
         ids = ids[:n_tokens]
     n_blocks = len(ids) // seq_len
-    if n_blocks == 0:
+    if n_blocks == 0 and not allow_short:
         raise ValueError(f"corpus {corpus!r} gave {len(ids)} tokens, fewer than one block of {seq_len}")
     return torch.tensor(ids[: n_blocks * seq_len], dtype=torch.long).view(n_blocks, seq_len)
+
+
+# --- mixtures ------------------------------------------------------------------------------------------------
+
+def is_mixture(spec) -> bool:
+    """True for a mixture spec: a string with ',' or ':' that is not an existing file."""
+    return isinstance(spec, str) and ("," in spec or ":" in spec) and not Path(spec).expanduser().is_file()
+
+
+def canonical_name(name: str) -> str:
+    """A known corpus name with its alias resolved (lower case), or ``name`` unchanged (a path)."""
+    key = ALIASES.get(name.lower(), name.lower())
+    return key if key in CORPORA else name
+
+
+def known_corpora() -> str:
+    """The names a spec may use, for error messages."""
+    return f"{sorted(CORPORA)} (aliases {sorted(ALIASES)}) or a .txt/.jsonl path"
+
+
+def parse_mixture(spec: str) -> list[tuple[str, float]]:
+    """``'books:2,stackexchange:1,peps'`` -> [('books', 2.0), ('stackexchange', 1.0), ('peps', 1.0)].
+
+    Each entry is NAME or NAME:WEIGHT (default weight 1); names are canonical (aliases resolved) or existing
+    .txt/.jsonl paths. Raises ValueError for an empty mixture or entry, a weight that does not parse or is not
+    a finite number > 0, or a name given twice; :class:`CorpusNotFoundError` for an unknown name.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty corpus mixture {spec!r}: give NAME[:WEIGHT],... e.g. 'books:2,stackexchange,peps'")
+    parts, seen = [], set()
+    for entry in spec.split(","):
+        entry = entry.strip()
+        if not entry:
+            raise ValueError(f"empty entry in the corpus mixture {spec!r}: remove the extra comma")
+        name, weight = entry, 1.0
+        if ":" in entry and not Path(entry).expanduser().is_file():
+            name, text = (x.strip() for x in entry.rsplit(":", 1))
+            try:
+                weight = float(text)
+            except ValueError:
+                raise ValueError(f"weight {text!r} of {name!r} in the corpus mixture {spec!r} is not a number: "
+                                 "write NAME:WEIGHT, e.g. books:2") from None
+            if not (math.isfinite(weight) and weight > 0):
+                raise ValueError(f"weight {text!r} of {name!r} in the corpus mixture {spec!r} must be a finite "
+                                 "number > 0 (leave a corpus out instead of giving it weight 0)")
+        if not name:
+            raise ValueError(f"entry {entry!r} of the corpus mixture {spec!r} has no corpus name")
+        key = canonical_name(name)
+        if key not in CORPORA and not Path(name).expanduser().is_file():
+            where = "" if name == spec.strip() else f" in the mixture {spec!r}"
+            raise CorpusNotFoundError(f"unknown corpus {name!r}{where}: use {known_corpora()}")
+        if key in seen:
+            raise ValueError(f"corpus {key!r} appears twice in the mixture {spec!r}: give it one weight")
+        seen.add(key)
+        parts.append((key, weight))
+    return parts
+
+
+def apportion(total: int, weights) -> list[int]:
+    """Split the integer ``total`` in proportion to ``weights`` (largest remainders; ties go to the earlier)."""
+    w_sum = float(sum(weights))
+    quotas = [total * w / w_sum for w in weights]
+    counts = [int(q) for q in quotas]
+    order = sorted(range(len(weights)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def mixture_blocks(tokenizer, spec: str, seq_len: int, n_tokens: int, seed: int = 0,
+                   skip_tokens: int = 0) -> torch.Tensor:
+    """Blocks (n_blocks, seq_len) of a mixture, n_blocks = n_tokens // seq_len shared out by weight.
+
+    Each corpus gives its share of whole blocks from its start (after its own share of ``skip_tokens``, so
+    ``skip_tokens`` = the tokens of an earlier call takes a disjoint slice of every corpus); the blocks are then
+    shuffled by a generator seeded with ``seed``. A corpus with too little text gives what it has, with a note.
+    Only the text needed is tokenised (about 8 characters per wanted token).
+    """
+    parts = parse_mixture(spec)
+    n_blocks = n_tokens // seq_len
+    if n_blocks < 1:
+        raise ValueError(f"{n_tokens} tokens are fewer than one block of {seq_len} for the mixture {spec!r}")
+    weights = [w for _, w in parts]
+    counts = apportion(n_blocks, weights)
+    skips = [k * seq_len for k in apportion(skip_tokens // seq_len, weights)]
+    skips[0] += skip_tokens % seq_len
+    pieces = []
+    for (name, _), count, skip in zip(parts, counts, skips):
+        if count == 0:
+            continue
+        blocks = _corpus_blocks(tokenizer, name, seq_len, count * seq_len, skip, allow_short=True)
+        if len(blocks) < count:
+            print(f"note: corpus {name!r} had {len(blocks)} of the {count} blocks of {seq_len} tokens its weight "
+                  f"asks for in {spec!r}", file=sys.stderr)
+        pieces.append(blocks)
+    blocks = torch.cat(pieces)
+    if len(blocks) == 0:
+        raise ValueError(f"the mixture {spec!r} gave no block of {seq_len} tokens")
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
+    return blocks[order]
+
+
+# --- held-out text ------------------------------------------------------------------------------------------
+
+class HeldOutCorpusError(ValueError):
+    """A held-out (evaluation) corpus was asked for as training or calibration text."""
+
+
+def heldout_corpora() -> list[str]:
+    """Every corpus name that training and calibration must never read: the ``*-heldout`` parts and
+    :data:`EVALUATION_CORPORA` (the out-of-domain suite, :mod:`mkvlib.suite`)."""
+    return sorted(k for k in CORPORA if k.endswith("-heldout")) + list(EVALUATION_CORPORA)
+
+
+def _heldout_reason(name: str) -> str | None:
+    key = canonical_name(name)
+    if key in CORPORA:
+        return "is an evaluation set (held out from training and calibration)" if key in heldout_corpora() else None
+    parts = [p.lower() for p in Path(name).expanduser().parts]
+    if any(b in parts for b in BENCHMARK_DIRS):
+        return "looks like benchmark items (train on text corpora only)"
+    for corpus, source in CORPORA.items():
+        if not source.data_path or not (corpus in heldout_corpora() or source.part == "train"):
+            continue
+        tail = [p.lower() for p in Path(source.data_path).parts]
+        if parts[-len(tail):] == tail:
+            if source.part:
+                return (f"is the whole file behind {corpus!r}, held-out part included: use the name "
+                        f"{corpus!r} for its training part")
+            return f"is the file of the evaluation corpus {corpus!r}"
+    return None
+
+
+def check_not_heldout(spec: str, role: str = "training") -> str:
+    """Return ``spec`` (a name, path or mixture) unless some part of it is held out from training and
+    calibration: a ``*-heldout`` part, an evaluation corpus (:data:`EVALUATION_CORPORA`), a benchmark file,
+    or a whole ``training/`` file (which holds a held-out part). Raises :class:`HeldOutCorpusError`."""
+    names = [name for name, _ in parse_mixture(spec)] if is_mixture(spec) else [spec]
+    for name in names:
+        reason = _heldout_reason(name)
+        if reason:
+            raise HeldOutCorpusError(
+                f"{name!r} {reason}. It may not be used as {role} text (held out: {', '.join(heldout_corpora())}); "
+                f"use training text such as {DEFAULT_TRAINING_MIXTURE!r} (each name there is a training part)")
+    return spec

@@ -19,6 +19,10 @@ def run(args) -> int:
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
+    if args.corpus:
+        from ..corpora import check_not_heldout
+
+        check_not_heldout(args.corpus, role="calibration")
     model, _, blocks = setup(args)
     stats = collect_kv_stats(model, blocks, args.batch_size, model_name=model.mkv_name, corpus=args.corpus)
     proj = fit_pca(stats, center_values=args.center_values, model_name=model.mkv_name)

@@ -10,18 +10,16 @@ from pathlib import Path
 from ..runtime import pick
 from .common import add_schedule_arg, drive_trainer, launched_accelerator, parse_schedule
 
-# evaluation and benchmark sets: never trained on
-FORBIDDEN = {"wikitext2-test", "pydoc-test"}
-BENCHMARK_DIRS = ("piqa", "arc_easy", "hellaswag", "winogrande", "commonsense_qa", "openbookqa", "gsm8k")
-
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train the projections (KD + LM at sampled ranks), starting from PCA")
     p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--init", default="pca", help="'pca' (shipped), 'trained' or a .safetensors file to start from")
     p.add_argument("--corpus", action="append", default=None,
-                   help="training corpus (repeat to mix; default wikitext2-validation with MKV_DATA_DIR, else "
-                        "pydoc). Never wikitext2-test or benchmark items")
+                   help="training corpus or weighted mixture such as books:2,stackexchange,peps (repeat to mix "
+                        "evenly; default: a diverse mixture of training/ with MKV_DATA_DIR, else pydoc). Never "
+                        "held-out or evaluation text (*-heldout, wikitext2-test, shakespeare, pydoc-test) or "
+                        "benchmark items")
     p.add_argument("--tokens", type=int, default=None, help="training tokens in all, split evenly over corpora "
                    "(default 262144; 8192 with MKV_FAST=1)")
     p.add_argument("--eval-tokens", type=int, default=None,
@@ -50,16 +48,10 @@ def register(sub) -> None:
 
 
 def check_training_corpus(name: str) -> str:
-    """Refuse the evaluation set and benchmark items as training text."""
-    from ..corpora import ALIASES
+    """Refuse held-out and evaluation text and benchmark items as training text, also inside a mixture."""
+    from ..corpora import check_not_heldout
 
-    key = ALIASES.get(name.lower(), name.lower())
-    if key in FORBIDDEN:
-        raise ValueError(f"{name!r} is an evaluation set: train on wikitext2-validation, wikipedia, c4 or pydoc")
-    parts = {part.lower() for part in Path(name).parts}
-    if any(b in parts for b in BENCHMARK_DIRS):
-        raise ValueError(f"{name!r} looks like benchmark items: train on text corpora only")
-    return name
+    return check_not_heldout(name, role="training")
 
 
 def load_training_blocks(tokenizer, corpora: list, tokens: int, seq_len: int, eval_tokens: int):

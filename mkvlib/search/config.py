@@ -73,6 +73,10 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.balance must be one of {BALANCES}, not {self.balance!r}")
         if self.tokens < self.seq_len:
             raise ValueError(f"SearchConfig.tokens ({self.tokens}) must be at least seq_len ({self.seq_len})")
+        if self.corpus is not None:
+            from ..corpora import check_not_heldout
+
+            check_not_heldout(self.corpus, role="calibration")
 
     def check_head_dim(self, head_dim: int) -> None:
         """Raise unless step and floor make sense for heads of size ``head_dim``."""
