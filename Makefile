@@ -6,9 +6,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch from PyPI (CUDA build on Linux). Override e.g. TORCH='torch --index-url https://download.pytorch.org/whl/cpu'
 TORCH ?= torch==2.13.0
-export MKV_DATA_DIR ?= $(abspath ../shared/data)
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
+# Data folder: MKV_DATA_DIR when given (empty means none: `MKV_DATA_DIR= make notebooks`), else ../shared/data when
+# it exists, else none (corpora fall back to Python's documentation, notebooks 04 and 06 to the committed results).
+# The Hugging Face Hub is used when reachable; `import mkvlib` switches it offline at once when it is not.
+SHARED_DATA := $(abspath ../shared/data)
+ifeq ($(origin MKV_DATA_DIR),undefined)
+ifneq ($(wildcard $(SHARED_DATA)/.),)
+export MKV_DATA_DIR := $(SHARED_DATA)
+endif
+endif
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: venv notebooks test lab full clean

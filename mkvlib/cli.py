@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench"]  # modules under mkvlib.commands, in --help order
+COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench", "offline"]  # modules under mkvlib.commands, in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+NETWORK_HINT = ("work from local files with MKV_DATA_DIR=/path/to/data (make, notebooks and mkv all read it), or "
+                "retry with network access")
+
+
+def network_error(err: BaseException) -> bool:
+    """A failure to reach the network (the Hugging Face Hub), as the Hub, datasets, requests or httpx raise it."""
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    return any(c.__module__.split(".")[0] in ("requests", "urllib3", "httpx", "httpcore")
+               for c in type(err).__mro__)
 
 
 def main(argv=None) -> int:
@@ -31,10 +41,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mkv: interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
-        if getattr(args, "debug", False):
+    except Exception as err:  # noqa: BLE001 - user-fixable errors become one clear message, others propagate
+        if getattr(args, "debug", False) or not (isinstance(err, USER_ERRORS) or network_error(err)):
             raise
-        print(f"mkv {args.command}: error: {err}", file=sys.stderr)
+        message = str(err).strip().splitlines()[0] if network_error(err) else err
+        hint = f" ({NETWORK_HINT})" if network_error(err) else ""
+        print(f"mkv {args.command}: error: {message}{hint}", file=sys.stderr)
         return 2
 
 

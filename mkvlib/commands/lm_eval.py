@@ -22,8 +22,8 @@ def register(sub) -> None:
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. piqa,arc_easy,hellaswag")
     p.add_argument("--include-path", default=None, help="a folder of your own lm-eval task YAMLs")
     p.add_argument("--source", choices=["auto", "local", "hub"], default="auto",
-                   help="task data: local files in MKV_DATA_DIR, the Hugging Face Hub, or auto (local when "
-                   "MKV_DATA_DIR is set or HF is offline)")
+                   help="task data: local files in MKV_DATA_DIR, the Hugging Face Hub, or auto (default: local "
+                   "when MKV_DATA_DIR is set or the Hub is offline or unreachable, else the Hub)")
     p.add_argument("--limit", type=int, default=None, help="items per task (default: the whole split)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -91,6 +91,10 @@ def run_sweep(args) -> int:
     model, tokenizer = load_model_and_adapter(args)     # '--projections bundle' becomes the bundle's file
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     methods = with_own_files(args.methods, args.projections, args.trajectory)
+    if not args.dry_run:
+        from ..lmeval.tasks import resolve_task_paths
+
+        resolve_task_paths(args.tasks, args.source, args.include_path)   # missing task files: one clear error now
     config = SweepConfig(args.sweep, methods=methods, budgets=budgets, tasks=args.tasks, limit=args.limit,
                          batch_size=args.batch_size, source=args.source, include_path=args.include_path)
     sweep = Sweep(model, tokenizer, config)

@@ -9,7 +9,6 @@ Introduced in notebook 04.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,13 @@ from pathlib import Path
 import yaml
 
 from ..corpora import data_dir as default_data_dir
+from ..runtime import hub_offline, hub_reachable
 
 SOURCES = ("auto", "local", "hub")
+# What works from make, a notebook and the command line alike (none of them needs a flag)
+HOW_TO_GET_TASKS = ("set MKV_DATA_DIR=/path/to/data, a folder laid out like the project's shared data folder "
+                    "(make, notebooks and mkv all read it), or run with network access so that lm-eval downloads "
+                    "the task from the Hugging Face Hub")
 
 
 class TaskFilesMissingError(FileNotFoundError):
@@ -90,14 +94,41 @@ def parse_tasks(spec) -> list[str]:
 
 
 def choose_source(source: str = "auto") -> str:
-    """'local' or 'hub'. ``auto``: local when a data directory is set or Hugging Face is offline, else hub."""
+    """'local' or 'hub'. ``auto``: local when a data directory is set or Hugging Face is offline, else hub.
+
+    ``import mkvlib`` has already switched Hugging Face offline when the Hub is unreachable
+    (:func:`mkvlib.runtime.ensure_hub_reachable_or_offline`), so ``auto`` never picks an unreachable Hub."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
     if source != "auto":
         return source
-    offline = os.environ.get("HF_DATASETS_OFFLINE", "") in ("1", "true", "TRUE", "yes") or \
-        os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE", "yes")
-    return "local" if (default_data_dir() is not None or offline) else "hub"
+    return "local" if (default_data_dir() is not None or hub_offline()) else "hub"
+
+
+def tasks_available(names, source: str = "auto", root: Path | None = None) -> bool:
+    """True when lm-eval can run every task in ``names`` here: from the Hub when that is the source (online),
+    else from local files in ``root`` (default ``MKV_DATA_DIR``). Notebooks use it to choose live runs or the
+    committed results."""
+    names = parse_tasks(names)
+    if choose_source(source) == "hub":
+        return hub_reachable()
+    return set(names) <= set(available_local_tasks(root))
+
+
+def check_hub(names) -> None:
+    """Fail at once, in one line, when ``names`` would be downloaded from a Hub that is offline or unreachable
+    (lm-eval would otherwise retry for about a minute and end in a long traceback)."""
+    if not names:
+        return
+    if hub_offline():
+        why = "Hugging Face is offline here (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set)"
+    elif not hub_reachable():
+        why = "the Hugging Face Hub is unreachable"
+    else:
+        return
+    hint = HOW_TO_GET_TASKS if default_data_dir() is None else \
+        f"use the local files in {default_data_dir()} (--source auto, the default) or run with network access"
+    raise TaskFilesMissingError(f"lm-eval task(s) {', '.join(names)} need the Hub, but {why}: {hint}")
 
 
 def _yaml_text(task: LocalTask, root: Path) -> str:
@@ -124,12 +155,10 @@ def write_local_tasks(names, root: Path | None = None, out_dir: Path | None = No
     problems = {t.name: t.missing(root) for t in wanted}
     problems = {k: v for k, v in problems.items() if v}
     if problems:
-        lines = [f"  {name}: {', '.join(map(str, files))}" for name, files in problems.items()]
-        where = f"data directory {root}" if root else "no data directory (MKV_DATA_DIR is not set)"
-        raise TaskFilesMissingError(
-            "offline lm-eval tasks need local files that are missing (" + where + "):\n" + "\n".join(lines) +
-            "\nSet MKV_DATA_DIR to a folder laid out like the project's shared data folder, or run online "
-            "(--source hub).")
+        where = f"missing from the data folder {root}" if root else "no data folder (MKV_DATA_DIR is not set)"
+        files = "; ".join(f"{name}: {', '.join(map(str, paths))}" for name, paths in problems.items())
+        raise TaskFilesMissingError(f"lm-eval task(s) {', '.join(problems)} need local files, {where} "
+                                    f"({files}): {HOW_TO_GET_TASKS}")
     out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="mkv-lmeval-tasks-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     for task in wanted:
@@ -150,14 +179,15 @@ def resolve_task_paths(names, source: str = "auto", include_path=None, root: Pat
         if not Path(p).is_dir():
             raise FileNotFoundError(f"--include-path {p} is not a folder of lm-eval task YAMLs")
     if choose_source(source) == "hub":
+        check_hub([n for n in names if n not in _names_in(user)])
         return user
     user_defined = _names_in(user)
     local = [n for n in names if n not in user_defined]
     unknown = [n for n in local if n not in LOCAL_TASKS]
     if unknown:
         raise ValueError(f"task(s) {unknown} have no offline definition: known local tasks are "
-                         f"{sorted(LOCAL_TASKS)}; give your own with --include-path DIR, or run online "
-                         f"(--source hub, with network access)")
+                         f"{sorted(LOCAL_TASKS)}; give your own with --include-path DIR (mkv), or run with "
+                         f"network access and no data folder (MKV_DATA_DIR unset) so that lm-eval downloads it")
     if local:
         root = Path(root) if root is not None else default_data_dir()
         missing = [n for n in local if LOCAL_TASKS[n].missing(root)]
