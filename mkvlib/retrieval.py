@@ -1,0 +1,174 @@
+"""Long-range retrieval generated offline: passkey prompts, exact-match scoring, and the budget where it breaks.
+
+A passkey prompt hides one 5-digit key at a seeded depth in repetitive filler text and asks for it at the end
+(built with the tokenizer's chat template when it has one, else as plain text; the answer is started with
+"The pass key is" so that the digits come first). The model answers by greedy decoding (``generate`` with the KV
+cache); an answer is right when its first run of digits is exactly the key. Simulated compression
+(:func:`mkvlib.compress.attach`) works under ``generate``: the hook sees every layer's full key and value (cached
+and new) at each step and projects them, the same as caching projected ones since the projection acts on
+each token alone (tests/test_suite.py checks it against decoding without a cache).
+
+    prompts = passkey_prompts(tokenizer, 1024, n=8)
+    passkey_accuracy(model, prompts, tokenizer)["accuracy"]
+    retrieval_curve(model, tokenizer, [Method("trained adaptive", "trained", "adaptive")], [0.75, 0.5])
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+
+import torch
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. Find it and "
+         "memorize it. I will quiz you about the important information there.")
+NEEDLE = "The pass key is {key}. Remember it."
+QUESTION = "What is the pass key? Answer with the number only."
+ANSWER_PREFIX = "The pass key is"
+DEFAULT_LENGTHS = (1024, 4096)
+FAIL_FRACTION = 0.9   # retrieval fails below this fraction of the uncompressed model's accuracy
+
+
+@dataclass(frozen=True)
+class PasskeyPrompt:
+    """One prompt: ``ids`` LongTensor (1, S) with S <= n_tokens, the 5-digit ``key`` (once in ``text``), and
+    ``depth`` in [0, 1], where the key sits in the filler (0 = first, 1 = last)."""
+    ids: torch.Tensor
+    key: str
+    depth: float
+    n_tokens: int
+    seed: int
+    text: str
+
+
+def _count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _render(tokenizer, haystack: str) -> str:
+    user = f"{INTRO}\n\n{haystack}\n\n{QUESTION}"
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + ANSWER_PREFIX
+    return f"{user}\n{ANSWER_PREFIX}"
+
+
+def _haystack(repeats: int, depth: float, key: str) -> str:
+    units = [FILLER] * repeats
+    units.insert(round(depth * repeats), NEEDLE.format(key=key))
+    return " ".join(units)
+
+
+def passkey_prompt(tokenizer, n_tokens: int, seed: int = 0) -> PasskeyPrompt:
+    """A passkey prompt of at most ``n_tokens`` tokens (within one filler sentence group of it), the same for the
+    same (tokenizer, n_tokens, seed); the key and its depth come from ``seed``."""
+    rng = random.Random(f"passkey-{seed}")
+    key = str(rng.randint(10000, 99999))
+    depth = round(rng.uniform(0.0, 1.0), 4)
+    build = lambda repeats: _render(tokenizer, _haystack(repeats, depth, key))  # noqa: E731
+    fixed, unit = _count(tokenizer, build(0)), max(1, _count(tokenizer, FILLER + " "))
+    if fixed > n_tokens:
+        raise ValueError(f"a passkey prompt needs more than {fixed} tokens; asked for {n_tokens}")
+    repeats = max(0, (n_tokens - fixed) // unit)
+    while repeats > 0 and _count(tokenizer, build(repeats)) > n_tokens:       # shrink until it fits ...
+        repeats -= max(1, math.ceil((_count(tokenizer, build(repeats)) - n_tokens) / unit))
+        repeats = max(repeats, 0)
+    while _count(tokenizer, build(repeats + 1)) <= n_tokens:                   # ... then fill what is left
+        repeats += 1
+    text = build(repeats)
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
+    return PasskeyPrompt(ids, key, depth, n_tokens, seed, text)
+
+
+def passkey_prompts(tokenizer, n_tokens: int, n: int = 8, seed: int = 0) -> list[PasskeyPrompt]:
+    """``n`` prompts of about ``n_tokens`` tokens with seeds ``seed * 1000 + i`` (keys and depths vary)."""
+    return [passkey_prompt(tokenizer, n_tokens, seed * 1000 + i) for i in range(n)]
+
+
+def score_answer(answer: str, key: str) -> bool:
+    """Exact match: the first run of digits in ``answer`` is ``key``."""
+    found = re.search(r"\d+", answer)
+    return found is not None and found.group(0) == key
+
+
+@torch.no_grad()
+def generate_answer(model, prompt: PasskeyPrompt, tokenizer, max_new_tokens: int = 8) -> str:
+    """Greedy decoding with the KV cache; the decoded new tokens."""
+    device = next(model.parameters()).device
+    ids = prompt.ids.to(device)
+    pad = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else 0
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, temperature=None, top_p=None, top_k=None, use_cache=True,
+                         pad_token_id=pad)
+    return tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+
+
+def passkey_accuracy(model, prompts: list[PasskeyPrompt], tokenizer, max_new_tokens: int = 8) -> dict:
+    """{accuracy, correct, n, answers}: exact-match accuracy of greedy answers to ``prompts`` (the model as it
+    is: with compression attached, compressed)."""
+    answers = [generate_answer(model, p, tokenizer, max_new_tokens) for p in prompts]
+    correct = sum(score_answer(a, p.key) for a, p in zip(answers, prompts))
+    return {"accuracy": correct / len(prompts), "correct": correct, "n": len(prompts), "answers": answers}
+
+
+def first_failure(rows: list[dict], fraction: float = FAIL_FRACTION) -> float | None:
+    """The highest budget whose accuracy is below ``fraction`` of the uncompressed one (at any length), or None."""
+    failing = [r["budget"] for r in rows if r["accuracy"] < fraction * r["base_accuracy"]]
+    return max(failing) if failing else None
+
+
+def retrieval_curve(model, tokenizer, methods, budgets, lengths=DEFAULT_LENGTHS, n: int = 8, seed: int = 0,
+                    max_new_tokens: int = 8, progress: bool = False) -> dict:
+    """Passkey accuracy of each method at each budget and length, with the uncompressed score beside it.
+
+    ``methods``: :class:`mkvlib.suite.Method` or tuples (label, projections[, allocation[, trajectory]]).
+    Returns {"base": {length: accuracy}, "rows": [{method, allocation, budget, length, accuracy, base_accuracy,
+    correct, n}], "fails_at": {method: highest budget where accuracy < 90% of the uncompressed, or None},
+    "fails_at_by_length": {method: {length: budget or None}}}.
+    """
+    from tqdm.auto import tqdm
+
+    from .compress import attach
+    from .projections import resolve_projections
+    from .suite import as_method
+
+    budgets = sorted(budgets, reverse=True)
+    prompts = {length: passkey_prompts(tokenizer, length, n, seed) for length in lengths}
+    base = {length: passkey_accuracy(model, ps, tokenizer, max_new_tokens)["accuracy"] for length, ps in
+            tqdm(prompts.items(), desc="passkey base", disable=not progress)}
+    rows = []
+    for method in map(as_method, methods):
+        proj = resolve_projections(method.projections, model)
+        settings = method.settings(model, proj, budgets)
+        with attach(model, proj, settings[0]) as comp:
+            for budget, ranks in tqdm(list(zip(budgets, settings)), desc=method.label, disable=not progress):
+                comp.set_ranks(ranks)
+                for length, ps in prompts.items():
+                    acc = passkey_accuracy(model, ps, tokenizer, max_new_tokens)
+                    rows.append({"method": method.label, "allocation": method.allocation, "budget": budget,
+                                 "length": length, "accuracy": acc["accuracy"], "base_accuracy": base[length],
+                                 "correct": acc["correct"], "n": acc["n"]})
+    labels = list(dict.fromkeys(r["method"] for r in rows))
+    fails = {m: first_failure([r for r in rows if r["method"] == m]) for m in labels}
+    by_length = {m: {length: first_failure([r for r in rows if r["method"] == m and r["length"] == length])
+                     for length in lengths} for m in labels}
+    return {"base": base, "rows": rows, "fails_at": fails, "fails_at_by_length": by_length, "n": n, "seed": seed}
+
+
+def format_retrieval_table(result: dict) -> str:
+    """Accuracy per method and budget (columns: lengths), the uncompressed score first, then where it fails."""
+    lengths = list(result["base"])
+    lines = [f"passkey retrieval ({result['n']} prompts per length, exact match)",
+             f"{'method':<24} {'budget':>7}" + "".join(f" {f'{length} tok':>9}" for length in lengths),
+             f"{'uncompressed':<24} {1.0:>7.3f}" + "".join(f" {result['base'][length]:>9.0%}" for length in lengths)]
+    cell = {(r["method"], r["budget"], r["length"]): r for r in result["rows"]}
+    for method in result["fails_at"]:
+        for budget in sorted({r["budget"] for r in result["rows"] if r["method"] == method}, reverse=True):
+            lines.append(f"{method:<24} {budget:>7.3f}" + "".join(
+                f" {cell[(method, budget, length)]['accuracy']:>9.0%}" for length in lengths))
+    for method, budget in result["fails_at"].items():
+        where = "no tested budget" if budget is None else f"budget {budget:.3f}"
+        lines.append(f"{method}: retrieval first fails (< {FAIL_FRACTION:.0%} of uncompressed) at {where}")
+    return "\n".join(lines)

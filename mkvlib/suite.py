@@ -1,0 +1,172 @@
+"""The out-of-domain evaluation suite: compressed attention judged on text that no training or calibration reads.
+
+Domains (:data:`DOMAINS`): the held-out part of each ``training/`` file (``books-heldout``, ...; the last 5% of
+its documents, see :mod:`mkvlib.corpora`), tinyshakespeare, WikiText-2 test and Python's documentation test
+part. :func:`mkvlib.corpora.check_not_heldout` keeps all of them out of training and calibration. Per domain
+and rank setting the suite reports the perplexity ratio to the uncompressed model and the KL to it
+(:func:`mkvlib.metrics.quality_curve`), then their means over domains (rows with ``domain == "mean"``).
+
+    blocks = suite_blocks(tokenizer)                                   # {domain: (n_blocks, 512) LongTensor}
+    rows = compare_suite(model, [Method("PCA uniform", "pca"),
+                                 Method("trained adaptive", "trained", "adaptive")], [0.5, 0.375], blocks)
+    print(format_suite_table(rows))
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from .runtime import pick
+
+SUITES = ("ood",)
+DOMAINS = ("books-heldout", "stackexchange-heldout", "factbook-heldout", "peps-heldout", "rfcs-heldout",
+           "shakespeare", "wikitext2-test", "pydoc-test")
+DEFAULT_SEQ_LEN = 512
+
+
+def default_tokens() -> int:
+    """Tokens per domain: 4096, or 512 in fast mode."""
+    return pick(512, 4096)
+
+
+def available_domains(domains=DOMAINS, note: bool = True) -> list[str]:
+    """The ``domains`` whose text can be found here, in order; the missing ones are skipped with one note."""
+    from .corpora import CorpusNotFoundError, load_text
+
+    present, missing = [], []
+    for domain in domains:
+        try:
+            load_text(domain)
+            present.append(domain)
+        except CorpusNotFoundError:
+            missing.append(domain)
+    if missing and note:
+        print(f"note: the out-of-domain suite skips {', '.join(missing)} (not found; set MKV_DATA_DIR to the "
+              "shared data folder for every domain)", file=sys.stderr)
+    return present
+
+
+def suite_blocks(tokenizer, tokens_per_domain: int | None = None, seq_len: int = DEFAULT_SEQ_LEN,
+                 domains=DOMAINS) -> dict[str, torch.Tensor]:
+    """{domain: LongTensor (n_blocks, seq_len)}: the first ``tokens_per_domain`` tokens (default
+    :func:`default_tokens`) of each available domain, in whole blocks. A domain shorter than one block is
+    skipped with a note."""
+    from .corpora import token_blocks
+
+    tokens = tokens_per_domain or default_tokens()
+    if tokens < seq_len:
+        raise ValueError(f"tokens per domain ({tokens}) must be at least seq_len ({seq_len})")
+    out = {}
+    for domain in available_domains(domains):
+        try:
+            out[domain] = token_blocks(tokenizer, domain, seq_len, tokens)
+        except ValueError as err:
+            print(f"note: the out-of-domain suite skips {domain}: {err}", file=sys.stderr)
+    if not out:
+        raise ValueError("no domain of the out-of-domain suite is available: set MKV_DATA_DIR to the shared data "
+                         "folder (pydoc-test needs nothing but Python)")
+    return out
+
+
+MEAN_KEYS = ("perplexity_ratio", "kl_to_base", "top1_agreement")
+
+
+def evaluate_suite(model, compression, settings: list, blocks_by_domain: dict, batch_size: int = 4,
+                   progress: bool = False) -> list[dict]:
+    """Rows per (domain, setting) from :func:`mkvlib.metrics.quality_curve`, then one ``mean`` row per setting.
+
+    ``compression``: an attached :class:`~mkvlib.compress.Compression`; ``settings``: rank specs (budgets, ints or
+    (L, G, 2) tensors); ``blocks_by_domain``: {domain: LongTensor (n_blocks, seq_len)}, e.g. :func:`suite_blocks`.
+    Each row: domain, setting (index), budget, kv_fraction, perplexity, base_perplexity, perplexity_ratio,
+    kl_to_base, top1_agreement, tokens. A mean row averages perplexity_ratio, kl_to_base and top1_agreement over
+    the domains (each domain weighs the same) and sums tokens.
+    """
+    from tqdm.auto import tqdm
+
+    from .metrics import quality_curve
+
+    if not blocks_by_domain:
+        raise ValueError("evaluate_suite needs at least one domain of blocks")
+    rows = []
+    for domain, blocks in tqdm(blocks_by_domain.items(), desc="suite", disable=not progress):
+        for i, row in enumerate(quality_curve(model, blocks, compression, settings, batch_size, progress=False)):
+            rows.append(dict(row, domain=domain, setting=i))
+    for i in range(len(settings)):
+        mine = [r for r in rows if r["setting"] == i]
+        mean = {k: sum(r[k] for r in mine) / len(mine) for k in MEAN_KEYS}
+        rows.append(dict(mean, domain="mean", setting=i, budget=mine[0]["budget"], kv_fraction=mine[0]["kv_fraction"],
+                         tokens=sum(r["tokens"] for r in mine), domains=len(mine)))
+    return rows
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to compress: projections ('pca', 'trained', a path or a Projections) and an allocation, 'uniform'
+    (every rank at the budget) or 'adaptive' (the greedy-search trajectory: ``trajectory``, else the shipped one)."""
+    label: str
+    projections: object = "pca"
+    allocation: str = "uniform"
+    trajectory: object = None
+
+    def __post_init__(self):
+        if self.allocation not in ("uniform", "adaptive"):
+            raise ValueError(f"allocation must be 'uniform' or 'adaptive', not {self.allocation!r}")
+
+    def settings(self, model, projections, budgets) -> list:
+        """Rank specs at ``budgets``: the budgets themselves (uniform) or (L, G, 2) ranks from the trajectory."""
+        if self.allocation == "uniform":
+            return list(budgets)
+        from .search import adaptive_ranks
+
+        return [adaptive_ranks(model, projections, b, self.trajectory) for b in budgets]
+
+
+def as_method(method) -> Method:
+    """A :class:`Method` from itself or a tuple (label, projections[, allocation[, trajectory]])."""
+    return method if isinstance(method, Method) else Method(*method)
+
+
+def compare_suite(model, methods, budgets, blocks_by_domain: dict, batch_size: int = 4,
+                  progress: bool = False) -> list[dict]:
+    """:func:`evaluate_suite` for each method at each budget: rows gain method, allocation, projections (the
+    fingerprint) and target_budget (the budget asked for; ``budget`` is the one the ranks reach)."""
+    from .compress import attach
+    from .projections import resolve_projections
+
+    budgets = list(budgets)
+    rows = []
+    for method in map(as_method, methods):
+        proj = resolve_projections(method.projections, model)
+        settings = method.settings(model, proj, budgets)
+        with attach(model, proj, settings[0]) as comp:
+            for row in evaluate_suite(model, comp, settings, blocks_by_domain, batch_size, progress):
+                rows.append(dict(row, method=method.label, allocation=method.allocation,
+                                 projections=proj.fingerprint(), target_budget=budgets[row["setting"]]))
+    return rows
+
+
+def format_suite_table(rows: list[dict]) -> str:
+    """A text table per method: one line per domain (and the mean), perplexity ratio and KL per budget."""
+    lines = []
+    methods = list(dict.fromkeys(r.get("method", "") for r in rows))
+    for method in methods:
+        mine = [r for r in rows if r.get("method", "") == method]
+        settings = sorted({r["setting"] for r in mine})
+        domains = list(dict.fromkeys(r["domain"] for r in mine))
+        cell = {(r["domain"], r["setting"]): r for r in mine}
+        budgets = [cell[("mean", s)].get("target_budget", cell[("mean", s)]["budget"]) for s in settings]
+        if method:
+            lines.append(method)
+        lines.append(f"{'':<22} {'':>8}" + "".join(f"  {f'budget {b:.3f}':>15}" for b in budgets))
+        lines.append(f"{'domain':<22} {'base ppl':>8}" + "".join(f"  {'ppl x':>7} {'KL':>7}" for _ in budgets))
+        for domain in domains:
+            base = cell[(domain, settings[0])].get("base_perplexity")
+            text = f"{domain:<22} {base:>8.2f}" if base is not None else f"{domain:<22} {'':>8}"
+            for s in settings:
+                r = cell[(domain, s)]
+                text += f"  {r['perplexity_ratio']:>7.3f} {r['kl_to_base']:>7.4f}"
+            lines.append(text)
+        lines.append("")
+    return "\n".join(lines).rstrip()

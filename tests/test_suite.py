@@ -1,0 +1,203 @@
+"""The out-of-domain suite (mkvlib.suite) and offline passkey retrieval (mkvlib.retrieval) on tiny models."""
+import math
+
+import pytest
+import torch
+
+from helpers import random_projections
+from mkvlib import retrieval, suite
+from mkvlib.compress import attach
+from mkvlib.geometry import KVGeometry
+
+
+class CharTok:
+    """One token per character (code point mod 128, so a tiny model can read it); no chat template."""
+
+    pad_token_id = 0
+
+    def __call__(self, text, **kw):
+        return {"input_ids": [ord(c) % 128 for c in text]}
+
+    def decode(self, ids, **kw):
+        return "".join(chr(i) for i in ids)
+
+
+class ChatTok(CharTok):
+    chat_template = "chatml"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        body = "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages)
+        return body + ("<|assistant|>" if add_generation_prompt else "")
+
+
+def domain_blocks(seed=0, domains=("alpha", "beta"), n=2, seq_len=12):
+    g = torch.Generator().manual_seed(seed)
+    return {d: torch.randint(0, 128, (n, seq_len), generator=g) for d in domains}
+
+
+# --- the suite -----------------------------------------------------------------------------------------------
+
+def test_evaluate_suite_rows_and_means(llama, one_thread):
+    blocks = domain_blocks()
+    with attach(llama, random_projections(llama), 1.0) as comp:
+        rows = suite.evaluate_suite(llama, comp, [1.0, 0.5, 0.25], blocks, batch_size=2)
+    assert len(rows) == 2 * 3 + 3
+    full = [r for r in rows if r["setting"] == 0]
+    assert all(math.isclose(r["perplexity_ratio"], 1.0, rel_tol=1e-5) and abs(r["kl_to_base"]) < 1e-5 for r in full)
+    for s in (1, 2):
+        mine = [r for r in rows if r["setting"] == s and r["domain"] != "mean"]
+        mean = next(r for r in rows if r["setting"] == s and r["domain"] == "mean")
+        assert [r["domain"] for r in mine] == ["alpha", "beta"]
+        assert math.isclose(mean["kl_to_base"], sum(r["kl_to_base"] for r in mine) / 2)
+        assert math.isclose(mean["perplexity_ratio"], sum(r["perplexity_ratio"] for r in mine) / 2)
+        assert mean["tokens"] == sum(r["tokens"] for r in mine) and mean["domains"] == 2
+    quarter = next(r for r in rows if r["setting"] == 2 and r["domain"] == "mean")
+    assert quarter["kl_to_base"] > 0 and quarter["budget"] == 0.25
+
+
+def test_compare_suite_methods_and_table(llama, one_thread, monkeypatch):
+    """Several (label, projections, allocation) methods in one call; adaptive ranks come from the search."""
+    import mkvlib.search
+
+    geom = KVGeometry.of(llama)
+    asked = []
+
+    def fake_adaptive(model, projections, budget, trajectory=None):
+        asked.append((budget, trajectory))
+        ranks = torch.full((geom.layers, geom.kv_heads, 2), round(budget * geom.head_dim))
+        ranks[0, 0, 0] = geom.head_dim
+        return ranks
+
+    monkeypatch.setattr(mkvlib.search, "adaptive_ranks", fake_adaptive)
+    methods = [("random uniform", random_projections(llama, 1)),
+               suite.Method("other adaptive", random_projections(llama, 2), "adaptive", trajectory="t.json")]
+    rows = suite.compare_suite(llama, methods, [0.75, 0.5], domain_blocks(), batch_size=2)
+    assert len(rows) == 2 * (2 * 2 + 2)
+    assert asked == [(0.75, "t.json"), (0.5, "t.json")]
+    assert {r["method"] for r in rows} == {"random uniform", "other adaptive"}
+    assert {r["target_budget"] for r in rows} == {0.75, 0.5}
+    table = suite.format_suite_table(rows)
+    for text in ("random uniform", "other adaptive", "alpha", "beta", "mean", "budget 0.750", "budget 0.500"):
+        assert text in table
+    with pytest.raises(ValueError, match="allocation"):
+        suite.Method("x", "pca", "greedy")
+
+
+def test_suite_blocks_skip_missing_domains_with_one_note(monkeypatch, capsys):
+    monkeypatch.delenv("MKV_DATA_DIR", raising=False)
+    blocks = suite.suite_blocks(CharTok(), 256, seq_len=64)
+    assert list(blocks) == ["pydoc-test"] and blocks["pydoc-test"].shape == (4, 64)
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1 and "books-heldout" in err and "wikitext2-test" in err
+    with pytest.raises(ValueError, match="at least seq_len"):
+        suite.suite_blocks(CharTok(), 32, seq_len=64)
+
+
+def test_suite_domains_are_all_held_out_of_training():
+    from mkvlib.corpora import HeldOutCorpusError, check_not_heldout
+
+    for domain in suite.DOMAINS:
+        with pytest.raises(HeldOutCorpusError):
+            check_not_heldout(domain)
+
+
+# --- passkey retrieval ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tok", [CharTok(), ChatTok()], ids=["plain", "chat"])
+def test_passkey_prompts_reproducible_key_once_depth_varies(tok):
+    prompts = retrieval.passkey_prompts(tok, 1000, n=6, seed=3)
+    again = retrieval.passkey_prompts(tok, 1000, n=6, seed=3)
+    unit = len(retrieval.FILLER) + 1
+    for p, q in zip(prompts, again):
+        assert torch.equal(p.ids, q.ids) and p.key == q.key and p.depth == q.depth
+        assert len(p.key) == 5 and p.key.isdigit() and p.text.count(p.key) == 1
+        assert 1000 - unit < p.ids.shape[1] <= 1000 and p.ids.shape[0] == 1
+        assert p.text.endswith(retrieval.ANSWER_PREFIX) and retrieval.QUESTION in p.text
+    assert len({p.depth for p in prompts}) == 6 and len({p.key for p in prompts}) == 6
+    positions = {p.text.index(p.key) for p in prompts}
+    assert len(positions) >= 4                   # the needle sits between filler groups: few slots at 1000
+    other = retrieval.passkey_prompts(tok, 1000, n=6, seed=4)
+    assert [p.key for p in other] != [p.key for p in prompts]
+    assert ("<|assistant|>" in prompts[0].text) == isinstance(tok, ChatTok)
+    with pytest.raises(ValueError, match="needs more than"):
+        retrieval.passkey_prompt(tok, 50)
+
+
+def test_passkey_depth_puts_the_key_where_it_says():
+    early = next(p for p in (retrieval.passkey_prompt(CharTok(), 4000, s) for s in range(50)) if p.depth < 0.2)
+    late = next(p for p in (retrieval.passkey_prompt(CharTok(), 4000, s) for s in range(50)) if p.depth > 0.8)
+    assert early.text.index(early.key) / len(early.text) < 0.3 < 0.7 < late.text.index(late.key) / len(late.text)
+
+
+def test_score_answer_is_exact_match_of_the_first_number():
+    key = "48213"
+    assert retrieval.score_answer(" 48213.", key)
+    assert retrieval.score_answer("it is 48213", key)
+    assert not retrieval.score_answer(" 4821", key)
+    assert not retrieval.score_answer(" 482134", key)
+    assert not retrieval.score_answer(" 12345, no, 48213", key)
+    assert not retrieval.score_answer(" the sky is blue", key)
+
+
+class Parrot(torch.nn.Module):
+    """A 'model' whose greedy answer is a fixed text (the key or not)."""
+
+    def __init__(self, answer):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.answer = answer
+
+    def generate(self, input_ids, max_new_tokens, use_cache, do_sample, **kw):
+        assert use_cache and not do_sample
+        new = torch.tensor([[ord(c) for c in self.answer(input_ids)][:max_new_tokens]])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_passkey_accuracy_scores_greedy_answers():
+    tok = CharTok()
+    prompts = retrieval.passkey_prompts(tok, 400, n=4)
+    keys = {tuple(p.ids[0].tolist()): p.key for p in prompts}
+    right = retrieval.passkey_accuracy(Parrot(lambda ids: f" {keys[tuple(ids[0].tolist())]}."), prompts, tok)
+    assert right["accuracy"] == 1.0 and right["correct"] == 4 and right["answers"][0].strip(" .") == prompts[0].key
+    wrong = retrieval.passkey_accuracy(Parrot(lambda ids: " 00000"), prompts, tok)
+    assert wrong["accuracy"] == 0.0
+    half = retrieval.passkey_accuracy(Parrot(lambda ids: f" {prompts[0].key}"), prompts[:2], tok)
+    assert half["accuracy"] == 0.5
+
+
+@torch.no_grad()
+def test_compressed_generate_with_cache_matches_decoding_without(llama, one_thread):
+    """The hook projects cached and new keys/values alike: greedy decoding with the cache equals greedy
+    decoding by full forward passes without one, under compression."""
+    prompt = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(5))
+    with attach(llama, random_projections(llama, 3, value_mean=True), 0.5):
+        cached = llama.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False,
+                                use_cache=True, pad_token_id=0)
+        ids = prompt
+        for _ in range(cached.shape[1] - prompt.shape[1]):
+            nxt = llama(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+    plain = llama.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False,
+                           pad_token_id=0)
+    assert torch.equal(cached, ids)
+    assert cached.shape[1] > prompt.shape[1] and not torch.equal(cached, plain)
+
+
+def test_first_failure_is_the_highest_failing_budget():
+    rows = [dict(budget=b, accuracy=a, base_accuracy=1.0) for b, a in [(1.0, 1.0), (0.75, 0.9), (0.5, 0.25),
+                                                                       (0.375, 1.0), (0.25, 0.0)]]
+    assert retrieval.first_failure(rows) == 0.5
+    assert retrieval.first_failure(rows[:2]) is None
+    assert retrieval.first_failure([dict(budget=0.5, accuracy=0.0, base_accuracy=0.0)]) is None
+
+
+def test_retrieval_curve_on_a_tiny_model(llama, one_thread):
+    result = retrieval.retrieval_curve(llama, CharTok(), [("random", random_projections(llama))], [0.5, 1.0],
+                                       lengths=(300, 400), n=2, max_new_tokens=3)
+    assert set(result["base"]) == {300, 400}
+    assert [(r["budget"], r["length"]) for r in result["rows"]] == [(1.0, 300), (1.0, 400), (0.5, 300), (0.5, 400)]
+    full = [r for r in result["rows"] if r["budget"] == 1.0]
+    assert all(r["accuracy"] == r["base_accuracy"] for r in full)      # full rank is exact
+    assert set(result["fails_at"]) == {"random"} and set(result["fails_at_by_length"]["random"]) == {300, 400}
+    table = retrieval.format_retrieval_table(result)
+    assert "uncompressed" in table and "random" in table and "first fails" in table
