@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny random models over architectures and head layouts (MHA, GQA, MQA)."""
+"""Shared fixtures: tiny random models over architectures and head layouts (MHA, GQA, MQA), and the data folder.
+
+Tests never use the network: Hugging Face is offline here (set before ``mkvlib`` is imported, so no Hub probe runs).
+Tests that need the data folder (``MKV_DATA_DIR``) carry ``@pytest.mark.needs_data`` or take the ``data_folder``
+fixture, and are skipped with the reason below when it is absent.
+"""
 import os
 
 import pytest
@@ -8,7 +13,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from mkvlib.corpora import data_dir  # noqa: E402
 from mkvlib.models import tiny_model  # noqa: E402
+
+NO_DATA = ("needs the data folder: set MKV_DATA_DIR to a folder laid out like the project's shared data folder "
+           "(wikitext2/, piqa/, arc_easy/, hellaswag/)")
+
+
+def data_folder_present() -> bool:
+    """True when ``MKV_DATA_DIR`` names an existing folder (unset or empty: no data folder)."""
+    root = data_dir()
+    return root is not None and root.is_dir()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_data: needs the data folder (MKV_DATA_DIR); skipped without it")
+
+
+def pytest_collection_modifyitems(config, items):
+    if data_folder_present():
+        return
+    skip = pytest.mark.skip(reason=NO_DATA)
+    for item in items:
+        if "needs_data" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def data_folder():
+    """The data folder (a Path), or skip the test with a clear reason."""
+    if not data_folder_present():
+        pytest.skip(NO_DATA)
+    return data_dir()
 
 # (architecture, query heads, KV heads): MHA, GQA and MQA across the four supported architectures
 LAYOUTS = [("llama", 4, 4), ("llama", 4, 2), ("mistral", 4, 1), ("qwen2", 4, 2), ("gemma3", 4, 2), ("gemma3", 2, 1)]
