@@ -1,4 +1,5 @@
 """The out-of-domain suite (mkvlib.suite) and offline passkey retrieval (mkvlib.retrieval) on tiny models."""
+import json
 import math
 
 import pytest
@@ -201,3 +202,51 @@ def test_retrieval_curve_on_a_tiny_model(llama, one_thread):
     assert set(result["fails_at"]) == {"random"} and set(result["fails_at_by_length"]["random"]) == {300, 400}
     table = retrieval.format_retrieval_table(result)
     assert "uncompressed" in table and "random" in table and "first fails" in table
+
+
+# --- mkv eval --suite ood ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, match", [
+    (["--suite", "ood", "--corpus", "pydoc-test"], "leave out --corpus"),
+    (["--suite", "ood", "--ranks", "r.json"], "--ranks is not supported"),
+    (["--retrieval"], "add --suite ood"),
+    (["--projections", "pca,trained"], "need --suite ood"),
+    (["--allocation", "uniform,adaptive"], "need --suite ood"),
+    (["--suite", "ood", "--allocation", "greedy"], "--allocation takes uniform or adaptive"),
+    (["--suite", "ood", "--retrieval-lengths", "1k"], "token counts"),
+])
+def test_eval_suite_argument_errors(argv, match, capsys):
+    from mkvlib.cli import main
+
+    assert main(["eval", *argv]) == 2
+    assert match in capsys.readouterr().err
+
+
+def _embedded_available() -> bool:
+    try:
+        from mkvlib.models import embedded_gguf
+
+        embedded_gguf()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(not _embedded_available(), reason="embedded model package not installed")
+def test_eval_suite_cli_on_the_embedded_model(monkeypatch, capsys):
+    """Without a data folder the suite is pydoc-test alone (one note); JSON rows per method, budget and domain."""
+    from mkvlib.cli import main
+
+    monkeypatch.delenv("MKV_DATA_DIR", raising=False)
+    assert main(["eval", "--suite", "ood", "--json", "--tokens", "128", "--seq-len", "64", "--budgets", "1,0.5",
+                 "--projections", "pca", "--allocation", "uniform,adaptive", "--retrieval",
+                 "--retrieval-lengths", "160", "--retrieval-n", "1"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["domains"] == ["pydoc-test"] and "books-heldout" in out["skipped"] and "note:" in captured.err
+    assert out["methods"] == ["pca uniform", "pca adaptive"]
+    assert len(out["rows"]) == 2 * 2 * 2                    # methods x budgets x (pydoc-test + mean)
+    full = [r for r in out["rows"] if r["target_budget"] == 1.0]
+    assert all(abs(r["kl_to_base"]) < 1e-5 for r in full)
+    ret = out["retrieval"]
+    assert set(ret["fails_at"]) == {"pca uniform", "pca adaptive"} and len(ret["rows"]) == 2 * 2

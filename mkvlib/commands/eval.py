@@ -1,4 +1,9 @@
-"""mkv eval: perplexity, KL to the uncompressed model and top-1 agreement at a budget or explicit ranks."""
+"""mkv eval: perplexity, KL to the uncompressed model and top-1 agreement at a budget or explicit ranks.
+
+With ``--suite ood`` it evaluates the out-of-domain suite (:mod:`mkvlib.suite`) instead of one corpus: a table
+per method (each --projections with each --allocation) with a line per domain and their mean; ``--retrieval``
+adds passkey retrieval (:mod:`mkvlib.retrieval`) at 1k and 4k tokens beside the uncompressed model's score.
+"""
 from __future__ import annotations
 
 import json
@@ -9,20 +14,38 @@ from .common import add_model_args, emit, setup
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate compressed attention on held-out text")
+    p = sub.add_parser("eval", help="evaluate compressed attention on held-out text (or the out-of-domain suite)")
     add_model_args(p, tokens_fast=2048, tokens_full=16384, role="eval")
-    p.add_argument("--projections", default="pca", help="'pca', 'trained' (shipped) or a .safetensors file")
+    p.set_defaults(seq_len=None)   # 256, or 512 with --suite
+    p.add_argument("--projections", default="pca", help="'pca', 'trained' (shipped) or a .safetensors file; with "
+                   "--suite a comma-separated list, e.g. pca,trained")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--budget", type=float, default=None, help="KV budget in (0, 1] (default 0.5)")
     g.add_argument("--ranks", default=None, help="JSON file with a (layers, kv_heads, 2) list of ranks")
     g.add_argument("--budgets", default=None, help="comma-separated budgets: one row per budget, base computed once "
                    "(e.g. 1,0.875,0.75,0.625,0.5,0.375,0.25,0.125)")
-    p.add_argument("--allocation", choices=["uniform", "adaptive"], default="uniform",
-                   help="uniform ranks, or the shipped greedy-search trajectory for these projections")
+    p.add_argument("--allocation", default="uniform", metavar="{uniform,adaptive}",
+                   help="uniform ranks, or the shipped greedy-search trajectory for these projections; with --suite "
+                   "both as uniform,adaptive")
     p.add_argument("--trajectory", default=None, metavar="JSON",
                    help="adaptive ranks from this `mkv search` file instead of the shipped one (implies adaptive)")
+    p.add_argument("--suite", choices=SUITES, default=None,
+                   help="evaluate the out-of-domain suite (held-out parts of training/, shakespeare, wikitext2 test, "
+                   "pydoc test) instead of --corpus: --tokens per domain (default 4096; 512 fast), --seq-len 512, "
+                   "--budgets default 0.5,0.375")
+    p.add_argument("--retrieval", action="store_true", help="with --suite: passkey retrieval too (exact match, "
+                   "uncompressed score beside, the budget where it first fails)")
+    p.add_argument("--retrieval-lengths", default=None, help="passkey prompt lengths in tokens (default 1024,4096; "
+                   "1024 with MKV_FAST=1)")
+    p.add_argument("--retrieval-n", type=int, default=None, help="passkey prompts per length (default 8; 2 fast)")
+    p.add_argument("--retrieval-seed", type=int, default=0, help="seed of the passkey prompts")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
+
+
+SUITES = ("ood",)
+SUITE_BUDGETS = (0.5, 0.375)
+ALLOCATIONS = ("uniform", "adaptive")
 
 
 def resolve_rank_args(args, model, projections):
@@ -51,14 +74,59 @@ def parse_budgets(text: str) -> list[float]:
     return budgets
 
 
+def split_list(text: str, what: str) -> list[str]:
+    """Comma-separated values (an existing file's name is one value even with a comma)."""
+    from pathlib import Path
+
+    if Path(text).expanduser().is_file():
+        return [text]
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"{what} is empty")
+    return values
+
+
+def parse_allocations(text: str) -> list[str]:
+    values = split_list(text, "--allocation")
+    for v in values:
+        if v not in ALLOCATIONS:
+            raise ValueError(f"--allocation takes {' or '.join(ALLOCATIONS)} (comma-separated with --suite), not {v!r}")
+    return list(dict.fromkeys(values))
+
+
+def parse_lengths(text: str) -> list[int]:
+    try:
+        lengths = [int(x) for x in split_list(text, "--retrieval-lengths")]
+    except ValueError:
+        raise ValueError(f"--retrieval-lengths must be comma-separated token counts such as 1024,4096, not {text!r}") \
+            from None
+    if any(n < 64 for n in lengths):
+        raise ValueError(f"--retrieval-lengths must be at least 64 tokens each, not {text!r}")
+    return lengths
+
+
 def run(args) -> int:
+    allocations = parse_allocations(args.allocation)
+    if args.trajectory and "adaptive" not in allocations:
+        allocations = ["adaptive"]
+    if args.seq_len is None:
+        args.seq_len = 512 if args.suite else 256
+    if args.suite:
+        return run_suite(args, allocations)
+    if args.retrieval:
+        raise ValueError("--retrieval is part of the out-of-domain suite: add --suite ood")
+    if len(allocations) > 1 or len(split_list(args.projections, "--projections")) > 1:
+        raise ValueError("several --projections or --allocation values need --suite ood (one table per method)")
+    args.allocation = allocations[0]
+    return run_corpus(args)
+
+
+def run_corpus(args) -> int:
     from ..compress import attach
     from ..metrics import quality_curve
     from ..projections import resolve_projections
 
     budgets = parse_budgets(args.budgets) if args.budgets else None
-    if args.trajectory:
-        args.allocation = "adaptive"
     model, _, blocks = setup(args)
     proj = resolve_projections(args.projections, model)
     if budgets:
@@ -83,4 +151,49 @@ def run(args) -> int:
         for r in rows:
             print(f"{r['budget']:>7.3f} {r['perplexity']:>11.2f} {r['perplexity_ratio']:>7.2f} "
                   f"{r['kl_to_base']:>7.3f} {r['top1_agreement']:>7.3f}")
+    return 0
+
+
+def run_suite(args, allocations) -> int:
+    """mkv eval --suite ood: every (projections, allocation) method at every budget on every domain."""
+    from ..models import load_model
+    from ..projections import resolve_projections
+    from ..retrieval import format_retrieval_table, retrieval_curve
+    from ..runtime import pick
+    from ..suite import DOMAINS, Method, compare_suite, default_tokens, format_suite_table, suite_blocks
+
+    if args.corpus:
+        raise ValueError("--suite chooses its own text (mkvlib.suite.DOMAINS): leave out --corpus")
+    if args.ranks:
+        raise ValueError("--ranks is not supported with --suite: give --budgets (and --allocation)")
+    budgets = parse_budgets(args.budgets) if args.budgets else [args.budget] if args.budget else list(SUITE_BUDGETS)
+    lengths = parse_lengths(args.retrieval_lengths or pick("1024", "1024,4096"))
+    n_prompts = args.retrieval_n or pick(2, 8)
+    if n_prompts < 1:
+        raise ValueError(f"--retrieval-n must be at least 1, not {n_prompts}")
+    tokens = args.tokens or default_tokens()
+    if tokens < args.seq_len:
+        raise ValueError(f"--tokens ({tokens}) must be at least --seq-len ({args.seq_len})")
+    methods = [Method(f"{p} {a}", p, a, args.trajectory if a == "adaptive" else None)
+               for p in split_list(args.projections, "--projections") for a in allocations]
+    model, tokenizer = load_model(args.model, device=args.device)
+    for m in methods:   # missing projections or trajectories fail here, before any evaluation
+        m.settings(model, resolve_projections(m.projections, model), budgets)
+    blocks = suite_blocks(tokenizer, tokens, args.seq_len)
+    rows = compare_suite(model, methods, budgets, blocks, args.batch_size, progress=not args.json)
+    result = dict(model=model.mkv_name, suite=args.suite, seq_len=args.seq_len, tokens_per_domain=tokens,
+                  domains=list(blocks), skipped=[d for d in DOMAINS if d not in blocks], budgets=budgets,
+                  methods=[m.label for m in methods], rows=rows)
+    if args.retrieval:
+        result["retrieval"] = retrieval_curve(model, tokenizer, methods, budgets, lengths, n_prompts,
+                                              args.retrieval_seed, progress=not args.json)
+    if args.json:
+        emit(result, True)
+        return 0
+    print(f"{result['model']} | out-of-domain suite '{args.suite}' | {len(blocks)} domains x {tokens} tokens, "
+          f"blocks of {args.seq_len} | perplexity ratio (ppl x) and KL to the uncompressed model")
+    print(format_suite_table(rows))
+    if args.retrieval:
+        print()
+        print(format_retrieval_table(result["retrieval"]))
     return 0
