@@ -1,0 +1,34 @@
+"""python -m mkvlib.docs [--check | --write] [--root DIR]: regenerate, or check, the documents made from data/."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..runtime import project_dir
+from .build import check, write
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mkvlib.docs", description=__doc__.split(": ", 1)[1])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 (with a diff) if any document disagrees with data/")
+    mode.add_argument("--write", action="store_true", help="rewrite the documents that disagree (the default)")
+    parser.add_argument("--root", type=Path, default=None, help="the checkout (default: this project's)")
+    args = parser.parse_args(argv)
+    root = args.root or project_dir()
+    if args.check:
+        stale = check(root)
+        for rel, diff in stale.items():
+            print(f"{rel} disagrees with data/:\n{diff}\n", file=sys.stderr)
+        if stale:
+            print(f"{len(stale)} document(s) out of date: run `make docs` (python -m mkvlib.docs --write) and "
+                  "commit them with the data they were made from", file=sys.stderr)
+        return 1 if stale else 0
+    for rel in write(root):
+        print(f"wrote {rel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

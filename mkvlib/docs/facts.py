@@ -1,0 +1,66 @@
+"""Single numbers from the data, for sentences: ``<!-- generated: NAME -->95.1%<!-- /generated -->``.
+
+A fact is a function ``fn(data) -> str`` registered with :func:`fact`; README.md (or any docs/*.md) can then
+quote it inline, and ``python -m mkvlib.docs --check`` fails when the number in the text differs from the data.
+Add one the same way as the examples below: compute it with the same helpers the tables use.
+"""
+from __future__ import annotations
+
+from .markdown import pct
+from .records import Data
+
+FACTS: dict = {}
+
+
+def fact(name: str):
+    def register(fn):
+        if name in FACTS:
+            raise ValueError(f"a fact named {name!r} is already registered")
+        FACTS[name] = fn
+        return fn
+    return register
+
+
+def _best_kept(data: Data, budget: float) -> tuple[str, float]:
+    """(set-up, % kept) of the set-up that keeps the largest share of the uncompressed average at ``budget``."""
+    from ..lmeval.report import kept_at
+    from .results import lm_eval_cells
+
+    cells, _ = lm_eval_cells(data)
+    kept = kept_at(cells, (budget,))[("kept", budget)].dropna()
+    best = kept.sort_values(ascending=False, kind="stable").index[0]
+    return best, float(kept[best])
+
+
+@fact("lm-eval-items-per-task")
+def lm_eval_items(data: Data) -> str:
+    from .results import lm_eval_cells
+
+    cells, _ = lm_eval_cells(data)
+    return f"{int(cells['items'].max()):,}"
+
+
+@fact("lm-eval-best-kept-50")
+def best_kept_50(data: Data) -> str:
+    return f"{_best_kept(data, 0.5)[1]:.1f}%"
+
+
+@fact("lm-eval-best-setup-50")
+def best_setup_50(data: Data) -> str:
+    return _best_kept(data, 0.5)[0]
+
+
+@fact("lm-eval-best-kept-37.5")
+def best_kept_375(data: Data) -> str:
+    return f"{_best_kept(data, 0.375)[1]:.1f}%"
+
+
+@fact("lora-full-split-kept-50")
+def lora_full_split_kept_50(data: Data) -> str:
+    """The committed two-stage bundle at 50% on the whole ARC-Easy test split (rows with no item limit)."""
+    from ..lora.accuracy import UNCOMPRESSED, read_rows
+
+    rows = [r for r in read_rows(data.results / "lora_arc_easy.csv") if not r["limit"]]
+    base = {r["adapter"]: r["acc"] for r in rows if r["projections"] == UNCOMPRESSED}
+    at = [r for r in rows if r["budget"] == 0.5 and r["adapter"] in base and data.bundle_with_adapter(r["adapter"])]
+    return pct(at[-1]["acc"] / base[at[-1]["adapter"]])

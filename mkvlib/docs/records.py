@@ -1,0 +1,178 @@
+"""What the committed artefacts under ``data/`` say about themselves, for the generated documents.
+
+:class:`Data` walks one data folder and answers the questions the documents ask: which projections file has a
+fingerprint, which trajectory produced an adaptive ``ranks`` digest stored in a results table, which LoRA bundle
+holds an adapter, which command made a file. It reads files only (JSON, CSV, safetensors headers); the
+trajectory digests need torch, everything else does not.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import struct
+from functools import cached_property
+from pathlib import Path
+
+BUDGETS = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)   # where adaptive ranks digests are looked up
+TRAJECTORY_FORMAT = "mkv-trajectory/1"
+
+
+def read_json(path) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def safetensors_meta(path) -> dict:
+    """The MatryoshkaKV header of a projections file ({} for any other safetensors file, e.g. a LoRA adapter)."""
+    with open(path, "rb") as fh:
+        size = struct.unpack("<Q", fh.read(8))[0]
+        header = json.loads(fh.read(size))
+    meta = header.get("__metadata__") or {}
+    return json.loads(meta["mkv"]) if "mkv" in meta else {}
+
+
+def option(command: str, flag: str) -> str | None:
+    """The value of ``flag`` in a shell command line (None when absent or unparsable)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    return words[words.index(flag) + 1] if flag in words[:-1] else None
+
+
+class Data:
+    """One data folder (``root``/data): its files and the identities they record. Paths are given relative to
+    ``root``, with forward slashes, so the documents read the same on every checkout."""
+
+    SKIP = ("README.md",)
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.dir = self.root / "data"
+        self.results = self.dir / "results"
+
+    def rel(self, path) -> str:
+        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+
+    @cached_property
+    def files(self) -> list[Path]:
+        """Every artefact file, sorted (hidden files, temporary files and data/README.md left out)."""
+        found = [p for p in self.dir.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(self.dir).parts)]
+        return sorted(p for p in found if not p.name.endswith(".tmp") and p.relative_to(self.dir).as_posix()
+                      not in self.SKIP)
+
+    def bundle_of(self, path) -> Path | None:
+        """The LoRA bundle folder (a folder with a manifest.json) that ``path`` lies in, if any."""
+        for parent in Path(path).parents:
+            if parent == self.dir or self.dir not in parent.parents:
+                return None
+            if (parent / "manifest.json").is_file():
+                return parent
+        return None
+
+    @cached_property
+    def projections(self) -> dict[str, dict]:
+        """{path: header} of every MatryoshkaKV projections file."""
+        out = {}
+        for p in self.files:
+            if p.suffix == ".safetensors":
+                meta = safetensors_meta(p)
+                if meta:
+                    out[self.rel(p)] = meta
+        return out
+
+    def projections_file(self, fingerprint: str) -> str | None:
+        """The committed projections file with this fingerprint (None: not committed)."""
+        return next((p for p, m in self.projections.items() if m.get("fingerprint") == fingerprint), None)
+
+    @cached_property
+    def training_records(self) -> dict[str, dict]:
+        """{projections file: its JSON record} for projections whose record (``X.json`` beside ``X.safetensors``)
+        holds the training run that made them."""
+        out = {}
+        for path, meta in self.projections.items():
+            record = self.record_of(path)
+            if record and record.get("fingerprint") == meta.get("fingerprint") and "command" in record:
+                out[path] = record
+        return out
+
+    @cached_property
+    def trajectories(self) -> dict[str, dict]:
+        """{path: content} of every search trajectory file."""
+        out = {}
+        for p in self.files:
+            if p.suffix == ".json":
+                obj = read_json(p)
+                if isinstance(obj, dict) and obj.get("format") == TRAJECTORY_FORMAT:
+                    out[self.rel(p)] = obj
+        return out
+
+    @cached_property
+    def rank_digests(self) -> dict[str, tuple[str, float]]:
+        """{adaptive ranks digest: (trajectory path, budget)}: how a results row names its adaptive ranks."""
+        import torch
+
+        from ..lmeval.sweep import ranks_digest
+        from ..search import Trajectory
+
+        out = {}
+        for path in self.trajectories:
+            traj = Trajectory.load(self.root / path)
+            for budget in BUDGETS:
+                try:
+                    ranks = torch.as_tensor(traj.ranks_at(budget)).long()
+                except ValueError:          # below this trajectory's floor
+                    continue
+                out.setdefault(ranks_digest(ranks), (path, budget))
+        return out
+
+    def default_trajectory(self, fingerprint: str) -> str | None:
+        """The trajectory ``mkv eval --allocation adaptive`` picks for these projections: the first file directly in
+        data/trajectories/ with their fingerprint (as :func:`mkvlib.search.find_trajectory` looks it up)."""
+        top = (self.dir / "trajectories").resolve()
+        return next((p for p, t in self.trajectories.items() if t.get("fingerprint") == fingerprint
+                     and (self.root / p).resolve().parent == top), None)
+
+    def trajectory_of(self, digest: str) -> str | None:
+        """The committed trajectory whose ranks a results row used (None: not committed, or uniform ranks)."""
+        return self.rank_digests.get(digest, (None, None))[0]
+
+    @cached_property
+    def manifests(self) -> dict[str, dict]:
+        """{bundle folder: manifest} of every LoRA bundle."""
+        return {self.rel(p.parent): read_json(p) for p in self.files if p.name == "manifest.json"}
+
+    def bundle_with_adapter(self, weights_hash: str) -> str | None:
+        return next((b for b, m in self.manifests.items() if m.get("adapter_weights_hash") == weights_hash), None)
+
+    def record_of(self, path) -> dict | None:
+        """The JSON record beside an artefact (``X.json`` for ``X.safetensors`` or ``X.csv``), if there is one."""
+        beside = (self.root / path).with_suffix(".json")
+        if beside.is_file() and beside != self.root / path:
+            obj = read_json(beside)
+            return obj if isinstance(obj, dict) else None
+        return None
+
+    @cached_property
+    def search_commands(self) -> dict[str, str]:
+        """{trajectory path: the ``mkv search`` command that wrote it}, from the results files that record them."""
+        out = {}
+        for p in sorted(self.results.glob("*.json")):
+            for cmd in (read_json(p).get("search_commands") or {}).values():
+                if option(cmd, "--out"):
+                    out[option(cmd, "--out")] = cmd
+        return out
+
+    def short(self, path: str | None) -> str:
+        """A short label for an artefact: its name without the model prefix and extension, or its bundle's name."""
+        if path is None:
+            return "not committed"
+        bundle = self.bundle_of(self.root / path)
+        if bundle is not None:
+            return bundle.name
+        name = Path(path).name
+        for ext in (".safetensors", ".json", ".csv"):
+            name = name.removesuffix(ext)
+        head, _, rest = name.partition(".")
+        return rest if rest and "-" in head else name

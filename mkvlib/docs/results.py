@@ -1,0 +1,626 @@
+"""docs/results.md: every measured table, generated from the files under ``data/`` (never typed by hand).
+
+Each table is one small function registered with :func:`section`; the document shows the sections in the order
+they are registered, each inside ``<!-- generated: NAME -->`` markers, so README.md and other documents can
+embed the same table by its NAME and a test keeps every copy equal to the data (:mod:`mkvlib.docs`).
+
+Adding a results source (for example ``data/results/ood_suite.csv`` or ``data/results/retrieval.json``) is one
+function, registered with :func:`section` below the others in this file (or in a module that
+:mod:`mkvlib.docs.build` imports)::
+
+    @section("ood-suite", "Out-of-domain perplexity and KL", "results/ood_suite.*")
+    def ood_suite(data: Data) -> str | None:
+        path = data.results / "ood_suite.csv"
+        if not path.is_file():
+            return None                       # the section is left out until the file exists
+        rows = ...                            # read it with the library's own reader
+        return "\\n\\n".join([source_line(data, path), table(headers, rows), commands_line(commands)])
+
+- NAME is the marker name (letters, digits, '-', '.'), the title becomes the heading, and the glob patterns
+  (relative to ``data/``; '!pattern' excludes) say which files the section reads: a results file that no section reads is listed
+  under "Other result files", so a new file is never silently left out.
+- Say where each table comes from (:func:`source_line`) and which command made it (:func:`commands_line`); when
+  the file does not record a command, say so (``commands_line([])``) instead of writing one from memory.
+- Format numbers with :mod:`.markdown` (fixed decimals) and sort rows explicitly: the output must be
+  byte-identical for the same input.
+
+Then run ``python -m mkvlib.docs --write`` (``make docs``) and commit the data file with docs/results.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+from .markdown import DASH, code, mib, num, pct, table
+from .records import Data, option, read_json
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str                           # the marker name: <!-- generated: NAME -->
+    title: str                          # the heading in docs/results.md
+    sources: tuple[str, ...]            # glob patterns under data/ that it reads
+    render: Callable[[Data], str | None]  # the Markdown body, or None when its files are absent
+
+    def reads(self, relpath: str) -> bool:
+        """Whether this section reads ``relpath`` (relative to data/): it matches a pattern and no '!pattern'."""
+        match = [fnmatch.fnmatch(relpath, p) for p in self.sources if not p.startswith("!")]
+        exclude = [fnmatch.fnmatch(relpath, p[1:]) for p in self.sources if p.startswith("!")]
+        return any(match) and not any(exclude)
+
+
+SECTIONS: list[Section] = []
+
+
+def section(name: str, title: str, *sources: str):
+    """Register the decorated function ``fn(data) -> str | None`` as one table of docs/results.md."""
+    def register(fn):
+        if any(s.name == name for s in SECTIONS):
+            raise ValueError(f"a results section named {name!r} is already registered")
+        SECTIONS.append(Section(name, title, sources, fn))
+        return fn
+    return register
+
+
+def source_line(data: Data, *paths, note: str = "") -> str:
+    files = ", ".join(code(data.rel(p)) for p in paths)
+    return f"Source: {files}." + (f" {note}" if note else "")
+
+
+def path_cell(path) -> str:
+    """A committed file as inline code, or 'not committed'."""
+    return code(path) if isinstance(path, str) and path else "not committed"
+
+
+def commands_line(commands, what: str = "Command") -> str:
+    """The commands that made a table, one per line; or a plain statement that none is recorded."""
+    commands = [c for c in dict.fromkeys(commands) if c]
+    if not commands:
+        return f"{what}: not recorded in the file."
+    if len(commands) == 1:
+        return f"{what}: {code(commands[0])}"
+    return f"{what}s:\n\n" + "\n".join(f"- {code(c)}" for c in commands)
+
+
+def labelled_commands(commands: dict) -> str:
+    """{label: command} as a list, or the statement that none is recorded."""
+    if not commands:
+        return commands_line([])
+    return "Commands:\n\n" + "\n".join(f"- {label}: {code(cmd)}" for label, cmd in commands.items())
+
+
+def quiet(fn, *args, **kwargs):
+    """Call a library reader that explains its choices on stderr, without the explanation."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
+# --- zero-shot accuracy through lm-evaluation-harness ----------------------------------------------------
+
+def setup_label(data: Data, fingerprint: str, allocation: str, trajectory: str | None) -> str:
+    """'<projections>, uniform' or '<projections>, adaptive (<trajectory>)', named after the committed files: the
+    trajectory as 'default trajectory' (the one found by fingerprint), or by what its name adds to the projections'."""
+    proj = data.short(data.projections_file(fingerprint))
+    if allocation != "adaptive":
+        return f"{proj}, uniform"
+    if trajectory is None:
+        return f"{proj}, adaptive (trajectory not committed)"
+    if trajectory == data.default_trajectory(fingerprint):
+        return f"{proj}, adaptive (default trajectory)"
+    traj = data.short(trajectory)
+    return f"{proj}, adaptive ({traj.removeprefix(proj + '.')})"
+
+
+LM_EVAL_FILES = ("results/lm_eval_*.csv", "results/lm_eval_*.json", "!results/lm_eval_throughput*")
+
+
+def sweep_csvs(data: Data) -> list:
+    """The results CSVs written by the lm-eval sweep (the sweep's columns), sorted."""
+    out = []
+    for path in sorted(data.results.glob("lm_eval_*.csv")):
+        with open(path) as fh:
+            header = fh.readline().strip().split(",")
+        if {"method", "task", "acc", "ranks"} <= set(header):
+            out.append(path)
+    return out
+
+
+def csv_cells(data: Data) -> pd.DataFrame:
+    """Every sweep CSV's cells (the library's :func:`~mkvlib.lmeval.report.load_results`), labelled by set-up."""
+    from ..lmeval.report import load_results
+    from ..lmeval.sweep import BASELINE
+
+    frames = []
+    for path in sweep_csvs(data):
+        df = quiet(load_results, path)
+        trajectories = [data.trajectory_of(r) if r.startswith("adaptive") else None for r in df.ranks]
+        labels = [BASELINE if r.method == BASELINE else setup_label(data, r.fingerprint, r.allocation, t)
+                  for r, t in zip(df.itertuples(), trajectories)]
+        frames.append(df.assign(sweep_method=df.method, method=labels, trajectory=trajectories,
+                                source=data.rel(path), command=None))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def json_cells(data: Data) -> pd.DataFrame:
+    """Cells of results JSON files whose ``rows`` hold one lm-eval run each (``<task>_acc`` per task)."""
+    cells = []
+    for path in sorted(data.results.glob("lm_eval_*.json")):
+        for row in read_json(path).get("rows") or []:
+            if not isinstance(row, dict) or not isinstance(row.get("items"), dict):
+                continue
+            traj = row.get("trajectory")
+            traj = traj if traj and (data.root / traj).is_file() else None
+            label = setup_label(data, row["fingerprint"], row["allocation"], traj)
+            for task, items in row["items"].items():
+                cells.append({"model": row["model"], "method": label, "sweep_method": None,
+                          "fingerprint": row["fingerprint"], "trajectory": traj,
+                              "budget": float(row["budget"]), "task": task, "acc": row[f"{task}_acc"],
+                              "acc_norm": row.get(f"{task}_acc_norm"), "items": items, "limit": str(row["limit"]),
+                              "source": data.rel(path), "command": row.get("command")})
+    return pd.DataFrame(cells)
+
+
+def lm_eval_cells(data: Data) -> tuple[pd.DataFrame, list[str]]:
+    """All lm-eval cells run on the same items as the uncompressed baseline, and the sources left out."""
+    from ..lmeval.sweep import BASELINE
+
+    cells = pd.concat([csv_cells(data), json_cells(data)], ignore_index=True)
+    if cells.empty or not (cells.method == BASELINE).any():
+        return pd.DataFrame(), []
+    limit = str(cells[cells.method == BASELINE]["limit"].iloc[0])
+    same = cells["limit"].astype(str) == limit
+    left_out = sorted(set(cells[~same].source))
+    return cells[same].reset_index(drop=True), left_out
+
+
+def _items_note(cells: pd.DataFrame) -> str:
+    items = cells.groupby("task")["items"].max()
+    return "Items per task: " + ", ".join(f"{t} {int(n)}" for t, n in items.items()) + "."
+
+
+@section("lm-eval-table1", "Zero-shot accuracy against KV budget", *LM_EVAL_FILES)
+def lm_eval_table1(data: Data) -> str | None:
+    from ..lmeval.report import table1
+
+    cells, left_out = lm_eval_cells(data)
+    if cells.empty:
+        return None
+    wide = table1(cells)
+    headers = ["budget", "set-up"] + [str(c) for c in wide.columns]
+    rows = [[b, m] + [num(v) for v in r] for (b, m), r in zip(wide.index, wide.itertuples(index=False))]
+    intro = ("Accuracy (%) per task, the average over tasks, and that average as a share of the uncompressed "
+             "model's (the paper's Table 1 layout, `mkvlib.lmeval.report.table1`). A set-up is named by its "
+             "projections file and, for adaptive ranks, the trajectory file they came from (see "
+             "[Where the accuracy rows come from](#where-the-accuracy-rows-come-from)). " + _items_note(cells))
+    if left_out:
+        intro += " Left out (run on other items): " + ", ".join(code(s) for s in left_out) + "."
+    return intro + "\n\n" + table(headers, rows, "l" * 2 + "r" * (len(headers) - 2))
+
+
+@section("lm-eval-kept", "Share of the uncompressed accuracy kept", *LM_EVAL_FILES)
+def lm_eval_kept(data: Data) -> str | None:
+    from ..lmeval.report import kept_at
+
+    cells, _ = lm_eval_cells(data)
+    if cells.empty:
+        return None
+    budgets = sorted({b for b in cells.budget if b < 1}, reverse=True)
+    acc, norm = kept_at(cells, budgets, "acc"), kept_at(cells, budgets, "acc_norm")
+    rows = []
+    for budget in budgets:
+        for method in acc.index:
+            if pd.isna(acc.loc[method, ("kept", budget)]):
+                continue
+            rows.append([pct(budget, None), method] + [num(t.loc[method, (col, budget)]) for t in (acc, norm)
+                                                      for col in ("kept", "kept_above_chance")])
+    intro = ("The average accuracy over tasks as % of the uncompressed model's, and above chance: "
+             "(acc - chance) / (acc at 100% - chance), in % (`mkvlib.lmeval.report.kept_at`), for `acc` and "
+             "`acc_norm`.")
+    headers = ["budget", "set-up", "acc kept", "acc above chance", "acc_norm kept", "acc_norm above chance"]
+    return intro + "\n\n" + table(headers, rows, "ll" + "r" * 4)
+
+
+def _sweep_commands(data: Data, source: str, method: str, budget: float) -> list[str]:
+    """Commands in a sweep CSV's JSON record that ran ``method`` at ``budget`` (by --methods and --budgets)."""
+    from ..lmeval.sweep import BASELINE
+
+    record = data.record_of(source) or {}
+    found = []
+    for cmd in record.get("commands") or [record.get("command")]:
+        methods, budgets = option(cmd or "", "--methods"), option(cmd or "", "--budgets")
+        if not (methods and budgets) or not any(abs(float(b) - budget) < 1e-9 for b in budgets.split(",")):
+            continue
+        if method in methods.split(",") or method == BASELINE:    # the 100% cell comes with any sweep reaching 1
+            found.append(cmd)
+    return found
+
+
+@section("lm-eval-sources", "Where the accuracy rows come from", *LM_EVAL_FILES)
+def lm_eval_sources(data: Data) -> str | None:
+    cells, _ = lm_eval_cells(data)
+    if cells.empty:
+        return None
+    lines = []
+    for source, part in cells.groupby("source", sort=True):
+        csv = source.endswith(".csv")
+        record = data.record_of(source) if csv else read_json(data.root / source)
+        lines.append(f"- {code(source)}" + (f" (its record: {code(source[:-4] + '.json')})" if csv and record else ""))
+        runs = part.drop_duplicates(["method", "budget"]).sort_values(["budget", "method"], ascending=[False, True])
+        for r in runs.itertuples():
+            cmds = [r.command] if r.command else (
+                _sweep_commands(data, source, r.sweep_method, r.budget) if r.sweep_method else [])
+            what = ", ".join(code(c) for c in cmds) if cmds else "command not recorded"
+            lines.append(f"  - {r.method}, {pct(r.budget, None)}: {what}")
+        for key in ("what", "run_note", "note", "adaptive_note"):
+            if record and record.get(key):
+                lines.append(f"  - {key.replace('_', ' ')} (from the record): {record[key]}")
+    setups = cells.drop_duplicates("method").sort_values("method")
+    files = [[r.method, DASH if r.method == "uncompressed" else path_cell(data.projections_file(r.fingerprint)),
+              path_cell(r.trajectory) if r.method.endswith(")") else DASH] for r in setups.itertuples()]
+    return "\n\n".join(["The files behind each set-up (projections matched by fingerprint; adaptive ranks matched "
+                        "to the trajectory whose prefix gives them), then, per results file, the command that "
+                        "ran each set-up at each budget.",
+                        table(["set-up", "projections", "trajectory"], files, "lll"), "\n".join(lines)])
+
+
+# --- LoRA fine-tuning with compressed KV (notebook 06) --------------------------------------------------
+
+def _lora_ranks(data: Data, ranks: str) -> str:
+    if not ranks.startswith("adaptive"):
+        return ranks
+    traj = data.trajectory_of(ranks)
+    return f"adaptive ({data.rel(data.root / traj) if traj else 'trajectory not committed'})"
+
+
+@section("lora-arc-easy", "ARC-Easy accuracy of the LoRA fine-tuned model against budget", "results/lora_*.csv")
+def lora_arc_easy(data: Data) -> str | None:
+    from ..lora.accuracy import UNCOMPRESSED, baseline, read_rows
+
+    path = data.results / "lora_arc_easy.csv"
+    rows = read_rows(path)
+    if not rows:
+        return None
+    groups: dict[tuple, list] = {}
+    for r in rows:                                   # one fine-tuned model (adapter) on one set of items
+        groups.setdefault((r["adapter"], r["limit"]), []).append(r)
+    out = []
+    for (adapter, limit), part in groups.items():
+        bundle = data.bundle_with_adapter(adapter)
+        for r in sorted(part, key=lambda r: (-r["budget"], r["projections"] != UNCOMPRESSED)):
+            kept = []
+            for metric in ("acc", "acc_norm"):
+                try:
+                    kept.append(pct(r[metric] / baseline(part, r["projections"], metric)))
+                except (KeyError, TypeError, ZeroDivisionError):
+                    kept.append(DASH)
+            proj = DASH if r["projections"] == UNCOMPRESSED else data.short(data.projections_file(r["fingerprint"]))
+            out.append([adapter, bundle or "not committed", r["items"], r["projections"], proj,
+                        _lora_ranks(data, r["ranks"]), pct(r["budget"], None), num(100 * r["acc"]), kept[0],
+                        num(100 * r["acc_norm"]) if r["acc_norm"] is not None else DASH, kept[1]])
+    intro = ("ARC-Easy test accuracy (%) of the base model with a LoRA adapter merged in, per adapter (its weights "
+             "hash; the bundle under `data/lora/` that holds it) and number of items (the first N of the split, "
+             "or all of it), with projections attached at each budget; \"kept\" is the share of the same "
+             "adapter's uncompressed accuracy on the same items (`mkvlib.lora.accuracy.baseline`). The "
+             "`projections` column is the label the run gave; the file column is the committed projections "
+             "with that fingerprint. Rows in the order the CSV stores them.")
+    headers = ["adapter", "bundle", "items", "projections", "file", "ranks", "budget", "acc", "kept", "acc_norm",
+               "kept (acc_norm)"]
+    return "\n\n".join([intro, source_line(data, path), table(headers, out, "l" * 2 + "r" + "l" * 3 + "r" * 5),
+                        commands_line([], "Evaluation command") + " The bundles' training commands are in their "
+                        "manifests (see [data/README.md](../data/README.md))."])
+
+
+@section("lora-bundles", "LoRA bundles", "lora/*/manifest.json", "lora/*/training.json")
+def lora_bundles(data: Data) -> str | None:
+    if not data.manifests:
+        return None
+    rows, cmds = [], []
+    for folder, m in sorted(data.manifests.items()):
+        cfg = m.get("config") or {}
+        rows.append([folder, m.get("stage"), m.get("adapter_weights_hash"), m.get("projections_fingerprint") or DASH,
+                     f"{m.get('data')} {m.get('split')}", m.get("steps"), f"{m.get('tokens_seen'):,}",
+                     f"{cfg.get('kd_weight')} : {cfg.get('lm_weight')}", ",".join(map(str, cfg.get("schedule") or [])),
+                     num(m.get("wall_time_s", 0) / 60, 0), num(m.get("first_loss"), 3), num(m.get("last_loss"), 3)])
+        cmds.append(f"{code(folder)}: {code(m.get('command'))}")
+    headers = ["bundle", "stage", "adapter", "projections", "training data", "steps", "tokens seen",
+               "kd_weight : lm_weight", "rank schedule", "minutes", "first loss", "last loss"]
+    return "\n\n".join([source_line(data, *[data.root / f / "manifest.json" for f in sorted(data.manifests)]),
+                        table(headers, rows, "lrlllrrrlrrr"),
+                        "Commands (from the manifests):\n\n" + "\n".join(f"- {c}" for c in cmds)])
+
+
+# --- Matryoshka training (notebook 02) ------------------------------------------------------------------
+
+def _kl_at(evals: list, budget: float, step_index: int) -> str:
+    rows = evals[step_index]["rows"] if evals else []
+    return next((num(r["kl_to_base"], 3) for r in rows if abs(r["budget"] - budget) < 1e-9), DASH)
+
+
+@section("training-runs", "Training runs of the projections", "projections/*.json", "projections/*/*.json")
+def training_runs(data: Data) -> str | None:
+    records = data.training_records
+    if not records:
+        return None
+    rows, cmds = [], []
+    for path, r in sorted(records.items()):
+        cfg = r.get("config") or {}
+        rows.append([data.short(path), data.short(data.projections_file(r.get("init_fingerprint"))),
+                     " + ".join(r.get("corpora") or []), r.get("steps"), f"{r.get('tokens_seen'):,}",
+                     f"{cfg.get('kd_weight')} : {cfg.get('lm_weight')}", cfg.get("lr"), cfg.get("seed"),
+                     num(r.get("wall_time_s", 0) / 60, 0), (r.get("hardware") or {}).get("device"),
+                     _kl_at(r.get("evals"), 0.5, 0), _kl_at(r.get("evals"), 0.5, -1)])
+        cmds.append(f"{code(data.short(path))}: {code(r['command'])}")
+    intro = ("One row per committed projections file whose JSON record holds its training run (`mkv train`). "
+             "KL at 50% is the held-out KL to the uncompressed model at a uniform 50% budget, measured by the "
+             "run itself on its own evaluation tokens (`--eval-tokens`), before the first and after the last step.")
+    headers = ["projections", "initialised from", "corpora", "steps", "tokens seen", "kd_weight : lm_weight", "lr",
+               "seed", "minutes", "device", "KL at 50%, start", "KL at 50%, end"]
+    return "\n\n".join([intro, source_line(data, *[data.root / (p[:-len(".safetensors")] + ".json") for p in records],
+                                           note="(each `.json` beside its `.safetensors`)"),
+                        table(headers, rows, "lllrrrrrrlrr"),
+                        "Commands (from the records):\n\n" + "\n".join(f"- {c}" for c in cmds)])
+
+
+@section("training-evals", "Held-out KL and perplexity ratio during training", "projections/*.json",
+         "projections/*/*.json")
+def training_evals(data: Data) -> str | None:
+    records = {p: r for p, r in sorted(data.training_records.items()) if r.get("evals")}
+    if not records:
+        return None
+    budgets = sorted({row["budget"] for r in records.values() for e in r["evals"] for row in e["rows"]}, reverse=True)
+    rows = []
+    for path, r in records.items():
+        for e in r["evals"]:
+            by_budget = {row["budget"]: row for row in e["rows"]}
+            rows.append([data.short(path), e["step"], e["rows"][0].get("tokens", DASH)] +
+                        [f"{num(by_budget[b]['kl_to_base'], 3)} / {num(by_budget[b]['perplexity_ratio'], 2)}x"
+                         if b in by_budget else DASH for b in budgets])
+    intro = ("KL to the uncompressed model / perplexity ratio to it, at uniform budgets, on each run's held-out "
+             "evaluation tokens, at the steps the run evaluated (from the `evals` of each training record; the "
+             "runs evaluated on different text, so compare rows within one run).")
+    headers = ["projections", "step", "tokens"] + [pct(b, None) for b in budgets]
+    return "\n\n".join([intro, table(headers, rows, "l" + "r" * (len(headers) - 1))])
+
+
+@section("training-final-eval", "Perplexity and KL against budget: PCA and trained projections",
+         "projections/*.json", "projections/*/*.json")
+def training_final_eval(data: Data) -> str | None:
+    found = {p: r["final_eval"] for p, r in sorted(data.training_records.items()) if r.get("final_eval")}
+    if not found:
+        return None
+    parts = []
+    for path, ev in found.items():
+        kinds = [k for k, v in ev.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
+        budgets = sorted({row["budget"] for k in kinds for row in ev[k]}, reverse=True)
+        rows = []
+        for kind in kinds:
+            by_budget = {row["budget"]: row for row in ev[kind]}
+            for metric, label, digits in (("perplexity_ratio", "perplexity ratio", 2), ("kl_to_base", "KL", 3)):
+                rows.append([f"{kind}: {label}"] + [num(max(by_budget[b][metric], 0.0), digits) if b in by_budget
+                                                    else DASH for b in budgets])
+        base = next(row["base_perplexity"] for k in kinds for row in ev[k])
+        parts += [f"{ev.get('corpus')}, {ev.get('tokens'):,} tokens in blocks of {ev.get('seq_len')}, "
+                  f"{ev.get('allocation')} ranks; uncompressed perplexity {num(base, 2)}; a dash: not measured. "
+                  f"From the `final_eval` of the record of {code(data.short(path))}.",
+                  table(["", *[pct(b, None) for b in budgets]], rows),
+                  labelled_commands(ev.get("commands") or {})]
+    return "\n\n".join([source_line(data, *[data.root / (p[:-len(".safetensors")] + ".json") for p in found])] + parts)
+
+
+# --- adaptive ranks: the greedy search (notebook 03) ----------------------------------------------------
+
+def _trajectory_groups(data: Data) -> dict[tuple, list[str]]:
+    """Trajectories whose evaluations are comparable: same projections, same model (adapter), same held-out text."""
+    groups: dict[tuple, list[str]] = {}
+    for path, t in sorted(data.trajectories.items(), key=lambda kv: (data.bundle_of(data.root / kv[0]) is not None,
+                                                                     kv[0])):
+        ev = t.get("evaluations") or {}
+        if not ev.get("rows"):
+            continue
+        adapter = ((t.get("meta") or {}).get("adapter") or {}).get("weights_hash")
+        groups.setdefault((t["fingerprint"], adapter, ev.get("corpus"), ev.get("tokens")), []).append(path)
+    return groups
+
+
+def _quality_cells(rows: list, allocation: str, budgets: list) -> list[str]:
+    by_budget = {r["budget"]: r for r in rows if r["allocation"] == allocation}
+    return [f"{num(by_budget[b]['perplexity'])} / {num(max(by_budget[b]['kl_to_base'], 0.0), 3)}"
+            if b in by_budget else DASH for b in budgets]
+
+
+@section("search-quality", "Adaptive against uniform ranks: perplexity / KL along each search trajectory",
+         "trajectories/*.json", "trajectories/*/*.json", "lora/*/trajectory.json")
+def search_quality(data: Data) -> str | None:
+    groups = _trajectory_groups(data)
+    if not groups:
+        return None
+    parts = ["Perplexity / KL to the uncompressed model on held-out text, at the budgets each search evaluated "
+             "after it finished (the `evaluations` stored in each trajectory; `mkvlib.search.evaluate_trajectory`). "
+             "`uniform`: every entry at the same rank; the other rows: the ranks of that trajectory's prefix at "
+             "the budget. The search settings of each trajectory are in the next table."]
+    for (fingerprint, adapter, corpus, tokens), paths in groups.items():
+        evals = {p: data.trajectories[p]["evaluations"]["rows"] for p in paths}
+        budgets = sorted({r["budget"] for rows in evals.values() for r in rows if r["budget"] < 1}, reverse=True)
+        base = evals[paths[0]][0]["base_perplexity"]
+        model = f", adapter {adapter} merged in ({data.bundle_with_adapter(adapter) or 'not committed'})" if adapter else ""
+        parts.append(f"Projections {code(data.short(data.projections_file(fingerprint)))} (fingerprint "
+                     f"{fingerprint}){model}; {corpus}, {tokens:,} tokens; uncompressed perplexity {num(base, 2)}.")
+        rows = [["uniform"] + _quality_cells(evals[paths[0]], "uniform", budgets)]
+        rows += [[f"adaptive: {code(p)}"] + _quality_cells(evals[p], "adaptive", budgets) for p in paths]
+        parts.append(table(["ranks", *[pct(b, None) for b in budgets]], rows))
+    return "\n\n".join(parts)
+
+
+@section("search-settings", "Search trajectories: settings and cost", "trajectories/*.json", "trajectories/*/*.json",
+         "lora/*/trajectory.json")
+def search_settings(data: Data) -> str | None:
+    if not data.trajectories:
+        return None
+    rows, cmds = [], []
+    for path, t in sorted(data.trajectories.items()):
+        meta, cfg = t.get("meta") or {}, (t.get("meta") or {}).get("config") or {}
+        spread = cfg.get("max_spread")
+        rows.append([code(path), data.short(data.projections_file(t["fingerprint"])),
+                     meta.get("calibration_corpus") or cfg.get("corpus"), meta.get("calibration_tokens"),
+                     cfg.get("strategy"), cfg.get("step"), cfg.get("min_rank"),
+                     DASH if cfg.get("stop_budget") is None else pct(cfg["stop_budget"], None),
+                     DASH if spread is None else spread, cfg.get("nll_weight", 0.0), cfg.get("batched"),
+                     cfg.get("proxy_refresh"), len(t.get("steps") or []), num(meta.get("seconds", 0) / 60, 0)])
+        cmd = data.search_commands.get(path)
+        cmds.append(f"- {code(path)}: " + (code(cmd) if cmd else "command not recorded (settings from its `meta`)"))
+    intro = ("Each trajectory's search settings, as recorded in its `meta` (`mkvlib.search.SearchConfig`): "
+             "calibration text and tokens, strategy, rank step and floor, where it stopped, the rank spread "
+             "allowed, the NLL weight, entries committed per pass, proxy rebuilds, steps taken and search minutes.")
+    headers = ["trajectory", "projections", "calibration", "tokens", "strategy", "step", "floor", "stop",
+               "max spread", "nll weight", "batched", "proxy refresh", "steps", "minutes"]
+    return "\n\n".join([intro, table(headers, rows, "lllrl" + "r" * 9),
+                        "Commands (from the results files that record them):\n\n" + "\n".join(cmds)])
+
+
+# --- the real compressed cache (notebook 05) ------------------------------------------------------------
+
+def _machine(obj: dict) -> str:
+    return f"Machine: {obj['machine']}." if obj.get("machine") else "Machine: not recorded."
+
+
+@section("bench-decode", "Decode speed: compressed cache against DynamicCache and quanto", "results/bench_decode*.json")
+def bench_decode(data: Data) -> str | None:
+    paths = sorted(data.results.glob("bench_decode*.json"))
+    if not paths:
+        return None
+    parts = ["Median decode tokens/s over the repeats, its ratio to `DynamicCache` (speed-up), the same per CPU "
+             "second of the process, and the bytes of the stored keys and values (`mkvlib.bench`). A dash in "
+             "budget: a cache that keeps every entry (DynamicCache, or quanto's 4-bit one)."]
+    for path in paths:
+        obj = read_json(path)
+        rows = [[r["cache"], DASH if r.get("budget") is None else pct(r["budget"], None), r["context"], r["batch"],
+                 num(r["decode_tokens_per_s"], 2), num(r["speedup"], 2), num(r.get("decode_tokens_per_cpu_s"), 2),
+                 num(r.get("speedup_cpu"), 2), mib(r.get("cache_bytes"))] for r in obj["rows"]]
+        parts += [source_line(data, path) + " " + _machine(obj),
+                  table(["cache", "budget", "context", "batch", "tokens/s", "speed-up", "tokens/CPU-s",
+                         "speed-up (CPU)", "cache"], rows),
+                  commands_line([obj.get("command")])]
+    return "\n\n".join(parts)
+
+
+@section("bench-memory", "Peak memory of one generate() call", "results/bench_memory*.json")
+def bench_memory(data: Data) -> str | None:
+    path = data.results / "bench_memory.json"
+    if not path.is_file():
+        return None
+    obj = read_json(path)
+    rows = [[r["kind"], pct(r["budget"], None), r["batch"], r["context"], num(r["prefill_s"]),
+             num(r["decode_tokens_per_s"], 3), mib(r["cache_bytes"]), mib(r["peak_memory_bytes"]),
+             mib(r["model_memory_bytes"])] for r in obj["runs"]]
+    check = obj.get("verification") or {}
+    verified = (f"The memory model (next table) predicted {mib(check['predicted_peak_bytes'])} for "
+                f"{check['run']} and {mib(check['measured_peak_bytes'])} was measured (relative error "
+                f"{pct(check['relative_error'])}).") if check else ""
+    return "\n\n".join([source_line(data, path) + " " + _machine(obj),
+                        table(["cache", "budget", "batch", "context", "prefill s", "decode tokens/s", "cache",
+                               "peak growth", "model"], rows), verified, commands_line([obj.get("command")])])
+
+
+@section("bench-capacity", "What fits in a fixed memory limit", "results/bench_memory*.json")
+def bench_capacity(data: Data) -> str | None:
+    path = data.results / "bench_memory.json"
+    if not path.is_file():
+        return None
+    obj = read_json(path)
+    models = [[kind, mib(m["fixed_bytes"]), mib(m["per_sequence_bytes"]), f"{m['bytes_per_token']:,.0f}"]
+              for kind, m in obj["memory_models"].items()]
+    capacity = dict(obj.get("capacity") or {})
+    capacity.update({k.removeprefix("capacity_"): v for k, v in obj.items() if k.startswith("capacity_")})
+    rows = []
+    for name, c in capacity.items():
+        kinds = [k for k in c if isinstance(c[k], dict)]
+        first = c[kinds[0]]
+        rows.append([name, f"{first['limit_bytes'] / 2 ** 30:g} GiB", first["context"]] +
+                     [c[k]["max_batch"] for k in kinds] + [num(c["ratio"], 2)])
+    kinds = [k for k in next(iter(capacity.values())) if k != "ratio"]
+    return "\n\n".join([
+        "Memory = fixed + batch x (per sequence + context x bytes per token), fitted to the runs above "
+        "(`mkvlib.bench.memory_model`), then the largest batch that fits a limit (`mkvlib.bench.capacity`).",
+        table(["cache", "fixed", "per sequence", "bytes per token"], models),
+        table(["case", "limit", "context"] + [f"max batch, {k}" for k in kinds] + ["ratio"], rows),
+        source_line(data, path)])
+
+
+@section("bench-profile", "Where a decode step spends its time", "results/bench_profile*.json")
+def bench_profile(data: Data) -> str | None:
+    paths = sorted(data.results.glob("bench_profile*.json"))
+    if not paths:
+        return None
+    parts = []
+    for path in paths:
+        obj = read_json(path)
+        prof = obj["profile"]
+        kinds = list(prof)
+        ops = sorted({op for k in kinds for op in prof[k] if op != "total_s_per_step"},
+                     key=lambda op: (-sum(prof[k].get(op, 0.0) for k in kinds), op))
+        rows = [[code(op)] + [num(prof[k].get(op), 3) for k in kinds] for op in ops]
+        rows.append(["total per step"] + [num(prof[k]["total_s_per_step"], 3) for k in kinds])
+        parts += [source_line(data, path) + " Self CPU seconds per decode step of the top operators. " +
+                  _machine(obj), table(["operator", *kinds], rows), commands_line([obj.get("command")])]
+    return "\n\n".join(parts)
+
+
+@section("bench-cli", "One `mkv bench` run", "results/bench_cli*.json")
+def bench_cli(data: Data) -> str | None:
+    paths = sorted(data.results.glob("bench_cli*.json"))
+    if not paths:
+        return None
+    parts = []
+    for path in paths:
+        obj = read_json(path)
+        r = obj["result"]
+        kinds = [("compressed", ""), ("dynamic", "baseline_"), ("quanto", "quantized_")]
+        metrics = [("decode tokens/s", "decode_tokens_per_s", lambda v: num(v, 3)),
+                   ("cache", "cache_bytes", mib), ("peak memory growth", "peak_memory_bytes", mib),
+                   ("prefill s", "prefill_s", num)]
+        rows = [[label] + [fmt(r.get(prefix + key)) for _, prefix in kinds] for label, key, fmt in metrics]
+        parts += [source_line(data, path) + f" Projections {r['projections']} at {pct(r['budget'], None)} "
+                  f"({r['allocation']}), batch {r['batch']} x context {r['context']}, {r['new_tokens']} new tokens, "
+                  f"{r['device']} {r['dtype']}. " + _machine(obj),
+                  table(["", *[k for k, _ in kinds]], rows), commands_line([obj.get("command")])]
+    return "\n\n".join(parts)
+
+
+# --- the lm-eval wrapper's cost (notebook 04) -----------------------------------------------------------
+
+@section("lm-eval-throughput", "Cost of evaluating through the compression wrapper", "results/lm_eval_throughput*.json")
+def lm_eval_throughput(data: Data) -> str | None:
+    path = data.results / "lm_eval_throughput.json"
+    if not path.is_file():
+        return None
+    obj = read_json(path)
+    rows = [[kind, num(obj[f"{kind}_items_per_s"], 3), num(obj[f"{kind}_cpu_s_per_item"], 3)]
+            for kind in ("plain", "wrapper")]
+    summary = (f"{obj['task']}, {obj['items']} items, batch {obj['batch_size']}, {obj['repeats']} repeats; "
+               f"overhead of the wrapper: {pct(obj['overhead_cpu'])} CPU time per item, "
+               f"{pct(obj['overhead_wall'])} wall time per item.")
+    note = f"Note from the file: {obj['note']}" if obj.get("note") else ""
+    return "\n\n".join([source_line(data, path), summary,
+                        table(["model", "items/s (wall)", "CPU s per item"], rows), note,
+                        commands_line([obj.get("command")])])
+
+
+# --- results files no section reads ---------------------------------------------------------------------
+
+def unread_results(data: Data) -> list[str]:
+    """Files under data/results/ that no registered section reads."""
+    rels = [p.relative_to(data.dir).as_posix() for p in data.files if data.results in p.parents]
+    return [r for r in rels if not any(s.reads(r) for s in SECTIONS)]
+
+def other_results(data: Data) -> str | None:
+    """The closing part of docs/results.md: results files that no table reads (None when there are none)."""
+    unread = unread_results(data)
+    if not unread:
+        return None
+    return ("No table reads these files yet; register one in `mkvlib/docs/results.py` (see its docstring):\n\n" +
+            "\n".join(f"- {code('data/' + r)}" for r in unread))
