@@ -70,6 +70,8 @@ def test_marker_blocks_are_filled_from_the_render_function():
     assert filled.startswith("# Title\n\n") and filled.endswith("\n\nHand-written tail.\n")      # rest untouched
     assert fill_blocks(filled, values.__getitem__) == filled                                    # idempotent
     assert block_names(filled) == ["kept", "grid"]
+    quoted = "Write `<!-- generated: NAME -->` ... `<!-- /generated -->` around a table."
+    assert block_names(quoted) == [] and fill_blocks(quoted, values.__getitem__) == quoted
     with pytest.raises(KeyError):
         fill_blocks("<!-- generated: nowhere -->x<!-- /generated -->", values.__getitem__)
 

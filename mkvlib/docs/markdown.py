@@ -3,13 +3,15 @@
 A marker block is the text between ``<!-- generated: NAME -->`` and ``<!-- /generated -->`` in a Markdown file.
 :func:`fill_blocks` replaces every block's body with what ``render(NAME)`` returns: a block whose opening marker
 ends its line is filled with lines (a table, a paragraph); one that continues on the same line is filled inline
-(a single number in a sentence). Anything outside the markers is left exactly as it is.
+(a single number in a sentence). Anything outside the markers is left exactly as it is, and a marker quoted in
+inline code (right after a backtick) is text, not a block.
 """
 from __future__ import annotations
 
 import re
 
-MARKER = re.compile(r"<!-- generated: (?P<name>[^\s>]+) -->(?P<body>.*?)<!-- /generated -->", re.DOTALL)
+# an opening marker right after a backtick is quoted in inline code (documentation about the markers), not a block
+MARKER = re.compile(r"(?<!`)<!-- generated: (?P<name>[^\s>]+) -->(?P<body>.*?)<!-- /generated -->", re.DOTALL)
 DASH = "–"
 
 
