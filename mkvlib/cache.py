@@ -1,6 +1,6 @@
 """A real compressed KV cache for ``model.generate``: keys and values stored at their reduced widths.
 
-For layer l and KV head g with ranks (r_K, r_V) the cache stores, per token (DESIGN.md, "A real compressed cache"):
+For layer l and KV head g with ranks (r_K, r_V) the cache stores, per token (docs/design.md, section 8):
 
     k~ = k U_K[:, :r_K]            (r_K numbers, post-RoPE key)
     v~ = (v - mu) U_V[:, :r_V]     (r_V numbers)

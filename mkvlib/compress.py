@@ -1,6 +1,6 @@
 """Simulated compression: attach projections and ranks to a loaded model through the attention hook.
 
-For layer l and KV head g with key rank r_K and value rank r_V (DESIGN.md, "The method in one page"):
+For layer l and KV head g with key rank r_K and value rank r_V (docs/design.md, section 2):
 
     scores = (q U_K[:, :r_K]) . (k U_K[:, :r_K]) * scaling     (the model's own scale, e.g. 1/sqrt(d))
     o      = softmax(scores) ((v - mu) U_V[:, :r_V]) U_V[:, :r_V]^T + mu

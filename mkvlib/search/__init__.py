@@ -1,4 +1,4 @@
-"""Greedy adaptive rank search (DESIGN.md section 3) with a recorded trajectory. Introduced in notebook 03.
+"""Greedy adaptive rank search (docs/design.md section 6) with a recorded trajectory. Introduced in notebook 03.
 
     traj = greedy_search(model, "pca", blocks, SearchConfig.fast())   # 100% -> floor, one step at a time
     ranks = traj.ranks_at(0.5)                                         # (L, G, 2): a prefix of the trajectory

@@ -1,4 +1,4 @@
-"""The greedy rank search (DESIGN.md section 3, the paper's Algorithm 1), recorded as a :class:`Trajectory`.
+"""The greedy rank search (docs/design.md section 6, the paper's Algorithm 1), recorded as a :class:`Trajectory`.
 
 Start with every rank at d. Each pass scores lowering each entry (layer, KV head, K or V) by one step, commits
 the ``batched`` best (the one that hurts the calibration KL least first), and repeats down to the floor.

@@ -1,4 +1,4 @@
-"""Matryoshka training of the orthogonal projections (DESIGN.md, section 2). Introduced in notebook 02.
+"""Matryoshka training of the orthogonal projections (docs/design.md, section 5). Introduced in notebook 02.
 
 - :mod:`.sampler`: per-step ranks per (layer, KV head, K/V) from a schedule ({d/8, ..., d} by default)
 - :mod:`.loss`: KD (KL teacher || student) + LM cross-entropy, 1 : 3

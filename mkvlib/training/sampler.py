@@ -1,7 +1,7 @@
 """Matryoshka rank sampling: every forward pass draws r_K and r_V for every (layer, KV head) from a schedule.
 
 Training at random prefixes of each basis is what orders its columns by importance, so that any prefix is a
-usable projection (DESIGN.md, section 2). Introduced in notebook 02.
+usable projection (docs/design.md, section 5). Introduced in notebook 02.
 """
 from __future__ import annotations
 
