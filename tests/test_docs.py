@@ -8,6 +8,7 @@ import pytest
 
 from mkvlib.docs import Data, build, check, fill_blocks, render_block, render_results, write
 from mkvlib.docs import data_index, results
+from mkvlib.docs.__main__ import main as docs_main
 from mkvlib.docs.markdown import block, block_names, table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,23 +87,26 @@ def test_results_md_blocks_are_the_registered_tables():
     assert fill_blocks(text, lambda n: render_block(data, n)) == text
 
 
-def test_a_stale_block_in_a_readme_is_caught_and_rewritten(copy_root, tmp_path):
+def test_a_stale_block_in_a_readme_is_caught_and_rewritten(copy_root, tmp_path, capsys):
+    """The command line: --check exits 1 naming the stale file, --write fixes it, an unknown block exits 2."""
     root = fresh_copy(copy_root, tmp_path)
     data = Data(root)
     write(root)                                            # data/README.md for this copy
     readme = root / "README.md"
     readme.write_text("# Project\n\nPer task: <!-- generated: lm-eval-items-per-task -->999<!-- /generated -->.\n\n"
                       + block("bench-capacity", "| stale |") + "\n")
-    stale = check(root)
-    assert list(stale) == ["README.md"]
-    assert write(root) == ["README.md"]
+    assert docs_main(["--check", "--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "README.md disagrees with data/" in err and "-Per task: <!-- generated: lm-eval-items-per-task -->999" in err
+    assert docs_main(["--write", "--root", str(root)]) == 0
+    assert capsys.readouterr().out == "wrote README.md\n"
     assert not check(root)
     text = readme.read_text()
     assert f"Per task: <!-- generated: lm-eval-items-per-task -->{render_block(data, 'lm-eval-items-per-task')}" in text
     assert render_block(data, "bench-capacity") in text
     readme.write_text(block("no-such-table", ""))
-    with pytest.raises(KeyError, match="no-such-table"):
-        check(root)
+    assert docs_main(["--check", "--root", str(root)]) == 2
+    assert "unknown generated block 'no-such-table'" in capsys.readouterr().err
 
 
 def test_a_new_results_source_is_one_registered_function(copy_root, tmp_path, monkeypatch):

@@ -17,14 +17,24 @@ def main(argv=None) -> int:
     parser.add_argument("--root", type=Path, default=None, help="the checkout (default: this project's)")
     args = parser.parse_args(argv)
     root = args.root or project_dir()
-    if args.check:
-        stale = check(root)
-        for rel, diff in stale.items():
-            print(f"{rel} disagrees with data/:\n{diff}\n", file=sys.stderr)
-        if stale:
-            print(f"{len(stale)} document(s) out of date: run `make docs` (python -m mkvlib.docs --write) and "
-                  "commit them with the data they were made from", file=sys.stderr)
-        return 1 if stale else 0
+    try:
+        return _check(root) if args.check else _write(root)
+    except KeyError as err:                 # a generated block names no table or fact, or its data is missing
+        print(f"python -m mkvlib.docs: error: {err.args[0]}", file=sys.stderr)
+        return 2
+
+
+def _check(root) -> int:
+    stale = check(root)
+    for rel, diff in stale.items():
+        print(f"{rel} disagrees with data/:\n{diff}\n", file=sys.stderr)
+    if stale:
+        print(f"{len(stale)} document(s) out of date: run `make docs` (python -m mkvlib.docs --write) and commit "
+              "them with the data they were made from", file=sys.stderr)
+    return 1 if stale else 0
+
+
+def _write(root) -> int:
     for rel in write(root):
         print(f"wrote {rel}")
     return 0
