@@ -1,7 +1,9 @@
 """Streaming KV statistics: float64 means and second moments per (layer, KV head), never holding the tokens.
 
 Post-RoPE keys and values come from the attention hook; pre-RoPE keys from a forward hook on ``k_proj``
-(or ``k_norm`` where the model normalises keys before RoPE, as Gemma3 does). Introduced in notebook 01.
+(or ``k_norm`` where the model normalises keys before RoPE, as Gemma3 does). Optionally (``queries=True``) the
+post-RoPE queries too, grouped per KV head: each KV head's moments sum over the query heads that share it (for
+the query-aware key basis, :func:`mkvlib.pca.query_aware_projections`). Introduced in notebook 01.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from tqdm.auto import tqdm
 from . import attention
 from .geometry import KVGeometry
 
-KINDS = ("keys", "keys_pre_rope", "values")
+KINDS = ("keys", "keys_pre_rope", "values", "queries")
 
 
 @dataclass
@@ -35,6 +37,16 @@ class Moments:
         self.count[layer] += x.shape[0] * x.shape[2]
         self.total[layer] += x.sum(dim=(0, 2))
         self.outer[layer] += torch.einsum("bgsd,bgse->gde", x, x)
+
+    def update_grouped(self, layer: int, x: torch.Tensor) -> None:
+        """Add queries ``x`` (B, H, T, d) to layer ``layer``, summed over the H / G query heads of each KV head
+        (head h belongs to KV head h // (H / G), as transformers' repeat_kv pairs them); counts tokens, not heads."""
+        G = self.total.shape[1]
+        B, H, T, d = x.shape
+        x = x.detach().to("cpu", torch.float64).reshape(B, G, H // G, T, d)
+        self.count[layer] += B * T
+        self.total[layer] += x.sum(dim=(0, 2, 3))
+        self.outer[layer] += torch.einsum("bgrsd,bgrse->gde", x, x)
 
     def mean(self) -> torch.Tensor:
         """(L, G, d)."""
@@ -63,14 +75,18 @@ class KVStats:
     keys_pre_rope: Moments
     values: Moments
     info: dict = field(default_factory=dict)
+    queries: Moments | None = None   # post-RoPE queries grouped per KV head, when collected
 
     @classmethod
-    def zeros(cls, geom: KVGeometry, **info) -> "KVStats":
-        return cls(geom, Moments.zeros(geom), Moments.zeros(geom), Moments.zeros(geom), dict(info))
+    def zeros(cls, geom: KVGeometry, with_queries: bool = False, **info) -> "KVStats":
+        return cls(geom, Moments.zeros(geom), Moments.zeros(geom), Moments.zeros(geom), dict(info),
+                   Moments.zeros(geom) if with_queries else None)
 
     def __getitem__(self, kind: str) -> Moments:
         if kind not in KINDS:
             raise KeyError(f"unknown statistics {kind!r}; choose from {KINDS}")
+        if getattr(self, kind) is None:
+            raise KeyError(f"no {kind} statistics here: collect them with collect_kv_stats(..., {kind}=True)")
         return getattr(self, kind)
 
 
@@ -96,14 +112,18 @@ def _pre_rope_hook(stats: KVStats, layer: int, geom: KVGeometry):
 
 @torch.no_grad()
 def collect_kv_stats(model, blocks: torch.Tensor, batch_size: int = 4, progress: bool = True,
-                     **info) -> KVStats:
-    """Run ``model`` over ``blocks`` (N, S) of token ids and accumulate :class:`KVStats`."""
+                     queries: bool = False, **info) -> KVStats:
+    """Run ``model`` over ``blocks`` (N, S) of token ids and accumulate :class:`KVStats` (with ``queries``: the
+    post-RoPE query moments per KV head too)."""
     geom = KVGeometry.of(model)
-    stats = KVStats.zeros(geom, tokens=int(blocks.numel()), seq_len=int(blocks.shape[1]), **info)
+    stats = KVStats.zeros(geom, with_queries=queries, tokens=int(blocks.numel()), seq_len=int(blocks.shape[1]),
+                          **info)
 
     def observe(module, query, key, value):
         stats.keys.update(module.layer_idx, key)
         stats.values.update(module.layer_idx, value)
+        if stats.queries is not None:
+            stats.queries.update_grouped(module.layer_idx, query)
         return query, key, value
 
     handles = []

@@ -1,32 +1,45 @@
-"""mkv fit-pca: KV statistics over calibration text, then PCA projections saved to a file."""
+"""mkv fit-pca: KV statistics over calibration text, then PCA (or query-aware) projections saved to a file."""
 from __future__ import annotations
 
 from .common import add_model_args, emit, setup
 
 
 def register(sub) -> None:
+    from ..pca import KEY_BASES
+
     p = sub.add_parser("fit-pca", help="fit PCA projections of post-RoPE keys and values")
     add_model_args(p, tokens_fast=4096, tokens_full=65536, role="calibration")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--center-values", action="store_true", help="centre values (mean added back after attention)")
+    p.add_argument("--query-aware", action="store_true",
+                   help="key bases that keep q.k scores given query and key second moments (values stay PCA)")
+    p.add_argument("--key-basis", choices=KEY_BASES, default="query",
+                   help="with --query-aware: which closed-form basis (default 'query'; see mkvlib.pca)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..pca import fit_pca
+    from ..pca import fit_pca, query_aware_projections, score_error
     from ..stats import collect_kv_stats
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
-    if args.corpus:
-        from ..corpora import check_not_heldout
-
-        check_not_heldout(args.corpus, role="calibration")
     model, _, blocks = setup(args)
-    stats = collect_kv_stats(model, blocks, args.batch_size, model_name=model.mkv_name, corpus=args.corpus)
+    stats = collect_kv_stats(model, blocks, args.batch_size, queries=args.query_aware, model_name=model.mkv_name,
+                             corpus=args.corpus)
     proj = fit_pca(stats, center_values=args.center_values, model_name=model.mkv_name)
+    result = {}
+    if args.query_aware:
+        pca = proj
+        proj = query_aware_projections(stats, args.key_basis, model_name=model.mkv_name,
+                                       center_values=args.center_values)
+        half = stats.geometry.head_dim // 2
+        result = {"key_basis": args.key_basis,
+                  "score_error_vs_pca@50%": float(score_error(stats, proj.keys, half).sum()
+                                                  / score_error(stats, pca.keys, half).sum())}
     proj.save(args.out)
-    emit({"out": args.out, "model": model.mkv_name, "corpus": args.corpus, "tokens": int(blocks.numel()),
-          "fingerprint": proj.fingerprint(), "orthogonality_error": proj.orthogonality_error()}, args.json)
+    emit({"out": args.out, "model": model.mkv_name, "kind": proj.meta["kind"], "corpus": args.corpus,
+          "tokens": int(blocks.numel()), "fingerprint": proj.fingerprint(),
+          "orthogonality_error": proj.orthogonality_error(), **result}, args.json)
     return 0
