@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench", "offline"]  # modules under mkvlib.commands, in --help order
+COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench", "offline", "warmstart"]  # modules under mkvlib.commands, in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:

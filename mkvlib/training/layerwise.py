@@ -1,0 +1,546 @@
+"""A layer-wise warm start: each layer's key and value rotations fitted to that layer's attention output alone.
+
+The uncompressed model runs once over training text (:func:`capture_layer_inputs`); each layer keeps what its
+attention needs, the post-RoPE query (N, H, T, d) and key and value (N, G, T, d) exactly as the attention hook
+sees them, in float16 (or bfloat16). Then every layer is fitted on its own (:func:`fit_layer`): trainable Cayley
+rotations A_K, A_V (G, d, d) on top of an initial basis (PCA or query-aware), U = U_init cayley(skew(A)), and
+
+    loss = ||W_o (o_c - o)||^2 / ||W_o o||^2
+
+where o is the layer's causal attention output (query heads concatenated, before ``o_proj``), o_c the same with
+keys P_K k and values P_V (v - mu) + mu (exactly what :class:`mkvlib.compress.Compression` does; query and the
+model's scaling unchanged; each query head uses its KV head), W_o the ``o_proj`` weight, and P the rank-r prefix
+projectors at ranks drawn per step by the :class:`~mkvlib.training.sampler.RankSampler` (independent per KV head
+and K/V), as the end-to-end trainer draws them. No gradient crosses layers, so layers fit in any order, any
+subset, and resumably: :func:`fit_layerwise` writes each finished layer atomically to a folder and skips the
+layers it finds there. The result is a :class:`~mkvlib.projections.Projections` the end-to-end KD training
+(:class:`~mkvlib.training.trainer.Trainer`) can start from. ``mkv warmstart`` is the command line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import attention
+from ..compress import cayley, rank_mask, skew
+from ..geometry import KVGeometry
+from ..io import atomic_path
+from ..projections import Projections
+from .sampler import RankSampler, check_schedule, default_schedule
+from .trainer import blocks_fingerprint, cosine_with_warmup
+
+CAPTURE_FORMAT = "mkv-layer-inputs/1"
+LAYER_FORMAT = "mkv-layerwise-layer/1"
+
+
+class CaptureMismatchError(ValueError):
+    """A capture of layer inputs was made with another model (or geometry, or weights) than the one given."""
+
+
+# --- model identity ----------------------------------------------------------------------------------------
+
+def attention_hash(model) -> str:
+    """A short hash of every attention module's own weights (q/k/v/o projections, query/key norms)."""
+    h = hashlib.sha256()
+    for module in attention.attention_modules(model):
+        for name, p in sorted(module.named_parameters()):
+            h.update(f"{module.layer_idx}.{name}:{tuple(p.shape)}".encode())
+            h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_identity(model) -> dict:
+    """{model, geometry, attention_hash}: what a capture of layer inputs belongs to."""
+    return {"model": getattr(model, "mkv_name", None) or getattr(model.config, "name_or_path", "?"),
+            "geometry": KVGeometry.of(model).as_dict(), "attention_hash": attention_hash(model)}
+
+
+# --- capture -----------------------------------------------------------------------------------------------
+
+@dataclass
+class LayerInputs:
+    """One layer's attention inputs over N captured sequences: query (N, H, T, d), key and value (N, G, T, d)."""
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+
+
+@dataclass
+class Capture:
+    """Attention inputs of some layers of one model over token blocks; ``identity`` says which model."""
+    layers: dict[int, LayerInputs]
+    identity: dict
+    info: dict = field(default_factory=dict)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.info["seq_len"])
+
+    @property
+    def tokens(self) -> int:
+        return int(self.info["tokens"])
+
+    def check_model(self, model) -> None:
+        """Raise :class:`CaptureMismatchError` unless this capture came from ``model`` (name, geometry, weights)."""
+        theirs = model_identity(model)
+        differ = [k for k in ("model", "geometry", "attention_hash") if self.identity.get(k) != theirs[k]]
+        if differ:
+            where = f" ({self.info['path']})" if self.info.get("path") else ""
+            raise CaptureMismatchError(
+                f"the captured layer inputs{where} come from another model: {', '.join(differ)} differ "
+                f"(capture: {', '.join(f'{k}={self.identity.get(k)!r}' for k in differ)}; this model: "
+                f"{', '.join(f'{k}={theirs[k]!r}' for k in differ)}). Capture again with this model.")
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically as safetensors; the identity and info go into the header."""
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for layer, x in self.layers.items():
+            for name in ("query", "key", "value"):
+                tensors[f"layer{layer}.{name}"] = getattr(x, name).contiguous()
+        meta = {"format": CAPTURE_FORMAT, "identity": self.identity,
+                "info": {k: v for k, v in self.info.items() if k != "path"}, "layers": sorted(self.layers)}
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"mkv": json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model=None) -> "Capture":
+        """Read a capture written by :meth:`save`; checked against ``model`` when given."""
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no capture of layer inputs at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                header = fh.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated") from None
+        meta = json.loads(header.get("mkv", "{}"))
+        if meta.get("format") != CAPTURE_FORMAT:
+            raise ValueError(f"{path} is not a capture of layer inputs (format {meta.get('format')!r}, "
+                             f"expected {CAPTURE_FORMAT!r})")
+        layers = {int(l): LayerInputs(tensors[f"layer{l}.query"], tensors[f"layer{l}.key"],
+                                      tensors[f"layer{l}.value"]) for l in meta["layers"]}
+        capture = cls(layers, meta["identity"], dict(meta["info"], path=str(path)))
+        if model is not None:
+            capture.check_model(model)
+        return capture
+
+    def stats(self):
+        """:class:`~mkvlib.stats.KVStats` (keys, values and grouped queries; no pre-RoPE keys) of the captured
+        layers, computed from the stored tensors; layers not captured have no tokens."""
+        from ..stats import KVStats
+
+        geom = KVGeometry(**self.identity["geometry"])
+        stats = KVStats.zeros(geom, with_queries=True, model=self.identity["model"], **self.info)
+        for layer, x in self.layers.items():
+            for start in range(0, x.key.shape[0], 8):
+                stats.keys.update(layer, x.key[start:start + 8])
+                stats.values.update(layer, x.value[start:start + 8])
+                stats.queries.update_grouped(layer, x.query[start:start + 8])
+        return stats
+
+
+class _Enough(Exception):
+    """Raised inside the forward pass once the last layer wanted has been captured."""
+
+
+def parse_layers(spec, n_layers: int) -> list[int]:
+    """'0-9,12' (or a list of ints, or None for all) as a sorted list of layer indices, checked against L."""
+    if spec is None:
+        return list(range(n_layers))
+    if isinstance(spec, str):
+        out = set()
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            try:
+                if "-" in part:
+                    lo, hi = (int(x) for x in part.split("-", 1))
+                    if hi < lo:
+                        raise ValueError
+                    out.update(range(lo, hi + 1))
+                else:
+                    out.add(int(part))
+            except ValueError:
+                raise ValueError(f"layers must look like 0-9,12 (ranges and single layers), not {spec!r}") from None
+        spec = out
+    layers = sorted({int(l) for l in spec})
+    if not layers:
+        raise ValueError("no layers given: name at least one (e.g. 0-9,12)")
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist: this model has layers 0-{n_layers - 1}")
+    return layers
+
+
+@torch.no_grad()
+def capture_layer_inputs(model, blocks: torch.Tensor, layers=None, batch_size: int = 4,
+                         dtype: torch.dtype = torch.float16, progress=None, **info) -> Capture:
+    """Run the uncompressed ``model`` once over ``blocks`` (N, T) and keep the attention inputs of ``layers``.
+
+    Blocks are full-length sequences without padding (plain causal attention). Tensors are stored in ``dtype``
+    (float16 by default: about 2 (H + 2G) d bytes per token and layer) on the CPU; a value outside float16's
+    range is an error that names bfloat16. The forward pass stops after the last layer wanted. ``progress``: a
+    callable given a line of text, or None.
+    """
+    geom = KVGeometry.of(model)
+    if blocks.ndim != 2 or blocks.shape[1] < 2:
+        raise ValueError(f"blocks must be (N, T) token ids with T >= 2, not {tuple(blocks.shape)}")
+    N, T = blocks.shape
+    info = dict(info, tokens=int(N * T), seq_len=int(T), data=blocks_fingerprint(blocks), dtype=str(dtype))
+    if layers is not None and not isinstance(layers, str) and len(list(layers)) == 0:   # nothing left to capture
+        return Capture({}, model_identity(model), dict(info, wall_time_s=0.0))
+    layers = parse_layers(layers, geom.layers)
+    store = {l: LayerInputs(torch.empty(N, geom.heads, T, geom.head_dim, dtype=dtype),
+                            torch.empty(N, geom.kv_heads, T, geom.head_dim, dtype=dtype),
+                            torch.empty(N, geom.kv_heads, T, geom.head_dim, dtype=dtype)) for l in layers}
+    wanted, last = set(layers), max(layers)
+    rows = slice(0, 0)
+
+    def keep(module, query, key, value):
+        layer = module.layer_idx
+        if layer in wanted:
+            for name, x in (("query", query), ("key", key), ("value", value)):
+                y = x.detach().to("cpu", dtype)
+                if not torch.isfinite(y).all():
+                    raise ValueError(f"layer {layer}'s {name} does not fit in {dtype} (values up to "
+                                     f"{float(x.abs().max()):.3g}): capture with dtype=torch.bfloat16")
+                getattr(store[layer], name)[rows] = y
+            if layer == last:
+                raise _Enough
+        return query, key, value
+
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    with attention.install(model, hook=keep):
+        for start in range(0, N, batch_size):
+            rows = slice(start, min(N, start + batch_size))
+            try:
+                model(blocks[rows].to(device), use_cache=False)
+            except _Enough:
+                pass
+            if progress is not None and (rows.stop == N or (start // batch_size) % 8 == 7):
+                progress(f"captured {rows.stop}/{N} sequences ({time.perf_counter() - t0:.0f}s)")
+    return Capture(store, model_identity(model), dict(info, wall_time_s=round(time.perf_counter() - t0, 1)))
+
+
+# --- one layer's objective ---------------------------------------------------------------------------------
+
+@dataclass
+class LayerAttention:
+    """What one layer's attention does beyond its inputs: scale, masks, logit soft-capping and ``o_proj``."""
+    o_weight: torch.Tensor               # (hidden, H * d)
+    scaling: float
+    sliding_window: int | None = None
+    softcap: float | None = None
+
+    @classmethod
+    def of(cls, model, layer: int) -> "LayerAttention":
+        module = attention.attention_modules(model)[layer]
+        geom = KVGeometry.of(model)
+        window = (module.sliding_window if hasattr(module, "sliding_window")
+                  else getattr(module.config, "sliding_window", None))
+        scaling = getattr(module, "scaling", None)
+        return cls(module.o_proj.weight.detach().float(), float(scaling if scaling is not None
+                                                                 else geom.head_dim ** -0.5),
+                   int(window) if window else None, getattr(module, "attn_logit_softcapping", None))
+
+    def output(self, query, key, value, positions=None) -> torch.Tensor:
+        """``o_proj`` (without bias) of the causal attention output, (B, Tq, hidden), for queries (B, H, Tq, d)
+        at ``positions`` (Tq,) (default 0..T-1) over keys and values (B, G, S, d); head h uses KV head h // (H/G)."""
+        B, H, Tq, d = query.shape
+        G, S = key.shape[1], key.shape[2]
+        q = query.reshape(B, G, H // G, Tq, d)
+        scores = torch.einsum("bgrtd,bgsd->bgrts", q, key) * self.scaling
+        if self.softcap:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+        pos = torch.arange(Tq, device=key.device) if positions is None else positions.to(key.device)
+        kpos = torch.arange(S, device=key.device)
+        allowed = kpos[None, :] <= pos[:, None]
+        if self.sliding_window:
+            allowed &= kpos[None, :] > pos[:, None] - self.sliding_window
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        out = torch.einsum("bgrts,bgsd->bgrtd", torch.softmax(scores, dim=-1), value)
+        return F.linear(out.reshape(B, H, Tq, d).transpose(1, 2).reshape(B, Tq, H * d), self.o_weight)
+
+
+def compress_kv(key, value, uk, uv, value_mean, ranks):
+    """Keys P_K k and values P_V (v - mu) + mu per KV head, as :class:`~mkvlib.compress.Compression` does, for
+    bases (G, d, d), means (G, d) and ranks (G, 2); an entry at full rank d passes through unchanged (exact)."""
+    d = uk.shape[-1]
+    masks = rank_mask(ranks.to(uk.device), d)                              # (G, 2, d)
+    pk = (uk * masks[:, 0, None, :]) @ uk.transpose(-1, -2)
+    pv = (uv * masks[:, 1, None, :]) @ uv.transpose(-1, -2)
+    mu = value_mean[None, :, None, :]
+    k = torch.einsum("bgsd,gde->bgse", key, pk)
+    v = torch.einsum("bgsd,gde->bgse", value - mu, pv) + mu
+    full = (ranks.to(uk.device) >= d)[None, :, :, None, None]              # (1, G, 2, 1, 1)
+    return torch.where(full[:, :, 0], key, k), torch.where(full[:, :, 1], value, v)
+
+
+def layer_objective(attn: LayerAttention, query, key, value, uk, uv, value_mean, ranks, positions=None,
+                    target=None) -> torch.Tensor:
+    """||W_o (o_c - o)||^2 / ||W_o o||^2 over the batch: the compressed layer's error relative to its output's
+    energy (o at ``positions`` of the query; ``target`` = the uncompressed W_o o when already computed)."""
+    if target is None:
+        with torch.no_grad():
+            target = attn.output(query.index_select(2, positions) if positions is not None else query,
+                                 key, value, positions)
+    q = query.index_select(2, positions) if positions is not None else query
+    k, v = compress_kv(key, value, uk, uv, value_mean, ranks)
+    out = attn.output(q, k, v, positions)
+    return (out - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-30)
+
+
+# --- fitting -----------------------------------------------------------------------------------------------
+
+@dataclass
+class LayerwiseConfig:
+    """Settings of the per-layer fits.
+
+    steps: AdamW steps per layer; lr / warmup_steps / min_lr_ratio: linear warm-up then cosine decay to
+    ``lr * min_lr_ratio``; batch_size: captured sequences per step; queries: query positions drawn per sequence
+    and step (None: all; the keys and values of the whole sequence are always used); rank_samples: rank draws
+    averaged per step; schedule: ranks sampled (default {d/8, ..., d}); eval_sequences: sequences of the capture
+    on which the objective at a 50% uniform budget is reported before and after each fit.
+    """
+    steps: int = 200
+    lr: float = 5e-3
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    batch_size: int = 2
+    queries: int | None = 128
+    rank_samples: int = 1
+    schedule: tuple | None = None
+    seed: int = 0
+    eval_sequences: int = 2
+
+    def __post_init__(self):
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(f"LayerwiseConfig: {msg}")
+
+        for name in ("steps", "batch_size", "rank_samples", "eval_sequences"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                 f"{name} must be a positive integer, not {getattr(self, name)!r}")
+        need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        need(self.queries is None or (isinstance(self.queries, int) and self.queries >= 1),
+             f"queries must be a positive integer or None, not {self.queries!r}")
+        need(self.lr > 0, f"lr must be positive, not {self.lr}")
+        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must lie in [0, 1], not {self.min_lr_ratio}")
+        need(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
+        if self.schedule is not None:
+            self.schedule = tuple(self.schedule)
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerwiseConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class LayerFit:
+    """One fitted layer: bases (G, d, d), objective at 50% uniform before / after, per-step losses, seconds."""
+    layer: int
+    keys: torch.Tensor
+    values: torch.Tensor
+    before: float
+    after: float
+    history: list
+    wall_time: float
+
+
+def _layer_seed(seed: int, layer: int) -> int:
+    return (int(seed) * 1_000_003 + 7919 * (layer + 1)) % (2 ** 63)
+
+
+def fit_layer(inputs: LayerInputs, attn: LayerAttention, init_keys: torch.Tensor, init_values: torch.Tensor,
+              value_mean: torch.Tensor, config: LayerwiseConfig | None = None, layer: int = 0,
+              device=None) -> LayerFit:
+    """Fit one layer's rotations (see the module docstring); deterministic given ``config.seed`` and ``layer``."""
+    c = config or LayerwiseConfig()
+    t0 = time.perf_counter()
+    device = torch.device(device or "cpu")
+    N, G, T, d = inputs.key.shape
+    H = inputs.query.shape[1]
+    sampler = RankSampler(KVGeometry(1, H, G, d), c.schedule, seed=_layer_seed(c.seed, layer))
+    gen = torch.Generator().manual_seed(_layer_seed(c.seed, layer) + 1)
+    uk0, uv0 = init_keys.float().to(device), init_values.float().to(device)
+    mu = value_mean.float().to(device)
+    attn = LayerAttention(attn.o_weight.to(device), attn.scaling, attn.sliding_window, attn.softcap)
+    a_k = torch.nn.Parameter(torch.zeros(G, d, d, device=device))
+    a_v = torch.nn.Parameter(torch.zeros(G, d, d, device=device))
+    opt = torch.optim.AdamW([a_k, a_v], lr=c.lr, weight_decay=c.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(c.warmup_steps, c.steps, c.min_lr_ratio))
+
+    def bases():
+        return uk0 @ cayley(skew(a_k)), uv0 @ cayley(skew(a_v))
+
+    def batch(rows):
+        return [getattr(inputs, n)[rows].to(device, torch.float32) for n in ("query", "key", "value")]
+
+    half = torch.full((G, 2), max(1, round(d / 2)), dtype=torch.long)
+    ev = batch(slice(0, min(N, c.eval_sequences)))
+    with torch.no_grad():
+        ev_target = attn.output(*ev)
+
+    def evaluate():
+        with torch.no_grad():
+            uk, uv = bases()
+            return float(layer_objective(attn, *ev, uk, uv, mu, half, target=ev_target))
+
+    before = evaluate()
+    history = []
+    for _ in range(c.steps):
+        rows = torch.randint(N, (c.batch_size,), generator=gen)
+        q, k, v = batch(rows)
+        positions = None
+        if c.queries is not None and c.queries < T:
+            positions = torch.randperm(T, generator=gen)[:c.queries].sort().values.to(device)
+        with torch.no_grad():
+            target = attn.output(q.index_select(2, positions) if positions is not None else q, k, v, positions)
+        uk, uv = bases()
+        loss = sum(layer_objective(attn, q, k, v, uk, uv, mu, sampler.sample()[0], positions, target)
+                   for _ in range(c.rank_samples)) / c.rank_samples
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([a_k, a_v], c.grad_clip)
+        opt.step()
+        sched.step()
+        history.append(float(loss.detach()))
+    with torch.no_grad():
+        uk, uv = bases()
+    return LayerFit(layer, uk.cpu(), uv.cpu(), before, evaluate(), history, time.perf_counter() - t0)
+
+
+def _layer_path(folder: Path, layer: int) -> Path:
+    return Path(folder) / f"layer{layer:03d}.safetensors"
+
+
+def _write_layer(folder: Path, fit: LayerFit, stamp: dict) -> Path:
+    from safetensors.torch import save_file
+
+    meta = dict(stamp, format=LAYER_FORMAT, layer=fit.layer, before=fit.before, after=fit.after,
+                wall_time_s=round(fit.wall_time, 2), history=[round(x, 6) for x in fit.history])
+    path = _layer_path(folder, fit.layer)
+    with atomic_path(path) as tmp:
+        save_file({"keys": fit.keys.contiguous(), "values": fit.values.contiguous()}, str(tmp),
+                  metadata={"mkv": json.dumps(meta)})
+    return path
+
+
+def _read_layer(path: Path, stamp: dict) -> LayerFit:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("mkv", "{}"))
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable layer file ({err}); delete it to fit that layer again") from None
+    if meta.get("format") != LAYER_FORMAT:
+        raise ValueError(f"{path} is not a layer-wise fit (format {meta.get('format')!r})")
+    differ = [k for k in stamp if meta.get(k) != stamp[k]]
+    if differ:
+        raise ValueError(f"{path} was fitted with other {', '.join(differ)} "
+                         f"({ {k: meta.get(k) for k in differ} }, here { {k: stamp[k] for k in differ} }): "
+                         "resume with the same settings, or use another folder")
+    return LayerFit(int(meta["layer"]), tensors["keys"], tensors["values"], float(meta["before"]),
+                    float(meta["after"]), list(meta.get("history", [])), float(meta.get("wall_time_s", 0.0)))
+
+
+def fit_layerwise(model, capture: Capture, init: Projections, config: LayerwiseConfig | None = None,
+                  layers=None, folder=None, log=None, device=None, **meta) -> Projections:
+    """Fit the rotations of ``layers`` (default: every captured layer) one layer at a time; return Projections.
+
+    The capture must hold every layer to fit that ``folder`` does not already hold. Layers not fitted keep
+    ``init``'s bases. With ``folder``, each finished layer is written there atomically and
+    layers already there (fitted with the same init, data and settings; anything else is an error) are read back
+    instead of fitted again: an interrupted run resumes where it stopped and ends with the same result.
+    ``log``: a callable given one line per layer. ``init_name`` (how the init was named, e.g. "pca") goes into
+    the record; other ``meta`` into the result's meta (e.g. corpus=...).
+    """
+    c = config or LayerwiseConfig()
+    capture.check_model(model)
+    init.check_model(model)
+    geom = KVGeometry.of(model)
+    check_schedule(default_schedule(geom.head_dim) if c.schedule is None else c.schedule, geom.head_dim)
+    layers = parse_layers(sorted(capture.layers) if layers is None else layers, geom.layers)
+    done = set(finished_layers(folder)) if folder is not None else set()
+    missing = [l for l in layers if l not in capture.layers and l not in done]
+    if missing:
+        raise ValueError(f"layers {missing} are not in the capture (it holds {sorted(capture.layers)}): "
+                         "capture them too")
+    device = device or next(model.parameters()).device
+    stamp = {"init": init.fingerprint(), "data": capture.info.get("data"),
+             "attention_hash": capture.identity["attention_hash"], "config": c.to_dict()}
+    keys, values = init.keys.detach().float().clone(), init.values.detach().float().clone()
+    fits, resumed = {}, []
+    for i, layer in enumerate(layers):
+        path = _layer_path(folder, layer) if folder is not None else None
+        if path is not None and path.exists():
+            fit = _read_layer(path, stamp)
+            resumed.append(layer)
+        else:
+            fit = fit_layer(capture.layers[layer], LayerAttention.of(model, layer), init.keys[layer],
+                            init.values[layer], init.value_mean[layer], c, layer, device)
+            if path is not None:
+                _write_layer(folder, fit, stamp)
+        keys[layer], values[layer] = fit.keys, fit.values
+        fits[layer] = fit
+        if log is not None:
+            log(f"layer {layer:>2} ({i + 1}/{len(layers)}): objective at 50% {fit.before:.4f} -> {fit.after:.4f} "
+                f"({len(fit.history)} steps, {fit.wall_time:.1f}s{', resumed' if layer in resumed else ''})")
+    record = {
+        "init": meta.pop("init_name", None), "init_fingerprint": stamp["init"], "init_kind": init.meta.get("kind"),
+        "layers": layers, "resumed_layers": resumed, "steps_per_layer": c.steps, "config": c.to_dict(),
+        "tokens": capture.tokens, "seq_len": capture.seq_len, "data_fingerprint": capture.info.get("data"),
+        "corpus": capture.info.get("corpus"), "capture_wall_time_s": capture.info.get("wall_time_s"),
+        "fit_wall_time_s": round(sum(f.wall_time for f in fits.values()), 1),
+        "objective_at_50": {str(l): [round(f.before, 6), round(f.after, 6)] for l, f in fits.items()},
+    }
+    out_meta = dict(init.meta, kind="layerwise", model=init.meta.get("model") or capture.identity["model"],
+                    layerwise=record, **meta)
+    out_meta.pop("fingerprint", None)
+    out_meta.pop("format", None)
+    return Projections(keys, values, init.value_mean.detach().float().clone(), init.key_spectrum,
+                       init.value_spectrum, out_meta)
+
+
+def finished_layers(folder) -> list[int]:
+    """Layers with a finished file in ``folder`` (none when it does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.stem[5:]) for p in folder.glob("layer[0-9][0-9][0-9].safetensors"))
+
+
+def capture_memory_bytes(geom: KVGeometry, tokens: int, layers: int, dtype=torch.float16) -> int:
+    """Bytes a capture of ``tokens`` tokens and ``layers`` layers takes."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return int(tokens) * layers * (geom.heads + 2 * geom.kv_heads) * geom.head_dim * size
+
+
+__all__ = ["Capture", "CaptureMismatchError", "LayerAttention", "LayerFit", "LayerInputs", "LayerwiseConfig",
+           "attention_hash", "capture_layer_inputs", "capture_memory_bytes", "compress_kv", "finished_layers",
+           "fit_layer", "fit_layerwise", "layer_objective", "model_identity", "parse_layers"]
