@@ -56,7 +56,7 @@ def hub_reachable(timeout: float = 1.5) -> bool:
             try:
                 socket.create_connection(address, timeout=timeout).close()
                 result.append(True)
-            except OSError:
+            except Exception:  # noqa: BLE001 - whatever stops the connection means "unreachable"
                 result.append(False)
 
         worker = threading.Thread(target=probe, daemon=True)   # a stuck name lookup ignores socket time-outs
