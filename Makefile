@@ -17,7 +17,7 @@ endif
 endif
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv notebooks test lab full clean
+.PHONY: venv notebooks test lab full docs clean
 
 venv: $(VENV)/.installed
 
@@ -41,6 +41,9 @@ lab: venv
 
 full: venv
 	$(PY) -m mkvlib.notebooks --out build/notebooks-full
+
+docs: venv
+	$(PY) -m mkvlib.docs --write
 
 clean:
 	rm -rf build figures/fast
