@@ -166,7 +166,8 @@ def format_suite_table(rows: list[dict]) -> str:
             text = f"{domain:<22} {base:>8.2f}" if base is not None else f"{domain:<22} {'':>8}"
             for s in settings:
                 r = cell[(domain, s)]
-                text += f"  {r['perplexity_ratio']:>7.3f} {r['kl_to_base']:>7.4f}"
+                kl = r["kl_to_base"] if abs(r["kl_to_base"]) >= 5e-5 else 0.0     # no "-0.0000" from rounding
+                text += f"  {r['perplexity_ratio']:>7.3f} {kl:>7.4f}"
             lines.append(text)
         lines.append("")
     return "\n".join(lines).rstrip()
