@@ -49,6 +49,8 @@ CORPORA: dict[str, CorpusSource] = {
     "arc_easy-validation": CorpusSource("arc_easy/validation.jsonl", render="arc"),
     "pydoc-train": CorpusSource(None),
     "pydoc-test": CorpusSource(None),
+    # text sampled once from the embedded model itself (mkvlib.sampled): training text that needs no data at all
+    "sampled": CorpusSource(None),
 }
 # the data directory's training/ files: NAME is the training part, NAME-heldout the last HELDOUT_FRACTION of documents
 TRAINING_FILES = {"books": "training/gutenberg_books.jsonl", "stackexchange": "training/stackexchange_qa.jsonl",
@@ -68,6 +70,8 @@ ALIASES.update({f"{_name}-train": _name for _name in TRAINING_FILES})
 EVALUATION_CORPORA = ("wikitext2-test", "shakespeare", "pydoc-test")
 BENCHMARK_DIRS = ("piqa", "arc_easy", "hellaswag", "winogrande", "commonsense_qa", "openbookqa", "gsm8k")
 DEFAULT_TRAINING_MIXTURE = "books,stackexchange,factbook,peps,rfcs,c4,wikipedia"
+# training without a data folder: the model's own samples (sampled once, cached) beside Python's documentation
+FALLBACK_TRAINING_MIXTURE = "sampled:3,pydoc-train:1"
 ARC_PROMPT = "Question: {question}\nAnswer:"   # lm-eval's arc_easy doc_to_text; the target is " " + the choice
 
 
@@ -91,11 +95,12 @@ def data_dir() -> Path | None:
 
 def default_corpus(role: str = "calibration") -> str:
     """To calibrate and train: :data:`DEFAULT_TRAINING_MIXTURE` when the data directory has ``training/``, else
-    wikitext2 validation; to evaluate: wikitext2 test. Without a data directory, :func:`fallback_corpus`."""
-    if role not in ("calibration", "eval"):
-        raise ValueError(f"role must be 'calibration' or 'eval', not {role!r}")
+    wikitext2 validation; to evaluate: wikitext2 test. Without a data directory, :func:`fallback_corpus` (for
+    ``role='training'``, text sampled from the model itself mixed with Python's documentation)."""
+    if role not in ("calibration", "training", "eval"):
+        raise ValueError(f"role must be 'calibration', 'training' or 'eval', not {role!r}")
     root = data_dir()
-    if role == "calibration" and root is not None and (root / "training").is_dir():
+    if role in ("calibration", "training") and root is not None and (root / "training").is_dir():
         return DEFAULT_TRAINING_MIXTURE
     have_data = root is not None and (root / "wikitext2").is_dir()
     if have_data:
@@ -111,6 +116,8 @@ def default_corpus(role: str = "calibration") -> str:
 def fallback_corpus(role: str) -> str:
     """The corpus for ``role`` on a machine without a data directory: Python's own documentation (disjoint
     train and test parts). The one place a data-free source (e.g. text sampled from the model) plugs in."""
+    if role == "training":
+        return FALLBACK_TRAINING_MIXTURE
     return "pydoc-train" if role == "calibration" else "pydoc-test"
 
 
@@ -133,6 +140,8 @@ def read_documents(path: Path, field: str | None = None, render: str | None = No
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, field, render)
     if key not in _DOCUMENTS:
+        for old in [k for k in _DOCUMENTS if k[0] == key[0]]:   # a changed file: forget its old version
+            del _DOCUMENTS[old]
         _DOCUMENTS[key] = _parse_jsonl(path, field, render)
     return _DOCUMENTS[key]
 
@@ -206,6 +215,10 @@ def load_text(name: str) -> str:
     if source is not None:
         if key.startswith("pydoc-"):
             return pydoc_text(key.split("-", 1)[1])
+        if key == "sampled":
+            from .sampled import embedded_sampled_text
+
+            return embedded_sampled_text()
         if source.data_path:
             root = data_dir()
             if root is None:

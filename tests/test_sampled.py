@@ -70,3 +70,14 @@ def test_an_interrupted_sampling_leaves_nothing(model, tokenizer, tmp_path, monk
 def test_bad_settings_are_clear_errors(bad):
     with pytest.raises(ValueError, match="SampleSettings"):
         SampleSettings(**bad)
+
+
+def test_without_a_data_folder_training_text_is_the_models_own_samples(monkeypatch):
+    from mkvlib import corpora
+
+    monkeypatch.delenv("MKV_DATA_DIR", raising=False)
+    spec = corpora.default_corpus("training")
+    assert [name for name, _ in corpora.parse_mixture(spec)] == ["sampled", "pydoc-train"]
+    assert corpora.check_not_heldout(spec) == spec
+    monkeypatch.setattr(sampled, "embedded_sampled_text", lambda settings=None: "text the model wrote")
+    assert corpora.load_text("sampled") == "text the model wrote"

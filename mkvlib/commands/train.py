@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--tokens", type=int, default=None, help="training tokens in all, split evenly over corpora "
                    "(default 262144; 8192 with MKV_FAST=1)")
     p.add_argument("--eval-tokens", type=int, default=None,
-                   help="held-out tokens of the first corpus for the periodic KL (default 2048; 512 fast)")
+                   help="tokens of the out-of-domain suite (mkvlib.suite: held-out parts of every domain, never "
+                        "trained on) for the periodic KL, shared over its domains (default 4096; 1024 fast; 0: none)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300; 6 with MKV_FAST=1)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=4, help="sequences per micro-batch")
@@ -54,19 +55,40 @@ def check_training_corpus(name: str) -> str:
     return check_not_heldout(name, role="training")
 
 
-def load_training_blocks(tokenizer, corpora: list, tokens: int, seq_len: int, eval_tokens: int):
-    """(train blocks, eval blocks): ``tokens`` split evenly over corpora; eval = a held-out slice of the first."""
+def load_training_blocks(tokenizer, corpora: list, tokens: int, seq_len: int, eval_tokens: int, seed: int = 0):
+    """(train blocks, eval blocks). One corpus or weighted mixture: ``tokens`` shared out by weight
+    (:func:`mkvlib.corpora.mixture_blocks`); several ``--corpus``: split evenly. Eval: the out-of-domain suite."""
     import torch
 
-    from ..corpora import token_blocks
+    from ..corpora import is_mixture, mixture_blocks, token_blocks
 
-    share = tokens // len(corpora)
-    if share < seq_len:
-        raise ValueError(f"--tokens {tokens} over {len(corpora)} corpora leaves {share} each, under --seq-len {seq_len}")
-    train = torch.cat([token_blocks(tokenizer, c, seq_len, share) for c in corpora])
-    n_first = len(token_blocks(tokenizer, corpora[0], seq_len, share)) * seq_len
-    evals = token_blocks(tokenizer, corpora[0], seq_len, eval_tokens, skip_tokens=n_first) if eval_tokens else None
-    return train, evals
+    if len(corpora) == 1 and is_mixture(corpora[0]):
+        train = mixture_blocks(tokenizer, corpora[0], seq_len, tokens, seed=seed)
+    else:
+        share = tokens // len(corpora)
+        if share < seq_len:
+            raise ValueError(f"--tokens {tokens} over {len(corpora)} corpora leaves {share} each, under --seq-len "
+                             f"{seq_len}")
+        train = torch.cat([token_blocks(tokenizer, c, seq_len, share) for c in corpora])
+    return train, suite_eval_blocks(tokenizer, eval_tokens)
+
+
+def suite_eval_blocks(tokenizer, eval_tokens: int):
+    """The periodic evaluation's blocks: ``eval_tokens`` of the out-of-domain suite, shared over its available
+    domains (blocks of at most 512 tokens), or None for 0."""
+    import torch
+
+    from ..suite import DEFAULT_SEQ_LEN, available_domains, suite_blocks
+
+    if not eval_tokens:
+        return None
+    domains = available_domains()
+    per_domain = eval_tokens // len(domains)
+    seq_len = min(DEFAULT_SEQ_LEN, per_domain)
+    if seq_len < 16:
+        raise ValueError(f"--eval-tokens {eval_tokens} over {len(domains)} domains is too few (at least "
+                         f"{16 * len(domains)})")
+    return torch.cat(list(suite_blocks(tokenizer, per_domain, seq_len, domains).values()))
 
 
 def run(args) -> int:
@@ -81,7 +103,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
-    corpora = [check_training_corpus(c) for c in (args.corpus or [default_corpus("calibration")])]
+    corpora = [check_training_corpus(c) for c in (args.corpus or [default_corpus("training")])]
     schedule = parse_schedule(args.schedule)
     config = TrainConfig(steps=args.steps or pick(6, 300), batch_size=args.batch, grad_accum=args.grad_accum,
                          lr=args.lr, warmup_steps=args.warmup, kd_weight=args.kd_weight, lm_weight=args.lm_weight,
@@ -93,8 +115,9 @@ def run(args) -> int:
     model, tokenizer = load_model(args.model, device=device)
     init = resolve_projections(args.init, model)
     tokens = args.tokens or pick(8192, 262144)
-    eval_tokens = pick(512, 2048) if args.eval_tokens is None else args.eval_tokens
-    train_blocks, eval_blocks = load_training_blocks(tokenizer, corpora, tokens, args.seq_len, eval_tokens)
+    eval_tokens = pick(1024, 4096) if args.eval_tokens is None else args.eval_tokens
+    train_blocks, eval_blocks = load_training_blocks(tokenizer, corpora, tokens, args.seq_len, eval_tokens,
+                                                     seed=args.seed)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt")
     trainer = Trainer(model, init, train_blocks, config, eval_blocks=eval_blocks, checkpoint_path=ckpt,
                       accelerator=accelerator)
@@ -107,6 +130,7 @@ def run(args) -> int:
         "out": str(out), "model": model.mkv_name, "init": args.init, "init_fingerprint": trainer.init_fingerprint,
         "command": command, "corpora": corpora, "train_tokens_available": int(train_blocks.numel()),
         "tokens_seen": trainer.tokens_seen, "steps": trainer.step, "seq_len": args.seq_len,
+        "eval": {"suite": "ood", "tokens": int(eval_blocks.numel())} if eval_blocks is not None else None,
         "wall_time_s": round(trainer.wall_time, 1),
         "hardware": {"device": str(trainer.device), "torch_threads": torch.get_num_threads(),
                      "cpu": platform.processor() or platform.machine(), "platform": platform.platform(),
