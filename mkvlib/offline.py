@@ -458,26 +458,52 @@ def pip_resolve(requirements: list[str], target: Target, find_links: list[Path],
     installed), constrained to the versions the target has; the report's ``install`` items."""
     workdir.mkdir(parents=True, exist_ok=True)
     report, constraints = workdir / "report.json", workdir / "constraints.txt"
-    # a full freeze: every versioned package it lists resolves to an empty stub at exactly that version, so pip
-    # neither fetches (say) torch's metadata nor needs the target's own builds (+cu128) to be on the index
-    stubs = stub_versions(target)
-    for name, version in stubs.items():
-        stub_wheel(workdir / "stubs", name, version)
-    pins = [f"{n}=={v}" for n, v in sorted(stubs.items())] if stubs else target.constraints()
-    constraints.write_text("\n".join(pins) + "\n")
-    args = ["install", "--dry-run", "--ignore-installed", "--report", str(report),
-            "--target", str(workdir / "never-written"), *target.pip_args(), "-c", str(constraints)]
-    for folder in ([workdir / "stubs"] if stubs else []) + list(find_links):
-        args += ["--find-links", str(folder)]
-    proc = pip(*args, *requirements, check=False)
-    if proc.returncode:
-        errors = _pip_errors(proc)
-        missing = [r for r in unresolvable_requirements(errors) if canonical(_packaging()(r).name) not in target.has]
-        if missing:
-            raise Unresolvable(missing, errors)   # published only as source (or not at all)
-        raise BundleError(f"pip could not resolve the wheels for Python {target.python_version} "
-                          f"({', '.join(target.platforms)}):\n{errors}")
-    return json.loads(report.read_text())["install"]
+    # A full freeze: every versioned package it lists resolves to an empty stub at exactly that version, so pip
+    # neither fetches (say) torch's metadata nor needs the target's own builds (+cu128) to be on the index. A stub
+    # has no extras, so a package that something requires with extras (fsspec[http]) is pinned to its real release
+    # instead, and the extras' dependencies are resolved (and brought, where the target lacks them).
+    stubs, real = stub_versions(target), set()
+    while True:
+        stub_dir = workdir / f"stubs-{len(real)}"
+        use = {n: v for n, v in stubs.items() if n not in real}
+        for name, version in use.items():
+            stub_wheel(stub_dir, name, version)
+        pins = [f"{n}=={v}" for n, v in sorted(use.items())] if stubs else target.constraints()
+        pins += [f"{n}=={stubs[n].split('+')[0]}" for n in sorted(real)]
+        constraints.write_text("\n".join(pins) + "\n")
+        args = ["install", "--dry-run", "--ignore-installed", "--report", str(report),
+                "--target", str(workdir / "never-written"), *target.pip_args(), "-c", str(constraints)]
+        for folder in ([stub_dir] if use else []) + list(find_links):
+            args += ["--find-links", str(folder)]
+        proc = pip(*args, *requirements, check=False)
+        if proc.returncode:
+            errors = _pip_errors(proc)
+            missing = [r for r in unresolvable_requirements(errors)
+                       if canonical(_packaging()(r).name) not in target.has]
+            if missing:
+                raise Unresolvable(missing, errors)   # published only as source (or not at all)
+            raise BundleError(f"pip could not resolve the wheels for Python {target.python_version} "
+                              f"({', '.join(target.platforms)}):\n{errors}")
+        items = json.loads(report.read_text())["install"]
+        with_extras = stubbed_with_extras(items, set(use)) - real
+        if not with_extras:
+            return items
+        real |= with_extras
+
+
+def stubbed_with_extras(items: list[dict], stubbed: set) -> set:
+    """Stubbed distributions that some resolved item requires with extras."""
+    Requirement = _packaging()
+    out = set()
+    for it in items:
+        for r in it["metadata"].get("requires_dist") or []:
+            try:
+                req = Requirement(r)
+            except Exception:  # noqa: BLE001 - reported by plan_wheels
+                continue
+            if req.extras and canonical(req.name) in stubbed:
+                out.add(canonical(req.name))
+    return out
 
 
 def pip_build_wheel(requirement: str, dest: Path) -> Path:
@@ -985,7 +1011,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--chunk-mb", type=float, default=DEFAULT_CHUNK_MB,
                    help=f"split files larger than this many MiB (default {DEFAULT_CHUNK_MB:g})")
     p.add_argument("--group-mb", type=float, default=DEFAULT_GROUP_MB,
-                   help=f"at most this many MiB per transfer group gNN/, manifest included (default {DEFAULT_GROUP_MB:g})")
+                   help=f"at most this many MiB per transfer group gNN/, manifest included "
+                   f"(default {DEFAULT_GROUP_MB:g})")
     has = p.add_mutually_exclusive_group()
     has.add_argument("--target-freeze", metavar="FILE", help="`pip freeze` of the target's Python")
     has.add_argument("--target-has", metavar="PKGS", help="comma-separated distributions the target has (their "

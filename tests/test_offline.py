@@ -354,6 +354,12 @@ def test_a_full_freeze_resolves_against_stubs_at_its_exact_versions(tmp_path):
         assert not [n for n in zf.namelist() if not n.startswith("torch-2.11.0+mkvstub.dist-info/")]
 
 
+def test_stubbed_packages_required_with_extras_are_resolved_for_real():
+    items = [item("datasets", "5.2.0", ["fsspec[http]<=2026.9.0", "numpy"]), item("fsspec", "2026.9.0+mkvstub"),
+             item("numpy", "2.3.1+mkvstub")]
+    assert offline.stubbed_with_extras(items, {"fsspec", "numpy"}) == {"fsspec"}
+
+
 def test_platforms_expand_to_older_glibc():
     tags = offline.expand_platforms(["manylinux_2_28_x86_64", "manylinux2014_x86_64"])
     assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in tags
