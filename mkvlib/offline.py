@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .io import atomic_path, write_json
+from .io import atomic_path
 
 FORMAT = "mkv-offline-bundle"
 VERSION = 1
@@ -302,7 +302,6 @@ class Target:
 def _packaging():
     try:
         from packaging.requirements import Requirement
-        from packaging.utils import canonicalize_name  # noqa: F401
     except ImportError:  # pip vendors it
         from pip._vendor.packaging.requirements import Requirement
     return Requirement
