@@ -357,3 +357,23 @@ def test_fit_pca_query_aware_command(tmp_path, capsys):
     assert result["kind"] == "query-aware" and result["score_error_vs_pca@50%"] < 1
     assert Projections.load(out).orthogonality_error() < 1e-5
 
+
+
+@needs_model
+def test_warmstart_from_the_query_aware_basis_of_the_same_text(tmp_path, capsys):
+    from mkvlib.cli import main
+
+    out, cap = tmp_path / "q.safetensors", tmp_path / "cap.safetensors"
+    argv = ["warmstart", "--json", "--init", "query-aware", "--corpus", "pydoc-train", "--tokens", "256",
+            "--seq-len", "128", "--steps", "1", "--queries", "8", "--layers", "29", "--capture", str(cap),
+            "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    proj = Projections.load(out)
+    assert proj.meta["kind"] == "layerwise" and proj.meta["layerwise"]["init_kind"] == "query-aware"
+    assert proj.orthogonality_error() < 1e-5
+    assert Capture.load(cap).tokens == 256        # the capture was kept; a second run reads it back
+    out2 = tmp_path / "q2.safetensors"
+    assert main(argv[:-1] + [str(out2)]) == 0
+    assert "read the captured inputs" in capsys.readouterr().err
+    assert torch.equal(Projections.load(out2).keys, proj.keys)

@@ -61,7 +61,7 @@ def run(args) -> int:
                                       fit_layerwise, parse_layers)
     from .train import check_training_corpus
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
@@ -132,6 +132,7 @@ def run(args) -> int:
         "config": config.to_dict(), "capture_wall_time_s": capture.info.get("wall_time_s"),
         "fit_wall_time_s": record_lw["fit_wall_time_s"],
         "wall_time_s": round(time.perf_counter() - t_start, 1),
+        "cpu_time_s": round(time.process_time() - cpu_start, 1),   # this process, all threads (model load included)
         "hardware": {"device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
                      "cpu": platform.processor() or platform.machine(), "platform": platform.platform(),
                      "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
@@ -142,7 +143,7 @@ def run(args) -> int:
     before = [v[0] for v in record_lw["objective_at_50"].values()]
     after = [v[1] for v in record_lw["objective_at_50"].values()]
     summary = {k: record[k] for k in ("out", "fingerprint", "init", "corpus", "tokens", "steps_per_layer",
-                                      "capture_wall_time_s", "fit_wall_time_s", "wall_time_s")}
+                                      "capture_wall_time_s", "fit_wall_time_s", "wall_time_s", "cpu_time_s")}
     summary["layers_fitted"] = len(layers)
     if before:
         summary["mean_objective_at_50_before"] = sum(before) / len(before)
