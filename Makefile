@@ -17,7 +17,7 @@ endif
 endif
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv notebooks test lab full docs clean
+.PHONY: venv notebooks test lab full docs offline-bundle offline-unpack clean
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,15 @@ full: venv
 
 docs: venv
 	$(PY) -m mkvlib.docs --write
+
+# Air-gapped GPU machines: pack the model's GGUF, the wheels the target lacks and the texts into transfer groups
+# (DIR/gNN/, each under 40 MiB), carry them over, then unpack there with the system python3 (no venv, no network).
+OFFLINE_DIR ?= .offline
+offline-bundle: venv
+	$(PY) -m mkvlib offline pack --out $(or $(DIR),$(OFFLINE_DIR)) $(if $(FREEZE),--target-freeze $(FREEZE)) $(OFFLINE_ARGS)
+
+offline-unpack:
+	$(PYTHON) -m mkvlib.offline unpack $(or $(DIR),$(OFFLINE_DIR)) $(if $(INTO),--into $(INTO))
 
 clean:
 	rm -rf build figures/fast
