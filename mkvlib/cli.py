@@ -10,6 +10,7 @@ import importlib
 import sys
 
 COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench", "offline", "warmstart"]  # modules under mkvlib.commands, in --help order
+COMMANDS.append("fullrun")  # the one-command full-size run (mkvlib.fullrun)
 
 
 def build_parser() -> argparse.ArgumentParser:
