@@ -203,9 +203,11 @@ def test_every_training_entry_point_refuses_heldout(tmp_path):
         with pytest.raises(corpora.HeldOutCorpusError, match="calibration text"):
             SearchConfig(corpus=spec)
     out = tmp_path / "x"
-    assert main(["train", "--corpus", "books", "--corpus", "rfcs-heldout", "--out", f"{out}.safetensors"]) == 2
-    assert main(["search", "--corpus", "books:2,factbook-heldout", "--out", f"{out}.json"]) == 2
-    assert main(["fit-pca", "--corpus", "wikitext2-test", "--out", f"{out}.safetensors"]) == 2
+    small = ["--tokens", "128", "--seq-len", "64"]     # should a check go missing, the command stays short
+    assert main(["train", "--corpus", "books", "--corpus", "rfcs-heldout", *small, "--steps", "1",
+                 "--out", f"{out}.safetensors"]) == 2
+    assert main(["search", "--corpus", "books:2,factbook-heldout", *small, "--out", f"{out}.json"]) == 2
+    assert main(["fit-pca", "--corpus", "wikitext2-test", *small, "--out", f"{out}.safetensors"]) == 2
     assert not list(tmp_path.iterdir())
 
 

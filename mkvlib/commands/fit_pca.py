@@ -25,6 +25,10 @@ def run(args) -> int:
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
+    if args.corpus:   # calibration text: never held-out or evaluation text
+        from ..corpora import check_not_heldout
+
+        check_not_heldout(args.corpus, role="calibration")
     model, _, blocks = setup(args)
     stats = collect_kv_stats(model, blocks, args.batch_size, queries=args.query_aware, model_name=model.mkv_name,
                              corpus=args.corpus)
