@@ -30,7 +30,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import json
+    import os
 
+    os.environ.setdefault("TQDM_DISABLE", "1")     # lm-eval's and datasets' progress bars; log.txt tells progress
     from ..fullrun import FullRunConfig, run_fullrun
 
     config = FullRunConfig(out=args.out, minutes=args.minutes, model=args.model, stages=args.stages,
@@ -49,6 +51,7 @@ def run(args) -> int:
                           "stages": stages}))
     else:
         for name, s in stages.items():
-            print(f"{name:<7} {s['status']:<8} {s['seconds'] if s['seconds'] is not None else '':>7}  {s.get('note', '')}")
+            seconds = "" if s["seconds"] is None else s["seconds"]
+            print(f"{name:<7} {s['status']:<11} {seconds:>7}  {s.get('note', '')}")
         print(f"{summary['status']} in {summary['elapsed_s']:.0f}s: {args.out}")
     return 0

@@ -44,6 +44,8 @@ def train_part(ctx, trainer, seconds: float, label: str) -> dict:
 def run(ctx, deadline) -> dict:
     if importlib.util.find_spec("peft") is None:
         raise StageSkipped("peft is not installed")
+    if deadline - clock.now() < 4 * ctx.profile.min_stage_s:
+        raise StageSkipped(f"too little time left for two training stages ({deadline - clock.now():.0f}s)")
     from ..lora import LoRASettings, add_adapter, stage1_config, stage1_trainer, stage2_config, stage2_trainer
 
     ids, answers, every, n = examples(ctx)

@@ -71,7 +71,8 @@ def header(ctx, load_s: float) -> dict:
     from ..lmeval.sweep import git_commit
 
     cuda = ctx.device.type == "cuda"
-    return {"command": "mkv " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("mkv", "__main__.py") else None, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "status": "running",
+    command = "mkv " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("mkv", "__main__.py") else None
+    return {"command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "status": "running",
             "minutes": ctx.config.minutes, "train_minutes": ctx.config.train_minutes,
             "lmeval_limit": ctx.config.lmeval_limit, "tasks": list(ctx.config.tasks),
             "stages_asked": list(ctx.config.stages), "profile": ctx.profile.name,

@@ -20,7 +20,7 @@ def run(ctx, deadline) -> dict:
     traj.meta.update(projections=str(ctx.trained_spec), calibration_corpus=corpus, command="mkv fullrun")
     eval_corpus = "pydoc-test" if ctx.config.tiny else default_corpus("eval")
     readout = token_blocks(ctx.tokenizer, eval_corpus, config.seq_len, max(p.readout_tokens, config.seq_len))
-    evaluate_trajectory(ctx.model, proj, traj, readout, budget_grid(traj, 7), eval_corpus, p.eval_batch,
+    evaluate_trajectory(ctx.model, proj, traj, readout, budget_grid(traj, p.readout_points), eval_corpus, p.eval_batch,
                         progress=False)
     traj.save(ctx.path("trajectory"))
     ctx.trajectory_path = str(ctx.path("trajectory"))

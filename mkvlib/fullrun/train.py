@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 from . import clock
+from .context import StageSkipped
 
-EVAL_BUDGETS = (0.25, 0.375, 0.5, 0.75)
+MARGIN = {"gpu": 2.0, "cpu": 1.0, "tiny": 0.0}      # seconds kept for saving after the last step
 
 
 def retime(trainer, total: int) -> None:
@@ -28,7 +29,11 @@ def retime(trainer, total: int) -> None:
     if c.eval_every:
         c.eval_every = max(1, total // 4)
     factor = cosine_with_warmup(c.warmup_steps, max(total, 1), c.min_lr_ratio)
-    trainer.scheduler.lr_lambdas = [factor] * len(trainer.optimizer.param_groups)
+    scheduler = trainer.scheduler
+    scheduler.lr_lambdas = [factor] * len(trainer.optimizer.param_groups)
+    for group, base in zip(trainer.optimizer.param_groups, scheduler.base_lrs):   # the next step's lr, now
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in trainer.optimizer.param_groups]
 
 
 def timed_loop(ctx, trainer, stop_at: float, step_s: float | None, cap: int | None = None,
@@ -70,8 +75,8 @@ def make_trainer(ctx, seconds: float):
     steps = initial_steps(ctx, seconds, cap)
     config = TrainConfig(steps=steps, batch_size=min(ctx.train_batch, len(train_blocks)), lr=p.lr,
                          warmup_steps=min(p.warmup, max(1, steps // 10)), kd_weight=1.0, lm_weight=0.0,
-                         eval_every=max(1, steps // 4) if eval_blocks is not None else 0, eval_budgets=EVAL_BUDGETS,
-                         checkpoint_every=0, seed=ctx.config.seed, progress=False)
+                         eval_every=max(1, steps // 4) if eval_blocks is not None else 0,
+                         eval_budgets=p.train_eval_budgets, checkpoint_every=0, seed=ctx.config.seed, progress=False)
     trainer = Trainer(ctx.model, ctx.pca(), train_blocks, config, eval_blocks=eval_blocks,
                       checkpoint_path=ctx.path("checkpoint"))
     return trainer, corpus, cap
@@ -82,19 +87,36 @@ def run(ctx, deadline) -> dict:
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
-        start = clock.now()
-        if trainer.eval_blocks is not None:          # the starting point (PCA), and what an evaluation costs
-            trainer.evals.append({"step": 0, "rows": trainer.evaluate()})
-        reserve = 2 * (clock.now() - start) + (1.0 if ctx.profile.name != "tiny" else 0.0)
-        timed_loop(ctx, trainer, deadline - reserve, ctx.measured.get("train_step_s"), cap)
-        if trainer.eval_blocks is not None and trainer.evals[-1]["step"] != trainer.step:
+        eval_s = start_evaluation(ctx, trainer, deadline)
+        timed_loop(ctx, trainer, deadline - eval_s - MARGIN.get(ctx.profile.name, 1.0),
+                   ctx.measured.get("train_step_s"), cap)
+        if trainer.step and trainer.evals and trainer.evals[-1]["step"] != trainer.step and \
+                clock.now() + eval_s <= deadline:
             trainer.evals.append({"step": trainer.step, "rows": trainer.evaluate()})
     except KeyboardInterrupt:
-        save_projections(ctx, trainer, corpus)       # what was trained so far (the checkpoint is saved too)
+        if trainer.step:
+            save_projections(ctx, trainer, corpus)   # what was trained so far (the checkpoint is saved too)
         raise
     finally:
         trainer.close()
+    if not trainer.step:
+        raise StageSkipped(f"no time for a training step ({ctx.measured.get('train_step_s', 0):.1f}s each) in the "
+                           "stage's share after loading the data and the starting evaluation")
     return record(ctx, trainer, corpus, save_projections(ctx, trainer, corpus))
+
+
+def start_evaluation(ctx, trainer, deadline) -> float:
+    """The starting point's suite KL (PCA) when it leaves time for steps; returns what one evaluation took."""
+    step_s = ctx.measured.get("train_step_s") or 0.0
+    if trainer.eval_blocks is None:
+        return 0.0
+    start = clock.now()
+    trainer.evals.append({"step": 0, "rows": trainer.evaluate()})
+    eval_s = clock.now() - start
+    if clock.now() + 2 * eval_s + 4 * step_s > deadline:     # evaluations would crowd out the training
+        trainer.config.eval_every = 0
+        return 0.0
+    return eval_s
 
 
 def save_projections(ctx, trainer, corpus):
