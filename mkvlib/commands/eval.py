@@ -156,6 +156,8 @@ def run_corpus(args) -> int:
 
 def run_suite(args, allocations) -> int:
     """mkv eval --suite ood: every (projections, allocation) method at every budget on every domain."""
+    from pathlib import Path
+
     from ..models import load_model
     from ..projections import resolve_projections
     from ..retrieval import format_retrieval_table, retrieval_curve
@@ -174,7 +176,8 @@ def run_suite(args, allocations) -> int:
     tokens = args.tokens or default_tokens()
     if tokens < args.seq_len:
         raise ValueError(f"--tokens ({tokens}) must be at least --seq-len ({args.seq_len})")
-    methods = [Method(f"{p} {a}", p, a, args.trajectory if a == "adaptive" else None)
+    label = lambda p: Path(p).stem if p.endswith(".safetensors") else p  # noqa: E731 - a file by its name
+    methods = [Method(f"{label(p)} {a}", p, a, args.trajectory if a == "adaptive" else None)
                for p in split_list(args.projections, "--projections") for a in allocations]
     model, tokenizer = load_model(args.model, device=args.device)
     for m in methods:   # missing projections or trajectories fail here, before any evaluation
