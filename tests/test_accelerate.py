@@ -1,0 +1,89 @@
+"""Scale-out on accelerate: `mkv train` in two accelerate CPU processes trains the same projections (within 1e-5)
+as one process with the same global batch, and only the main process writes and prints.
+
+The processes come from ``accelerate launch --multi_gpu --num_processes 2`` (torchrun) running
+tests/accelerate_worker.py, which makes each a CPU process and then runs the command line: accelerate 1.15's
+``launch --cpu --num_processes 2`` starts a single process unless mpirun is set up. Each process starts Python,
+torch and transformers; on a busy 2-core machine the test takes 20-60 s.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mkvlib.cli import main
+from mkvlib.projections import Projections
+
+pytest.importorskip("accelerate")
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+WORKER = Path(__file__).with_name("accelerate_worker.py")
+# What is compared: the rank-8 projectors, trained at that one rank, with a small learning rate. Rotations within
+# the first 8 columns (or within the rest) leave the projector unchanged, so their gradient is zero up to
+# rounding, and Adam turns rounding noise of either sign into steps of size lr: bases compared column by column
+# differ by ~lr between any two runs that sum in another order (one batch of 4 or two of 2), and through the
+# Cayley map those steps reach the projector at second order (~(steps x lr)^2 x d).
+RANK = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random model with a byte tokenizer saved as a folder (what --model takes), and PCA for it."""
+    from mkvlib.fullrun.tiny import tiny_pair
+    from mkvlib.pca import fit_pca
+    from mkvlib.stats import collect_kv_stats
+
+    folder = tmp_path_factory.mktemp("models") / "tinymodel"
+    model, tokenizer = tiny_pair(seed=3)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    blocks = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    fit_pca(collect_kv_stats(model, blocks, progress=False), model_name="tinymodel").save(folder / "pca.safetensors")
+    return folder
+
+
+def train_args(model_dir, out, batch):
+    return ["train", "--model", str(model_dir), "--init", str(model_dir / "pca.safetensors"), "--corpus",
+            "pydoc-train", "--tokens", "2048", "--seq-len", "32", "--batch", str(batch), "--steps", "4", "--warmup",
+            "1", "--lr", "1e-4", "--schedule", str(RANK), "--eval-tokens", "0", "--out", str(out), "--json"]
+
+
+def projectors(bases: torch.Tensor) -> torch.Tensor:
+    """U[:, :r] U[:, :r]^T per (layer, head): what compression at rank r computes with."""
+    return bases[..., :RANK] @ bases[..., :RANK].transpose(-1, -2)
+
+
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate command line is not installed beside Python")
+def test_two_processes_train_what_one_process_trains_and_only_the_main_one_writes(model_dir, tmp_path, capsys):
+    one = tmp_path / "one" / "p.safetensors"
+    assert main(train_args(model_dir, one, batch=4)) == 0
+    capsys.readouterr()
+    two = tmp_path / "two" / "p.safetensors"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                           str(free_port()), str(WORKER), *train_args(model_dir, two, batch=2)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 1, proc.stdout                                 # only the main process reports
+    assert sorted(p.name for p in two.parent.iterdir()) == ["p.ckpt", "p.json", "p.safetensors"]
+    record = json.loads(two.with_suffix(".json").read_text())
+    reference = json.loads(one.with_suffix(".json").read_text())
+    assert record["hardware"]["processes"] == 2 and reference["hardware"]["processes"] == 1
+    assert record["tokens_seen"] == reference["tokens_seen"] == 4 * 4 * 32
+    a, b, init = Projections.load(one), Projections.load(two), Projections.load(model_dir / "pca.safetensors")
+    assert (projectors(a.keys) - projectors(init.keys)).abs().max() > 1e-3   # training moved the subspaces
+    torch.testing.assert_close(projectors(b.keys), projectors(a.keys), atol=1e-5, rtol=0)
+    torch.testing.assert_close(projectors(b.values), projectors(a.values), atol=1e-5, rtol=0)
