@@ -32,6 +32,7 @@ class RunContext:
         self.measured: dict = {}           # numbers one stage hands to a later one (seconds per training step)
         self.pca_spec = self.trained_spec = self.trajectory_path = None
         self.train_batch = profile.train_batch
+        self._training_data = None
 
     # --- files and log ------------------------------------------------------------------------------------
     def path(self, key: str) -> Path:
@@ -100,6 +101,46 @@ class RunContext:
                 raise StageSkipped("no trained projections: the train stage did not run, and none are shipped for "
                                    f"{getattr(self.model, 'mkv_name', '?')}") from None
         return resolve_projections(self.trained_spec, self.model)
+
+    def prefetch_training_data(self) -> None:
+        """Start tokenising the training pool (and the periodic evaluation's suite text) in a background thread,
+        so that it overlaps the smoke test: a GPU run's pool is millions of tokens, and the tokenizer releases the
+        GIL. The thread has its own copy of the tokenizer. Text sampled from the model is made in the foreground."""
+        import copy
+        import threading
+
+        from ..commands.train import load_training_blocks
+
+        p, corpus, box = self.profile, self.corpus("training"), {}
+        if "sampled" in corpus:
+            return
+        tokenizer = copy.deepcopy(self.tokenizer)
+
+        def work():
+            try:
+                box["data"] = load_training_blocks(tokenizer, [corpus], p.train_pool, p.train_seq,
+                                                   p.train_eval_tokens, seed=self.config.seed)
+            except BaseException as err:  # noqa: BLE001 - handed to the train stage, which raises it
+                box["error"] = err
+
+        thread = threading.Thread(target=work, name="mkv-fullrun-training-data", daemon=True)
+        thread.start()
+        self._training_data = (thread, box)
+
+    def training_data(self):
+        """(train blocks, eval blocks) of the training pool: the prefetched ones, else loaded now."""
+        from ..commands.train import load_training_blocks
+
+        if self._training_data is None:
+            p = self.profile
+            return load_training_blocks(self.tokenizer, [self.corpus("training")], p.train_pool, p.train_seq,
+                                        p.train_eval_tokens, seed=self.config.seed)
+        thread, box = self._training_data
+        thread.join()
+        self._training_data = None
+        if "error" in box:
+            raise box["error"]
+        return box["data"]
 
     def corpus(self, role: str) -> str:
         """Training or calibration text: the diverse mixture with a data folder; Python's documentation for the

@@ -20,7 +20,7 @@ def _train(ax, rec) -> bool:
 
 def _lmeval(ax, rec) -> bool:
     table = [r for r in rec.get("table") or [] if r.get("kept") is not None]
-    if not table:
+    if not any(r["method"] != "uncompressed" for r in table):
         return False
     base = [r for r in table if r["method"] == "uncompressed"]
     for method in sorted({r["method"] for r in table} - {"uncompressed"}):

@@ -117,6 +117,8 @@ def run_fullrun(config) -> dict:
         ctx.log(f"fullrun: {ctx.summary['model']} on {ctx.summary['device']} ({ctx.summary['dtype']}), profile "
                 f"{profile}, {config.minutes:g} minutes, stages {','.join(config.stages)}")
         try:
+            if "train" in config.stages:
+                ctx.prefetch_training_data()
             run_stages(ctx)
         finally:
             finish(ctx)

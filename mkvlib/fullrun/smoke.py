@@ -88,6 +88,8 @@ def _train_steps(ctx, batch: int) -> dict:
     if not all(math.isfinite(x) for x in losses):
         raise StageError(f"training step: the loss is not finite ({losses})")
     ctx.measured["train_step_s"] = times[-1]
+    # a training step is about four forward passes (teacher, student, and the student's backward)
+    ctx.measured["forward_tokens_per_s"] = 4 * config.batch_size * p.train_seq / times[-1]
     return {"loss": losses, "batch": config.batch_size, "seq_len": p.train_seq, "step_s": times}
 
 

@@ -64,15 +64,15 @@ def initial_steps(ctx, seconds: float, cap: int | None) -> int:
     return min(steps, cap) if cap else steps
 
 
-def make_trainer(ctx, seconds: float):
-    from ..commands.train import load_training_blocks
+def make_trainer(ctx, deadline: float):
     from ..training import TrainConfig, Trainer
 
     p, cap = ctx.profile, ctx.profile.extra.get("train_steps_max")
     corpus = ctx.corpus("training")
-    train_blocks, eval_blocks = load_training_blocks(ctx.tokenizer, [corpus], p.train_pool, p.train_seq,
-                                                     p.train_eval_tokens, seed=ctx.config.seed)
-    steps = initial_steps(ctx, seconds, cap)
+    start = clock.now()
+    train_blocks, eval_blocks = ctx.training_data()
+    ctx.log(f"train: {train_blocks.numel():,} training tokens ready ({clock.now() - start:.1f}s waited)")
+    steps = initial_steps(ctx, deadline - clock.now(), cap)
     config = TrainConfig(steps=steps, batch_size=min(ctx.train_batch, len(train_blocks)), lr=p.lr,
                          warmup_steps=min(p.warmup, max(1, steps // 10)), kd_weight=1.0, lm_weight=0.0,
                          eval_every=max(1, steps // 4) if eval_blocks is not None else 0,
@@ -83,7 +83,7 @@ def make_trainer(ctx, seconds: float):
 
 
 def run(ctx, deadline) -> dict:
-    trainer, corpus, cap = make_trainer(ctx, deadline - clock.now())
+    trainer, corpus, cap = make_trainer(ctx, deadline)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
