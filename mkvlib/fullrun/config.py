@@ -11,7 +11,7 @@ SUITE_BUDGETS = (0.5, 0.375)
 BENCH_BUDGETS = (1.0, 0.5, 0.25)
 # Relative shares of the time left when a stage starts: a stage gets left x weight / (sum of the weights of the
 # stages still to run), so time a stage does not use flows to the later ones. --train-minutes overrides train's.
-WEIGHTS = {"train": 0.8, "search": 0.12, "suite": 0.05, "lmeval": 0.45, "bench": 0.15, "lora": 0.23}
+WEIGHTS = {"train": 0.8, "search": 0.12, "suite": 0.1, "bench": 0.15, "lmeval": 0.4, "lora": 0.23}
 # Stage-level lm-eval methods of the sweep, in the order their cells run within a budget
 METHODS = ("trained-adaptive", "trained-uniform", "pca-uniform")
 

@@ -100,7 +100,11 @@ class RunContext:
             except FileNotFoundError:
                 raise StageSkipped("no trained projections: the train stage did not run, and none are shipped for "
                                    f"{getattr(self.model, 'mkv_name', '?')}") from None
-        return resolve_projections(self.trained_spec, self.model)
+        proj = resolve_projections(self.trained_spec, self.model)
+        if self.summary.get("trained", {}).get("fingerprint") != proj.fingerprint():
+            self.summary["trained"] = {"source": "shipped" if self.trained_spec == "trained" else "this run",
+                                       "fingerprint": proj.fingerprint()}
+        return proj
 
     def prefetch_training_data(self) -> None:
         """Start tokenising the training pool (and the periodic evaluation's suite text) in a background thread,

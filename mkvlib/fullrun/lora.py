@@ -32,8 +32,10 @@ def examples(ctx):
 
 
 def train_part(ctx, trainer, seconds: float, label: str) -> dict:
+    p = ctx.profile
+    guess = ctx.measured.get("train_step_s", 0.0) * (p.lora_batch * p.lora_seq) / (ctx.train_batch * p.train_seq)
     try:
-        timed_loop(ctx, trainer, clock.now() + seconds, None, ctx.profile.extra.get("lora_steps_max"), label)
+        timed_loop(ctx, trainer, clock.now() + seconds, guess or None, p.extra.get("lora_steps_max"), label)
     finally:
         trainer.close()
     hist = trainer.history

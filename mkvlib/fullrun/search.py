@@ -5,6 +5,36 @@ from __future__ import annotations
 from . import clock
 
 
+def estimate(ctx, config) -> float | None:
+    """Seconds the search should take, from the smoke test's search step (one proxy build at one rank per entry
+    on ``smoke_tokens``): one build per refresh and one at the start, each costing that step per rank below d on
+    the path, scaled by the calibration tokens (linearly on a CPU; as their square root on a GPU, which the smoke
+    test's few tokens leave mostly idle). A rough guide: the summary records it beside the measured time."""
+    from ..geometry import KVGeometry
+    from ..search import rank_path
+
+    smoke = ctx.measured.get("search_step_s")
+    if not smoke:
+        return None
+    d = KVGeometry.of(ctx.model).head_dim
+    ranks = len(rank_path(d, config.step, config.min_rank)) - 1
+    scale = (config.tokens / ctx.profile.smoke_tokens) ** (0.5 if ctx.device.type == "cuda" else 1.0)
+    return smoke * scale * ranks * (config.proxy_refresh + 1)
+
+
+def fit(ctx, config, seconds: float):
+    """``config`` with fewer proxy refreshes, then fewer calibration tokens (down to one block), until the
+    estimate fits ``seconds``; the search cannot stop half-way, so it is sized before it starts."""
+    est = estimate(ctx, config)
+    while est is not None and est > seconds and (config.proxy_refresh or config.tokens > config.seq_len):
+        if config.proxy_refresh:
+            config = config.with_(proxy_refresh=config.proxy_refresh // 2)
+        else:
+            config = config.with_(tokens=max(config.seq_len, config.tokens // 2 // config.seq_len * config.seq_len))
+        est = estimate(ctx, config)
+    return config, est
+
+
 def run(ctx, deadline) -> dict:
     from ..corpora import default_corpus, token_blocks
     from ..search import SearchConfig, budget_grid, evaluate_trajectory, greedy_search
@@ -12,7 +42,10 @@ def run(ctx, deadline) -> dict:
     p = ctx.profile
     proj = ctx.trained()                       # raises StageSkipped without trained projections
     corpus = ctx.corpus("calibration")
-    config = SearchConfig(**p.search, corpus=corpus)
+    config, est = fit(ctx, SearchConfig(**p.search, corpus=corpus), 0.8 * (deadline - clock.now()))
+    if config.as_dict() != SearchConfig(**p.search, corpus=corpus).as_dict():
+        ctx.log(f"search: sized to its time: {config.tokens} calibration tokens, {config.proxy_refresh} proxy "
+                f"refreshes (estimated {est:.0f}s)")
     blocks = token_blocks(ctx.tokenizer, corpus, config.seq_len, config.tokens, seed=ctx.config.seed)
     start = clock.now()
     traj = greedy_search(ctx.model, proj, blocks, config, progress=False)
@@ -28,6 +61,7 @@ def run(ctx, deadline) -> dict:
     ctx.log(f"search: {len(traj)} steps to {traj.final_budget:.3f} in {search_s:.1f}s "
             f"({traj.meta['candidate_evaluations']} exact evaluations)")
     return {"steps": len(traj), "final_budget": traj.final_budget, "search_s": round(search_s, 1),
+            "estimated_s": None if est is None else round(est, 1),
             "calibration": {"corpus": corpus, "tokens": int(blocks.numel())}, "config": config.as_dict(),
             "readout": {"corpus": eval_corpus, "tokens": int(readout.numel()),
                         "rows": [{k: r[k] for k in ("budget", "allocation", "perplexity_ratio", "kl_to_base")}

@@ -107,7 +107,9 @@ def check_search_step(ctx) -> dict:
     tokens = ctx.profile.smoke_tokens
     config = SearchConfig(step=step, min_rank=d - step, stop_budget=1 - step / (2 * d * entries),
                           strategy="proxy", proxy_refresh=0, tokens=tokens, seq_len=tokens, batch_size=1)
+    start = clock.now()
     traj = greedy_search(ctx.model, ctx.pca(), smoke_ids(ctx, tokens), config, progress=False)
+    ctx.measured["search_step_s"] = clock.now() - start       # one proxy build at one rank per entry
     if len(traj) != 1 or not math.isfinite(traj.steps[0][4]):
         raise StageError(f"search step: expected one step with a finite KL, got {traj.steps}")
     layer, head, kind, rank, kl, budget = traj.steps[0]
@@ -178,9 +180,9 @@ def run(ctx, deadline) -> dict:
             raise
         except Exception as err:  # noqa: BLE001 - any crash of a check is that check's failure
             raise StageError(f"{name}: {type(err).__name__}: {err}") from err
-        results[name]["seconds"] = round(clock.now() - start, 2)
-        note = results[name].get("skipped") or results[name].get("note")
-        ctx.log(f"smoke: {name} {'skipped: ' + note if 'skipped' in results[name] else 'passed'}"
-                f"{'' if 'skipped' in results[name] or not note else ' (' + note + ')'}"
-                f" in {results[name]['seconds']:.1f}s")
+        res = results[name]
+        res["seconds"] = round(clock.now() - start, 2)
+        state = f"skipped: {res['skipped']}" if "skipped" in res else \
+            "passed" + (f" ({res['note']})" if res.get("note") else "")
+        ctx.log(f"smoke: {name} {state} in {res['seconds']:.1f}s")
     return {"checks": results}

@@ -38,16 +38,19 @@ def retime(trainer, total: int) -> None:
 
 def timed_loop(ctx, trainer, stop_at: float, step_s: float | None, cap: int | None = None,
                label: str = "train") -> None:
-    """Train one step at a time until the schedule ends or the next step would pass ``stop_at``."""
+    """Train one step at a time until the schedule ends or the next step would pass ``stop_at``. ``step_s``: the
+    expected seconds a step (a guess until the rate is measured from the second step on; the first step, with
+    its warm-up, stands in until then)."""
     first, rated_from, next_retime = trainer.step, None, trainer.step + 2
     saved = clock.now()
     while trainer.step < trainer.config.steps and clock.now() + (step_s or 0.0) <= stop_at:
+        start = clock.now()
         trainer.train(until=trainer.step + 1)
         if rated_from is None:                     # the first step carries warm-up costs: rate from the second
-            rated_from = (clock.now(), trainer.step)
+            rated_from, step_s = (clock.now(), trainer.step), max(step_s or 0.0, clock.now() - start)
         elif trainer.step > rated_from[1]:
             step_s = (clock.now() - rated_from[0]) / (trainer.step - rated_from[1])
-        if step_s and trainer.step >= next_retime:
+        if trainer.step >= next_retime:
             total = trainer.step + int(max(0.0, stop_at - clock.now()) / step_s)
             retime(trainer, min(total, cap) if cap else total)
             next_retime = 2 * trainer.step
