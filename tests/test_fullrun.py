@@ -86,6 +86,19 @@ def test_every_stage_passes_on_a_tiny_model(data_env, tmp_path, capsys, dtype, t
     assert summary["stages"]["lora"]["stage2"]["steps"] == 2
 
 
+def test_lmeval_is_skipped_with_a_note_without_its_task_files(tmp_path, monkeypatch):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("MKV_DATA_DIR", str(empty))
+    out = tmp_path / "run"
+    code, summary = fullrun(out, "--stages", "smoke,lmeval")
+    assert code == 0 and summary["status"] == "partial"
+    assert "task files missing" in summary["stages"]["smoke"]["checks"]["lmeval"]["skipped"]
+    assert summary["stages"]["smoke"]["status"] == "passed"
+    assert summary["stages"]["lmeval"]["status"] == "skipped"
+    assert "piqa/validation.jsonl" in summary["stages"]["lmeval"]["note"]
+
+
 def test_a_failing_smoke_check_stops_the_run_and_names_it(data_env, tmp_path, monkeypatch, capsys):
     from mkvlib.fullrun import smoke
 

@@ -17,6 +17,10 @@ def lmeval_missing(tasks) -> str | None:
     """Why lm-eval cannot run ``tasks`` here (not installed, task files missing), or None."""
     if importlib.util.find_spec("lm_eval") is None:
         return "lm-eval is not installed (pip install lm-eval; on an air-gapped machine the offline bundle brings it)"
+    try:
+        importlib.import_module("lm_eval.models.huggingface")
+    except ImportError as err:       # e.g. its `datasets` dependency missing
+        return f"lm-eval cannot be imported here: {err}"
     from ..lmeval.tasks import TaskFilesMissingError, resolve_task_paths
 
     try:

@@ -163,6 +163,10 @@ def run_stage(ctx, stage: str, deadline: float) -> None:
         raise StageFailed(ctx.summary["message"]) from err
     finally:
         rec["seconds"] = round(clock.now() - start, 1)
+        if ctx.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()          # what a stage cached is free for the next one
         ctx.log(f"{stage}: {rec['status']} in {rec['seconds']:.1f}s" + (f" ({rec['note']})" if rec.get("note") else ""))
         ctx.write_summary()
 
