@@ -57,14 +57,21 @@ class Section:
 SECTIONS: list[Section] = []
 
 
-def section(name: str, title: str, *sources: str):
-    """Register the decorated function ``fn(data) -> str | None`` as one table of docs/results.md."""
+def section(name: str, title: str, *sources: str, lead: bool = False):
+    """Register the decorated function ``fn(data) -> str | None`` as one table of docs/results.md (``lead``: among
+    the leading sections, in their order of registration, before every other)."""
     def register(fn):
         if any(s.name == name for s in SECTIONS):
             raise ValueError(f"a results section named {name!r} is already registered")
-        SECTIONS.append(Section(name, title, sources, fn))
+        entry = Section(name, title, sources, fn)
+        SECTIONS.insert(sum(s.name in LEADING for s in SECTIONS), entry) if lead else SECTIONS.append(entry)
+        if lead:
+            LEADING.add(name)
         return fn
     return register
+
+
+LEADING: set = set()
 
 
 def source_line(data: Data, *paths, note: str = "") -> str:

@@ -1,0 +1,94 @@
+"""Results sections for the out-of-domain yardstick: the suite, passkey retrieval and the training routes.
+
+Files (written by the measurements recorded inside them):
+
+- ``data/results/ood_suite.json``: rows of :func:`mkvlib.suite.compare_suite` for each method and budget, on the
+  out-of-domain suite and, beside it, in-domain text (the training mixture past the tokens trained on);
+- ``data/results/retrieval.json``: :func:`mkvlib.retrieval.retrieval_curve` for the same methods;
+- ``data/results/ood_routes.json``: starting points and objectives of training, each with its CPU time and its
+  out-of-domain KL at 50% (notebook 02).
+"""
+from __future__ import annotations
+
+from .markdown import num, pct, table
+from .records import Data, read_json
+from .results import commands_line, section, source_line
+
+
+def _suite(data: Data):
+    path = data.results / "ood_suite.json"
+    return (path, read_json(path)) if path.is_file() else (None, None)
+
+
+def _mean_rows(rec: dict, domain: str = "mean") -> dict:
+    """{(method, target budget): row} of the mean rows (out of domain) or of one domain."""
+    return {(r["method"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == domain}
+
+
+@section("ood-suite", "Out of domain: perplexity ratio and KL to the uncompressed model", "results/ood_suite.json",
+         lead=True)
+def ood_suite(data: Data) -> str | None:
+    path, rec = _suite(data)
+    if rec is None:
+        return None
+    ood, ind = _mean_rows(rec), _mean_rows(rec, "in-domain")
+    budgets = rec["budgets"]
+    headers = ["method"] + [f"{pct(b)}: ppl x / KL" for b in budgets] + ["in-domain KL at 50%"]
+    rows = []
+    for m in [x["label"] for x in rec["methods"]]:
+        cells = [f"{num(ood[(m, b)]['perplexity_ratio'], 2)} / {num(ood[(m, b)]['kl_to_base'], 3)}" for b in budgets]
+        rows.append([m] + cells + [num(ind[(m, 0.5)]["kl_to_base"], 3) if (m, 0.5) in ind else "-"])
+    note = (f"Mean over {len(rec['domains'])} held-out domains ({', '.join(rec['domains'])}), "
+            f"{rec['tokens_per_domain']:,} tokens each in blocks of {rec['seq_len']}; perplexity as a multiple of "
+            "the uncompressed model's, KL per token. In-domain: text like the training text, never trained on.")
+    return "\n\n".join([source_line(data, path), note, table(headers, rows), commands_line([rec.get("script")])])
+
+
+@section("ood-suite-domains", "Out of domain at 50%, per domain", "results/ood_suite.json", lead=True)
+def ood_suite_domains(data: Data) -> str | None:
+    path, rec = _suite(data)
+    if rec is None:
+        return None
+    methods = [x["label"] for x in rec["methods"]]
+    cell = {(r["method"], r["domain"]): r for r in rec["rows"] if r["target_budget"] == 0.5}
+    rows = [[d, num(cell[(methods[0], d)]["base_perplexity"], 2)] +
+            [f"{num(cell[(m, d)]['perplexity_ratio'], 2)} / {num(cell[(m, d)]['kl_to_base'], 3)}" for m in methods]
+            for d in rec["domains"] + ["in-domain"] if (methods[0], d) in cell]
+    return "\n\n".join([source_line(data, path, note="Perplexity ratio / KL at a 50% budget."),
+                        table(["domain", "uncompressed ppl"] + methods, rows)])
+
+
+@section("retrieval", "Passkey retrieval against budget", "results/retrieval.json", lead=True)
+def retrieval(data: Data) -> str | None:
+    path = data.results / "retrieval.json"
+    if not path.is_file():
+        return None
+    rec = read_json(path)
+    lengths, budgets = rec["lengths"], rec["budgets"]
+    cell = {(r["method"], r["budget"], r["length"]): r for r in rec["rows"]}
+    base = " ".join(f"{int(k):,} tokens: {pct(v, 0)}." for k, v in sorted(rec["base"].items(), key=lambda x: int(x[0])))
+    headers = ["method", "length"] + [pct(b) for b in budgets] + ["fails at (below 90% of uncompressed)"]
+    rows = []
+    for m in [x["label"] for x in rec["methods"]]:
+        for n in lengths:
+            fails = rec["fails_at_by_length"][m].get(str(n), rec["fails_at_by_length"][m].get(n))
+            rows.append([m, f"{n:,}"] + [f"{cell[(m, b, n)]['correct']}/{cell[(m, b, n)]['n']}"
+                                         if (m, b, n) in cell else "-" for b in budgets]
+                        + [pct(fails) if fails is not None else "holds at every budget measured"])
+    note = (f"Exact match of the 5-digit key (greedy decoding), {rec['n']} prompts per length, seed {rec['seed']}. "
+            f"Uncompressed: {base}")
+    return "\n\n".join([source_line(data, path), note, table(headers, rows), commands_line([rec.get("script")])])
+
+
+@section("ood-routes", "Starting points and objectives: out-of-domain KL at 50% against CPU time",
+         "results/ood_routes.json", lead=True)
+def ood_routes(data: Data) -> str | None:
+    path = data.results / "ood_routes.json"
+    if not path.is_file():
+        return None
+    rec = read_json(path)
+    headers = ["route", "CPU minutes", "OOD KL at 50%", "OOD ppl x at 50%", "in-domain KL at 50%", "command"]
+    rows = [[r["route"], num(r["cpu_minutes"], 1), num(r["ood_kl_50"], 3), num(r["ood_ppl_50"], 2),
+             num(r["in_domain_kl_50"], 3) if r.get("in_domain_kl_50") is not None else "-",
+             f"`{r['command']}`" if r.get("command") else "not recorded"] for r in rec["routes"]]
+    return "\n\n".join([source_line(data, path, note=rec.get("note", "")), table(headers, rows)])
