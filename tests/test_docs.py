@@ -111,24 +111,24 @@ def test_a_stale_block_in_a_readme_is_caught_and_rewritten(copy_root, tmp_path, 
 
 def test_a_new_results_source_is_one_registered_function(copy_root, tmp_path, monkeypatch):
     root = fresh_copy(copy_root, tmp_path)
-    (root / "data" / "results" / "ood_suite.csv").write_text("domain,ratio\nbooks,1.25\n")
-    assert "data/results/ood_suite.csv" in render_results(Data(root)).split("## Other result files")[1]
+    (root / "data" / "results" / "example_suite.csv").write_text("domain,ratio\nbooks,1.25\n")
+    assert "data/results/example_suite.csv" in render_results(Data(root)).split("## Other result files")[1]
 
     monkeypatch.setattr(results, "SECTIONS", list(results.SECTIONS))
 
-    @results.section("ood-suite", "Out-of-domain suite", "results/ood_suite.*")
+    @results.section("example-suite", "Example suite", "results/example_suite.*")
     def ood_suite(data):
-        path = data.results / "ood_suite.csv"
+        path = data.results / "example_suite.csv"
         rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
         return "\n\n".join([results.source_line(data, path), table(["domain", "ratio"], rows),
                             results.commands_line([])])
 
     text = render_results(Data(root))
-    assert "## Out-of-domain suite\n\n<!-- generated: ood-suite -->" in text
+    assert "## Example suite\n\n<!-- generated: example-suite -->" in text
     assert "| books | 1.25 |" in text and "Command: not recorded in the file." in text
     assert "## Other result files" not in text
     with pytest.raises(ValueError, match="already registered"):
-        results.section("ood-suite", "again")(ood_suite)
+        results.section("example-suite", "again")(ood_suite)
 
 
 def test_data_index_lists_every_file_and_flags_missing_records_and_shared_names(copy_root, tmp_path):
