@@ -164,13 +164,13 @@ def test_an_interrupt_in_training_saves_the_checkpoint_and_projections(data_env,
         return row
 
     monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
-    out = tmp_path / "run"
+    out, before = tmp_path / "run", signal.getsignal(signal.SIGTERM)
     code, summary = fullrun(out, "--stages", "smoke,train,search", "--tasks", "piqa")
     assert code == 130 and summary["status"] == "interrupted"
     assert [summary["stages"][s]["status"] for s in ("smoke", "train", "search")] == \
         ["passed", "interrupted", "not run"]
     assert {"train.ckpt", "train.safetensors"} <= set(check_files(out))
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+    assert signal.getsignal(signal.SIGTERM) is before                      # the handler is put back
 
 
 def test_time_shares_flow_to_later_stages_and_train_minutes_fix_trainings():
@@ -210,3 +210,33 @@ def test_config_and_output_folder_are_checked(tmp_path):
     assert main(["fullrun", "--tiny", "--out", str(tmp_path), "--overwrite"]) == 2   # never deletes others' files
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert len(FILES) <= 8
+
+
+def test_gpu_capacity_search_lowers_the_batch_on_out_of_memory(monkeypatch):
+    """The GPU branch of the benchmark, with the device faked: predicted batch, a fifth less per out-of-memory,
+    the common batch from the full-width cache's largest, and the ratios."""
+    from mkvlib.fullrun import bench
+    from mkvlib.fullrun.config import PROFILES
+
+    class Ctx:
+        device, profile = torch.device("cuda"), PROFILES["gpu"]
+        log = staticmethod(lambda message: None)
+
+    def fake_measure(ctx, factory, batch, context, new_tokens):
+        if batch > factory():
+            raise torch.OutOfMemoryError("fake")
+        return {"batch": batch, "decode_tokens_per_s": 10.0 * batch, "cache_bytes": batch, "peak_memory_bytes": batch}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench, "free_memory", lambda device: 1000)
+    caches = {"static": lambda: 600, "compressed@0.5": lambda: 1200}
+    result = {"context": 8159, "new_tokens": 32, "capacity": {}, "common": {},
+              "probe": {"static": {"batch": 16, "peak_memory_bytes": 16.0},
+                        "compressed@0.5": {"batch": 16, "peak_memory_bytes": 8.0}}}
+    bench.measure_capacity(Ctx(), caches, result, clock.now() + 60)
+    assert result["capacity"]["static"]["max_batch"] == 576 and result["capacity"]["static"]["verified"]  # 900, 720
+    assert result["capacity"]["compressed@0.5"]["max_batch"] == 1152                                      # 1800, 1440
+    bench.measure_common(Ctx(), caches, result, clock.now() + 60)
+    assert result["common"]["batch"] == 576 and result["common"]["rows"]["compressed@0.5"]["batch"] == 576
+    ratios = bench.ratios(result)
+    assert ratios["capacity_compressed@0.5_vs_static"] == 2.0 and ratios["decode_compressed@0.5_vs_static"] == 1.0
