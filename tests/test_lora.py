@@ -1,5 +1,6 @@
 """LoRA with compressed KV (notebook 06): data masks, both stages, bundles, merging, mismatch errors."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +219,98 @@ def test_cli_adapter_options_fail_clearly_before_loading(argv, msg, capsys):
 
     assert main(argv) == 2
     assert msg in capsys.readouterr().err
+
+
+SHIPPED_LORA = Path(__file__).resolve().parents[1] / "data" / "lora"
+COMMITTED_CSV = Path(__file__).resolve().parents[1] / "data" / "results" / "lora_arc_easy.csv"
+
+
+def _csv(path, rows):
+    from mkvlib.lora.accuracy import write_rows
+
+    write_rows(path, [{"model": "m", "task": "arc_easy", "acc_norm": r["acc"], "items": 4, "limit": 4,
+                       "seconds": 1.0, "ranks": "uniform", **r} for r in rows])
+    return path
+
+
+def test_committed_rows_are_the_newest_cells_of_the_bundles_model(tmp_path):
+    """Notebook 06 without the bundle's weights: the rows evaluate_bundle would give, read from the CSV (the
+    bundle's adapter only, the newest row per cell, the bundle's own projections for a 'bundle' label)."""
+    from mkvlib.lora import accuracy_table, committed_rows, keep_ratio, plot_accuracy
+
+    peft_model = lora_model(seed=3)
+    proj = random_projections(peft_model, seed=7)
+    folder = save_bundle(tmp_path / "bundle", peft_model, proj, stage=2)
+    mine, own = weights_hash(peft_model), proj.fingerprint()
+    path = _csv(tmp_path / "acc.csv", [
+        dict(adapter=mine, projections="uncompressed", fingerprint="uncompressed", budget=1.0, acc=0.60, ranks="full"),
+        dict(adapter=mine, projections="two-stage", fingerprint=own, budget=0.5, acc=0.40),
+        dict(adapter="other", projections="two-stage", fingerprint=own, budget=0.5, acc=0.10),        # another model
+        dict(adapter=mine, projections="two-stage", fingerprint=own, budget=0.5, acc=0.45),           # newer: wins
+        dict(adapter=mine, projections="two-stage", fingerprint="elsewhere", budget=0.5, acc=0.20),   # not its own
+        dict(adapter=mine, projections="PCA", fingerprint="pca", budget=0.5, acc=0.30),
+        dict(adapter=mine, projections="PCA", fingerprint="pca", budget=0.5, acc=0.33, limit=""),     # whole split
+    ])
+    rows = committed_rows(path, folder, {"PCA": "pca", "two-stage": "bundle"}, (0.5,), limit=4)
+    assert [(r["projections"], r["budget"], r["acc"]) for r in rows] == [
+        ("uncompressed", 1.0, 0.60), ("PCA", 0.5, 0.30), ("two-stage", 0.5, 0.45)]
+    assert keep_ratio(rows, "two-stage", 0.5) == pytest.approx(0.75)
+    assert "75.0%" in accuracy_table(rows)
+    plot_accuracy(rows)
+    assert [r["acc"] for r in committed_rows(path, folder, ["two-stage"], (0.5,), limit=4)] == [0.60, 0.20]  # a list pins nothing
+    assert len(committed_rows(path, folder, ["PCA"], (0.5,), limit=4, uncompressed=False)) == 1
+    with pytest.raises(KeyError, match="no rows for"):
+        committed_rows(path, folder, ["PCA"], (0.5, 0.25), limit=4)
+    with pytest.raises(KeyError, match="no rows for"):        # no uncompressed row at the whole split
+        committed_rows(path, folder, ["PCA"], (0.5,), limit=None)
+
+
+def test_committed_csv_holds_every_cell_notebook_06_shows():
+    from mkvlib.lora import committed_rows, keep_ratio
+
+    for stage, labels in ((1, {"PCA": "pca", "general": "general"}),
+                          (2, {"two-stage": "bundle", "two-stage, adaptive": "bundle"})):
+        rows = committed_rows(COMMITTED_CSV, SHIPPED_LORA / f"arc_easy_stage{stage}", labels, (0.75, 0.625, 0.5), 500)
+        assert len(rows) == 1 + 3 * len(labels) and {r["items"] for r in rows} == {500}
+    assert keep_ratio(rows, "two-stage", 0.5) == pytest.approx(0.590 / 0.626)
+
+
+def test_bundle_without_weights_says_how_to_get_them_back(tmp_path):
+    """The committed bundles keep their records but not their weights (a small repository): loading one is a
+    FileNotFoundError that names the commit holding them and the retraining command, after the model check."""
+    import subprocess
+
+    from mkvlib.lora import BundleWeightsMissingError, missing_weights
+    from mkvlib.lora.bundle import weights_missing_error
+
+    peft_model = lora_model(seed=4)
+    folder = save_bundle(tmp_path / "bundle", peft_model, random_projections(peft_model, seed=8), stage=2,
+                         command="mkv sft --stage 2 --adapter s1 --out bundle")
+    (folder / "adapter" / "adapter_model.safetensors").unlink()
+    assert missing_weights(folder) == ["adapter/adapter_model.safetensors"]
+    with pytest.raises(BundleMismatchError, match="geometry"):          # the wrong model is still that error
+        load_bundle(folder, tiny_model("llama", heads=4, kv_heads=1))
+    with pytest.raises(BundleWeightsMissingError, match="mkv sft --stage 2 --adapter s1") as err:
+        load_bundle(folder, tiny_model("llama", heads=4, kv_heads=2))
+    assert isinstance(err.value, FileNotFoundError)
+
+    for stage, files in ((1, ["adapter/adapter_model.safetensors"]),
+                         (2, ["adapter/adapter_model.safetensors", "projections.safetensors"])):
+        shipped = SHIPPED_LORA / f"arc_easy_stage{stage}"
+        assert missing_weights(shipped) == files, "the committed bundles ship without their weights"
+        for name in ("manifest.json", "training.json", "adapter/adapter_config.json"):
+            assert (shipped / name).is_file(), name
+        with pytest.raises(BundleMismatchError, match="geometry"):      # notebook 06 shows this one
+            load_bundle(shipped, tiny_model("llama", heads=4, kv_heads=2))
+        message = str(weights_missing_error(shipped, files, json.loads((shipped / "manifest.json").read_text())))
+        assert "not shipped in the repository" in message and f"mkv sft --stage {stage}" in message
+        for name in files:
+            rel = f"data/lora/arc_easy_stage{stage}/{name}"
+            line = next(x for x in message.splitlines() if f":{rel} > {rel}" in x)
+            commit = line.split()[2].split(":")[0]
+            have = subprocess.run(["git", "cat-file", "-e", f"{commit}:{rel}"], cwd=SHIPPED_LORA.parent.parent,
+                                  capture_output=True)
+            if have.returncode != 0 and subprocess.run(["git", "cat-file", "-t", commit], capture_output=True,
+                                                       cwd=SHIPPED_LORA.parent.parent).returncode != 0:
+                continue                                    # a checkout without that history: nothing to check
+            assert have.returncode == 0, f"{commit} does not hold {rel}"

@@ -7,15 +7,18 @@
 - :mod:`.bundle`: adapter + projections + manifest in one folder, checked on load
 - :mod:`.accuracy`: task accuracy of the merged model against budget, per kind of projections
 """
-from .accuracy import accuracy_curve, accuracy_table, evaluate_bundle, keep_ratio, plot_accuracy, read_rows
+from .accuracy import (accuracy_curve, accuracy_table, committed_rows, evaluate_bundle, keep_ratio, plot_accuracy,
+                       read_rows)
 from .adapter import LoRASettings, add_adapter, adapter_parameters, merge, weights_hash
-from .bundle import BundleMismatchError, load_bundle, load_merged, read_manifest, save_bundle
+from .bundle import (BundleMismatchError, BundleWeightsMissingError, load_bundle, load_merged, missing_weights,
+                     read_manifest, save_bundle)
 from .data import Example, arc_examples, encode, instruction_examples, load_examples, target_count
 from .stages import (general_projections, identity_projections, stage1_config, stage1_trainer, stage2_config,
                      stage2_trainer)
 
-__all__ = ["BundleMismatchError", "Example", "LoRASettings", "accuracy_curve", "accuracy_table", "adapter_parameters", "evaluate_bundle",
-           "add_adapter", "arc_examples", "encode", "general_projections", "identity_projections",
-           "instruction_examples", "keep_ratio", "load_bundle", "load_merged", "load_examples", "merge", "plot_accuracy",
-           "read_manifest", "read_rows", "save_bundle", "stage1_config", "stage1_trainer", "stage2_config",
-           "stage2_trainer", "target_count", "weights_hash"]
+__all__ = ["accuracy_curve", "accuracy_table", "adapter_parameters", "add_adapter", "arc_examples",
+           "BundleMismatchError", "BundleWeightsMissingError", "committed_rows", "encode", "evaluate_bundle",
+           "Example", "general_projections", "identity_projections", "instruction_examples", "keep_ratio",
+           "load_bundle", "load_examples", "load_merged", "LoRASettings", "merge", "missing_weights",
+           "plot_accuracy", "read_manifest", "read_rows", "save_bundle", "stage1_config", "stage1_trainer",
+           "stage2_config", "stage2_trainer", "target_count", "weights_hash"]

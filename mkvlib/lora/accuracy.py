@@ -231,3 +231,42 @@ def evaluate_bundle(folder, projections=None, budgets=(0.5,), task: str = "arc_e
     return accuracy_curve(merged, tokenizer, kinds, budgets, adapter=adapter, task=task, limit=limit,
                           batch_size=batch_size, out=out, progress=progress, trajectories=trajectories,
                           uncompressed=uncompressed)
+
+
+def committed_rows(path, folder, labels, budgets=(0.5,), limit: int | None = None, task: str = "arc_easy",
+                   uncompressed: bool = True) -> list[dict]:
+    """The rows :func:`evaluate_bundle` would give for the bundle in ``folder``, read from the results CSV at
+    ``path`` instead of measured: no model, no weights (the committed bundles ship without them), no lm-eval.
+
+    Rows are those of the bundle's fine-tuned model (the CSV's ``adapter`` column is the manifest's
+    ``adapter_weights_hash``), ``task`` and ``limit`` (None: the whole split); per (label, budget < 1) the newest
+    row (the last in the file), plus the newest uncompressed row of that model first (``uncompressed=False``: not).
+    ``labels``: a list of labels, or {label: spec} as :func:`evaluate_bundle` takes; a label whose spec is
+    ``'bundle'`` only takes rows measured with the bundle's own projections (the manifest's fingerprint), since the
+    same fine-tuned model may have been scored with other projections under the same label. A cell not in the
+    CSV is a KeyError naming it.
+    """
+    from .bundle import read_manifest
+
+    manifest = read_manifest(folder)
+    adapter = manifest["adapter_weights_hash"]
+    specs = labels if isinstance(labels, dict) else dict.fromkeys(labels)
+    want_limit = "" if limit is None else str(limit)
+    newest = {}
+    for r in read_rows(path):
+        if r["adapter"] != adapter or r["task"] != task or str(r.get("limit") or "") != want_limit:
+            continue
+        label = r["projections"]
+        if label != UNCOMPRESSED and (label not in specs or (
+                specs[label] == "bundle" and r["fingerprint"] != manifest.get("projections_fingerprint"))):
+            continue
+        if r["items"] not in ("", None):
+            r["items"] = int(r["items"])
+        newest[(label, r["budget"])] = r                  # later rows replace earlier ones
+    cells = ([(UNCOMPRESSED, 1.0)] if uncompressed else []) + [
+        (label, float(b)) for label in specs for b in budgets if b < 1]
+    missing = [c for c in cells if c not in newest]
+    if missing:
+        raise KeyError(f"{path} has no rows for {missing} of the model in {folder} (adapter {adapter}, task {task}, "
+                       f"limit {limit}): measure them with evaluate_bundle or `mkv lm-eval --adapter {folder} ...`")
+    return [newest[c] for c in cells]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -26,8 +27,72 @@ from .adapter import adapter_config_dict, config_hash, merge, weights_hash
 FORMAT = "mkv-lora-bundle/1"
 
 
+# The last commit holding the weights of the committed bundles (data/lora/arc_easy_stage{1,2}): they left the tree to
+# keep the repository small. Used when git cannot be asked (no git, or a checkout without history).
+WEIGHTS_COMMIT = "63fe093"
+WEIGHT_FILES = ("adapter/adapter_model.safetensors", "projections.safetensors")
+
+
 class BundleMismatchError(ValueError):
     """A bundle does not fit the model it is loaded on, or its files do not match its manifest."""
+
+
+class BundleWeightsMissingError(FileNotFoundError):
+    """A bundle's records (manifest, configs) are here but its weights are not: the committed bundles ship without
+    them (kept out of the repository to keep it small); the message says how to get them back."""
+
+
+def missing_weights(folder, manifest: dict | None = None) -> list[str]:
+    """The weight files (relative to ``folder``) that ``folder``'s manifest needs and that are not there: the
+    adapter's weights, and the projections when the manifest names a fingerprint."""
+    folder = Path(folder)
+    manifest = read_manifest(folder) if manifest is None else manifest
+    needed = [WEIGHT_FILES[0]] + ([WEIGHT_FILES[1]] if manifest.get("projections_fingerprint") else [])
+    return [name for name in needed if not (folder / name).is_file()]
+
+
+def _commit_with(path: Path) -> str | None:
+    """The newest commit that added or changed ``path`` (so still holds it), asked of git; None if git cannot say."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent if path.parent.is_dir()
+                             else Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        if top.returncode != 0:
+            return None
+        rel = path.resolve().relative_to(Path(top.stdout.strip()).resolve())
+        out = subprocess.run(["git", "log", "-1", "--format=%h", "--diff-filter=AM", "--", rel.as_posix()],
+                             cwd=top.stdout.strip(), capture_output=True, text=True, timeout=30)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def weights_missing_error(folder, missing: list[str], manifest: dict) -> BundleWeightsMissingError:
+    """The error for a bundle without its weights: what is missing, the `git show` lines that restore them from the
+    commit that last had them (looked up with git, else :data:`WEIGHTS_COMMIT` for the committed bundles), and
+    the command that retrains them."""
+    from ..runtime import project_dir
+
+    folder = Path(folder)
+    shipped = (project_dir() / "data" / "lora").resolve()
+    is_shipped = folder.resolve().parent == shipped
+    lines = [f"{folder} has the bundle's records (manifest.json) but not its weights ({', '.join(missing)})."]
+    restore = []
+    for name in missing:
+        path = folder / name
+        commit = _commit_with(path) or (WEIGHTS_COMMIT if is_shipped else None)
+        if commit:
+            rel = f"data/lora/{folder.resolve().name}/{name}" if is_shipped else path.as_posix()
+            restore.append(f"  git show {commit}:{rel} > {rel}")
+    if is_shipped or restore:
+        lines.append("The LoRA weights are not shipped in the repository (kept small); git history keeps them. "
+                     "From the repository root:")
+        lines += restore
+    stage = manifest.get("stage")
+    how = manifest.get("command") or (f"mkv sft --stage {stage} ... --out {folder}" if stage else
+                                      f"mkv sft --stage 1 ... --out {folder}")
+    lines.append(f"Or retrain the bundle (`mkv sft --stage 1 ...`, then `mkv sft --stage 2 --adapter STAGE1 ...`); "
+                 f"this one was made with: {how}")
+    return BundleWeightsMissingError("\n".join(lines))
 
 
 def save_bundle(folder, peft_model, projections: Projections | None, **record) -> Path:
@@ -87,13 +152,18 @@ def check_bundle(manifest: dict, model, where="the bundle") -> None:
 def load_bundle(folder, model, trainable: bool = False):
     """(peft model, projections or None, manifest) from a bundle folder, on the base ``model``.
 
-    Checks base model and geometry first, then that the adapter files and projections match the manifest.
+    Checks base model and geometry first, then that the weight files are there (:class:`BundleWeightsMissingError`
+    if not: the committed bundles ship without them), then that the adapter files and projections match the
+    manifest.
     """
     from peft import PeftModel
 
     folder = Path(folder)
     manifest = read_manifest(folder)
     check_bundle(manifest, model, where=str(folder))
+    missing = missing_weights(folder, manifest)
+    if missing:
+        raise weights_missing_error(folder, missing, manifest)
     name = getattr(model, "mkv_name", None)
     peft_model = PeftModel.from_pretrained(model, str(folder / "adapter"), is_trainable=trainable)
     if name is not None:
