@@ -64,3 +64,30 @@ def lora_full_split_kept_50(data: Data) -> str:
     base = {r["adapter"]: r["acc"] for r in rows if r["projections"] == UNCOMPRESSED}
     at = [r for r in rows if r["budget"] == 0.5 and r["adapter"] in base and data.bundle_with_adapter(r["adapter"])]
     return pct(at[-1]["acc"] / base[at[-1]["adapter"]])
+
+
+def _ood_mean(data: Data, method: str, budget: float, key: str) -> float:
+    from .records import read_json
+
+    rec = read_json(data.results / "ood_suite.json")
+    return next(r[key] for r in rec["rows"] if r["method"] == method and r["domain"] == "mean"
+                and r["target_budget"] == budget)
+
+
+@fact("ood-best-ppl-50")
+def ood_best_ppl_50(data: Data) -> str:
+    """'2.05x perplexity and a KL of 0.61': trained projections, searched ranks, 50%, out-of-domain mean."""
+    m = "MatryoshkaKV, adaptive"
+    return f"{_ood_mean(data, m, 0.5, 'perplexity_ratio'):.2f}x perplexity and a KL of {_ood_mean(data, m, 0.5, 'kl_to_base'):.2f}"
+
+
+@fact("ood-pca-ppl-50")
+def ood_pca_ppl_50(data: Data) -> str:
+    m = "PCA, uniform"
+    return f"{_ood_mean(data, m, 0.5, 'perplexity_ratio'):.2f}x and {_ood_mean(data, m, 0.5, 'kl_to_base'):.2f}"
+
+
+@fact("ood-previous-ppl-50")
+def ood_previous_ppl_50(data: Data) -> str:
+    m = "previous trained, uniform"
+    return f"{_ood_mean(data, m, 0.5, 'perplexity_ratio'):.2f}x and {_ood_mean(data, m, 0.5, 'kl_to_base'):.2f}"

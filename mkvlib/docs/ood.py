@@ -92,3 +92,18 @@ def ood_routes(data: Data) -> str | None:
              num(r["in_domain_kl_50"], 3) if r.get("in_domain_kl_50") is not None else "-",
              f"`{r['command']}`" if r.get("command") else "not recorded"] for r in rec["routes"]]
     return "\n\n".join([source_line(data, path, note=rec.get("note", "")), table(headers, rows)])
+
+
+@section("kl-by-position", "KL by position on long held-out text", "results/kl_by_position.json", lead=True)
+def kl_by_position(data: Data) -> str | None:
+    path = data.results / "kl_by_position.json"
+    if not path.is_file():
+        return None
+    rec = read_json(path)
+    bins = rec["rows"][0]["bins"]
+    rows = [[r["method"], pct(r["budget"])] + [num(k, 3) for k in r["kl"]] for r in rec["rows"]]
+    note = (f"{rec['corpus']}, {rec['blocks'][0]} block(s) of {rec['blocks'][1]:,} tokens: KL per token of the "
+            "predictions at these positions. Damage that grows with distance shows as a rising row.")
+    return "\n\n".join([source_line(data, path), note,
+                        table(["method", "budget"] + [f"positions {b}" for b in bins], rows),
+                        commands_line([rec.get("script")])])

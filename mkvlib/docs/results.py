@@ -109,14 +109,16 @@ def quiet(fn, *args, **kwargs):
 
 # --- zero-shot accuracy through lm-evaluation-harness ----------------------------------------------------
 
-def setup_label(data: Data, fingerprint: str, allocation: str, trajectory: str | None) -> str:
+def setup_label(data: Data, fingerprint: str, allocation: str, trajectory: str | None, recorded: str | None = None) -> str:
     """'<projections>, uniform' or '<projections>, adaptive (<trajectory>)', named after the committed files: the
     trajectory as 'default trajectory' (the one found by fingerprint), or by what its name adds to the projections'."""
-    proj = data.short(data.projections_file(fingerprint))
+    found = data.projections_file(fingerprint)
+    proj = data.short(found) if found else f"projections {fingerprint} (not committed)"
     if allocation != "adaptive":
         return f"{proj}, uniform"
     if trajectory is None:
-        return f"{proj}, adaptive (trajectory not committed)"
+        name = data.short(recorded).removeprefix(data.short(recorded).split(".")[0] + ".") if recorded else "trajectory"
+        return f"{proj}, adaptive ({name}, not committed)"
     if trajectory == data.default_trajectory(fingerprint):
         return f"{proj}, adaptive (default trajectory)"
     traj = data.short(trajectory)
@@ -160,9 +162,9 @@ def json_cells(data: Data) -> pd.DataFrame:
         for row in read_json(path).get("rows") or []:
             if not isinstance(row, dict) or not isinstance(row.get("items"), dict):
                 continue
-            traj = row.get("trajectory")
-            traj = traj if traj and (data.root / traj).is_file() else None
-            label = setup_label(data, row["fingerprint"], row["allocation"], traj)
+            recorded = row.get("trajectory")
+            traj = recorded if recorded and (data.root / recorded).is_file() else None
+            label = setup_label(data, row["fingerprint"], row["allocation"], traj, recorded)
             for task, items in row["items"].items():
                 cells.append({"model": row["model"], "method": label, "sweep_method": None,
                           "fingerprint": row["fingerprint"], "trajectory": traj,
