@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
     p.add_argument("--kd-weight", type=float, default=1.0)
-    p.add_argument("--lm-weight", type=float, default=3.0)
+    p.add_argument("--lm-weight", type=float, default=0.0, help="weight of the LM term (default 0: KD only, measured best out of domain; the paper's KD : LM = 1 : 3 is --lm-weight 3)")
     add_schedule_arg(p)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default OUT with .ckpt)")

@@ -1,7 +1,7 @@
 """Matryoshka training of the orthogonal projections (docs/design.md, section 5). Introduced in notebook 02.
 
 - :mod:`.sampler`: per-step ranks per (layer, KV head, K/V) from a schedule ({d/8, ..., d} by default)
-- :mod:`.loss`: KD (KL teacher || student) + LM cross-entropy, 1 : 3
+- :mod:`.loss`: KD (KL teacher || student) + LM cross-entropy (default KD only; see TrainConfig)
 - :mod:`.config`: :class:`TrainConfig`
 - :mod:`.checkpoint`: atomic, hash-checked checkpoints
 - :mod:`.trainer`: :class:`Trainer` (AdamW, cosine warm-up, clipping, accumulation, resume, accelerate)

@@ -2,7 +2,7 @@
 
     loss = kd_weight * KL(p_teacher || p_student) + lm_weight * CE(student, next token)
 
-both averaged over real (non-padding) next-token positions; the paper's weights are 1 : 3.
+both averaged over real (non-padding) next-token positions; the project's default is KD only (TrainConfig), the paper's KD : LM = 1 : 3.
 Introduced in notebook 02.
 """
 from __future__ import annotations

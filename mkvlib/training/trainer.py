@@ -1,7 +1,7 @@
 """The Matryoshka trainer: projections (and optional extra parameters) trained by distillation at sampled ranks.
 
 Each micro-batch: the teacher is the same model with compression switched off, under no_grad; the student is
-the model with compression on at ranks drawn by the :class:`RankSampler`; the loss is KD + LM (1 : 3). Only
+the model with compression on at ranks drawn by the :class:`RankSampler`; the loss is kd_weight * KD + lm_weight * LM (default KD only). Only
 the projector's rotations (and ``extra_parameters``) train; every model weight is frozen. Introduced in
 notebook 02.
 """
