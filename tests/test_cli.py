@@ -18,7 +18,8 @@ def _embedded_available() -> bool:
         return False
 
 
-ALTERNATIVE = Path(__file__).resolve().parents[1] / "data/trajectories/alternatives/SmolLM2-135M-Instruct.trained.lazy-kl.json"
+TRAJECTORY = Path(__file__).resolve().parents[1] / "data/trajectories/SmolLM2-135M-Instruct.pca.json"
+OTHER_TRAJECTORY = TRAJECTORY.with_name("SmolLM2-135M-Instruct.trained.json")   # searched with other projections
 needs_model = pytest.mark.skipif(not _embedded_available(), reason="embedded model package not installed")
 
 
@@ -41,9 +42,9 @@ def test_eval_with_a_trajectory_file_uses_its_adaptive_ranks(capsys):
     from mkvlib.search import Trajectory
 
     assert main(["eval", "--json", "--corpus", "pydoc-test", "--tokens", "256", "--seq-len", "128",
-                 "--projections", "trained", "--trajectory", str(ALTERNATIVE), "--budget", "0.5"]) == 0
+                 "--projections", "pca", "--trajectory", str(TRAJECTORY), "--budget", "0.5"]) == 0
     out = json.loads(capsys.readouterr().out)
-    ranks = Trajectory.load(ALTERNATIVE).ranks_at(0.5)
+    ranks = Trajectory.load(TRAJECTORY).ranks_at(0.5)
     assert out["allocation"] == "adaptive" and out["budget"] == pytest.approx(float(ranks.double().mean()) / 64)
 
 
@@ -63,9 +64,9 @@ def test_fit_pca_writes_projections(tmp_path, capsys):
     (["eval", "--projections", "/no/such.safetensors", "--corpus", "pydoc-test", "--tokens", "256",
       "--seq-len", "128"], "no projections file"),
     (["fit-pca", "--out", "x.bin"], "safetensors"),
-    (["eval", "--projections", "pca", "--trajectory", str(ALTERNATIVE), "--corpus", "pydoc-test", "--tokens", "256",
+    (["eval", "--projections", "pca", "--trajectory", str(OTHER_TRAJECTORY), "--corpus", "pydoc-test", "--tokens", "256",
       "--seq-len", "128"], "was searched with projections"),
-    (["lm-eval", "--sweep", "x.csv", "--methods", "pca-uniform", "--trajectory", str(ALTERNATIVE), "--tasks", "piqa"],
+    (["lm-eval", "--sweep", "x.csv", "--methods", "pca-uniform", "--trajectory", str(OTHER_TRAJECTORY), "--tasks", "piqa"],
      "add trained-adaptive"),
     (["lm-eval", "--sweep", "x.csv", "--projections", "trained", "--tasks", "piqa"], "no effect with --sweep"),
 ])
