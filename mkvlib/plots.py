@@ -110,8 +110,9 @@ def suite_vs_budget(record: dict, title: str = "Out of domain: mean over held-ou
             cell = {r["target_budget"]: r for r in record["rows"] if r["method"] == method and r["domain"] == domain}
             if not cell:
                 continue
+            have = [b for b in budgets if b in cell]          # a method may be measured at fewer budgets
             for ax, key in zip(axes, ("perplexity_ratio", "kl_to_base")):
-                ax.plot([100 * b for b in budgets], [cell[b][key] for b in budgets], style, marker="o", ms=3,
+                ax.plot([100 * b for b in have], [cell[b][key] for b in have], style, marker="o", ms=3,
                         color=color, label=method if domain == "mean" else None)
     axes[0].set_yscale("log")
     axes[0].set(xlabel="KV budget (%)", ylabel="perplexity / uncompressed")

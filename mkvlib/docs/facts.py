@@ -85,9 +85,3 @@ def ood_best_ppl_50(data: Data) -> str:
 def ood_pca_ppl_50(data: Data) -> str:
     m = "PCA, uniform"
     return f"{_ood_mean(data, m, 0.5, 'perplexity_ratio'):.2f}x and {_ood_mean(data, m, 0.5, 'kl_to_base'):.2f}"
-
-
-@fact("ood-previous-ppl-50")
-def ood_previous_ppl_50(data: Data) -> str:
-    m = "previous trained, uniform"
-    return f"{_ood_mean(data, m, 0.5, 'perplexity_ratio'):.2f}x and {_ood_mean(data, m, 0.5, 'kl_to_base'):.2f}"

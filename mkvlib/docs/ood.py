@@ -36,7 +36,8 @@ def ood_suite(data: Data) -> str | None:
     headers = ["method"] + [f"{pct(b)}: ppl x / KL" for b in budgets] + ["in-domain KL at 50%"]
     rows = []
     for m in [x["label"] for x in rec["methods"]]:
-        cells = [f"{num(ood[(m, b)]['perplexity_ratio'], 2)} / {num(ood[(m, b)]['kl_to_base'], 3)}" for b in budgets]
+        cells = [f"{num(ood[(m, b)]['perplexity_ratio'], 2)} / {num(ood[(m, b)]['kl_to_base'], 3)}"
+                 if (m, b) in ood else "-" for b in budgets]
         rows.append([m] + cells + [num(ind[(m, 0.5)]["kl_to_base"], 3) if (m, 0.5) in ind else "-"])
     note = (f"Mean over {len(rec['domains'])} held-out domains ({', '.join(rec['domains'])}), "
             f"{rec['tokens_per_domain']:,} tokens each in blocks of {rec['seq_len']}; perplexity as a multiple of "
