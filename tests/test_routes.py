@@ -3,14 +3,15 @@ import json
 
 import pytest
 
-from mkvlib.training.routes import (CpuClock, gap_rows, load_result, objective_weights, routes_figure, routes_of,
-                                    same_ratio, suite_cell, suite_curves)
+from mkvlib.training.routes import (TARGETS, CpuClock, gap_rows, load_result, objective_weights, reference_lines,
+                                    routes_figure, routes_of, same_ratio, suite_cell, suite_curves, suite_targets)
 
 
 def _record():
     rows = []
-    for method, ood, ind in (("PCA, uniform", 1.2, 0.6), ("trained, uniform", 0.6, 0.2)):
-        for b in (0.75, 0.5):
+    for method, ood, ind in (("PCA, uniform", 1.2, 0.6), ("trained, uniform", 0.6, 0.2),
+                             ("trained, adaptive", 0.5, 0.2)):
+        for b in (0.75, 0.5, 0.375):
             scale = 1.0 if b == 0.5 else 0.5
             rows.append({"method": method, "domain": "mean", "target_budget": b, "budget": b,
                          "kl_to_base": ood * scale, "perplexity_ratio": 1 + ood * scale})
@@ -21,6 +22,15 @@ def _record():
                              "kl_to_base": ind * scale, "perplexity_ratio": 1 + ind * scale})
     return {"budgets": [0.75, 0.5], "domains": ["books-heldout"], "tokens_per_domain": 512, "seq_len": 512,
             "methods": [{"label": "PCA, uniform"}, {"label": "trained, uniform"}], "rows": rows}
+
+
+def test_suite_targets_measured_against_their_bounds():
+    got = {t["target"]: t for t in suite_targets(_record(), "trained, uniform", "trained, adaptive")}
+    assert list(got) == list(TARGETS)
+    assert got["KL / PCA's, 50% uniform"]["measured"] == pytest.approx(0.5) and not got["KL / PCA's, 50% uniform"]["met"]
+    assert got["perplexity ratio, 50% uniform"]["measured"] == pytest.approx(1.6)
+    assert got["KL adaptive / uniform, 37.5%"]["measured"] == pytest.approx(5 / 6)
+    assert got["KL adaptive / uniform, 37.5%"]["met"]
 
 
 def test_gap_rows_in_and_out_of_domain():
@@ -40,8 +50,8 @@ def test_suite_cell_names_what_is_missing():
 
 def test_suite_curves_order_by_falling_budget():
     curves = suite_curves(list(reversed(_record()["rows"])))
-    assert list(curves) == ["trained, uniform", "PCA, uniform"]
-    assert [r["budget"] for r in curves["PCA, uniform"]] == [0.75, 0.5]
+    assert list(curves) == ["trained, adaptive", "trained, uniform", "PCA, uniform"]
+    assert [r["budget"] for r in curves["PCA, uniform"]] == [0.75, 0.5, 0.375]
     assert all(r["domain"] == "mean" for rows in curves.values() for r in rows)
 
 
@@ -56,17 +66,22 @@ def test_objective_weights_and_ratios():
 
 
 def test_routes_of_and_figure():
-    rec = {"routes": [{"route": "PCA", "group": "start", "cpu_minutes": 0.0, "ood_kl_50": 1.3},
+    rec = {"routes": [{"route": "PCA", "group": "start", "cpu_minutes": 0.0, "ood_kl_50": 1.2},
                       {"route": "KD only", "group": "objective", "cpu_minutes": 60.0, "ood_kl_50": 0.5},
+                      {"route": "before", "group": "shipped-before", "cpu_minutes": 24.0, "ood_kl_50": 0.9},
                       {"route": "shipped", "group": "shipped", "cpu_minutes": 70.0, "ood_kl_50": 0.4}]}
     assert [r["route"] for r in routes_of(rec, "objective")] == ["KD only"]
     with pytest.raises(ValueError, match="group must be"):
         routes_of(rec, "starts")
-    fig = routes_figure(rec["routes"], {"a third of PCA's": 0.43})
+    lines = reference_lines(rec["routes"])
+    assert lines == {"a third of PCA's (target)": pytest.approx(0.4), "previously shipped": 0.9}
+    assert reference_lines([rec["routes"][1]]) == {}
+    fig = routes_figure(rec["routes"], lines)
     ax = fig.axes[0]
     assert "CPU-minutes" in ax.get_xlabel() and "50%" in ax.get_ylabel()
     names = {t.get_text() for t in ax.get_legend().get_texts()}
-    assert {"PCA (start)", "KD only (objective)", "shipped (shipped)", "a third of PCA's"} == names
+    assert names == {"PCA (start)", "KD only (objective)", "before (shipped-before)", "shipped (shipped)",
+                     "a third of PCA's (target)", "previously shipped"}
 
 
 def test_load_result_missing_then_present(tmp_path, monkeypatch, capsys):

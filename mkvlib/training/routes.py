@@ -4,12 +4,13 @@ Two committed files (written by the measurements recorded inside them, see :mod:
 
 - ``data/results/ood_suite.json``: rows of :func:`mkvlib.suite.compare_suite` per method, domain and budget;
   ``domain`` is a held-out domain, ``"mean"`` (mean over them) or ``"in-domain"`` (text like the training text);
-- ``data/results/ood_routes.json``: ``routes``, each {route, group ('start', 'objective' or 'shipped'),
-  cpu_minutes, tokens, ood_kl_50, ood_ppl_50, in_domain_kl_50, command}.
+- ``data/results/ood_routes.json``: ``routes``, each {route, group (one of :data:`GROUPS`), cpu_minutes, tokens,
+  ood_kl_50, ood_ppl_50, in_domain_kl_50, command}.
 
     suite = load_result("ood_suite.json")                 # None, with a note, until the file exists
     gap_rows(suite, 0.5)                                  # per method: KL and perplexity ratio in and out of domain
-    routes_figure(load_result("ood_routes.json")["routes"], lines={"PCA / 3": 0.44})
+    routes = load_result("ood_routes.json")["routes"]
+    routes_figure(routes, reference_lines(routes))        # KL at 50% against CPU-minutes, one point per route
 
 Introduced in notebook 02.
 """
@@ -22,6 +23,11 @@ from pathlib import Path
 
 from ..runtime import shipped_data_dir
 
+GROUPS = ("start", "objective", "shipped", "shipped-before")
+# issue 20's out-of-domain targets (mean over the suite): measured by suite_targets
+TARGETS = {"KL / PCA's, 50% uniform": 1 / 3, "perplexity ratio, 50% uniform": 1.25,
+           "perplexity ratio, 37.5% uniform": 1.5, "KL adaptive / uniform, 50%": 0.95,
+           "KL adaptive / uniform, 37.5%": 0.95}
 OBJECTIVE = re.compile(r"^\s*KD\s*:\s*LM\s*=\s*([0-9.]+)\s*:\s*([0-9.]+)\s*$")
 
 
@@ -34,8 +40,7 @@ def load_result(name: str) -> dict | None:
     """The JSON file data/results/<name>, or None (with one line on stdout saying so) when it is not there yet."""
     path = results_path(name)
     if not path.is_file():
-        print(f"{path.relative_to(shipped_data_dir().parent)} is not there yet: the cells that read it are skipped "
-              "(it is written by the measurement that the README's out-of-domain section names)")
+        print(f"{path.relative_to(shipped_data_dir().parent)} is not there yet: the cells that read it are skipped")
         return None
     return json.loads(path.read_text())
 
@@ -65,6 +70,19 @@ def gap_rows(record: dict, budget: float = 0.5) -> list[dict]:
     return out
 
 
+def suite_targets(record: dict, uniform: str, adaptive: str, pca: str = "PCA, uniform") -> list[dict]:
+    """:data:`TARGETS` measured on a suite record's mean rows for the methods labelled ``uniform``, ``adaptive``
+    and ``pca``: one {target, measured, bound, met} per target (a target is met at or below its bound)."""
+    def mean(method, budget, key="kl_to_base"):
+        return suite_cell(record["rows"], method, budget)[key]
+
+    measured = [mean(uniform, 0.5) / mean(pca, 0.5), mean(uniform, 0.5, "perplexity_ratio"),
+                mean(uniform, 0.375, "perplexity_ratio"), mean(adaptive, 0.5) / mean(uniform, 0.5),
+                mean(adaptive, 0.375) / mean(uniform, 0.375)]
+    return [{"target": name, "measured": value, "bound": bound, "met": value <= bound}
+            for (name, bound), value in zip(TARGETS.items(), measured)]
+
+
 def suite_curves(rows: list, domain: str = "mean") -> dict:
     """{method: rows of ``domain`` ordered by falling budget}: curves for :func:`mkvlib.plots.quality_vs_budget`."""
     curves: dict = {}
@@ -90,23 +108,25 @@ def same_ratio(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def routes_of(record: dict, group: str) -> list[dict]:
-    """The routes of one group ('start', 'objective' or 'shipped'), in file order."""
-    if group not in ("start", "objective", "shipped"):
-        raise ValueError(f"group must be 'start', 'objective' or 'shipped', not {group!r}")
+    """The routes of one group (see :data:`GROUPS`), in file order."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, not {group!r}")
     return [r for r in record["routes"] if r["group"] == group]
 
 
 def routes_figure(routes: list, lines: dict | None = None, title: str = "Training routes: out of domain at 50%"):
     """Out-of-domain KL at a 50% budget against CPU-minutes, one point per route (its own colour, the marker of its
     group, named in the legend); ``lines`` {label: KL} are drawn as horizontal references (e.g. a third of PCA's)."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.2))
-    markers = {"start": "o", "objective": "s", "shipped": "*"}
+    fig, ax = plt.subplots(figsize=(10, 4.4))
+    markers = {"start": "o", "objective": "s", "shipped": "*", "shipped-before": "D"}
     for i, r in enumerate(routes):
         ax.scatter(max(r["cpu_minutes"], 1e-2), r["ood_kl_50"], color=plt.get_cmap("tab10")(i % 10), zorder=3,
                    marker=markers.get(r["group"], "o"), s=120 if r["group"] == "shipped" else 40,
-                   label=f"{r['route']} ({r['group']})")
+                   label=textwrap.fill(f"{r['route']} ({r['group']})", 48))
     for i, (label, value) in enumerate((lines or {}).items()):
         ax.axhline(value, ls="--" if i == 0 else ":", lw=1, color="0.4", label=label)
     ax.set_xscale("log")
@@ -115,6 +135,19 @@ def routes_figure(routes: list, lines: dict | None = None, title: str = "Trainin
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="route (group)", title_fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def reference_lines(routes: list) -> dict:
+    """{label: KL} for :func:`routes_figure` from the routes themselves: a third of PCA's KL (the route named
+    'PCA...'), the target, and the previously shipped projections' KL (group 'shipped-before'), where present."""
+    lines = {}
+    pca = [r for r in routes if r["route"].startswith("PCA")]
+    if pca:
+        lines["a third of PCA's (target)"] = pca[0]["ood_kl_50"] / 3
+    before = [r for r in routes if r["group"] == "shipped-before"]
+    if before:
+        lines["previously shipped"] = before[0]["ood_kl_50"]
+    return lines
 
 
 class CpuClock:
@@ -134,5 +167,5 @@ class CpuClock:
         return self.seconds / 60
 
 
-__all__ = ["CpuClock", "gap_rows", "load_result", "objective_weights", "results_path", "routes_figure", "routes_of",
-           "same_ratio", "suite_cell", "suite_curves"]
+__all__ = ["CpuClock", "GROUPS", "TARGETS", "gap_rows", "load_result", "objective_weights", "reference_lines",
+           "results_path", "routes_figure", "routes_of", "same_ratio", "suite_cell", "suite_curves", "suite_targets"]
