@@ -45,3 +45,16 @@ def _jsonable(x):
     if isinstance(x, os.PathLike):
         return os.fspath(x)
     raise TypeError(f"cannot write {type(x).__name__} as JSON")
+
+
+def read_safetensors(path, unreadable: str = "it may be truncated") -> tuple[dict, dict]:
+    """(metadata, tensors) of a safetensors file; an unreadable file is a ValueError saying ``unreadable``."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        return header, load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); {unreadable}") from None

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .geometry import KVGeometry
-from .io import atomic_path
+from .io import atomic_path, read_safetensors
 from .runtime import shipped_data_dir
 
 FORMAT = "mkv-projections/1"
@@ -101,14 +100,7 @@ class Projections:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no projections file at {path}")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                header = fh.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated") from None
+        header, tensors = read_safetensors(path)
         if "mkv" not in header:
             raise ValueError(f"{path} has no MatryoshkaKV header: it was not written by mkvlib")
         meta = json.loads(header["mkv"])

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .. import attention
 from ..compress import cayley, rank_mask, skew
 from ..geometry import KVGeometry
-from ..io import atomic_path
+from ..io import atomic_path, read_safetensors
 from ..projections import Projections
 from .sampler import RankSampler, check_schedule, default_schedule
 from .trainer import blocks_fingerprint, cosine_with_warmup
@@ -115,18 +115,10 @@ class Capture:
     @classmethod
     def load(cls, path: str | Path, model=None) -> "Capture":
         """Read a capture written by :meth:`save`; checked against ``model`` when given."""
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no capture of layer inputs at {path}")
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                header = fh.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated") from None
+        header, tensors = read_safetensors(path)
         meta = json.loads(header.get("mkv", "{}"))
         if meta.get("format") != CAPTURE_FORMAT:
             raise ValueError(f"{path} is not a capture of layer inputs (format {meta.get('format')!r}, "
@@ -449,15 +441,8 @@ def _write_layer(folder: Path, fit: LayerFit, stamp: dict) -> Path:
 
 
 def _read_layer(path: Path, stamp: dict) -> LayerFit:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get("mkv", "{}"))
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable layer file ({err}); delete it to fit that layer again") from None
+    header, tensors = read_safetensors(path, "delete it to fit that layer again")
+    meta = json.loads(header.get("mkv", "{}"))
     if meta.get("format") != LAYER_FORMAT:
         raise ValueError(f"{path} is not a layer-wise fit (format {meta.get('format')!r})")
     differ = [k for k in stamp if meta.get(k) != stamp[k]]
