@@ -1,4 +1,5 @@
-"""Test helpers: random orthogonal projections for any tiny model."""
+"""Test helpers: random orthogonal projections for any tiny model, and the skip mark for tests of the embedded model."""
+import pytest
 import torch
 
 from mkvlib.geometry import KVGeometry
@@ -14,3 +15,17 @@ def random_projections(model, seed: int = 0, value_mean: bool = False) -> Projec
     values = torch.linalg.qr(torch.randn(shape, generator=g, dtype=torch.float64))[0].float()
     mean = torch.randn(shape[:3], generator=g) if value_mean else torch.zeros(shape[:3])
     return Projections(keys, values, mean, meta={"model": model.mkv_name, "kind": "random"})
+
+
+def embedded_available() -> bool:
+    """Whether the embedded model's package is installed (tests of the real model skip without it)."""
+    try:
+        from mkvlib.models import embedded_gguf
+
+        embedded_gguf()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+needs_model = pytest.mark.skipif(not embedded_available(), reason="embedded model package not installed")

@@ -4,25 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import needs_model
 from mkvlib.cli import main
 from mkvlib.projections import Projections, shipped_path
 
 
-def _embedded_available() -> bool:
-    try:
-        from mkvlib.models import embedded_gguf
-
-        embedded_gguf()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
 TRAJECTORY = Path(__file__).resolve().parents[1] / "data/trajectories/SmolLM2-135M-Instruct.pca.json"
 OTHER_TRAJECTORY = TRAJECTORY.with_name("SmolLM2-135M-Instruct.trained.json")   # searched with other projections
-needs_model = pytest.mark.skipif(not _embedded_available(), reason="embedded model package not installed")
-
-
 @needs_model
 def test_eval_json_at_full_and_half_budget(capsys):
     assert main(["eval", "--json", "--corpus", "pydoc-test", "--tokens", "256", "--seq-len", "128",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import random_projections
+from helpers import needs_model, random_projections
 from mkvlib import attention
 from mkvlib.geometry import KVGeometry
 from mkvlib.models import tiny_model
@@ -295,19 +295,6 @@ def test_capture_statistics_give_the_same_query_aware_basis(llama):
 
 
 # --- the command line (embedded model) -----------------------------------------------------------------------
-
-def _embedded_available() -> bool:
-    try:
-        from mkvlib.models import embedded_gguf
-
-        embedded_gguf()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-needs_model = pytest.mark.skipif(not _embedded_available(), reason="embedded model package not installed")
-
 
 def test_warmstart_refuses_held_out_text_and_bad_arguments(tmp_path, capsys):
     from mkvlib.cli import main

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers import random_projections
+from helpers import needs_model, random_projections
 from mkvlib import retrieval, suite
 from mkvlib.compress import attach
 from mkvlib.geometry import KVGeometry
@@ -222,17 +222,7 @@ def test_eval_suite_argument_errors(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
-def _embedded_available() -> bool:
-    try:
-        from mkvlib.models import embedded_gguf
-
-        embedded_gguf()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@pytest.mark.skipif(not _embedded_available(), reason="embedded model package not installed")
+@needs_model
 def test_eval_suite_cli_on_the_embedded_model(monkeypatch, capsys):
     """Without a data folder the suite is pydoc-test alone (one note); JSON rows per method, budget and domain."""
     from mkvlib.cli import main
