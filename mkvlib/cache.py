@@ -241,7 +241,8 @@ class CompressedLayer(CacheLayerMixin):
 class CompressedCache(Cache):
     """A transformers Cache holding each (layer, KV head)'s keys and values at its own ranks.
 
-    ``CompressedCache(model, projections, ranks)`` then ``model.generate(..., past_key_values=cache)``.
+    ``CompressedCache(model, projections, ranks)`` then ``model.generate(..., **cache_kwargs(cache))`` with
+    :func:`mkvlib.compat.cache_kwargs` (``cache=cache`` on transformers 5.24+, ``past_key_values=cache`` before).
     ``projections``: a :class:`Projections`, a path, or 'pca' / 'trained'; ``ranks``: an int, a budget in (0, 1]
     or a (L, G, 2) tensor. ``reserve``: tokens to preallocate per sequence (prompt + new tokens avoids regrowth).
     """
