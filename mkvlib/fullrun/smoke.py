@@ -10,7 +10,6 @@ noted), and lm-eval on a few items per task (skipped with a note when lm-eval or
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
@@ -121,16 +120,15 @@ def check_generation(ctx) -> dict:
     from transformers import DynamicCache
 
     from ..cache import CompressedCache
+    from ..compat import cache_kwargs
 
     prompt, new = smoke_ids(ctx, ctx.profile.smoke_tokens)[:, :32], ctx.profile.smoke_new_tokens
     pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.tokenizer.eos_token_id
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=pad, output_scores=True,
               return_dict_in_generate=True)
     cache = CompressedCache(ctx.model, ctx.pca(), 1.0, reserve=prompt.shape[1] + new)
-    with warnings.catch_warnings():     # past_key_values: the name transformers 5.x before 5.2x knows
-        warnings.simplefilter("ignore", FutureWarning)
-        ref = ctx.model.generate(prompt, past_key_values=DynamicCache(config=ctx.model.config), **kw)
-        got = ctx.model.generate(prompt, past_key_values=cache, **kw)
+    ref = ctx.model.generate(prompt, **cache_kwargs(DynamicCache(config=ctx.model.config)), **kw)
+    got = ctx.model.generate(prompt, **cache_kwargs(cache), **kw)
     a, b = ref.sequences[0, prompt.shape[1]:].tolist(), got.sequences[0, prompt.shape[1]:].tolist()
     result = {"tokens": len(a), "equal": a == b}
     if a == b:
