@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..compat import cache_kwargs
 from ..geometry import KVGeometry
 
 
@@ -80,7 +81,7 @@ class Runner:
     def generate(self, ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy decoding: the new token ids (1, n), n <= max_new_tokens (stops at end-of-sequence)."""
         cache = self.new_cache(ids.shape[0], ids.shape[1] + max_new_tokens)
-        kwargs = {} if cache is None else {"past_key_values": cache}
+        kwargs = {} if cache is None else cache_kwargs(cache)
         cfg = self.model.generation_config
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
         out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
@@ -97,8 +98,8 @@ class Runner:
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self.model.config)
-        self.model(prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return self.model(target, past_key_values=cache, use_cache=True).logits
+        self.model(prefix, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
+        return self.model(target, **cache_kwargs(cache), use_cache=True).logits
 
 
 class KVMethod:
