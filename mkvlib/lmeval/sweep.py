@@ -1,14 +1,14 @@
 """The accuracy-versus-compression sweep: methods x budgets x tasks, one stored row per finished cell.
 
-A cell is (method, budget, task). Each finished cell is appended to a CSV at once (the file is rewritten
-atomically), keyed by model, method, projections fingerprint, budget, the ranks used (a digest of the adaptive
-ranks, so a cell run with an older search trajectory is run again), task and item limit, so an interrupted
-sweep resumes where it stopped. Compression at full rank is exact, so every method shares one 100% cell:
-the uncompressed baseline, computed once (method ``uncompressed``). Introduced in notebook 04.
+A cell is (method, budget, task). Each finished cell is stored at once in a CSV (a
+:class:`~mkvlib.results_store.ResultStore`: rewritten atomically, resumable), keyed by model, method,
+projections fingerprint, budget, the ranks used (a digest of the adaptive ranks, so a cell run with an older
+search trajectory is run again), task and item limit, so an interrupted sweep resumes where it stopped.
+Compression at full rank is exact, so every method shares one 100% cell: the uncompressed baseline, computed
+once (method ``uncompressed``). Introduced in notebook 04.
 """
 from __future__ import annotations
 
-import csv
 import datetime
 import hashlib
 import subprocess
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..io import atomic_path
+from ..results_store import ResultStore
 from ..runtime import project_dir
 from .evaluate import LMEvalConfig, lm_eval_version, run_lm_eval, wrap
 from .tasks import LOCAL_TASKS, choose_source
@@ -144,21 +144,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _legacy_ranks(row: dict) -> dict:
+    """Rows written before the ``ranks`` column existed count as 'full' / 'uniform' by their allocation; an
+    adaptive one cannot be matched to its ranks ('unknown'), so that cell is run again."""
+    if row.get("ranks"):
+        return row
+    return {**row, "ranks": {"none": "full", "uniform": "uniform"}.get(row.get("allocation"), "unknown")}
+
+
+def results_store(path) -> ResultStore:
+    """The sweep's results CSV at ``path``: one row per finished cell, keyed by :data:`KEY`."""
+    return ResultStore(path, KEY, FIELDS, upgrade=_legacy_ranks)
+
+
 def read_rows(path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    """The rows of the sweep CSV at ``path`` (text values; [] when there is none yet)."""
+    return results_store(path).rows()
 
 
-def append_row(path, row: dict) -> None:
-    """Add one row to the CSV, rewriting the file atomically (old file or new file, never half of one)."""
-    rows = read_rows(path) + [row]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+def append_row(path, row: dict) -> bool:
+    """Store one finished cell's row (atomically; a row whose key is already stored is kept, not doubled)."""
+    return results_store(path).add(row)
 
 
 def ranks_digest(ranks) -> str:
@@ -168,14 +174,6 @@ def ranks_digest(ranks) -> str:
     if isinstance(ranks, float):
         return "uniform"
     return "adaptive-" + hashlib.sha256(str(ranks.tolist()).encode()).hexdigest()[:12]
-
-
-def _key(row: dict) -> tuple:
-    """A row's identity. Rows written before the ``ranks`` column existed count as 'full' / 'uniform' by their
-    allocation; an adaptive one cannot be matched to its ranks, so that cell is run again."""
-    if not row.get("ranks"):
-        row = {**row, "ranks": {"none": "full", "uniform": "uniform"}.get(row.get("allocation"), "unknown")}
-    return tuple(str(row.get(k)) for k in KEY)
 
 
 GUESSED_ITEMS = 1000   # items assumed for a task whose split size is unknown and that has no stored cell yet
@@ -219,6 +217,7 @@ class Sweep:
 
     def __init__(self, model, tokenizer, config: SweepConfig):
         self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.store = results_store(config.out)
         self._projections: dict = {}
         self.skipped: dict = {}
 
@@ -251,7 +250,7 @@ class Sweep:
         return cells
 
     def row_key(self, cell: Cell) -> tuple:
-        return _key(self._identity(cell))
+        return self.store.key(self._identity(cell))
 
     def _identity(self, cell: Cell) -> dict:
         fingerprint = self.projections_for(cell.method).fingerprint() if cell.method else "none"
@@ -265,14 +264,14 @@ class Sweep:
                 "limit": self.config.limit if self.config.limit is not None else "full"}
 
     def pending(self) -> list[Cell]:
-        done = {_key(r) for r in read_rows(self.config.out)}
+        done = self.store.keys()
         return [c for c in self.cells() if self.row_key(c) not in done]
 
     def measured_rate(self) -> tuple[float, int]:
         """Seconds per loglikelihood request measured on the cells already stored (same batch size), and how
         many cells that was measured on; ``(config.seconds_per_request, 0)`` when none are stored."""
         seconds = requests = cells = 0
-        for row in read_rows(self.config.out):
+        for row in self.store.rows():
             try:
                 if int(row["batch_size"]) != self.config.batch_size:
                     continue
@@ -287,7 +286,7 @@ class Sweep:
         """Items per task as scored by the cells already stored at this limit (what lm-eval actually ran)."""
         limit = self.config.limit if self.config.limit is not None else "full"
         items = {}
-        for row in read_rows(self.config.out):
+        for row in self.store.rows():
             try:
                 if row["task"] in self.config.tasks and str(row["limit"]) == str(limit):
                     items[row["task"]] = int(row["items"])
@@ -336,7 +335,7 @@ class Sweep:
                    source=choose_source(self.config.source), git_commit=git_commit(),
                    lm_eval_version=lm_eval_version(),
                    finished_at=datetime.datetime.now().isoformat(timespec="seconds"))
-        append_row(self.config.out, row)
+        self.store.add(row)
         return row
 
     def run(self, progress: bool = True, dry_run: bool = False, max_cells: int | None = None) -> list[dict]:

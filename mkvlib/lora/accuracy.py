@@ -2,20 +2,17 @@
 
 Every cell runs lm-eval (:func:`mkvlib.lmeval.run_lm_eval`) on the in-memory model with the projections
 attached at a uniform budget; 100% is computed once with compression off (it is exact at full rank). Each
-finished cell is written at once to a CSV (rewritten atomically, under a lock so that processes sharing the file
-each add their own cells) and skipped when it is already there, so an interrupted curve resumes.
+finished cell is stored at once in a CSV (a :class:`~mkvlib.results_store.ResultStore`: rewritten atomically,
+under a lock so that processes sharing the file each add their own cells) and skipped when it is already there,
+so an interrupted curve resumes.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
-import os
 import time
-from pathlib import Path
 
 from ..compress import attach
-from ..io import atomic_path
 from ..lmeval import LMEvalConfig, run_lm_eval, wrap
+from ..results_store import ResultStore
 
 FIELDS = ["model", "adapter", "projections", "fingerprint", "budget", "task", "acc", "acc_norm", "items", "limit",
           "seconds", "ranks"]
@@ -23,59 +20,36 @@ KEY = ("model", "adapter", "fingerprint", "budget", "task", "limit", "ranks")
 UNCOMPRESSED = "uncompressed"
 
 
+def _legacy_ranks(row: dict) -> dict:
+    """Rows from before the ``ranks`` column: every compressed one had uniform ranks."""
+    if row.get("ranks"):
+        return row
+    return {**row, "ranks": "full" if row.get("projections") == UNCOMPRESSED else "uniform"}
+
+
+def results_store(path) -> ResultStore:
+    """The accuracy CSV at ``path``: one row per (model, adapter, projections, budget, task, limit, ranks)."""
+    return ResultStore(path, KEY, FIELDS, upgrade=_legacy_ranks)
+
+
 def read_rows(path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    """The rows of the accuracy CSV at ``path``, budget and accuracies as floats (None where not measured)."""
+    rows = results_store(path).rows()
     for r in rows:
         r["budget"] = float(r["budget"])
-        if not r.get("ranks"):       # rows from before the column: every compressed one had uniform ranks
-            r["ranks"] = "full" if r["projections"] == UNCOMPRESSED else "uniform"
         for k in ("acc", "acc_norm"):
             r[k] = float(r[k]) if r[k] not in ("", "None") else None
     return rows
 
 
-def _key(row) -> tuple:
-    """A row's identity; None (no limit) is written to the CSV as an empty cell and read back as one."""
-    return tuple(str(float(row[k])) if k == "budget" else "" if row[k] is None else str(row[k]) for k in KEY)
+def add_row(path, row: dict) -> bool:
+    """Add ``row`` to the CSV at ``path`` unless a row with its key is there (see :meth:`ResultStore.add`)."""
+    return results_store(path).add(row)
 
 
 def write_rows(path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-
-
-@contextlib.contextmanager
-def _locked(path):
-    """Hold an exclusive lock on the folder of ``path`` (POSIX; elsewhere, no lock): no lock file is left."""
-    try:
-        import fcntl
-    except ImportError:             # Windows: one process per CSV
-        yield
-        return
-    folder = Path(path).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)                # closing releases the lock
-
-
-def add_row(path, row: dict) -> None:
-    """Add ``row`` to the CSV at ``path`` (unless a row with its key is there), keeping rows that other
-    processes wrote since this one read the file."""
-    with _locked(path):
-        rows = read_rows(path)
-        if _key(row) not in {_key(r) for r in rows}:
-            write_rows(path, rows + [row])
+    """Write exactly ``rows`` to the CSV at ``path`` (a fixture or a migration; results go through add_row)."""
+    results_store(path).write(rows)
 
 
 def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, task: str = "arc_easy",
@@ -101,8 +75,8 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
     unknown = sorted(set(trajectories) - set(projections))
     if unknown:
         raise KeyError(f"trajectories given for {unknown}, which are not among the projections {list(projections)}")
-    stored = read_rows(out) if out else []
-    have = {_key(r): r for r in stored}
+    store = results_store(out) if out else None
+    have = {store.key(r): r for r in read_rows(out)} if out else {}
     config = LMEvalConfig(tasks=[task], limit=limit, batch_size=batch_size)
     name = getattr(model, "mkv_name", "?")
     cells = ([(UNCOMPRESSED, None, 1.0)] if uncompressed else []) + [
@@ -114,8 +88,8 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
         row = {"model": name, "adapter": adapter, "projections": label,
                "fingerprint": proj.fingerprint() if proj is not None else UNCOMPRESSED, "budget": budget,
                "task": task, "limit": limit, "ranks": ranks_digest(ranks)}
-        if _key(row) in have:
-            rows.append({**have[_key(row)], "projections": label})
+        if out and store.key(row) in have:
+            rows.append({**have[store.key(row)], "projections": label})
             continue
         lm = lm or wrap(model, tokenizer, batch_size)
         start = time.perf_counter()
@@ -129,7 +103,7 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
                    seconds=round(time.perf_counter() - start, 1))
         rows.append(row)
         if out:
-            add_row(out, row)
+            store.add(row)
     return rows
 
 
