@@ -55,7 +55,7 @@ def held_bytes(cache) -> int:
 
 
 def measure(ctx, factory, batch: int, context: int, new_tokens: int) -> dict:
-    from ..bench import _sync, decode
+    from ..bench import decode, synchronize
 
     model, device = ctx.model, ctx.device
     cuda = device.type == "cuda"
@@ -72,10 +72,10 @@ def measure(ctx, factory, batch: int, context: int, new_tokens: int) -> dict:
         with warnings.catch_warnings():        # past_key_values: the name transformers 5.x before 5.2x knows
             warnings.simplefilter("ignore", FutureWarning)
             ids = decode(model, ids, cache, 1)[:, -1:]               # warm-up step
-            _sync(device)
+            synchronize(device)
             start = clock.now()
             decode(model, ids, cache, new_tokens)
-            _sync(device)
+            synchronize(device)
             seconds = clock.now() - start
         out = {"batch": batch, "decode_tokens_per_s": batch * new_tokens / seconds, "cache_bytes": held_bytes(cache)}
         out["peak_memory_bytes"] = torch.cuda.max_memory_allocated() - before if cuda else out["cache_bytes"]

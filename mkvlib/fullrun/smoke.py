@@ -66,6 +66,7 @@ def check_train_step(ctx) -> dict:
 
 def _train_steps(ctx, batch: int) -> dict:
     from ..corpora import token_blocks
+    from ..bench import synchronize
     from ..training import TrainConfig, Trainer
 
     p = ctx.profile
@@ -79,7 +80,7 @@ def _train_steps(ctx, batch: int) -> dict:
         for step in (1, 2):
             start = clock.now()
             trainer.train(until=step)
-            _sync(ctx.device)
+            synchronize(ctx.device)
             times.append(clock.now() - start)
     finally:
         trainer.close()
@@ -90,11 +91,6 @@ def _train_steps(ctx, batch: int) -> dict:
     # a training step is about four forward passes (teacher, student, and the student's backward)
     ctx.measured["forward_tokens_per_s"] = 4 * config.batch_size * p.train_seq / times[-1]
     return {"loss": losses, "batch": config.batch_size, "seq_len": p.train_seq, "step_s": times}
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def check_search_step(ctx) -> dict:

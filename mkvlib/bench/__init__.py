@@ -1,0 +1,34 @@
+"""Measure the compressed cache against DynamicCache and transformers' 4-bit quantized cache (quanto).
+
+What is measured, per cache kind ("compressed", "dynamic", "quanto"), for a batch of ``batch`` prompts of
+``context`` tokens followed by ``new_tokens`` greedy decode steps:
+
+- cache bytes: the sum of the stored tensors' bytes after decoding (projection matrices reported separately);
+- decode tokens/s: batch x steps / seconds. All kinds decode from the *same* prefilled prompt (the compressed and
+  quantized caches are filled from the DynamicCache's keys and values, which is exactly what their own prefill
+  would store), interleaved over ``repeats`` rounds; the medians are reported (the CPU may be shared);
+- prefill seconds (chunked, ``prefill_chunk`` tokens a forward) and peak memory: CPU, the process's peak RSS
+  growth over the run; GPU, max_memory_allocated growth. Each kind runs in a fresh subprocess for a clean peak.
+
+:func:`capacity` turns measured bytes per token plus measured fixed overhead into the largest batch x context
+that fits in a memory limit. Introduced in notebook 05; ``mkv bench`` is the command line.
+
+Modules: ``config`` (:class:`BenchConfig`), ``caches`` (the caches and their bytes), ``speed`` (prefill, decode,
+decode speeds), ``process`` (time and peak memory in a fresh process), ``run`` (:func:`run_bench`,
+:func:`budget_sweep`), ``memory`` (memory model and capacity), ``checks`` and ``plots`` (notebook 05).
+"""
+from .caches import (baseline_factories, bytes_per_token, cache_bytes, fill_from, kv_fraction, make_cache,
+                     resolve_bench_ranks, synthetic_source, tensor_bytes)
+from .checks import simulated_gap
+from .config import KINDS, BenchConfig, QuantoUnavailable
+from .memory import capacity, memory_model, predicted_peak
+from .plots import plot_capacity, plot_decode_speedup
+from .process import measure_in_subprocess, run_variant
+from .run import budget_sweep, run_bench
+from .speed import decode, decode_speeds, prefill, prompt_ids, synchronize
+
+__all__ = ["KINDS", "BenchConfig", "QuantoUnavailable", "baseline_factories", "budget_sweep", "bytes_per_token",
+           "cache_bytes", "capacity", "decode", "decode_speeds", "fill_from", "kv_fraction", "make_cache",
+           "measure_in_subprocess", "memory_model", "plot_capacity", "plot_decode_speedup", "predicted_peak",
+           "prefill", "prompt_ids", "resolve_bench_ranks", "run_bench", "run_variant", "simulated_gap",
+           "synchronize", "synthetic_source", "tensor_bytes"]
