@@ -1,0 +1,114 @@
+"""``pca`` and ``matryoshka``: feature-axis compression by orthogonal projections, in the real compressed cache.
+
+Per layer l and KV head g with ranks (r_K, r_V) the cache (:class:`mkvlib.cache.CompressedCache`) stores per token
+
+    k~ = k U_K[:, :r_K]   (B, 1, 1, r_K)        v~ = (v - mu) U_V[:, :r_V]   (B, 1, 1, r_V)
+
+in the model's dtype, so the bytes per token are sum over (l, g) of (r_K + r_V) x element size, and the
+fixed bytes are the truncated bases U_K[:, :r_K], U_V[:, :r_V] and the value means mu (d numbers each per
+(l, g, column)). ``pca`` uses the PCA bases, ``matryoshka`` the trained ones; ``allocation`` 'uniform' gives
+every (l, g, K/V) the rank round(budget x d), 'adaptive' the greedy-searched ranks of the shipped trajectory for
+those projections (:func:`mkvlib.search.adaptive_ranks`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ...cache import CompressedCache
+from ...geometry import KVGeometry, resolve_ranks
+from ...projections import Projections, resolve_projections
+from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
+from ..layers import FEATURE_BUDGETS, cache_runner, check_choice, check_fractions, element_size
+
+
+def projection_bytes(ranks: torch.Tensor, head_dim: int, element: int) -> int:
+    """Bytes of the truncated bases and value means a compressed cache at ``ranks`` (L, G, 2) holds:
+    sum over (l, g) of d x (r_K + r_V + 1) x element size."""
+    return int(head_dim * (ranks.sum() + ranks.shape[0] * ranks.shape[1])) * element
+
+
+@dataclass(frozen=True)
+class ProjectionMethod(KVMethod):
+    """Options: ``projections`` ('pca', 'trained', a path or a :class:`Projections`), ``allocation`` ('uniform'
+    or 'adaptive'), ``budgets`` (feature budgets in (0, 1], the settings), ``trajectory`` (a path or Trajectory
+    for adaptive ranks; None: the shipped one)."""
+    projections: object = "pca"
+    allocation: str = "uniform"
+    budgets: tuple = FEATURE_BUDGETS
+    trajectory: object = None
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    axis = "feature"
+
+    def __post_init__(self):
+        check_choice("allocation", self.allocation, ("uniform", "adaptive"))
+        object.__setattr__(self, "budgets", check_fractions("budgets", self.budgets))
+        if not isinstance(self.projections, (str, Projections)) and not hasattr(self.projections, "__fspath__"):
+            raise ValueError(f"projections must be 'pca', 'trained', a path or a Projections, not "
+                             f"{type(self.projections).__name__}")
+
+    # --- projections and ranks ---------------------------------------------------------------------------------
+    def resolved(self, model) -> Projections:
+        key = ("proj", id(model))
+        if key not in self._memo:
+            self._memo[key] = resolve_projections(self.projections, model)
+        return self._memo[key]
+
+    def ranks(self, model, setting: Setting) -> torch.Tensor:
+        """Ranks (L, G, 2) of a setting."""
+        budget = float(setting.get("budget"))
+        if self.allocation == "uniform":
+            return resolve_ranks(budget, KVGeometry.of(model))
+        key = ("ranks", id(model), budget)
+        if key not in self._memo:
+            from ...search import adaptive_ranks
+
+            self._memo[key] = adaptive_ranks(model, self.resolved(model), budget, self.trajectory)
+        return self._memo[key]
+
+    # --- the interface -----------------------------------------------------------------------------------------
+    def unsupported(self, model) -> str | None:
+        try:
+            proj = self.resolved(model)
+            if self.allocation == "adaptive":
+                from ...search import adaptive_ranks
+
+                adaptive_ranks(model, proj, self.budgets[-1], self.trajectory)
+        except (OSError, ValueError) as err:
+            return f"{self.name} needs its projections{' and rank trajectory' * (self.allocation == 'adaptive')} " \
+                   f"for this model: {err}"
+        return None
+
+    def settings(self, model) -> list[Setting]:
+        return [Setting(self.name, f"{100 * b:g}%", (("allocation", self.allocation), ("budget", b)))
+                for b in self.budgets]
+
+    def bytes(self, model, setting: Setting, context: int) -> ByteReport:
+        ranks, element = self.ranks(model, setting), element_size(model)
+        per_token = int(ranks.sum()) * element
+        geom = KVGeometry.of(model)
+        return ByteReport(float(per_token), projection_bytes(ranks, geom.head_dim, element),
+                          per_token / full_bytes_per_token(model), context,
+                          {"key_numbers": int(ranks[..., 0].sum()), "value_numbers": int(ranks[..., 1].sum())})
+
+    def runner(self, model, setting: Setting):
+        proj, ranks = self.resolved(model), self.ranks(model, setting)
+        return cache_runner(model, lambda batch, tokens: CompressedCache(model, proj, ranks, reserve=tokens))
+
+
+@register
+@dataclass(frozen=True)
+class PCA(ProjectionMethod):
+    """PCA bases of calibration keys and values (the shipped 'pca' projections by default)."""
+    name = "pca"
+
+
+@register
+@dataclass(frozen=True)
+class Matryoshka(ProjectionMethod):
+    """MatryoshkaKV: the trained bases (shipped 'trained'), adaptive greedy-searched ranks by default."""
+    name = "matryoshka"
+    projections: object = "trained"
+    allocation: str = "adaptive"
