@@ -1,4 +1,5 @@
 """The methods of the comparison bench, one module each; importing this package registers them all."""
 from .projection import PCA, Matryoshka, ProjectionMethod
+from .quant import Quant
 
-__all__ = ["PCA", "Matryoshka", "ProjectionMethod"]
+__all__ = ["PCA", "Matryoshka", "ProjectionMethod", "Quant"]

@@ -1,0 +1,126 @@
+"""``quant``: transformers' ``QuantizedCache`` (KIVI-style), backend optimum-quanto or HQQ, at 4 and 2 bits.
+
+What the cache holds per layer (keys and values alike, tensors (B, G, S, d) flattened into groups of ``group``
+consecutive numbers along the head dimension, a group never spanning two tokens since group divides d):
+
+- packed integers: B x G x S_q x d x nbits / 8 bytes (uint8, two 4-bit or four 2-bit numbers a byte);
+- a scale and a zero point (quanto: shift) per group, in the model's dtype: 2 x B x G x S_q x d / group numbers;
+- the full-precision residual buffer: the last S_r tokens (B, G, S_r, d) in the model's dtype.
+
+The prompt is quantized whole at its first forward (S_r = 0 after the prefill); decoded tokens collect in the
+residual buffer, which is folded into the quantized part once it would reach ``residual_length`` tokens, so it
+holds at most ``residual_length - 1`` tokens. :meth:`Quant.bytes` charges that worst case at the given context:
+S_r = min(residual_length - 1, context), S_q = context - S_r, everything amortised over the context.
+:func:`quantized_bytes` is the exact formula for any (S_q, S_r); :func:`held_bytes` sums the tensors a real
+cache holds (the test compares the two). Packages: ``pip install optimum-quanto hqq`` (the ``compare`` extra).
+
+Models with sliding-window layers (Gemma 3) are refused by ``QuantizedCache``; :meth:`Quant.unsupported` says so.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from ...geometry import KVGeometry
+from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
+from ..layers import cache_runner, check_choice, element_size, layer_types
+
+BITS = {"quanto": (2, 4), "hqq": (2, 4, 8)}
+PACKAGES = {"quanto": "optimum.quanto", "hqq": "hqq"}
+
+
+def quantized_bytes(model, nbits: int, group: int, quantized_tokens: int, residual_tokens: int,
+                    batch: int = 1) -> int:
+    """Exact bytes of a filled ``QuantizedCache``: packed data, scales and zero points of ``quantized_tokens``
+    tokens plus ``residual_tokens`` tokens at full precision, over all layers, keys and values."""
+    geom, element = KVGeometry.of(model), element_size(model)
+    heads = geom.layers * geom.kv_heads * 2 * batch                     # (layer, KV head, K/V, sequence)
+    packed = quantized_tokens * geom.head_dim * nbits // 8
+    scales = quantized_tokens * (geom.head_dim // group) * 2 * element
+    residual = residual_tokens * geom.head_dim * element
+    return heads * (packed + scales + residual)
+
+
+def held_bytes(cache) -> int:
+    """Bytes of the tensors a ``QuantizedCache`` holds: quanto's packed data, scales and shifts, or HQQ's packed
+    data, scales and zeros, plus the residual keys and values."""
+    from ...bench import tensor_bytes
+
+    total = 0
+    for layer in cache.layers:
+        total += tensor_bytes(layer.keys) + tensor_bytes(layer.values)
+        for q in (layer._quantized_keys, layer._quantized_values):
+            if isinstance(q, tuple):                                     # HQQ: (packed, meta)
+                total += tensor_bytes(q[0]) + tensor_bytes(q[1]["scale"]) + tensor_bytes(q[1]["zero"])
+            else:
+                total += tensor_bytes(q)
+    return total
+
+
+@register
+@dataclass(frozen=True)
+class Quant(KVMethod):
+    """Options: ``backend`` ('quanto' or 'hqq'), ``bits`` (the settings, most bits first: quanto 4, 2; HQQ also
+    8), ``group_size`` (numbers sharing a scale and zero point; at most head_dim, which it must divide),
+    ``residual_length`` (the full-precision buffer of recent tokens, >= 1)."""
+    backend: str = "quanto"
+    bits: tuple = (4, 2)
+    group_size: int = 64
+    residual_length: int = 128
+
+    name, axis = "quant", "bits"
+
+    def __post_init__(self):
+        check_choice("backend", self.backend, tuple(BITS))
+        bits = tuple(sorted(set(self.bits), reverse=True))
+        if not bits or any(b not in BITS[self.backend] for b in bits):
+            raise ValueError(f"bits for the {self.backend} backend are among {BITS[self.backend]}, not {self.bits!r}")
+        object.__setattr__(self, "bits", bits)
+        for name in ("group_size", "residual_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+    def group(self, model) -> int:
+        """The group size used on ``model``: group_size, or head_dim when that is smaller."""
+        return min(self.group_size, KVGeometry.of(model).head_dim)
+
+    def unsupported(self, model) -> str | None:
+        if importlib.util.find_spec(PACKAGES[self.backend].split(".")[0]) is None or \
+                importlib.util.find_spec(PACKAGES[self.backend]) is None:
+            return f"quant ({self.backend}) needs its package: pip install " + \
+                   {"quanto": "optimum-quanto", "hqq": "hqq"}[self.backend]
+        other = sorted(set(layer_types(model)) - {"full_attention"})
+        if other:
+            return (f"transformers' QuantizedCache is only supported for models with only full attention layers; "
+                    f"this model has {', '.join(other)} layers")
+        d = KVGeometry.of(model).head_dim
+        if d % self.group(model):
+            return f"quant needs a group size dividing head_dim {d}, not {self.group_size}"
+        return None
+
+    def settings(self, model) -> list[Setting]:
+        group = self.group(model)
+        return [Setting(self.name, f"{b}-bit {self.backend}", (("backend", self.backend), ("group", group),
+                                                               ("nbits", b), ("residual", self.residual_length)))
+                for b in self.bits]
+
+    def bytes(self, model, setting: Setting, context: int) -> ByteReport:
+        nbits, group = setting.get("nbits"), setting.get("group")
+        residual = min(self.residual_length - 1, context)
+        total = quantized_bytes(model, nbits, group, context - residual, residual)
+        per_token = total / context
+        return ByteReport(per_token, 0, per_token / full_bytes_per_token(model), context,
+                          {"residual_tokens": residual, "quantized_tokens": context - residual})
+
+    def runner(self, model, setting: Setting):
+        reason = self.unsupported(model)
+        if reason:
+            raise ValueError(reason)
+        from transformers import QuantizedCache
+
+        def make(batch, tokens):
+            return QuantizedCache(backend=self.backend, config=model.config, nbits=setting.get("nbits"),
+                                  q_group_size=setting.get("group"), residual_length=setting.get("residual"))
+
+        return cache_runner(model, make)
