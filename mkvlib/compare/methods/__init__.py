@@ -1,5 +1,6 @@
 """The methods of the comparison bench, one module each; importing this package registers them all."""
+from .eviction import SnapKV, Streaming
 from .projection import PCA, Matryoshka, ProjectionMethod
 from .quant import Quant
 
-__all__ = ["PCA", "Matryoshka", "ProjectionMethod", "Quant"]
+__all__ = ["PCA", "Matryoshka", "ProjectionMethod", "Quant", "SnapKV", "Streaming"]

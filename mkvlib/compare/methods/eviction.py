@@ -1,0 +1,244 @@
+"""Token eviction: ``streaming`` (StreamingLLM: attention sinks + the recent window) and ``snapkv`` (SnapKV).
+
+Why our own and not kvpress: kvpress 0.5.5 (the release on PyPI) pins ``transformers<5.3``; installing it would
+downgrade this project's transformers 5.24 (``pip install --dry-run kvpress`` would install transformers 5.2.0),
+so both methods are written here, as prompt compression applied once after the prefill, as kvpress does:
+
+- the prompt (S tokens) runs with its full cache; then each layer keeps ``kept = round(keep x S)`` tokens per KV
+  head and drops the rest; tokens that come after the prompt are appended and never evicted;
+- StreamingLLM keeps the first ``sinks`` tokens and the last ``kept - sinks``;
+- SnapKV keeps the last ``window`` prompt tokens (the observation window) and the ``kept - window`` earlier
+  tokens that the window's queries attend to most: softmax weights of the window's queries, averaged over the
+  query heads of the KV head, summed over the window, smoothed along tokens by pooling (``kernel``); each KV
+  head keeps its own tokens.
+
+Kept keys keep their RoPE positions (they are stored post-RoPE) and new tokens continue at the prompt's length,
+as if nothing had been evicted. Storage is real: after eviction the layer holds (B, G, kept, d) keys and values,
+so the bytes per prompt token are kept / S x the full bytes per token (``fraction`` = kept / S at context S).
+
+Implementation: :class:`EvictingLayer` is a :class:`mkvlib.cache.CompressedLayer` that evicts after its prefill,
+so the same code evicts from the full cache (identity bases at full rank: exact, and no bases stored, so no
+fixed bytes) and from a MatryoshkaKV cache (``streaming+matryoshka``). Unpadded batches only; models with
+sliding-window layers are refused (their window is not reproduced).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...cache import CompressedCache, CompressedLayer, head_groups
+from ...geometry import KVGeometry
+from ...projections import Projections
+from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
+from ..layers import cache_runner, check_choice, check_fractions, sliding_reason
+
+KEEP_RATIOS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
+
+
+def kept_tokens(length: int, keep: float) -> int:
+    """Tokens a prompt of ``length`` keeps at ratio ``keep``: round(keep x length), at least 1, at most length."""
+    return min(length, max(1, round(keep * length)))
+
+
+def identity_projections(model) -> Projections:
+    """Identity bases (L, G, d, d) and zero means: a CompressedCache at full rank that stores keys and values as
+    they are."""
+    geom = KVGeometry.of(model)
+    eye = torch.eye(geom.head_dim).expand(geom.layers, geom.kv_heads, -1, -1).clone()
+    return Projections(eye, eye.clone(), torch.zeros(geom.layers, geom.kv_heads, geom.head_dim),
+                       meta={"kind": "identity"})
+
+
+class EvictingLayer(CompressedLayer):
+    """A compressed layer that, after its prefill (the first update of more than one token), keeps only the
+    tokens ``selector(layer, query, scaling)`` picks: an index (B, G, kept) of stored positions, or None."""
+
+    is_croppable = False
+
+    def __init__(self, selector, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.selector, self.evicted, self.pending, self.started = selector, 0, False, False
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.started:
+            self.started, self.pending = True, key_states.shape[2] > 1
+        return super().update(key_states, value_states)
+
+    def attend(self, query, attention_mask, scaling):
+        """query (B, H, T, d) -> (B, T, H, d). After an eviction the model's mask no longer matches the stored
+        tokens, so the attention is causal over the new tokens and sees every stored token before them."""
+        out = super().attend(query, None if self.evicted else attention_mask, scaling)
+        if self.pending:
+            self.pending = False
+            index = self.selector(self, query, scaling)
+            if index is not None:
+                self.evict(index)
+        return out
+
+    def evict(self, index: torch.Tensor) -> None:
+        """Keep the stored tokens ``index`` (B, G, kept) of each KV head, in that order."""
+        kept = index.shape[-1]
+        for i, group in enumerate(self.groups):
+            sub = index[:, list(group.heads)].to(self.device)                         # (B, n, kept)
+            for bufs in (self.key_buffers, self.value_buffers):
+                filled = bufs[i][:, :, :self.length]
+                bufs[i] = filled.gather(2, sub[..., None].expand(-1, -1, -1, filled.shape[-1])).contiguous()
+        self.evicted += self.length - kept
+        self.length = kept
+
+    def reduced_query(self, i: int, query: torch.Tensor) -> torch.Tensor:
+        """Group i's query heads in its key basis: (B, H, w, d) -> (B, n x H/G, w, r_K)."""
+        B, H, w, d = query.shape
+        uk = self.bases[i][0]
+        q = query.view(B, self.kv_heads, H // self.kv_heads, w, d)[:, self.groups[i].index]
+        return torch.einsum("bnhtd,ndr->bnhtr", q, uk).flatten(1, 2)
+
+    def get_seq_length(self) -> int:
+        return self.length + self.evicted
+
+    def reset(self) -> None:
+        super().reset()
+        self.evicted, self.pending, self.started = 0, False, False
+
+
+class EvictingCache(CompressedCache):
+    """A :class:`CompressedCache` of :class:`EvictingLayer` s (same arguments, plus the ``selector``)."""
+
+    def __init__(self, model, projections, ranks, selector, reserve: int = 0):
+        super().__init__(model, projections, ranks, reserve)
+        proj = projections
+        self.layers = [EvictingLayer(selector, l, head_groups(self.ranks[l]), proj.keys[l].float(),
+                                     proj.values[l].float(), proj.value_mean[l].float(), reserve,
+                                     id(self._modules[l])) for l in range(self.geometry.layers)]
+
+    def evicted_tokens(self) -> int:
+        return self.layers[0].evicted
+
+
+def streaming_selector(keep: float, sinks: int):
+    """StreamingLLM: the first ``sinks`` tokens and the most recent ones, ``kept_tokens(S, keep)`` in all."""
+    def select(layer: EvictingLayer, query, scaling):
+        S = layer.length
+        kept = kept_tokens(S, keep)
+        if kept >= S:
+            return None
+        first = min(sinks, kept)
+        index = torch.cat([torch.arange(first), torch.arange(S - (kept - first), S)])
+        return index.expand(layer.batch_size, layer.kv_heads, kept)
+    return select
+
+
+def snapkv_selector(keep: float, window: int, kernel: int, pooling: str):
+    """SnapKV: the last ``window`` tokens plus the earlier tokens with the largest pooled window attention."""
+    def select(layer: EvictingLayer, query, scaling):
+        S = layer.length
+        kept = kept_tokens(S, keep)
+        if kept >= S:
+            return None
+        w = min(window, kept)
+        scores = query.new_zeros(layer.batch_size, layer.kv_heads, S, dtype=torch.float32)
+        for i, group in enumerate(layer.groups):
+            q = layer.reduced_query(i, query[:, :, -w:])                            # (B, n H/G, w, r)
+            k = layer.reduced(i)[0]                                                 # (B, n, S, r)
+            logits = torch.einsum("bqtr,bqsr->bqts", q.float(),
+                                  k.float().repeat_interleave(q.shape[1] // k.shape[1], 1)) * scaling
+            causal = torch.ones(w, S, dtype=torch.bool, device=q.device).tril(S - w)
+            weights = logits.masked_fill(~causal, float("-inf")).softmax(-1)       # (B, n H/G, w, S)
+            per_kv = weights.view(q.shape[0], k.shape[1], -1, w, S).mean(2).sum(2)  # (B, n, S)
+            scores[:, group.index] = per_kv
+        past = scores[..., :S - w]                                                  # (B, G, S - w)
+        pool = F.max_pool1d if pooling == "max" else F.avg_pool1d
+        flat = past.reshape(-1, 1, S - w)
+        pooled = pool(flat, kernel, stride=1, padding=kernel // 2)
+        if pooling == "avg":  # avg_pool1d counts the zero padding: a mean over the window that fits
+            pooled = pooled / pool(torch.ones_like(flat), kernel, stride=1, padding=kernel // 2)
+        top = pooled.view_as(past).topk(kept - w, dim=-1).indices.sort(-1).values     # (B, G, kept - w)
+        recent = torch.arange(S - w, S, device=top.device).expand(*top.shape[:2], w)
+        return torch.cat([top, recent], -1)
+    return select
+
+
+@dataclass(frozen=True)
+class EvictionMethod(KVMethod):
+    """Options shared by the token-eviction methods: ``keep`` (ratios of prompt tokens kept, the settings)."""
+    keep: tuple = KEEP_RATIOS
+
+    axis = "token"
+
+    def __post_init__(self):
+        object.__setattr__(self, "keep", check_fractions("keep", self.keep))
+
+    def unsupported(self, model) -> str | None:
+        return sliding_reason(model, self.name)
+
+    def settings(self, model) -> list[Setting]:
+        return [Setting(self.name, f"keep {100 * k:g}%", (("keep", k),) + self.params()) for k in self.keep]
+
+    def params(self) -> tuple:
+        return ()
+
+    def bytes(self, model, setting: Setting, context: int) -> ByteReport:
+        kept = kept_tokens(context, setting.get("keep"))
+        full = full_bytes_per_token(model)
+        return ByteReport(full * kept / context, 0, kept / context, context, {"kept_tokens": kept})
+
+    def selector(self, setting: Setting):
+        raise NotImplementedError
+
+    def runner(self, model, setting: Setting):
+        reason = self.unsupported(model)
+        if reason:
+            raise ValueError(reason)
+        proj, select = identity_projections(model), self.selector(setting)
+        d = KVGeometry.of(model).head_dim
+        return cache_runner(model, lambda batch, tokens: EvictingCache(model, proj, d, select, reserve=tokens))
+
+
+@register
+@dataclass(frozen=True)
+class Streaming(EvictionMethod):
+    """StreamingLLM. Options: ``keep`` ratios, ``sinks`` (first tokens always kept, >= 0)."""
+    sinks: int = 4
+
+    name = "streaming"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
+            raise ValueError(f"sinks must be a non-negative number of tokens, not {self.sinks!r}")
+
+    def params(self) -> tuple:
+        return (("sinks", self.sinks),)
+
+    def selector(self, setting: Setting):
+        return streaming_selector(setting.get("keep"), self.sinks)
+
+
+@register
+@dataclass(frozen=True)
+class SnapKV(EvictionMethod):
+    """SnapKV. Options: ``keep`` ratios, ``window`` (observation window of last prompt queries, >= 1),
+    ``kernel`` (odd pooling width along tokens), ``pooling`` ('avg' or 'max')."""
+    window: int = 32
+    kernel: int = 7
+    pooling: str = "avg"
+
+    name = "snapkv"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("pooling", self.pooling, ("avg", "max"))
+        for name in ("window", "kernel"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd (the pooling is centred on each token), not {self.kernel}")
+
+    def params(self) -> tuple:
+        return (("kernel", self.kernel), ("pooling", self.pooling), ("window", self.window))
+
+    def selector(self, setting: Setting):
+        return snapkv_selector(setting.get("keep"), self.window, self.kernel, self.pooling)
