@@ -2,5 +2,6 @@
 from .eviction import SnapKV, Streaming
 from .projection import PCA, Matryoshka, ProjectionMethod
 from .quant import Quant
+from .think import ThinK
 
-__all__ = ["PCA", "Matryoshka", "ProjectionMethod", "Quant", "SnapKV", "Streaming"]
+__all__ = ["PCA", "Matryoshka", "ProjectionMethod", "Quant", "SnapKV", "Streaming", "ThinK"]
