@@ -2,6 +2,7 @@
 from .eviction import SnapKV, Streaming
 from .projection import PCA, Matryoshka, ProjectionMethod
 from .quant import Quant
+from .svd import SVD
 from .think import ThinK
 
-__all__ = ["PCA", "Matryoshka", "ProjectionMethod", "Quant", "SnapKV", "Streaming", "ThinK"]
+__all__ = ["PCA", "Matryoshka", "ProjectionMethod", "Quant", "SnapKV", "Streaming", "SVD", "ThinK"]
