@@ -1,11 +1,15 @@
 """The comparison bench: MatryoshkaKV against the other ways to shrink a KV cache, at matched real bytes.
 
 :mod:`mkvlib.compare.base` defines the interface (methods, settings, byte reports, runners);
-:mod:`mkvlib.compare.methods` holds the methods, one module each, all registered in :data:`REGISTRY` on import.
+:mod:`mkvlib.compare.methods` holds the methods, one module each, all registered in :data:`REGISTRY` on import:
+``uncompressed``, ``pca``, ``matryoshka``, ``svd``, ``think``, ``quant``, ``streaming``, ``snapkv``,
+``matryoshka+quant``, ``streaming+matryoshka``.
 """
 from .base import (REGISTRY, ByteReport, BytesUnreachableError, KVMethod, Runner, Setting, at_bytes,
                    full_bytes_per_token, get_method, register)
-from .methods import PCA, Matryoshka, ProjectionMethod
+from .methods import (PCA, SVD, Matryoshka, MatryoshkaQuant, ProjectionMethod, Quant, SnapKV, Streaming,
+                      StreamingMatryoshka, ThinK)
 
 __all__ = ["REGISTRY", "ByteReport", "BytesUnreachableError", "KVMethod", "Runner", "Setting", "at_bytes",
-           "full_bytes_per_token", "get_method", "register", "PCA", "Matryoshka", "ProjectionMethod"]
+           "full_bytes_per_token", "get_method", "register", "PCA", "SVD", "Matryoshka", "MatryoshkaQuant",
+           "ProjectionMethod", "Quant", "SnapKV", "Streaming", "StreamingMatryoshka", "ThinK"]
