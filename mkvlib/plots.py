@@ -1,4 +1,5 @@
-"""Plot helpers: each returns a matplotlib Figure; :func:`save_figure` writes it under figures/ with a stable name.
+"""Plot helpers: each returns a matplotlib Figure; :func:`save_figure` writes it under figures/ with a stable name,
+:func:`show_figure` also shows it once in a notebook.
 
 Introduced in notebook 01 (spectra, energy heatmaps, truncation curve).
 """
@@ -25,6 +26,23 @@ def save_figure(fig, name: str, dpi: int = 120) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return path
+
+
+def show_figure(fig, name: str, dpi: int = 120) -> None:
+    """Save ``fig`` as :func:`save_figure` does and show it once where it is made.
+
+    In a notebook the saved PNG is displayed, whether pyplot manages the figure or not (a bare
+    :class:`matplotlib.figure.Figure` would otherwise print as ``<Figure size ...>``); a pyplot figure is then
+    closed, so the inline backend does not show it a second time. Outside a notebook it is only saved."""
+    path = save_figure(fig, name, dpi)
+    plt.close(fig)                                    # no-op for a figure pyplot does not manage
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:                               # no IPython: nothing to show on
+        return
+    if get_ipython() is not None:
+        display(Image(data=path.read_bytes(), format="png"))
 
 
 def spectrum_decay(spectrum: torch.Tensor, title: str, ax=None):

@@ -33,14 +33,17 @@ class RankView:
             ax.set(title=f"{name}: rank", xlabel="KV head", xticks=range(kv_heads))
             self.images.append(im)
         axes[0].set_ylabel("layer")
-        self.fig.colorbar(self.images[1], ax=axes[1], fraction=0.08, pad=0.04)
+        self.fig.colorbar(self.images[1], ax=axes[1], fraction=0.08, pad=0.04, label="rank")
         y = np.arange(layers)
         self.bars = [axes[2].barh(y - 0.2, np.zeros(layers), height=0.4, color="tab:blue", label="keys"),
                      axes[2].barh(y + 0.2, np.zeros(layers), height=0.4, color="tab:orange", label="values")]
-        axes[2].set(xlim=(0, 1), xlabel="layer budget (mean r/d)", title="per-layer budget")
-        axes[2].legend(loc="lower right", fontsize=8)
-        self.budget_lines = [axes[2].axvline(0, color=c, ls="--", lw=1) for c in ("tab:blue", "tab:orange")]
-        self.fig.subplots_adjust(left=0.07, right=0.98, top=0.84, bottom=0.12, wspace=0.25)
+        axes[2].set(xlim=(0, 100), xlabel="layer budget (%), mean over KV heads")
+        axes[2].tick_params(labelright=True)                  # layer numbers beside the bars too
+        self.budget_lines = [axes[2].axvline(0, color=c, ls="--", lw=1, label=f"{name}, mean")
+                             for c, name in (("tab:blue", "keys"), ("tab:orange", "values"))]
+        axes[2].legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=7, frameon=False,
+                       handlelength=1.2, columnspacing=0.8)
+        self.fig.subplots_adjust(left=0.07, right=0.95, top=0.84, bottom=0.12, wspace=0.3)
         self.title = self.fig.suptitle("", fontsize=10)
 
     def dynamic_artists(self) -> list:
@@ -77,7 +80,7 @@ class RankView:
         arr = ranks.numpy()
         for kind, im in zip((K, V), self.images):
             im.set_data(arr[..., kind])
-        per_layer = layer_budgets(ranks, self.head_dim)
+        per_layer = 100 * layer_budgets(ranks, self.head_dim)                 # percent
         for kind, bars in zip((K, V), self.bars):
             for bar, width in zip(bars, per_layer[:, kind]):
                 bar.set_width(width)
@@ -102,13 +105,13 @@ def budget_split(trajectory) -> Figure:
     for kind, name, color in ((K, "keys", "tab:blue"), (V, "values", "tab:orange")):
         ax1.plot(100 * total, 100 * table[..., kind].mean(axis=(1, 2)), label=name, color=color)
     ax1.plot([100, 100 * total[-1]], [100, 100 * total[-1]], color="grey", ls=":", lw=1, label="equal split")
-    ax1.set(xlabel="total budget (%)", ylabel="budget of keys / values (%)", title="keys vs values")
+    ax1.set(xlabel="KV budget (%)", ylabel="budget of keys / values (%)", title="keys vs values")
     ax1.invert_xaxis()
     ax1.legend(fontsize=8)
     per_layer = table.mean(axis=(2, 3))                                      # (n+1, L)
     im = ax2.imshow(100 * per_layer.T, aspect="auto", cmap="viridis", vmin=0, vmax=100, interpolation="nearest",
                     extent=(100, 100 * total[-1], per_layer.shape[1] - 0.5, -0.5))
-    ax2.set(xlabel="total budget (%)", ylabel="layer", title="layer budget along the trajectory")
+    ax2.set(xlabel="KV budget (%)", ylabel="layer", title="layer budget along the trajectory")
     fig.colorbar(im, ax=ax2, label="layer budget (%)")
     fig.tight_layout()
     return fig
