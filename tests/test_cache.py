@@ -5,6 +5,7 @@ from transformers import DynamicCache
 
 from mkvlib import bench, cache as cache_mod
 from mkvlib.cache import CompressedCache, HeadGroup, head_groups
+from mkvlib.compat import cache_kwargs
 from mkvlib.compress import attach
 from mkvlib.geometry import KVGeometry
 from mkvlib.models import tiny_model
@@ -32,9 +33,9 @@ def random_ranks(model, seed=0):
 def cached_logits(model, ids, past, split, attention_mask=None):
     """Prefill ``split`` tokens, then one token a step: logits (B, T, V) through the cache ``past``."""
     full = attention_mask if attention_mask is not None else torch.ones_like(ids)
-    out = [model(ids[:, :split], attention_mask=full[:, :split], past_key_values=past).logits]
+    out = [model(ids[:, :split], attention_mask=full[:, :split], **cache_kwargs(past)).logits]
     for t in range(split, ids.shape[1]):
-        out.append(model(ids[:, t:t + 1], attention_mask=full[:, :t + 1], past_key_values=past).logits)
+        out.append(model(ids[:, t:t + 1], attention_mask=full[:, :t + 1], **cache_kwargs(past)).logits)
     return torch.cat(out, 1)
 
 
@@ -99,8 +100,8 @@ def test_full_rank_generate_equals_dynamic_cache_with_padding(arch, ids):
     model = tiny_model(arch, heads=4, kv_heads=2)
     ids, mask = left_padded(ids)
     kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    expected = model.generate(ids, past_key_values=DynamicCache(config=model.config), **kw)
-    got = model.generate(ids, past_key_values=CompressedCache(model, random_projections(model), 1.0), **kw)
+    expected = model.generate(ids, **cache_kwargs(DynamicCache(config=model.config)), **kw)
+    got = model.generate(ids, **cache_kwargs(CompressedCache(model, random_projections(model), 1.0)), **kw)
     assert torch.equal(got, expected)
 
 
@@ -109,7 +110,7 @@ def test_generate_greedy_and_sampling_equal_simulated_path(llama, ids):
     for kw in (dict(do_sample=False), dict(do_sample=True, top_k=20)):
         kw.update(max_new_tokens=8, pad_token_id=0)
         torch.manual_seed(0)
-        got = llama.generate(ids, past_key_values=CompressedCache(llama, proj, ranks), **kw)
+        got = llama.generate(ids, **cache_kwargs(CompressedCache(llama, proj, ranks)), **kw)
         with attach(llama, proj, ranks):
             torch.manual_seed(0)
             expected = llama.generate(ids, **kw)
@@ -143,21 +144,21 @@ def test_cache_reused_with_another_model_is_a_clear_error(llama, ids):
     twin = tiny_model("llama", heads=4, kv_heads=2, seed=1)  # same geometry, another model
     cache_mod.enable(twin)
     with pytest.raises(RuntimeError, match="another model"), torch.no_grad():
-        twin(ids, past_key_values=past)
+        twin(ids, **cache_kwargs(past))
     plain = tiny_model("llama", heads=4, kv_heads=2, seed=2)  # the override not installed at all
     with pytest.raises(RuntimeError, match="built for"), torch.no_grad():
-        plain(ids, past_key_values=CompressedCache(llama, random_projections(llama), 0.5))
+        plain(ids, **cache_kwargs(CompressedCache(llama, random_projections(llama), 0.5)))
     wider = tiny_model("mistral", heads=4, kv_heads=1)
     cache_mod.enable(wider)
     with pytest.raises(ValueError, match="one model"), torch.no_grad():
-        wider(ids, past_key_values=CompressedCache(llama, random_projections(llama), 0.5))
+        wider(ids, **cache_kwargs(CompressedCache(llama, random_projections(llama), 0.5)))
 
 
 def test_active_simulated_compression_is_a_clear_error(llama, ids):
     proj = random_projections(llama)
     past = CompressedCache(llama, proj, 0.5)
     with attach(llama, proj, 0.5), pytest.raises(RuntimeError, match="detach"), torch.no_grad():
-        llama(ids, past_key_values=past)
+        llama(ids, **cache_kwargs(past))
 
 
 def test_bench_config_validates_and_capacity_scales():
