@@ -43,18 +43,46 @@ def blocks_fingerprint(blocks: torch.Tensor) -> str:
     return hashlib.sha256(blocks.to(torch.long).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+class TrainingTerminated(KeyboardInterrupt):
+    """SIGTERM (a job's time limit, ``kill``) stopped :meth:`Trainer.train`; like Ctrl-C, a checkpoint of the last
+    completed step was written first. A KeyboardInterrupt, so every handler of Ctrl-C handles it too."""
+
+
+def _raise_terminated(signum, frame):
+    raise TrainingTerminated(f"stopped by signal {signal.Signals(signum).name}")
+
+
 @contextlib.contextmanager
-def _defer_sigint():
-    """Hold Ctrl-C back while the optimizer commits a step, so an interrupt never leaves half an update."""
+def _sigterm_interrupts():
+    """Within the block SIGTERM raises :class:`TrainingTerminated` (main thread only); the previous handler is put
+    back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _defer_signals():
+    """Hold Ctrl-C and SIGTERM back while the block runs (the optimizer committing a step, a checkpoint being
+    written), then raise what arrived: an interrupt never leaves half an update or a missing checkpoint."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if signal.SIGTERM in caught:
+            raise TrainingTerminated("stopped by signal SIGTERM")
         if caught:
             raise KeyboardInterrupt
 
@@ -82,7 +110,8 @@ class Trainer:
 
     ``history`` holds one dict per step (loss, kd, lm, lr, grad_norm, budget) and ``evals`` the periodic
     evaluations. :meth:`train` runs to ``config.steps`` (or ``until``), checkpointing every
-    ``config.checkpoint_every`` steps to ``checkpoint_path``; Ctrl-C saves a checkpoint and re-raises.
+    ``config.checkpoint_every`` steps to ``checkpoint_path``; Ctrl-C or SIGTERM saves a checkpoint of the last
+    completed step and raises (KeyboardInterrupt, :class:`TrainingTerminated`).
     """
 
     def __init__(self, model, projector, train_blocks: torch.Tensor, config: TrainConfig | None = None,
@@ -201,7 +230,7 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else float("inf"))
         row = {k: sum(r[k] for r in rows if k in r) / len(rows) for k in rows[0]}
         row.update(step=self.step + 1, lr=self.scheduler.get_last_lr()[0], grad_norm=float(norm))
-        with _defer_sigint():
+        with _defer_signals():
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
@@ -223,43 +252,53 @@ class Trainer:
     def train(self, until: int | None = None, callback=None) -> list[dict]:
         """Train to step ``until`` (default ``config.steps``); ``callback(trainer, row)`` after every step.
 
-        Ctrl-C (KeyboardInterrupt) writes a checkpoint of the last completed step, then re-raises.
+        Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`TrainingTerminated`, e.g. a job's time limit) writes a
+        checkpoint of the last completed step (atomically: an earlier checkpoint stays whole until the new one is
+        complete; a second signal waits for it), then raises. The SIGTERM handler is put back on return.
         """
         c = self.config
         until = c.steps if until is None else min(until, c.steps)
         main = self.accelerator is None or self.accelerator.is_main_process
         bar = tqdm(total=until, initial=self.step, desc="training", disable=not (c.progress and main))
-        running = None
-        evaluating = c.eval_every and self.eval_blocks is not None
         try:
-            if evaluating and self.step == 0 and not self.evals:   # the starting point (e.g. PCA) for the curves
-                self.evals.append({"step": 0, "rows": self.evaluate()})
-            while self.step < until:
-                t0 = time.perf_counter()
-                row = self.train_step()
-                self.wall_time += time.perf_counter() - t0
-                running = row["loss"] if running is None else 0.9 * running + 0.1 * row["loss"]
-                bar.update(1)
-                bar.set_postfix(loss=f"{running:.3f}", kd=f"{row.get('kd', 0):.3f}", lr=f"{row['lr']:.1e}")
-                if evaluating and (self.step % c.eval_every == 0 or self.step == c.steps):
-                    self.evals.append({"step": self.step, "rows": self.evaluate()})
-                    if main:
-                        bar.write(f"step {self.step}: " + ", ".join(
-                            f"KL@{r['budget']:.0%}={r['kl_to_base']:.3f}" for r in self.evals[-1]["rows"]))
-                if callback is not None:
-                    callback(self, row)
-                if self.checkpoint_path and c.checkpoint_every and self.step % c.checkpoint_every == 0:
-                    self.save()
-        except KeyboardInterrupt:
+            with _sigterm_interrupts():
+                self._loop(until, bar, callback, main)
+        except KeyboardInterrupt as stop:
             if self.checkpoint_path:
-                self.save()
-                bar.write(f"interrupted at step {self.step}: checkpoint saved to {self.checkpoint_path}")
+                with _defer_signals():
+                    self.save()
+                how = "terminated (SIGTERM)" if isinstance(stop, TrainingTerminated) else "interrupted"
+                bar.write(f"{how} at step {self.step}: checkpoint saved to {self.checkpoint_path}")
             raise
         finally:
             bar.close()
         if self.checkpoint_path and self.step == c.steps:
             self.save()
         return self.history
+
+    def _loop(self, until: int, bar, callback, main: bool) -> None:
+        """The steps of :meth:`train`, with its periodic evaluations and checkpoints."""
+        c, running = self.config, None
+        evaluating = c.eval_every and self.eval_blocks is not None
+        if evaluating and self.step == 0 and not self.evals:   # the starting point (e.g. PCA) for the curves
+            self.evals.append({"step": 0, "rows": self.evaluate()})
+        while self.step < until:
+            t0 = time.perf_counter()
+            row = self.train_step()
+            self.wall_time += time.perf_counter() - t0
+            running = row["loss"] if running is None else 0.9 * running + 0.1 * row["loss"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.3f}", kd=f"{row.get('kd', 0):.3f}", lr=f"{row['lr']:.1e}")
+            if evaluating and (self.step % c.eval_every == 0 or self.step == c.steps):
+                self.evals.append({"step": self.step, "rows": self.evaluate()})
+                if main:
+                    bar.write(f"step {self.step}: " + ", ".join(
+                        f"KL@{r['budget']:.0%}={r['kl_to_base']:.3f}" for r in self.evals[-1]["rows"]))
+            if callback is not None:
+                callback(self, row)
+            if self.checkpoint_path and c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                with _defer_signals():
+                    self.save()
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
