@@ -1,6 +1,8 @@
-"""Atomic file writes: a result or checkpoint is either the old file or the complete new one, never half."""
+"""Atomic file writes: a result or checkpoint is either the old file or the complete new one, never half. Also
+the SHA-256 of a file and the reader of safetensors files."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -58,3 +60,12 @@ def read_safetensors(path, unreadable: str = "it may be truncated") -> tuple[dic
         return header, load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path} is not a readable safetensors file ({err}); {unreadable}") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -5,7 +5,6 @@ Introduced in notebook 01.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .io import file_sha256
 from .runtime import cache_dir, device_and_dtype
 
 EMBEDDED = "SmolLM2-135M-Instruct"
@@ -92,15 +92,6 @@ def embedded_model_dir() -> Path:
     if converted(target):
         return target
     return convert_gguf(embedded_gguf(), target)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file (hex), read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def gguf_sha256(path: str | os.PathLike) -> str:
