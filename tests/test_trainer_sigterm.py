@@ -105,3 +105,14 @@ def test_sigterm_from_outside_stops_a_training_process_with_a_loadable_checkpoin
     stopped_at = int(out.split("terminated at")[1])
     assert stopped_at >= 1 and f"terminated (SIGTERM) at step {stopped_at}" in out + err
     assert load_checkpoint(ckpt)["step"] == stopped_at                      # whole, hash-checked, the last step
+
+
+def test_the_command_line_driver_exits_143_after_sigterm_and_names_the_checkpoint(tmp_path, capsys):
+    from mkvlib.commands.common import drive_trainer
+
+    trainer = make_trainer(tmp_path / "c.ckpt")
+    trainer.train = lambda: Trainer.train(trainer, callback=terminate_at(3))
+    assert drive_trainer(trainer, None, tmp_path / "c.ckpt", "train") == 143
+    assert "mkv train: terminated (SIGTERM); resume with --resume" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "c.ckpt")["step"] == 3
+    assert trainer.compression._handle.removed                             # the trainer was closed

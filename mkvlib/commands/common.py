@@ -102,15 +102,20 @@ def emit(result: dict, as_json: bool) -> None:
 
 
 def drive_trainer(trainer, resume, checkpoint, command: str, accelerator=None) -> int | None:
-    """Resume if asked, train, save on Ctrl-C (exit 130); None when this process should write the results."""
+    """Resume if asked, train, save on Ctrl-C (exit 130) or SIGTERM (exit 143); None when this process should
+    write the results."""
     if resume:
         trainer.resume(resume)
         print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
     try:
         trainer.train()
-    except KeyboardInterrupt:
-        print(f"mkv {command}: interrupted; resume with --resume {checkpoint}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:   # Ctrl-C, or SIGTERM: a checkpoint of the last step was written
+        from ..training.trainer import TrainingTerminated
+
+        terminated = isinstance(stop, TrainingTerminated)
+        print(f"mkv {command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; resume with --resume "
+              f"{checkpoint}", file=sys.stderr)
+        return 143 if terminated else 130
     finally:
         trainer.close()
     if accelerator is not None and not accelerator.is_main_process:
@@ -118,14 +123,23 @@ def drive_trainer(trainer, resume, checkpoint, command: str, accelerator=None) -
     return None
 
 
-def launched_accelerator():
-    """An accelerate ``Accelerator`` when started by ``accelerate launch`` with several processes, else None."""
+def launched_accelerator(cpu: bool | None = None):
+    """An accelerate ``Accelerator`` when this process is one of several started by ``accelerate launch`` (or
+    torchrun), else None.
+
+    ``cpu``: run the processes on the CPU (gloo). accelerate counts a launch's processes only on GPUs unless told
+    to use the CPU, so without it CPU processes would each train alone. None (default): the CPU when no CUDA
+    device is present or ``accelerate launch --cpu`` asked for it; True: the CPU even beside a GPU (``--device
+    cpu``).
+    """
     try:
         from accelerate import Accelerator
         from accelerate.state import PartialState
-
-        if PartialState().num_processes > 1:
-            return Accelerator()
+        from accelerate.utils import parse_flag_from_env
     except ImportError:
-        pass
+        return None
+    if cpu is None:
+        cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    if PartialState(cpu=cpu).num_processes > 1:
+        return Accelerator(cpu=cpu)
     return None

@@ -92,7 +92,7 @@ def run(args) -> int:
                          "pass --lm-weight 0 (and leave --kd-weight above 0)")
     if args.stage == 2 and not args.adapter:
         raise ValueError("stage 2 needs --adapter: the bundle folder written by `mkv sft --stage 1`")
-    accelerator = launched_accelerator()
+    accelerator = launched_accelerator(cpu=args.device == "cpu" or None)
     model, tokenizer = load_model(args.model, device=accelerator.device if accelerator else args.device)
     examples = load_examples(args.data, args.split, args.limit, choices=args.choices)
     loss_on = args.loss_on or ("response" if args.stage == 1 else "all")

@@ -110,7 +110,7 @@ def run(args) -> int:
                          schedule=schedule, seed=args.seed, eval_every=args.eval_every,
                          checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing,
                          mixed_precision=args.mixed_precision, progress=not args.json)
-    accelerator = launched_accelerator()
+    accelerator = launched_accelerator(cpu=args.device == "cpu" or None)
     device = accelerator.device if accelerator else args.device
     model, tokenizer = load_model(args.model, device=device)
     init = resolve_projections(args.init, model)
