@@ -33,6 +33,10 @@ class KVGeometry:
         """Shape of a ranks tensor: (L, G, 2)."""
         return (self.layers, self.kv_heads, 2)
 
+    def entries(self) -> list[tuple[int, int, int]]:
+        """Every (layer, KV head, kind) with kind K = 0 or V = 1, in that order: what one rank is set for."""
+        return [(l, g, c) for l in range(self.layers) for g in range(self.kv_heads) for c in (K, V)]
+
     def as_dict(self) -> dict:
         return {"layers": self.layers, "heads": self.heads, "kv_heads": self.kv_heads, "head_dim": self.head_dim}
 

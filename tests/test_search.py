@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from mkvlib.compress import attach
-from mkvlib.geometry import KVGeometry, budget_of
+from mkvlib.geometry import KVGeometry, budget_of, uniform_ranks
 from mkvlib.models import tiny_model
 from mkvlib.pca import fit_pca
-from mkvlib.search import SearchConfig, Trajectory, TrajectoryMismatchError, greedy_search, rank_path
+from mkvlib.search import (SearchConfig, Trajectory, TrajectoryMismatchError, calibration_scorer, greedy_search,
+                           next_ranks, rank_path)
 from mkvlib.search.replay import LayerReplay
 from mkvlib.search.scoring import KLScorer
 from mkvlib.stats import collect_kv_stats
@@ -87,6 +88,62 @@ def test_exact_search_agrees_step_by_step_with_brute_force(setup, exact_traj):
             agree += (l, g, c) == best
             ranks[(l, g, c)] = r
         assert agree >= 10
+
+
+def test_a_plain_hand_written_loop_takes_the_exact_searchs_steps(setup, exact_traj):
+    """Algorithm 1 written out plainly (the example of mkvlib.search.greedy's docstring): every entry starts at
+    d; while any can still be lowered, score each one-step lowering by its KL increase and lower the least
+    harmful one. It takes the library's exact steps, one by one, and records the same KL after each."""
+    model, ids, proj = setup
+    geom, mine, kls = KVGeometry.of(model), [], []
+    lower = next_ranks(geom.head_dim, CFG.step, CFG.min_rank)
+    assert lower == {16: 8, 8: 4}
+    with calibration_scorer(model, proj, ids, CFG.batch_size) as scorer:
+        ranks = uniform_ranks(geom, 1.0)
+        while any(int(ranks[e]) in lower for e in geom.entries()):
+            now = scorer.set_state(ranks)
+            harm = {e: scorer.harm(e, lower[int(ranks[e])]) for e in geom.entries() if int(ranks[e]) in lower}
+            e = min(harm, key=lambda e: (harm[e], e))
+            ranks[e] = lower[int(ranks[e])]
+            mine.append((*e, int(ranks[e])))
+            kls.append(now + harm[e])
+    assert len(mine) == 2 * len(geom.entries()) and len(set(mine)) == len(mine)
+    assert mine == exact_traj.moves()
+    assert kls == pytest.approx([s[4] for s in exact_traj.steps], abs=1e-9)
+
+
+# Steps (layer.head.kind + new rank) that the search took on the `setup` model with CFG and these changes, recorded
+# by running the search as it was before the loop of Algorithm 1 was split from its strategies and rules (commit
+# 29a7691), so any change to which steps the refactored search takes shows here.
+RECORDED = {
+    "exact": "2.0.V8 2.1.K8 2.1.K4 2.1.V8 2.0.K8 2.0.K4 2.0.V4 1.0.V8 1.0.K8 1.0.K4 1.0.V4 2.1.V4 "
+             "1.1.K8 1.1.K4 1.1.V8 0.1.V8 0.0.V8 0.0.K8 0.0.K4 0.1.K8 1.1.V4 0.0.V4 0.1.K4 0.1.V4",
+    "lazy, batched 2": "2.0.V8 2.1.K8 2.1.K4 2.0.K8 2.0.K4 2.1.V8 2.1.V4 1.0.V8 1.0.K8 1.0.V4 1.0.K4 2.0.V4 "
+                       "1.1.V8 1.1.K8 1.1.K4 1.1.V4 0.0.K8 0.1.V8 0.0.K4 0.1.V4 0.1.K8 0.0.V8 0.1.K4 0.0.V4",
+    "lazy, separate, spread 8, batched 3":
+        "2.1.K8 2.0.V8 2.0.K8 2.1.V8 1.0.K8 1.0.V8 1.1.K8 1.1.V8 0.0.K8 0.1.V8 0.1.K8 0.0.V8 "
+        "2.1.K4 2.0.V4 2.0.K4 2.1.V4 1.0.K4 1.0.V4 1.1.K4 1.1.V4 0.0.K4 0.0.V4 0.1.K4 0.1.V4",
+    "proxy, 3 refreshes, batched 3": "2.0.V8 2.1.K8 2.0.K8 2.1.K4 2.0.K4 2.1.V8 1.0.K8 2.0.V4 1.0.V8 1.0.K4 2.1.V4 1.1.V8 "
+                                     "1.0.V4 1.1.K8 0.1.V8 1.1.K4 0.0.V8 0.0.K8 0.1.K8 0.0.K4 1.1.V4 0.1.K4 0.0.V4 0.1.V4",
+    "proxy, separate, spread 8, batched 2, shortlist 1":
+        "2.1.K8 2.0.V8 2.0.K8 2.1.V8 1.0.K8 1.0.V8 1.1.K8 1.1.V8 0.1.K8 0.1.V8 0.0.K8 0.0.V8 "
+        "1.0.K4 2.0.V4 1.1.K4 1.0.V4 2.0.K4 2.1.V4 2.1.K4 1.1.V4 0.0.K4 0.0.V4 0.1.K4 0.1.V4",
+}
+CHANGES = {"exact": {}, "lazy, batched 2": dict(strategy="lazy", batched=2),
+           "lazy, separate, spread 8, batched 3": dict(strategy="lazy", balance="separate", max_spread=8, batched=3),
+           "proxy, 3 refreshes, batched 3": dict(strategy="proxy", proxy_refresh=3, batched=3),
+           "proxy, separate, spread 8, batched 2, shortlist 1":
+               dict(strategy="proxy", balance="separate", max_spread=8, batched=2, shortlist=1)}
+
+
+@pytest.mark.parametrize("name", list(RECORDED))
+def test_each_strategy_takes_the_steps_recorded_before_the_refactoring(setup, exact_traj, name):
+    model, ids, proj = setup
+    traj = exact_traj if name == "exact" else greedy_search(model, proj, ids, CFG.with_(**CHANGES[name]),
+                                                             progress=False)
+    recorded = [(int(l), int(g), "KV".index(k[0]), int(k[1:]))
+                for l, g, k in (step.split(".") for step in RECORDED[name].split())]
+    assert traj.moves() == recorded
 
 
 def test_nll_weighted_score_adds_the_change_of_the_texts_own_cross_entropy(setup):

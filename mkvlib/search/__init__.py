@@ -5,10 +5,12 @@
     adaptive_ranks(model, projections, 0.5)                            # from the shipped trajectory
 """
 from .config import SearchConfig
-from .greedy import greedy_search, rank_path
+from .greedy import algorithm1, greedy_search, next_ranks, rank_path
 from .quality import budget_grid, evaluate_trajectory
 from .shipped import adaptive_ranks, find_trajectory, shipped_trajectory_path
+from .scoring import KLScorer, calibration_scorer
 from .trajectory import Trajectory, TrajectoryMismatchError
 
-__all__ = ["SearchConfig", "greedy_search", "rank_path", "budget_grid", "evaluate_trajectory", "adaptive_ranks",
+__all__ = ["SearchConfig", "algorithm1", "greedy_search", "next_ranks", "rank_path", "KLScorer", "calibration_scorer",
+           "budget_grid", "evaluate_trajectory", "adaptive_ranks",
            "find_trajectory", "shipped_trajectory_path", "Trajectory", "TrajectoryMismatchError"]

@@ -29,11 +29,9 @@ def compare_trajectories(a: Trajectory, b: Trajectory, budgets: list[float]) -> 
 
 def calibration_kl(model, projections, blocks, ranks_list, batch_size: int = 4) -> list[float]:
     """Exact calibration KL(base || compressed) of each ranks tensor in ``ranks_list`` on ``blocks``."""
-    from ..compress import attach
-    from .scoring import KLScorer
+    from .scoring import calibration_scorer
 
-    with attach(model, projections, 1.0) as comp:
-        scorer = KLScorer(model, comp, blocks, batch_size)
+    with calibration_scorer(model, projections, blocks, batch_size) as scorer:
         return [scorer.set_state(r) for r in ranks_list]
 
 

@@ -3,12 +3,15 @@
 :class:`KLScorer` holds the base model's next-token distributions on the calibration blocks (computed once,
 compression switched off) and the captured layer inputs of the current state, so scoring a candidate in layer l
 re-runs only layers l..L-1 (:mod:`mkvlib.search.replay`); the result equals a full forward pass. It can add an
-NLL term on the calibration text's own next tokens (``nll_weight``).
+NLL term on the calibration text's own next tokens (``nll_weight``). ``harm(entry, rank)``: how much moving one
+entry of the captured state raises the KL; :func:`calibration_scorer` attaches projections and builds one.
 :class:`LocalProxy` scores without any forward pass through later layers: the mean squared change of layer l's
 attention output caused by that entry alone (on the uncompressed model's inputs), times a sensitivity per
 layer and kind (K or V) measured once by the exact KL. Introduced in notebook 03.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
@@ -57,6 +60,7 @@ class KLScorer:
         finally:
             compression.enabled = enabled
         self.state = None          # the ranks whose layer inputs the replays hold (None: base model)
+        self.kl = None             # the KL at ``state`` (set by set_state)
         self.evaluations = 0       # candidate scorings, each a partial forward pass
 
     def _nll(self, i: int, logp: torch.Tensor) -> float:
@@ -75,7 +79,8 @@ class KLScorer:
         self.compression.set_ranks(ranks)
         total = sum(self._kl(i, rp.capture(ids)) for i, (rp, ids) in enumerate(zip(self.replays, self.chunks)))
         self.state = ranks.clone()
-        return total / self.tokens
+        self.kl = total / self.tokens
+        return self.kl
 
     @torch.no_grad()
     def score(self, ranks: torch.Tensor, layer: int) -> float:
@@ -87,6 +92,23 @@ class KLScorer:
         self.evaluations += 1
         total = sum(self._kl(i, rp.logprobs_from(layer)) for i, rp in enumerate(self.replays))
         return total / self.tokens
+
+    def harm(self, entry: Entry, rank: int) -> float:
+        """How much moving one ``entry`` of the captured state to ``rank`` raises the KL: the score of that
+        move (replayed from the entry's layer) minus the KL at the state. Call :meth:`set_state` first."""
+        if self.state is None:
+            raise RuntimeError("harm() scores a move away from the captured state; call set_state(ranks) first")
+        return self.score(with_rank(self.state, entry, rank), entry[0]) - self.kl
+
+
+@contextmanager
+def calibration_scorer(model, projections, blocks: torch.Tensor, batch_size: int = 4, nll_weight: float = 0.0):
+    """A :class:`KLScorer` on ``blocks`` (N, T) with ``projections`` attached to ``model`` at full rank; the
+    model is left as it was on exit. ``projections``: an object, a path, or 'pca'/'trained' (shipped)."""
+    from ..compress import attach
+
+    with attach(model, projections, 1.0) as comp:
+        yield KLScorer(model, comp, blocks, batch_size, nll_weight)
 
 
 class LocalProxy:

@@ -55,6 +55,10 @@ class Trajectory:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def moves(self) -> list[tuple[int, int, int, int]]:
+        """(layer, head, kind, new rank) of each step, in order: the choices without their scores."""
+        return [s[:4] for s in self.steps]
+
     def full_ranks(self) -> torch.Tensor:
         L, G, d = self.geometry
         return torch.full((L, G, 2), d, dtype=torch.long)
