@@ -9,8 +9,9 @@ from mkvlib.cli import main
 from mkvlib.projections import Projections, shipped_path
 
 
-TRAJECTORY = Path(__file__).resolve().parents[1] / "data/trajectories/SmolLM2-135M-Instruct.pca.json"
-OTHER_TRAJECTORY = TRAJECTORY.with_name("SmolLM2-135M-Instruct.trained.json")   # searched with other projections
+TRAJECTORY = Path(__file__).resolve().parents[1] / "data/trajectories/SmolLM2-135M-Instruct.pca.trajectory.json"
+# searched with other projections
+OTHER_TRAJECTORY = TRAJECTORY.with_name("SmolLM2-135M-Instruct.trained.trajectory.json")
 @needs_model
 def test_eval_json_at_full_and_half_budget(capsys):
     assert main(["eval", "--json", "--corpus", "pydoc-test", "--tokens", "256", "--seq-len", "128",

@@ -1,5 +1,6 @@
-"""Trajectories shipped with the project (data/trajectories/<model>.<kind>.json), found by the projections'
-fingerprint; :func:`adaptive_ranks` is what ``mkv eval --allocation adaptive`` uses. Introduced in notebook 03.
+"""Trajectories shipped with the project (data/trajectories/<model>.<kind>.trajectory.json), found by the
+projections' fingerprint; :func:`adaptive_ranks` is what ``mkv eval --allocation adaptive`` uses. Introduced in
+notebook 03.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ def trajectories_dir() -> Path:
 
 
 def shipped_trajectory_path(model_name: str, kind: str) -> Path:
-    """data/trajectories/<model>.<kind>.json (kind: 'pca', 'trained', ...)."""
-    return trajectories_dir() / f"{model_name}.{kind}.json"
+    """data/trajectories/<model>.<kind>.trajectory.json (kind: 'pca', 'trained', ...)."""
+    return trajectories_dir() / f"{model_name}.{kind}.trajectory.json"
 
 
 def find_trajectory(model, projections) -> Trajectory:
