@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..geometry import check_allocation, check_budget
+
 KINDS = ("compressed", "dynamic", "quanto")
 
 
@@ -28,10 +30,8 @@ class BenchConfig:
     corpus: str | None = None
 
     def __post_init__(self):
-        if not 0 < float(self.budget) <= 1:
-            raise ValueError(f"budget must be in (0, 1] (e.g. 0.5 for 50%), not {self.budget!r}")
-        if self.allocation not in ("uniform", "adaptive"):
-            raise ValueError(f"allocation must be 'uniform' or 'adaptive', not {self.allocation!r}")
+        check_budget(self.budget)
+        check_allocation(self.allocation)
         for name in ("context", "batch", "new_tokens", "prefill_chunk", "repeats"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from ..geometry import check_budget, check_rank
+
 STRATEGIES = ("exact", "lazy", "proxy")
 BALANCES = ("pooled", "separate")
 
@@ -52,8 +54,7 @@ class SearchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SearchConfig.{name} must be a positive integer, not {value!r}")
-        if not isinstance(self.min_rank, int) or self.min_rank < 0:
-            raise ValueError(f"SearchConfig.min_rank must be an integer >= 0, not {self.min_rank!r}")
+        check_rank(self.min_rank, what="SearchConfig.min_rank")
         if not isinstance(self.proxy_refresh, int) or self.proxy_refresh < 0:
             raise ValueError(f"SearchConfig.proxy_refresh must be an integer >= 0, not {self.proxy_refresh!r}")
         if not isinstance(self.shortlist, int) or self.shortlist < 0:
@@ -65,8 +66,7 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.max_spread must be None or an integer >= step ({self.step}), not "
                              f"{self.max_spread!r}: a smaller spread would leave no step to take once all ranks "
                              "are equal")
-        if self.stop_budget is not None and not 0 < self.stop_budget <= 1:
-            raise ValueError(f"SearchConfig.stop_budget must lie in (0, 1] or be None, not {self.stop_budget!r}")
+        check_budget(self.stop_budget, "SearchConfig.stop_budget", optional=True)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"SearchConfig.strategy must be one of {STRATEGIES}, not {self.strategy!r}")
         if self.balance not in BALANCES:

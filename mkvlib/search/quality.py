@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from ..compress import attach
-from ..geometry import KVGeometry, check_budget
+from ..geometry import KVGeometry, check_allocation, check_budget
 from ..metrics import quality_curve
 from .trajectory import Trajectory
 
-ALLOCATIONS = ("adaptive", "uniform")
+ALLOCATIONS = ("adaptive", "uniform")   # the order of the precomputed rows
 
 
 def budget_grid(trajectory: Trajectory, points: int = 13) -> list[float]:
@@ -35,12 +35,9 @@ def uniform_ranks_at(geometry: tuple, key_budget: float, value_budget: float | N
 
 def allocation_ranks(trajectory: Trajectory, allocation: str, budget: float, geom: KVGeometry):
     """Ranks (L, G, 2) of ``allocation`` ('adaptive': the trajectory's prefix; 'uniform') at ``budget``."""
-    if allocation == "adaptive":
+    if check_allocation(allocation) == "adaptive":
         return trajectory.ranks_at(budget)
-    if allocation == "uniform":
-        check_budget(budget)
-        return uniform_ranks_at((geom.layers, geom.kv_heads, geom.head_dim), budget)
-    raise ValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
+    return uniform_ranks_at((geom.layers, geom.kv_heads, geom.head_dim), check_budget(budget))
 
 
 def evaluate_trajectory(model, projections, trajectory: Trajectory, blocks, budgets: list[float],
