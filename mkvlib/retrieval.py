@@ -47,12 +47,17 @@ def _count(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _render(tokenizer, haystack: str) -> str:
-    user = f"{INTRO}\n\n{haystack}\n\n{QUESTION}"
+def render_prompt(tokenizer, user: str, answer_prefix: str) -> str:
+    """The prompt text: ``user`` as the user's turn of the tokenizer's chat template (plain text when it has none),
+    then ``answer_prefix`` started as the assistant's reply, so that the answer is what comes next."""
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": user}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + ANSWER_PREFIX
-    return f"{user}\n{ANSWER_PREFIX}"
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer_prefix
+    return f"{user}\n{answer_prefix}"
+
+
+def _render(tokenizer, haystack: str) -> str:
+    return render_prompt(tokenizer, f"{INTRO}\n\n{haystack}\n\n{QUESTION}", ANSWER_PREFIX)
 
 
 def _haystack(repeats: int, depth: float, key: str) -> str:
@@ -61,24 +66,30 @@ def _haystack(repeats: int, depth: float, key: str) -> str:
     return " ".join(units)
 
 
+def fit_prompt(tokenizer, n_tokens: int, build, unit: str = FILLER, what: str = "a passkey prompt") -> tuple[str, torch.Tensor]:
+    """(text, ids (1, S)): ``build(repeats)`` with the most repeats of filler whose tokens fit in ``n_tokens``
+    (S <= n_tokens, within one ``unit`` of it). ``build(0)`` is the prompt without filler; a ValueError when even
+    that does not fit."""
+    fixed, size = _count(tokenizer, build(0)), max(1, _count(tokenizer, unit + " "))
+    if fixed > n_tokens:
+        raise ValueError(f"{what} needs more than {fixed} tokens; asked for {n_tokens}")
+    repeats = max(0, (n_tokens - fixed) // size)
+    while repeats > 0 and _count(tokenizer, build(repeats)) > n_tokens:       # shrink until it fits ...
+        repeats -= max(1, math.ceil((_count(tokenizer, build(repeats)) - n_tokens) / size))
+        repeats = max(repeats, 0)
+    while _count(tokenizer, build(repeats + 1)) <= n_tokens:                   # ... then fill what is left
+        repeats += 1
+    text = build(repeats)
+    return text, torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
+
+
 def passkey_prompt(tokenizer, n_tokens: int, seed: int = 0) -> PasskeyPrompt:
     """A passkey prompt of at most ``n_tokens`` tokens (within one filler sentence group of it), the same for the
     same (tokenizer, n_tokens, seed); the key and its depth come from ``seed``."""
     rng = random.Random(f"passkey-{seed}")
     key = str(rng.randint(10000, 99999))
     depth = round(rng.uniform(0.0, 1.0), 4)
-    build = lambda repeats: _render(tokenizer, _haystack(repeats, depth, key))  # noqa: E731
-    fixed, unit = _count(tokenizer, build(0)), max(1, _count(tokenizer, FILLER + " "))
-    if fixed > n_tokens:
-        raise ValueError(f"a passkey prompt needs more than {fixed} tokens; asked for {n_tokens}")
-    repeats = max(0, (n_tokens - fixed) // unit)
-    while repeats > 0 and _count(tokenizer, build(repeats)) > n_tokens:       # shrink until it fits ...
-        repeats -= max(1, math.ceil((_count(tokenizer, build(repeats)) - n_tokens) / unit))
-        repeats = max(repeats, 0)
-    while _count(tokenizer, build(repeats + 1)) <= n_tokens:                   # ... then fill what is left
-        repeats += 1
-    text = build(repeats)
-    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
+    text, ids = fit_prompt(tokenizer, n_tokens, lambda repeats: _render(tokenizer, _haystack(repeats, depth, key)))
     return PasskeyPrompt(ids, key, depth, n_tokens, seed, text)
 
 
