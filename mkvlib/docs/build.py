@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from . import facts, ood, results  # noqa: F401  (ood registers the out-of-domain sections)
+from . import compare, facts, ood, results  # noqa: F401  (ood and compare register their sections)
 from .data_index import render_data_index
 from .markdown import block, block_names, fill_blocks, slug
 from .records import Data

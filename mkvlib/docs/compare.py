@@ -1,0 +1,94 @@
+"""Results sections for the comparison bench (``mkv compare``): every method at matched bytes, per task.
+
+Files: ``data/results/compare*.json`` (summaries written by :func:`mkvlib.compare.run.run_compare`, each recording
+its command) and the per-item stores beside them (``compare*_items.csv``), which the summaries are built from.
+"""
+from __future__ import annotations
+
+from .markdown import DASH, num, pct, table
+from .records import Data, read_json
+from .results import commands_line, section, source_line
+
+
+def _cell(row: dict | None) -> str:
+    if row is None or not row.get("n"):
+        return DASH
+    if row["task"] == "ppl":
+        return f"{num(row['perplexity_ratio'], 2)} / {num(row['kl'], 3)}"
+    return f"{row['correct']}/{row['n']}" + (" (flagged)" if row.get("flagged") else "")
+
+
+def compare_table(rec: dict) -> str:
+    """One line per (method, setting, length), a column per task: ppl ratio / KL, or correct / items."""
+    tasks = rec["tasks"]
+    order = {m: i for i, m in enumerate(rec["methods"])}
+    groups: dict = {}
+    for r in rec["rows"]:
+        groups.setdefault((r["method"], r["setting"], r["length"]), {})[r["task"]] = r
+    keys = sorted(groups, key=lambda k: (k[2], order.get(k[0], len(order)), -next(iter(groups[k].values()))["fraction"]))
+    rows = []
+    for m, s, n_tokens in keys:
+        first = next(iter(groups[(m, s, n_tokens)].values()))
+        asked = ", ".join(pct(f, None) for f in first["requested"])
+        rows.append([m + (" (composed)" if first.get("composed") else ""), s, asked, pct(first["fraction"]),
+                     f"{n_tokens:,}"] + [_cell(groups[(m, s, n_tokens)].get(t)) for t in tasks])
+    headers = ["method", "setting", "bytes asked", "bytes stored", "tokens"] + [
+        "ppl x / KL" if t == "ppl" else t for t in tasks]
+    return table(headers, rows)
+
+
+def status_lines(rec: dict) -> str:
+    """Methods that did not run (unsupported, unreachable bytes, failed), one line each."""
+    lines = []
+    for s in rec["status"]:
+        where = f" at {pct(s['requested'], None)} of the bytes, {s['length']:,} tokens" if s.get("requested") else ""
+        note = s["note"].split(": ask for")[0]
+        lines.append(f"- {s['method']}: {s['status']}{where} ({note})")
+    return "Not run:\n\n" + "\n".join(lines) if lines else ""
+
+
+def _summary(data: Data, name: str):
+    path = data.results / name
+    return (path, read_json(path)) if path.is_file() else (None, None)
+
+
+@section("compare", "Where the bytes go: every method at matched bytes", "results/compare.json",
+         "results/compare_items.csv")
+def compare(data: Data) -> str | None:
+    path, rec = _summary(data, "compare.json")
+    if rec is None:
+        return None
+    ceiling = "; ".join(f"{t} " + ", ".join(f"{pct(a, 0)} at {int(n):,}" for n, a in sorted(by.items(),
+                        key=lambda x: int(x[0]))) for t, by in rec["ceiling"].items())
+    note = (f"{rec['model']}; {rec['n']} items per task and length, seed {rec['seed']}; each method at its setting "
+            f"nearest to each fraction of the uncompressed cache's bytes per token (all stored bytes counted: "
+            f"scales, residual buffers; projection matrices are a fixed cost, not per token). ppl: perplexity ratio "
+            f"/ KL to the uncompressed model on the last {rec['target_tokens']} tokens of held-out blocks (the rest "
+            f"is the stored prefix); retrieval: exact-match answers, correct / items. Uncompressed accuracy (the "
+            f"ceiling): {ceiling}. A task whose ceiling is below {pct(rec['cannot_do_below'], 0)} is flagged "
+            "(the model cannot do it) and left out of averages.")
+    parts = [source_line(data, path, data.results / rec.get("items_file", "compare_items.csv")), note,
+             compare_table(rec), status_lines(rec), commands_line([rec.get("command")])]
+    return "\n\n".join(p for p in parts if p)
+
+
+@section("compare-passkey-4k", "Passkey retrieval at 4k tokens with half the features",
+         "results/compare_passkey4k.json", "results/compare_passkey4k_items.csv")
+def compare_passkey_4k(data: Data) -> str | None:
+    path, rec = _summary(data, "compare_passkey4k.json")
+    if rec is None:
+        return None
+    rows = []
+    for r in rec["rows"]:
+        if r["task"] != "passkey" or not r.get("n"):
+            continue
+        rel = r.get("relative")
+        rows.append([r["method"], r["setting"], f"{r['length']:,}", f"{r['correct']}/{r['n']}",
+                     pct(rel, 0) if rel is not None else DASH,
+                     ", ".join(num(d, 2) for d in r["failed_depths"]) or "none"])
+    note = (f"{rec['model']}; {rec['n']} passkey prompts, seed {rec['seed']}. Relative: accuracy over the "
+            "uncompressed model's on the same prompts. Failed depths: where the key sat (0 = start of the filler, "
+            "1 = end) in the prompts answered wrong.")
+    return "\n\n".join([source_line(data, path), note,
+                        table(["method", "setting", "tokens", "correct", "relative", "failed depths"], rows),
+                        commands_line([rec.get("command")])])
