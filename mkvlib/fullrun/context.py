@@ -8,7 +8,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import clock
 
 # The files a run may write under --out (at most 8; train.ckpt only while training runs or after a cut-off)
 FILES = {"summary": "summary.json", "log": "log.txt", "projections": "train.safetensors", "checkpoint": "train.ckpt",
@@ -154,6 +153,3 @@ class RunContext:
         if self.config.tiny:
             return "pydoc-train"
         return default_corpus(role)
-
-    def time_left(self, deadline: float) -> float:
-        return deadline - clock.now()

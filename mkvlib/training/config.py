@@ -1,7 +1,7 @@
 """Training settings as one validated dataclass, with a CI-sized variant. Introduced in notebook 02."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 MIXED_PRECISION = ("auto", "no", "bf16")
 
@@ -72,14 +72,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
-        return cls(**data)
 
     # fields that may differ between an interrupted run and its resumption without changing the result
     RESUME_FREE = ("progress", "eval_every", "checkpoint_every")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -342,11 +342,6 @@ class LayerwiseConfig:
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "LayerwiseConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 @dataclass
 class LayerFit:
@@ -364,6 +359,32 @@ def _layer_seed(seed: int, layer: int) -> int:
     return (int(seed) * 1_000_003 + 7919 * (layer + 1)) % (2 ** 63)
 
 
+def _rows(inputs: LayerInputs, rows, device) -> list[torch.Tensor]:
+    """query (n, H, T, d), key and value (n, G, T, d) of the captured sequences ``rows``, float32 on ``device``."""
+    return [getattr(inputs, n)[rows].to(device, torch.float32) for n in ("query", "key", "value")]
+
+
+def _draw_batch(inputs: LayerInputs, c: LayerwiseConfig, gen: torch.Generator, device):
+    """A training batch: (q, k, v) of ``c.batch_size`` random captured sequences, and ``c.queries`` sorted random
+    query positions (None: all)."""
+    N, _, T, _ = inputs.key.shape
+    rows = torch.randint(N, (c.batch_size,), generator=gen)
+    q, k, v = _rows(inputs, rows, device)
+    positions = None
+    if c.queries is not None and c.queries < T:
+        positions = torch.randperm(T, generator=gen)[:c.queries].sort().values.to(device)
+    return q, k, v, positions
+
+
+def _batch_loss(attn: LayerAttention, batch, uk, uv, mu, sampler: RankSampler, rank_samples: int) -> torch.Tensor:
+    """The layer objective on one batch, averaged over ``rank_samples`` sampled ranks."""
+    q, k, v, positions = batch
+    with torch.no_grad():
+        target = attn.output(q.index_select(2, positions) if positions is not None else q, k, v, positions)
+    return sum(layer_objective(attn, q, k, v, uk, uv, mu, sampler.sample()[0], positions, target)
+               for _ in range(rank_samples)) / rank_samples
+
+
 def fit_layer(inputs: LayerInputs, attn: LayerAttention, init_keys: torch.Tensor, init_values: torch.Tensor,
               value_mean: torch.Tensor, config: LayerwiseConfig | None = None, layer: int = 0,
               device=None) -> LayerFit:
@@ -372,8 +393,7 @@ def fit_layer(inputs: LayerInputs, attn: LayerAttention, init_keys: torch.Tensor
     t0 = time.perf_counter()
     device = torch.device(device or "cpu")
     N, G, T, d = inputs.key.shape
-    H = inputs.query.shape[1]
-    sampler = RankSampler(KVGeometry(1, H, G, d), c.schedule, seed=_layer_seed(c.seed, layer))
+    sampler = RankSampler(KVGeometry(1, inputs.query.shape[1], G, d), c.schedule, seed=_layer_seed(c.seed, layer))
     gen = torch.Generator().manual_seed(_layer_seed(c.seed, layer) + 1)
     uk0, uv0 = init_keys.float().to(device), init_values.float().to(device)
     mu = value_mean.float().to(device)
@@ -386,32 +406,20 @@ def fit_layer(inputs: LayerInputs, attn: LayerAttention, init_keys: torch.Tensor
     def bases():
         return uk0 @ cayley(skew(a_k)), uv0 @ cayley(skew(a_v))
 
-    def batch(rows):
-        return [getattr(inputs, n)[rows].to(device, torch.float32) for n in ("query", "key", "value")]
-
     half = torch.full((G, 2), max(1, round(d / 2)), dtype=torch.long)
-    ev = batch(slice(0, min(N, c.eval_sequences)))
+    ev = _rows(inputs, slice(0, min(N, c.eval_sequences)), device)
     with torch.no_grad():
         ev_target = attn.output(*ev)
 
     def evaluate():
         with torch.no_grad():
-            uk, uv = bases()
-            return float(layer_objective(attn, *ev, uk, uv, mu, half, target=ev_target))
+            return float(layer_objective(attn, *ev, *bases(), mu, half, target=ev_target))
 
     before = evaluate()
     history = []
     for _ in range(c.steps):
-        rows = torch.randint(N, (c.batch_size,), generator=gen)
-        q, k, v = batch(rows)
-        positions = None
-        if c.queries is not None and c.queries < T:
-            positions = torch.randperm(T, generator=gen)[:c.queries].sort().values.to(device)
-        with torch.no_grad():
-            target = attn.output(q.index_select(2, positions) if positions is not None else q, k, v, positions)
-        uk, uv = bases()
-        loss = sum(layer_objective(attn, q, k, v, uk, uv, mu, sampler.sample()[0], positions, target)
-                   for _ in range(c.rank_samples)) / c.rank_samples
+        batch = _draw_batch(inputs, c, gen, device)
+        loss = _batch_loss(attn, batch, *bases(), mu, sampler, c.rank_samples)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip > 0:
@@ -454,6 +462,35 @@ def _read_layer(path: Path, stamp: dict) -> LayerFit:
                     float(meta["after"]), list(meta.get("history", [])), float(meta.get("wall_time_s", 0.0)))
 
 
+def _layers_to_fit(model, capture: Capture, init: Projections, c: LayerwiseConfig, layers, folder) -> list[int]:
+    """The layers to fit, after checking that the capture, the init and the schedule suit ``model`` and that the
+    capture holds every layer ``folder`` does not already hold."""
+    capture.check_model(model)
+    init.check_model(model)
+    geom = KVGeometry.of(model)
+    check_schedule(default_schedule(geom.head_dim) if c.schedule is None else c.schedule, geom.head_dim)
+    layers = parse_layers(sorted(capture.layers) if layers is None else layers, geom.layers)
+    done = set(finished_layers(folder)) if folder is not None else set()
+    missing = [l for l in layers if l not in capture.layers and l not in done]
+    if missing:
+        raise ValueError(f"layers {missing} are not in the capture (it holds {sorted(capture.layers)}): "
+                         "capture them too")
+    return layers
+
+
+def _layerwise_record(init_name, init: Projections, stamp: dict, layers: list[int], resumed: list[int],
+                      c: LayerwiseConfig, capture: Capture, fits: dict) -> dict:
+    """The ``layerwise`` record of the result's meta: what was fitted from what, and the objective per layer."""
+    return {
+        "init": init_name, "init_fingerprint": stamp["init"], "init_kind": init.meta.get("kind"),
+        "layers": layers, "resumed_layers": resumed, "steps_per_layer": c.steps, "config": c.to_dict(),
+        "tokens": capture.tokens, "seq_len": capture.seq_len, "data_fingerprint": capture.info.get("data"),
+        "corpus": capture.info.get("corpus"), "capture_wall_time_s": capture.info.get("wall_time_s"),
+        "fit_wall_time_s": round(sum(f.wall_time for f in fits.values()), 1),
+        "objective_at_50": {str(l): [round(f.before, 6), round(f.after, 6)] for l, f in fits.items()},
+    }
+
+
 def fit_layerwise(model, capture: Capture, init: Projections, config: LayerwiseConfig | None = None,
                   layers=None, folder=None, log=None, device=None, **meta) -> Projections:
     """Fit the rotations of ``layers`` (default: every captured layer) one layer at a time; return Projections.
@@ -466,16 +503,7 @@ def fit_layerwise(model, capture: Capture, init: Projections, config: LayerwiseC
     the record; other ``meta`` into the result's meta (e.g. corpus=...).
     """
     c = config or LayerwiseConfig()
-    capture.check_model(model)
-    init.check_model(model)
-    geom = KVGeometry.of(model)
-    check_schedule(default_schedule(geom.head_dim) if c.schedule is None else c.schedule, geom.head_dim)
-    layers = parse_layers(sorted(capture.layers) if layers is None else layers, geom.layers)
-    done = set(finished_layers(folder)) if folder is not None else set()
-    missing = [l for l in layers if l not in capture.layers and l not in done]
-    if missing:
-        raise ValueError(f"layers {missing} are not in the capture (it holds {sorted(capture.layers)}): "
-                         "capture them too")
+    layers = _layers_to_fit(model, capture, init, c, layers, folder)
     device = device or next(model.parameters()).device
     stamp = {"init": init.fingerprint(), "data": capture.info.get("data"),
              "attention_hash": capture.identity["attention_hash"], "config": c.to_dict()}
@@ -496,14 +524,7 @@ def fit_layerwise(model, capture: Capture, init: Projections, config: LayerwiseC
         if log is not None:
             log(f"layer {layer:>2} ({i + 1}/{len(layers)}): objective at 50% {fit.before:.4f} -> {fit.after:.4f} "
                 f"({len(fit.history)} steps, {fit.wall_time:.1f}s{', resumed' if layer in resumed else ''})")
-    record = {
-        "init": meta.pop("init_name", None), "init_fingerprint": stamp["init"], "init_kind": init.meta.get("kind"),
-        "layers": layers, "resumed_layers": resumed, "steps_per_layer": c.steps, "config": c.to_dict(),
-        "tokens": capture.tokens, "seq_len": capture.seq_len, "data_fingerprint": capture.info.get("data"),
-        "corpus": capture.info.get("corpus"), "capture_wall_time_s": capture.info.get("wall_time_s"),
-        "fit_wall_time_s": round(sum(f.wall_time for f in fits.values()), 1),
-        "objective_at_50": {str(l): [round(f.before, 6), round(f.after, 6)] for l, f in fits.items()},
-    }
+    record = _layerwise_record(meta.pop("init_name", None), init, stamp, layers, resumed, c, capture, fits)
     out_meta = dict(init.meta, kind="layerwise", model=init.meta.get("model") or capture.identity["model"],
                     layerwise=record, **meta)
     out_meta.pop("fingerprint", None)

@@ -1,4 +1,4 @@
-"""Comparing projections after training: quality curves side by side, the Matryoshka check, loss curves.
+"""Comparing projections after training: targets on quality curves, the Matryoshka check, loss curves.
 
 Introduced in notebook 02.
 """
@@ -9,33 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compress import attach
-from ..metrics import quality_curve
-from ..projections import Projections, resolve_projections
+from ..projections import Projections
 
 TARGETS = {"ppl_ratio@50%": 1.15, "kl_vs_pca@50%": 1 / 3, "ppl_ratio@37.5%": 1.35}
-
-
-def compare_curves(model, blocks, projections: dict, budgets, batch_size: int = 4, progress: bool = False) -> dict:
-    """{label: list of metric rows} for each of ``projections`` {label: Projections | 'pca' | 'trained' | path}
-    at the uniform ``budgets``, on token blocks (N, T)."""
-    curves = {}
-    for label, spec in projections.items():
-        proj = resolve_projections(spec, model)
-        with attach(model, proj, ranks=1.0) as comp:
-            curves[label] = quality_curve(model, blocks, comp, list(budgets), batch_size, progress)
-    return curves
-
-
-def curve_table(curves: dict, metrics=("perplexity_ratio", "kl_to_base")) -> str:
-    """A plain-text table: one row per (label, metric), one column per budget."""
-    budgets = [r["budget"] for r in next(iter(curves.values()))]
-    width = max(len(f"{label} {m}") for label in curves for m in metrics) + 2
-    lines = [" " * width + "".join(f"{b:>9.1%}" for b in budgets)]
-    for label, rows in curves.items():
-        for m in metrics:
-            lines.append(f"{label + ' ' + m:<{width}}" + "".join(f"{r[m]:>9.3f}" for r in rows))
-    return "\n".join(lines)
 
 
 def at_budget(rows: list, budget: float) -> dict:
