@@ -196,6 +196,38 @@ def _online_allowed() -> bool:
     return not any(os.environ.get(v, "").lower() in {"1", "true"} for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def _from_data_dir(source: CorpusSource, tried: list) -> str | None:
+    """The text of ``source`` from the data directory, or None (saying where it looked in ``tried``)."""
+    root = data_dir()
+    if root is None:
+        tried.append("data directory: MKV_DATA_DIR is not set")
+        return None
+    candidate = root / source.data_path
+    if candidate.is_file() and source.part:
+        docs = read_documents(candidate, source.field, source.render)
+        return "\n\n".join(split_documents(docs, source.part))
+    if candidate.is_file():
+        return read_text_file(candidate, source.field, source.render)
+    tried.append(f"data directory: {candidate} (missing)")
+    return None
+
+
+def _from_hub(source: CorpusSource, tried: list) -> str | None:
+    """The text of ``source`` from its Hugging Face dataset, or None (saying why in ``tried``)."""
+    if not _online_allowed():
+        tried.append(f"Hugging Face dataset {source.hf[0]} (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set)")
+        return None
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(source.hf[0], source.hf[1], split=source.hf[2])
+        return "".join(ds[source.hf[3]])
+    except Exception as err:  # noqa: BLE001 - any failure means "not available here"
+        tried.append(f"Hugging Face dataset {source.hf[0]}/{source.hf[1]} ({type(err).__name__}: "
+                     f"{str(err)[:120]})")
+        return None
+
+
 def load_text(name: str) -> str:
     """The raw text of a corpus given by name (see :data:`CORPORA`) or path; of a mixture spec, the texts of its
     parts joined by blank lines (weights play no part here: see :func:`mixture_blocks`)."""
@@ -219,32 +251,13 @@ def load_text(name: str) -> str:
             from .sampled import embedded_sampled_text
 
             return embedded_sampled_text()
-        if source.data_path:
-            root = data_dir()
-            if root is None:
-                tried.append("data directory: MKV_DATA_DIR is not set")
-            else:
-                candidate = root / source.data_path
-                if candidate.is_file() and source.part:
-                    docs = read_documents(candidate, source.field, source.render)
-                    return "\n\n".join(split_documents(docs, source.part))
-                if candidate.is_file():
-                    return read_text_file(candidate, source.field, source.render)
-                tried.append(f"data directory: {candidate} (missing)")
-        if source.hf:
-            if not _online_allowed():
-                tried.append(f"Hugging Face dataset {source.hf[0]} (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set)")
-            else:
-                try:
-                    import datasets
-
-                    ds = datasets.load_dataset(source.hf[0], source.hf[1], split=source.hf[2])
-                    return "".join(ds[source.hf[3]])
-                except Exception as err:  # noqa: BLE001 - any failure means "not available here"
-                    tried.append(f"Hugging Face dataset {source.hf[0]}/{source.hf[1]} ({type(err).__name__}: "
-                                 f"{str(err)[:120]})")
-        elif not source.part:
+        text = _from_data_dir(source, tried) if source.data_path else None
+        if text is None and source.hf:
+            text = _from_hub(source, tried)
+        elif text is None and not source.part:
             tried.append("no Hugging Face source for this corpus")
+        if text is not None:
+            return text
     raise CorpusNotFoundError(
         f"corpus {name!r} not found. Looked in:\n  - " + "\n  - ".join(tried)
         + "\nSet MKV_DATA_DIR to a folder with the shared data layout, pass a file path, or use 'pydoc' (offline).")

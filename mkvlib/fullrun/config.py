@@ -51,36 +51,35 @@ class Profile:
 
 LMEVAL_BUDGETS = (1.0, 0.75, 0.625, 0.5, 0.375, 0.25)
 
-PROFILES = {
-    "gpu": Profile("gpu", smoke_tokens=512, smoke_new_tokens=16, smoke_items=20, pca_tokens=262144,
-                   train_seq=1024, train_batch=32, train_pool=16_000_000, train_eval_tokens=16384,
-                   train_eval_budgets=(0.25, 0.375, 0.5, 0.75), lr=2e-3,
-                   warmup=20, checkpoint_s=60.0,
-                   search=dict(step=8, min_rank=8, stop_budget=0.25, strategy="proxy", proxy_refresh=4,
-                               tokens=8192, seq_len=1024, batch_size=8),
-                   readout_tokens=8192, readout_points=7, suite_tokens=16384, suite_seq=512, lmeval_batch=64,
-                   lmeval_budgets=LMEVAL_BUDGETS, bench_context=8192, bench_new_tokens=32, bench_batch=16,
-                   lora_seq=512, lora_batch=16, eval_batch=16, min_stage_s=10.0),
-    "cpu": Profile("cpu", smoke_tokens=64, smoke_new_tokens=8, smoke_items=20, pca_tokens=8192,
-                   train_seq=128, train_batch=2, train_pool=65536, train_eval_tokens=512, train_eval_budgets=(0.5,),
-                   lr=2e-3, warmup=4,
-                   checkpoint_s=60.0,
-                   search=dict(step=32, min_rank=16, stop_budget=0.25, strategy="proxy", proxy_refresh=0,
-                               tokens=128, seq_len=128, batch_size=1),
-                   readout_tokens=128, readout_points=3, suite_tokens=256, suite_seq=128, lmeval_batch=16,
-                   lmeval_budgets=LMEVAL_BUDGETS, bench_context=256, bench_new_tokens=8, bench_batch=2,
-                   lora_seq=128, lora_batch=2, eval_batch=4, min_stage_s=5.0),
-    "tiny": Profile("tiny", smoke_tokens=16, smoke_new_tokens=4, smoke_items=3, pca_tokens=512,
-                    train_seq=32, train_batch=2, train_pool=1024, train_eval_tokens=128,
-                    train_eval_budgets=(0.25, 0.5), lr=2e-2, warmup=1,
-                    checkpoint_s=0.0,
-                    search=dict(step=4, min_rank=4, stop_budget=0.25, strategy="proxy", proxy_refresh=0,
-                                tokens=64, seq_len=32, batch_size=2),
-                    readout_tokens=64, readout_points=3, suite_tokens=32, suite_seq=32, lmeval_batch=4,
-                    lmeval_budgets=(1.0, 0.5), bench_context=32, bench_new_tokens=4, bench_batch=2,
-                    lora_seq=64, lora_batch=2, eval_batch=4, min_stage_s=0.0, extra={"train_steps_max": 3,
-                                                                                     "lora_steps_max": 2}),
+# Each field's value in the three profiles side by side, (gpu, cpu, tiny), a line or two per stage
+PROFILE_NAMES = ("gpu", "cpu", "tiny")
+_PROFILE_TABLE = {
+    "smoke_tokens": (512, 64, 16), "smoke_new_tokens": (16, 8, 4), "smoke_items": (20, 20, 3),
+    "pca_tokens": (262144, 8192, 512),
+    "train_seq": (1024, 128, 32), "train_batch": (32, 2, 2), "train_pool": (16_000_000, 65536, 1024),
+    "train_eval_tokens": (16384, 512, 128), "train_eval_budgets": ((0.25, 0.375, 0.5, 0.75), (0.5,), (0.25, 0.5)),
+    "lr": (2e-3, 2e-3, 2e-2), "warmup": (20, 4, 1), "checkpoint_s": (60.0, 60.0, 0.0),
+    "search": (dict(step=8, min_rank=8, proxy_refresh=4, tokens=8192, seq_len=1024, batch_size=8),
+               dict(step=32, min_rank=16, proxy_refresh=0, tokens=128, seq_len=128, batch_size=1),
+               dict(step=4, min_rank=4, proxy_refresh=0, tokens=64, seq_len=32, batch_size=2)),
+    "readout_tokens": (8192, 128, 64), "readout_points": (7, 3, 3),
+    "suite_tokens": (16384, 256, 32), "suite_seq": (512, 128, 32),
+    "lmeval_batch": (64, 16, 4), "lmeval_budgets": (LMEVAL_BUDGETS, LMEVAL_BUDGETS, (1.0, 0.5)),
+    "bench_context": (8192, 256, 32), "bench_new_tokens": (32, 8, 4), "bench_batch": (16, 2, 2),
+    "lora_seq": (512, 128, 64), "lora_batch": (16, 2, 2),
+    "eval_batch": (16, 4, 4), "min_stage_s": (10.0, 5.0, 0.0),
+    "extra": ({}, {}, {"train_steps_max": 3, "lora_steps_max": 2}),
 }
+SEARCH_SHARED = dict(stop_budget=0.25, strategy="proxy")   # the search settings every profile has
+
+
+def _profile(i: int) -> Profile:
+    fields = {k: values[i] for k, values in _PROFILE_TABLE.items()}
+    fields["search"] = {**fields["search"], **SEARCH_SHARED}
+    return Profile(PROFILE_NAMES[i], **fields)
+
+
+PROFILES = {name: _profile(i) for i, name in enumerate(PROFILE_NAMES)}
 
 
 def parse_stages(spec) -> tuple:
