@@ -5,7 +5,7 @@
 - :mod:`.config`: :class:`TrainConfig`
 - :mod:`.checkpoint`: atomic, hash-checked checkpoints
 - :mod:`.trainer`: :class:`Trainer` (AdamW, cosine warm-up, clipping, accumulation, resume, accelerate)
-- :mod:`.report`: PCA vs trained curves, the issue's targets, the reversed-column check, loss curves
+- :mod:`.report`: the issue's targets on quality curves, the reversed-column check, loss curves
 """
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
