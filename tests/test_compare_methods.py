@@ -304,3 +304,41 @@ def test_methods_that_cannot_apply_say_why():
 def test_bad_options_are_clear_errors(name, options, match):
     with pytest.raises(ValueError, match=match):
         get_method(name, **options)
+
+
+def round_robin_trajectory(model, proj, floor: int = 4):
+    """A made-up greedy trajectory: every (layer, head, K/V) loses one rank in turn, down to ``floor``."""
+    from mkvlib.geometry import budget_of
+    from mkvlib.search import Trajectory
+
+    geom = KVGeometry.of(model)
+    ranks = torch.full(geom.shape, geom.head_dim)
+    steps = []
+    for rank in range(geom.head_dim - 1, floor - 1, -1):
+        for l in range(geom.layers):
+            for g in range(geom.kv_heads):
+                for c in (0, 1):
+                    ranks[l, g, c] = rank
+                    steps.append((l, g, c, rank, 0.0, budget_of(ranks, geom.head_dim)))
+    return Trajectory(model.mkv_name, proj.fingerprint(), proj.geometry, steps, {}, None)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_adaptive_ranks_come_from_the_trajectory_down_to_its_floor(tokens):
+    model = tiny_model("llama", heads=4, kv_heads=2)
+    proj = random_projections(model)
+    traj = round_robin_trajectory(model, proj)
+    method = get_method("matryoshka", projections=proj, trajectory=traj)
+    budgets = [s.get("budget") for s in method.settings(model)]
+    assert budgets == [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25]          # 12.5% is below the floor of 4 / 16
+    for setting in method.settings(model)[::2]:
+        ranks = traj.ranks_at(setting.get("budget"))
+        report = method.bytes(model, setting, 64)
+        assert report.per_token == int(ranks.sum()) * 4
+        cache = filled(method, model, setting, tokens)
+        assert torch.equal(cache.ranks, ranks)
+        assert cache.stored_bytes() == 2 * (PREFIX + TARGET) * report.per_token
+    composed = get_method("streaming+matryoshka", projections=proj, trajectory=traj, budgets=(0.5, 0.125))
+    assert {s.get("budget") for s in composed.settings(model)} == {0.5}
+    floorless = get_method("matryoshka", projections=proj, trajectory=traj, budgets=(0.125,))
+    assert "floor" in floorless.unsupported(model)

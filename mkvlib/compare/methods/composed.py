@@ -165,7 +165,7 @@ class MatryoshkaQuant(ProjectionMethod):
     def settings(self, model) -> list[Setting]:
         return [Setting(self.name, f"{100 * b:g}% {n}-bit",
                         (("allocation", self.allocation), ("budget", b), ("group", self.group_size), ("nbits", n)))
-                for b in self.budgets for n in self.bits]
+                for b in self.available(model) for n in self.bits]
 
     def bytes(self, model, setting: Setting, context: int) -> ByteReport:
         ranks, element = self.ranks(model, setting), element_size(model)
@@ -204,7 +204,7 @@ class StreamingMatryoshka(ProjectionMethod):
     def settings(self, model) -> list[Setting]:
         return [Setting(self.name, f"{100 * b:g}% keep {100 * k:g}%",
                         (("allocation", self.allocation), ("budget", b), ("keep", k), ("sinks", self.sinks)))
-                for b in self.budgets for k in self.keep]
+                for b in self.available(model) for k in self.keep]
 
     def bytes(self, model, setting: Setting, context: int) -> ByteReport:
         report = super().bytes(model, setting, context)

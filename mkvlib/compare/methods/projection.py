@@ -8,7 +8,8 @@ in the model's dtype, so the bytes per token are sum over (l, g) of (r_K + r_V) 
 fixed bytes are the truncated bases U_K[:, :r_K], U_V[:, :r_V] and the value means mu (d numbers each per
 (l, g, column)). ``pca`` uses the PCA bases, ``matryoshka`` the trained ones; ``allocation`` 'uniform' gives
 every (l, g, K/V) the rank round(budget x d), 'adaptive' the greedy-searched ranks of the shipped trajectory for
-those projections (:func:`mkvlib.search.adaptive_ranks`).
+those projections (:func:`mkvlib.search.adaptive_ranks`); budgets below the trajectory's floor are left out of
+the settings.
 """
 from __future__ import annotations
 
@@ -69,13 +70,26 @@ class ProjectionMethod(KVMethod):
         return self._memo[key]
 
     # --- the interface -----------------------------------------------------------------------------------------
+    def available(self, model) -> tuple:
+        """The budgets this method can run on ``model``: all of them for uniform ranks; for adaptive ranks those
+        the trajectory reaches (its search stops at a floor). Raises the first error when none is reachable."""
+        if self.allocation == "uniform":
+            return self.budgets
+        reachable, first_error = [], None
+        for b in self.budgets:
+            try:
+                self.ranks(model, Setting(self.name, "", (("budget", b),)))
+                reachable.append(b)
+            except (OSError, ValueError) as err:
+                first_error = first_error or err
+        if not reachable:
+            raise first_error
+        return tuple(reachable)
+
     def unsupported(self, model) -> str | None:
         try:
-            proj = self.resolved(model)
-            if self.allocation == "adaptive":
-                from ...search import adaptive_ranks
-
-                adaptive_ranks(model, proj, self.budgets[-1], self.trajectory)
+            self.resolved(model)
+            self.available(model)
         except (OSError, ValueError) as err:
             return f"{self.name} needs its projections{' and rank trajectory' * (self.allocation == 'adaptive')} " \
                    f"for this model: {err}"
@@ -83,7 +97,7 @@ class ProjectionMethod(KVMethod):
 
     def settings(self, model) -> list[Setting]:
         return [Setting(self.name, f"{100 * b:g}%", (("allocation", self.allocation), ("budget", b)))
-                for b in self.budgets]
+                for b in self.available(model)]
 
     def bytes(self, model, setting: Setting, context: int) -> ByteReport:
         ranks, element = self.ranks(model, setting), element_size(model)
