@@ -173,3 +173,51 @@ def test_bench_config_validates_and_capacity_scales():
     assert full == {"max_tokens": 1000, "max_batch": 10, "context": 100, "limit_bytes": 1_010_000}
     assert half["max_tokens"] == 2 * full["max_tokens"]
     assert bench.capacity(500, 10_000, 1_010_000, context=100, per_sequence_bytes=50_000)["max_batch"] == 10
+
+
+def _bench_point(tmp_path, **kw):
+    """A tiny byte-level Llama (2 layers, 2 KV heads of 16) and a benchmark point over random projections."""
+    from mkvlib.fullrun.tiny import tiny_pair
+
+    model, tok = tiny_pair()
+    path = tmp_path / "random.safetensors"
+    random_projections(model).save(path)
+    config = dict(projections=str(path), budget=0.5, context=32, batch=2, new_tokens=2, prefill_chunk=16,
+                  repeats=2, baselines=("dynamic",), memory=False, corpus="pydoc-test")
+    return model, tok, bench.BenchConfig(**{**config, **kw})
+
+
+def test_bench_and_budget_sweep_on_a_tiny_model(tmp_path):
+    """run_bench and budget_sweep end to end: bytes by the exact formula, half the budget stores half the bytes of
+    the full-rank cache, which stores what DynamicCache stores; every kind decodes in every round."""
+    model, tok, config = _bench_point(tmp_path)
+    g = KVGeometry.of(model)
+    tokens = config.batch * (config.context + config.new_tokens)
+    result = bench.run_bench(config, model, tok)
+    assert result["baseline_cache_bytes"] == 2 * g.layers * g.kv_heads * g.head_dim * 4 * tokens
+    assert result["cache_fraction"] == result["kv_fraction"] == 0.5
+    assert len(result["decode_tokens_per_s_runs"]) == len(result["baseline_decode_tokens_per_s_runs"]) == 2
+    assert result["decode_speedup"] > 0 and result["baseline_prefill_s"] > 0 and "skipped" not in result
+    rows = bench.budget_sweep(bench.BenchConfig(**{**config.__dict__, "synthetic_prefix": True}), [1.0, 0.5],
+                              model, tok)
+    full, half, dynamic = rows
+    assert [r["cache"] for r in rows] == ["compressed", "compressed", "dynamic"]
+    assert full["cache_bytes"] == result["baseline_cache_bytes"] == 2 * half["cache_bytes"]
+    assert dynamic["speedup"] == 1.0 and all(len(r["decode_tokens_per_s_runs"]) == 2 for r in rows)
+
+
+def test_fresh_process_measurement_and_memory_model(tmp_path):
+    """python -m mkvlib.bench measures one cache kind in a fresh process (a saved tiny model); the memory model
+    fitted to that run predicts its own peak."""
+    model, tok, config = _bench_point(tmp_path, batch=1, new_tokens=1, repeats=1)
+    folder = tmp_path / model.mkv_name      # a folder model is named by its folder, as the projections expect
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    config = bench.BenchConfig(**{**config.__dict__, "model": str(folder)})
+    run = bench.measure_in_subprocess("compressed", config, timeout=300)
+    g = KVGeometry.of(model)
+    assert run["kind"] == "compressed" and run["budget"] == 0.5
+    assert run["cache_bytes"] == g.layers * g.kv_heads * g.head_dim * 4 * (config.context + config.new_tokens)
+    fitted = bench.memory_model(run)
+    assert bench.predicted_peak(fitted, run["batch"], run["context"] + run["new_tokens"]) == \
+        pytest.approx(run["model_memory_bytes"] + run["peak_memory_bytes"])
