@@ -2,21 +2,30 @@
 from __future__ import annotations
 
 import json
+import platform
+import shlex
 import sys
+from pathlib import Path
 
 import torch
 
 from ..runtime import pick
 
 
-def add_model_args(p, tokens_fast: int, tokens_full: int, seq_len: int = 256, role: str = "eval") -> None:
+CORPUS_HELP = {"calibration": "(default: the training mixture with MKV_DATA_DIR, else pydoc-train)",
+               "eval": "(default: wikitext2 test with MKV_DATA_DIR, else pydoc-test)"}
+
+
+def add_model_args(p, tokens_fast: int, tokens_full: int, seq_len: int = 256, role: str = "eval",
+                   corpus_help: str | None = None) -> None:
+    """--model, --corpus, --tokens, --seq-len, --batch-size (sequences per forward pass), --device and --debug.
+    ``role``: the default corpus, 'calibration' or 'eval' (:func:`mkvlib.corpora.default_corpus`)."""
     p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--corpus", default=None, help=f"corpus name or .txt/.jsonl path (default: wikitext2 "
-                   f"{'validation' if role == 'calibration' else 'test'} with MKV_DATA_DIR, else pydoc)")
+    p.add_argument("--corpus", default=None, help=corpus_help or f"corpus name or .txt/.jsonl path {CORPUS_HELP[role]}")
     p.add_argument("--tokens", type=int, default=None, help=f"tokens to use (default {tokens_full}; "
                    f"{tokens_fast} with MKV_FAST=1)")
     p.add_argument("--seq-len", type=int, default=seq_len, help=f"tokens per block (default {seq_len})")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(_tokens=(tokens_fast, tokens_full), _role=role)
@@ -77,6 +86,68 @@ def load_model_and_adapter(args):
 def add_schedule_arg(p) -> None:
     p.add_argument("--schedule", default=None, help="comma-separated ranks to sample (default d/8, 2d/8, ..., d); "
                    "e.g. 24,32,40 concentrates training near a 50%% budget of d=64")
+
+
+def add_run_args(p) -> None:
+    """--device, --json and --debug: where a command runs and how it reports."""
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def add_training_args(p, defaults: dict[str, str]) -> None:
+    """The options of the commands that run a :class:`mkvlib.training.Trainer` (``mkv train``, ``mkv sft``).
+
+    Every optimizer and loss option defaults to None: the command's own training settings decide
+    (:class:`mkvlib.training.TrainConfig` for train, the stage configs of :mod:`mkvlib.lora` for sft), so these
+    defaults are written in one place each. ``defaults`` says what they are, for --help: keys steps, batch, lr,
+    warmup, kd_weight, lm_weight.
+    """
+    p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per training row (default 256)")
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {defaults['steps']})")
+    p.add_argument("--batch", type=int, default=None, help=f"rows per micro-batch (default {defaults['batch']})")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {defaults['lr']})")
+    p.add_argument("--warmup", type=int, default=None, help=f"warm-up steps (default {defaults['warmup']})")
+    p.add_argument("--kd-weight", type=float, default=None, help=f"weight of the KD term (default "
+                   f"{defaults['kd_weight']})")
+    p.add_argument("--lm-weight", type=float, default=None, help=f"weight of the LM term (default "
+                   f"{defaults['lm_weight']})")
+    add_schedule_arg(p)
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUT with .ckpt)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 25)")
+    p.add_argument("--resume", default=None, help="checkpoint to resume from (same settings and data)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward "
+                   "pass (less memory, more time)")
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default=None,
+                   help="auto: bf16 autocast on CUDA, float32 on CPU (default auto)")
+    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p)
+
+
+def training_settings(args, steps: int) -> dict:
+    """TrainConfig fields from the options of :func:`add_training_args`: ``steps`` where --steps is not given;
+    options left at None are left out, so the command's config keeps its default."""
+    given = dict(batch_size=args.batch, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup,
+                 kd_weight=args.kd_weight, lm_weight=args.lm_weight, checkpoint_every=args.checkpoint_every,
+                 mixed_precision=args.mixed_precision)
+    return dict(steps=args.steps or steps, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
+                progress=not args.json, **{k: v for k, v in given.items() if v is not None})
+
+
+def invocation() -> str | None:
+    """The ``mkv ...`` command line that started this process, for a record; None when run from Python."""
+    if Path(sys.argv[0]).name not in ("mkv", "__main__.py"):
+        return None
+    return "mkv " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def hardware(device) -> dict:
+    """Where a run ran, for its record: device, torch threads, CPU, platform and GPU."""
+    return {"device": str(device), "torch_threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def parse_schedule(text) -> list[int] | None:

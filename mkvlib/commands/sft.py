@@ -6,25 +6,22 @@
 """
 from __future__ import annotations
 
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
 from ..runtime import pick
-from .common import add_schedule_arg, drive_trainer, launched_accelerator, parse_schedule
+from .common import (add_training_args, drive_trainer, emit, hardware, invocation, launched_accelerator,
+                     parse_schedule, training_settings)
 
 
 def register(sub) -> None:
     p = sub.add_parser("sft", help="LoRA fine-tuning (stage 1) and projections trained with the adapter (stage 2)")
     p.add_argument("--stage", type=int, choices=[1, 2], required=True)
-    p.add_argument("--model", default=None, help="base model (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--data", default="arc_easy", help="'arc_easy' (local files), an lm-eval task name, or a "
                    ".jsonl file of {prompt, response} rows")
     p.add_argument("--split", default="validation", help="split of --data to train on (never arc_easy test)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N examples")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per packed row")
     p.add_argument("--no-pack", action="store_true", help="one example per row instead of packing")
     p.add_argument("--loss-on", choices=["response", "all"], default=None,
                    help="tokens the LM loss counts (default: response in stage 1, all in stage 2)")
@@ -34,34 +31,25 @@ def register(sub) -> None:
     p.add_argument("--freeze-adapter", action="store_true", help="stage 2: train the projections only")
     p.add_argument("--choices", action="store_true", help="stage 2: distil on every answer choice of each item "
                    "(the continuations the task's accuracy compares); KD only, so it needs --lm-weight 0")
-    add_schedule_arg(p)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--lora-targets", default=None, help="comma-separated linear layers (default all)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 150 / 100; 6 with MKV_FAST=1)")
-    p.add_argument("--batch", type=int, default=8, help="rows per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=None, help="stage 1: adapter lr (2e-4); stage 2: projections (2e-3)")
     p.add_argument("--adapter-lr", type=float, default=5e-5, help="stage 2: adapter lr")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--kd-weight", type=float, default=None, help="stage 2 only (default 1; 0 = LM loss alone)")
-    p.add_argument("--lm-weight", type=float, default=None)
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default OUT.ckpt beside the bundle)")
-    p.add_argument("--checkpoint-every", type=int, default=25)
-    p.add_argument("--resume", default=None, help="checkpoint to resume from (same settings and data)")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-budgets", default=None, help="after training: accuracy of the merged model at these "
                    "budgets (comma-separated) on --eval-task through lm-eval")
     p.add_argument("--eval-task", default="arc_easy")
     p.add_argument("--eval-limit", type=int, default=None, help="items of the evaluation task (default all)")
     p.add_argument("--eval-out", default=None, help="CSV for the accuracy rows (default OUT/accuracy.csv)")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--device", default=None)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_training_args(p, SFT_DEFAULTS)
     p.set_defaults(func=run)
+
+
+# what the stage configs of mkvlib.lora.stages default to, for --help
+SFT_DEFAULTS = dict(steps="150 in stage 1, 100 in stage 2; 6 with MKV_FAST=1", batch="8",
+                    lr="2e-4 for the adapter in stage 1, 2e-3 for the projections in stage 2", warmup="10",
+                    kd_weight="0 in stage 1, 1 in stage 2; 0 in stage 2: the LM loss alone",
+                    lm_weight="1 in stage 1, 3 in stage 2")
 
 
 def _budgets(text):
@@ -71,20 +59,8 @@ def _budgets(text):
         raise ValueError(f"--eval-budgets must be comma-separated fractions such as 0.75,0.5, not {text!r}") from None
 
 
-def run(args) -> int:
-    import torch
-
-    from ..io import write_json
-    from ..lora import (LoRASettings, add_adapter, encode, general_projections, load_bundle, load_examples,
-                        save_bundle, stage1_config, stage1_trainer, stage2_config, stage2_trainer,
-                        target_count)
-    from ..lora.adapter import settings_dict, weights_hash
-    from ..models import load_model
-    from ..projections import resolve_projections
-
-    out = Path(args.out)
-    budgets = _budgets(args.eval_budgets) if args.eval_budgets else None
-    schedule = parse_schedule(args.schedule)
+def check_stage_args(args) -> None:
+    """Refuse options that do not belong to the chosen stage, and --choices with an LM loss."""
     if args.stage == 1 and (args.adapter or args.init or args.freeze_adapter or args.schedule or args.choices):
         raise ValueError("--adapter, --init, --freeze-adapter, --schedule and --choices belong to stage 2")
     if args.choices and (args.lm_weight != 0 or args.kd_weight == 0):
@@ -92,46 +68,69 @@ def run(args) -> int:
                          "pass --lm-weight 0 (and leave --kd-weight above 0)")
     if args.stage == 2 and not args.adapter:
         raise ValueError("stage 2 needs --adapter: the bundle folder written by `mkv sft --stage 1`")
-    accelerator = launched_accelerator(cpu=args.device == "cpu" or None)
-    model, tokenizer = load_model(args.model, device=accelerator.device if accelerator else args.device)
-    examples = load_examples(args.data, args.split, args.limit, choices=args.choices)
-    loss_on = args.loss_on or ("response" if args.stage == 1 else "all")
-    ids, mask = encode(examples, tokenizer, args.seq_len, pack=not args.no_pack, loss_on=loss_on)
-    common = dict(steps=args.steps or pick(6, 150 if args.stage == 1 else 100), batch_size=args.batch,
-                  grad_accum=args.grad_accum, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                  gradient_checkpointing=args.gradient_checkpointing, mixed_precision=args.mixed_precision,
-                  progress=not args.json)
-    for key, value in (("lr", args.lr), ("warmup_steps", args.warmup), ("kd_weight", args.kd_weight),
-                       ("lm_weight", args.lm_weight)):
-        if value is not None:
-            common[key] = value
-    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
-    init_label = None
+
+
+def make_trainer(args, model, ids, mask, ckpt: Path, accelerator):
+    """(trainer, model with the adapter, LoRA settings or None, initial projections' label or None, parent
+    bundle's manifest or None) for the chosen stage."""
+    from ..lora import (LoRASettings, add_adapter, general_projections, load_bundle, stage1_config,
+                        stage1_trainer, stage2_config, stage2_trainer)
+    from ..projections import resolve_projections
+
+    common = training_settings(args, pick(6, 150 if args.stage == 1 else 100))
     if args.stage == 1:
         settings = LoRASettings(rank=args.lora_rank, alpha=args.lora_alpha,
                                 **({"target_modules": args.lora_targets} if args.lora_targets else {}))
         peft_model = add_adapter(model, settings)
         trainer = stage1_trainer(peft_model, ids, mask, stage1_config(**common), checkpoint_path=ckpt,
                                  accelerator=accelerator)
+        return trainer, peft_model, settings, None, None
+    peft_model, _, parent = load_bundle(args.adapter, model, trainable=True)
+    if args.init:
+        init, init_label = resolve_projections(args.init, model), args.init
     else:
-        peft_model, _, parent = load_bundle(args.adapter, model, trainable=True)
-        settings = None
-        if args.init:
-            init, init_label = resolve_projections(args.init, model), args.init
-        else:
-            init, init_label = general_projections(model)
-        trainer = stage2_trainer(peft_model, init, ids, mask,
-                                 stage2_config(extra_lr=args.adapter_lr, schedule=schedule, **common),
-                                 train_adapter=not args.freeze_adapter, checkpoint_path=ckpt,
-                                 accelerator=accelerator)
+        init, init_label = general_projections(model)
+    config = stage2_config(extra_lr=args.adapter_lr, schedule=parse_schedule(args.schedule), **common)
+    trainer = stage2_trainer(peft_model, init, ids, mask, config, train_adapter=not args.freeze_adapter,
+                             checkpoint_path=ckpt, accelerator=accelerator)
+    return trainer, peft_model, None, init_label, parent
+
+
+def run(args) -> int:
+    from ..lora import encode, load_examples
+    from ..models import load_model
+
+    out = Path(args.out)
+    budgets = _budgets(args.eval_budgets) if args.eval_budgets else None
+    parse_schedule(args.schedule)   # a malformed --schedule fails before the model loads
+    check_stage_args(args)
+    accelerator = launched_accelerator(cpu=args.device == "cpu" or None)
+    model, tokenizer = load_model(args.model, device=accelerator.device if accelerator else args.device)
+    examples = load_examples(args.data, args.split, args.limit, choices=args.choices)
+    loss_on = args.loss_on or ("response" if args.stage == 1 else "all")
+    ids, mask = encode(examples, tokenizer, args.seq_len, pack=not args.no_pack, loss_on=loss_on)
+    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
+    trainer, peft_model, settings, init_label, parent = make_trainer(args, model, ids, mask, ckpt, accelerator)
     status = drive_trainer(trainer, args.resume, ckpt, "sft", accelerator)
     if status is not None:
         return status
+    record = training_record(args, trainer, examples, ids, mask, loss_on, settings, init_label, parent)
     projections = None if args.stage == 1 else trainer.result(model=model.mkv_name, stage=2, data=args.data)
+    summary = write_bundle(args, out, peft_model, projections, record)
+    if budgets:
+        summary["accuracy"] = evaluate_accuracy(args, out, budgets)
+    emit(summary, args.json)
+    return 0
+
+
+def training_record(args, trainer, examples, ids, mask, loss_on: str, settings, init_label, parent) -> dict:
+    """What the bundle's manifest and training.json say about the run."""
+    from ..lora import target_count
+    from ..lora.adapter import settings_dict
+
     hist = trainer.history
-    record = {
-        "stage": args.stage, "command": "mkv " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        if Path(sys.argv[0]).name in ("mkv", "__main__.py") else None,
+    return {
+        "stage": args.stage, "command": invocation(),
         "data": args.data, "split": args.split, "choices": args.choices, "examples": len(examples), "rows": int(len(ids)),
         "seq_len": args.seq_len, "loss_on": loss_on, "loss_targets": target_count(mask),
         "steps": trainer.step, "tokens_seen": trainer.tokens_seen, "wall_time_s": round(trainer.wall_time, 1),
@@ -142,24 +141,30 @@ def run(args) -> int:
         "adapter_trained": args.stage == 1 or not args.freeze_adapter,
         "first_loss": hist[0]["loss"] if hist else None,
         "last_loss": sum(r["loss"] for r in hist[-10:]) / len(hist[-10:]) if hist else None,
-        "history": hist, "hardware": {"device": str(trainer.device), "torch_threads": torch.get_num_threads(),
-                                      "cpu": platform.processor() or platform.machine(),
-                                      "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "history": hist, "hardware": hardware(trainer.device),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def write_bundle(args, out: Path, peft_model, projections, record: dict) -> dict:
+    """Save the bundle and its training.json; the summary to print."""
+    from ..io import write_json
+    from ..lora import save_bundle
+    from ..lora.adapter import weights_hash
+
     save_bundle(out, peft_model, projections, **{k: v for k, v in record.items() if k != "history"})
     write_json(out / "training.json", record)
     summary = {k: record[k] for k in ("stage", "steps", "tokens_seen", "wall_time_s", "first_loss", "last_loss")}
     summary.update(out=str(out), adapter=weights_hash(peft_model))
-    if budgets:
-        from ..lora import accuracy_table, evaluate_bundle
+    return summary
 
-        kinds = {"two-stage": "bundle"} if args.stage == 2 else {"pca": "pca", "general": "general"}
-        rows = evaluate_bundle(out, kinds, budgets, task=args.eval_task, limit=args.eval_limit,
-                               out=args.eval_out or out / "accuracy.csv", progress=not args.json)
-        print(accuracy_table(rows), file=sys.stderr)
-        summary["accuracy"] = {f"{r['projections']}@{r['budget']:.1%}": r["acc"] for r in rows}
-    from .common import emit
 
-    emit(summary, args.json)
-    return 0
+def evaluate_accuracy(args, out: Path, budgets: list[float]) -> dict:
+    """Accuracy of the merged bundle at ``budgets`` on --eval-task (table on stderr); label@budget -> accuracy."""
+    from ..lora import accuracy_table, evaluate_bundle
+
+    kinds = {"two-stage": "bundle"} if args.stage == 2 else {"pca": "pca", "general": "general"}
+    rows = evaluate_bundle(out, kinds, budgets, task=args.eval_task, limit=args.eval_limit,
+                           out=args.eval_out or out / "accuracy.csv", progress=not args.json)
+    print(accuracy_table(rows), file=sys.stderr)
+    return {f"{r['projections']}@{r['budget']:.1%}": r["acc"] for r in rows}
