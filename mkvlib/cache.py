@@ -27,7 +27,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from . import attention
-from .geometry import KVGeometry, resolve_ranks
+from .geometry import KVGeometry, check_rank, resolve_ranks
 from .projections import Projections, resolve_projections
 
 GROWTH_TOKENS = 256  # smallest growth step (tokens) once the reserved capacity is full
@@ -43,8 +43,8 @@ class HeadGroup:
     def __post_init__(self):
         if not self.heads or list(self.heads) != sorted(set(self.heads)):
             raise ValueError(f"a head group needs distinct sorted heads, got {self.heads}")
-        if self.key_rank < 0 or self.value_rank < 0:
-            raise ValueError(f"ranks must be non-negative, got ({self.key_rank}, {self.value_rank})")
+        check_rank(self.key_rank, what="a head group's key_rank")
+        check_rank(self.value_rank, what="a head group's value_rank")
 
     @property
     def index(self) -> slice | torch.Tensor:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .geometry import check_allocation
 from .runtime import pick
 
 SUITES = ("ood",)
@@ -111,8 +112,7 @@ class Method:
     trajectory: object = None
 
     def __post_init__(self):
-        if self.allocation not in ("uniform", "adaptive"):
-            raise ValueError(f"allocation must be 'uniform' or 'adaptive', not {self.allocation!r}")
+        check_allocation(self.allocation)
 
     def settings(self, model, projections, budgets) -> list:
         """Rank specs at ``budgets``: the budgets themselves (uniform) or (L, G, 2) ranks from the trajectory."""

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..geometry import check_allocation, check_budgets
 from ..results_store import ResultStore
 from ..runtime import project_dir
 from .evaluate import LMEvalConfig, lm_eval_version, run_lm_eval, wrap
@@ -43,9 +44,7 @@ class Method:
     trajectory: str | None = None
 
     def __post_init__(self):
-        if self.allocation not in ("uniform", "adaptive"):
-            raise ValueError(f"method {self.name!r}: allocation must be 'uniform' or 'adaptive', "
-                             f"not {self.allocation!r}")
+        check_allocation(self.allocation, f"method {self.name!r}: allocation")
         if self.trajectory is not None and self.allocation != "adaptive":
             raise ValueError(f"method {self.name!r}: a trajectory gives adaptive ranks; its allocation is "
                              f"{self.allocation!r}")
@@ -110,11 +109,7 @@ class SweepConfig:
         if not str(self.out).endswith(".csv"):
             raise ValueError(f"the sweep's results file must end in .csv, not {self.out!r}")
         self.methods = parse_methods(self.methods)
-        budgets = [float(b) for b in self.budgets]
-        bad = [b for b in budgets if not 0 < b <= 1]
-        if bad or not budgets:
-            raise ValueError(f"budgets must be fractions in (0, 1] (e.g. 0.5 for 50%), not {bad or self.budgets}")
-        self.budgets = sorted(set(budgets), reverse=True)
+        self.budgets = sorted(set(check_budgets(self.budgets)), reverse=True)
         self.eval_config = LMEvalConfig(self.tasks, self.limit, self.batch_size, self.source, self.include_path)
         self.tasks = self.eval_config.tasks
 
@@ -129,8 +124,7 @@ def ranks_for(model, projections, allocation: str, budget: float, trajectory=Non
     shipped for ``projections``, or ``trajectory`` (a path) when given."""
     if allocation == "uniform":
         return float(budget)
-    if allocation != "adaptive":
-        raise ValueError(f"allocation must be 'uniform' or 'adaptive', not {allocation!r}")
+    check_allocation(allocation)
     from .. import search  # the rank-search module (notebook 03)
 
     return search.adaptive_ranks(model, projections, budget, trajectory)

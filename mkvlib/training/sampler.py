@@ -7,33 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry import KVGeometry
+from ..geometry import KVGeometry, check_schedule  # check_schedule: re-exported for mkvlib.training
 
 
 def default_schedule(head_dim: int) -> tuple[int, ...]:
     """{d/8, 2d/8, ..., d} (rounded, at least 1, duplicates dropped when d is small)."""
     return tuple(sorted({max(1, round(head_dim * i / 8)) for i in range(1, 9)}))
-
-
-def check_schedule(schedule, head_dim: int) -> tuple[int, ...]:
-    """Validate a rank schedule against ``head_dim``; return it as a sorted tuple of ints.
-
-    Raises ValueError naming the problem: empty, not whole numbers, duplicates, or ranks outside [1, d].
-    """
-    if isinstance(schedule, (int, str)) or schedule is None:
-        raise ValueError(f"a rank schedule is a list of ranks such as [8, 16, 32, 64], not {schedule!r}")
-    values = list(schedule)
-    if not values:
-        raise ValueError("the rank schedule is empty: give at least one rank in [1, head_dim]")
-    if any(isinstance(r, bool) or not float(r).is_integer() for r in values):
-        raise ValueError(f"rank schedule {values} must hold whole numbers")
-    values = [int(r) for r in values]
-    bad = [r for r in values if not 1 <= r <= head_dim]
-    if bad:
-        raise ValueError(f"rank schedule has ranks {bad} outside [1, head_dim={head_dim}]")
-    if len(set(values)) != len(values):
-        raise ValueError(f"rank schedule {values} repeats a rank; list each rank once")
-    return tuple(sorted(values))
 
 
 class RankSampler:
