@@ -63,15 +63,9 @@ def resolve_rank_args(args, model, projections):
 
 
 def parse_budgets(text: str) -> list[float]:
-    from ..geometry import check_budget
+    from ..geometry import check_budgets
 
-    try:
-        budgets = [float(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise ValueError(f"--budgets must be comma-separated numbers in (0, 1], not {text!r}") from None
-    for b in budgets:
-        check_budget(b)
-    return budgets
+    return list(check_budgets(text, "--budgets"))
 
 
 def split_list(text: str, what: str) -> list[str]:
