@@ -70,7 +70,7 @@ def rank_heatmaps(panels: dict, head_dim: int, suptitle: str = "", cmap: str = "
     axes[0][0].set_ylabel("layer")
     fig.colorbar(im, ax=axes[0].tolist(), label="rank", shrink=0.8)
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle, y=1.02)                  # above the panel titles, not on them
     return fig
 
 
