@@ -136,6 +136,8 @@ def test_estimate_scales_with_length_and_counts_ppl_twice():
 def test_parse_method_options():
     assert crun.parse_method("matryoshka:allocation=uniform:budgets=0.5") == \
         ("matryoshka", {"allocation": "uniform", "budgets": 0.5})
+    assert crun.parse_method("matryoshka:budgets=0.5/0.25:projections=pca") == \
+        ("matryoshka", {"budgets": (0.5, 0.25), "projections": "pca"})
     with pytest.raises(ValueError, match="unknown method 'foo'"):
         crun.parse_method("foo")
     with pytest.raises(ValueError, match="name=value"):

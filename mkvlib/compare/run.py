@@ -67,7 +67,8 @@ class CompareSpec:
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
-    """'matryoshka:allocation=uniform:projections=pca' -> ('matryoshka', {...}); numbers become numbers."""
+    """'matryoshka:allocation=uniform:budgets=0.5/0.25' -> ('matryoshka', {'allocation': 'uniform', 'budgets':
+    (0.5, 0.25)}): options after colons, numbers become numbers, values joined by '/' a tuple."""
     name, *opts = spec.split(":")
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r} in {spec!r}: choose from {', '.join(sorted(REGISTRY))}")
@@ -77,11 +78,16 @@ def parse_method(spec: str) -> tuple[str, dict]:
             raise ValueError(f"method options are name=value after a colon (matryoshka:allocation=uniform), "
                              f"not {o!r} in {spec!r}")
         k, v = o.split("=", 1)
-        try:
-            options[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-        except ValueError:
-            options[k] = v
+        options[k] = tuple(_value(x) for x in v.split("/")) if "/" in v else _value(v)
     return name, options
+
+
+def _value(text: str):
+    """A number when ``text`` is one, else the text."""
+    try:
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    except ValueError:
+        return text
 
 
 def make_method(spec: str):
