@@ -336,3 +336,34 @@ def test_lora_accuracy_curve_uses_a_trajectorys_ranks_and_keys_rows_by_them(mode
         ("abc", 0.25), ("abc", 0.5), ("abc", 0.5), ("abc", 1.0), ("other-process", 1.0)]
     with pytest.raises(KeyError, match="not among the projections"):
         accuracy_curve(model, tokenizer, {"uniform": proj}, [0.5], adapter="abc", trajectories={"other": traj})
+
+
+def test_a_handful_of_items_is_labelled_a_pipeline_check_not_a_result(tmp_path):
+    """Fast-mode numbers (a few items per task) say so on the table, the figure and `mkv lm-eval`'s output;
+    a sweep of enough items is shown as a result."""
+    import matplotlib.pyplot as plt
+
+    from mkvlib.commands.lm_eval import labelled
+    from mkvlib.lmeval import report
+    from mkvlib.lmeval.sweep import append_row
+
+    base = {"model": "m", "projections": "pca", "allocation": "uniform", "kv_budget": "0.5000", "acc_norm": "0.5",
+            "batch_size": "8", "seconds": "1", "source": "local", "git_commit": "x", "lm_eval_version": "0.4",
+            "finished_at": "2026-01-01T00:00:00"}
+    for items in (4, report.RESULT_ITEMS):
+        out = tmp_path / f"sweep_{items}.csv"
+        for method, fp, budget, acc in (("uncompressed", "none", "1.0000", "0.75"),
+                                        ("pca-uniform", "a", "0.5000", "0.5")):
+            append_row(out, {**base, "method": method, "fingerprint": fp, "budget": budget, "task": "piqa",
+                             "acc": acc, "items": str(items), "limit": str(items)})
+        df = report.load_results(out)
+        fig = report.accuracy_vs_budget(df)
+        check = f"pipeline check ({items} items), not a result"
+        if items < report.RESULT_ITEMS:
+            assert report.caption(df) == check and report.table1(df).columns.name == check
+            assert fig._suptitle is not None and fig._suptitle.get_text() == check
+            assert labelled({"piqa_acc": 0.5}, [items]) == {"status": check, "piqa_acc": 0.5}
+        else:
+            assert report.caption(df) == f"result: piqa {items} items" and report.table1(df).columns.name == "task"
+            assert fig._suptitle is None and labelled({"piqa_acc": 0.5}, [items]) == {"piqa_acc": 0.5}
+        plt.close(fig)

@@ -256,7 +256,12 @@ def test_committed_rows_are_the_newest_cells_of_the_bundles_model(tmp_path):
         ("uncompressed", 1.0, 0.60), ("PCA", 0.5, 0.30), ("two-stage", 0.5, 0.45)]
     assert keep_ratio(rows, "two-stage", 0.5) == pytest.approx(0.75)
     assert "75.0%" in accuracy_table(rows)
-    plot_accuracy(rows)
+    check = "pipeline check (4 items), not a result"          # 4 items: the table and the figure say what it is
+    assert accuracy_table(rows).splitlines()[0] == check
+    assert plot_accuracy(rows).axes[0].get_title().startswith(check)
+    enough = [{**r, "items": 500} for r in rows]
+    assert check not in accuracy_table(enough)
+    assert plot_accuracy(enough).axes[0].get_title() == "fine-tuned model, 500 items"
     assert [r["acc"] for r in committed_rows(path, folder, ["two-stage"], (0.5,), limit=4)] == [0.60, 0.20]  # a list pins nothing
     assert len(committed_rows(path, folder, ["PCA"], (0.5,), limit=4, uncompressed=False)) == 1
     with pytest.raises(KeyError, match="no rows for"):

@@ -50,8 +50,17 @@ def run(args) -> int:
     allocation = "adaptive" if args.trajectory else args.allocation          # --trajectory implies adaptive
     result = evaluate_one(model, tokenizer, config, args.projections or "pca", args.budget, allocation,
                           args.trajectory)
-    emit(result, args.json)
+    emit(labelled(result, result["items"].values()), args.json)
     return 0
+
+
+def labelled(result: dict, items) -> dict:
+    """``result`` headed by what it is when it scored only a handful of items: a pipeline check, not a result."""
+    from ..lmeval.report import pipeline_check
+
+    items = [int(n) for n in items]
+    note = pipeline_check(items) if items else None
+    return {"status": note, **result} if note else result
 
 
 def evaluate_one(model, tokenizer, config, projections: str, budget: float, allocation: str,
@@ -100,6 +109,6 @@ def run_sweep(args) -> int:
     sweep = Sweep(model, tokenizer, config)
     rows = sweep.run(progress=not args.json, dry_run=args.dry_run)
     result = {"out": args.sweep, "cells_run": len(rows), "skipped": sweep.skipped, **sweep.estimate()}
-    emit(result, args.json)
+    emit(labelled(result, [r["items"] for r in rows]), args.json)
     print(f"results in {args.sweep}", file=sys.stderr)
     return 0

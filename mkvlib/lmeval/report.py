@@ -19,6 +19,22 @@ CHANCE = {"piqa": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.2
 LABELS = {"pca-uniform": "PCA, uniform", "trained-uniform": "trained, uniform", "trained-adaptive":
           "MatryoshkaKV (trained, adaptive)", "pca-adaptive": "PCA, adaptive", BASELINE: "uncompressed"}
 AVERAGE = "average"
+# fewer items per task than this and the numbers only show that the pipeline runs (fast mode scores 4): their
+# standard error is larger than the differences between methods, so they are labelled as a check, not a result
+RESULT_ITEMS = 100
+
+
+def pipeline_check(items) -> str | None:
+    """'pipeline check (N items), not a result' when ``items`` (per task; the largest if several) is below
+    :data:`RESULT_ITEMS`, else None: the label every table and figure of a handful of items carries."""
+    n = int(max(items)) if hasattr(items, "__iter__") else int(items)
+    return f"pipeline check ({n} items), not a result" if n < RESULT_ITEMS else None
+
+
+def caption(df: pd.DataFrame) -> str:
+    """What a sweep's numbers are: a pipeline check (a handful of items) or a result on N items per task."""
+    items = df.groupby("task")["items"].max()
+    return pipeline_check(items) or "result: " + ", ".join(f"{t} {int(n)} items" for t, n in items.items())
 
 
 def load_results(path, limit=None) -> pd.DataFrame:
@@ -89,6 +105,7 @@ def table1(df: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
     wide.index = wide.index.set_levels([[f"{100 * b:g}%" for b in wide.index.levels[0]],
                                         [LABELS.get(m, m) for m in wide.index.levels[1]]])
     wide.index.names = ["budget", "method"]
+    wide.columns.name = pipeline_check(df["items"]) or "task"     # a handful of items: said on the table itself
     return wide.round(1)
 
 
@@ -135,6 +152,9 @@ def accuracy_vs_budget(df: pd.DataFrame, scale: str = "relative", metric: str = 
               "value": metric}[scale]
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7)
+    check = pipeline_check(long[long.task != AVERAGE]["items"])
+    if check:
+        fig.suptitle(check, color="firebrick")
     fig.tight_layout()
     return fig
 

@@ -128,9 +128,18 @@ def _labels(rows):
     return list(dict.fromkeys(r["projections"] for r in rows if r["projections"] != UNCOMPRESSED))
 
 
+def items_note(rows: list[dict]) -> str | None:
+    """'pipeline check (N items), not a result' when the rows score a handful of items (fast mode), else None."""
+    from ..lmeval.report import pipeline_check
+
+    items = [int(r["items"]) for r in rows if r.get("items") not in ("", None)]
+    return pipeline_check(items) if items else None
+
+
 def accuracy_table(rows: list[dict], metric: str = "acc") -> str:
     """Plain text: one line per projections kind, one column per budget; 100% is that adapter's uncompressed
-    accuracy, and the last column the share of it kept at 50%."""
+    accuracy, and the last column the share of it kept at 50%. Rows of a handful of items are headed as a
+    pipeline check."""
     budgets = sorted({r["budget"] for r in rows}, reverse=True)
     width = max([14] + [len(label) + 2 for label in _labels(rows)])
     lines = [f"{metric:<{width}}" + "".join(f"{b:>9.1%}" for b in budgets) + f"{'kept@50%':>10}"]
@@ -140,12 +149,14 @@ def accuracy_table(rows: list[dict], metric: str = "acc") -> str:
         kept = f"{vals[0.5] / vals[1.0]:>10.1%}" if 0.5 in vals and vals[1.0] else f"{'-':>10}"
         lines.append(f"{label:<{width}}" + "".join(f"{vals[b]:>9.3f}" if b in vals else f"{'-':>9}" for b in budgets)
                      + kept)
-    return "\n".join(lines)
+    note = items_note(rows)
+    return "\n".join(([note] if note else []) + lines)
 
 
 def plot_accuracy(rows: list[dict], metric: str = "acc", title: str = ""):
-    """Accuracy against budget, one line per projections kind, each ending at its fine-tuned model's
-    uncompressed accuracy (100%); dotted: 97% of the first kind's uncompressed accuracy."""
+    """Accuracy against budget (%), one line per projections kind, each ending at its fine-tuned model's
+    uncompressed accuracy (100%); dotted: 97% of the last kind's uncompressed accuracy. A handful of items is
+    titled as a pipeline check."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.4, 3.6))
@@ -153,13 +164,16 @@ def plot_accuracy(rows: list[dict], metric: str = "acc", title: str = ""):
     for label in labels:
         pts = sorted((r["budget"], r[metric]) for r in rows if r["projections"] == label)
         pts.append((1.0, baseline(rows, label, metric)))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     if labels:
         ax.axhline(0.97 * baseline(rows, labels[-1], metric), ls=":", color="gray", lw=1,
                    label=f"97% of {labels[-1]} at 100%")
-    first = rows[0]
-    ax.set(xlabel="KV budget (fraction of the full cache)", ylabel=f"{first['task']} {metric}",
-           title=title or f"fine-tuned model, {first['items']} items")
+    first, note = rows[0], items_note(rows)
+    title = title or f"fine-tuned model, {first['items']} items"
+    ax.set(xlabel="KV budget (% of the full cache)", ylabel=f"{first['task']} {metric}",
+           title=f"{note}\n{title}" if note else title)
+    if note:
+        ax.title.set_color("firebrick")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
