@@ -270,6 +270,28 @@ def test_committed_rows_are_the_newest_cells_of_the_bundles_model(tmp_path):
         committed_rows(path, folder, ["PCA"], (0.5,), limit=None)
 
 
+def test_kept_table_pairs_each_run_with_its_own_uncompressed_row(tmp_path):
+    """Notebook 06's discussion table: per named run the newest row at the budget over the same adapter's
+    uncompressed row on the same items; ranks and item limit tell rows apart; a missing cell names the run."""
+    from mkvlib.lora import kept_table, read_rows
+
+    path = _csv(tmp_path / "acc.csv", [
+        dict(adapter="m", projections="uncompressed", fingerprint="uncompressed", budget=1.0, acc=0.80, ranks="full"),
+        dict(adapter="m", projections="p", fingerprint="f", budget=0.5, acc=0.40),
+        dict(adapter="m", projections="p", fingerprint="f", budget=0.5, acc=0.60),                   # newer: wins
+        dict(adapter="m", projections="p, adaptive", fingerprint="f", budget=0.5, acc=0.70, ranks="adaptive-1"),
+        dict(adapter="m", projections="uncompressed", fingerprint="uncompressed", budget=1.0, acc=0.50, ranks="full",
+             limit="", items=100),
+        dict(adapter="m", projections="p", fingerprint="f", budget=0.5, acc=0.45, limit="", items=100),
+    ])
+    run = dict(adapter="m", fingerprint="f", ranks="uniform", limit="4")
+    table = kept_table(read_rows(path), {"u": run, "a": {**run, "ranks": "adaptive"}, "all": {**run, "limit": ""}})
+    assert table["kept at 50% (%)"].round(6).to_dict() == {"u": 75.0, "a": 87.5, "all": 90.0}
+    assert table["items"].to_dict() == {"u": 4, "a": 4, "all": 100}
+    with pytest.raises(KeyError, match="run 'x': no 50% row"):
+        kept_table(read_rows(path), {"x": {**run, "fingerprint": "other"}})
+
+
 def test_committed_csv_holds_every_cell_notebook_06_shows():
     from mkvlib.lora import committed_rows, keep_ratio
 

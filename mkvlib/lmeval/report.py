@@ -31,6 +31,11 @@ def pipeline_check(items) -> str | None:
     return f"pipeline check ({n} items), not a result" if n < RESULT_ITEMS else None
 
 
+def budget_label(budget) -> str:
+    """A budget as every table and figure shows it, in % of the full cache: 0.375 -> '37.5%'."""
+    return f"{100 * float(budget):g}%"
+
+
 def caption(df: pd.DataFrame) -> str:
     """What a sweep's numbers are: a pipeline check (a handful of items) or a result on N items per task."""
     items = df.groupby("task")["items"].max()
@@ -102,7 +107,7 @@ def table1(df: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
     # the shared 100% cell once, not once per method
     full = wide.xs(1.0, level="budget", drop_level=False).iloc[:1].rename(index=lambda m: BASELINE, level=1)
     wide = pd.concat([full, wide.drop(index=1.0, level="budget")])
-    wide.index = wide.index.set_levels([[f"{100 * b:g}%" for b in wide.index.levels[0]],
+    wide.index = wide.index.set_levels([[budget_label(b) for b in wide.index.levels[0]],
                                         [LABELS.get(m, m) for m in wide.index.levels[1]]])
     wide.index.names = ["budget", "method"]
     wide.columns.name = pipeline_check(df["items"]) or "task"     # a handful of items: said on the table itself

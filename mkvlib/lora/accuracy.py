@@ -258,3 +258,36 @@ def committed_rows(path, folder, labels, budgets=(0.5,), limit: int | None = Non
         raise KeyError(f"{path} has no rows for {missing} of the model in {folder} (adapter {adapter}, task {task}, "
                        f"limit {limit}): measure them with evaluate_bundle or `mkv lm-eval --adapter {folder} ...`")
     return [newest[c] for c in cells]
+
+
+
+def kept_table(rows: list[dict], runs: dict, budget: float = 0.5, metric: str = "acc"):
+    """One line per named run, each from two rows of an accuracy CSV and their ratio: a DataFrame indexed by
+    name with the ranks, the items scored, the accuracy at 100% and at ``budget``, and the share kept (%).
+
+    ``runs``: {name: {"adapter": weights hash, "fingerprint": projections, "ranks": "uniform" | "adaptive",
+    "limit": the item limit as stored ('' for the whole split)}}. Per cell the newest row (the last in the file)
+    is used; a run without its uncompressed row or its row at ``budget`` is a KeyError naming it.
+    """
+    import pandas as pd
+
+    from ..lmeval.report import budget_label
+
+    def newest(run, **want):
+        found = [r for r in rows if r["adapter"] == run["adapter"] and str(r["limit"] or "") == str(run["limit"])
+                 and all(r[k] == v for k, v in want.items())]
+        return found[-1] if found else None
+
+    at_label = budget_label(budget)
+    lines = {}
+    for name, run in runs.items():
+        full = newest(run, projections=UNCOMPRESSED)
+        at = [r for r in rows if r["adapter"] == run["adapter"] and r["fingerprint"] == run["fingerprint"]
+              and r["budget"] == budget and str(r["limit"] or "") == str(run["limit"])
+              and r["ranks"].startswith(run["ranks"])]
+        if full is None or not at:
+            raise KeyError(f"run {name!r}: no {'uncompressed' if full is None else at_label} row for adapter "
+                           f"{run['adapter']} (limit {run['limit']!r}) in these rows")
+        lines[name] = {"ranks": run["ranks"], "items": int(at[-1]["items"]), "at 100%": full[metric],
+                       f"at {at_label}": at[-1][metric], f"kept at {at_label} (%)": 100 * at[-1][metric] / full[metric]}
+    return pd.DataFrame.from_dict(lines, orient="index")
