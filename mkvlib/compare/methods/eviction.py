@@ -1,8 +1,10 @@
 """Token eviction: ``streaming`` (StreamingLLM: attention sinks + the recent window) and ``snapkv`` (SnapKV).
 
 Why our own and not kvpress: kvpress 0.5.5 (the release on PyPI) pins ``transformers<5.3``; installing it would
-downgrade this project's transformers 5.24 (``pip install --dry-run kvpress`` would install transformers 5.2.0),
-so both methods are written here, as prompt compression applied once after the prefill, as kvpress does:
+downgrade this project's transformers 5.24 (``pip install --dry-run kvpress`` would install transformers 5.2.0).
+Imported without its pins beside transformers 5.24, its presses fail at the first forward (their attention hook
+reads ``kwargs["past_key_values"]``, which transformers 5.24 passes as ``cache``). So both methods are written
+here, as prompt compression applied once after the prefill, as kvpress does:
 
 - the prompt (S tokens) runs with its full cache; then each layer keeps ``kept = round(keep x S)`` tokens per KV
   head and drops the rest; tokens that come after the prompt are appended and never evicted;
