@@ -114,3 +114,57 @@ def test_task_text_corpora_render_prompt_and_answer(tmp_path, monkeypatch):
     path.write_text(json.dumps({"question": "Which?", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "C"}))
     with pytest.raises(ValueError, match="not an ARC row"):
         corpora.load_text("arc_easy-validation")
+
+
+def test_one_validation_of_budgets_ranks_schedules_and_allocations():
+    """geometry's checks return the plain value and name the field, what was wrong and what to give."""
+    from mkvlib.geometry import check_allocation, check_budget, check_budgets, check_rank, check_schedule
+
+    assert check_budget(1) == 1.0 and isinstance(check_budget(1), float) and check_budget(None, optional=True) is None
+    for bad in (0, 1.5, -0.5, True, "0.5", float("nan"), None):
+        with pytest.raises(ValueError, match=r"stop must be a fraction in \(0, 1\] \(e.g. 0.5 for 50%\)"):
+            check_budget(bad, "stop")
+    assert check_budgets("0.75, 0.5") == (0.75, 0.5) and check_budgets([1, 0.25]) == (1.0, 0.25)
+    for bad, msg in [("", "empty"), ([], "empty"), ("0.5,half", "comma-separated"), ([0.5, 2], r"not: \[2\]"),
+                     (0.5, "list of budgets")]:
+        with pytest.raises(ValueError, match=f"eval_budgets .*{msg}"):
+            check_budgets(bad, "eval_budgets")
+    assert check_rank(16, 16) == 16 and check_rank(0) == 0
+    for bad, d in [(17, 16), (-1, 16), (-1, None), (2.0, 16), (True, 16)]:
+        with pytest.raises(ValueError, match="key_rank must be a whole number"):
+            check_rank(bad, d, "key_rank")
+    assert check_schedule([16, 4]) == (4, 16) and check_schedule([16, 4], 16) == (4, 16)
+    with pytest.raises(ValueError, match=r"outside \[1, head_dim\]"):
+        check_schedule([0, 4])
+    with pytest.raises(ValueError, match=r"outside \[1, head_dim=16\]"):
+        check_schedule([4, 32], 16)
+    assert check_allocation("adaptive") == "adaptive"
+    with pytest.raises(ValueError, match="method 'm': allocation must be 'uniform' .* or 'adaptive'"):
+        check_allocation("greedy", "method 'm': allocation")
+
+
+def test_configuration_classes_validate_through_geometry():
+    """Every configuration class rejects a bad budget, rank or allocation with geometry's message."""
+    from mkvlib.bench import BenchConfig
+    from mkvlib.cache import HeadGroup
+    from mkvlib.lmeval.sweep import Method as SweepMethod
+    from mkvlib.lmeval.sweep import SweepConfig
+    from mkvlib.search import SearchConfig
+    from mkvlib.suite import Method
+    from mkvlib.training import TrainConfig
+
+    fraction = r"must be a fraction in \(0, 1\] \(e.g. 0.5 for 50%\)"
+    cases = [(lambda: BenchConfig(budget=0), "budget " + fraction),
+             (lambda: BenchConfig(allocation="greedy"), "allocation must be 'uniform'"),
+             (lambda: SearchConfig(stop_budget=1.5), "SearchConfig.stop_budget " + fraction + " or None"),
+             (lambda: SearchConfig(min_rank=-2), "SearchConfig.min_rank must be a whole number >= 0"),
+             (lambda: SweepConfig("out.csv", budgets=[0.5, 0]), r"budgets must be fractions in \(0, 1\]"),
+             (lambda: SweepConfig("out.csv", budgets=[]), "budgets is empty"),
+             (lambda: SweepMethod("m", "pca", "greedy"), "method 'm': allocation must be 'uniform'"),
+             (lambda: Method("m", "pca", "greedy"), "allocation must be 'uniform'"),
+             (lambda: HeadGroup((0, 1), -1, 4), "key_rank must be a whole number >= 0"),
+             (lambda: TrainConfig(eval_budgets=(0.0,)), r"TrainConfig.eval_budgets must be fractions in \(0, 1\]"),
+             (lambda: TrainConfig(schedule=[4, 4]), "repeats a rank")]
+    for make, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            make()

@@ -53,10 +53,9 @@ SFT_DEFAULTS = dict(steps="150 in stage 1, 100 in stage 2; 6 with MKV_FAST=1", b
 
 
 def _budgets(text):
-    try:
-        return [float(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise ValueError(f"--eval-budgets must be comma-separated fractions such as 0.75,0.5, not {text!r}") from None
+    from ..geometry import check_budgets
+
+    return list(check_budgets(text, "--eval-budgets"))
 
 
 def check_stage_args(args) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..geometry import check_budgets, check_schedule
+
 MIXED_PRECISION = ("auto", "no", "bf16")
 
 
@@ -59,10 +61,10 @@ class TrainConfig:
         need(self.kd_weight + self.lm_weight > 0, "kd_weight and lm_weight cannot both be 0")
         need(self.mixed_precision in MIXED_PRECISION,
              f"mixed_precision must be one of {MIXED_PRECISION}, not {self.mixed_precision!r}")
-        self.eval_budgets = tuple(float(b) for b in self.eval_budgets)
-        need(all(0 < b <= 1 for b in self.eval_budgets), f"eval_budgets must lie in (0, 1]: {self.eval_budgets}")
+        self.eval_budgets = check_budgets(self.eval_budgets, "TrainConfig.eval_budgets")
         if self.schedule is not None:
-            self.schedule = tuple(self.schedule)   # checked against head_dim by the RankSampler
+            check_schedule(self.schedule)          # and against head_dim by the RankSampler
+            self.schedule = tuple(self.schedule)
 
     @classmethod
     def fast(cls, **overrides) -> "TrainConfig":

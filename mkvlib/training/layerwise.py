@@ -337,6 +337,7 @@ class LayerwiseConfig:
         need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must lie in [0, 1], not {self.min_lr_ratio}")
         need(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
         if self.schedule is not None:
+            check_schedule(self.schedule)          # and against head_dim before the fits
             self.schedule = tuple(self.schedule)
 
     def to_dict(self) -> dict:
