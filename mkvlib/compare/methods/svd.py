@@ -16,6 +16,12 @@ is an orthogonal projection as in MatryoshkaKV (o = softmax(q k^T) h_V U_V[:, :r
 The cost is the reconstruction of every stored key at every step (B x G x S x d x r multiply-adds a layer),
 which Palu does in a fused kernel; fine for this bench.
 
+Being calibration-free, the basis treats every input direction x as equally likely: directions W_v maps weakly
+(small singular values) can still carry much of the values when the inputs concentrate there. On the embedded
+model the cut of the values costs far more than the cut of the keys, and far more than ``pca`` (which sees the
+real statistics) at the same rank. Palu's whitened variant would need calibration text, which this method is
+defined without.
+
 Bytes: per token sum over (l, g) of (r_K + r_V) x element size (the stored latents), as for ``pca``; fixed: the
 truncated bases U_K[:, :r], U_V[:, :r] (and zero value means) the cache holds. Ranks are uniform, round(b x d).
 Refused: models whose keys are normalised after k_proj (k_norm: the SVD of W_k no longer spans the keys),
