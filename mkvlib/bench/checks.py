@@ -9,11 +9,12 @@ def simulated_gap(model, projections, ranks, ids: torch.Tensor, split: int) -> f
     """Max |logit difference| between the compressed cache (prefill ``split`` tokens, then one token a step) and
     the simulated path of :func:`mkvlib.compress.attach` on the same ids (B, T)."""
     from ..cache import CompressedCache
+    from ..compat import cache_kwargs
     from ..compress import attach
 
     with attach(model, projections, ranks):
         expected = model(ids).logits
     past = CompressedCache(model, projections, ranks)
-    got = [model(ids[:, :split], past_key_values=past).logits]
-    got += [model(ids[:, t:t + 1], past_key_values=past).logits for t in range(split, ids.shape[1])]
+    got = [model(ids[:, :split], **cache_kwargs(past)).logits]
+    got += [model(ids[:, t:t + 1], **cache_kwargs(past)).logits for t in range(split, ids.shape[1])]
     return float((torch.cat(got, 1) - expected).abs().max())

@@ -5,6 +5,7 @@ import time
 
 import torch
 
+from ..compat import cache_kwargs
 from .caches import fill_from, make_cache, synthetic_source
 
 
@@ -20,7 +21,7 @@ def prompt_ids(tokenizer, batch: int, context: int, corpus: str | None = None) -
 def prefill(model, ids: torch.Tensor, cache, chunk: int) -> torch.Tensor:
     """Run the prompt (B, S) through the model ``chunk`` tokens at a time; returns the greedy next ids (B, 1)."""
     for start in range(0, ids.shape[1], chunk):
-        logits = model(ids[:, start:start + chunk], past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = model(ids[:, start:start + chunk], **cache_kwargs(cache), use_cache=True, logits_to_keep=1).logits
     return logits[:, -1:].argmax(-1)
 
 
@@ -29,7 +30,7 @@ def decode(model, next_ids: torch.Tensor, cache, steps: int) -> torch.Tensor:
     """``steps`` greedy decode steps from ``next_ids`` (B, 1); returns the generated ids (B, steps)."""
     out = []
     for _ in range(steps):
-        next_ids = model(next_ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        next_ids = model(next_ids, **cache_kwargs(cache), use_cache=True).logits[:, -1:].argmax(-1)
         out.append(next_ids)
     return torch.cat(out, 1)
 
