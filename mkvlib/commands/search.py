@@ -25,6 +25,9 @@ def register(sub) -> None:
                    help="score steps by KL + W * calibration NLL change (default 0: KL alone, the paper's search)")
     p.add_argument("--max-spread", type=int, default=None,
                    help="keep the highest and lowest rank within this many of each other (default: no limit)")
+    p.add_argument("--recall-span", type=int, default=None,
+                   help="make each calibration block's last N tokens repeat a span from its start, so that breaking "
+                        "long-range lookup costs KL (default 0: blocks as they are); needs --seq-len >= 2N")
     p.add_argument("--eval-corpus", default=None, help="held-out text for the precomputed readout "
                    "(default wikitext2 test with MKV_DATA_DIR, else pydoc-test)")
     p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default 2048; 512 fast)")
@@ -45,7 +48,7 @@ def config_from_args(args):
                                    strategy=args.strategy, seq_len=args.seq_len, tokens=args.tokens,
                                    batch_size=args.batch_size, corpus=args.corpus,
                                    nll_weight=args.nll_weight,
-                                   max_spread=args.max_spread).items() if v is not None}
+                                   max_spread=args.max_spread, recall_span=args.recall_span).items() if v is not None}
     if args.proxy_refresh is not None:
         given["proxy_refresh"] = args.proxy_refresh
     return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance, **given)

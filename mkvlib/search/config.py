@@ -33,6 +33,9 @@ class SearchConfig:
       after which the highest and the lowest rank (over all entries, keys and values) differ by at most s, so
       the allocation stays near uniform and the search only decides which entries lead and which lag.
     tokens, seq_len, corpus: calibration text (never the evaluation split). batch_size: blocks per forward pass.
+    recall_span: 0 calibrates on the blocks as they are; n > 0 makes each block's last n tokens repeat a span
+      from near its start (:func:`mkvlib.recall.recall_blocks`), so that steps which break long-range lookup
+      (and with it retrieval) cost KL.
     """
     step: int = 8
     min_rank: int = 8
@@ -48,6 +51,7 @@ class SearchConfig:
     seq_len: int = 256
     corpus: str | None = None
     batch_size: int = 4
+    recall_span: int = 0
 
     def __post_init__(self):
         for name in ("step", "batched", "tokens", "seq_len", "batch_size"):
@@ -57,6 +61,11 @@ class SearchConfig:
         check_rank(self.min_rank, what="SearchConfig.min_rank")
         if not isinstance(self.proxy_refresh, int) or self.proxy_refresh < 0:
             raise ValueError(f"SearchConfig.proxy_refresh must be an integer >= 0, not {self.proxy_refresh!r}")
+        if not isinstance(self.recall_span, int) or isinstance(self.recall_span, bool) or self.recall_span < 0:
+            raise ValueError(f"SearchConfig.recall_span must be an integer >= 0 (tokens), not {self.recall_span!r}")
+        if 2 * self.recall_span > self.seq_len:
+            raise ValueError(f"SearchConfig.recall_span {self.recall_span} does not fit twice in seq_len "
+                             f"{self.seq_len}: use longer blocks or a shorter span")
         if not isinstance(self.shortlist, int) or self.shortlist < 0:
             raise ValueError(f"SearchConfig.shortlist must be an integer >= 0, not {self.shortlist!r}")
         if isinstance(self.nll_weight, bool) or not isinstance(self.nll_weight, (int, float)) or not self.nll_weight >= 0:

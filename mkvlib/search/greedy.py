@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..geometry import KVGeometry, budget_of, uniform_ranks
 from ..projections import resolve_projections
+from ..recall import recall_blocks
 from .config import SearchConfig
 from .rules import Rules, next_ranks, rank_path
 from .scoring import calibration_scorer
@@ -85,6 +86,8 @@ def greedy_search(model, projections, blocks: torch.Tensor, config: SearchConfig
     geom = KVGeometry.of(model)
     config.check_head_dim(geom.head_dim)
     projections = resolve_projections(projections, model)
+    if config.recall_span:
+        blocks = recall_blocks(blocks, config.recall_span)
     rules, stop, start = Rules.of(config, geom), stop_budget(config, geom.head_dim), time.time()
     total = int(round((1 - stop) * geom.head_dim * len(rules.entries) / config.step))
     with calibration_scorer(model, projections, blocks, config.batch_size, config.nll_weight) as scorer:

@@ -1,0 +1,51 @@
+"""Recall blocks: calibration text that asks attention to find something far back.
+
+Ordinary calibration blocks are judged position by position on text whose next token mostly depends on the last
+few hundred tokens, so a rank search calibrated on them learns nothing about long-range lookup: it strips the
+dimensions that carry a token's identity across thousands of positions (the early layers' values, in practice),
+and passkey retrieval breaks although perplexity barely moves. A *recall block* is an ordinary block of training
+text whose last ``span`` tokens repeat, verbatim, a span from near its start: to predict the repeat the model must
+find the earlier copy and carry its tokens over, the mechanism every retrieval task relies on. The KL to the
+uncompressed model on such blocks therefore rises when a compression breaks lookup.
+
+The text is the calibration mixture itself (never the evaluation suite, never a benchmark's items), so nothing
+here is fitted to the passkey prompts it is judged on; only the block's layout changes.
+
+    blocks = token_blocks(tokenizer, "books,stackexchange", 1024, 4096)       # (4, 1024)
+    recall = recall_blocks(blocks, span=128)                                # same shape, tails repeat early spans
+"""
+from __future__ import annotations
+
+import torch
+
+
+def recall_blocks(blocks: torch.Tensor, span: int, seed: int = 0, start_fraction: float = 0.25) -> torch.Tensor:
+    """Blocks (B, S) whose last ``span`` tokens copy the ``span`` tokens starting at a seeded position in the
+    first ``start_fraction`` of the same block (so the copy lies at least S - span - S * start_fraction tokens
+    after its source).
+
+    The input is not modified. ``span`` must leave room: 1 <= span and 2 * span + S * start_fraction <= S.
+    """
+    if blocks.ndim != 2:
+        raise ValueError(f"recall_blocks takes token blocks of shape (B, S), not {tuple(blocks.shape)}")
+    n, seq = blocks.shape
+    if not isinstance(span, int) or isinstance(span, bool) or span < 1:
+        raise ValueError(f"span must be a positive number of tokens, not {span!r}")
+    if not 0 <= start_fraction < 1:
+        raise ValueError(f"start_fraction must be in [0, 1), not {start_fraction!r}")
+    latest = int(seq * start_fraction)
+    if 2 * span + latest > seq:
+        raise ValueError(f"a recall span of {span} tokens does not fit twice in blocks of {seq} tokens (with its "
+                         f"source in the first {start_fraction:.0%}): use a span of at most "
+                         f"{max((seq - latest) // 2, 0)} or longer blocks")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, latest + 1, (n,), generator=gen)
+    out = blocks.clone()
+    for row, start in enumerate(starts.tolist()):
+        out[row, seq - span:] = blocks[row, start:start + span]
+    return out
+
+
+def recall_positions(seq_len: int, span: int) -> slice:
+    """The positions of a recall block whose next token is a repeat (for reading the KL there alone)."""
+    return slice(seq_len - span, seq_len - 1)
