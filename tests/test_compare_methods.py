@@ -12,6 +12,7 @@ from mkvlib.compare.methods.composed import dequantize, quantize
 from mkvlib.compare.methods.eviction import kept_tokens
 from mkvlib.compare.methods.quant import held_bytes, quantized_bytes
 from mkvlib.compare.methods.svd import weight_bases
+from mkvlib.compat import cache_kwargs
 from mkvlib.geometry import KVGeometry
 from mkvlib.models import tiny_model
 
@@ -193,7 +194,7 @@ def test_snapkv_keeps_the_window_and_its_budget_per_head(model, tokens):
 
     source = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(tokens[:, :PREFIX], cache=source)
+        model(tokens[:, :PREFIX], **cache_kwargs(source))
     method = get_method("snapkv", window=3, kernel=3, keep=(0.5,))
     with method.runner(model, method.settings(model)[0]) as run:
         run.score(tokens[:, :PREFIX], tokens[:, :1])
@@ -247,7 +248,7 @@ def test_think_keeps_the_top_scored_channels_of_the_prompt_keys(tokens):
     model = tiny_model("llama", heads=4, kv_heads=2)
     source = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(tokens[:, :PREFIX], cache=source)
+        model(tokens[:, :PREFIX], **cache_kwargs(source))
     method = get_method("think", keep=(0.5,), window=4)
     with method.runner(model, method.settings(model)[0]) as run:
         run.score(tokens[:, :PREFIX], tokens[:, PREFIX:])
@@ -342,3 +343,11 @@ def test_adaptive_ranks_come_from_the_trajectory_down_to_its_floor(tokens):
     assert {s.get("budget") for s in composed.settings(model)} == {0.5}
     floorless = get_method("matryoshka", projections=proj, trajectory=traj, budgets=(0.125,))
     assert "floor" in floorless.unsupported(model)
+
+
+def test_a_context_must_be_positive():
+    model = tiny_model("llama", heads=4, kv_heads=2)
+    for name in ("streaming", "quant"):
+        method = get_method(name)
+        with pytest.raises(ValueError, match="context"):
+            method.bytes(model, method.settings(model)[0], 0)

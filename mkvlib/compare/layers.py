@@ -1,23 +1,17 @@
-"""Shared machinery of the bench's own caches: a runner over a cache factory, the attention they use, and checks.
+"""Shared machinery of the bench's own caches: a runner over a cache factory, layer types, option checks.
 
-The bench's own cache layers (token eviction, ThinK, the SVD-of-weights latent cache, the quantized reduced
-cache) hand a :class:`mkvlib.cache.ReducedKV` to the attention override of :mod:`mkvlib.cache`, which calls the
-layer's ``attend(query, attention_mask, scaling)``. Such a layer carries ``layer_idx`` and ``module_id`` (the id
-of the attention module it serves) like :class:`mkvlib.cache.CompressedLayer`.
-
-Layers that store fewer tokens than they have seen, or tensors the model's mask was not built for, ignore the
-model's mask and apply :func:`offset_causal_attention`: the T new queries see every stored token before them and
-the new tokens causally. They serve unpadded batches only (the :class:`~mkvlib.compare.base.Runner` protocol).
+The bench's own cache layers (token eviction, ThinK, the pre-RoPE SVD latents, the quantized reduced cache) are
+subclasses of :class:`mkvlib.cache.CompressedLayer`: they hand a :class:`mkvlib.cache.ReducedKV` to the attention
+override of :mod:`mkvlib.cache`, which calls the layer's ``attend(query, attention_mask, scaling)``. A layer that
+stores fewer tokens than it has seen ignores the model's mask (built for every token seen) and attends causally
+over the new tokens and to every stored token before them; such layers serve unpadded batches only, which is
+what the :class:`~mkvlib.compare.base.Runner` protocol sends.
 """
 from __future__ import annotations
 
 import contextlib
 
-import torch
-import torch.nn.functional as F
-
 from .. import cache as cache_module
-from ..attention import attention_modules
 from .base import Runner
 
 
@@ -44,11 +38,6 @@ def cache_runner(model, factory):
             cache_module.disable(model)
 
 
-def module_ids(model) -> list[int]:
-    """id() of each attention module, by layer (what a bench cache layer checks its calls against)."""
-    return [id(m) for m in attention_modules(model)]
-
-
 def layer_types(model) -> list[str]:
     """The model's attention layer types ('full_attention', 'sliding_attention', ...), one per layer."""
     config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
@@ -70,34 +59,16 @@ def sliding_reason(model, method: str) -> str | None:
     return None
 
 
-def offset_causal_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                            scaling: float) -> torch.Tensor:
-    """query (B, H, T, dk), keys (B, G, S, dk), values (B, G, S, dv) with S >= T, the last T stored tokens being
-    the queries' own -> output (B, T, H, dv). Query i sees the S - T earlier tokens and new tokens 0..i."""
-    B, H, T, _ = query.shape
-    S = keys.shape[2]
-    mask = None
-    if T > 1:
-        mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
-    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling,
-                                         enable_gqa=H != keys.shape[1])
-    return out.transpose(1, 2)
-
-
-def window_attention_weights(query: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Softmax attention weights (B, H, w, S) of the last w queries (B, H, w, dk) of a prompt over its S keys
-    (B, G, S, dk), causal (query i is the prompt's token S - w + i)."""
-    B, H, w, _ = query.shape
-    G, S = keys.shape[1], keys.shape[2]
-    expanded = keys.repeat_interleave(H // G, dim=1)                               # (B, H, S, dk)
-    logits = torch.einsum("bhtd,bhsd->bhts", query.float(), expanded.float()) * scaling
-    mask = torch.ones(w, S, dtype=torch.bool, device=query.device).tril(S - w)
-    return logits.masked_fill(~mask, float("-inf")).softmax(-1)
-
-
 def element_size(model) -> int:
     """Bytes of one element of the model's dtype (the dtype its caches store)."""
     return next(model.parameters()).element_size()
+
+
+def check_context(context) -> int:
+    """A context of at least one token (bytes per token are amortised over it)."""
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ValueError(f"context must be a positive number of tokens, not {context!r}")
+    return context
 
 
 def check_choice(name: str, value, choices) -> None:

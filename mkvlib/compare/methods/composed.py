@@ -11,7 +11,7 @@ rank coordinates (the last group may be shorter), asymmetric min-max: q = round(
 Attention dequantizes exactly what is stored (q x scale + min with the stored, rounded scale and min) and then
 runs the reduced attention of :class:`mkvlib.cache.CompressedLayer`. Quantizing per token (not per channel as
 KIVI does for keys) keeps every token's bytes final when it is written, with no full-precision residual. At 50%
-with 4 bits the integers are 1/8 of the full cache's bytes; the scales add the rest, all counted.
+with 4 bits the integers are 1/8 of a 16-bit cache's bytes; the scales add the rest, all counted.
 
 ``streaming+matryoshka``: StreamingLLM's eviction (:mod:`.eviction`) applied to the MatryoshkaKV cache: after the
 prefill each layer keeps the sinks and recent tokens of the prompt, at the reduced widths; bytes per token are
@@ -27,7 +27,7 @@ import torch
 from ...cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
 from ...geometry import KVGeometry
 from ..base import ByteReport, Setting, full_bytes_per_token, register
-from ..layers import cache_runner, check_fractions, element_size, sliding_reason
+from ..layers import cache_runner, check_context, check_fractions, element_size, sliding_reason
 from .eviction import EvictingCache, kept_tokens, streaming_selector
 from .projection import ProjectionMethod, projection_bytes
 
@@ -207,6 +207,7 @@ class StreamingMatryoshka(ProjectionMethod):
                 for b in self.available(model) for k in self.keep]
 
     def bytes(self, model, setting: Setting, context: int) -> ByteReport:
+        check_context(context)
         report = super().bytes(model, setting, context)
         kept = kept_tokens(context, setting.get("keep"))
         return ByteReport(report.per_token * kept / context, report.fixed, report.fraction * kept / context,

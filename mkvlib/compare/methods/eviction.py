@@ -34,7 +34,7 @@ from ...cache import CompressedCache, CompressedLayer, head_groups
 from ...geometry import KVGeometry
 from ...projections import Projections
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
-from ..layers import cache_runner, check_choice, check_fractions, sliding_reason
+from ..layers import cache_runner, check_choice, check_context, check_fractions, sliding_reason
 
 KEEP_RATIOS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 
@@ -182,6 +182,7 @@ class EvictionMethod(KVMethod):
         return ()
 
     def bytes(self, model, setting: Setting, context: int) -> ByteReport:
+        check_context(context)
         kept = kept_tokens(context, setting.get("keep"))
         full = full_bytes_per_token(model)
         return ByteReport(full * kept / context, 0, kept / context, context, {"kept_tokens": kept})

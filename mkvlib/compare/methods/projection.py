@@ -52,7 +52,7 @@ class ProjectionMethod(KVMethod):
 
     # --- projections and ranks ---------------------------------------------------------------------------------
     def resolved(self, model) -> Projections:
-        key = ("proj", id(model))
+        key = ("proj", id(model), getattr(model, "mkv_name", None))
         if key not in self._memo:
             self._memo[key] = resolve_projections(self.projections, model)
         return self._memo[key]
@@ -62,7 +62,7 @@ class ProjectionMethod(KVMethod):
         budget = float(setting.get("budget"))
         if self.allocation == "uniform":
             return resolve_ranks(budget, KVGeometry.of(model))
-        key = ("ranks", id(model), budget)
+        key = ("ranks", id(model), getattr(model, "mkv_name", None), budget)
         if key not in self._memo:
             from ...search import adaptive_ranks
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ...geometry import KVGeometry
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
-from ..layers import cache_runner, check_choice, element_size, layer_types
+from ..layers import cache_runner, check_choice, check_context, element_size, layer_types
 
 BITS = {"quanto": (2, 4), "hqq": (2, 4, 8)}
 PACKAGES = {"quanto": "optimum.quanto", "hqq": "hqq"}
@@ -106,6 +106,7 @@ class Quant(KVMethod):
                 for b in self.bits]
 
     def bytes(self, model, setting: Setting, context: int) -> ByteReport:
+        check_context(context)
         nbits, group = setting.get("nbits"), setting.get("group")
         residual = min(self.residual_length - 1, context)
         total = quantized_bytes(model, nbits, group, context - residual, residual)
