@@ -109,10 +109,11 @@ def test_write_keeps_rows_sharing_a_key(tmp_path):
     assert [r["acc"] for r in s.rows()] == ["1", "2"] and s.get(("a", 1, "t"))["acc"] == "2"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in RESULTS.glob("*.csv")))
+@pytest.mark.parametrize("name", sorted(p.name for pattern in ("lm_eval_*.csv", "lora_*.csv")
+                                        for p in RESULTS.glob(pattern)))
 def test_committed_result_files_fit_their_schema_unchanged(name, tmp_path):
-    """Every committed results CSV reads through its table's store, and rewriting its rows gives the same bytes:
-    the store changed no format and no value."""
+    """Every committed lm-eval sweep and LoRA accuracy CSV reads through its table's store, and rewriting its rows
+    gives the same bytes: the store changed no format and no value."""
     from mkvlib.lmeval.sweep import results_store as sweep_store
     from mkvlib.lora.accuracy import results_store as lora_store
 
