@@ -11,8 +11,6 @@ full-width cache's largest, so that every cache decodes the same work. Results g
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from . import clock
@@ -69,14 +67,12 @@ def measure(ctx, factory, batch: int, context: int, new_tokens: int) -> dict:
         cache = factory()
         synthetic_fill(cache, model, batch, context, ctx.config.seed)
         ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        with warnings.catch_warnings():        # past_key_values: the name transformers 5.x before 5.2x knows
-            warnings.simplefilter("ignore", FutureWarning)
-            ids = decode(model, ids, cache, 1)[:, -1:]               # warm-up step
-            synchronize(device)
-            start = clock.now()
-            decode(model, ids, cache, new_tokens)
-            synchronize(device)
-            seconds = clock.now() - start
+        ids = decode(model, ids, cache, 1)[:, -1:]               # warm-up step
+        synchronize(device)
+        start = clock.now()
+        decode(model, ids, cache, new_tokens)
+        synchronize(device)
+        seconds = clock.now() - start
         out = {"batch": batch, "decode_tokens_per_s": batch * new_tokens / seconds, "cache_bytes": held_bytes(cache)}
         out["peak_memory_bytes"] = torch.cuda.max_memory_allocated() - before if cuda else out["cache_bytes"]
         return out
