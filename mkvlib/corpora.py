@@ -159,27 +159,33 @@ def split_documents(docs, part: str, fraction: float = HELDOUT_FRACTION) -> list
 def _parse_jsonl(path: Path, field: str | None, render: str | None) -> tuple[str, ...]:
     """The rows of a .jsonl file as documents (see :func:`read_text_file`)."""
     docs = []
+    for line_no, row in jsonl_rows(path):
+        if render is not None:
+            docs.append(RENDERERS[render](row))
+            continue
+        if field not in row and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
+            docs.append(row["prompt"] + row["response"])
+            continue
+        key = field if field in row else next((k for k in ("text", "page", "content") if k in row), None)
+        if key is None:
+            key = next((k for k, v in row.items() if isinstance(v, str)), None)
+        if key is None:
+            raise ValueError(f"{path}:{line_no} has no text field; expected 'text' or 'page'")
+        docs.append(row[key])
+    return tuple(docs)
+
+
+def jsonl_rows(path: Path):
+    """(line number from 1, parsed row) for each non-blank line of a JSON-lines file, in file order; a line that
+    is not valid JSON raises ValueError naming the file and line."""
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield line_no, json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{line_no} is not valid JSON ({err})") from None
-            if render is not None:
-                docs.append(RENDERERS[render](row))
-                continue
-            if field not in row and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
-                docs.append(row["prompt"] + row["response"])
-                continue
-            key = field if field in row else next((k for k in ("text", "page", "content") if k in row), None)
-            if key is None:
-                key = next((k for k, v in row.items() if isinstance(v, str)), None)
-            if key is None:
-                raise ValueError(f"{path}:{line_no} has no text field; expected 'text' or 'page'")
-            docs.append(row[key])
-    return tuple(docs)
 
 
 def pydoc_text(part: str) -> str:

@@ -12,12 +12,12 @@ import time
 
 import torch
 
-from .geometry import budget_of, check_budget, split_budgets
+from .geometry import budget_of, check_allocation, check_budget, split_budgets
 from .search.figures import RankView
 from .search.quality import uniform_ranks_at
 from .search.trajectory import Trajectory
 
-ALLOCATIONS = ("adaptive", "uniform")
+ALLOCATIONS = ("adaptive", "uniform")          # geometry.ALLOCATIONS in the order the toggle shows them
 KV_SPLITS = {"as searched (pooled)": None, "K = V": 0.5, "K 62.5% / V 37.5%": 0.625, "K 37.5% / V 62.5%": 0.375}
 
 
@@ -34,8 +34,7 @@ def split_budget(budget: float, key_share: float) -> tuple[float, float]:
 def explorer_ranks(trajectory: Trajectory, allocation: str, budget: float, key_share: float | None = None):
     """Ranks (L, G, 2) at ``budget``: a prefix of the trajectory ('adaptive') or uniform ranks, pooled or with
     keys given ``key_share`` of the budget. Budgets below the trajectory's floor are raised to the floor."""
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
+    check_allocation(allocation)
     budget = max(float(budget), trajectory.final_budget)
     if allocation == "adaptive":
         if key_share is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..corpora import arc_item, data_dir
+from ..corpora import arc_item, data_dir, jsonl_rows
 
 EVAL_SPLITS = {("arc_easy", "test")}            # what notebook 06 reports: never trained on
 
@@ -54,16 +54,10 @@ def instruction_examples(path, limit: int | None = None) -> list[Example]:
     if not path.is_file():
         raise FileNotFoundError(f"no instruction file at {path}")
     out = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {i + 1}: not JSON ({err})") from None
+    for line_no, row in jsonl_rows(path):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(
                 row.get("response"), str):
-            raise ValueError(f"{path}, line {i + 1}: each row needs string fields 'prompt' and 'response'")
+            raise ValueError(f"{path}:{line_no}: each row needs string fields 'prompt' and 'response'")
         out.append(Example(row["prompt"], row["response"]))
     if not out:
         raise ValueError(f"{path} holds no examples")
