@@ -52,24 +52,30 @@ def _summary(data: Data, name: str):
     return (path, read_json(path)) if path.is_file() else (None, None)
 
 
+SUMMARIES = ("compare.json", "compare_4k.json")    # the main table, then the same methods at longer contexts
+
+
 @section("compare", "Where the bytes go: every method at matched bytes", "results/compare.json",
-         "results/compare_items.csv")
+         "results/compare_items.csv", "results/compare_4k.json", "results/compare_4k_items.csv")
 def compare(data: Data) -> str | None:
-    path, rec = _summary(data, "compare.json")
-    if rec is None:
-        return None
-    ceiling = "; ".join(f"{t} " + ", ".join(f"{pct(a, 0)} at {int(n):,}" for n, a in sorted(by.items(),
-                        key=lambda x: int(x[0]))) for t, by in rec["ceiling"].items())
-    note = (f"{rec['model']}; {rec['n']} items per task and length, seed {rec['seed']}; each method at its setting "
-            f"nearest to each fraction of the uncompressed cache's bytes per token (all stored bytes counted: "
-            f"scales, residual buffers; projection matrices are a fixed cost, not per token). ppl: perplexity ratio "
-            f"/ KL to the uncompressed model on the last {rec['target_tokens']} tokens of held-out blocks (the rest "
-            f"is the stored prefix); retrieval: exact-match answers, correct / items. Uncompressed accuracy (the "
-            f"ceiling): {ceiling}. A task whose ceiling is below {pct(rec['cannot_do_below'], 0)} is flagged "
-            "(the model cannot do it) and left out of averages.")
-    parts = [source_line(data, path, data.results / rec.get("items_file", "compare_items.csv")), note,
-             compare_table(rec), status_lines(rec), commands_line([rec.get("command")])]
-    return "\n\n".join(p for p in parts if p)
+    parts = []
+    for name in SUMMARIES:
+        path, rec = _summary(data, name)
+        if rec is None:
+            continue
+        ceiling = "; ".join(f"{t} " + ", ".join(f"{pct(a, 0)} at {int(n):,}" for n, a in sorted(
+            by.items(), key=lambda x: int(x[0]))) for t, by in rec["ceiling"].items())
+        note = (f"{rec['model']}; {', '.join(f'{n:,}' for n in rec['lengths'])} tokens, {rec['n']} items per task "
+                f"and length, seed {rec['seed']}; each method at its setting nearest to each fraction of the "
+                "uncompressed cache's bytes per token (all stored bytes counted: scales, residual buffers; "
+                "projection matrices are a fixed cost, not per token). ppl: perplexity ratio / KL to the "
+                f"uncompressed model on the last {rec['target_tokens']} tokens of held-out blocks (the rest is the "
+                "stored prefix); retrieval: exact-match answers, correct / items. Uncompressed accuracy (the "
+                f"ceiling): {ceiling}. A task whose ceiling is below {pct(rec['cannot_do_below'], 0)} is flagged "
+                "(the model cannot do it) and left out of averages.")
+        parts += [source_line(data, path, data.results / rec.get("items_file", "compare_items.csv")), note,
+                  compare_table(rec), status_lines(rec), commands_line([rec.get("command")])]
+    return "\n\n".join(p for p in parts if p) or None
 
 
 @section("compare-passkey-4k", "Passkey retrieval at 4k tokens with half the features",
