@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 
 from .io import atomic_path, write_json
 from .runtime import cache_dir, pick
+from .training.config import check_counts, require
 
 # Openings that steer the samples across registers; the model writes the rest.
 PROMPTS = (
@@ -33,17 +35,21 @@ class SampleSettings:
     ``temperature`` and ``top_p``: nucleus sampling; ``batch``: samples generated at once; ``seed``."""
     tokens: int = 65536
     length: int = 1024
+    MIN_LENGTH: ClassVar[int] = 8              # shorter samples say too little about the model's text
     temperature: float = 1.0
     top_p: float = 0.95
     batch: int = 16
     seed: int = 0
 
     def __post_init__(self):
-        if self.length < 8 or self.tokens < self.length:
-            raise ValueError(f"SampleSettings: need length >= 8 and tokens >= length, not tokens={self.tokens}, "
-                             f"length={self.length}")
-        if not (self.temperature > 0 and 0 < self.top_p <= 1 and self.batch >= 1):
-            raise ValueError("SampleSettings: temperature must be > 0, top_p in (0, 1] and batch >= 1")
+        check_counts("SampleSettings", self, ("tokens", "length", "batch"), minimum=1)
+        check_counts("SampleSettings", self, ("seed",), minimum=0)
+        require("SampleSettings", self.length >= self.MIN_LENGTH and self.tokens >= self.length,
+                f"need length >= {self.MIN_LENGTH} and tokens >= length, not tokens={self.tokens}, "
+                f"length={self.length}")
+        require("SampleSettings", self.temperature > 0 and 0 < self.top_p <= 1,
+                f"temperature must be > 0 and top_p in (0, 1], not temperature={self.temperature}, "
+                f"top_p={self.top_p}")
 
     @classmethod
     def default(cls) -> "SampleSettings":

@@ -8,6 +8,21 @@ from ..geometry import check_budgets, check_schedule
 MIXED_PRECISION = ("auto", "no", "bf16")
 
 
+def require(owner: str, ok: bool, message: str) -> None:
+    """ValueError ``'<owner>: <message>'`` unless ``ok``: how a settings class reports a bad field."""
+    if not ok:
+        raise ValueError(f"{owner}: {message}")
+
+
+def check_counts(owner: str, settings, names, minimum: int) -> None:
+    """Each field of ``settings`` named in ``names`` must be a whole number (int, not bool) >= ``minimum``."""
+    kind = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer >= {minimum}")
+    for name in names:
+        value = getattr(settings, name)
+        require(owner, isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+                f"{name} must be {kind}, not {value!r}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that shapes a training run (the data and the initial projections are given separately).
@@ -43,15 +58,11 @@ class TrainConfig:
 
     def __post_init__(self):
         def need(cond, msg):
-            if not cond:
-                raise ValueError(f"TrainConfig: {msg}")
+            require("TrainConfig", cond, msg)
 
-        for name in ("steps", "batch_size", "grad_accum"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
-                 f"{name} must be a positive integer, not {getattr(self, name)!r}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
-                 f"{name} must be a non-negative integer, not {getattr(self, name)!r}")
+        check_counts("TrainConfig", self, ("steps", "batch_size", "grad_accum"), minimum=1)
+        check_counts("TrainConfig", self, ("warmup_steps", "eval_every", "checkpoint_every", "seed"),
+                     minimum=0)
         need(self.lr > 0, f"lr must be positive, not {self.lr}")
         need(self.extra_lr is None or self.extra_lr > 0, f"extra_lr must be positive, not {self.extra_lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay}")
