@@ -9,10 +9,7 @@ unless ``--out`` says otherwise. ``MKV_FAST=1`` makes it CI-sized (256 tokens, o
 """
 from __future__ import annotations
 
-import shlex
-import sys
-
-from .common import emit
+from .common import emit, invocation
 
 
 def register(sub) -> None:
@@ -72,8 +69,7 @@ def run(args) -> int:
     if out.suffix != ".json":
         raise ValueError(f"--out is a .json file (the items go beside it), not {str(out)!r}")
     model, tokenizer = load_model(args.model, device=args.device)
-    command = "mkv " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"] else None
-    result = run_compare(model, tokenizer, spec, out, progress=not args.json, command=command)
+    result = run_compare(model, tokenizer, spec, out, progress=not args.json, command=invocation())
     if args.json:
         emit(result, True)
         return 0
