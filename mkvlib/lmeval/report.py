@@ -177,25 +177,3 @@ def scratch_path(name: str = "lm_eval_live.csv") -> Path:
 
     return Path(tempfile.mkdtemp(prefix="mkv-lmeval-")) / name
 
-
-def write_summary(df: pd.DataFrame, path, **extra) -> Path:
-    """A JSON companion to the results CSV: what was run (items per task, limit, versions), the Table 1 rows,
-    the share kept at 50% and 37.5%, and any ``extra`` (e.g. commands, throughput). Written atomically."""
-    from ..io import write_json
-
-    table = table1(df)
-    kept = curves(df)
-    kept = kept[kept.task == AVERAGE]
-    obj = {"model": sorted(df.model.unique()), "tasks": sorted(df.task.unique()),
-           "items_per_task": {t: int(df[df.task == t]["items"].max()) for t in sorted(df.task.unique())},
-           "limit": sorted(df["limit"].astype(str).unique()), "lm_eval_version": sorted(df.lm_eval_version.unique()),
-           "cells": int(len(df)),
-           "table1": [{"budget": b, "method": m, **{k: (None if pd.isna(v) else float(v)) for k, v in row.items()}}
-                      for (b, m), row in table.iterrows()],
-           "average_kept": [{"method": r.method, "budget": float(r.budget), "average_acc": float(r.value),
-                             "kept_pct": round(100 * float(r.relative), 2),
-                             "kept_above_chance_pct": round(100 * float(r.above_chance), 2)}
-                            for r in kept.itertuples()],
-           **extra}
-    write_json(path, obj)
-    return Path(path)
