@@ -239,18 +239,10 @@ def run_compare(model, tokenizer, spec: CompareSpec, out, progress: bool = True,
     store = open_store(out)
     model_id = model_identity(model)
     cells, status = plan(model, spec)
-    items = {(t, n_tokens): make_items(t, tokenizer, n_tokens, spec.n, spec.seed)
-             for t in spec.tasks for n_tokens in spec.lengths}
     done = store.keys()
-    todo = [(cell, t, it) for cell in cells for t in spec.tasks for it in items[(t, cell.length)]
-            if store.key(_key(model_id, cell, t, spec.seed, it.index)) not in done]
-    unit = min(spec.lengths)
+    todo = _pending(store, done, model_id, cells, spec, tokenizer)
     if todo:
-        seconds = time_one_item(model, tokenizer, unit)
-        total = estimate([(t, cell.length) for cell, t, _ in todo], seconds, unit)
-        print(f"cost estimate: {len(todo)} items to run in {len({(c.spec, c.setting, c.length) for c, _, _ in todo})} "
-              f"cells, about {total / 60:.0f} min (one uncompressed item at {unit} tokens took {seconds:.1f} s); "
-              f"{len(done)} items already stored in {store.path}", file=log, flush=True)
+        _print_estimate(model, tokenizer, spec, todo, len(done), store.path, log)
     base_logp: dict = {}
     bar = tqdm(total=len(todo), desc="compare", disable=not progress, file=log)
     by_cell: dict = {}
@@ -259,25 +251,7 @@ def run_compare(model, tokenizer, spec: CompareSpec, out, progress: bool = True,
     for cell, work in by_cell.values():
         bar.set_postfix_str(f"{cell.spec} {cell.setting.label} @ {cell.length}")
         try:
-            if cell.spec != BASELINE:    # uncompressed scores first, outside the method's runner
-                for t, it in work:
-                    if t == "ppl":
-                        _base_logp(model, it, base_logp)
-            with cell.method.runner(model, cell.setting) as run:
-                for t, it in work:
-                    start = time.perf_counter()
-                    if t == "ppl" and cell.spec == BASELINE:
-                        result, base_logp[(it.length, it.index)] = ppl_result(run, it, None)
-                    elif t == "ppl":
-                        result, _ = ppl_result(run, it, base_logp[(it.length, it.index)])
-                    else:
-                        result = retrieval_result(run, it, tokenizer)
-                    row = dict(_key(model_id, cell, t, spec.seed, it.index), label=cell.setting.label,
-                               axis=cell.method.axis, fraction=round(cell.report.fraction, 6),
-                               bytes_per_token=round(cell.report.per_token, 3), fixed_bytes=cell.report.fixed,
-                               seconds=round(time.perf_counter() - start, 2), **result)
-                    store.add(row)
-                    bar.update(1)
+            _run_cell(model, tokenizer, cell, work, spec, model_id, store, base_logp, bar)
         except Exception as err:  # noqa: BLE001 - one failing method is a row, the run goes on
             status.append({"method": cell.spec, "axis": cell.method.axis, "status": "failed", "length": cell.length,
                            "setting": cell.setting.label, "note": f"{type(err).__name__}: {err}"})
@@ -290,6 +264,50 @@ def run_compare(model, tokenizer, spec: CompareSpec, out, progress: bool = True,
                                                                                       time.gmtime()))
     write_json(out, result)
     return result
+
+
+def _pending(store, done: set, model_id: str, cells, spec: CompareSpec, tokenizer) -> list:
+    """The (cell, task, item) triples of ``spec`` whose keys are not among ``done`` (those stored in ``store``)."""
+    items = {(t, n_tokens): make_items(t, tokenizer, n_tokens, spec.n, spec.seed)
+             for t in spec.tasks for n_tokens in spec.lengths}
+    return [(cell, t, it) for cell in cells for t in spec.tasks for it in items[(t, cell.length)]
+            if store.key(_key(model_id, cell, t, spec.seed, it.index)) not in done]
+
+
+def _print_estimate(model, tokenizer, spec: CompareSpec, todo: list, stored: int, where, log) -> None:
+    """Time one uncompressed item at the shortest length and print what the remaining ``todo`` will cost."""
+    unit = min(spec.lengths)
+    seconds = time_one_item(model, tokenizer, unit)
+    total = estimate([(t, cell.length) for cell, t, _ in todo], seconds, unit)
+    print(f"cost estimate: {len(todo)} items to run in {len({(c.spec, c.setting, c.length) for c, _, _ in todo})} "
+          f"cells, about {total / 60:.0f} min (one uncompressed item at {unit} tokens took {seconds:.1f} s); "
+          f"{stored} items already stored in {where}", file=log, flush=True)
+
+
+def _run_cell(model, tokenizer, cell, work: list, spec: CompareSpec, model_id: str, store, base_logp: dict,
+              bar) -> None:
+    """Score every (task, item) of ``work`` under one cell's method and setting, adding a row per item to ``store``.
+    The uncompressed ppl log-probabilities are computed first (outside the method's runner) and kept in
+    ``base_logp``; the baseline cell stores its own there."""
+    if cell.spec != BASELINE:
+        for t, it in work:
+            if t == "ppl":
+                _base_logp(model, it, base_logp)
+    with cell.method.runner(model, cell.setting) as run:
+        for t, it in work:
+            start = time.perf_counter()
+            if t == "ppl" and cell.spec == BASELINE:
+                result, base_logp[(it.length, it.index)] = ppl_result(run, it, None)
+            elif t == "ppl":
+                result, _ = ppl_result(run, it, base_logp[(it.length, it.index)])
+            else:
+                result = retrieval_result(run, it, tokenizer)
+            row = dict(_key(model_id, cell, t, spec.seed, it.index), label=cell.setting.label,
+                       axis=cell.method.axis, fraction=round(cell.report.fraction, 6),
+                       bytes_per_token=round(cell.report.per_token, 3), fixed_bytes=cell.report.fixed,
+                       seconds=round(time.perf_counter() - start, 2), **result)
+            store.add(row)
+            bar.update(1)
 
 
 def _base_logp(model, item, memo: dict) -> torch.Tensor:
