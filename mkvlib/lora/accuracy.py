@@ -68,13 +68,9 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
     from tqdm.auto import tqdm
 
     from ..lmeval.sweep import ranks_digest
-    from ..search import Trajectory, adaptive_ranks
+    from ..search import adaptive_ranks
 
-    trajectories = {label: t if isinstance(t, Trajectory) else Trajectory.load(t)     # read each file once
-                    for label, t in (trajectories or {}).items()}
-    unknown = sorted(set(trajectories) - set(projections))
-    if unknown:
-        raise KeyError(f"trajectories given for {unknown}, which are not among the projections {list(projections)}")
+    trajectories = _read_trajectories(trajectories, projections)
     store = results_store(out) if out else None
     have = {store.key(r): r for r in read_rows(out)} if out else {}
     config = LMEvalConfig(tasks=[task], limit=limit, batch_size=batch_size)
@@ -92,19 +88,37 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
             rows.append({**have[store.key(row)], "projections": label})
             continue
         lm = lm or wrap(model, tokenizer, batch_size)
-        start = time.perf_counter()
-        if proj is None:
-            summary = run_lm_eval(model, tokenizer, config, lm=lm)
-        else:
-            with attach(model, proj, ranks=ranks):
-                summary = run_lm_eval(model, tokenizer, config, lm=lm)
-        res = summary["tasks"][task]
-        row.update(acc=res["acc"], acc_norm=res["acc_norm"], items=res["items"],
-                   seconds=round(time.perf_counter() - start, 1))
+        row.update(_score(model, tokenizer, config, task, lm, proj, ranks))
         rows.append(row)
         if out:
             store.add(row)
     return rows
+
+
+def _read_trajectories(trajectories: dict | None, projections: dict) -> dict:
+    """{label: Trajectory}, each given file read once; every label must be one of ``projections``."""
+    from ..search import Trajectory
+
+    trajectories = {label: t if isinstance(t, Trajectory) else Trajectory.load(t)
+                    for label, t in (trajectories or {}).items()}
+    unknown = sorted(set(trajectories) - set(projections))
+    if unknown:
+        raise KeyError(f"trajectories given for {unknown}, which are not among the projections {list(projections)}")
+    return trajectories
+
+
+def _score(model, tokenizer, config: LMEvalConfig, task: str, lm, proj, ranks) -> dict:
+    """Accuracy of ``model`` on ``task`` (the config's one task), with ``proj`` attached at ``ranks`` (uncompressed when
+    ``proj`` is None): {acc, acc_norm, items, seconds}."""
+    start = time.perf_counter()
+    if proj is None:
+        summary = run_lm_eval(model, tokenizer, config, lm=lm)
+    else:
+        with attach(model, proj, ranks=ranks):
+            summary = run_lm_eval(model, tokenizer, config, lm=lm)
+    res = summary["tasks"][task]
+    return dict(acc=res["acc"], acc_norm=res["acc_norm"], items=res["items"],
+                seconds=round(time.perf_counter() - start, 1))
 
 
 def baseline(rows: list[dict], label: str, metric: str = "acc") -> float:
