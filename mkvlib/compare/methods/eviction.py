@@ -119,26 +119,29 @@ class EvictingCache(CompressedCache):
         return self.layers[0].evicted
 
 
-def streaming_selector(keep: float, sinks: int):
-    """StreamingLLM: the first ``sinks`` tokens and the most recent ones, ``kept_tokens(S, keep)`` in all."""
+def evicting_selector(keep: float, choose):
+    """A selector for :class:`EvictingLayer`: None (keep everything) when ratio ``keep`` keeps all S stored
+    tokens, else ``choose(layer, query, scaling, S, kept)``, the index of the ``kept = kept_tokens(S, keep)``
+    positions to keep."""
     def select(layer: EvictingLayer, query, scaling):
         S = layer.length
         kept = kept_tokens(S, keep)
-        if kept >= S:
-            return None
+        return None if kept >= S else choose(layer, query, scaling, S, kept)
+    return select
+
+
+def streaming_selector(keep: float, sinks: int):
+    """StreamingLLM: the first ``sinks`` tokens and the most recent ones, ``kept_tokens(S, keep)`` in all."""
+    def choose(layer: EvictingLayer, query, scaling, S: int, kept: int):
         first = min(sinks, kept)
         index = torch.cat([torch.arange(first), torch.arange(S - (kept - first), S)])
         return index.expand(layer.batch_size, layer.kv_heads, kept)
-    return select
+    return evicting_selector(keep, choose)
 
 
 def snapkv_selector(keep: float, window: int, kernel: int, pooling: str):
     """SnapKV: the last ``window`` tokens plus the earlier tokens with the largest pooled window attention."""
-    def select(layer: EvictingLayer, query, scaling):
-        S = layer.length
-        kept = kept_tokens(S, keep)
-        if kept >= S:
-            return None
+    def choose(layer: EvictingLayer, query, scaling, S: int, kept: int):
         w = min(window, kept)
         scores = query.new_zeros(layer.batch_size, layer.kv_heads, S, dtype=torch.float32)
         for i, group in enumerate(layer.groups):
@@ -159,7 +162,7 @@ def snapkv_selector(keep: float, window: int, kernel: int, pooling: str):
         top = pooled.view_as(past).topk(kept - w, dim=-1).indices.sort(-1).values     # (B, G, kept - w)
         recent = torch.arange(S - w, S, device=top.device).expand(*top.shape[:2], w)
         return torch.cat([top, recent], -1)
-    return select
+    return evicting_selector(keep, choose)
 
 
 @dataclass(frozen=True)
