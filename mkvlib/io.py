@@ -62,6 +62,14 @@ def read_safetensors(path, unreadable: str = "it may be truncated") -> tuple[dic
         raise ValueError(f"{path} is not a readable safetensors file ({err}); {unreadable}") from None
 
 
+def existing_file(path: str | os.PathLike, what: str, hint: str = "") -> Path:
+    """``path`` as a Path, or FileNotFoundError 'no {what} at {path}{hint}' when it is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}{hint}")
+    return path
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()

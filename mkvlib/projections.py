@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from .geometry import KVGeometry
-from .io import atomic_path, read_safetensors
+from .io import atomic_path, existing_file, read_safetensors
 from .runtime import shipped_data_dir
 
 FORMAT = "mkv-projections/1"
@@ -97,9 +97,7 @@ class Projections:
 
     @classmethod
     def load(cls, path: str | Path) -> "Projections":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no projections file at {path}")
+        path = existing_file(path, "projections file")
         header, tensors = read_safetensors(path)
         if "mkv" not in header:
             raise ValueError(f"{path} has no MatryoshkaKV header: it was not written by mkvlib")

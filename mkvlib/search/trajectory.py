@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..geometry import K, V, check_budget
-from ..io import write_json
+from ..io import existing_file, write_json
 
 FORMAT = "mkv-trajectory/1"
 STEP_FIELDS = ("layer", "head", "kind", "rank", "kl", "budget")
@@ -176,9 +176,7 @@ class Trajectory:
 
     @classmethod
     def load(cls, path: str | Path) -> "Trajectory":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no trajectory file at {path}; make one with `mkv search --out {path}`")
+        path = existing_file(path, "trajectory file", f"; make one with `mkv search --out {Path(path)}`")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
