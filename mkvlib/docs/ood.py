@@ -108,3 +108,30 @@ def kl_by_position(data: Data) -> str | None:
     return "\n\n".join([source_line(data, path), note,
                         table(["method", "budget"] + [f"positions {b}" for b in bins], rows),
                         commands_line([rec.get("script")])])
+
+
+@section("recall-search", "A search calibrated on recall blocks: retrieval against out-of-domain KL",
+         "results/recall_search.json", lead=True)
+def recall_search(data: Data) -> str | None:
+    path = data.results / "recall_search.json"
+    if not path.is_file():
+        return None
+    rec = read_json(path)
+    methods = list(rec["trajectories"])
+    budgets = sorted({r["budget"] for r in rec["rows"]}, reverse=True)
+    cell = {(r["method"], r["budget"]): r for r in rec["rows"]}
+    keys = {(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]}
+    lengths = sorted({p["length"] for p in rec["passkey"]})
+    pk_budgets = sorted({p["budget"] for p in rec["passkey"]}, reverse=True)
+    headers = (["method"] + [f"{pct(b)}: OOD KL (in-domain)" for b in budgets]
+               + [f"passkey {n:,} at {pct(b)}" for n in lengths for b in pk_budgets])
+    rows = [[m] + [f"{num(cell[(m, b)]['ood_kl'], 3)} ({num(cell[(m, b)]['in_domain_kl'], 3)})" for b in budgets]
+            + [f"{keys[(m, b, n)]['correct']}/{keys[(m, b, n)]['n']}" if (m, b, n) in keys else "-"
+               for n in lengths for b in pk_budgets] for m in methods]
+    base = ", ".join(f"{v['correct']}/{v['n']} at {int(k):,} tokens" for k, v in sorted(rec["passkey_base"].items(),
+                                                                                    key=lambda kv: int(kv[0])))
+    note = (f"{rec['what']}. OOD: mean KL over {len(rec['domains'])} held-out domains, {rec['tokens_per_domain']:,} "
+            f"tokens each; passkey: exact match on the same prompts for every row, seed {rec['passkey_seed']} "
+            f"(uncompressed: {base}). {rec['note']}.")
+    return "\n\n".join([source_line(data, path), note, table(headers, rows),
+                        commands_line([rec["search_commands"]["recall"], rec["script"]])])
