@@ -19,25 +19,32 @@ from __future__ import annotations
 import torch
 
 
+def check_span(span: int, seq_len: int, start_fraction: float = 0.25) -> None:
+    """Raise ValueError unless ``span`` tokens fit twice in blocks of ``seq_len`` with the source in the first
+    ``start_fraction`` of the block: 1 <= span and 2 * span + seq_len * start_fraction <= seq_len."""
+    if not isinstance(span, int) or isinstance(span, bool) or span < 1:
+        raise ValueError(f"span must be a positive number of tokens, not {span!r}")
+    if not 0 <= start_fraction < 1:
+        raise ValueError(f"start_fraction must be in [0, 1), not {start_fraction!r}")
+    latest = int(seq_len * start_fraction)
+    if 2 * span + latest > seq_len:
+        raise ValueError(f"a recall span of {span} tokens does not fit twice in blocks of {seq_len} tokens (with its "
+                         f"source in the first {start_fraction:.0%}): use a span of at most "
+                         f"{max((seq_len - latest) // 2, 0)} or longer blocks")
+
+
 def recall_blocks(blocks: torch.Tensor, span: int, seed: int = 0, start_fraction: float = 0.25) -> torch.Tensor:
     """Blocks (B, S) whose last ``span`` tokens copy the ``span`` tokens starting at a seeded position in the
     first ``start_fraction`` of the same block (so the copy lies at least S - span - S * start_fraction tokens
     after its source).
 
-    The input is not modified. ``span`` must leave room: 1 <= span and 2 * span + S * start_fraction <= S.
+    The input is not modified. ``span`` must leave room (:func:`check_span`).
     """
     if blocks.ndim != 2:
         raise ValueError(f"recall_blocks takes token blocks of shape (B, S), not {tuple(blocks.shape)}")
     n, seq = blocks.shape
-    if not isinstance(span, int) or isinstance(span, bool) or span < 1:
-        raise ValueError(f"span must be a positive number of tokens, not {span!r}")
-    if not 0 <= start_fraction < 1:
-        raise ValueError(f"start_fraction must be in [0, 1), not {start_fraction!r}")
+    check_span(span, seq, start_fraction)
     latest = int(seq * start_fraction)
-    if 2 * span + latest > seq:
-        raise ValueError(f"a recall span of {span} tokens does not fit twice in blocks of {seq} tokens (with its "
-                         f"source in the first {start_fraction:.0%}): use a span of at most "
-                         f"{max((seq - latest) // 2, 0)} or longer blocks")
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, latest + 1, (n,), generator=gen)
     out = blocks.clone()
@@ -45,7 +52,3 @@ def recall_blocks(blocks: torch.Tensor, span: int, seed: int = 0, start_fraction
         out[row, seq - span:] = blocks[row, start:start + span]
     return out
 
-
-def recall_positions(seq_len: int, span: int) -> slice:
-    """The positions of a recall block whose next token is a repeat (for reading the KL there alone)."""
-    return slice(seq_len - span, seq_len - 1)

@@ -25,10 +25,13 @@ def test_bad_spans_are_refused_with_what_to_do(span, match):
         recall_blocks(torch.zeros(2, 64, dtype=torch.long), span=span)
 
 
-def test_search_config_checks_the_span_against_the_block_length():
-    assert SearchConfig(seq_len=256, tokens=256, recall_span=128).recall_span == 128
-    with pytest.raises(ValueError, match="does not fit twice"):
-        SearchConfig(seq_len=256, tokens=256, recall_span=129)
+def test_search_config_checks_the_span_as_recall_blocks_do():
+    # 256-token blocks: the source lies in the first 64 tokens, so at most (256 - 64) // 2 = 96 tokens fit twice
+    assert SearchConfig(seq_len=256, tokens=256, recall_span=96).recall_span == 96
+    recall_blocks(torch.zeros(1, 256, dtype=torch.long), span=96)          # what the configuration takes, runs
+    for span in (97, 128, 129):
+        with pytest.raises(ValueError, match="does not fit twice"):
+            SearchConfig(seq_len=256, tokens=256, recall_span=span)
     with pytest.raises(ValueError, match="recall_span"):
         SearchConfig(recall_span=-1)
 

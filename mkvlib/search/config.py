@@ -63,9 +63,13 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.proxy_refresh must be an integer >= 0, not {self.proxy_refresh!r}")
         if not isinstance(self.recall_span, int) or isinstance(self.recall_span, bool) or self.recall_span < 0:
             raise ValueError(f"SearchConfig.recall_span must be an integer >= 0 (tokens), not {self.recall_span!r}")
-        if 2 * self.recall_span > self.seq_len:
-            raise ValueError(f"SearchConfig.recall_span {self.recall_span} does not fit twice in seq_len "
-                             f"{self.seq_len}: use longer blocks or a shorter span")
+        if self.recall_span:
+            from ..recall import check_span
+
+            try:
+                check_span(self.recall_span, self.seq_len)
+            except ValueError as err:
+                raise ValueError(f"SearchConfig.recall_span: {err}") from None
         if not isinstance(self.shortlist, int) or self.shortlist < 0:
             raise ValueError(f"SearchConfig.shortlist must be an integer >= 0, not {self.shortlist!r}")
         if isinstance(self.nll_weight, bool) or not isinstance(self.nll_weight, (int, float)) or not self.nll_weight >= 0:
