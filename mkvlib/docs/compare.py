@@ -6,7 +6,7 @@ its command) and the per-item stores beside them (``compare*_items.csv``), which
 from __future__ import annotations
 
 from .markdown import DASH, num, pct, table
-from .records import Data, read_json
+from .records import Data
 from .results import commands_line, section, source_line
 
 
@@ -47,11 +47,6 @@ def status_lines(rec: dict) -> str:
     return "Not run:\n\n" + "\n".join(lines) if lines else ""
 
 
-def _summary(data: Data, name: str):
-    path = data.results / name
-    return (path, read_json(path)) if path.is_file() else (None, None)
-
-
 SUMMARIES = ("compare.json", "compare_4k.json")    # the main table, then the same methods at longer contexts
 
 
@@ -60,7 +55,7 @@ SUMMARIES = ("compare.json", "compare_4k.json")    # the main table, then the sa
 def compare(data: Data) -> str | None:
     parts = []
     for name in SUMMARIES:
-        path, rec = _summary(data, name)
+        path, rec = data.result(name)
         if rec is None:
             continue
         ceiling = "; ".join(f"{t} " + ", ".join(f"{pct(a, 0)} at {int(n):,}" for n, a in sorted(
@@ -81,7 +76,7 @@ def compare(data: Data) -> str | None:
 @section("compare-passkey-4k", "Passkey retrieval at 4k tokens with half the features",
          "results/compare_passkey4k.json", "results/compare_passkey4k_items.csv")
 def compare_passkey_4k(data: Data) -> str | None:
-    path, rec = _summary(data, "compare_passkey4k.json")
+    path, rec = data.result("compare_passkey4k.json")
     if rec is None:
         return None
     rows = []

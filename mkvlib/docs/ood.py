@@ -11,13 +11,8 @@ Files (written by the measurements recorded inside them):
 from __future__ import annotations
 
 from .markdown import num, pct, table
-from .records import Data, read_json
+from .records import Data
 from .results import commands_line, section, source_line
-
-
-def _suite(data: Data):
-    path = data.results / "ood_suite.json"
-    return (path, read_json(path)) if path.is_file() else (None, None)
 
 
 def _mean_rows(rec: dict, domain: str = "mean") -> dict:
@@ -28,7 +23,7 @@ def _mean_rows(rec: dict, domain: str = "mean") -> dict:
 @section("ood-suite", "Out of domain: perplexity ratio and KL to the uncompressed model", "results/ood_suite.json",
          lead=True)
 def ood_suite(data: Data) -> str | None:
-    path, rec = _suite(data)
+    path, rec = data.result("ood_suite.json")
     if rec is None:
         return None
     ood, ind = _mean_rows(rec), _mean_rows(rec, "in-domain")
@@ -47,7 +42,7 @@ def ood_suite(data: Data) -> str | None:
 
 @section("ood-suite-domains", "Out of domain at 50%, per domain", "results/ood_suite.json", lead=True)
 def ood_suite_domains(data: Data) -> str | None:
-    path, rec = _suite(data)
+    path, rec = data.result("ood_suite.json")
     if rec is None:
         return None
     methods = [x["label"] for x in rec["methods"]]
@@ -61,10 +56,9 @@ def ood_suite_domains(data: Data) -> str | None:
 
 @section("retrieval", "Passkey retrieval against budget", "results/retrieval.json", lead=True)
 def retrieval(data: Data) -> str | None:
-    path = data.results / "retrieval.json"
-    if not path.is_file():
+    path, rec = data.result("retrieval.json")
+    if rec is None:
         return None
-    rec = read_json(path)
     lengths, budgets = rec["lengths"], rec["budgets"]
     cell = {(r["method"], r["budget"], r["length"]): r for r in rec["rows"]}
     base = " ".join(f"{int(k):,} tokens: {pct(v, 0)}." for k, v in sorted(rec["base"].items(), key=lambda x: int(x[0])))
@@ -84,10 +78,9 @@ def retrieval(data: Data) -> str | None:
 @section("ood-routes", "Starting points and objectives: out-of-domain KL at 50% against CPU time",
          "results/ood_routes.json", lead=True)
 def ood_routes(data: Data) -> str | None:
-    path = data.results / "ood_routes.json"
-    if not path.is_file():
+    path, rec = data.result("ood_routes.json")
+    if rec is None:
         return None
-    rec = read_json(path)
     headers = ["route", "CPU minutes", "OOD KL at 50%", "OOD ppl x at 50%", "in-domain KL at 50%", "command"]
     rows = [[r["route"], num(r["cpu_minutes"], 1), num(r["ood_kl_50"], 3), num(r["ood_ppl_50"], 2),
              num(r["in_domain_kl_50"], 3) if r.get("in_domain_kl_50") is not None else "-",
@@ -97,10 +90,9 @@ def ood_routes(data: Data) -> str | None:
 
 @section("kl-by-position", "KL by position on long held-out text", "results/kl_by_position.json", lead=True)
 def kl_by_position(data: Data) -> str | None:
-    path = data.results / "kl_by_position.json"
-    if not path.is_file():
+    path, rec = data.result("kl_by_position.json")
+    if rec is None:
         return None
-    rec = read_json(path)
     bins = rec["rows"][0]["bins"]
     rows = [[r["method"], pct(r["budget"])] + [num(k, 3) for k in r["kl"]] for r in rec["rows"]]
     note = (f"{rec['corpus']}, {rec['blocks'][0]} block(s) of {rec['blocks'][1]:,} tokens: KL per token of the "
@@ -113,10 +105,9 @@ def kl_by_position(data: Data) -> str | None:
 @section("recall-search", "A search calibrated on recall blocks: retrieval against out-of-domain KL",
          "results/recall_search.json", lead=True)
 def recall_search(data: Data) -> str | None:
-    path = data.results / "recall_search.json"
-    if not path.is_file():
+    path, rec = data.result("recall_search.json")
+    if rec is None:
         return None
-    rec = read_json(path)
     methods = list(rec["trajectories"])
     budgets = sorted({r["budget"] for r in rec["rows"]}, reverse=True)
     cell = {(r["method"], r["budget"]): r for r in rec["rows"]}

@@ -54,6 +54,11 @@ class Data:
     def rel(self, path) -> str:
         return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
 
+    def result(self, name: str) -> tuple[Path | None, dict | None]:
+        """(path, record) of ``data/results/<name>`` (a JSON file), or (None, None) when it is not there."""
+        path = self.results / name
+        return (path, read_json(path)) if path.is_file() else (None, None)
+
     @cached_property
     def files(self) -> list[Path]:
         """Every artefact file, sorted (hidden files, temporary files and data/README.md left out)."""

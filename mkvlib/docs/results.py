@@ -519,10 +519,9 @@ def bench_decode(data: Data) -> str | None:
 
 @section("bench-memory", "Peak memory of one generate() call", "results/bench_memory*.json")
 def bench_memory(data: Data) -> str | None:
-    path = data.results / "bench_memory.json"
-    if not path.is_file():
+    path, obj = data.result("bench_memory.json")
+    if obj is None:
         return None
-    obj = read_json(path)
     rows = [[r["kind"], pct(r["budget"], None), r["batch"], r["context"], num(r["prefill_s"]),
              num(r["decode_tokens_per_s"], 3), mib(r["cache_bytes"]), mib(r["peak_memory_bytes"]),
              mib(r["model_memory_bytes"])] for r in obj["runs"]]
@@ -537,10 +536,9 @@ def bench_memory(data: Data) -> str | None:
 
 @section("bench-capacity", "What fits in a fixed memory limit", "results/bench_memory*.json")
 def bench_capacity(data: Data) -> str | None:
-    path = data.results / "bench_memory.json"
-    if not path.is_file():
+    path, obj = data.result("bench_memory.json")
+    if obj is None:
         return None
-    obj = read_json(path)
     models = [[kind, mib(m["fixed_bytes"]), mib(m["per_sequence_bytes"]), f"{m['bytes_per_token']:,.0f}"]
               for kind, m in obj["memory_models"].items()]
     capacity = dict(obj.get("capacity") or {})
@@ -604,10 +602,9 @@ def bench_cli(data: Data) -> str | None:
 
 @section("lm-eval-throughput", "Cost of evaluating through the compression wrapper", "results/lm_eval_throughput*.json")
 def lm_eval_throughput(data: Data) -> str | None:
-    path = data.results / "lm_eval_throughput.json"
-    if not path.is_file():
+    path, obj = data.result("lm_eval_throughput.json")
+    if obj is None:
         return None
-    obj = read_json(path)
     rows = [[kind, num(obj[f"{kind}_items_per_s"], 3), num(obj[f"{kind}_cpu_s_per_item"], 3)]
             for kind in ("plain", "wrapper")]
     summary = (f"{obj['task']}, {obj['items']} items, batch {obj['batch_size']}, {obj['repeats']} repeats; "
