@@ -27,7 +27,7 @@ def register(sub) -> None:
                    help="keep the highest and lowest rank within this many of each other (default: no limit)")
     p.add_argument("--recall-span", type=int, default=None,
                    help="make each calibration block's last N tokens repeat a span from its start, so that breaking "
-                        "long-range lookup costs KL (default 0: blocks as they are); needs --seq-len >= 2N")
+                        "long-range lookup costs KL (default 0: blocks as they are); needs 2N + seq-len/4 <= --seq-len")
     p.add_argument("--eval-corpus", default=None, help="held-out text for the precomputed readout "
                    "(default wikitext2 test with MKV_DATA_DIR, else pydoc-test)")
     p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default 2048; 512 fast)")
