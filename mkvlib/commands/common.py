@@ -1,6 +1,8 @@
 """Arguments and set-up shared by several subcommands."""
 from __future__ import annotations
 
+import atexit
+
 import json
 import platform
 import shlex
@@ -212,5 +214,14 @@ def launched_accelerator(cpu: bool | None = None):
     if cpu is None:
         cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     if PartialState(cpu=cpu).num_processes > 1:
-        return Accelerator(cpu=cpu)
+        accelerator = Accelerator(cpu=cpu)
+        atexit.register(_end_launch)
+        return accelerator
     return None
+
+
+def _end_launch() -> None:
+    """Tear the launch's process group down before the interpreter exits: left to the interpreter's shutdown, a
+    gloo group can abort the process (SIGABRT) once another rank has gone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
