@@ -8,7 +8,7 @@ import pytest
 from mkvlib.cli import main
 from mkvlib.compare import base
 from mkvlib.compare import run as crun
-from mkvlib.compare.base import ByteReport, KVMethod, Runner, Setting, full_bytes_per_token
+from mkvlib.compare.base import ByteReport, KVMethod, Runner, Setting, full_bytes_per_token, get_method
 from test_suite import CharTok
 
 LENGTH = 600
@@ -140,6 +140,13 @@ def test_parse_method_options():
         ("matryoshka", {"budgets": (0.5, 0.25), "projections": "pca"})
     with pytest.raises(ValueError, match="unknown method 'foo'"):
         crun.parse_method("foo")
+
+
+def test_one_budget_on_the_command_line_is_a_setting():
+    name, options = crun.parse_method("matryoshka:budgets=0.5:allocation=uniform")
+    assert get_method(name, **options).budgets == (0.5,)
+    with pytest.raises(ValueError, match="fraction in"):
+        get_method("pca", budgets=1.5)
     with pytest.raises(ValueError, match="name=value"):
         crun.parse_method("pca:uniform")
 

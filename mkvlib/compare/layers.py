@@ -77,8 +77,9 @@ def check_choice(name: str, value, choices) -> None:
 
 
 def check_fractions(name: str, values, allow_one: bool = True) -> tuple:
-    """A non-empty tuple of fractions in (0, 1], sorted from largest to smallest (least to most compressed)."""
-    values = tuple(values)
+    """A non-empty tuple of fractions in (0, 1], sorted from largest to smallest (least to most compressed); one
+    number alone is a tuple of one (``budgets=0.5`` on the command line)."""
+    values = (values,) if isinstance(values, (int, float)) and not isinstance(values, bool) else tuple(values)
     if not values:
         raise ValueError(f"{name} needs at least one value")
     for v in values:
