@@ -138,6 +138,8 @@ def test_parse_method_options():
         ("matryoshka", {"allocation": "uniform", "budgets": 0.5})
     assert crun.parse_method("matryoshka:budgets=0.5/0.25:projections=pca") == \
         ("matryoshka", {"budgets": (0.5, 0.25), "projections": "pca"})
+    assert crun.parse_method("matryoshka:trajectory=data/a/b.json:budgets=0.75/0.5") == \
+        ("matryoshka", {"trajectory": "data/a/b.json", "budgets": (0.75, 0.5)})
     with pytest.raises(ValueError, match="unknown method 'foo'"):
         crun.parse_method("foo")
 

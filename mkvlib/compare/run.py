@@ -68,7 +68,8 @@ class CompareSpec:
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """'matryoshka:allocation=uniform:budgets=0.5/0.25' -> ('matryoshka', {'allocation': 'uniform', 'budgets':
-    (0.5, 0.25)}): options after colons, numbers become numbers, values joined by '/' a tuple."""
+    (0.5, 0.25)}): options after colons, numbers become numbers, numbers joined by '/' a tuple; any other value
+    (a file path such as trajectory=data/x.json) stays text."""
     name, *opts = spec.split(":")
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r} in {spec!r}: choose from {', '.join(sorted(REGISTRY))}")
@@ -78,7 +79,9 @@ def parse_method(spec: str) -> tuple[str, dict]:
             raise ValueError(f"method options are name=value after a colon (matryoshka:allocation=uniform), "
                              f"not {o!r} in {spec!r}")
         k, v = o.split("=", 1)
-        options[k] = tuple(_value(x) for x in v.split("/")) if "/" in v else _value(v)
+        parts = [_value(x) for x in v.split("/")]
+        numbers = len(parts) > 1 and all(isinstance(x, (int, float)) for x in parts)
+        options[k] = tuple(parts) if numbers else _value(v)
     return name, options
 
 
