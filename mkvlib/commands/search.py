@@ -1,7 +1,9 @@
 """mkv search: the greedy adaptive rank search, recorded as a trajectory JSON file (with precomputed quality)."""
 from __future__ import annotations
 
-from .common import add_adapter_arg, add_model_args, emit, load_model_and_adapter
+from .common import add_adapter_arg, add_model_args, emit, invocation, load_model_and_adapter
+
+SUITE_TOKENS = (512, 1024)   # readout tokens per suite domain: fast, full
 
 
 def register(sub) -> None:
@@ -28,12 +30,18 @@ def register(sub) -> None:
     p.add_argument("--recall-span", type=int, default=None,
                    help="make each calibration block's last N tokens repeat a span from its start, so that breaking "
                         "long-range lookup costs KL (default 0: blocks as they are); needs 2N + seq-len/4 <= --seq-len")
-    p.add_argument("--eval-corpus", default=None, help="held-out text for the precomputed readout "
-                   "(default wikitext2 test with MKV_DATA_DIR, else pydoc-test)")
-    p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default 2048; 512 fast)")
-    p.add_argument("--grid", type=int, default=None, help="budgets in the precomputed grid (default 8; 4 fast)")
+    p.add_argument("--eval-corpus", default=None, help="one held-out corpus for the precomputed readout instead of "
+                   "the default, the out-of-domain suite (mkvlib.suite: the mean over its domains)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="readout tokens per suite domain (default "
+                   f"{SUITE_TOKENS[1]}; {SUITE_TOKENS[0]} fast), or in all with --eval-corpus (default 2048; 512 fast)")
+    p.add_argument("--grid", type=int, default=None, help="budgets in the precomputed grid (default 8; 4 fast; "
+                   "with --readout-only: the file's own budgets)")
+    p.add_argument("--readout-only", default=None, metavar="TRAJECTORY",
+                   help="search nothing: measure the readout of this existing trajectory file again (on the suite, "
+                        "or --eval-corpus) and rewrite only its `evaluations` (in place, or to --out); --projections "
+                        "must be the ones it was searched with")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
-    p.add_argument("--out", required=True, help="output trajectory .json")
+    p.add_argument("--out", default=None, help="output trajectory .json (required unless --readout-only)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run, seq_len=None)
 
@@ -54,7 +62,33 @@ def config_from_args(args):
     return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance, **given)
 
 
+def readout_blocks(args, tokenizer, seq_len: int):
+    """(blocks, corpus) of the precomputed readout: the out-of-domain suite {domain: (n, seq_len)} named
+    'ood suite', or one corpus (n, seq_len) with --eval-corpus."""
+    from ..corpora import token_blocks
+    from ..runtime import pick
+    from ..search.quality import SUITE_CORPUS
+    from ..suite import suite_blocks
+
+    if args.eval_corpus:
+        return token_blocks(tokenizer, args.eval_corpus, seq_len, args.eval_tokens or pick(512, 2048)), args.eval_corpus
+    tokens = args.eval_tokens or max(pick(*SUITE_TOKENS), seq_len)
+    return suite_blocks(tokenizer, tokens, seq_len=seq_len), SUITE_CORPUS
+
+
+def _check_out(path, option: str = "--out") -> None:
+    if not str(path).endswith(".json"):
+        raise ValueError(f"{option} must end in .json, not {str(path)!r}")
+
+
+def _summary(traj) -> dict:
+    return {f"{r['allocation']}@{r['budget']:.3f}": (round(r["perplexity"], 2), round(r["kl_to_base"], 4))
+            for r in traj.evaluations["rows"]}
+
+
 def run(args) -> int:
+    if args.readout_only:
+        return run_readout(args)
     import time
 
     from ..corpora import default_corpus, token_blocks
@@ -62,8 +96,9 @@ def run(args) -> int:
     from ..runtime import pick
     from ..search import budget_grid, evaluate_trajectory, greedy_search
 
-    if not args.out.endswith(".json"):
-        raise ValueError(f"--out must end in .json, not {args.out!r}")
+    if not args.out:
+        raise ValueError("give --out FILE.json for the trajectory (or --readout-only FILE to re-measure one)")
+    _check_out(args.out)
     config = config_from_args(args)
     if args.threads:
         import torch
@@ -80,15 +115,54 @@ def run(args) -> int:
     traj.meta.update(projections=args.projections, calibration_corpus=corpus)
     if args.adapter:
         traj.meta["adapter"] = {"path": args.adapter, "weights_hash": model.mkv_adapter}
-    eval_corpus = args.eval_corpus or default_corpus("eval")
-    eval_blocks = token_blocks(tokenizer, eval_corpus, config.seq_len, args.eval_tokens or pick(512, 2048))
+    eval_blocks, eval_corpus = readout_blocks(args, tokenizer, config.seq_len)
     grid = budget_grid(traj, args.grid or pick(4, 8))
     evaluate_trajectory(model, proj, traj, eval_blocks, grid, eval_corpus, config.batch_size, progress=not args.json)
     traj.meta["total_seconds"] = round(time.time() - start, 2)
     traj.save(args.out)
-    at = {f"{a}@{r['budget']:.3f}": (round(r["perplexity"], 2), round(r["kl_to_base"], 4))
-          for r in traj.evaluations["rows"] for a in [r["allocation"]]}
     emit({"out": args.out, "model": traj.model, "fingerprint": traj.fingerprint, "steps": len(traj),
           "final_budget": traj.final_budget, "search_seconds": round(search_seconds, 1),
-          "candidate_evaluations": traj.meta["candidate_evaluations"], "perplexity_kl": at}, args.json)
+          "candidate_evaluations": traj.meta["candidate_evaluations"], "readout": eval_corpus,
+          "perplexity_kl": _summary(traj)}, args.json)
+    return 0
+
+
+def run_readout(args) -> int:
+    """--readout-only FILE: measure the readout of an existing trajectory again; only ``evaluations`` (and the
+    meta's record of how the readout was made) change. Budgets: the file's own grid unless --grid is given."""
+    import time
+
+    from ..io import existing_file
+    from ..projections import resolve_projections
+    from ..search import Trajectory, budget_grid, evaluate_trajectory
+
+    path = existing_file(args.readout_only, "trajectory file", "; --readout-only names an existing trajectory .json")
+    out = args.out or str(path)
+    _check_out(out)
+    traj = Trajectory.load(path)
+    old = traj.evaluations or {}
+    budgets = sorted({r["budget"] for r in old.get("rows") or []}, reverse=True)
+    if args.grid or not budgets:
+        budgets = budget_grid(traj, args.grid or 8)
+    cfg = traj.meta.get("config") or {}
+    seq_len = args.seq_len or cfg.get("seq_len") or 256
+    batch_size = cfg.get("batch_size") or args.batch_size
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if (traj.meta.get("adapter") or {}).get("path") and not args.adapter:
+        raise ValueError(f"{path} was searched on a model with the adapter {traj.meta['adapter']['path']} merged "
+                         "in: give the same --adapter")
+    model, tokenizer = load_model_and_adapter(args)
+    proj = resolve_projections(args.projections, model)
+    traj.check_projections(proj, model)          # before any text is read or measured
+    eval_blocks, eval_corpus = readout_blocks(args, tokenizer, seq_len)
+    start = time.time()
+    evaluate_trajectory(model, proj, traj, eval_blocks, budgets, eval_corpus, batch_size, progress=not args.json)
+    traj.meta["readout"] = {"command": invocation(), "seconds": round(time.time() - start, 1),
+                            "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    traj.save(out)                                # atomic: the old file or the whole new one
+    emit({"out": out, "model": traj.model, "fingerprint": traj.fingerprint, "steps": len(traj),
+          "readout": eval_corpus, "budgets": budgets, "perplexity_kl": _summary(traj)}, args.json)
     return 0

@@ -9,11 +9,11 @@ its docstring); scoring strategies live in :mod:`.strategies`, the rules of whic
 """
 from .config import SearchConfig
 from .greedy import algorithm1, greedy_search, next_ranks, rank_path
-from .quality import budget_grid, evaluate_trajectory
+from .quality import SUITE_CORPUS, budget_grid, evaluate_trajectory, readout_label
 from .shipped import adaptive_ranks, find_trajectory, shipped_trajectory_path
 from .scoring import KLScorer, calibration_scorer
 from .trajectory import Trajectory, TrajectoryMismatchError
 
 __all__ = ["SearchConfig", "algorithm1", "greedy_search", "next_ranks", "rank_path", "KLScorer", "calibration_scorer",
-           "budget_grid", "evaluate_trajectory", "adaptive_ranks",
+           "budget_grid", "evaluate_trajectory", "readout_label", "SUITE_CORPUS", "adaptive_ranks",
            "find_trajectory", "shipped_trajectory_path", "Trajectory", "TrajectoryMismatchError"]
