@@ -61,15 +61,18 @@ def readout(trajectory: Trajectory, allocation: str, budget: float, ranks: torch
 
 
 def readout_text(info: dict) -> str:
-    """One line: budgets, then KL and perplexity (or why they are not shown)."""
+    """One line: budgets, then KL and perplexity (or why they are not shown) and what they were measured on
+    (the out-of-domain suite: the mean KL over domains, the geometric mean perplexity)."""
     head = (f"{info['allocation']}: budget {100 * info['budget']:.1f}% (K {100 * info['key_budget']:.1f}%, "
             f"V {100 * info['value_budget']:.1f}%)")
     q = info["quality"]
     if q is None:
         return head + " | KL / perplexity precomputed for the pooled split only"
     approx = "~" if q["interpolated"] else ""
-    return (head + f" | KL {approx}{q['kl_to_base']:.3f}, perplexity {approx}{q['perplexity']:.1f} "
-            f"(uncompressed {q['base_perplexity']:.1f})")
+    on = q.get("measured_on") or ""
+    mean = "mean " if on.startswith("the out-of-domain suite") else ""   # perplexity: the geometric mean
+    return (head + f" | {mean}KL {approx}{q['kl_to_base']:.3f}, perplexity {approx}{q['perplexity']:.1f} "
+            f"(uncompressed {q['base_perplexity']:.1f})" + (f" on {on}" if on else ""))
 
 
 @torch.no_grad()

@@ -61,6 +61,17 @@ def test_readout_interpolates_the_precomputed_grid():
     assert readout(traj, "adaptive", 0.5, ranks, key_share=0.5)["quality"] is None
 
 
+def test_readout_says_what_the_grid_was_measured_on():
+    traj = _trajectory()
+    ranks = explorer_ranks(traj, "uniform", 0.5)
+    traj.evaluations = dict(traj.evaluations, corpus="ood suite", domains=["pydoc-test", "shakespeare"])
+    text = readout_text(readout(traj, "uniform", 0.5, ranks))
+    assert "mean KL 0.600" in text and text.endswith("on the out-of-domain suite (mean over 2 domains)")
+    traj.evaluations = dict(traj.evaluations, corpus="wikitext2-test")
+    text = readout_text(readout(traj, "uniform", 0.5, ranks))
+    assert "| KL 0.600" in text and text.endswith("on wikitext2-test")
+
+
 def test_state_update_draws_without_display():
     state = ExplorerState({"pca": _trajectory()})
     ranks, info, fig = state.update("pca", "adaptive", 0.4)

@@ -33,7 +33,7 @@ class Profile:
     warmup: int
     checkpoint_s: float        # seconds between training checkpoints
     search: dict               # SearchConfig fields
-    readout_tokens: int        # held-out tokens of the trajectory's precomputed quality grid
+    readout_tokens: int        # tokens per suite domain of the trajectory's precomputed quality grid
     readout_points: int        # budgets in that grid
     suite_tokens: int          # tokens per domain of the out-of-domain suite
     suite_seq: int

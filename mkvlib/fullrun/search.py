@@ -1,5 +1,6 @@
 """Stage search: the greedy rank search (proxy strategy) for the trained projections, calibrated on the diverse
-training text, recorded in trajectory.json with its quality grid on held-out text (adaptive against uniform)."""
+training text, recorded in trajectory.json with its quality grid on the out-of-domain suite (adaptive against
+uniform; the mean over the suite's domains)."""
 from __future__ import annotations
 
 from . import clock
@@ -36,8 +37,9 @@ def fit(ctx, config, seconds: float):
 
 
 def run(ctx, deadline) -> dict:
-    from ..corpora import default_corpus, token_blocks
-    from ..search import SearchConfig, budget_grid, evaluate_trajectory, greedy_search
+    from ..corpora import token_blocks
+    from ..search import SUITE_CORPUS, SearchConfig, budget_grid, evaluate_trajectory, greedy_search
+    from ..suite import DOMAINS, suite_blocks
 
     p = ctx.profile
     proj = ctx.trained()                       # raises StageSkipped without trained projections
@@ -51,10 +53,11 @@ def run(ctx, deadline) -> dict:
     traj = greedy_search(ctx.model, proj, blocks, config, progress=False)
     search_s = clock.now() - start
     traj.meta.update(projections=str(ctx.trained_spec), calibration_corpus=corpus, command="mkv fullrun")
-    eval_corpus = "pydoc-test" if ctx.config.tiny else default_corpus("eval")
-    readout = token_blocks(ctx.tokenizer, eval_corpus, config.seq_len, max(p.readout_tokens, config.seq_len))
-    evaluate_trajectory(ctx.model, proj, traj, readout, budget_grid(traj, p.readout_points), eval_corpus, p.eval_batch,
-                        progress=False)
+    # the readout: the out-of-domain suite's mean (the tiny rehearsal reads its one domain that needs no data)
+    readout = suite_blocks(ctx.tokenizer, max(p.readout_tokens, config.seq_len), seq_len=config.seq_len,
+                           domains=("pydoc-test",) if ctx.config.tiny else DOMAINS)
+    evaluate_trajectory(ctx.model, proj, traj, readout, budget_grid(traj, p.readout_points), SUITE_CORPUS,
+                        p.eval_batch, progress=False)
     traj.save(ctx.path("trajectory"))
     ctx.trajectory_path = str(ctx.path("trajectory"))
     rows = traj.evaluations["rows"]
@@ -63,6 +66,7 @@ def run(ctx, deadline) -> dict:
     return {"steps": len(traj), "final_budget": traj.final_budget, "search_s": round(search_s, 1),
             "estimated_s": None if est is None else round(est, 1),
             "calibration": {"corpus": corpus, "tokens": int(blocks.numel())}, "config": config.as_dict(),
-            "readout": {"corpus": eval_corpus, "tokens": int(readout.numel()),
+            "readout": {"corpus": SUITE_CORPUS, "domains": list(readout),
+                        "tokens": traj.evaluations["tokens"],
                         "rows": [{k: r[k] for k in ("budget", "allocation", "perplexity_ratio", "kl_to_base")}
                                  for r in rows]}}

@@ -117,8 +117,13 @@ def budget_split(trajectory) -> Figure:
     return fig
 
 
-def adaptive_vs_uniform(rows: list[dict], title: str = "") -> Figure:
-    """Perplexity ratio and KL against budget for each allocation in ``rows`` (trajectory.evaluations rows)."""
+def adaptive_vs_uniform(rows, title: str = "") -> Figure:
+    """Perplexity ratio and KL against budget for each allocation in ``rows``: ``trajectory.evaluations`` (then
+    the title says what it was measured on, e.g. the out-of-domain suite's mean over domains) or its rows."""
+    from .trajectory import readout_label
+
+    on = readout_label(rows) if isinstance(rows, dict) else ""
+    rows = rows.get("rows") or [] if isinstance(rows, dict) else rows
     fig = Figure(figsize=(9, 3.4))
     axes = fig.subplots(1, 2)
     for allocation, marker in (("adaptive", "o"), ("uniform", "s")):
@@ -133,6 +138,7 @@ def adaptive_vs_uniform(rows: list[dict], title: str = "") -> Figure:
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
         ax.legend()
+    title = ": ".join(t for t in (title, f"on {on}" if on else "") if t)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -11,7 +11,7 @@ import torch
 from ..compress import attach
 from ..geometry import KVGeometry, check_allocation, check_budget
 from ..metrics import quality_curve
-from .trajectory import Trajectory
+from .trajectory import SUITE_CORPUS, Trajectory, readout_label  # noqa: F401 (re-exported)
 
 ALLOCATIONS = ("adaptive", "uniform")   # the order of the precomputed rows
 
@@ -40,7 +40,6 @@ def allocation_ranks(trajectory: Trajectory, allocation: str, budget: float, geo
     return uniform_ranks_at((geom.layers, geom.kv_heads, geom.head_dim), check_budget(budget))
 
 
-SUITE_CORPUS = "ood suite"   # evaluations["corpus"] of a readout measured on the out-of-domain suite
 ROW_KEYS = ("perplexity", "kl_to_base", "top1_agreement", "perplexity_ratio", "base_perplexity")
 
 
@@ -105,15 +104,3 @@ def _evaluate_on_suite(model, projections, trajectory, blocks_by_domain: dict, s
                               "tokens": int(sum(b.numel() for b in blocks_by_domain.values())),
                               "seq_len": seq_lens.pop(), "rows": out}
     return trajectory.evaluations
-
-
-def readout_label(evaluations: dict | None) -> str:
-    """What a trajectory's readout was measured on, in words: 'the out-of-domain suite (mean over N domains)'
-    or the corpus name; '' when nothing was measured."""
-    ev = evaluations or {}
-    if not ev.get("rows"):
-        return ""
-    if ev.get("corpus") == SUITE_CORPUS:
-        n = len(ev.get("domains") or [])
-        return f"the out-of-domain suite (mean over {n} domain{'s' if n != 1 else ''})"
-    return str(ev.get("corpus", "?"))

@@ -3,7 +3,8 @@
 Each step lowers one entry (layer, KV head, K or V) to a new rank and records the calibration KL the search
 measured (or, for the proxy, estimated) after it and the budget after it. The ranks for any budget are the
 shortest prefix whose budget is at or below it, so a budget slider only replays steps. Optional precomputed
-evaluations (KL and perplexity on held-out text at a grid of budgets) make a slider's readout instant.
+evaluations (KL and perplexity at a grid of budgets on the out-of-domain suite, the mean over its domains; older
+files: on one held-out corpus) make a slider's readout instant.
 Introduced in notebook 03.
 """
 from __future__ import annotations
@@ -22,6 +23,19 @@ from ..io import existing_file, write_json
 FORMAT = "mkv-trajectory/1"
 STEP_FIELDS = ("layer", "head", "kind", "rank", "kl", "budget")
 KIND_NAMES = ("K", "V")
+SUITE_CORPUS = "ood suite"   # evaluations["corpus"] of a readout measured on the out-of-domain suite
+
+
+def readout_label(evaluations: dict | None) -> str:
+    """What a trajectory's readout was measured on, in words: 'the out-of-domain suite (mean over N domains)'
+    or the corpus name; '' when nothing was measured or the record does not say on what."""
+    ev = evaluations or {}
+    if not ev.get("rows"):
+        return ""
+    if ev.get("corpus") == SUITE_CORPUS:
+        n = len(ev.get("domains") or [])
+        return f"the out-of-domain suite (mean over {n} domain{'s' if n != 1 else ''})"
+    return str(ev.get("corpus") or "")
 
 
 class TrajectoryMismatchError(ValueError):
@@ -143,7 +157,8 @@ class Trajectory:
     # --- precomputed quality --------------------------------------------------------------------------
     def quality_at(self, budget: float, allocation: str = "adaptive") -> dict | None:
         """KL and perplexity at ``budget`` from the precomputed grid, linearly interpolated (log-perplexity);
-        None when nothing was precomputed for that allocation."""
+        None when nothing was precomputed for that allocation. ``measured_on`` says on what text
+        (:func:`readout_label`: the out-of-domain suite's mean over domains, or one corpus)."""
         rows = sorted((r for r in (self.evaluations or {}).get("rows", []) if r["allocation"] == allocation),
                       key=lambda r: r["budget"])
         if not rows:
@@ -155,6 +170,7 @@ class Trajectory:
             out[key] = float(np.interp(b, xs, [r[key] for r in rows]))
         out["perplexity"] = float(math.exp(np.interp(b, xs, [math.log(r["perplexity"]) for r in rows])))
         out["base_perplexity"] = rows[0]["base_perplexity"]
+        out["measured_on"] = readout_label(self.evaluations)
         return out
 
     # --- files ----------------------------------------------------------------------------------------
