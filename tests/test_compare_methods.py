@@ -132,6 +132,25 @@ def test_bytes_reported_are_the_bytes_the_filled_cache_holds(model, tokens):
             assert cache.get_seq_length() == PREFIX + TARGET, name
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_only_keys_or_values_keeps_the_other_half_full(model, tokens):
+    """only='keys' / 'values': that half at the setting's rank, the other at full; bytes (budget + 1) / 2 of the
+    full cache's, and the filled cache holds exactly those bytes."""
+    proj, d = random_projections(model), model.config.head_dim
+    for only, cut, full in (("keys", 0, 1), ("values", 1, 0)):
+        method = get_method("pca", projections=proj, budgets=(0.5,), only=only)
+        (setting,) = method.settings(model)
+        assert setting.label.endswith(f"{only} only")
+        ranks = method.ranks(model, setting)
+        assert (ranks[..., cut] == d // 2).all() and (ranks[..., full] == d).all()
+        report = method.bytes(model, setting, PREFIX + TARGET)
+        assert report.fraction == pytest.approx(0.75)
+        cache = filled(method, model, setting, tokens)
+        assert cache.stored_bytes() == tokens.shape[0] * (PREFIX + TARGET) * report.per_token
+    with pytest.raises(ValueError, match="only must be one of"):
+        get_method("pca", projections=proj, only="queries")
+
+
 @pytest.mark.skipif(not (HAS_QUANTO and HAS_HQQ), reason="needs optimum-quanto and hqq (pip install mkvlib[compare])")
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("backend", ["quanto", "hqq"])

@@ -9,7 +9,8 @@ fixed bytes are the truncated bases U_K[:, :r_K], U_V[:, :r_V] and the value mea
 (l, g, column)). ``pca`` uses the PCA bases, ``matryoshka`` the trained ones; ``allocation`` 'uniform' gives
 every (l, g, K/V) the rank round(budget x d), 'adaptive' the greedy-searched ranks of the shipped trajectory for
 those projections (:func:`mkvlib.search.adaptive_ranks`); budgets below the trajectory's floor are left out of
-the settings.
+the settings. ``only='keys'`` (or ``'values'``) compresses that half alone and keeps the other at full rank, an
+ablation that says which half a task needs (the bytes then are (budget + 1) / 2 of the full cache's).
 """
 from __future__ import annotations
 
@@ -34,17 +35,20 @@ def projection_bytes(ranks: torch.Tensor, head_dim: int, element: int) -> int:
 class ProjectionMethod(KVMethod):
     """Options: ``projections`` ('pca', 'trained', a path or a :class:`Projections`), ``allocation`` ('uniform'
     or 'adaptive'), ``budgets`` (feature budgets in (0, 1], the settings), ``trajectory`` (a path or Trajectory
-    for adaptive ranks; None: the shipped one)."""
+    for adaptive ranks; None: the shipped one), ``only`` ('both', or 'keys' / 'values' to compress that half
+    alone, the other kept at full rank)."""
     projections: object = "pca"
     allocation: str = "uniform"
     budgets: tuple = FEATURE_BUDGETS
     trajectory: object = None
+    only: str = "both"
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     axis = "feature"
 
     def __post_init__(self):
         check_choice("allocation", self.allocation, ("uniform", "adaptive"))
+        check_choice("only", self.only, ("both", "keys", "values"))
         object.__setattr__(self, "budgets", check_fractions("budgets", self.budgets))
         if not isinstance(self.projections, (str, Projections)) and not hasattr(self.projections, "__fspath__"):
             raise ValueError(f"projections must be 'pca', 'trained', a path or a Projections, not "
@@ -58,16 +62,22 @@ class ProjectionMethod(KVMethod):
         return self._memo[key]
 
     def ranks(self, model, setting: Setting) -> torch.Tensor:
-        """Ranks (L, G, 2) of a setting."""
+        """Ranks (L, G, 2) of a setting (with ``only``, the other half at full rank)."""
         budget = float(setting.get("budget"))
         if self.allocation == "uniform":
-            return resolve_ranks(budget, KVGeometry.of(model))
-        key = ("ranks", id(model), getattr(model, "mkv_name", None), budget)
-        if key not in self._memo:
-            from ...search import adaptive_ranks
+            ranks = resolve_ranks(budget, KVGeometry.of(model))
+        else:
+            key = ("ranks", id(model), getattr(model, "mkv_name", None), budget)
+            if key not in self._memo:
+                from ...search import adaptive_ranks
 
-            self._memo[key] = adaptive_ranks(model, self.resolved(model), budget, self.trajectory)
-        return self._memo[key]
+                self._memo[key] = adaptive_ranks(model, self.resolved(model), budget, self.trajectory)
+            ranks = self._memo[key]
+        if self.only == "both":
+            return ranks
+        ranks = ranks.clone()
+        ranks[..., 1 if self.only == "keys" else 0] = KVGeometry.of(model).head_dim
+        return ranks
 
     # --- the interface -----------------------------------------------------------------------------------------
     def available(self, model) -> tuple:
@@ -96,7 +106,9 @@ class ProjectionMethod(KVMethod):
         return None
 
     def settings(self, model) -> list[Setting]:
-        return [Setting(self.name, f"{100 * b:g}%", (("allocation", self.allocation), ("budget", b)))
+        half = () if self.only == "both" else (("only", self.only),)       # part of the stored results' key
+        label = "" if self.only == "both" else f" {self.only} only"
+        return [Setting(self.name, f"{100 * b:g}%{label}", (("allocation", self.allocation), ("budget", b)) + half)
                 for b in self.available(model)]
 
     def bytes(self, model, setting: Setting, context: int) -> ByteReport:
