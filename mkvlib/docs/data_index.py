@@ -81,6 +81,8 @@ def _record(data: Data, rel: str) -> Entry:
 
 
 def _trajectory(data: Data, rel: str) -> Entry:
+    from .results import readout_text
+
     t = data.trajectories[rel]
     meta, cfg = t.get("meta") or {}, (t.get("meta") or {}).get("config") or {}
     proj = data.projections_file(t["fingerprint"])
@@ -98,7 +100,7 @@ def _trajectory(data: Data, rel: str) -> Entry:
     measured = ""
     if ("adaptive", 0.5) in at and ("uniform", 0.5) in at:
         a, u = at[("adaptive", 0.5)], at[("uniform", 0.5)]
-        measured = (f"measured (its `evaluations`, {ev.get('corpus')}, {ev.get('tokens'):,} tokens): perplexity / KL "
+        measured = (f"measured (its `evaluations`, {readout_text(ev)}): perplexity / KL "
                     f"at 50%, adaptive {num(a['perplexity'])} / {num(a['kl_to_base'], 3)}, uniform "
                     f"{num(u['perplexity'])} / {num(u['kl_to_base'], 3)}; other budgets in [docs/results.md]"
                     "(../docs/results.md#adaptive-against-uniform-ranks-perplexity--kl-along-each-search-trajectory)")

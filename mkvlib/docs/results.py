@@ -432,8 +432,22 @@ def _trajectory_groups(data: Data) -> dict[tuple, list[str]]:
         if not ev.get("rows"):
             continue
         adapter = ((t.get("meta") or {}).get("adapter") or {}).get("weights_hash")
-        groups.setdefault((t["fingerprint"], adapter, ev.get("corpus"), ev.get("tokens")), []).append(path)
+        text = (ev.get("corpus"), tuple(ev.get("domains") or ()), ev.get("tokens"), ev.get("seq_len"))
+        groups.setdefault((t["fingerprint"], adapter, text), []).append(path)
     return groups
+
+
+def readout_text(ev: dict) -> str:
+    """What a trajectory's readout was measured on, for a table's caption: the out-of-domain suite's mean over
+    its domains (tokens per domain, block length), or one corpus."""
+    from ..search import SUITE_CORPUS
+
+    if ev.get("corpus") == SUITE_CORPUS:
+        domains = ev.get("domains") or []
+        per = ev.get("tokens", 0) // max(1, len(domains))
+        return (f"the out-of-domain suite, mean over its {len(domains)} domains ({', '.join(domains)}; "
+                f"{per:,} tokens each in blocks of {ev.get('seq_len')}; perplexity: the geometric mean)")
+    return f"{ev.get('corpus')}, {ev.get('tokens'):,} tokens in blocks of {ev.get('seq_len')}"
 
 
 def _quality_cells(rows: list, allocation: str, budgets: list) -> list[str]:
@@ -448,17 +462,20 @@ def search_quality(data: Data) -> str | None:
     groups = _trajectory_groups(data)
     if not groups:
         return None
-    parts = ["Perplexity / KL to the uncompressed model on held-out text, at the budgets each search evaluated "
-             "after it finished (the `evaluations` stored in each trajectory; `mkvlib.search.evaluate_trajectory`). "
+    parts = ["Perplexity / KL to the uncompressed model on the out-of-domain suite (the mean over its domains, "
+             "each weighing the same; `mkvlib.suite`), at the budgets each search evaluated after it finished (the "
+             "`evaluations` stored in each trajectory; `mkvlib.search.evaluate_trajectory`; `mkv search "
+             "--readout-only` measures them again). A caption naming one corpus marks an older readout. "
              "`uniform`: every entry at the same rank; the other rows: the ranks of that trajectory's prefix at "
              "the budget. The search settings of each trajectory are in the next table."]
-    for (fingerprint, adapter, corpus, tokens), paths in groups.items():
+    for (fingerprint, adapter, _), paths in groups.items():
         evals = {p: data.trajectories[p]["evaluations"]["rows"] for p in paths}
         budgets = sorted({r["budget"] for rows in evals.values() for r in rows if r["budget"] < 1}, reverse=True)
         base = evals[paths[0]][0]["base_perplexity"]
         model = f", adapter {adapter} merged in ({data.bundle_with_adapter(adapter) or 'not committed'})" if adapter else ""
         parts.append(f"Projections {code(data.short(data.projections_file(fingerprint)))} (fingerprint "
-                     f"{fingerprint}){model}; {corpus}, {tokens:,} tokens; uncompressed perplexity {num(base, 2)}.")
+                     f"{fingerprint}){model}; {readout_text(data.trajectories[paths[0]]['evaluations'])}; "
+                     f"uncompressed perplexity {num(base, 2)}.")
         rows = [["uniform"] + _quality_cells(evals[paths[0]], "uniform", budgets)]
         rows += [[f"adaptive: {code(p)}"] + _quality_cells(evals[p], "adaptive", budgets) for p in paths]
         parts.append(table(["ranks", *[pct(b, None) for b in budgets]], rows))
