@@ -1,5 +1,6 @@
-"""Quality along a trajectory: KL and perplexity on held-out text at a grid of budgets, adaptive and uniform,
-stored in the trajectory so that a budget slider's readout needs no forward pass. Introduced in notebook 03.
+"""Quality along a trajectory: KL and perplexity on the out-of-domain suite (the mean over its domains; or on one
+held-out corpus) at a grid of budgets, adaptive and uniform, stored in the trajectory so that a budget slider's
+readout needs no forward pass. Introduced in notebook 03.
 """
 from __future__ import annotations
 
