@@ -232,10 +232,24 @@ class CompressedLayer(CacheLayerMixin):
             if causal and T != k.shape[2]:
                 mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - T)
                 causal = False
+            qr, k, v = same_width(qr, k, v)
             o = F.scaled_dot_product_attention(qr.reshape(B, n * per_kv, T, -1), k, v, attn_mask=mask,
                                                is_causal=causal, scale=scaling, enable_gqa=per_kv > 1)
+            o = o[..., :uv.shape[-1]]
         o = o.view(B, n, per_kv, T, -1)                                          # (B, n, H/G, T, r_V)
         return torch.einsum("bnhtr,ndr->bnhtd", o, uv) + mu[:, None, None]
+
+
+def same_width(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """q, k (..., r_K) and v (..., r_V) zero-padded to one width max(r_K, r_V), which changes no score and adds
+    only zero output columns (drop them after). SDPA's fused CPU and GPU kernels need one head size for all three;
+    with two (r_K != r_V) it falls back to the unfused kernel, which at 4k tokens of prefill is several times
+    slower and materialises every score."""
+    rk, rv = k.shape[-1], v.shape[-1]
+    if rk == rv:
+        return q, k, v
+    width = max(rk, rv)
+    return F.pad(q, (0, width - rk)), F.pad(k, (0, width - rk)), F.pad(v, (0, width - rv))
 
 
 class CompressedCache(Cache):

@@ -221,3 +221,16 @@ def test_fresh_process_measurement_and_memory_model(tmp_path):
     fitted = bench.memory_model(run)
     assert bench.predicted_peak(fitted, run["batch"], run["context"] + run["new_tokens"]) == \
         pytest.approx(run["model_memory_bytes"] + run["peak_memory_bytes"])
+
+
+@pytest.mark.parametrize("rk,rv", [(3, 7), (7, 3), (5, 5), (0, 4)])
+def test_same_width_padding_changes_no_attention_output(rk, rv):
+    """Zero columns padded to one width leave SDPA's output (first r_V columns) as it was, and the result has one
+    head size, the condition for SDPA's fused kernels."""
+    gen = torch.Generator().manual_seed(rk * 10 + rv)
+    q, k, v = (torch.randn(1, 2, 6, r, generator=gen) for r in (rk, rk, rv))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.125)
+    pq, pk, pv = cache_mod.same_width(q, k, v)
+    assert pq.shape[-1] == pk.shape[-1] == pv.shape[-1] == max(rk, rv)
+    got = torch.nn.functional.scaled_dot_product_attention(pq, pk, pv, is_causal=True, scale=0.125)[..., :rv]
+    assert (got - expected).abs().max() <= 1e-6
