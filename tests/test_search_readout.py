@@ -160,3 +160,28 @@ def test_search_without_out_or_readout_only_says_what_to_give(capsys):
 
     assert main(["search"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_a_fresh_search_reads_out_on_the_suite_by_default_or_on_one_corpus(searched, tmp_path, monkeypatch, capsys):
+    import mkvlib.commands.search as command
+    from mkvlib.cli import main
+
+    model, _, _ = searched
+    monkeypatch.delenv("MKV_DATA_DIR", raising=False)
+    monkeypatch.setattr(command, "load_model_and_adapter", lambda args: (model, CharTok()))
+    proj_path = random_projections(model).save(tmp_path / "proj.safetensors")
+    common = ["search", "--projections", str(proj_path), "--tokens", "48", "--seq-len", "24", "--batch-size", "2",
+              "--step", "8", "--min-rank", "4", "--strategy", "proxy", "--proxy-refresh", "0", "--grid", "3",
+              "--eval-tokens", "48", "--json"]
+    assert main([*common, "--out", str(tmp_path / "suite.json")]) == 0
+    ev = Trajectory.load(tmp_path / "suite.json").evaluations
+    assert ev["corpus"] == SUITE_CORPUS and ev["domains"] == ["pydoc-test"] and ev["tokens"] == 48
+    assert len(ev["rows"]) == 2 * 3 and ev["seq_len"] == 24
+    assert main([*common, "--eval-corpus", "pydoc-test", "--out", str(tmp_path / "one.json")]) == 0
+    one = Trajectory.load(tmp_path / "one.json").evaluations
+    assert one["corpus"] == "pydoc-test" and "domains" not in one and one["tokens"] == 48
+    # the same 48 tokens of pydoc-test: one domain's mean is that domain
+    for a, b in zip(ev["rows"], one["rows"]):
+        assert a["kl_to_base"] == pytest.approx(b["kl_to_base"], abs=2e-6)
+        assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-5)
+    capsys.readouterr()
