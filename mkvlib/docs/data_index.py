@@ -107,7 +107,10 @@ def _trajectory(data: Data, rel: str) -> Entry:
     calib = (f"calibration: {meta.get('calibration_tokens')} tokens of "
              f"{meta.get('calibration_corpus') or cfg.get('corpus')}; settings: {settings}; "
              f"{num(meta.get('seconds', 0) / 60, 0)} minutes")
-    return Entry(what, data.search_commands.get(rel), calib, measured)
+    readout = meta.get("readout") or {}
+    again = (f"its readout measured again (steps unchanged) by {code(readout['command'])}, {readout.get('created')}"
+             if readout.get("command") else "")
+    return Entry(what, data.search_commands.get(rel), calib, measured, again)
 
 
 def _results(data: Data, rel: str) -> Entry:
