@@ -92,6 +92,10 @@ def test_rows_for_unreachable_unsupported_and_failing(llama, one_thread, registr
     # a random tiny model cannot retrieve: flagged, and relative accuracy left out
     assert result["flagged"] == [{"task": "passkey", "length": LENGTH, "accuracy": 0.0}]
     assert rows[("counting", "passkey")]["flagged"] and rows[("counting", "passkey")]["relative"] is None
+    # every item's depth is in exactly one of failed / kept, which agree with the count of correct answers
+    key = rows[("counting", "passkey")]
+    assert len(key["failed_depths"]) + len(key["kept_depths"]) == key["n"]
+    assert len(key["kept_depths"]) == key["correct"]
     on_disk = json.loads((tmp_path / "c.json").read_text())
     assert on_disk["rows"] == json.loads(json.dumps(result["rows"]))
     table = crun.format_table(result)

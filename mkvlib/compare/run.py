@@ -356,7 +356,8 @@ def summarize(rows: list[dict], cells: list[Cell], status: list[dict], spec: Com
             elif mine:
                 correct = sum(int(r["correct"]) for r in mine)
                 row.update(correct=correct, accuracy=correct / len(mine),
-                           failed_depths=sorted(_num(r["depth"]) for r in mine if int(r["correct"]) == 0))
+                           failed_depths=sorted(_num(r["depth"]) for r in mine if int(r["correct"]) == 0),
+                           kept_depths=sorted(_num(r["depth"]) for r in mine if int(r["correct"]) == 1))
             out.append(row)
             if cell.spec == BASELINE and t in RETRIEVAL_TASKS and mine:
                 ceiling.setdefault(t, {})[str(cell.length)] = row["accuracy"]
