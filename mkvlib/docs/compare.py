@@ -73,23 +73,41 @@ def compare(data: Data) -> str | None:
     return "\n\n".join(p for p in parts if p) or None
 
 
-@section("compare-passkey-4k", "Passkey retrieval at 4k tokens with half the features",
-         "results/compare_passkey4k.json", "results/compare_passkey4k_items.csv")
-def compare_passkey_4k(data: Data) -> str | None:
-    path, rec = data.result("compare_passkey4k.json")
-    if rec is None:
-        return None
+def _passkey_rows(rec: dict) -> list[list]:
+    order = {m: i for i, m in enumerate(rec["methods"])}
+    found = sorted((r for r in rec["rows"] if r["task"] == "passkey" and r.get("n")),
+                   key=lambda r: (order.get(r["method"], len(order)), -r["fraction"], r["length"]))
     rows = []
-    for r in rec["rows"]:
-        if r["task"] != "passkey" or not r.get("n"):
-            continue
+    for r in found:
         rel = r.get("relative")
-        rows.append([r["method"], r["setting"], f"{r['length']:,}", f"{r['correct']}/{r['n']}",
+        rows.append([r["method"], r["setting"], pct(r["fraction"]), f"{r['length']:,}", f"{r['correct']}/{r['n']}",
                      pct(rel, 0) if rel is not None else DASH,
                      ", ".join(num(d, 2) for d in r["failed_depths"]) or "none"])
-    note = (f"{rec['model']}; {rec['n']} passkey prompts, seed {rec['seed']}. Relative: accuracy over the "
-            "uncompressed model's on the same prompts. Failed depths: where the key sat (0 = start of the filler, "
-            "1 = end) in the prompts answered wrong.")
+    return rows
+
+
+def _passkey_section(data: Data, name: str, what: str) -> str | None:
+    path, rec = data.result(name)
+    if rec is None:
+        return None
+    note = (f"{rec['model']}; {rec['n']} passkey prompts per length, seed {rec['seed']}, in the real compressed "
+            f"cache. {what} Relative: accuracy over the uncompressed model's on the same prompts. Failed depths: "
+            "where the key sat (0 = start of the filler, 1 = end) in the prompts answered wrong.")
     return "\n\n".join([source_line(data, path), note,
-                        table(["method", "setting", "tokens", "correct", "relative", "failed depths"], rows),
+                        table(["method", "setting", "bytes stored", "tokens", "correct", "relative", "failed depths"],
+                              _passkey_rows(rec)),
                         commands_line([rec.get("command")])])
+
+
+@section("compare-passkey-lengths", "Passkey retrieval with MatryoshkaKV by context length: where it breaks",
+         "results/compare_passkey_lengths.json", "results/compare_passkey_lengths_items.csv")
+def compare_passkey_lengths(data: Data) -> str | None:
+    return _passkey_section(data, "compare_passkey_lengths.json", "`trajectory=` names the rank trajectory of the "
+                            "adaptive allocation (default: the shipped one).")
+
+
+@section("compare-passkey-halves", "Which half breaks the passkey: keys or values alone",
+         "results/compare_kv_halves.json", "results/compare_kv_halves_items.csv")
+def compare_passkey_halves(data: Data) -> str | None:
+    return _passkey_section(data, "compare_kv_halves.json", "`only=keys` compresses the keys alone (uniform ranks, "
+                            "values at full rank), `only=values` the values alone.")
