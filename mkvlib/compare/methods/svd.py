@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ...attention import attention_modules
-from ...cache import CompressedCache, CompressedLayer, head_groups
+from ...cache import CompressedCache, CompressedLayer, head_groups, same_width
 from ...geometry import KVGeometry, resolve_ranks
 from ...projections import Projections
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
@@ -110,9 +110,10 @@ class LatentKeyLayer(CompressedLayer):
         if causal and T != S:
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
             causal = False
-        o = F.scaled_dot_product_attention(q.reshape(B, n * per_kv, T, d), keys, latent_v, attn_mask=mask,
-                                           is_causal=causal, scale=scaling, enable_gqa=per_kv > 1)
-        o = o.view(B, n, per_kv, T, -1)                                             # (B, n, H/G, T, r_V)
+        qf, keys, vf = same_width(q.reshape(B, n * per_kv, T, d), keys, latent_v)
+        o = F.scaled_dot_product_attention(qf, keys, vf, attn_mask=mask, is_causal=causal, scale=scaling,
+                                           enable_gqa=per_kv > 1)[..., :latent_v.shape[-1]]
+        o = o.reshape(B, n, per_kv, T, -1)                                          # (B, n, H/G, T, r_V)
         return torch.einsum("bnhtr,ndr->bnhtd", o, uv) + mu[:, None, None]
 
 
