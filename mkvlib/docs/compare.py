@@ -111,3 +111,36 @@ def compare_passkey_lengths(data: Data) -> str | None:
 def compare_passkey_halves(data: Data) -> str | None:
     return _passkey_section(data, "compare_kv_halves.json", "`only=keys` compresses the keys alone (uniform ranks, "
                             "values at full rank), `only=values` the values alone.")
+
+
+FEATURE_METHODS = ("pca", "matryoshka", "svd", "think")     # the feature-axis methods, by registered name
+
+
+@section("compare-feature-half", "Half the features: MatryoshkaKV against PCA, ThinK and SVD",
+         "results/compare.json", "results/compare_think_half.json", "results/compare_think_half_items.csv")
+def compare_feature_half(data: Data) -> str | None:
+    """Each feature-axis method keeping half its feature dimensions: rank 50% (PCA, MatryoshkaKV, SVD) or half
+    the key channels (ThinK, values kept whole: 75% of the bytes)."""
+    main_path, main = data.result("compare.json")
+    think_path, think = data.result("compare_think_half.json")
+    if main is None or think is None:
+        return None
+    picked = [r for r in main["rows"] if r["method"].split(":")[0] in FEATURE_METHODS and r.get("n")
+              and r["params"].get("budget") == 0.5 and "only" not in r["params"]]
+    picked += [r for r in think["rows"] if r["method"].startswith("think") and r.get("n")
+               and r["params"].get("keep") == 0.5]
+    if not picked:
+        return None
+    tasks = [t for t in main["tasks"] if t in think["tasks"]]
+    groups: dict = {}
+    for r in picked:
+        groups.setdefault((r["method"], r["setting"], r["length"]), {})[r["task"]] = r
+    rows = [[m, s, pct(next(iter(g.values()))["fraction"]), f"{n:,}"] + [_cell(g.get(t)) for t in tasks]
+            for (m, s, n), g in groups.items()]
+    note = ("Every feature-axis method keeping half of what it prunes: ranks at 50% for PCA, MatryoshkaKV (adaptive "
+            "and uniform) and the weights' SVD, half the key channels for ThinK (which keeps values whole, so it "
+            "stores 75% of the bytes). The same items (seed, length) in both files; cells as in the main table.")
+    return "\n\n".join([source_line(data, main_path, think_path), note,
+                        table(["method", "setting", "bytes stored", "tokens"] + [
+                            "ppl x / KL" if t == "ppl" else t for t in tasks], rows),
+                        commands_line([main.get("command"), think.get("command")])])

@@ -85,3 +85,27 @@ def ood_best_ppl_50(data: Data) -> str:
 def ood_pca_ppl_50(data: Data) -> str:
     m = "PCA, uniform"
     return f"{_ood_mean(data, m, 0.5, 'perplexity_ratio'):.2f}x and {_ood_mean(data, m, 0.5, 'kl_to_base'):.2f}"
+
+
+def _passkey_lengths(data: Data) -> tuple[dict, list]:
+    """({(method, fraction, length): row}, methods) of the committed passkey-by-length table."""
+    _, rec = data.result("compare_passkey_lengths.json")
+    if rec is None:
+        raise KeyError("compare_passkey_lengths.json is not committed")
+    cells = {(r["method"], r["fraction"], r["length"]): r for r in rec["rows"] if r["task"] == "passkey" and r["n"]}
+    return cells, rec["methods"]
+
+
+@fact("passkey-lengths-50")
+def passkey_lengths_50(data: Data) -> str:
+    """Shipped adaptive ranks at 50% against recall-calibrated ones, shortest and longest length measured."""
+    cells, methods = _passkey_lengths(data)
+    shipped, recall = methods[1], methods[2]
+    lengths = sorted({k[2] for k in cells})
+    lo, hi = lengths[0], lengths[-1]
+    worst = max(cells[(shipped, 0.5, n)]["correct"] for n in lengths)
+    n = cells[(shipped, 0.5, lo)]["n"]
+    return (f"{worst} of {n} passkeys at every length from {lo:,} to {hi:,} tokens (uncompressed: "
+            f"{min(cells[('uncompressed', 1.0, m)]['correct'] for m in lengths)} of {n}); ranks searched on recall "
+            f"blocks find {cells[(recall, 0.5, lo)]['correct']} of {n} at {lo:,} but "
+            f"{cells[(recall, 0.5, hi)]['correct']} at {hi:,}")
