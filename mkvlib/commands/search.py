@@ -81,6 +81,13 @@ def _check_out(path, option: str = "--out") -> None:
         raise ValueError(f"{option} must end in .json, not {str(path)!r}")
 
 
+def _set_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _summary(traj) -> dict:
     return {f"{r['allocation']}@{r['budget']:.3f}": (round(r["perplexity"], 2), round(r["kl_to_base"], 4))
             for r in traj.evaluations["rows"]}
@@ -100,10 +107,7 @@ def run(args) -> int:
         raise ValueError("give --out FILE.json for the trajectory (or --readout-only FILE to re-measure one)")
     _check_out(args.out)
     config = config_from_args(args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     model, tokenizer = load_model_and_adapter(args)
     proj = resolve_projections(args.projections, model)
     corpus = config.corpus or default_corpus("calibration")
@@ -147,10 +151,7 @@ def run_readout(args) -> int:
     cfg = traj.meta.get("config") or {}
     seq_len = args.seq_len or cfg.get("seq_len") or 256
     batch_size = cfg.get("batch_size") or args.batch_size
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     if (traj.meta.get("adapter") or {}).get("path") and not args.adapter:
         raise ValueError(f"{path} was searched on a model with the adapter {traj.meta['adapter']['path']} merged "
                          "in: give the same --adapter")

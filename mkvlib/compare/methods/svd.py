@@ -110,7 +110,9 @@ class LatentKeyLayer(CompressedLayer):
         if causal and T != S:
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
             causal = False
-        qf, keys, vf = same_width(q.reshape(B, n * per_kv, T, d), keys, latent_v)
+        qf, vf = q.reshape(B, n * per_kv, T, d), latent_v
+        if T > 1:                        # prefill: one width for the fused kernel; decode unpadded, as in the cache
+            qf, keys, vf = same_width(qf, keys, vf)
         o = F.scaled_dot_product_attention(qf, keys, vf, attn_mask=mask, is_causal=causal, scale=scaling,
                                            enable_gqa=per_kv > 1)[..., :latent_v.shape[-1]]
         o = o.reshape(B, n, per_kv, T, -1)                                          # (B, n, H/G, T, r_V)
