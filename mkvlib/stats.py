@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from . import attention
 from .geometry import KVGeometry
+from .positions import block_offsets, shifted
 
 KINDS = ("keys", "keys_pre_rope", "values", "queries")
 
@@ -112,12 +113,14 @@ def _pre_rope_hook(stats: KVStats, layer: int, geom: KVGeometry):
 
 @torch.no_grad()
 def collect_kv_stats(model, blocks: torch.Tensor, batch_size: int = 4, progress: bool = True,
-                     queries: bool = False, **info) -> KVStats:
+                     queries: bool = False, positions: str = "spread", **info) -> KVStats:
     """Run ``model`` over ``blocks`` (N, S) of token ids and accumulate :class:`KVStats` (with ``queries``: the
-    post-RoPE query moments per KV head too)."""
+    post-RoPE query moments per KV head too). ``positions``: 'spread' (each block at a seeded random offset over
+    the context window, so post-RoPE key statistics cover every angle; :mod:`mkvlib.positions`) or 'start'."""
     geom = KVGeometry.of(model)
     stats = KVStats.zeros(geom, with_queries=queries, tokens=int(blocks.numel()), seq_len=int(blocks.shape[1]),
-                          **info)
+                          positions=positions, **info)
+    offsets = block_offsets(positions, len(blocks), blocks.shape[1], model)
 
     def observe(module, query, key, value):
         stats.keys.update(module.layer_idx, key)
@@ -134,7 +137,8 @@ def collect_kv_stats(model, blocks: torch.Tensor, batch_size: int = 4, progress:
     try:
         with attention.install(model, hook=observe):
             for start in tqdm(range(0, len(blocks), batch_size), desc="KV statistics", disable=not progress):
-                model(blocks[start:start + batch_size].to(device), use_cache=False)
+                with shifted(model, None if offsets is None else offsets[start:start + batch_size]):
+                    model(blocks[start:start + batch_size].to(device), use_cache=False)
     finally:
         for h in handles:
             h.remove()

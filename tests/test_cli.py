@@ -27,6 +27,20 @@ def test_eval_json_at_full_and_half_budget(capsys):
 
 
 @needs_model
+def test_eval_at_a_position_offset(capsys):
+    """The same text late in the window: the uncompressed model's perplexity is unchanged, the projected one's not."""
+    argv = ["eval", "--json", "--corpus", "pydoc-test", "--tokens", "256", "--seq-len", "128", "--budgets", "1.0,0.5"]
+    assert main(argv) == 0
+    near = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--position-offset", "6000"]) == 0
+    far = json.loads(capsys.readouterr().out)
+    assert far["position_offset"] == 6000 and near["position_offset"] == 0
+    assert far["rows"][0]["base_perplexity"] == pytest.approx(near["rows"][0]["base_perplexity"], rel=1e-3)
+    assert far["rows"][0]["kl_to_base"] < 1e-6
+    assert abs(far["rows"][1]["kl_to_base"] - near["rows"][1]["kl_to_base"]) > 1e-3
+
+
+@needs_model
 def test_eval_with_a_trajectory_file_uses_its_adaptive_ranks(capsys):
     from mkvlib.search import Trajectory
 
@@ -53,6 +67,8 @@ def test_fit_pca_writes_projections(tmp_path, capsys):
     (["eval", "--projections", "/no/such.safetensors", "--corpus", "pydoc-test", "--tokens", "256",
       "--seq-len", "128"], "no projections file"),
     (["fit-pca", "--out", "x.bin"], "safetensors"),
+    (["eval", "--corpus", "pydoc-test", "--tokens", "256", "--seq-len", "128", "--position-offset", "8100"],
+     "give 0 to 8064"),
     (["eval", "--projections", "pca", "--trajectory", str(OTHER_TRAJECTORY), "--corpus", "pydoc-test", "--tokens", "256",
       "--seq-len", "128"], "was searched with projections"),
     (["lm-eval", "--sweep", "x.csv", "--methods", "pca-uniform", "--trajectory", str(OTHER_TRAJECTORY), "--tasks", "piqa"],

@@ -74,7 +74,7 @@ def test_objective_matches_the_compression_hook(llama):
     proj = random_projections(llama, value_mean=True)
     geom = KVGeometry.of(llama)
     ranks = torch.randint(1, geom.head_dim, geom.shape, generator=torch.Generator().manual_seed(0))
-    cap = capture_layer_inputs(llama, blocks, dtype=torch.float32)
+    cap = capture_layer_inputs(llama, blocks, dtype=torch.float32, positions="start")
     seen = {}
     hooks = [m.o_proj.register_forward_hook(lambda mod, i, o, l=m.layer_idx: seen.__setitem__(l, i[0]))
              for m in attention.attention_modules(llama)]
@@ -261,7 +261,9 @@ def _empirical_score_error(cap, keys, key_mean, rank):
 def test_query_aware_basis_is_orthogonal_and_keeps_scores_better_than_pca(arch, heads, kv):
     model = tiny_model(arch, heads=heads, kv_heads=kv)
     blocks = _blocks(8, 32)
-    stats = collect_kv_stats(model, blocks, 2, progress=False, queries=True, model_name=model.mkv_name)
+    # positions from 0: the empirical check below pairs each query with the keys of its own block
+    stats = collect_kv_stats(model, blocks, 2, progress=False, queries=True, model_name=model.mkv_name,
+                             positions="start")
     pca = fit_pca(stats, model_name=model.mkv_name)
     qa = query_aware_projections(stats, model_name=model.mkv_name)
     assert qa.orthogonality_error() < 1e-5 and qa.meta["kind"] == "query-aware"
@@ -269,7 +271,7 @@ def test_query_aware_basis_is_orthogonal_and_keeps_scores_better_than_pca(arch, 
     half = KVGeometry.of(model).head_dim // 2
     # the closed-form criterion it minimises over unconstrained maps, and the score error measured on the tokens
     assert (score_error(stats, qa.keys, half) <= score_error(stats, pca.keys, half) * (1 + 1e-9)).all()
-    cap = capture_layer_inputs(model, blocks, dtype=torch.float32)
+    cap = capture_layer_inputs(model, blocks, dtype=torch.float32, positions="start")
     mu = stats.keys.mean()
     assert (_empirical_score_error(cap, qa.keys, mu, half) <= _empirical_score_error(cap, pca.keys, mu, half)).all()
     # nested: every prefix spans the query-side subspace of the optimal rank-r map, so rank d is exact
@@ -364,3 +366,7 @@ def test_warmstart_from_the_query_aware_basis_of_the_same_text(tmp_path, capsys)
     assert main(argv[:-1] + [str(out2)]) == 0
     assert "read the captured inputs" in capsys.readouterr().err
     assert torch.equal(Projections.load(out2).keys, proj.keys)
+    # a capture at other positions is refused, and nothing is written
+    out3 = tmp_path / "q3.safetensors"
+    assert main(argv[:-1] + [str(out3), "--positions", "start"]) == 2
+    assert "--positions spread" in capsys.readouterr().err and not out3.exists()

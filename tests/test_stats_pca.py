@@ -9,6 +9,7 @@ from mkvlib.geometry import KVGeometry
 from mkvlib.models import tiny_model
 from mkvlib.pca import energy_rank, fit_pca
 from mkvlib.projections import ProjectionMismatchError, Projections, resolve_projections
+from mkvlib.positions import block_offsets, shifted
 from mkvlib.stats import KVStats, collect_kv_stats
 
 
@@ -34,7 +35,10 @@ def test_streaming_statistics_equal_brute_force(any_model):
             hooks.append(m.k_proj.register_forward_hook(
                 lambda mod, i, out, l=m.layer_idx, norm=src: stored["pre"].setdefault(l, []).append(norm(
                     out.reshape(out.shape[0], out.shape[1], geom.kv_heads, geom.head_dim)).double().transpose(1, 2))))
-    with torch.no_grad(), attention.install(any_model, hook=keep):
+    # the statistics' blocks sit at seeded offsets over the context window ('spread' positions): the same here
+    offsets = block_offsets("spread", len(blocks), blocks.shape[1], any_model)
+    assert stats.info["positions"] == "spread" and offsets.unique().numel() > 1
+    with torch.no_grad(), attention.install(any_model, hook=keep), shifted(any_model, offsets):
         any_model(blocks, use_cache=False)
     for h in hooks:
         h.remove()

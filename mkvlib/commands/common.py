@@ -97,6 +97,13 @@ def add_run_args(p) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def add_positions_arg(p) -> None:
+    p.add_argument("--positions", choices=["spread", "start"], default="spread",
+                   help="where blocks sit in the context window: 'spread' (default) at seeded random offsets up to "
+                        "the model's limit, so post-RoPE keys are seen at every angle long contexts give them; "
+                        "'start' from position 0 (runs before this option)")
+
+
 def add_training_args(p, defaults: dict[str, str]) -> None:
     """The options of the commands that run a :class:`mkvlib.training.Trainer` (``mkv train``, ``mkv sft``).
 
@@ -125,6 +132,7 @@ def add_training_args(p, defaults: dict[str, str]) -> None:
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default=None,
                    help="auto: bf16 autocast on CUDA, float32 on CPU (default auto)")
     p.add_argument("--seed", type=int, default=0)
+    add_positions_arg(p)
     add_run_args(p)
 
 
@@ -133,7 +141,7 @@ def training_settings(args, steps: int) -> dict:
     options left at None are left out, so the command's config keeps its default."""
     given = dict(batch_size=args.batch, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup,
                  kd_weight=args.kd_weight, lm_weight=args.lm_weight, checkpoint_every=args.checkpoint_every,
-                 mixed_precision=args.mixed_precision)
+                 mixed_precision=args.mixed_precision, positions=getattr(args, "positions", None))
     return dict(steps=args.steps or steps, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
                 progress=not args.json, **{k: v for k, v in given.items() if v is not None})
 

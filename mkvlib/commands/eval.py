@@ -39,6 +39,10 @@ def register(sub) -> None:
                    "1024 with MKV_FAST=1)")
     p.add_argument("--retrieval-n", type=int, default=None, help="passkey prompts per length (default 8; 2 fast)")
     p.add_argument("--retrieval-seed", type=int, default=0, help="seed of the passkey prompts")
+    p.add_argument("--position-offset", type=int, default=0, metavar="N",
+                   help="feed every block and prompt at positions N, N+1, ... instead of 0, 1, ...: the uncompressed "
+                        "model cannot tell (RoPE is relative), post-RoPE projections can; how they hold late in "
+                        "a long context, without its cost (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -99,6 +103,16 @@ def parse_lengths(text: str) -> list[int]:
     return lengths
 
 
+def check_offset(args, model, longest: int) -> None:
+    """--position-offset must be >= 0 and leave room for ``longest`` tokens in the model's context window."""
+    from ..positions import max_positions
+
+    room = max_positions(model)
+    if args.position_offset < 0 or args.position_offset + longest > room:
+        raise ValueError(f"--position-offset {args.position_offset} with {longest}-token sequences does not fit the "
+                         f"model's {room}-token window: give 0 to {max(0, room - longest)}")
+
+
 def run(args) -> int:
     allocations = parse_allocations(args.allocation)
     if args.trajectory and "adaptive" not in allocations:
@@ -118,6 +132,7 @@ def run(args) -> int:
 def run_corpus(args) -> int:
     from ..compress import attach
     from ..metrics import quality_curve
+    from ..positions import shifted
     from ..projections import resolve_projections
 
     budgets = parse_budgets(args.budgets) if args.budgets else None
@@ -130,10 +145,12 @@ def run_corpus(args) -> int:
             settings.append(resolve_rank_args(args, model, proj))
     else:
         settings = [resolve_rank_args(args, model, proj)]
-    with attach(model, proj, settings[0]) as comp:
+    check_offset(args, model, blocks.shape[1])
+    with attach(model, proj, settings[0]) as comp, shifted(model, args.position_offset):
         rows = quality_curve(model, blocks, comp, settings, args.batch_size, progress=not args.json)
     common = dict(model=model.mkv_name, projections=args.projections, fingerprint=proj.fingerprint(),
-                  allocation="explicit" if args.ranks else args.allocation, corpus=args.corpus, seq_len=args.seq_len)
+                  allocation="explicit" if args.ranks else args.allocation, corpus=args.corpus, seq_len=args.seq_len,
+                  position_offset=args.position_offset)
     if budgets is None:
         emit(dict(rows[0], **common), args.json)
     elif args.json:
@@ -153,6 +170,7 @@ def run_suite(args, allocations) -> int:
     from pathlib import Path
 
     from ..models import load_model
+    from ..positions import shifted
     from ..projections import resolve_projections
     from ..retrieval import format_retrieval_table, retrieval_curve
     from ..runtime import pick
@@ -176,19 +194,22 @@ def run_suite(args, allocations) -> int:
     model, tokenizer = load_model(args.model, device=args.device)
     for m in methods:   # missing projections or trajectories fail here, before any evaluation
         m.settings(model, resolve_projections(m.projections, model), budgets)
+    check_offset(args, model, max([args.seq_len] + (lengths if args.retrieval else [])) + 8)
     blocks = suite_blocks(tokenizer, tokens, args.seq_len)
-    rows = compare_suite(model, methods, budgets, blocks, args.batch_size, progress=not args.json)
-    result = dict(model=model.mkv_name, suite=args.suite, seq_len=args.seq_len, tokens_per_domain=tokens,
-                  domains=list(blocks), skipped=[d for d in DOMAINS if d not in blocks], budgets=budgets,
-                  methods=[m.label for m in methods], rows=rows)
-    if args.retrieval:
-        result["retrieval"] = retrieval_curve(model, tokenizer, methods, budgets, lengths, n_prompts,
-                                              args.retrieval_seed, progress=not args.json)
+    with shifted(model, args.position_offset):
+        rows = compare_suite(model, methods, budgets, blocks, args.batch_size, progress=not args.json)
+        result = dict(model=model.mkv_name, suite=args.suite, seq_len=args.seq_len, tokens_per_domain=tokens,
+                      domains=list(blocks), skipped=[d for d in DOMAINS if d not in blocks], budgets=budgets,
+                      methods=[m.label for m in methods], position_offset=args.position_offset, rows=rows)
+        if args.retrieval:
+            result["retrieval"] = retrieval_curve(model, tokenizer, methods, budgets, lengths, n_prompts,
+                                                  args.retrieval_seed, progress=not args.json)
     if args.json:
         emit(result, True)
         return 0
+    where = f" from position {args.position_offset}" if args.position_offset else ""
     print(f"{result['model']} | out-of-domain suite '{args.suite}' | {len(blocks)} domains x {tokens} tokens, "
-          f"blocks of {args.seq_len} | perplexity ratio (ppl x) and KL to the uncompressed model")
+          f"blocks of {args.seq_len}{where} | perplexity ratio (ppl x) and KL to the uncompressed model")
     print(format_suite_table(rows))
     if args.retrieval:
         print()

@@ -1,7 +1,7 @@
 """mkv fit-pca: KV statistics over calibration text, then PCA (or query-aware) projections saved to a file."""
 from __future__ import annotations
 
-from .common import add_model_args, emit, setup
+from .common import add_model_args, add_positions_arg, emit, setup
 
 
 def register(sub) -> None:
@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--key-basis", choices=KEY_BASES, default="query",
                    help="with --query-aware: which closed-form basis (default 'query'; see mkvlib.pca)")
     p.add_argument("--json", action="store_true")
+    add_positions_arg(p)
     p.set_defaults(func=run)
 
 
@@ -31,7 +32,7 @@ def run(args) -> int:
         check_not_heldout(args.corpus, role="calibration")
     model, _, blocks = setup(args)
     stats = collect_kv_stats(model, blocks, args.batch_size, queries=args.query_aware, model_name=model.mkv_name,
-                             corpus=args.corpus)
+                             corpus=args.corpus, positions=args.positions)
     proj = fit_pca(stats, center_values=args.center_values, model_name=model.mkv_name)
     result = {}
     if args.query_aware:

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from ..runtime import pick
-from .common import add_model_args, add_schedule_arg, emit, hardware, invocation, parse_schedule
+from .common import (add_model_args, add_positions_arg, add_schedule_arg, emit, hardware, invocation,
+                     parse_schedule)
 
 
 def register(sub) -> None:
@@ -27,6 +28,7 @@ def register(sub) -> None:
     add_schedule_arg(p)
     p.add_argument("--layers", default=None, help="layers to fit, e.g. 0-9,12 (default: all); the others keep --init")
     p.add_argument("--seed", type=int, default=0)
+    add_positions_arg(p)
     p.add_argument("--capture", default=None, metavar="FILE",
                    help="keep the captured layer inputs in this .safetensors file (read back if it exists)")
     p.add_argument("--resume", action="store_true",
@@ -75,7 +77,7 @@ def layerwise_config(args):
                            schedule=parse_schedule(args.schedule), seed=args.seed)
 
 
-def read_capture(path: str, model, blocks, need: list[int], corpus: str, tokens: int, seq_len: int):
+def read_capture(args, path: str, model, blocks, need: list[int], corpus: str, tokens: int, seq_len: int):
     """The layer inputs kept in ``path`` by an earlier run, checked to be of the same text and to hold ``need``."""
     from ..training.layerwise import Capture
     from ..training.trainer import blocks_fingerprint
@@ -84,6 +86,10 @@ def read_capture(path: str, model, blocks, need: list[int], corpus: str, tokens:
     if capture.info.get("data") is not None and capture.info["data"] != blocks_fingerprint(blocks):
         raise ValueError(f"{path} was captured over other text than --corpus {corpus} --tokens "
                          f"{tokens} --seq-len {seq_len}: remove it or give the same settings")
+    positions = capture.info.get("positions", "start")
+    if positions != args.positions:
+        raise ValueError(f"{path} was captured with --positions {positions}, not {args.positions}: remove it or "
+                         f"give --positions {positions}")
     lacking = [l for l in need if l not in capture.layers]
     if lacking:
         raise ValueError(f"{path} lacks layers {lacking}: remove it to capture again")
@@ -97,11 +103,11 @@ def layer_inputs(args, model, blocks, need: list[int], corpus: str, tokens: int)
     from ..training.layerwise import capture_layer_inputs
 
     if args.capture and Path(args.capture).is_file():
-        return read_capture(args.capture, model, blocks, need, corpus, tokens, args.seq_len)
+        return read_capture(args, args.capture, model, blocks, need, corpus, tokens, args.seq_len)
     _log(f"capturing layers {_span(need) if need else '(none)'} over {blocks.shape[0]} x {blocks.shape[1]} "
          f"tokens of {corpus}")
     capture = capture_layer_inputs(model, blocks, need, batch_size=args.batch_size, corpus=corpus,
-                                   progress=_log if not args.json else None)
+                                   progress=_log if not args.json else None, positions=args.positions)
     if args.capture:
         capture.save(args.capture)
     return capture
@@ -131,7 +137,8 @@ def run(args) -> int:
                            [l for l in layers if l not in done], corpus, tokens)
     if query_aware:
         init = query_aware_projections(capture.stats(), model_name=model.mkv_name)
-        init.meta["calibration"] = {"corpus": corpus, "tokens": int(blocks.numel()), "seq_len": args.seq_len}
+        init.meta["calibration"] = {"corpus": corpus, "tokens": int(blocks.numel()), "seq_len": args.seq_len,
+                                    "positions": args.positions}
     try:
         proj = fit_layerwise(model, capture, init, config, layers, folder=folder, log=_log, init_name=args.init,
                              corpus=corpus)
@@ -153,7 +160,7 @@ def warmstart_record(args, proj, model, corpus: str, blocks, layers: list[int], 
     return {
         "out": str(Path(args.out)), "fingerprint": proj.fingerprint(), "model": model.mkv_name,
         "command": invocation(), "init": args.init, "init_fingerprint": lw["init_fingerprint"], "corpus": corpus,
-        "tokens": int(blocks.numel()), "seq_len": args.seq_len, "layers": layers,
+        "tokens": int(blocks.numel()), "seq_len": args.seq_len, "positions": args.positions, "layers": layers,
         "resumed_layers": lw["resumed_layers"], "steps_per_layer": config.steps,
         "config": config.to_dict(), "capture_wall_time_s": capture.info.get("wall_time_s"),
         "fit_wall_time_s": lw["fit_wall_time_s"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..geometry import check_budgets, check_schedule
+from ..positions import POSITION_MODES
 
 MIXED_PRECISION = ("auto", "no", "bf16")
 
@@ -34,6 +35,9 @@ class TrainConfig:
       measured best out of domain (docs/results.md, "Starting points and objectives"); the paper's KD : LM = 1 : 3 is (1, 3).
     schedule: ranks to sample from (default {d/8, ..., d}). eval_budgets: uniform budgets for periodic KL eval.
     checkpoint_every: steps between checkpoints (0: only at the end and on interrupt).
+    positions: 'spread' (default) feeds each block at a random offset over the model's context window, seeded per
+      epoch and block, so post-RoPE keys are seen at every angle they take in long contexts; 'start' feeds every
+      block from position 0 (what runs before this option did; see :mod:`mkvlib.positions`).
     mixed_precision: 'auto' (bf16 autocast on CUDA, float32 on CPU), 'no' or 'bf16'.
     """
     steps: int = 300
@@ -54,6 +58,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     gradient_checkpointing: bool = False
     mixed_precision: str = "auto"
+    positions: str = "spread"
     progress: bool = True
 
     def __post_init__(self):
@@ -72,6 +77,8 @@ class TrainConfig:
         need(self.kd_weight + self.lm_weight > 0, "kd_weight and lm_weight cannot both be 0")
         need(self.mixed_precision in MIXED_PRECISION,
              f"mixed_precision must be one of {MIXED_PRECISION}, not {self.mixed_precision!r}")
+        need(self.positions in POSITION_MODES,
+             f"positions must be one of {POSITION_MODES}, not {self.positions!r}")
         self.eval_budgets = check_budgets(self.eval_budgets, "TrainConfig.eval_budgets")
         if self.schedule is not None:
             check_schedule(self.schedule)          # and against head_dim by the RankSampler

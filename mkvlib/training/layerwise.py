@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .. import attention
 from ..compress import cayley, rank_mask, skew
 from ..geometry import KVGeometry
+from ..positions import block_offsets, shifted
 from ..io import atomic_path, read_safetensors
 from ..projections import Projections
 from .sampler import RankSampler, check_schedule, default_schedule
@@ -180,19 +181,23 @@ def parse_layers(spec, n_layers: int) -> list[int]:
 
 @torch.no_grad()
 def capture_layer_inputs(model, blocks: torch.Tensor, layers=None, batch_size: int = 4,
-                         dtype: torch.dtype = torch.float16, progress=None, **info) -> Capture:
+                         dtype: torch.dtype = torch.float16, progress=None, positions: str = "spread",
+                         **info) -> Capture:
     """Run the uncompressed ``model`` once over ``blocks`` (N, T) and keep the attention inputs of ``layers``.
 
     Blocks are full-length sequences without padding (plain causal attention). Tensors are stored in ``dtype``
     (float16 by default: about 2 (H + 2G) d bytes per token and layer) on the CPU; a value outside float16's
     range is an error that names bfloat16. The forward pass stops after the last layer wanted. ``progress``: a
-    callable given a line of text, or None.
+    callable given a line of text, or None. ``positions``: 'spread' (each block at a seeded random offset over
+    the context window, so post-RoPE keys show every angle; :mod:`mkvlib.positions`) or 'start'.
     """
     geom = KVGeometry.of(model)
     if blocks.ndim != 2 or blocks.shape[1] < 2:
         raise ValueError(f"blocks must be (N, T) token ids with T >= 2, not {tuple(blocks.shape)}")
     N, T = blocks.shape
-    info = dict(info, tokens=int(N * T), seq_len=int(T), data=blocks_fingerprint(blocks), dtype=str(dtype))
+    info = dict(info, tokens=int(N * T), seq_len=int(T), data=blocks_fingerprint(blocks), dtype=str(dtype),
+                positions=positions)
+    offsets = block_offsets(positions, N, T, model)
     if layers is not None and not isinstance(layers, str) and len(list(layers)) == 0:   # nothing left to capture
         return Capture({}, model_identity(model), dict(info, wall_time_s=0.0))
     layers = parse_layers(layers, geom.layers)
@@ -221,7 +226,8 @@ def capture_layer_inputs(model, blocks: torch.Tensor, layers=None, batch_size: i
         for start in range(0, N, batch_size):
             rows = slice(start, min(N, start + batch_size))
             try:
-                model(blocks[rows].to(device), use_cache=False)
+                with shifted(model, None if offsets is None else offsets[rows]):
+                    model(blocks[rows].to(device), use_cache=False)
             except _Enough:
                 pass
             if progress is not None and (rows.stop == N or (start // batch_size) % 8 == 7):

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..compress import Projector, attach
 from ..geometry import KVGeometry
 from ..metrics import quality_curve
+from ..positions import block_offsets, shifted
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .loss import distill_loss
@@ -171,10 +172,22 @@ class Trainer:
         """The loss mask (B, T) of the ``index``-th micro-batch, or None when every token counts."""
         return None if self.train_masks is None else self.train_masks[self._batch_rows(index)]
 
+    def micro_offsets(self, index: int) -> torch.Tensor | None:
+        """The position offsets (B,) of the ``index``-th micro-batch ('spread' positions), or None ('start')."""
+        if self.config.positions == "start":
+            return None
+        n, T = self.train_blocks.shape
+        epoch = self._epoch(index)[0]
+        offsets = block_offsets("spread", n, T, self.model, seed=self.config.seed * 100003 + epoch + 7919)
+        return offsets[self._batch_rows(index)]
+
+    def _epoch(self, index: int) -> tuple[int, int]:
+        per_epoch = len(self.train_blocks) // (self.config.batch_size * self.world)
+        return divmod(index, per_epoch)
+
     def _batch_rows(self, index: int) -> torch.Tensor:
         n, b = len(self.train_blocks), self.config.batch_size
-        per_epoch = n // (b * self.world)
-        epoch, pos = divmod(index, per_epoch)
+        epoch, pos = self._epoch(index)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100003 + epoch))
         start = (pos * self.world + self.rank) * b
         return perm[start:start + b]
@@ -191,17 +204,18 @@ class Trainer:
         return contextlib.nullcontext()
 
     # --- one optimizer step -----------------------------------------------------------------------------
-    def _micro_step(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+    def _micro_step(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                    offsets: torch.Tensor | None = None) -> dict:
         c, comp = self.config, self.compression
         ranks = self.sampler.sample()
         teacher = None
         if c.kd_weight:
             comp.enabled = False
-            with torch.no_grad(), self.teacher_context(), self._autocast():
+            with torch.no_grad(), self.teacher_context(), self._autocast(), shifted(self.model, offsets):
                 teacher = self.model(ids, use_cache=False).logits
             comp.enabled = True
         comp.set_ranks(ranks)
-        with self._autocast():
+        with self._autocast(), shifted(self.model, offsets):
             student = self.model(ids, use_cache=False).logits
         loss, parts = distill_loss(student, teacher, ids, attention_mask=mask, kd_weight=c.kd_weight,
                                    lm_weight=c.lm_weight)
@@ -222,7 +236,7 @@ class Trainer:
             index = self.step * c.grad_accum + i
             mask = self.micro_mask(index)
             rows.append(self._micro_step(self.micro_batch(index).to(self.device),
-                                         None if mask is None else mask.to(self.device)))
+                                         None if mask is None else mask.to(self.device), self.micro_offsets(index)))
         params = [p for p in self._params() if p.grad is not None]
         if self.world > 1:
             for p in params:
