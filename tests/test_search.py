@@ -8,21 +8,24 @@ import torch.nn.functional as F
 from mkvlib.compress import attach
 from mkvlib.geometry import KVGeometry, budget_of, uniform_ranks
 from mkvlib.models import tiny_model
+from mkvlib.positions import block_offsets, shifted
 from mkvlib.pca import fit_pca
 from mkvlib.search import (SearchConfig, Trajectory, TrajectoryMismatchError, calibration_scorer, greedy_search,
                            next_ranks, rank_path)
 from mkvlib.search.replay import LayerReplay
-from mkvlib.search.scoring import KLScorer
+from mkvlib.search.scoring import KLScorer, with_rank
 from mkvlib.stats import collect_kv_stats
 
-CFG = SearchConfig(step=8, min_rank=4, tokens=48, seq_len=24, batch_size=2, strategy="exact")
+# positions from 0: the steps recorded below predate 'spread' positions (test_spread_positions_... covers those)
+CFG = SearchConfig(step=8, min_rank=4, tokens=48, seq_len=24, batch_size=2, strategy="exact", positions="start")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _proj(model, ids):
-    return fit_pca(collect_kv_stats(model, ids, 2, progress=False, model_name=model.mkv_name), model_name=model.mkv_name)
+    return fit_pca(collect_kv_stats(model, ids, 2, progress=False, model_name=model.mkv_name, positions="start"),
+                   model_name=model.mkv_name)
 
 
 def _sharp_model():
@@ -69,7 +72,8 @@ def test_exact_search_agrees_step_by_step_with_brute_force(setup, exact_traj):
     model, ids, proj = setup
     geom = KVGeometry.of(model)
     nxt = dict(zip(rank_path(16, 8, 4)[:-1], rank_path(16, 8, 4)[1:]))
-    with torch.no_grad(), attach(model, proj, 1.0) as comp:
+    offsets = block_offsets(CFG.positions, ids.shape[0], ids.shape[1], model)   # None: from position 0
+    with torch.no_grad(), attach(model, proj, 1.0) as comp, shifted(model, offsets):
         comp.enabled = False
         base = F.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1).flatten(0, 1)
         comp.enabled = True
@@ -88,6 +92,32 @@ def test_exact_search_agrees_step_by_step_with_brute_force(setup, exact_traj):
             agree += (l, g, c) == best
             ranks[(l, g, c)] = r
         assert agree >= 10
+
+
+def test_spread_positions_score_each_block_at_its_offset(setup):
+    """With 'spread' positions the scorer's KL is the full forward pass's KL with every block at its seeded offset
+    (and not the KL from position 0): captured position embeddings carry the offsets into every replay."""
+    from mkvlib.metrics import quality_curve
+
+    model, ids, proj = setup
+    geom = KVGeometry.of(model)
+    ranks = uniform_ranks(geom, 0.5)
+    offsets = block_offsets("spread", ids.shape[0], ids.shape[1], model)
+    with calibration_scorer(model, proj, ids, 1, offsets=offsets) as scorer:
+        kl = scorer.set_state(ranks)
+        moved = with_rank(ranks, (1, 0, 0), 4)
+        replayed = scorer.score(moved, 1)
+        comp = scorer.compression
+        full = [quality_curve(model, ids[i:i + 1], comp, [moved], progress=False)[0] for i in range(2)]
+        with shifted(model, offsets[:1]):
+            first = quality_curve(model, ids[:1], comp, [ranks, moved], progress=False)
+        with shifted(model, offsets[1:]):
+            second = quality_curve(model, ids[1:], comp, [ranks, moved], progress=False)
+    assert kl == pytest.approx((first[0]["kl_to_base"] + second[0]["kl_to_base"]) / 2, abs=1e-6)
+    assert replayed == pytest.approx((first[1]["kl_to_base"] + second[1]["kl_to_base"]) / 2, abs=1e-6)
+    assert abs(replayed - sum(r["kl_to_base"] for r in full) / 2) > 1e-6
+    assert greedy_search(model, proj, ids, CFG.with_(positions="spread", stop_budget=0.75),
+                         progress=False).meta["config"]["positions"] == "spread"
 
 
 def test_a_plain_hand_written_loop_takes_the_exact_searchs_steps(setup, exact_traj):

@@ -1,7 +1,7 @@
 """mkv search: the greedy adaptive rank search, recorded as a trajectory JSON file (with precomputed quality)."""
 from __future__ import annotations
 
-from .common import add_adapter_arg, add_model_args, emit, invocation, load_model_and_adapter
+from .common import add_adapter_arg, add_model_args, add_positions_arg, emit, invocation, load_model_and_adapter
 
 SUITE_TOKENS = (512, 1024)   # readout tokens per suite domain: fast, full
 
@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--recall-span", type=int, default=None,
                    help="make each calibration block's last N tokens repeat a span from its start, so that breaking "
                         "long-range lookup costs KL (default 0: blocks as they are); needs 2N + seq-len/4 <= --seq-len")
+    add_positions_arg(p)
     p.add_argument("--eval-corpus", default=None, help="one held-out corpus for the precomputed readout instead of "
                    "the default, the out-of-domain suite (mkvlib.suite: the mean over its domains)")
     p.add_argument("--eval-tokens", type=int, default=None, help="readout tokens per suite domain (default "
@@ -59,7 +60,8 @@ def config_from_args(args):
                                    max_spread=args.max_spread, recall_span=args.recall_span).items() if v is not None}
     if args.proxy_refresh is not None:
         given["proxy_refresh"] = args.proxy_refresh
-    return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance, **given)
+    return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance, positions=args.positions,
+                      **given)
 
 
 def readout_blocks(args, tokenizer, seq_len: int):

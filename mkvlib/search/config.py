@@ -36,6 +36,9 @@ class SearchConfig:
     recall_span: 0 calibrates on the blocks as they are; n > 0 makes each block's last n tokens repeat a span
       from near its start (:func:`mkvlib.recall.recall_blocks`), so that steps which break long-range lookup
       (and with it retrieval) cost KL.
+    positions: 'spread' (default) scores each calibration block at a seeded offset over the model's context
+      window, so steps that hurt late in a long context cost KL too; 'start' from position 0 (searches before
+      this option). See :mod:`mkvlib.positions`.
     """
     step: int = 8
     min_rank: int = 8
@@ -52,6 +55,7 @@ class SearchConfig:
     corpus: str | None = None
     batch_size: int = 4
     recall_span: int = 0
+    positions: str = "spread"
 
     def __post_init__(self):
         for name in ("step", "batched", "tokens", "seq_len", "batch_size"):
@@ -70,6 +74,8 @@ class SearchConfig:
                 check_span(self.recall_span, self.seq_len)
             except ValueError as err:
                 raise ValueError(f"SearchConfig.recall_span: {err}") from None
+        if self.positions not in ("spread", "start"):
+            raise ValueError(f"SearchConfig.positions must be 'spread' or 'start', not {self.positions!r}")
         if not isinstance(self.shortlist, int) or self.shortlist < 0:
             raise ValueError(f"SearchConfig.shortlist must be an integer >= 0, not {self.shortlist!r}")
         if isinstance(self.nll_weight, bool) or not isinstance(self.nll_weight, (int, float)) or not self.nll_weight >= 0:

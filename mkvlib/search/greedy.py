@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..geometry import KVGeometry, budget_of, uniform_ranks
 from ..projections import resolve_projections
+from ..positions import block_offsets
 from ..recall import recall_blocks
 from .config import SearchConfig
 from .rules import Rules, next_ranks, rank_path
@@ -90,7 +91,8 @@ def greedy_search(model, projections, blocks: torch.Tensor, config: SearchConfig
         blocks = recall_blocks(blocks, config.recall_span)
     rules, stop, start = Rules.of(config, geom), stop_budget(config, geom.head_dim), time.time()
     total = int(round((1 - stop) * geom.head_dim * len(rules.entries) / config.step))
-    with calibration_scorer(model, projections, blocks, config.batch_size, config.nll_weight) as scorer:
+    offsets = block_offsets(config.positions, len(blocks), blocks.shape[1], model)
+    with calibration_scorer(model, projections, blocks, config.batch_size, config.nll_weight, offsets) as scorer:
         strategy = make_strategy(config, scorer, geom, rules, stop, progress)
         with tqdm(total=max(1, total), desc="greedy search", disable=not progress) as bar:
             steps, passes = algorithm1(uniform_ranks(geom, 1.0), strategy, rules, stop, bar)

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..geometry import KVGeometry
+from ..positions import shifted
 from .replay import LayerReplay
 
 Entry = tuple  # (layer, kv_head, kind) with kind 0 = K, 1 = V
@@ -39,12 +40,16 @@ class KLScorer:
     """
 
     @torch.no_grad()
-    def __init__(self, model, compression, blocks: torch.Tensor, batch_size: int = 4, nll_weight: float = 0.0):
+    def __init__(self, model, compression, blocks: torch.Tensor, batch_size: int = 4, nll_weight: float = 0.0,
+                 offsets: torch.Tensor | None = None):
         if not nll_weight >= 0:
             raise ValueError(f"nll_weight must be >= 0, not {nll_weight!r}")
         self.model, self.compression, self.nll_weight = model, compression, float(nll_weight)
         device = next(model.parameters()).device
         self.chunks = [blocks[i:i + batch_size].to(device) for i in range(0, len(blocks), batch_size)]
+        # each chunk's position offsets (None: from 0); captured position embeddings carry them into every replay
+        self.offsets = [None if offsets is None else offsets[i:i + batch_size] for i in range(0, len(blocks),
+                                                                                               batch_size)]
         self.targets = [ids[:, 1:].flatten() for ids in self.chunks]
         self.replays = [LayerReplay(model) for _ in self.chunks]
         self.base_logp, self.base_probs, self.base_nll = [], [], []
@@ -52,8 +57,9 @@ class KLScorer:
         enabled = compression.enabled
         compression.enabled = False
         try:
-            for replay, ids in zip(self.replays, self.chunks):
-                logp = replay.capture(ids)                                 # (B*(T-1), vocab)
+            for replay, ids, off in zip(self.replays, self.chunks, self.offsets):
+                with shifted(model, off):
+                    logp = replay.capture(ids)                             # (B*(T-1), vocab)
                 self.base_logp.append(logp)
                 self.base_probs.append(logp.exp())
                 self.base_nll.append(self._nll(len(self.base_nll), logp))
@@ -77,7 +83,10 @@ class KLScorer:
     def set_state(self, ranks: torch.Tensor) -> float:
         """Capture every layer's input with ``ranks`` applied; return the KL at ``ranks``."""
         self.compression.set_ranks(ranks)
-        total = sum(self._kl(i, rp.capture(ids)) for i, (rp, ids) in enumerate(zip(self.replays, self.chunks)))
+        total = 0.0
+        for i, (rp, ids, off) in enumerate(zip(self.replays, self.chunks, self.offsets)):
+            with shifted(self.model, off):
+                total += self._kl(i, rp.capture(ids))
         self.state = ranks.clone()
         self.kl = total / self.tokens
         return self.kl
@@ -102,13 +111,15 @@ class KLScorer:
 
 
 @contextmanager
-def calibration_scorer(model, projections, blocks: torch.Tensor, batch_size: int = 4, nll_weight: float = 0.0):
+def calibration_scorer(model, projections, blocks: torch.Tensor, batch_size: int = 4, nll_weight: float = 0.0,
+                       offsets: torch.Tensor | None = None):
     """A :class:`KLScorer` on ``blocks`` (N, T) with ``projections`` attached to ``model`` at full rank; the
-    model is left as it was on exit. ``projections``: an object, a path, or 'pca'/'trained' (shipped)."""
+    model is left as it was on exit. ``projections``: an object, a path, or 'pca'/'trained' (shipped).
+    ``offsets``: (N,) position offsets of the blocks (:mod:`mkvlib.positions`), or None for positions from 0."""
     from ..compress import attach
 
     with attach(model, projections, 1.0) as comp:
-        yield KLScorer(model, comp, blocks, batch_size, nll_weight)
+        yield KLScorer(model, comp, blocks, batch_size, nll_weight, offsets)
 
 
 class LocalProxy:
