@@ -116,6 +116,26 @@ def energy_by_layer(curves: dict, head_dim: int, fraction: float):
     return fig
 
 
+def quality_by_offset(record: dict, title: str = "The same text, placed later and later in the context window"):
+    """Mean perplexity ratio and KL against where the text sits in the window (its first position), one line per
+    method, from a positions record (data/results/positions.json: ``offsets``, ``methods`` and ``rows`` with
+    method, offset, perplexity_ratio, kl_to_base)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, method in enumerate(m["label"] for m in record["methods"]):
+        cell = {r["offset"]: r for r in record["rows"] if r["method"] == method}
+        have = [o for o in record["offsets"] if o in cell]
+        for ax, key in zip(axes, ("perplexity_ratio", "kl_to_base")):
+            ax.plot(have, [cell[o][key] for o in have], marker="o", ms=3, color=plt.get_cmap("tab10")(i), label=method)
+    axes[0].set(xlabel="first position of the text", ylabel="perplexity / uncompressed")
+    axes[1].set(xlabel="first position of the text", ylabel="KL to the uncompressed model")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def suite_vs_budget(record: dict, title: str = "Out of domain: mean over held-out domains"):
     """Mean perplexity ratio and KL against budget, one line per method, from a suite record (the rows of
     :func:`mkvlib.suite.compare_suite` with ``record['methods']`` and ``record['budgets']``, as stored in

@@ -194,7 +194,7 @@ def run_suite(args, allocations) -> int:
     model, tokenizer = load_model(args.model, device=args.device)
     for m in methods:   # missing projections or trajectories fail here, before any evaluation
         m.settings(model, resolve_projections(m.projections, model), budgets)
-    check_offset(args, model, max([args.seq_len] + (lengths if args.retrieval else [])) + 8)
+    check_offset(args, model, max([args.seq_len] + ([n + 8 for n in lengths] if args.retrieval else [])))
     blocks = suite_blocks(tokenizer, tokens, args.seq_len)
     with shifted(model, args.position_offset):
         rows = compare_suite(model, methods, budgets, blocks, args.batch_size, progress=not args.json)

@@ -126,3 +126,44 @@ def recall_search(data: Data) -> str | None:
             f"(uncompressed: {base}). {rec['note']}.")
     return "\n\n".join([source_line(data, path), note, table(headers, rows),
                         commands_line([rec["search_commands"]["recall"], rec["script"]])])
+
+
+@section("positions", "Where the text sits in the window: KL and passkey late in a long context",
+         "results/positions.json", lead=True)
+def positions(data: Data) -> str | None:
+    path, rec = data.result("positions.json")
+    if rec is None:
+        return None
+    offsets = rec["offsets"]
+    cell = {(r["method"], r["offset"]): r for r in rec["rows"]}
+    methods = [m["label"] for m in rec["methods"]]
+    headers = ["method (uniform ranks)", "fitted on positions"] + [f"from {o:,}: KL (ppl x)" for o in offsets]
+    fitted = {m["label"]: m["positions"] for m in rec["methods"]}
+    rows = [[m, fitted[m]] + [f"{num(cell[(m, o)]['kl_to_base'], 3)} ({num(cell[(m, o)]['perplexity_ratio'], 2)})"
+                              if (m, o) in cell else "-" for o in offsets] for m in methods]
+    note = (f"The out-of-domain suite ({rec['domains']} domains, {rec['tokens_per_domain']:,} tokens each in blocks of "
+            f"{rec['seq_len']}) at a {pct(rec['budget'], 0)} budget, every block placed at positions OFFSET, "
+            "OFFSET + 1, ...: the uncompressed model gives the same predictions wherever the block sits (RoPE is "
+            "relative), so every change along a row is the projections meeting rotary angles they were or were "
+            "not fitted on.")
+    parts = [source_line(data, path), note, table(headers, rows)]
+    if rec.get("passkey"):
+        keys = {(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]}
+        lengths = sorted({p["length"] for p in rec["passkey"]})
+        budgets = sorted({p["budget"] for p in rec["passkey"]}, reverse=True)
+        pk_methods = list(dict.fromkeys(p["method"] for p in rec["passkey"]))
+        base = ", ".join(f"{v['correct']}/{v['n']} at {int(k):,}" for k, v in
+                         sorted(rec["passkey_base"].items(), key=lambda kv: int(kv[0])))
+        parts += [f"Passkey retrieval with the same projections, uniform ranks, in the real compressed cache "
+                  f"(exact match, uncompressed: {base}):",
+                  table(["method"] + [f"{n:,} tokens at {pct(b)}" for n in lengths for b in budgets],
+                        [[m] + [f"{keys[(m, b, n)]['correct']}/{keys[(m, b, n)]['n']}" if (m, b, n) in keys else "-"
+                                for n in lengths for b in budgets] for m in pk_methods])]
+    if rec.get("passkey_shift"):
+        shift = rec["passkey_shift"]
+        parts.append(f"The same {shift['length']:,}-token passkey prompts ({shift['method']}, "
+                     f"{pct(shift['budget'])}) placed from position 0 and later: "
+                     + "; ".join(f"from {int(o):,}: {v['correct']}/{v['n']} (uncompressed {v['base_correct']}/{v['n']})"
+                                 for o, v in sorted(shift["by_offset"].items(), key=lambda kv: int(kv[0]))) + ".")
+    parts.append(commands_line(rec.get("commands", [])))
+    return "\n\n".join(parts)
