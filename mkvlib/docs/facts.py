@@ -98,7 +98,8 @@ def _passkey_lengths(data: Data) -> tuple[dict, list]:
 
 @fact("passkey-lengths-50")
 def passkey_lengths_50(data: Data) -> str:
-    """Shipped adaptive ranks at 50% against recall-calibrated ones, shortest and longest length measured."""
+    """The ranks shipped with the projections trained from position 0, at 50%, against recall-calibrated ones,
+    shortest and longest length measured (compare_passkey_lengths.json predates spread positions)."""
     cells, methods = _passkey_lengths(data)
     shipped, recall = methods[1], methods[2]
     lengths = sorted({k[2] for k in cells})
@@ -109,3 +110,34 @@ def passkey_lengths_50(data: Data) -> str:
             f"{min(cells[('uncompressed', 1.0, m)]['correct'] for m in lengths)} of {n}); ranks searched on recall "
             f"blocks find {cells[(recall, 0.5, lo)]['correct']} of {n} at {lo:,} but "
             f"{cells[(recall, 0.5, hi)]['correct']} at {hi:,}")
+
+
+def _positions(data: Data) -> dict:
+    _, rec = data.result("positions.json")
+    if rec is None:
+        raise KeyError("positions.json is not committed")
+    return rec
+
+
+@fact("positions-late-50")
+def positions_late_50(data: Data) -> str:
+    """KL at 50% uniform with the text at the start of the window and at its end: previous against shipped."""
+    rec = _positions(data)
+    kl = {(r["method"], r["offset"]): r["kl_to_base"] for r in rec["rows"]}
+    first, last = rec["offsets"][0], rec["offsets"][-1]
+    prev, new = "previous trained", "MatryoshkaKV (shipped)"
+    worst = lambda m: max(v for (mm, _), v in kl.items() if mm == m)   # noqa: E731
+    return (f"projections trained on blocks from position 0 go from a KL of {kl[(prev, first)]:.2f} "
+            f"to {worst(prev):.2f} (uniform 50%), the shipped ones, trained on blocks spread over the window, stay "
+            f"between {min(v for (m, _), v in kl.items() if m == new):.2f} and {worst(new):.2f}")
+
+
+@fact("passkey-positions-50")
+def passkey_positions_50(data: Data) -> str:
+    """Passkey at 50% with the shipped projections (adaptive ranks), shortest and longest prompt."""
+    rec = _positions(data)
+    cells = {(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]}
+    lengths = sorted({p["length"] for p in rec["passkey"]})
+    m = "MatryoshkaKV (shipped), adaptive"
+    return " and ".join(f"{cells[(m, 0.5, n)]['correct']} of {cells[(m, 0.5, n)]['n']} at {n:,} tokens "
+                        f"(uncompressed: {rec['passkey_base'][str(n)]['correct']})" for n in lengths)
