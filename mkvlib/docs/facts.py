@@ -134,10 +134,16 @@ def positions_late_50(data: Data) -> str:
 
 @fact("passkey-positions-50")
 def passkey_positions_50(data: Data) -> str:
-    """Passkey at 50% with the shipped projections (adaptive ranks), shortest and longest prompt."""
+    """Passkey with the shipped projections: adaptive and uniform ranks at 50%, uniform at 75%; each prompt length."""
     rec = _positions(data)
     cells = {(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]}
     lengths = sorted({p["length"] for p in rec["passkey"]})
-    m = "MatryoshkaKV (shipped), adaptive"
-    return " and ".join(f"{cells[(m, 0.5, n)]['correct']} of {cells[(m, 0.5, n)]['n']} at {n:,} tokens "
-                        f"(uncompressed: {rec['passkey_base'][str(n)]['correct']})" for n in lengths)
+    n = cells[("MatryoshkaKV (shipped), uniform", 0.5, lengths[0])]["n"]
+
+    def found(method, budget):
+        return " and ".join(str(cells[(method, budget, k)]["correct"]) for k in lengths)
+    where = " and ".join(f"{k:,}" for k in lengths)
+    base = " and ".join(str(rec["passkey_base"][str(k)]["correct"]) for k in lengths)
+    return (f"at 50% {found('MatryoshkaKV (shipped), adaptive', 0.5)} of {n} times at {where} tokens with searched ranks, "
+            f"{found('MatryoshkaKV (shipped), uniform', 0.5)} with uniform ones, and {found('MatryoshkaKV (shipped), uniform', 0.75)} "
+            f"at 75% (uncompressed: {base})")
