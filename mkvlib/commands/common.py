@@ -98,7 +98,9 @@ def add_run_args(p) -> None:
 
 
 def add_positions_arg(p) -> None:
-    p.add_argument("--positions", choices=["spread", "start"], default="spread",
+    from ..positions import POSITION_MODES
+
+    p.add_argument("--positions", choices=POSITION_MODES, default="spread",
                    help="where blocks sit in the context window: 'spread' (default) at seeded random offsets up to "
                         "the model's limit, so post-RoPE keys are seen at every angle long contexts give them; "
                         "'start' from position 0 (runs before this option)")

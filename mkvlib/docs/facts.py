@@ -124,7 +124,7 @@ def positions_late_50(data: Data) -> str:
     """KL at 50% uniform with the text at the start of the window and at its end: previous against shipped."""
     rec = _positions(data)
     kl = {(r["method"], r["offset"]): r["kl_to_base"] for r in rec["rows"]}
-    first, last = rec["offsets"][0], rec["offsets"][-1]
+    first = rec["offsets"][0]
     prev, new = "previous trained", "MatryoshkaKV (shipped)"
     worst = lambda m: max(v for (mm, _), v in kl.items() if mm == m)   # noqa: E731
     return (f"projections trained on blocks from position 0 go from a KL of {kl[(prev, first)]:.2f} "

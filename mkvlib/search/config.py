@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from ..geometry import check_budget, check_rank
+from ..positions import POSITION_MODES
 
 STRATEGIES = ("exact", "lazy", "proxy")
 BALANCES = ("pooled", "separate")
@@ -74,8 +75,8 @@ class SearchConfig:
                 check_span(self.recall_span, self.seq_len)
             except ValueError as err:
                 raise ValueError(f"SearchConfig.recall_span: {err}") from None
-        if self.positions not in ("spread", "start"):
-            raise ValueError(f"SearchConfig.positions must be 'spread' or 'start', not {self.positions!r}")
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"SearchConfig.positions must be one of {POSITION_MODES}, not {self.positions!r}")
         if not isinstance(self.shortlist, int) or self.shortlist < 0:
             raise ValueError(f"SearchConfig.shortlist must be an integer >= 0, not {self.shortlist!r}")
         if isinstance(self.nll_weight, bool) or not isinstance(self.nll_weight, (int, float)) or not self.nll_weight >= 0:

@@ -57,9 +57,8 @@ class KLScorer:
         enabled = compression.enabled
         compression.enabled = False
         try:
-            for replay, ids, off in zip(self.replays, self.chunks, self.offsets):
-                with shifted(model, off):
-                    logp = replay.capture(ids)                             # (B*(T-1), vocab)
+            for i in range(len(self.chunks)):
+                logp = self._capture(i)                                    # (B*(T-1), vocab)
                 self.base_logp.append(logp)
                 self.base_probs.append(logp.exp())
                 self.base_nll.append(self._nll(len(self.base_nll), logp))
@@ -68,6 +67,11 @@ class KLScorer:
         self.state = None          # the ranks whose layer inputs the replays hold (None: base model)
         self.kl = None             # the KL at ``state`` (set by set_state)
         self.evaluations = 0       # candidate scorings, each a partial forward pass
+
+    def _capture(self, i: int) -> torch.Tensor:
+        """Chunk ``i``'s log-probs from a full pass at its position offsets, recording every layer's input."""
+        with shifted(self.model, self.offsets[i]):
+            return self.replays[i].capture(self.chunks[i])
 
     def _nll(self, i: int, logp: torch.Tensor) -> float:
         return float(-logp.gather(1, self.targets[i][:, None]).sum())
@@ -83,10 +87,7 @@ class KLScorer:
     def set_state(self, ranks: torch.Tensor) -> float:
         """Capture every layer's input with ``ranks`` applied; return the KL at ``ranks``."""
         self.compression.set_ranks(ranks)
-        total = 0.0
-        for i, (rp, ids, off) in enumerate(zip(self.replays, self.chunks, self.offsets)):
-            with shifted(self.model, off):
-                total += self._kl(i, rp.capture(ids))
+        total = sum(self._kl(i, self._capture(i)) for i in range(len(self.chunks)))
         self.state = ranks.clone()
         self.kl = total / self.tokens
         return self.kl

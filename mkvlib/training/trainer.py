@@ -174,12 +174,10 @@ class Trainer:
 
     def micro_offsets(self, index: int) -> torch.Tensor | None:
         """The position offsets (B,) of the ``index``-th micro-batch ('spread' positions), or None ('start')."""
-        if self.config.positions == "start":
-            return None
         n, T = self.train_blocks.shape
-        epoch = self._epoch(index)[0]
-        offsets = block_offsets("spread", n, T, self.model, seed=self.config.seed * 100003 + epoch + 7919)
-        return offsets[self._batch_rows(index)]
+        offsets = block_offsets(self.config.positions, n, T, self.model,
+                                seed=self.config.seed * 100003 + self._epoch(index)[0] + 7919)
+        return None if offsets is None else offsets[self._batch_rows(index)]
 
     def _epoch(self, index: int) -> tuple[int, int]:
         per_epoch = len(self.train_blocks) // (self.config.batch_size * self.world)
