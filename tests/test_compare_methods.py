@@ -151,6 +151,29 @@ def test_only_keys_or_values_keeps_the_other_half_full(model, tokens):
         get_method("pca", projections=proj, only="queries")
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_layers_option_compresses_those_layers_alone(model, tokens):
+    """layers='a-b': those layers at the setting's rank, every other layer full; the bytes follow, the filled cache
+    holds exactly them, and ranges the model lacks or cannot parse are refused."""
+    proj, d, n = random_projections(model), model.config.head_dim, model.config.num_hidden_layers
+    assert n >= 2
+    method = get_method("pca", projections=proj, budgets=(0.5,), layers="1-1")
+    (setting,) = method.settings(model)
+    assert setting.label.endswith("layers 1-1") and setting.get("layers") == "1-1"
+    ranks = method.ranks(model, setting)
+    assert (ranks[1] == d // 2).all() and (ranks[0] == d).all() and (ranks[2:] == d).all()
+    report = method.bytes(model, setting, PREFIX + TARGET)
+    assert report.fraction == pytest.approx(1 - 0.5 / n)
+    cache = filled(method, model, setting, tokens)
+    assert cache.stored_bytes() == tokens.shape[0] * (PREFIX + TARGET) * report.per_token
+    assert (get_method("pca", projections=proj, budgets=(0.5,), layers=0).ranks(model, setting)[0] == d // 2).all()
+    with pytest.raises(ValueError, match="the model has layers"):
+        get_method("pca", projections=proj, budgets=(0.5,), layers=f"0-{n}").ranks(model, setting)
+    for bad in ("a-b", "3-1", "1-2-3"):
+        with pytest.raises(ValueError, match="layers"):
+            get_method("pca", projections=proj, layers=bad)
+
+
 @pytest.mark.skipif(not (HAS_QUANTO and HAS_HQQ), reason="needs optimum-quanto and hqq (pip install mkvlib[compare])")
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("backend", ["quanto", "hqq"])

@@ -23,6 +23,10 @@ def register(sub) -> None:
                    help="tokens of the out-of-domain suite (mkvlib.suite: held-out parts of every domain, never "
                         "trained on) for the periodic KL, shared over its domains (default 4096; 1024 fast; 0: none)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between those evaluations (default 50)")
+    p.add_argument("--recall-span", type=int, default=0,
+                   help="make the last N tokens of every training block repeat a span from its first quarter "
+                        "(recall blocks, mkvlib.recall), so that the distillation also asks for long-range lookup "
+                        "(default 0: blocks as they are)")
     p.add_argument("--out", required=True, help="output .safetensors file (a JSON record is written beside it)")
     add_training_args(p, TRAIN_DEFAULTS)
     p.set_defaults(func=run)
@@ -85,6 +89,18 @@ def train_config(args):
     return TrainConfig(**training_settings(args, pick(6, 300)), schedule=parse_schedule(args.schedule), **extra)
 
 
+def check_recall_span(span: int, seq_len: int) -> None:
+    """ValueError naming --recall-span unless it is 0 or fits twice in a block of ``seq_len`` tokens."""
+    if span == 0:
+        return
+    from ..recall import check_span
+
+    try:
+        check_span(span, seq_len)
+    except ValueError as err:
+        raise ValueError(f"--recall-span: {err}") from None
+
+
 def run(args) -> int:
     from ..corpora import default_corpus
     from ..models import load_model
@@ -96,6 +112,7 @@ def run(args) -> int:
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
     corpora = [check_training_corpus(c) for c in (args.corpus or [default_corpus("training")])]
     config = train_config(args)
+    check_recall_span(args.recall_span, args.seq_len)
     accelerator = launched_accelerator(cpu=args.device == "cpu" or None)
     model, tokenizer = load_model(args.model, device=accelerator.device if accelerator else args.device)
     init = resolve_projections(args.init, model)
@@ -103,6 +120,10 @@ def run(args) -> int:
     eval_tokens = pick(1024, 4096) if args.eval_tokens is None else args.eval_tokens
     train_blocks, eval_blocks = load_training_blocks(tokenizer, corpora, tokens, args.seq_len, eval_tokens,
                                                      seed=args.seed)
+    if args.recall_span:
+        from ..recall import recall_blocks
+
+        train_blocks = recall_blocks(train_blocks, args.recall_span, seed=args.seed)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt")
     trainer = Trainer(model, init, train_blocks, config, eval_blocks=eval_blocks, checkpoint_path=ckpt,
                       accelerator=accelerator)
@@ -121,6 +142,7 @@ def write_results(args, out: Path, model, trainer, corpora: list, train_blocks, 
         "out": str(out), "model": model.mkv_name, "init": args.init, "init_fingerprint": trainer.init_fingerprint,
         "command": invocation(), "corpora": corpora, "train_tokens_available": int(train_blocks.numel()),
         "tokens_seen": trainer.tokens_seen, "steps": trainer.step, "seq_len": args.seq_len,
+        "recall_span": args.recall_span,
         "eval": {"suite": "ood", "tokens": int(eval_blocks.numel())} if eval_blocks is not None else None,
         "wall_time_s": round(trainer.wall_time, 1),
         "hardware": {**hardware(trainer.device), "processes": trainer.world},

@@ -344,7 +344,8 @@ def summarize(rows: list[dict], cells: list[Cell], status: list[dict], spec: Com
             row = {"method": cell.spec, "axis": cell.method.axis, "composed": cell.method.axis == "composed",
                    "setting": cell.setting.label, "params": dict(cell.setting.params), "requested": cell.requested,
                    "fraction": round(cell.report.fraction, 6), "bytes_per_token": cell.report.per_token,
-                   "fixed_bytes": cell.report.fixed, "task": t, "length": cell.length, "n": len(mine),
+                   "fixed_bytes": cell.report.fixed, "identity": cell.identity, "task": t, "length": cell.length,
+                   "n": len(mine),
                    "status": "ok" if len(mine) == spec.n else "incomplete"}
             if mine and t == "ppl":
                 nll = sum(_num(r["nll"]) for r in mine) / len(mine)

@@ -86,12 +86,20 @@ def _passkey_rows(rec: dict) -> list[list]:
     return rows
 
 
+def _projections_used(rec: dict) -> str:
+    """', projections <fingerprints>' from the rows' setting identities (summaries written before identities
+    were recorded: '')."""
+    found = sorted({part[len("proj="):] for r in rec["rows"] for part in str(r.get("identity", "")).split(";")
+                    if part.startswith("proj=")})
+    return f", projections {', '.join(found)} (fingerprint{'s' * (len(found) > 1)})" if found else ""
+
+
 def _passkey_section(data: Data, name: str, what: str) -> str | None:
     path, rec = data.result(name)
     if rec is None:
         return None
     note = (f"{rec['model']}; {rec['n']} passkey prompts per length, seed {rec['seed']}, in the real compressed "
-            f"cache. {what} Relative: accuracy over the uncompressed model's on the same prompts. Failed depths: "
+            f"cache{_projections_used(rec)}. {what} Relative: accuracy over the uncompressed model's on the same prompts. Failed depths: "
             "where the key sat (0 = start of the filler, 1 = end) in the prompts answered wrong.")
     return "\n\n".join([source_line(data, path), note,
                         table(["method", "setting", "bytes stored", "tokens", "correct", "relative", "failed depths"],
@@ -111,6 +119,13 @@ def compare_passkey_lengths(data: Data) -> str | None:
 def compare_passkey_halves(data: Data) -> str | None:
     return _passkey_section(data, "compare_kv_halves.json", "`only=keys` compresses the keys alone (uniform ranks, "
                             "values at full rank), `only=values` the values alone.")
+
+
+@section("compare-passkey-layers", "Where in the model the passkey breaks: one group of layers compressed at a time",
+         "results/compare_passkey_layers.json", "results/compare_passkey_layers_items.csv")
+def compare_passkey_layers(data: Data) -> str | None:
+    return _passkey_section(data, "compare_passkey_layers.json", "`layers=a-b` compresses those layers alone "
+                            "(uniform ranks at the budget, every other layer at full rank).")
 
 
 FEATURE_METHODS = ("pca", "matryoshka", "svd", "think")     # the feature-axis methods, by registered name

@@ -11,6 +11,8 @@ every (l, g, K/V) the rank round(budget x d), 'adaptive' the greedy-searched ran
 those projections (:func:`mkvlib.search.adaptive_ranks`); budgets below the trajectory's floor are left out of
 the settings. ``only='keys'`` (or ``'values'``) compresses that half alone and keeps the other at full rank, an
 ablation that says which half a task needs (the bytes then are (budget + 1) / 2 of the full cache's).
+``layers='a-b'`` (inclusive, or one layer number) compresses those layers alone and keeps every other layer at
+full rank: the ablation that says where in the depth of the model a task breaks.
 """
 from __future__ import annotations
 
@@ -31,17 +33,35 @@ def projection_bytes(ranks: torch.Tensor, head_dim: int, element: int) -> int:
     return int(head_dim * (ranks.sum() + ranks.shape[0] * ranks.shape[1])) * element
 
 
+def layer_range(spec, n_layers: int | None) -> tuple[int, int]:
+    """(first, last) layer, inclusive, of ``spec``: 'all', 'a-b' or one layer number; checked against
+    ``n_layers`` when it is given. ValueError says what is accepted."""
+    if spec == "all":
+        return 0, (n_layers or 1) - 1
+    text = str(spec)
+    parts = text.split("-")
+    if isinstance(spec, bool) or len(parts) > 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"layers must be 'all', a range such as 0-9 (inclusive) or one layer number, not {spec!r}")
+    first, last = int(parts[0]), int(parts[-1])
+    if first > last:
+        raise ValueError(f"layers {spec!r}: the first layer is after the last")
+    if n_layers is not None and last >= n_layers:
+        raise ValueError(f"layers {spec!r}: the model has layers 0-{n_layers - 1}")
+    return first, last
+
+
 @dataclass(frozen=True)
 class ProjectionMethod(KVMethod):
     """Options: ``projections`` ('pca', 'trained', a path or a :class:`Projections`), ``allocation`` ('uniform'
     or 'adaptive'), ``budgets`` (feature budgets in (0, 1], the settings), ``trajectory`` (a path or Trajectory
     for adaptive ranks; None: the shipped one), ``only`` ('both', or 'keys' / 'values' to compress that half
-    alone, the other kept at full rank)."""
+    alone, the other kept at full rank), ``layers`` ('all', or 'a-b' / one number: compress those layers alone)."""
     projections: object = "pca"
     allocation: str = "uniform"
     budgets: tuple = FEATURE_BUDGETS
     trajectory: object = None
     only: str = "both"
+    layers: object = "all"
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     axis = "feature"
@@ -49,6 +69,7 @@ class ProjectionMethod(KVMethod):
     def __post_init__(self):
         check_choice("allocation", self.allocation, ("uniform", "adaptive"))
         check_choice("only", self.only, ("both", "keys", "values"))
+        layer_range(self.layers, None)
         object.__setattr__(self, "budgets", check_fractions("budgets", self.budgets))
         if not isinstance(self.projections, (str, Projections)) and not hasattr(self.projections, "__fspath__"):
             raise ValueError(f"projections must be 'pca', 'trained', a path or a Projections, not "
@@ -73,10 +94,15 @@ class ProjectionMethod(KVMethod):
 
                 self._memo[key] = adaptive_ranks(model, self.resolved(model), budget, self.trajectory)
             ranks = self._memo[key]
-        if self.only == "both":
+        if self.only == "both" and self.layers == "all":
             return ranks
+        geom = KVGeometry.of(model)
         ranks = ranks.clone()
-        ranks[..., 1 if self.only == "keys" else 0] = KVGeometry.of(model).head_dim
+        if self.only != "both":
+            ranks[..., 1 if self.only == "keys" else 0] = geom.head_dim
+        first, last = layer_range(self.layers, geom.layers)
+        ranks[:first] = geom.head_dim
+        ranks[last + 1:] = geom.head_dim
         return ranks
 
     # --- the interface -----------------------------------------------------------------------------------------
@@ -107,7 +133,9 @@ class ProjectionMethod(KVMethod):
 
     def settings(self, model) -> list[Setting]:
         half = () if self.only == "both" else (("only", self.only),)       # part of the stored results' key
+        half += () if self.layers == "all" else (("layers", str(self.layers)),)
         label = "" if self.only == "both" else f" {self.only} only"
+        label += "" if self.layers == "all" else f" layers {self.layers}"
         return [Setting(self.name, f"{100 * b:g}%{label}", (("allocation", self.allocation), ("budget", b)) + half)
                 for b in self.available(model)]
 
