@@ -134,16 +134,28 @@ def positions_late_50(data: Data) -> str:
 
 @fact("passkey-positions-50")
 def passkey_positions_50(data: Data) -> str:
-    """Passkey with the shipped projections: adaptive and uniform ranks at 50%, uniform at 75%; each prompt length."""
+    """Passkey with the shipped projections: searched and uniform ranks at 50% and at 75%, each prompt length."""
     rec = _positions(data)
     cells = {(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]}
     lengths = sorted({p["length"] for p in rec["passkey"]})
-    n = cells[("MatryoshkaKV (shipped), uniform", 0.5, lengths[0])]["n"]
+    adaptive, uniform = "MatryoshkaKV (shipped), adaptive", "MatryoshkaKV (shipped), uniform"
+    n = cells[(uniform, 0.5, lengths[0])]["n"]
 
     def found(method, budget):
         return " and ".join(str(cells[(method, budget, k)]["correct"]) for k in lengths)
     where = " and ".join(f"{k:,}" for k in lengths)
     base = " and ".join(str(rec["passkey_base"][str(k)]["correct"]) for k in lengths)
-    return (f"at 50% {found('MatryoshkaKV (shipped), adaptive', 0.5)} of {n} times at {where} tokens with searched ranks, "
-            f"{found('MatryoshkaKV (shipped), uniform', 0.5)} with uniform ones, and {found('MatryoshkaKV (shipped), uniform', 0.75)} "
-            f"at 75% (uncompressed: {base})")
+    return (f"at 50% {found(adaptive, 0.5)} of {n} times at {where} tokens with searched ranks and "
+            f"{found(uniform, 0.5)} with uniform ones; at 75% {found(uniform, 0.75)} with uniform ranks and "
+            f"{found(adaptive, 0.75)} with searched ones (uncompressed: {base})")
+
+
+@fact("passkey-no-recall-50")
+def passkey_no_recall_50(data: Data) -> str:
+    """Passkey at 50% uniform with the projections of the same route before its recall-block stage."""
+    rec = _positions(data)
+    label = "spread positions, no recall blocks, uniform"
+    cells = {p["length"]: p for p in rec["passkey"] if p["method"] == label and p["budget"] == 0.5}
+    lengths = sorted(cells)
+    return (f"{' and '.join(str(cells[k]['correct']) for k in lengths)} of {cells[lengths[0]]['n']} "
+            f"(uniform ranks at 50%)")

@@ -154,7 +154,7 @@ def positions(data: Data) -> str | None:
         pk_methods = list(dict.fromkeys(p["method"] for p in rec["passkey"]))
         base = ", ".join(f"{v['correct']}/{v['n']} at {int(k):,}" for k, v in
                          sorted(rec["passkey_base"].items(), key=lambda kv: int(kv[0])))
-        parts += [f"Passkey retrieval with the shipped projections in the real compressed cache "
+        parts += [f"Passkey retrieval in the real compressed cache, by projections and allocation "
                   f"(exact match, uncompressed: {base}):",
                   table(["method"] + [f"{n:,} tokens at {pct(b)}" for n in lengths for b in budgets],
                         [[m] + [f"{keys[(m, b, n)]['correct']}/{keys[(m, b, n)]['n']}" if (m, b, n) in keys else "-"
