@@ -132,12 +132,17 @@ def positions_late_50(data: Data) -> str:
             f"between {min(v for (m, _), v in kl.items() if m == new):.2f} and {worst(new):.2f}")
 
 
+def _passkey_cells(rec: dict) -> tuple[dict, list]:
+    """({(method, budget, length): row}, prompt lengths) of a positions record's passkey table."""
+    return ({(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]},
+            sorted({p["length"] for p in rec["passkey"]}))
+
+
 @fact("passkey-positions-50")
 def passkey_positions_50(data: Data) -> str:
     """Passkey with the shipped projections: searched and uniform ranks at 50% and at 75%, each prompt length."""
     rec = _positions(data)
-    cells = {(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]}
-    lengths = sorted({p["length"] for p in rec["passkey"]})
+    cells, lengths = _passkey_cells(rec)
     adaptive, uniform = "MatryoshkaKV (shipped), adaptive", "MatryoshkaKV (shipped), uniform"
     n = cells[(uniform, 0.5, lengths[0])]["n"]
 
@@ -153,9 +158,6 @@ def passkey_positions_50(data: Data) -> str:
 @fact("passkey-no-recall-50")
 def passkey_no_recall_50(data: Data) -> str:
     """Passkey at 50% uniform with the projections of the same route before its recall-block stage."""
-    rec = _positions(data)
-    label = "spread positions, no recall blocks, uniform"
-    cells = {p["length"]: p for p in rec["passkey"] if p["method"] == label and p["budget"] == 0.5}
-    lengths = sorted(cells)
-    return (f"{' and '.join(str(cells[k]['correct']) for k in lengths)} of {cells[lengths[0]]['n']} "
-            f"(uniform ranks at 50%)")
+    cells, lengths = _passkey_cells(_positions(data))
+    rows = [cells[("spread positions, no recall blocks, uniform", 0.5, k)] for k in lengths]
+    return f"{' and '.join(str(r['correct']) for r in rows)} of {rows[0]['n']} (uniform ranks at 50%)"
