@@ -99,8 +99,8 @@ def _passkey_section(data: Data, name: str, what: str) -> str | None:
     if rec is None:
         return None
     note = (f"{rec['model']}; {rec['n']} passkey prompts per length, seed {rec['seed']}, in the real compressed "
-            f"cache{_projections_used(rec)}. {what} Relative: accuracy over the uncompressed model's on the same prompts. Failed depths: "
-            "where the key sat (0 = start of the filler, 1 = end) in the prompts answered wrong.")
+            f"cache{_projections_used(rec)}. {what} Relative: accuracy over the uncompressed model's on the same "
+            "prompts. Failed depths: where the key sat (0 = start of the filler, 1 = end) in the prompts answered wrong.")
     return "\n\n".join([source_line(data, path), note,
                         table(["method", "setting", "bytes stored", "tokens", "correct", "relative", "failed depths"],
                               _passkey_rows(rec)),
