@@ -121,6 +121,14 @@ def compare_passkey_halves(data: Data) -> str | None:
                             "values at full rank), `only=values` the values alone.")
 
 
+@section("compare-passkey-halves-shipped", "One half alone with the shipped projections (trained on recall blocks)",
+         "results/compare_passkey_halves_shipped.json", "results/compare_passkey_halves_shipped_items.csv")
+def compare_passkey_halves_shipped(data: Data) -> str | None:
+    return _passkey_section(data, "compare_passkey_halves_shipped.json", "The same ablation as above with the "
+                            "projections shipped now; both halves together at 50% are in the positions section "
+                            "(data/results/positions.json).")
+
+
 @section("compare-passkey-layers", "Where in the model the passkey breaks: one group of layers compressed at a time",
          "results/compare_passkey_layers.json", "results/compare_passkey_layers_items.csv")
 def compare_passkey_layers(data: Data) -> str | None:
