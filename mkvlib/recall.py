@@ -33,6 +33,17 @@ def check_span(span: int, seq_len: int, start_fraction: float = 0.25) -> None:
                          f"{max((seq_len - latest) // 2, 0)} or longer blocks")
 
 
+def check_recall_span(span: int, seq_len: int, owner: str) -> None:
+    """Nothing for ``span`` 0 (recall blocks off); else :func:`check_span`, its ValueError prefixed by ``owner``
+    (the option or field that was given)."""
+    if span == 0:
+        return
+    try:
+        check_span(span, seq_len)
+    except ValueError as err:
+        raise ValueError(f"{owner}: {err}") from None
+
+
 def recall_blocks(blocks: torch.Tensor, span: int, seed: int = 0, start_fraction: float = 0.25) -> torch.Tensor:
     """Blocks (B, S) whose last ``span`` tokens copy the ``span`` tokens starting at a seeded position in the
     first ``start_fraction`` of the same block (so the copy lies at least S - span - S * start_fraction tokens

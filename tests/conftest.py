@@ -75,3 +75,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory):
+    """A tiny random model with a byte tokenizer saved as a folder (what --model takes), and PCA for it
+    (pca.safetensors inside). Read it, never write into it: it is shared by the whole session."""
+    from mkvlib.fullrun.tiny import tiny_pair
+    from mkvlib.pca import fit_pca
+    from mkvlib.stats import collect_kv_stats
+
+    folder = tmp_path_factory.mktemp("models") / "tinymodel"
+    model, tokenizer = tiny_pair(seed=3)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    blocks = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    fit_pca(collect_kv_stats(model, blocks, progress=False), model_name="tinymodel").save(folder / "pca.safetensors")
+    return folder

@@ -36,22 +36,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny random model with a byte tokenizer saved as a folder (what --model takes), and PCA for it."""
-    from mkvlib.fullrun.tiny import tiny_pair
-    from mkvlib.pca import fit_pca
-    from mkvlib.stats import collect_kv_stats
-
-    folder = tmp_path_factory.mktemp("models") / "tinymodel"
-    model, tokenizer = tiny_pair(seed=3)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    blocks = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
-    fit_pca(collect_kv_stats(model, blocks, progress=False), model_name="tinymodel").save(folder / "pca.safetensors")
-    return folder
-
-
 def train_args(model_dir, out, batch):
     return ["train", "--model", str(model_dir), "--init", str(model_dir / "pca.safetensors"), "--corpus",
             "pydoc-train", "--tokens", "2048", "--seq-len", "32", "--batch", str(batch), "--steps", "4", "--warmup",
@@ -64,16 +48,17 @@ def projectors(bases: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate command line is not installed beside Python")
-def test_two_processes_train_what_one_process_trains_and_only_the_main_one_writes(model_dir, tmp_path, capsys):
+def test_two_processes_train_what_one_process_trains_and_only_the_main_one_writes(
+        tiny_model_folder, tmp_path, capsys):
     one = tmp_path / "one" / "p.safetensors"
-    assert main(train_args(model_dir, one, batch=4)) == 0
+    assert main(train_args(tiny_model_folder, one, batch=4)) == 0
     capsys.readouterr()
     two = tmp_path / "two" / "p.safetensors"
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                           str(free_port()), str(WORKER), *train_args(model_dir, two, batch=2)],
+                           str(free_port()), str(WORKER), *train_args(tiny_model_folder, two, batch=2)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -83,7 +68,8 @@ def test_two_processes_train_what_one_process_trains_and_only_the_main_one_write
     reference = json.loads(one.with_suffix(".json").read_text())
     assert record["hardware"]["processes"] == 2 and reference["hardware"]["processes"] == 1
     assert record["tokens_seen"] == reference["tokens_seen"] == 4 * 4 * 32
-    a, b, init = Projections.load(one), Projections.load(two), Projections.load(model_dir / "pca.safetensors")
+    init = Projections.load(tiny_model_folder / "pca.safetensors")
+    a, b = Projections.load(one), Projections.load(two)
     assert (projectors(a.keys) - projectors(init.keys)).abs().max() > 1e-3   # training moved the subspaces
     torch.testing.assert_close(projectors(b.keys), projectors(a.keys), atol=1e-5, rtol=0)
     torch.testing.assert_close(projectors(b.values), projectors(a.values), atol=1e-5, rtol=0)

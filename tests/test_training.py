@@ -219,23 +219,14 @@ def test_periodic_evaluation_includes_the_starting_point():
     assert trainer.evals[0]["rows"][0]["budget"] == 0.5
 
 
-def test_cli_recall_span_trains_on_recall_blocks(tmp_path, monkeypatch, capsys):
+def test_cli_recall_span_trains_on_recall_blocks(tiny_model_folder, tmp_path, monkeypatch, capsys):
     """mkv train --recall-span N: every training block's last N tokens repeat an earlier span of it (the trainer is
     handed exactly recall_blocks of the plain blocks), the record says so, and a span that does not fit is a clear
     error before anything is written."""
     from mkvlib import training
     from mkvlib.cli import main
-    from mkvlib.fullrun.tiny import tiny_pair
-    from mkvlib.pca import fit_pca
     from mkvlib.recall import recall_blocks
-    from mkvlib.stats import collect_kv_stats
 
-    folder = tmp_path / "tinymodel"
-    model, tokenizer = tiny_pair(seed=3)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    blocks = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
-    fit_pca(collect_kv_stats(model, blocks, progress=False), model_name="tinymodel").save(folder / "pca.safetensors")
     seen = []
     real = training.Trainer.__init__
 
@@ -244,9 +235,9 @@ def test_cli_recall_span_trains_on_recall_blocks(tmp_path, monkeypatch, capsys):
         real(self, model, projector, train_blocks, *a, **kw)
 
     monkeypatch.setattr(training.Trainer, "__init__", spy)
-    args = ["train", "--model", str(folder), "--init", str(folder / "pca.safetensors"), "--corpus", "pydoc-train",
-            "--tokens", "512", "--seq-len", "64", "--batch", "2", "--steps", "1", "--warmup", "1", "--eval-tokens",
-            "0", "--json"]
+    args = ["train", "--model", str(tiny_model_folder), "--init", str(tiny_model_folder / "pca.safetensors"),
+            "--corpus", "pydoc-train", "--tokens", "512", "--seq-len", "64", "--batch", "2", "--steps", "1",
+            "--warmup", "1", "--eval-tokens", "0", "--json"]
     plain, recall = tmp_path / "plain.safetensors", tmp_path / "recall.safetensors"
     assert main(args + ["--out", str(plain)]) == 0
     assert main(args + ["--recall-span", "16", "--out", str(recall)]) == 0

@@ -89,22 +89,11 @@ def train_config(args):
     return TrainConfig(**training_settings(args, pick(6, 300)), schedule=parse_schedule(args.schedule), **extra)
 
 
-def check_recall_span(span: int, seq_len: int) -> None:
-    """ValueError naming --recall-span unless it is 0 or fits twice in a block of ``seq_len`` tokens."""
-    if span == 0:
-        return
-    from ..recall import check_span
-
-    try:
-        check_span(span, seq_len)
-    except ValueError as err:
-        raise ValueError(f"--recall-span: {err}") from None
-
-
 def run(args) -> int:
     from ..corpora import default_corpus
     from ..models import load_model
     from ..projections import resolve_projections
+    from ..recall import check_recall_span, recall_blocks
     from ..training import Trainer
 
     out = Path(args.out)
@@ -112,7 +101,7 @@ def run(args) -> int:
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
     corpora = [check_training_corpus(c) for c in (args.corpus or [default_corpus("training")])]
     config = train_config(args)
-    check_recall_span(args.recall_span, args.seq_len)
+    check_recall_span(args.recall_span, args.seq_len, "--recall-span")
     accelerator = launched_accelerator(cpu=args.device == "cpu" or None)
     model, tokenizer = load_model(args.model, device=accelerator.device if accelerator else args.device)
     init = resolve_projections(args.init, model)
@@ -121,8 +110,6 @@ def run(args) -> int:
     train_blocks, eval_blocks = load_training_blocks(tokenizer, corpora, tokens, args.seq_len, eval_tokens,
                                                      seed=args.seed)
     if args.recall_span:
-        from ..recall import recall_blocks
-
         train_blocks = recall_blocks(train_blocks, args.recall_span, seed=args.seed)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt")
     trainer = Trainer(model, init, train_blocks, config, eval_blocks=eval_blocks, checkpoint_path=ckpt,

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, replace
 
 from ..geometry import check_budget, check_rank
 from ..positions import POSITION_MODES
+from ..recall import check_recall_span
 
 STRATEGIES = ("exact", "lazy", "proxy")
 BALANCES = ("pooled", "separate")
@@ -68,13 +69,7 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.proxy_refresh must be an integer >= 0, not {self.proxy_refresh!r}")
         if not isinstance(self.recall_span, int) or isinstance(self.recall_span, bool) or self.recall_span < 0:
             raise ValueError(f"SearchConfig.recall_span must be an integer >= 0 (tokens), not {self.recall_span!r}")
-        if self.recall_span:
-            from ..recall import check_span
-
-            try:
-                check_span(self.recall_span, self.seq_len)
-            except ValueError as err:
-                raise ValueError(f"SearchConfig.recall_span: {err}") from None
+        check_recall_span(self.recall_span, self.seq_len, "SearchConfig.recall_span")
         if self.positions not in POSITION_MODES:
             raise ValueError(f"SearchConfig.positions must be one of {POSITION_MODES}, not {self.positions!r}")
         if not isinstance(self.shortlist, int) or self.shortlist < 0:
