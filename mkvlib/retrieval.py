@@ -124,6 +124,43 @@ def passkey_accuracy(model, prompts: list[PasskeyPrompt], tokenizer, max_new_tok
     return {"accuracy": correct / len(prompts), "correct": correct, "n": len(prompts), "answers": answers}
 
 
+def answer_ids(tokenizer, prompt: PasskeyPrompt) -> torch.Tensor:
+    """The key's tokens as they follow the prompt (" " + key, tokenized with the prompt so that the boundary is
+    the one greedy decoding would produce), LongTensor (A,). A ValueError when the prompt's own tokens are not a
+    prefix of the joint tokenization (a tokenizer that merges across the boundary)."""
+    joint = tokenizer(prompt.text + " " + prompt.key, add_special_tokens=False)["input_ids"]
+    n = prompt.ids.shape[1]
+    if joint[:n] != prompt.ids[0].tolist() or len(joint) <= n:
+        raise ValueError("the tokenizer merges the prompt's last token with the answer; the key's log-probability "
+                         "is not defined for it here")
+    return torch.tensor(joint[n:], dtype=torch.long)
+
+
+@torch.no_grad()
+def key_margins(model, prompts: list[PasskeyPrompt], tokenizer) -> dict:
+    """Teacher-forced view of the same prompts (the model as it is, compressed or not): one forward pass over
+    prompt + key per prompt. Per prompt, ``key_logp`` is log p(the key's tokens | prompt) and ``first_margin``
+    is log p(the key's first token) minus the largest log-probability at that position (0 when greedy decoding
+    starts the key; negative: how far another token is ahead). ``top`` is the token greedy decoding picks there.
+
+    Exact match says only whether greedy decoding wrote the key; this separates a key that is lost (every digit
+    improbable) from one still found but preceded by another opening (a first margin near 0, digits probable).
+    Returns {"key_logp": [...], "first_margin": [...], "top": [...], "mean_key_logp", "mean_first_margin"}.
+    """
+    device = next(model.parameters()).device
+    out = {"key_logp": [], "first_margin": [], "top": []}
+    for p in prompts:
+        ans = answer_ids(tokenizer, p).to(device)
+        ids = torch.cat([p.ids.to(device), ans[None]], dim=1)
+        logp = model(ids, use_cache=False).logits[0, -len(ans) - 1:-1].float().log_softmax(-1)
+        out["key_logp"].append(round(logp.gather(1, ans[:, None]).sum().item(), 4))
+        out["first_margin"].append(round((logp[0, ans[0]] - logp[0].max()).item(), 4))
+        out["top"].append(tokenizer.decode([int(logp[0].argmax())]))
+    for k in ("key_logp", "first_margin"):
+        out[f"mean_{k}"] = round(sum(out[k]) / max(len(out[k]), 1), 4)
+    return out
+
+
 def first_failure(rows: list[dict], fraction: float = FAIL_FRACTION) -> float | None:
     """The highest budget whose accuracy is below ``fraction`` of the uncompressed one (at any length), or None."""
     failing = [r["budget"] for r in rows if r["accuracy"] < fraction * r["base_accuracy"]]

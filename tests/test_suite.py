@@ -166,6 +166,58 @@ def test_passkey_accuracy_scores_greedy_answers():
     assert half["accuracy"] == 0.5
 
 
+class Oracle(torch.nn.Module):
+    """Teacher-forced 'model' whose logits at each position put ``margin`` on the next input token."""
+
+    def __init__(self, margin):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.margin = margin
+
+    def forward(self, ids, use_cache=False):
+        logits = torch.zeros(1, ids.shape[1], 128)
+        logits[0, torch.arange(ids.shape[1] - 1), ids[0, 1:]] = self.margin
+        return type("Out", (), {"logits": logits})()
+
+
+def test_key_margins_teacher_forced_on_known_models():
+    tok = CharTok()
+    prompts = retrieval.passkey_prompts(tok, 400, n=3)
+    answer = retrieval.answer_ids(tok, prompts[0])
+    assert tok.decode(answer.tolist()) == " " + prompts[0].key
+    sure = retrieval.key_margins(Oracle(40.0), prompts, tok)
+    assert all(abs(v) < 1e-6 for v in sure["key_logp"]) and sure["first_margin"] == [0.0] * 3 and sure["top"] == [" "] * 3
+    flat = retrieval.key_margins(Oracle(0.0), prompts, tok)                  # uniform over 128 tokens
+    assert flat["key_logp"] == pytest.approx([-len(answer) * math.log(128)] * 3, abs=1e-3)
+    assert flat["mean_key_logp"] == pytest.approx(-len(answer) * math.log(128), abs=1e-3)
+
+    class Reversed(CharTok):
+        def __call__(self, text, **kw):
+            return {"input_ids": super().__call__(text)["input_ids"][::-1]}
+    with pytest.raises(ValueError, match="merges"):
+        retrieval.answer_ids(Reversed(), prompts[0])
+
+
+@torch.no_grad()
+def test_key_margins_agree_with_greedy_decoding(llama, one_thread):
+    """The first margin is 0 exactly where greedy decoding opens with the key's first token, and ``top`` is the
+    token it opens with; at full rank the compressed model's margins are the uncompressed model's."""
+    tok = CharTok()
+    prompts = retrieval.passkey_prompts(tok, 300, n=4)
+    base = retrieval.key_margins(llama, prompts, tok)
+    for p, margin, top in zip(prompts, base["first_margin"], base["top"]):
+        first = retrieval.generate_answer(llama, p, tok, max_new_tokens=1)
+        assert first == top and margin <= 0
+        assert (margin == 0) == (first == tok.decode([int(retrieval.answer_ids(tok, p)[0])]))
+    proj = random_projections(llama, 3)
+    with attach(llama, proj, 1.0):
+        full = retrieval.key_margins(llama, prompts, tok)
+    with attach(llama, proj, 0.25):
+        low = retrieval.key_margins(llama, prompts, tok)
+    assert full["key_logp"] == pytest.approx(base["key_logp"], abs=1e-3)
+    assert low["key_logp"] != pytest.approx(base["key_logp"], abs=1e-3)
+
+
 @torch.no_grad()
 def test_compressed_generate_with_cache_matches_decoding_without(llama, one_thread):
     """The hook projects cached and new keys/values alike: greedy decoding with the cache equals greedy
