@@ -5,12 +5,14 @@ Files (written by the measurements recorded inside them):
 - ``data/results/ood_suite.json``: rows of :func:`mkvlib.suite.compare_suite` for each method and budget, on the
   out-of-domain suite and, beside it, in-domain text (the training mixture past the tokens trained on);
 - ``data/results/retrieval.json``: :func:`mkvlib.retrieval.retrieval_curve` for the same methods;
+- ``data/results/passkey_rank_mix.json``: passkey at 4k between two points of the shipped trajectory, with
+  :func:`mkvlib.retrieval.key_margins` beside exact match;
 - ``data/results/ood_routes.json``: starting points and objectives of training, each with its CPU time and its
   out-of-domain KL at 50% (notebook 02).
 """
 from __future__ import annotations
 
-from .markdown import num, pct, table
+from .markdown import code, num, pct, table
 from .records import Data
 from .results import commands_line, section, source_line
 
@@ -167,3 +169,25 @@ def positions(data: Data) -> str | None:
                                  for o, v in sorted(shift["by_offset"].items(), key=lambda kv: int(kv[0]))) + ".")
     parts.append(commands_line(rec.get("commands", [])))
     return "\n\n".join(parts)
+
+
+@section("passkey-rank-mix", "Passkey at 4,096 tokens between two points of the shipped trajectory",
+         "results/passkey_rank_mix.json", lead=True)
+def passkey_rank_mix(data: Data) -> str | None:
+    path, rec = data.result("passkey_rank_mix.json")
+    if rec is None:
+        return None
+    rows = []
+    for r in rec["rows"]:
+        opening = max(set(r["top"]), key=r["top"].count)
+        rows.append([r["setting"], pct(r["budget"]), f"{r['correct']}/{r['n']}", num(r["mean_key_logp"], 2),
+                     num(r["mean_first_margin"], 2), f"{opening!r} ({r['top'].count(opening)}/{len(r['top'])})"])
+    note = (f"{rec['what']}. Projections {code(rec['projections'])}, trajectory {code(rec['trajectory'])}. "
+            "\"Mixed\" rows take the 75% point's ranks and lower one group of entries to the ranks the 50% point "
+            "gives them. Key log p: the key's tokens given the prompt, mean over the prompts; first margin: the "
+            "key's first token against the most likely one at the answer's first position (0: greedy decoding "
+            "opens with the key).")
+    return "\n\n".join([source_line(data, path), note,
+                        table(["setting", "budget", "exact match", "key log p", "first margin",
+                               "opening token (prompts)"], rows),
+                        "Script: the file's `script` field (Python; `python script.py OUT` with `MKV_DATA_DIR` set)."])
