@@ -61,8 +61,8 @@ def compare(data: Data) -> str | None:
         ceiling = "; ".join(f"{t} " + ", ".join(f"{pct(a, 0)} at {int(n):,}" for n, a in sorted(
             by.items(), key=lambda x: int(x[0]))) for t, by in rec["ceiling"].items())
         note = (f"{rec['model']}; {', '.join(f'{n:,}' for n in rec['lengths'])} tokens, {rec['n']} items per task "
-                f"and length, seed {rec['seed']}{_projections_used(rec)}; each method at its setting nearest to each fraction of the "
-                "uncompressed cache's bytes per token (all stored bytes counted: scales, residual buffers; "
+                f"and length, seed {rec['seed']}{_projections_used(rec)}; each method at its setting nearest to each "
+                "fraction of the uncompressed cache's bytes per token (all stored bytes counted: scales, residual buffers; "
                 "projection matrices are a fixed cost, not per token). ppl: perplexity ratio / KL to the "
                 f"uncompressed model on the last {rec['target_tokens']} tokens of held-out blocks (the rest is the "
                 "stored prefix); retrieval: exact-match answers, correct / items. Uncompressed accuracy (the "

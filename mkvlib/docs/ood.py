@@ -12,6 +12,8 @@ Files (written by the measurements recorded inside them):
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from .markdown import code, num, pct, table
 from .records import Data
 from .results import commands_line, section, source_line
@@ -179,9 +181,9 @@ def passkey_rank_mix(data: Data) -> str | None:
         return None
     rows = []
     for r in rec["rows"]:
-        opening = max(set(r["top"]), key=r["top"].count)
+        opening, times = Counter(r["top"]).most_common(1)[0]      # ties: the first prompt's opening
         rows.append([r["setting"], pct(r["budget"]), f"{r['correct']}/{r['n']}", num(r["mean_key_logp"], 2),
-                     num(r["mean_first_margin"], 2), f"{opening!r} ({r['top'].count(opening)}/{len(r['top'])})"])
+                     num(r["mean_first_margin"], 2), f"{opening!r} ({times}/{len(r['top'])})"])
     note = (f"{rec['what']}. Projections {code(rec['projections'])}, trajectory {code(rec['trajectory'])}. "
             "\"Mixed\" rows take the 75% point's ranks and lower one group of entries to the ranks the 50% point "
             "gives them. Key log p: the key's tokens given the prompt, mean over the prompts; first margin: the "
@@ -190,4 +192,5 @@ def passkey_rank_mix(data: Data) -> str | None:
     return "\n\n".join([source_line(data, path), note,
                         table(["setting", "budget", "exact match", "key log p", "first margin",
                                "opening token (prompts)"], rows),
-                        "Script: the file's `script` field (Python; `python script.py OUT` with `MKV_DATA_DIR` set)."])
+                        commands_line([rec.get("command")]) + " (the script is the file's `script` field; "
+                        "`MKV_DATA_DIR` set)."])
