@@ -186,7 +186,8 @@ def test_key_margins_teacher_forced_on_known_models():
     answer = retrieval.answer_ids(tok, prompts[0])
     assert tok.decode(answer.tolist()) == " " + prompts[0].key
     sure = retrieval.key_margins(Oracle(40.0), prompts, tok)
-    assert all(abs(v) < 1e-6 for v in sure["key_logp"]) and sure["first_margin"] == [0.0] * 3 and sure["top"] == [" "] * 3
+    assert all(abs(v) < 1e-6 for v in sure["key_logp"])
+    assert sure["first_margin"] == [0.0] * 3 and sure["top"] == [" "] * 3
     flat = retrieval.key_margins(Oracle(0.0), prompts, tok)                  # uniform over 128 tokens
     assert flat["key_logp"] == pytest.approx([-len(answer) * math.log(128)] * 3, abs=1e-3)
     assert flat["mean_key_logp"] == pytest.approx(-len(answer) * math.log(128), abs=1e-3)
