@@ -2,11 +2,15 @@
 
 Every callback of :class:`BudgetExplorer` calls the pure functions below, so a headless run (tests, a notebook
 executed in CI) exercises exactly what a slider move does. ``python -m mkvlib.widgets --benchmark`` times a
-slider move. Introduced in notebook 03.
+slider move in Python; ``make browser-test`` times it in a browser, from the key press to the redrawn image.
+:func:`shipped_explorer` is the presenter's page that ``mkv explore`` serves (notebooks/explorer.ipynb).
+Introduced in notebook 03.
 """
 from __future__ import annotations
 
 import argparse
+import html
+import math
 import sys
 import time
 
@@ -19,6 +23,35 @@ from .search.trajectory import Trajectory
 
 ALLOCATIONS = ("adaptive", "uniform")          # geometry.ALLOCATIONS in the order the toggle shows them
 KV_SPLITS = {"as searched (pooled)": None, "K = V": 0.5, "K 62.5% / V 37.5%": 0.625, "K 37.5% / V 62.5%": 0.375}
+PREFERRED_PROJECTIONS = ("trained", "pca")    # the explorer opens on the first of these it has: the shipped trained
+                                              # projections show the method at its best, PCA at its weakest
+SLIDER_STEP = 1 / 64                          # one rank of a 64-wide head; the slider's values are floor + k * step
+DEFAULT_PROMPT = "The history of the city begins"
+
+
+def default_projections(names) -> str:
+    """The projections the explorer opens on: 'trained' when present, else 'pca', else the first of ``names``."""
+    names = list(names)
+    if not names:
+        raise ValueError("no projections to choose from")
+    return next((n for n in PREFERRED_PROJECTIONS if n in names), names[0])
+
+
+def clamp_budget(requested: float, floor: float) -> tuple[float, str | None]:
+    """A typed budget (a fraction) brought into ``[floor, 1]``: (budget, None) when it was inside, else (the
+    nearest end, a note saying what was asked for and what is shown instead)."""
+    try:
+        value = float(requested)
+    except (TypeError, ValueError):
+        raise ValueError(f"a budget is a number between 0 and 1 (a fraction of the KV cache), not {requested!r}")
+    if math.isnan(value):
+        return max(0.5, floor), f"the budget typed is not a number: showing {100 * max(0.5, floor):g}%"
+    if value > 1.0:
+        return 1.0, f"{100 * value:g}% is above 100% (the uncompressed cache): clamped to 100%"
+    if value < floor - 1e-12:
+        return floor, (f"{100 * value:g}% is below {100 * floor:g}%, the lowest budget the trajectories reach: "
+                       f"clamped to {100 * floor:g}%")
+    return value, None
 
 
 def split_budget(budget: float, key_share: float) -> tuple[float, float]:
@@ -57,7 +90,7 @@ def readout(trajectory: Trajectory, allocation: str, budget: float, ranks: torch
     kb, vb = split_budgets(ranks, d)
     quality = trajectory.quality_at(budget_of(ranks, d), allocation) if key_share is None else None
     return {"budget": budget_of(ranks, d), "key_budget": kb, "value_budget": vb, "allocation": allocation,
-            "quality": quality}
+            "key_share": key_share, "quality": quality}
 
 
 def readout_text(info: dict) -> str:
@@ -66,13 +99,27 @@ def readout_text(info: dict) -> str:
     head = (f"{info['allocation']}: budget {100 * info['budget']:.1f}% (K {100 * info['key_budget']:.1f}%, "
             f"V {100 * info['value_budget']:.1f}%)")
     q = info["quality"]
-    if q is None:
+    if q is None and info.get("key_share") is not None:
         return head + " | KL / perplexity precomputed for the pooled split only"
+    if q is None:
+        return head + f" | no KL / perplexity precomputed for {info['allocation']} ranks on this trajectory"
     approx = "~" if q["interpolated"] else ""
     on = q.get("measured_on") or ""
     mean = "mean " if on.startswith("the out-of-domain suite") else ""   # perplexity: the geometric mean
     return (head + f" | {mean}KL {approx}{q['kl_to_base']:.3f}, perplexity {approx}{q['perplexity']:.1f} "
             f"(uncompressed {q['base_perplexity']:.1f})" + (f" on {on}" if on else ""))
+
+
+def check_prompt_length(model, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse an empty prompt, and one that leaves no room for ``max_new_tokens`` in the model's context window
+    (``max_position_embeddings``), with a message a person reading the page can act on."""
+    if prompt_tokens == 0:
+        raise ValueError("the prompt is empty: type a few words for the model to continue")
+    window = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if window and prompt_tokens + max_new_tokens > window:
+        raise ValueError(f"the prompt is {prompt_tokens:,} tokens long; with the {max_new_tokens} tokens to "
+                         f"generate it does not fit the model's context window of {window:,} tokens: shorten it "
+                         f"to at most {window - max_new_tokens:,} tokens")
 
 
 @torch.no_grad()
@@ -82,6 +129,7 @@ def continuation(model, tokenizer, projections, ranks, prompt: str, max_new_toke
 
     device = next(model.parameters()).device
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+    check_prompt_length(model, ids.shape[1], max_new_tokens)
     with attach(model, projections, ranks):
         out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
@@ -110,35 +158,91 @@ class ExplorerState:
 
 
 class BudgetExplorer:
-    """ipywidgets over :class:`ExplorerState`: budget slider, projections, allocation, K/V split, generate button.
+    """ipywidgets over :class:`ExplorerState`: budget slider and a box to type a budget in, projections,
+    allocation, K/V split, generate button.
 
-    ``models``: optional (model, tokenizer, {name: projections}) for the continuation button.
+    Opens on ``initial`` projections (default: :func:`default_projections`, the trained ones when given),
+    adaptive ranks and ``budget`` (50%). ``model``, ``tokenizer`` and ``projections`` ({name: projections}) are
+    optional: without them *generate* is disabled.
     """
 
     def __init__(self, trajectories: dict[str, Trajectory], model=None, tokenizer=None, projections=None,
-                 budget: float = 0.5, prompt: str = "The history of the city begins"):
+                 budget: float = 0.5, prompt: str = DEFAULT_PROMPT, initial: str | None = None,
+                 allocation: str = "adaptive", max_new_tokens: int = 24):
         import ipywidgets as w
 
         self.state = ExplorerState(trajectories)
         self.model, self.tokenizer, self.projections = model, tokenizer, projections or {}
-        floor = max(t.final_budget for t in trajectories.values())
-        self.budget = w.FloatSlider(value=max(budget, floor), min=floor, max=1.0, step=1 / 64, readout_format=".3f",
+        self.max_new_tokens = max_new_tokens
+        initial = default_projections(trajectories) if initial is None else initial
+        if initial not in trajectories:
+            raise ValueError(f"no trajectory named {initial!r} to open on; have {sorted(trajectories)}")
+        self.floor = max(t.final_budget for t in trajectories.values())
+        start, start_note = clamp_budget(budget, self.floor)
+        self.budget = w.FloatSlider(value=start, min=self.floor, max=1.0, step=SLIDER_STEP, readout=False,
                                     description="budget", continuous_update=False)
-        self.name = w.Dropdown(options=list(trajectories), description="projections")
-        self.allocation = w.ToggleButtons(options=list(ALLOCATIONS), description="allocation")
+        # the slider's own readout clamps a typed value silently; this box says what it did
+        self.typed_budget = w.FloatText(value=self._percent(start), description="budget %",
+                                        layout=w.Layout(width="180px"))
+        self.name = w.Dropdown(options=list(trajectories), value=initial, description="projections")
+        self.allocation = w.ToggleButtons(options=list(ALLOCATIONS), value=check_allocation(allocation),
+                                          description="allocation")
         self.split = w.Dropdown(options=list(KV_SPLITS.items()), description="K/V split")
+        self.note = w.HTML()
         self.text = w.HTML()
         self.figure = w.Image(format="png")
         self.prompt = w.Text(value=prompt, description="prompt", layout=w.Layout(width="60%"))
-        self.button = w.Button(description="generate", disabled=model is None)
-        self.generated = w.Output()
-        for control in (self.budget, self.name, self.allocation, self.split):
+        self.button = w.Button(description="generate", disabled=model is None,
+                               tooltip="continue the prompt with the model compressed at these ranks")
+        self.generated = w.HTML()
+        for control in (self.name, self.allocation, self.split):
             control.observe(lambda change: self.refresh(), names="value")
-        self.button.on_click(lambda _: self.generate())
-        self.widget = w.VBox([w.HBox([self.budget, self.name]), w.HBox([self.allocation, self.split]), self.text,
-                              self.figure, w.HBox([self.prompt, self.button]), self.generated])
+        self.budget.observe(self._slider_moved, names="value")
+        self.typed_budget.observe(self._budget_typed, names="value")
+        self.button.on_click(lambda _: self.press_generate())
+        self.widget = w.VBox([w.HBox([self.budget, self.typed_budget, self.name]),
+                              w.HBox([self.allocation, self.split]), self.note, self.text, self.figure,
+                              w.HBox([self.prompt, self.button]), self.generated])
         self.ranks = None
+        self._syncing = False
         self.refresh()
+        self.note.value = self._note_html(start_note)
+
+    @staticmethod
+    def _percent(budget: float) -> float:
+        return round(100 * budget, 4)                     # exact for the slider's steps of 1/64
+
+    @staticmethod
+    def _note_html(note: str | None) -> str:
+        return "" if not note else f"<span style='color:#a0522d'>{html.escape(note)}</span>"
+
+    def _slider_moved(self, change) -> None:
+        self.note.value = ""
+        if not self._syncing:
+            self._syncing = True
+            try:
+                self.typed_budget.value = self._percent(change["new"])
+            finally:
+                self._syncing = False
+        self.refresh()
+
+    def _budget_typed(self, change) -> None:
+        if self._syncing:
+            return
+        self.set_budget(change["new"] / 100)
+
+    def set_budget(self, budget: float) -> str | None:
+        """Move the slider to ``budget`` (a fraction), clamped into the trajectories' range; returns the note
+        shown beside it (None when nothing was clamped). What typing into the *budget %* box does."""
+        value, note = clamp_budget(budget, self.floor)
+        self._syncing = True
+        try:
+            self.typed_budget.value = self._percent(value)
+            self.budget.value = value                     # when it moves: _slider_moved, refresh, note cleared
+        finally:
+            self._syncing = False
+        self.note.value = self._note_html(note)
+        return note
 
     def settings(self) -> tuple:
         return self.name.value, self.allocation.value, self.budget.value, self.split.value
@@ -146,26 +250,60 @@ class BudgetExplorer:
     def refresh(self):
         """The slider callback: ranks, readout and figure for the current settings."""
         self.ranks, info, _ = self.state.update(*self.settings())
-        self.text.value = f"<code>{readout_text(info)}</code>"
+        self.text.value = f"<code>{html.escape(readout_text(info))}</code>"
         self.figure.value = self.state.view.png()
         return info
 
     def generate(self) -> str:
-        """The button callback: a continuation by the compressed model at the current ranks."""
+        """A continuation by the compressed model at the current ranks (raises ValueError / RuntimeError on a
+        prompt that cannot be continued or a missing model); shown below the button."""
         name = self.name.value
         if self.model is None or name not in self.projections:
             raise RuntimeError(f"no model or no {name!r} projections were given to the explorer")
-        text = continuation(self.model, self.tokenizer, self.projections[name], self.ranks, self.prompt.value)
-        with self.generated:
-            self.generated.clear_output(wait=True)
-            print(f"[{name}, {self.allocation.value}, budget {100 * budget_of(self.ranks, self.state.view.head_dim):.1f}%]"
-                  f" {self.prompt.value}{text}")
+        text = continuation(self.model, self.tokenizer, self.projections[name], self.ranks, self.prompt.value,
+                            self.max_new_tokens)
+        budget = 100 * budget_of(self.ranks, self.state.view.head_dim)
+        self.generated.value = (f"<pre style='white-space: pre-wrap'>[{html.escape(name)}, {self.allocation.value}, "
+                                f"budget {budget:.1f}%] {html.escape(self.prompt.value)}<b>{html.escape(text)}</b>"
+                                "</pre>")
         return text
+
+    def press_generate(self) -> str | None:
+        """The button callback: :meth:`generate`, with a problem (a prompt too long for the context window, an
+        empty prompt, no model) shown in the page as one line instead of a traceback."""
+        self.button.disabled, self.button.description = True, "generating..."
+        try:
+            return self.generate()
+        except (ValueError, RuntimeError) as err:
+            self.generated.value = f"<p style='color:#b22222'>cannot generate: {html.escape(str(err))}</p>"
+            return None
+        finally:
+            self.button.disabled, self.button.description = self.model is None, "generate"
 
     def _ipython_display_(self):
         from IPython.display import display
 
         display(self.widget)
+
+
+def shipped_explorer(model=None, tokenizer=None, budget: float = 0.5, kinds=PREFERRED_PROJECTIONS,
+                     **options) -> BudgetExplorer:
+    """The explorer over the shipped trajectories (``kinds`` whose trajectory ships, trained first) with the
+    embedded model for *generate*: what ``mkv explore`` shows. ``model``/``tokenizer`` default to
+    :func:`mkvlib.models.load_model`'s embedded model."""
+    from .models import load_model
+    from .projections import resolve_projections
+    from .search import shipped_trajectory_path
+
+    if model is None:
+        model, tokenizer = load_model()
+    paths = {k: shipped_trajectory_path(model.mkv_name, k) for k in kinds}
+    trajectories = {k: Trajectory.load(p) for k, p in paths.items() if p.exists()}
+    if not trajectories:
+        raise FileNotFoundError(f"no shipped trajectory for {model.mkv_name!r}: looked for "
+                                f"{', '.join(str(p) for p in paths.values())}")
+    projections = {k: resolve_projections(k, model) for k in trajectories}
+    return BudgetExplorer(trajectories, model, tokenizer, projections, budget=budget, **options)
 
 
 def benchmark(trajectory: Trajectory, moves: int = 20, allocation: str = "adaptive") -> dict:
@@ -195,7 +333,8 @@ def benchmark(trajectory: Trajectory, moves: int = 20, allocation: str = "adapti
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="benchmark a budget-slider move of the explorer")
     parser.add_argument("--benchmark", action="store_true", help="time slider moves and print the numbers")
-    parser.add_argument("--trajectory", default=None, help="trajectory .json (default: the shipped PCA one)")
+    parser.add_argument("--trajectory", default=None,
+                        help="trajectory .json (default: the shipped one of the trained projections)")
     parser.add_argument("--moves", type=int, default=20)
     args = parser.parse_args(argv)
     if not args.benchmark:
@@ -204,7 +343,8 @@ def main(argv=None) -> int:
     from .models import EMBEDDED
     from .search import shipped_trajectory_path
 
-    traj = Trajectory.load(args.trajectory or shipped_trajectory_path(EMBEDDED, "pca"))
+    traj = Trajectory.load(args.trajectory or shipped_trajectory_path(EMBEDDED, default_projections(
+        k for k in PREFERRED_PROJECTIONS if shipped_trajectory_path(EMBEDDED, k).exists())))
     for allocation in ALLOCATIONS:
         result = benchmark(traj, args.moves, allocation)
         print(allocation + ": " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
