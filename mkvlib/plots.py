@@ -162,3 +162,54 @@ def suite_vs_budget(record: dict, title: str = "Out of domain: mean over held-ou
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# The picture the series comes back to: quality against budget for both projections and both allocations.
+HEADLINE_METHODS = {            # suite label -> (words in the legend, colour, line style)
+    "PCA, uniform": ("PCA, uniform ranks", "tab:gray", "--"),
+    "PCA, adaptive": ("PCA, searched ranks", "tab:gray", "-"),
+    "MatryoshkaKV, uniform": ("MatryoshkaKV (trained), uniform ranks", "tab:red", "--"),
+    "MatryoshkaKV, adaptive": ("MatryoshkaKV (trained), searched ranks", "tab:red", "-"),
+}
+
+
+def headline_rows(record: dict) -> dict:
+    """{legend words: {budget: mean row}}: the out-of-domain means of the four headline methods in a suite record
+    (``mkv eval --suite ood --projections pca,trained --allocation uniform,adaptive``, data/results/ood_suite.json).
+    Raises ValueError naming the methods the record lacks."""
+    means = [r for r in record["rows"] if r["domain"] == "mean"]
+    missing = [m for m in HEADLINE_METHODS if not any(r["method"] == m for r in means)]
+    if missing:
+        raise ValueError(f"the suite record lacks {missing}: remake it with mkv eval --suite ood --projections "
+                         "pca,trained --allocation uniform,adaptive")
+    return {words: {r["target_budget"]: r for r in means if r["method"] == label}
+            for label, (words, _, _) in HEADLINE_METHODS.items()}
+
+
+def headline_figure(record: dict | None = None):
+    """KL to the uncompressed model (nats per token) and top-1 agreement against KV budget on the held-out suite:
+    PCA and the trained projections, each with uniform and searched ranks. ``record``: a suite record (default:
+    the committed data/results/ood_suite.json). Drawn in notebooks 02, 03 and 07 and at the top of the README."""
+    if record is None:
+        import json
+
+        from .runtime import project_dir
+        record = json.loads((project_dir() / "data" / "results" / "ood_suite.json").read_text())
+    curves = headline_rows(record)
+    fig, (ax_kl, ax_top1) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for (words, color, style), cells in zip(HEADLINE_METHODS.values(), curves.values()):
+        budgets = sorted(cells, reverse=True)
+        x = [100 * b for b in budgets]
+        ax_kl.plot(x, [cells[b]["kl_to_base"] for b in budgets], style, marker="o", ms=3, color=color, label=words)
+        ax_top1.plot(x, [100 * cells[b]["top1_agreement"] for b in budgets], style, marker="o", ms=3, color=color)
+    ax_kl.set(xlabel="KV budget (% of the key and value features kept)", ylabel="KL to the uncompressed model (nats)")
+    ax_top1.set(xlabel="KV budget (% of the key and value features kept)",
+                ylabel="top-1 agreement with the uncompressed model (%)")
+    for ax in (ax_kl, ax_top1):
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    ax_kl.legend(fontsize=8)
+    domains = len(record.get("domains", [])) or "the"
+    fig.suptitle(f"Held-out text ({domains} domains no training or search read): what each budget costs")
+    fig.tight_layout()
+    return fig

@@ -18,11 +18,18 @@ HUB_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _NOTED: set = set()
 
 
+def note(message: str) -> None:
+    """Print an announcement (not an error): on stderr in a command, where it stays out of piped output; on stdout
+    in a notebook kernel, where stderr would render as a warning box around a plain remark."""
+    stream = sys.stdout if "ipykernel" in sys.modules else sys.stderr
+    print(message, file=stream, flush=True)
+
+
 def note_once(key: str, message: str) -> None:
-    """Print ``message`` on stderr the first time ``key`` is noted in this process (announcements, not errors)."""
+    """:func:`note` ``message`` the first time ``key`` is noted in this process."""
     if key not in _NOTED:
         _NOTED.add(key)
-        print(message, file=sys.stderr, flush=True)
+        note(message)
 
 
 def hub_offline() -> bool:

@@ -53,8 +53,8 @@ class SampleSettings:
 
     @classmethod
     def default(cls) -> "SampleSettings":
-        """64k tokens in full mode, 4k in fast mode."""
-        return cls(tokens=pick(4096, 65536), length=pick(512, 1024))
+        """64k tokens in full mode, 8k in fast mode."""
+        return cls(tokens=pick(8192, 65536), length=pick(512, 1024))
 
     def key(self, model_name: str) -> str:
         blob = json.dumps({"model": model_name, **asdict(self)}, sort_keys=True)

@@ -13,13 +13,12 @@ and rank setting the suite reports the perplexity ratio to the uncompressed mode
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
 
 from .geometry import check_allocation
-from .runtime import pick
+from .runtime import note as announce, pick
 
 SUITES = ("ood",)
 DOMAINS = ("books-heldout", "stackexchange-heldout", "factbook-heldout", "peps-heldout", "rfcs-heldout",
@@ -44,8 +43,8 @@ def available_domains(domains=DOMAINS, note: bool = True) -> list[str]:
         except CorpusNotFoundError:
             missing.append(domain)
     if missing and note:
-        print(f"note: the out-of-domain suite skips {', '.join(missing)} (not found; set MKV_DATA_DIR to the "
-              "shared data folder for every domain)", file=sys.stderr)
+        announce(f"note: the out-of-domain suite skips {', '.join(missing)} (not found; set MKV_DATA_DIR to the "
+             "shared data folder for every domain)")
     return present
 
 
@@ -64,7 +63,7 @@ def suite_blocks(tokenizer, tokens_per_domain: int | None = None, seq_len: int =
         try:
             out[domain] = token_blocks(tokenizer, domain, seq_len, tokens)
         except ValueError as err:
-            print(f"note: the out-of-domain suite skips {domain}: {err}", file=sys.stderr)
+            announce(f"note: the out-of-domain suite skips {domain}: {err}")
     if not out:
         raise ValueError("no domain of the out-of-domain suite is available: set MKV_DATA_DIR to the shared data "
                          "folder (pydoc-test needs nothing but Python)")
@@ -148,7 +147,8 @@ def compare_suite(model, methods, budgets, blocks_by_domain: dict, batch_size: i
 
 
 def format_suite_table(rows: list[dict]) -> str:
-    """A text table per method: one line per domain (and the mean), perplexity ratio and KL per budget."""
+    """A text table per method: one line per domain (and the mean), perplexity ratio, KL (nats per token) and
+    top-1 agreement with the uncompressed model per budget."""
     lines = []
     methods = list(dict.fromkeys(r.get("method", "") for r in rows))
     for method in methods:
@@ -159,15 +159,16 @@ def format_suite_table(rows: list[dict]) -> str:
         budgets = [cell[("mean", s)].get("target_budget", cell[("mean", s)]["budget"]) for s in settings]
         if method:
             lines.append(method)
-        lines.append(f"{'':<22} {'':>8}" + "".join(f"  {f'budget {b:.3f}':>15}" for b in budgets))
-        lines.append(f"{'domain':<22} {'base ppl':>8}" + "".join(f"  {'ppl x':>7} {'KL':>7}" for _ in budgets))
+        lines.append(f"{'':<22} {'':>8}" + "".join(f"  {f'budget {b:.3f}':>22}" for b in budgets))
+        lines.append(f"{'domain':<22} {'base ppl':>8}" + "".join(f"  {'ppl x':>7} {'KL':>7} {'top-1':>6}"
+                                                                 for _ in budgets))
         for domain in domains:
             base = cell[(domain, settings[0])].get("base_perplexity")
             text = f"{domain:<22} {base:>8.2f}" if base is not None else f"{domain:<22} {'':>8}"
             for s in settings:
                 r = cell[(domain, s)]
                 kl = r["kl_to_base"] if abs(r["kl_to_base"]) >= 5e-5 else 0.0     # no "-0.0000" from rounding
-                text += f"  {r['perplexity_ratio']:>7.3f} {kl:>7.4f}"
+                text += f"  {r['perplexity_ratio']:>7.3f} {kl:>7.4f} {r['top1_agreement']:>6.1%}"
             lines.append(text)
         lines.append("")
     return "\n".join(lines).rstrip()

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from mkvlib.training.routes import (TARGETS, CpuClock, gap_rows, load_result, objective_weights, reference_lines,
-                                    routes_figure, routes_of, same_ratio, suite_cell, suite_curves, suite_targets)
+from mkvlib.training.routes import (CpuClock, gap_rows, load_result, objective_weights, reference_lines,
+                                    routes_figure, routes_of, same_ratio, suite_cell, suite_curves)
 
 
 def _record():
@@ -22,15 +22,6 @@ def _record():
                              "kl_to_base": ind * scale, "perplexity_ratio": 1 + ind * scale})
     return {"budgets": [0.75, 0.5], "domains": ["books-heldout"], "tokens_per_domain": 512, "seq_len": 512,
             "methods": [{"label": "PCA, uniform"}, {"label": "trained, uniform"}], "rows": rows}
-
-
-def test_suite_targets_measured_against_their_bounds():
-    got = {t["target"]: t for t in suite_targets(_record(), "trained, uniform", "trained, adaptive")}
-    assert list(got) == list(TARGETS)
-    assert got["KL / PCA's, 50% uniform"]["measured"] == pytest.approx(0.5) and not got["KL / PCA's, 50% uniform"]["met"]
-    assert got["perplexity ratio, 50% uniform"]["measured"] == pytest.approx(1.6)
-    assert got["KL adaptive / uniform, 37.5%"]["measured"] == pytest.approx(5 / 6)
-    assert got["KL adaptive / uniform, 37.5%"]["met"]
 
 
 def test_gap_rows_in_and_out_of_domain():
@@ -68,20 +59,20 @@ def test_objective_weights_and_ratios():
 def test_routes_of_and_figure():
     rec = {"routes": [{"route": "PCA", "group": "start", "cpu_minutes": 0.0, "ood_kl_50": 1.2},
                       {"route": "KD only", "group": "objective", "cpu_minutes": 60.0, "ood_kl_50": 0.5},
-                      {"route": "before", "group": "shipped-before", "cpu_minutes": 24.0, "ood_kl_50": 0.9},
-                      {"route": "shipped", "group": "shipped", "cpu_minutes": 70.0, "ood_kl_50": 0.4}]}
+                      {"route": "wiki", "group": "reference", "cpu_minutes": 24.0, "ood_kl_50": 0.9},
+                      {"route": "both", "group": "combined", "cpu_minutes": 70.0, "ood_kl_50": 0.4}]}
     assert [r["route"] for r in routes_of(rec, "objective")] == ["KD only"]
     with pytest.raises(ValueError, match="group must be"):
         routes_of(rec, "starts")
     lines = reference_lines(rec["routes"])
-    assert lines == {"a third of PCA's (target)": pytest.approx(0.4), "previously shipped": 0.9}
+    assert lines == {"a third of PCA's KL": pytest.approx(0.4), "KD : LM = 3 : 1 on WikiText-2 (reference)": 0.9}
     assert reference_lines([rec["routes"][1]]) == {}
     fig = routes_figure(rec["routes"], lines)
     ax = fig.axes[0]
     assert "CPU-minutes" in ax.get_xlabel() and "50%" in ax.get_ylabel()
     names = {t.get_text() for t in ax.get_legend().get_texts()}
-    assert names == {"PCA (start)", "KD only (objective)", "before (shipped-before)", "shipped (shipped)",
-                     "a third of PCA's (target)", "previously shipped"}
+    assert names == {"PCA (start)", "KD only (objective)", "wiki (reference)", "both (combined)",
+                     "a third of PCA's KL", "KD : LM = 3 : 1 on WikiText-2 (reference)"}
 
 
 def test_load_result_missing_then_present(tmp_path, monkeypatch, capsys):

@@ -77,7 +77,7 @@ def test_without_a_data_folder_training_text_is_the_models_own_samples(monkeypat
 
     monkeypatch.delenv("MKV_DATA_DIR", raising=False)
     spec = corpora.default_corpus("training")
-    assert [name for name, _ in corpora.parse_mixture(spec)] == ["sampled", "pydoc-train"]
+    assert [name for name, _ in corpora.parse_mixture(spec)] == ["sampled"]
     assert corpora.check_not_heldout(spec) == spec
     monkeypatch.setattr(sampled, "embedded_sampled_text", lambda settings=None: "text the model wrote")
     assert corpora.load_text("sampled") == "text the model wrote"

@@ -263,6 +263,9 @@ def test_retrieval_curve_on_a_tiny_model(llama, one_thread):
     (["--suite", "ood", "--corpus", "pydoc-test"], "leave out --corpus"),
     (["--suite", "ood", "--ranks", "r.json"], "--ranks is not supported"),
     (["--retrieval"], "add --suite ood"),
+    (["--in-domain", "512"], "add --suite ood"),
+    (["--out", "x.json"], "add --suite ood"),
+    (["--suite", "ood", "--in-domain", "8", "--seq-len", "64"], "--in-domain (8) must be 0 or at least"),
     (["--projections", "pca,trained"], "need --suite ood"),
     (["--allocation", "uniform,adaptive"], "need --suite ood"),
     (["--suite", "ood", "--allocation", "greedy"], "--allocation takes uniform or adaptive"),
@@ -276,20 +279,24 @@ def test_eval_suite_argument_errors(argv, match, capsys):
 
 
 @needs_model
-def test_eval_suite_cli_on_the_embedded_model(monkeypatch, capsys):
-    """Without a data folder the suite is pydoc-test alone (one note); JSON rows per method, budget and domain."""
+def test_eval_suite_cli_on_the_embedded_model(monkeypatch, capsys, tmp_path):
+    """Without a data folder the suite is pydoc-test alone (one note); JSON rows per method, budget and domain;
+    --out writes the same result with the command that made it."""
     from mkvlib.cli import main
 
     monkeypatch.delenv("MKV_DATA_DIR", raising=False)
     assert main(["eval", "--suite", "ood", "--json", "--tokens", "128", "--seq-len", "64", "--budgets", "1,0.5",
                  "--projections", "pca", "--allocation", "uniform,adaptive", "--retrieval",
-                 "--retrieval-lengths", "160", "--retrieval-n", "1"]) == 0
+                 "--retrieval-lengths", "160", "--retrieval-n", "1", "--out", str(tmp_path / "suite.json")]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert out["domains"] == ["pydoc-test"] and "books-heldout" in out["skipped"] and "note:" in captured.err
-    assert out["methods"] == ["pca uniform", "pca adaptive"]
+    assert [m["label"] for m in out["methods"]] == ["PCA, uniform", "PCA, adaptive"]
+    assert {m["fingerprint"] for m in out["methods"]} == {r["projections"] for r in out["rows"]}
+    stored = json.loads((tmp_path / "suite.json").read_text())
+    assert stored["rows"] == out["rows"] and "wall_time_s" in stored and "hardware" in stored
     assert len(out["rows"]) == 2 * 2 * 2                    # methods x budgets x (pydoc-test + mean)
     full = [r for r in out["rows"] if r["target_budget"] == 1.0]
     assert all(abs(r["kl_to_base"]) < 1e-5 for r in full)
     ret = out["retrieval"]
-    assert set(ret["fails_at"]) == {"pca uniform", "pca adaptive"} and len(ret["rows"]) == 2 * 2
+    assert set(ret["fails_at"]) == {"PCA, uniform", "PCA, adaptive"} and len(ret["rows"]) == 2 * 2

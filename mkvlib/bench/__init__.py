@@ -22,7 +22,7 @@ from .caches import (baseline_factories, bytes_per_token, cache_bytes, fill_from
 from .checks import simulated_gap
 from .config import KINDS, BenchConfig, QuantoUnavailable
 from .memory import capacity, memory_model, predicted_peak
-from .plots import plot_capacity, plot_decode_speedup
+from .plots import plot_capacity, plot_decode_speedup, speed_table
 from .process import measure_in_subprocess, run_variant
 from .run import budget_sweep, run_bench
 from .speed import decode, decode_speeds, prefill, prompt_ids, synchronize
@@ -31,4 +31,4 @@ __all__ = ["KINDS", "BenchConfig", "QuantoUnavailable", "baseline_factories", "b
            "cache_bytes", "capacity", "decode", "decode_speeds", "fill_from", "kv_fraction", "make_cache",
            "measure_in_subprocess", "memory_model", "plot_capacity", "plot_decode_speedup", "predicted_peak",
            "prefill", "prompt_ids", "resolve_bench_ranks", "run_bench", "run_variant", "simulated_gap",
-           "synchronize", "synthetic_source", "tensor_bytes"]
+           "speed_table", "synchronize", "synthetic_source", "tensor_bytes"]

@@ -7,6 +7,7 @@ adds passkey retrieval (:mod:`mkvlib.retrieval`) at 1k and 4k tokens beside the 
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 
@@ -43,12 +44,20 @@ def register(sub) -> None:
                    help="feed every block and prompt at positions N, N+1, ... instead of 0, 1, ...: the uncompressed "
                         "model cannot tell (RoPE is relative), post-RoPE projections can; how they hold late in "
                         "a long context, without its cost (default 0)")
+    p.add_argument("--in-domain", type=int, default=0, metavar="TOKENS",
+                   help="with --suite: also evaluate TOKENS tokens of the training mixture past the first "
+                        f"{IN_DOMAIN_SKIP:,} (text like the training text that no run trained on), as the row "
+                        "domain 'in-domain', kept out of the mean (default 0: none)")
+    p.add_argument("--out", default=None, metavar="JSON", help="with --suite: also write the result, with this "
+                   "command, the hardware and the wall time, atomically to this file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 SUITES = ("ood",)
 SUITE_BUDGETS = (0.5, 0.375)
+IN_DOMAIN_SKIP = 1 << 20          # tokens of the training mixture skipped before in-domain text: past every run's
+IN_DOMAIN_SEED = 7
 ALLOCATIONS = ("uniform", "adaptive")
 
 
@@ -121,8 +130,9 @@ def run(args) -> int:
         args.seq_len = 512 if args.suite else 256
     if args.suite:
         return run_suite(args, allocations)
-    if args.retrieval:
-        raise ValueError("--retrieval is part of the out-of-domain suite: add --suite ood")
+    for flag, given in (("--retrieval", args.retrieval), ("--in-domain", args.in_domain), ("--out", args.out)):
+        if given:
+            raise ValueError(f"{flag} is part of the out-of-domain suite: add --suite ood")
     if len(allocations) > 1 or len(split_list(args.projections, "--projections")) > 1:
         raise ValueError("several --projections or --allocation values need --suite ood (one table per method)")
     args.allocation = allocations[0]
@@ -165,10 +175,49 @@ def run_corpus(args) -> int:
     return 0
 
 
-def run_suite(args, allocations) -> int:
-    """mkv eval --suite ood: every (projections, allocation) method at every budget on every domain."""
+RECIPES = {"pca": "PCA", "trained": "MatryoshkaKV"}
+
+
+def suite_label(projections: str) -> str:
+    """A method's name in suite tables: the recipe of a shipped name ('trained' is MatryoshkaKV), a file's stem."""
     from pathlib import Path
 
+    return RECIPES.get(projections, Path(projections).stem if projections.endswith(".safetensors") else projections)
+
+
+def method_record(method, model) -> dict:
+    """A method as a result file stores it: label, projections (name and fingerprint), allocation, trajectory."""
+    from ..projections import resolve_projections
+
+    return dict(label=method.label, projections=method.projections, allocation=method.allocation,
+                fingerprint=resolve_projections(method.projections, model).fingerprint(),
+                trajectory=method.trajectory)
+
+
+def in_domain_spec(args) -> dict | None:
+    """How the in-domain text of --in-domain is taken, for the record (None without it)."""
+    from ..corpora import default_corpus
+
+    if not args.in_domain:
+        return None
+    return dict(corpus=default_corpus("training"), tokens=args.in_domain, skip_tokens=IN_DOMAIN_SKIP,
+                seed=IN_DOMAIN_SEED)
+
+
+def in_domain_rows(model, tokenizer, methods, budgets, args) -> list[dict]:
+    """Suite rows (domain 'in-domain') on unseen text of the training mixture, outside the suite's mean."""
+    from ..corpora import mixture_blocks
+    from ..suite import compare_suite
+
+    spec = in_domain_spec(args)
+    blocks = mixture_blocks(tokenizer, spec["corpus"], args.seq_len, spec["tokens"], seed=spec["seed"],
+                            skip_tokens=spec["skip_tokens"])
+    rows = compare_suite(model, methods, budgets, {"in-domain": blocks}, args.batch_size, progress=False)
+    return [r for r in rows if r["domain"] == "in-domain"]
+
+
+def run_suite(args, allocations) -> int:
+    """mkv eval --suite ood: every (projections, allocation) method at every budget on every domain."""
     from ..models import load_model
     from ..positions import shifted
     from ..projections import resolve_projections
@@ -188,22 +237,33 @@ def run_suite(args, allocations) -> int:
     tokens = args.tokens or default_tokens()
     if tokens < args.seq_len:
         raise ValueError(f"--tokens ({tokens}) must be at least --seq-len ({args.seq_len})")
-    label = lambda p: Path(p).stem if p.endswith(".safetensors") else p  # noqa: E731 - a file by its name
-    methods = [Method(f"{label(p)} {a}", p, a, args.trajectory if a == "adaptive" else None)
+    if args.in_domain and args.in_domain < args.seq_len:
+        raise ValueError(f"--in-domain ({args.in_domain}) must be 0 or at least --seq-len ({args.seq_len}) tokens")
+    methods = [Method(f"{suite_label(p)}, {a}", p, a, args.trajectory if a == "adaptive" else None)
                for p in split_list(args.projections, "--projections") for a in allocations]
     model, tokenizer = load_model(args.model, device=args.device)
     for m in methods:   # missing projections or trajectories fail here, before any evaluation
         m.settings(model, resolve_projections(m.projections, model), budgets)
     check_offset(args, model, max([args.seq_len] + ([n + 8 for n in lengths] if args.retrieval else [])))
     blocks = suite_blocks(tokenizer, tokens, args.seq_len)
+    start = time.time()
     with shifted(model, args.position_offset):
         rows = compare_suite(model, methods, budgets, blocks, args.batch_size, progress=not args.json)
+        if args.in_domain:
+            rows += in_domain_rows(model, tokenizer, methods, budgets, args)
         result = dict(model=model.mkv_name, suite=args.suite, seq_len=args.seq_len, tokens_per_domain=tokens,
                       domains=list(blocks), skipped=[d for d in DOMAINS if d not in blocks], budgets=budgets,
-                      methods=[m.label for m in methods], position_offset=args.position_offset, rows=rows)
+                      methods=[method_record(m, model) for m in methods], position_offset=args.position_offset,
+                      in_domain=in_domain_spec(args), rows=rows)
         if args.retrieval:
             result["retrieval"] = retrieval_curve(model, tokenizer, methods, budgets, lengths, n_prompts,
                                                   args.retrieval_seed, progress=not args.json)
+    if args.out:
+        from ..io import write_json
+        from .common import hardware, invocation
+
+        write_json(args.out, dict(result, command=invocation(), wall_time_s=round(time.time() - start),
+                                  hardware=hardware(model.device)))
     if args.json:
         emit(result, True)
         return 0

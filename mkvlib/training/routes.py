@@ -23,11 +23,7 @@ from pathlib import Path
 
 from ..runtime import shipped_data_dir
 
-GROUPS = ("start", "objective", "shipped", "shipped-before")
-# issue 20's out-of-domain targets (mean over the suite): measured by suite_targets
-TARGETS = {"KL / PCA's, 50% uniform": 1 / 3, "perplexity ratio, 50% uniform": 1.25,
-           "perplexity ratio, 37.5% uniform": 1.5, "KL adaptive / uniform, 50%": 0.95,
-           "KL adaptive / uniform, 37.5%": 0.95}
+GROUPS = ("start", "objective", "combined", "reference")
 OBJECTIVE = re.compile(r"^\s*KD\s*:\s*LM\s*=\s*([0-9.]+)\s*:\s*([0-9.]+)\s*$")
 
 
@@ -70,19 +66,6 @@ def gap_rows(record: dict, budget: float = 0.5) -> list[dict]:
     return out
 
 
-def suite_targets(record: dict, uniform: str, adaptive: str, pca: str = "PCA, uniform") -> list[dict]:
-    """:data:`TARGETS` measured on a suite record's mean rows for the methods labelled ``uniform``, ``adaptive``
-    and ``pca``: one {target, measured, bound, met} per target (a target is met at or below its bound)."""
-    def mean(method, budget, key="kl_to_base"):
-        return suite_cell(record["rows"], method, budget)[key]
-
-    measured = [mean(uniform, 0.5) / mean(pca, 0.5), mean(uniform, 0.5, "perplexity_ratio"),
-                mean(uniform, 0.375, "perplexity_ratio"), mean(adaptive, 0.5) / mean(uniform, 0.5),
-                mean(adaptive, 0.375) / mean(uniform, 0.375)]
-    return [{"target": name, "measured": value, "bound": bound, "met": value <= bound}
-            for (name, bound), value in zip(TARGETS.items(), measured)]
-
-
 def suite_curves(rows: list, domain: str = "mean") -> dict:
     """{method: rows of ``domain`` ordered by falling budget}: curves for :func:`mkvlib.plots.quality_vs_budget`."""
     curves: dict = {}
@@ -122,10 +105,10 @@ def routes_figure(routes: list, lines: dict | None = None, title: str = "Trainin
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 4.4))
-    markers = {"start": "o", "objective": "s", "shipped": "*", "shipped-before": "D"}
+    markers = {"start": "o", "objective": "s", "combined": "*", "reference": "D"}
     for i, r in enumerate(routes):
         ax.scatter(max(r["cpu_minutes"], 1e-2), r["ood_kl_50"], color=plt.get_cmap("tab10")(i % 10), zorder=3,
-                   marker=markers.get(r["group"], "o"), s=120 if r["group"] == "shipped" else 40,
+                   marker=markers.get(r["group"], "o"), s=120 if r["group"] == "combined" else 40,
                    label=textwrap.fill(f"{r['route']} ({r['group']})", 48))
     for i, (label, value) in enumerate((lines or {}).items()):
         ax.axhline(value, ls="--" if i == 0 else ":", lw=1, color="0.4", label=label)
@@ -139,14 +122,15 @@ def routes_figure(routes: list, lines: dict | None = None, title: str = "Trainin
 
 def reference_lines(routes: list) -> dict:
     """{label: KL} for :func:`routes_figure` from the routes themselves: a third of PCA's KL (the route named
-    'PCA...'), the target, and the previously shipped projections' KL (group 'shipped-before'), where present."""
+    'PCA...') and the KL of the reference route (group 'reference': KD : LM = 3 : 1 on WikiText-2 and Wikipedia),
+    where present."""
     lines = {}
     pca = [r for r in routes if r["route"].startswith("PCA")]
     if pca:
-        lines["a third of PCA's (target)"] = pca[0]["ood_kl_50"] / 3
-    before = [r for r in routes if r["group"] == "shipped-before"]
-    if before:
-        lines["previously shipped"] = before[0]["ood_kl_50"]
+        lines["a third of PCA's KL"] = pca[0]["ood_kl_50"] / 3
+    reference = [r for r in routes if r["group"] == "reference"]
+    if reference:
+        lines["KD : LM = 3 : 1 on WikiText-2 (reference)"] = reference[0]["ood_kl_50"]
     return lines
 
 
@@ -167,5 +151,5 @@ class CpuClock:
         return self.seconds / 60
 
 
-__all__ = ["CpuClock", "GROUPS", "TARGETS", "gap_rows", "load_result", "objective_weights", "reference_lines",
-           "results_path", "routes_figure", "routes_of", "same_ratio", "suite_cell", "suite_curves", "suite_targets"]
+__all__ = ["CpuClock", "GROUPS", "gap_rows", "load_result", "objective_weights", "reference_lines",
+           "results_path", "routes_figure", "routes_of", "same_ratio", "suite_cell", "suite_curves"]

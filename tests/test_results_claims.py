@@ -1,0 +1,97 @@
+"""The statements notebooks 02, 03 and 05 make about committed results, checked against the files.
+
+The notebooks print these numbers from the files; the checks live here so that a notebook reads as a lesson and a
+re-measured file that no longer supports a sentence fails the suite, not a student's run.
+"""
+import json
+import math
+
+import pytest
+
+from mkvlib.bench import speed_table
+from mkvlib.runtime import project_dir
+
+RESULTS = project_dir() / "data" / "results"
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def mean(rec: dict, method: str, budget: float, key: str = "kl_to_base", domain: str = "mean") -> float:
+    return next(r[key] for r in rec["rows"] if r["method"] == method and r["domain"] == domain
+                and r["target_budget"] == budget)
+
+
+# --- notebook 02 and the README: the out-of-domain suite --------------------------------------------------------
+
+def test_suite_record_is_the_four_headline_methods_made_by_its_command():
+    rec = load("ood_suite.json")
+    assert rec["command"].startswith("mkv eval --suite ood --projections pca,trained --allocation uniform,adaptive")
+    assert [m["label"] for m in rec["methods"]] == ["PCA, uniform", "PCA, adaptive", "MatryoshkaKV, uniform",
+                                                    "MatryoshkaKV, adaptive"]
+    assert len(rec["domains"]) == 8 and rec["in_domain"]["tokens"] > 0
+
+
+@pytest.mark.parametrize("budget", [0.75, 0.5, 0.375])
+def test_trained_beats_pca_and_searched_ranks_beat_uniform_out_of_domain(budget):
+    rec = load("ood_suite.json")
+    kl = {m["label"]: mean(rec, m["label"], budget) for m in rec["methods"]}
+    assert kl["MatryoshkaKV, adaptive"] < kl["MatryoshkaKV, uniform"] < kl["PCA, uniform"]
+    assert kl["PCA, adaptive"] < kl["PCA, uniform"]
+    top1 = {m["label"]: mean(rec, m["label"], budget, "top1_agreement") for m in rec["methods"]}
+    assert top1["MatryoshkaKV, adaptive"] > top1["PCA, uniform"]
+
+
+def test_quality_falls_steadily_with_the_budget():
+    rec = load("ood_suite.json")
+    for m in rec["methods"]:
+        kl = [mean(rec, m["label"], b) for b in sorted(rec["budgets"], reverse=True)]
+        assert all(a < b for a, b in zip(kl, kl[1:])), m["label"]
+
+
+# --- notebook 02, section 9: passkey at 4,096 tokens between two points of the shipped trajectory ----------------
+
+def test_passkey_rank_mix_diagnosis():
+    mix = load("passkey_rank_mix.json")
+    rows, n = {r["setting"]: r for r in mix["rows"]}, mix["n"]
+    guess = -5 * math.log(10)                                  # five digits guessed
+    assert rows["uncompressed"]["correct"] == rows["adaptive 50%"]["correct"] == rows["adaptive 62.5%"]["correct"] == n
+    bad = rows["adaptive 75%"]
+    assert bad["correct"] < 0.9 * n and rows["uniform 75%"]["correct"] == n
+    assert bad["mean_first_margin"] < -0.5 and bad["mean_key_logp"] > guess / 2, "key still likely, opening lost"
+    fixes = [s for s in rows if s.startswith("75%,") and rows[s]["correct"] >= 0.85 * n]
+    assert sorted(fixes) == sorted(s for s in rows if s.startswith("75%,") and "20-29" not in s)
+
+
+# --- notebook 03 and the README: what compression does to answers -----------------------------------------------
+
+def test_answers_record_covers_every_prompt_and_budget_and_full_answers_hold_high():
+    from mkvlib.answers import FACT_PROMPTS, survival_by_budget
+
+    rec = load("answers.json")
+    assert rec["prompts"] == list(FACT_PROMPTS) and rec["command"].startswith("python -m mkvlib.answers")
+    for a in rec["allocations"]:
+        kept = survival_by_budget([r for r in rec["rows"] if r["allocation"] == a])
+        assert list(kept) == sorted(rec["budgets"], reverse=True)
+        assert kept[0.875] >= 0.8 and kept[0.875] > kept[0.5], "answers survive a small cut, not a half"
+
+
+# --- notebook 05: decode speed, memory and the quantized cache ----------------------------------------------------
+
+def test_bench_statements_of_notebook_05():
+    t1, t2 = load("bench_decode_b8_c4096_t1.json"), load("bench_decode_b8_c4096_t2.json")
+    s1 = {(r["cache"], r["budget"]): r for r in t1["rows"]}
+    assert s1["compressed", 0.5]["cache_bytes"] * 2 == s1["compressed", 1.0]["cache_bytes"], "half the bytes at 50%"
+    for rec in (t1, t2):
+        table = speed_table(rec["rows"])
+        assert (table["preallocation"] > 1.3).all(), "preallocation alone beats DynamicCache clearly"
+        assert (table["compression"] > 0.95).all(), "compression never costs speed"
+    assert speed_table(t2["rows"]).loc[(4096, 0.5), "compression"] > 1.1, "idle two-thread run: compression helps"
+    quanto = next(r for r in t2["rows"] if r["cache"] == "quanto")
+    assert quanto["speedup"] < 1, "quanto's 4-bit cache decodes slower than DynamicCache"
+    prof = load("bench_profile_b8_c4096.json")["profile"]
+    assert max((op for op in prof["dynamic"] if op != "total_s_per_step"), key=prof["dynamic"].get) == "aten::cat"
+    memory = load("bench_memory.json")
+    assert memory["verification"]["relative_error"] < 0.05, "the memory model predicts the batch-4 peak"
+    assert all(c["ratio"] > 1 for c in memory["capacity"].values()), "the 50% cache fits more tokens in every case"
