@@ -112,10 +112,10 @@ def test_at_4096_tokens_the_feature_axis_keeps_the_passkey_only_where_trained(lo
 
 
 def test_at_4096_tokens_bits_and_chosen_tokens_are_what_is_left(long, short):
-    four, two = report.rows_of(long, "quant", "passkey", 4096)            # most bytes first
+    four, two = report.rows_of(long, "quant", "passkey", 4096)            # 4 bits, then 2 bits
     assert four["fraction"] < report.row_at(short, "quant", "ppl", 1024, 0.25)["fraction"]
     assert four["accuracy"] == 1.0 and report.rows_of(long, "quant", "niah", 4096)[0]["relative"] == 1.0
-    assert all(r["correct"] == 0 for t in RETRIEVAL_TASKS for r in report.rows_of(long, "quant", t, 4096)[1:])
+    assert two["correct"] == 0 and all(report.rows_of(long, "quant", t, 4096)[1]["correct"] == 0 for t in ("niah", "vt"))
     assert quality(long, "snapkv", "passkey", 0.25) == 1.0 and 0 < quality(long, "snapkv", "passkey", 0.125) < 1
     assert all(r["correct"] == 0 for r in report.rows_of(long, "streaming", "passkey", 4096))
 

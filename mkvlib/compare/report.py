@@ -158,7 +158,8 @@ def plot_quality_vs_bytes(result: dict, length: int, title: str = "", guess: dic
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
     methods = [m for m in result["methods"] if m != "uncompressed" and any(rows_of(result, m, t, length)
                                                                            for t in tasks)]
-    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")(range(len(methods)))
+    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + ["#00429d", "#8c6d31"]
+    colors = (palette * len(methods))[:len(methods)]            # no grey: the reference lines are black and grey
     for ax, task in zip(axes[0], tasks):
         for color, m in zip(colors, methods):
             rows = [r for r in rows_of(result, m, task, length) if (r["kl"] if task == "ppl" else
@@ -181,7 +182,7 @@ def plot_quality_vs_bytes(result: dict, length: int, title: str = "", guess: dic
             if ceiling is not None:
                 ax.axhline(ceiling, color="black", lw=1, ls="--", label="uncompressed model")
             if guess and task in guess:
-                ax.axhline(guess[task], color="grey", lw=1, ls=(0, (1, 3)), label="copying a number at random")
+                ax.axhline(guess[task], color="black", lw=1, ls=(0, (1, 2)), label="copying a number at random")
             ax.set_ylabel("items answered", fontsize=8)
             ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
             ax.set_ylim(-0.05, 1.08)
