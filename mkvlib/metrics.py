@@ -11,7 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from .runtime import progress_bar as tqdm
 
 from .geometry import budget_of, kv_fraction
 

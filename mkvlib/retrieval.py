@@ -176,7 +176,7 @@ def retrieval_curve(model, tokenizer, methods, budgets, lengths=DEFAULT_LENGTHS,
     correct, n}], "fails_at": {method: highest budget where accuracy < 90% of the uncompressed, or None},
     "fails_at_by_length": {method: {length: budget or None}}}.
     """
-    from tqdm.auto import tqdm
+    from .runtime import progress_bar as tqdm
 
     from .compress import attach
     from .projections import resolve_projections

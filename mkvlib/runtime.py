@@ -98,6 +98,16 @@ def fast_mode() -> bool:
     return os.environ.get("MKV_FAST", "").strip().lower() in _TRUE
 
 
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm progress bar (the notebook widget in a kernel), switched off in fast mode: CI-sized runs take seconds,
+    and a widget bar saved in a static notebook copy renders as a frozen '0%'."""
+    from tqdm.auto import tqdm
+
+    if fast_mode():
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
+
+
 def pick(fast, full):
     """Return ``fast`` in fast mode, ``full`` otherwise: the one switch every size parameter goes through."""
     return fast if fast_mode() else full

@@ -70,7 +70,7 @@ def sampled_path(model_name: str, settings: SampleSettings):
 def sample_documents(model, tokenizer, settings: SampleSettings, progress: bool = True) -> list[str]:
     """``settings.tokens // settings.length`` documents of ``settings.length`` new tokens each, deterministic per
     seed on a given device. Each starts from one of :data:`PROMPTS` (in turn)."""
-    from tqdm.auto import tqdm
+    from .runtime import progress_bar as tqdm
 
     device = next(model.parameters()).device
     n_docs = settings.tokens // settings.length

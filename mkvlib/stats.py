@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from .runtime import progress_bar as tqdm
 
 from . import attention
 from .geometry import KVGeometry

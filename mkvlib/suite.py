@@ -83,7 +83,7 @@ def evaluate_suite(model, compression, settings: list, blocks_by_domain: dict, b
     kl_to_base, top1_agreement, tokens. A mean row averages perplexity_ratio, kl_to_base and top1_agreement over
     the domains (each domain weighs the same) and sums tokens.
     """
-    from tqdm.auto import tqdm
+    from .runtime import progress_bar as tqdm
 
     from .metrics import quality_curve
 

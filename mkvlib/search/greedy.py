@@ -37,7 +37,7 @@ from __future__ import annotations
 import time
 
 import torch
-from tqdm.auto import tqdm
+from ..runtime import progress_bar as tqdm
 
 from ..geometry import KVGeometry, budget_of, uniform_ranks
 from ..projections import resolve_projections

@@ -14,7 +14,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from tqdm.auto import tqdm
+from ..runtime import progress_bar as tqdm
 
 from ..geometry import KVGeometry
 from ..positions import shifted

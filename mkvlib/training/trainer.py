@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from ..runtime import progress_bar as tqdm
 
 from ..compress import Projector, attach
 from ..geometry import KVGeometry
