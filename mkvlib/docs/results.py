@@ -109,20 +109,46 @@ def quiet(fn, *args, **kwargs):
 
 # --- zero-shot accuracy through lm-evaluation-harness ----------------------------------------------------
 
-def setup_label(data: Data, fingerprint: str, allocation: str, trajectory: str | None, recorded: str | None = None) -> str:
-    """'<projections>, uniform' or '<projections>, adaptive (<trajectory>)', named after the committed files: the
-    trajectory as 'default trajectory' (the one found by fingerprint), or by what its name adds to the projections'."""
+def projections_recipe(data: Data, fingerprint: str) -> str:
+    """How the projections with ``fingerprint`` were made, in words: 'PCA' or 'MatryoshkaKV trained' for the files
+    shipped in this data folder, else the recipe :mod:`mkvlib.lmeval.recipes` records for projections that have left
+    the tree, else 'projections <fingerprint> (not committed)'."""
+    from ..lmeval.recipes import EARLIER, SHIPPED_NAMES
+
     found = data.projections_file(fingerprint)
-    proj = data.short(found) if found else f"projections {fingerprint} (not committed)"
+    if found and found.startswith("data/projections/") and found.count("/") == 2:
+        kind = (data.projections.get(found) or {}).get("kind")
+        if kind in SHIPPED_NAMES and data.short(found) == kind:
+            return SHIPPED_NAMES[kind]
+    if fingerprint in EARLIER:
+        return EARLIER[fingerprint]
+    return f"{data.short(found)} projections" if found else f"projections {fingerprint} (not committed)"
+
+
+# which search gave the adaptive ranks of a results file whose trajectory is no longer committed (its record says)
+SEARCH_OF_SOURCE = {"data/results/lm_eval_smollm2.csv": "spread-limited search",
+                    "data/results/lm_eval_smollm2_free_trajectory.csv": "free search",
+                    "data/results/lm_eval_smollm2_lazy_trajectory.csv": "exact free search"}
+
+
+def setup_label(data: Data, fingerprint: str, allocation: str, trajectory: str | None, recorded: str | None = None,
+                source: str | None = None, calibration: str | None = None) -> str:
+    """'<recipe>, uniform ranks' or '<recipe>, searched ranks (<which search>)': the projections named by how they
+    were made (:func:`projections_recipe`), the search by its committed trajectory file ('default trajectory'
+    for the one found by fingerprint), else by what the results file records about it."""
+    proj = projections_recipe(data, fingerprint)
     if allocation != "adaptive":
-        return f"{proj}, uniform"
-    if trajectory is None:
-        name = data.short(recorded).removeprefix(data.short(recorded).split(".")[0] + ".") if recorded else "trajectory"
-        return f"{proj}, adaptive ({name}, not committed)"
-    if trajectory == data.default_trajectory(fingerprint):
-        return f"{proj}, adaptive (default trajectory)"
-    traj = data.short(trajectory)
-    return f"{proj}, adaptive ({traj.removeprefix(proj + '.')})"
+        return f"{proj}, uniform ranks"
+    if trajectory is not None:
+        name = ("default trajectory" if trajectory == data.default_trajectory(fingerprint) else
+                data.short(trajectory))
+    elif calibration:
+        name = f"free search on {calibration}"
+    elif source in SEARCH_OF_SOURCE:
+        name = SEARCH_OF_SOURCE[source]
+    else:
+        name = (data.short(recorded) if recorded else "trajectory") + ", not committed"
+    return f"{proj}, searched ranks ({name})"
 
 
 LM_EVAL_FILES = ("results/lm_eval_*.csv", "results/lm_eval_*.json", "!results/lm_eval_throughput*")
@@ -148,7 +174,8 @@ def csv_cells(data: Data) -> pd.DataFrame:
     for path in sweep_csvs(data):
         df = quiet(load_results, path)
         trajectories = [data.trajectory_of(r) if r.startswith("adaptive") else None for r in df.ranks]
-        labels = [BASELINE if r.method == BASELINE else setup_label(data, r.fingerprint, r.allocation, t)
+        labels = [BASELINE if r.method == BASELINE else setup_label(data, r.fingerprint, r.allocation, t,
+                                                                    source=data.rel(path))
                   for r, t in zip(df.itertuples(), trajectories)]
         frames.append(df.assign(sweep_method=df.method, method=labels, trajectory=trajectories,
                                 source=data.rel(path), command=None))
@@ -164,7 +191,8 @@ def json_cells(data: Data) -> pd.DataFrame:
                 continue
             recorded = row.get("trajectory")
             traj = recorded if recorded and (data.root / recorded).is_file() else None
-            label = setup_label(data, row["fingerprint"], row["allocation"], traj, recorded)
+            label = setup_label(data, row["fingerprint"], row["allocation"], traj, recorded,
+                                calibration=row.get("calibration"))
             for task, items in row["items"].items():
                 cells.append({"model": row["model"], "method": label, "sweep_method": None,
                           "fingerprint": row["fingerprint"], "trajectory": traj,
@@ -203,8 +231,9 @@ def lm_eval_table1(data: Data) -> str | None:
     headers = ["budget", "set-up"] + [str(c) for c in wide.columns]
     rows = [[b, m] + [num(v) for v in r] for (b, m), r in zip(wide.index, wide.itertuples(index=False))]
     intro = ("Accuracy (%) per task, the average over tasks, and that average as a share of the uncompressed "
-             "model's (the paper's Table 1 layout, `mkvlib.lmeval.report.table1`). A set-up is named by its "
-             "projections file and, for adaptive ranks, the trajectory file they came from (see "
+             "model's (the paper's Table 1 layout, `mkvlib.lmeval.report.table1`). A set-up is named by how its "
+             "projections were made (the shipped files by their name, projections that have left the tree by "
+             "how they were trained) and, for searched ranks, by the search that gave them (see "
              "[Where the accuracy rows come from](#where-the-accuracy-rows-come-from)). " + _items_note(cells))
     if left_out:
         intro += " Left out (run on other items): " + ", ".join(code(s) for s in left_out) + "."
@@ -251,6 +280,8 @@ def _sweep_commands(data: Data, source: str, method: str, budget: float) -> list
 
 @section("lm-eval-sources", "Where the accuracy rows come from", *LM_EVAL_FILES)
 def lm_eval_sources(data: Data) -> str | None:
+    from ..lmeval.recipes import EARLIER_DETAILS
+
     cells, _ = lm_eval_cells(data)
     if cells.empty:
         return None
@@ -265,16 +296,67 @@ def lm_eval_sources(data: Data) -> str | None:
                 _sweep_commands(data, source, r.sweep_method, r.budget) if r.sweep_method else [])
             what = ", ".join(code(c) for c in cmds) if cmds else "command not recorded"
             lines.append(f"  - {r.method}, {pct(r.budget, None)}: {what}")
+        if csv:
+            raw = pd.read_csv(data.root / source, dtype=str)
+            commits = sorted(set(raw.get("git_commit", pd.Series(dtype=str)).dropna()))
+            lines.append(f"  - git commits the cells were run at: {', '.join(commits) or 'not recorded'}")
         for key in ("what", "run_note", "note", "adaptive_note"):
             if record and record.get(key):
                 lines.append(f"  - {key.replace('_', ' ')} (from the record): {record[key]}")
-    setups = cells.drop_duplicates("method").sort_values("method")
-    files = [[r.method, DASH if r.method == "uncompressed" else path_cell(data.projections_file(r.fingerprint)),
-              path_cell(r.trajectory) if r.method.endswith(")") else DASH] for r in setups.itertuples()]
-    return "\n\n".join(["The files behind each set-up (projections matched by fingerprint; adaptive ranks matched "
-                        "to the trajectory whose prefix gives them), then, per results file, the command that "
-                        "ran each set-up at each budget.",
-                        table(["set-up", "projections", "trajectory"], files, "lll"), "\n".join(lines)])
+    setups = cells[cells.method != "uncompressed"].drop_duplicates("method").sort_values("method")
+    files = []
+    for r in setups.itertuples():
+        found = data.projections_file(r.fingerprint)
+        made = code(found) if found else "not committed: " + EARLIER_DETAILS.get(r.fingerprint, "recipe not recorded")
+        files.append([r.method, r.fingerprint, made,
+                      path_cell(r.trajectory) if "searched ranks" in r.method else DASH])
+    return "\n\n".join(["The projections behind each set-up (by fingerprint: the committed file, or how projections "
+                        "that have left the tree were trained; git history keeps them) and the trajectory its "
+                        "searched ranks came from, then, per results file, the command that ran each set-up at each "
+                        "budget and the commits the cells were run at.",
+                        table(["set-up", "fingerprint", "projections", "trajectory"], files, "llll"),
+                        "\n".join(lines)])
+
+
+TARGETS = {0.5: 95.0, 0.375: 90.0}        # the project's targets: % of the uncompressed average accuracy kept
+
+
+@section("lm-eval-findings", "What the accuracy rows show: rank searches, longer training, the targets",
+         *LM_EVAL_FILES)
+def lm_eval_findings(data: Data) -> str | None:
+    """The reading of the tables above that notebook 04 leaves here: every set-up by recipe, the targets, the noise."""
+    from ..lmeval.report import kept_at
+    from ..lmeval.sweep import BASELINE
+
+    cells, _ = lm_eval_cells(data)
+    if cells.empty:
+        return None
+    kept = kept_at(cells, tuple(TARGETS))
+    setups = cells[cells.method != BASELINE].drop_duplicates("method")
+    recipe_of = {m: projections_recipe(data, f) for m, f in zip(setups.method, setups.fingerprint)}
+    base = cells[cells.method == BASELINE]
+    se = 100 * ((base.acc * (1 - base.acc) / base["items"]).sum() ** 0.5 / len(base)) / base.acc.mean()
+    lines = []
+    for budget in TARGETS:
+        col = kept[("kept", budget)].dropna()
+        by_recipe: dict[str, list] = {}
+        for method in sorted(col.index, key=lambda m: col[m]):
+            by_recipe.setdefault(recipe_of[method], []).append(
+                f"{method.removeprefix(recipe_of[method] + ', ')} {num(col[method])}%")
+        parts = "; ".join(f"{recipe}: {', '.join(v)}" for recipe, v in by_recipe.items())
+        met = [m for m in col.index if col[m] >= TARGETS[budget]]
+        lines.append(f"- At {pct(budget, None)}, % of the uncompressed average accuracy kept, per recipe: {parts}. "
+                     f"The target of {num(TARGETS[budget], 0)}% is met by "
+                     f"{', '.join(met) if met else 'no set-up'}; the best keeps {num(col.max())}% ({col.idxmax()}).")
+    shipped = [m for m, r in recipe_of.items() if r == "MatryoshkaKV trained"]
+    lines.append(f"- Standard error of a share of the average accuracy: about {num(se)} points (binomial, over "
+                 f"{int(base['items'].max()):,} items per task), so differences of a point or two are within noise.")
+    lines.append("- Set-ups with the shipped MatryoshkaKV projections: " + (", ".join(shipped) if shipped else
+                 "none yet (notebook 06 scores them on ARC-Easy, with a fine-tuned model)") + ".")
+    return "\n\n".join(["What the rows of [Zero-shot accuracy against KV budget](#zero-shot-accuracy-against-kv-budget) "
+                        "say, computed from them: set-ups grouped by how their projections were made, from the one "
+                        "that keeps least to the one that keeps most, against the project's targets.",
+                        "\n".join(lines)])
 
 
 # --- LoRA fine-tuning with compressed KV (notebook 06) --------------------------------------------------
@@ -341,6 +423,78 @@ def lora_bundles(data: Data) -> str | None:
     return "\n\n".join([source_line(data, *[data.root / f / "manifest.json" for f in sorted(data.manifests)]),
                         table(headers, rows, "lrlllrrrlrrr"),
                         "Commands (from the manifests):\n\n" + "\n".join(f"- {c}" for c in cmds)])
+
+
+@section("lora-runs", "LoRA two-stage runs: what each run was and what it keeps", "results/lora_*.csv",
+         "lora/*/trajectory.json")
+def lora_runs(data: Data) -> str | None:
+    """The ledger of :mod:`mkvlib.lora.runs` with each run's share kept at 50%, and what the runs show."""
+    from ..lora.accuracy import kept_table, read_rows
+    from ..lora.runs import RUNS
+
+    path = data.results / "lora_arc_easy.csv"
+    if not path.is_file():
+        return None
+    rows = read_rows(path)
+    selectors = {r.label: r.as_selector() for r in RUNS}
+    acc, norm = kept_table(rows, selectors), kept_table(rows, selectors, metric="acc_norm")
+    k, kn = acc["kept at 50% (%)"], norm["kept at 50% (%)"]
+    out = [[r.label, r.what, r.adapter, r.fingerprint, projections_recipe(data, r.init) if r.init else DASH,
+            r.stage2_steps or DASH, r.ranks, acc.loc[r.label, "items"], num(100 * acc.loc[r.label, "at 100%"]),
+            num(100 * acc.loc[r.label, "at 50%"]), num(k[r.label]), num(kn[r.label])] for r in RUNS]
+
+    def se(label):          # binomial standard error of a share kept, in points
+        p, n = acc.loc[label, "at 50%"], acc.loc[label, "items"]
+        return 100 * (p * (1 - p) / n) ** 0.5 / acc.loc[label, "at 100%"]
+
+    def listed(*labels, table=k):
+        return ", ".join(f"{label} {num(table[label])}%" for label in labels)
+
+    uniform = [r.label for r in RUNS if r.ranks == "uniform" and r.limit == "500"]
+    searched = [r.label.removesuffix(" adaptive") for r in RUNS if r.ranks == "adaptive"]
+    bundle = data.manifests.get("data/lora/arc_easy_stage2") or {}
+    committed = next((r.label for r in RUNS if r.adapter == bundle.get("adapter_weights_hash")
+                      and r.fingerprint == bundle.get("projections_fingerprint") and r.ranks == "uniform"
+                      and r.limit == "500"), None)
+    findings = [
+        f"Standard error of a share kept: about {num(se(uniform[0]))} points at {acc.loc[uniform[0], 'items']} items, "
+        f"{num(se(committed + ' whole split'))} on the whole split." if committed else "",
+        f"The stage-1 model with general projections only: {listed(*[r.label for r in RUNS if r.init is None and r.ranks == 'uniform'])}.",
+        "Stage 2 from each of them (start, then steps): " + "; ".join(
+            f"{r.label} from {projections_recipe(data, r.init)}, {r.stage2_steps} steps: {num(k[r.label])}%"
+            for r in RUNS if r.init and r.ranks == "uniform" and r.limit == "500"
+            and r.label in ("(c)", "(c')", "(c'')", "(d)", "(l)", "(m)")) + ".",
+        f"Longer or other stage-2 settings from (d): {listed('(e)', '(f)', '(g)', '(h)', '(i)', '(j)', '(k)')}; the best "
+        f"with uniform ranks is {k[uniform].idxmax()} ({num(k[uniform].max())}%).",
+        "Searched over uniform ranks (points kept, `acc`): " + ", ".join(
+            f"{label} {num(k[label + ' adaptive'] - k[label])}" for label in searched) +
+        "; in `acc_norm`: " + ", ".join(f"{label} {num(kn[label + ' adaptive'] - kn[label])}" for label in searched) + ".",
+    ]
+    traj_path = data.root / "data/lora/arc_easy_stage2/trajectory.json"
+    if traj_path.is_file():
+        ev = read_json(traj_path).get("evaluations") or {}
+        at = {r["allocation"]: r["kl_to_base"] for r in ev.get("rows") or [] if r["budget"] == 0.5}
+        if {"adaptive", "uniform"} <= set(at):
+            findings.append(f"Ranks searched on the task's text are task-specific: on {readout_text(ev)} the committed "
+                            f"bundle's searched ranks give a KL to the model of {num(at['adaptive'], 3)} at 50%, uniform "
+                            f"ranks {num(at['uniform'], 3)}.")
+    if committed:
+        findings.append(f"The committed bundle, {committed}, keeps {num(k[committed])}% on "
+                        f"{acc.loc[committed, 'items']} items and {num(k[committed + ' whole split'])}% on the whole "
+                        f"split ({acc.loc[committed + ' whole split', 'items']:,} items); `acc_norm` "
+                        f"{num(kn[committed])}% and {num(kn[committed + ' whole split'])}%.")
+    intro = ("Every scored two-stage run (the ledger `mkvlib.lora.runs`, labelled in the order the runs were "
+             "made, as the project's history names them): what it was, the fine-tuned model (adapter weights hash) "
+             "and the projections attached at 50% (fingerprint), the general projections stage 2 started from and "
+             "the stage-2 steps behind it, and ARC-Easy test accuracy (%) uncompressed and at 50%, with the share "
+             "kept of the same model's uncompressed accuracy (`mkvlib.lora.kept_table`). Only "
+             f"{committed or 'none'} is committed as a bundle, and of it only its records (its weights are in git "
+             "history). Stage 1 is the bundle `data/lora/arc_easy_stage1`; notebook 06 builds both stages.")
+    headers = ["run", "what it was", "adapter", "projections", "stage 2 from", "stage-2 steps", "ranks", "items",
+               "acc at 100%", "acc at 50%", "kept at 50%", "kept, acc_norm"]
+    return "\n\n".join([intro, source_line(data, path), table(headers, out, "lllllrlrrrrr"),
+                        "What the runs show, computed from the table:\n\n" +
+                        "\n".join(f"- {f}" for f in findings if f)])
 
 
 # --- Matryoshka training (notebook 02) ------------------------------------------------------------------

@@ -50,12 +50,24 @@ def lm_eval_version() -> str:
     return version("lm_eval")
 
 
-def wrap(model, tokenizer, batch_size: int = 8):
-    """lm-eval's HFLM around the in-memory model (compressed or not: the attention hook travels with it)."""
+def wrap(model, tokenizer, batch_size: int = 8, progress: bool = True):
+    """lm-eval's HFLM around the in-memory model (compressed or not: the attention hook travels with it).
+
+    ``progress=False``, and always in fast mode: no progress bars for its requests (lm-eval's evaluator asks for
+    them explicitly, so no environment setting turns them off); each request method then runs with
+    ``disable_tqdm=True``."""
+    import functools
+
     from lm_eval.models.huggingface import HFLM
 
+    from ..runtime import fast_mode
+
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    if not progress or fast_mode():
+        for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+            setattr(lm, name, functools.partial(getattr(lm, name), disable_tqdm=True))
+    return lm
 
 
 _MANAGERS: dict = {}

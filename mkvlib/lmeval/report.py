@@ -122,11 +122,45 @@ def kept_at(df: pd.DataFrame, budgets=(0.5, 0.375), metric: str = "acc") -> pd.D
             .pivot_table(index="method", columns="budget", values=["kept", "kept_above_chance"]).round(1))
 
 
+def named(df: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's rows with ``method`` replaced by a readable set-up name: how the projections were made and how
+    the ranks were chosen ('PCA, uniform ranks', 'MatryoshkaKV trained, searched ranks', or an earlier recipe;
+    :mod:`.recipes`), read from each row's projections fingerprint and allocation; the 100% cell stays
+    'uncompressed'. The sweep's own method name is kept as ``sweep_method``."""
+    from .recipes import setup_name
+
+    names = [BASELINE if m == BASELINE else setup_name(f, a, model)
+             for m, f, a, model in zip(df.method, df.fingerprint, df.allocation, df.model)]
+    return df.assign(sweep_method=df.method, method=names)
+
+
+def summary(df: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
+    """Table 1 with both scales of what is kept: one row per (budget, set-up), accuracy (%) per task and its
+    average over tasks, the average as % of the uncompressed model's ('% kept') and the share of the
+    uncompressed model's margin over chance that remains ('% kept above chance'). Within a budget, rows go from
+    the set-up that keeps least to the one that keeps most; the 100% cell comes once, first. Where the
+    uncompressed accuracy is itself at chance (a handful of items) the share above chance is undefined: NaN."""
+    long = curves(df, metric)
+    tasks = [t for t in long.task.unique() if t != AVERAGE]
+    wide = long.pivot_table(index=["budget", "method"], columns="task", values="value")
+    wide = wide.reindex(columns=tasks + [AVERAGE]) * 100
+    avg = long[long.task == AVERAGE].set_index(["budget", "method"])
+    wide["% kept"] = 100 * avg["relative"]
+    wide["% kept above chance"] = (100 * avg["above_chance"]).replace([float("inf"), -float("inf")], float("nan"))
+    full = wide.xs(1.0, level="budget", drop_level=False).iloc[:1].rename(index=lambda m: BASELINE, level=1)
+    rest = wide.drop(index=1.0, level="budget").reset_index().sort_values(["budget", "% kept"],
+                                                                          ascending=[False, True])
+    wide = pd.concat([full, rest.set_index(["budget", "method"])])
+    wide.index = pd.MultiIndex.from_tuples([(budget_label(b), m) for b, m in wide.index], names=["budget", "set-up"])
+    wide.columns.name = pipeline_check(df["items"]) or "accuracy (%)"
+    return wide.round(1)
+
+
 def accuracy_vs_budget(df: pd.DataFrame, scale: str = "relative", metric: str = "acc"):
     """One panel per task plus the average: accuracy against budget for every method, side by side.
 
     ``scale``: "relative" (% of uncompressed), "above_chance" (% of the baseline's margin over chance)
-    or "value" (raw accuracy, chance drawn dashed).
+    or "value" (accuracy in %, chance drawn dashed). The legend sits below the panels.
     """
     import matplotlib.pyplot as plt
 
@@ -134,33 +168,46 @@ def accuracy_vs_budget(df: pd.DataFrame, scale: str = "relative", metric: str = 
         raise ValueError(f"scale must be 'relative', 'above_chance' or 'value', not {scale!r}")
     long = curves(df, metric)
     tasks = [t for t in long.task.unique() if t != AVERAGE] + [AVERAGE]
+    # one colour per method in every panel; the legend in order of the average kept at the compressed budget that
+    # most methods were measured at (methods without it last)
+    avg = long[(long.task == AVERAGE) & (long.budget < 1)]
+    common = avg.budget.mode().max() if not avg.empty else 1.0
+    order = (long[(long.task == AVERAGE) & (long.budget == common)].set_index("method").relative
+             .reindex(long.method.unique()).fillna(float("inf")).sort_values(kind="stable").index.tolist())
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(order)}
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.3 * len(tasks), 3.3), sharey=scale != "value",
                              squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = long[long.task == task]
-        for method, g in sub.groupby("method"):
-            y = g[scale] * (100 if scale != "value" else 1)
-            ax.plot(100 * g.budget, y, marker="o", label=LABELS.get(method, method))
+        for method in order:
+            g = sub[sub.method == method]
+            if not g.empty:
+                ax.plot(100 * g.budget, 100 * g[scale], marker="o", color=colours[method],
+                        label=LABELS.get(method, method))
         if scale == "value":
-            ax.axhline(sub.chance.iloc[0], ls="--", c="grey", lw=1, label="chance")
+            ax.axhline(100 * sub.chance.iloc[0], ls="--", c="grey", lw=1, label="chance (guessing)")
         else:
-            ax.axhline(100, ls=":", c="black", lw=1)
+            ax.axhline(100, ls=":", c="black", lw=1, label="uncompressed")
             if scale == "relative":
-                ax.axhline(100 * sub.chance.iloc[0] / sub.baseline.iloc[0], ls="--", c="grey", lw=1, label="chance")
+                ax.axhline(100 * sub.chance.iloc[0] / sub.baseline.iloc[0], ls="--", c="grey", lw=1,
+                           label="chance (guessing)")
             else:
-                ax.axhline(0, ls="--", c="grey", lw=1, label="chance")
+                ax.axhline(0, ls="--", c="grey", lw=1, label="chance (guessing)")
         items = int(sub[sub.method == sub.method.iloc[0]]["items"].max())
-        ax.set(title=f"{task} ({items} items)", xlabel="KV budget (%)")
+        ax.set(title=f"{task} ({items:,} items)", xlabel="KV budget (% of the full cache)")
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
     ylabel = {"relative": "% of uncompressed accuracy", "above_chance": "% of margin above chance kept",
-              "value": metric}[scale]
+              "value": f"{'accuracy' if metric == 'acc' else metric} (%)"}[scale]
     axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=7)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    columns = min(3, len(labels))
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     check = pipeline_check(long[long.task != AVERAGE]["items"])
     if check:
         fig.suptitle(check, color="firebrick")
-    fig.tight_layout()
+    legend_rows = -(-len(labels) // columns)
+    fig.tight_layout(rect=(0, min(0.45, 0.06 * legend_rows + 0.01), 1, 1))
     return fig
 
 

@@ -335,7 +335,7 @@ class Sweep:
     def run(self, progress: bool = True, dry_run: bool = False, max_cells: int | None = None) -> list[dict]:
         """Run every pending cell (at most ``max_cells``); print the cost estimate first. Returns the rows
         written by this call."""
-        from tqdm.auto import tqdm
+        from ..runtime import progress_bar as tqdm
 
         all_pending = self.pending()
         pending = all_pending[:max_cells]
@@ -349,7 +349,7 @@ class Sweep:
                  "a guess: nothing stored yet to measure)"), file=sys.stderr)
         if dry_run or not pending:
             return []
-        lm = wrap(self.model, self.tokenizer, self.config.batch_size)
+        lm = wrap(self.model, self.tokenizer, self.config.batch_size, progress=progress)
         written = []
         bar = tqdm(pending, desc="lm-eval sweep", unit="cell", disable=not progress)
         for cell in bar:

@@ -6,9 +6,10 @@
 - :mod:`.stages`: stage 1 (adapter alone, uncompressed) and stage 2 (projections with the adapter) trainers
 - :mod:`.bundle`: adapter + projections + manifest in one folder, checked on load
 - :mod:`.accuracy`: task accuracy of the merged model against budget, per kind of projections
+- :mod:`.runs`: the ledger of the two-stage runs behind the committed accuracy table (what each run was)
 """
-from .accuracy import (accuracy_curve, accuracy_table, committed_rows, evaluate_bundle, keep_ratio, kept_table,
-                       plot_accuracy, read_rows)
+from .accuracy import (accuracy_curve, accuracy_table, committed_rows, curve, curves_table, evaluate_bundle,
+                       keep_ratio, kept_table, plot_accuracy, plot_kept, read_rows)
 from .adapter import LoRASettings, add_adapter, adapter_parameters, merge, weights_hash
 from .bundle import (BundleMismatchError, BundleWeightsMissingError, load_bundle, load_merged, missing_weights,
                      read_manifest, save_bundle)
@@ -17,8 +18,8 @@ from .stages import (general_projections, identity_projections, stage1_config, s
                      stage2_trainer)
 
 __all__ = ["accuracy_curve", "accuracy_table", "adapter_parameters", "add_adapter", "arc_examples",
-           "BundleMismatchError", "BundleWeightsMissingError", "committed_rows", "encode", "evaluate_bundle",
-           "Example", "general_projections", "identity_projections", "instruction_examples", "keep_ratio",
-           "kept_table", "load_bundle", "load_examples", "load_merged", "LoRASettings", "merge", "missing_weights",
-           "plot_accuracy", "read_manifest", "read_rows", "save_bundle", "stage1_config", "stage1_trainer",
-           "stage2_config", "stage2_trainer", "target_count", "weights_hash"]
+           "BundleMismatchError", "BundleWeightsMissingError", "committed_rows", "curve", "curves_table", "encode",
+           "evaluate_bundle", "Example", "general_projections", "identity_projections", "instruction_examples",
+           "keep_ratio", "kept_table", "load_bundle", "load_examples", "load_merged", "LoRASettings", "merge",
+           "missing_weights", "plot_accuracy", "plot_kept", "read_manifest", "read_rows", "save_bundle",
+           "stage1_config", "stage1_trainer", "stage2_config", "stage2_trainer", "target_count", "weights_hash"]

@@ -65,7 +65,7 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
     the rows (e.g. the adapter's weights hash). With ``out`` (a CSV path) rows already stored are reused and new
     ones appended as they finish.
     """
-    from tqdm.auto import tqdm
+    from ..runtime import progress_bar as tqdm
 
     from ..lmeval.sweep import ranks_digest
     from ..search import adaptive_ranks
@@ -87,7 +87,7 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
         if out and store.key(row) in have:
             rows.append({**have[store.key(row)], "projections": label})
             continue
-        lm = lm or wrap(model, tokenizer, batch_size)
+        lm = lm or wrap(model, tokenizer, batch_size, progress=progress)
         row.update(_score(model, tokenizer, config, task, lm, proj, ranks))
         rows.append(row)
         if out:
@@ -305,3 +305,66 @@ def kept_table(rows: list[dict], runs: dict, budget: float = 0.5, metric: str = 
         lines[name] = {"ranks": run["ranks"], "items": int(at[-1]["items"]), "at 100%": full[metric],
                        f"at {at_label}": at[-1][metric], f"kept at {at_label} (%)": 100 * at[-1][metric] / full[metric]}
     return pd.DataFrame.from_dict(lines, orient="index")
+
+
+def curve(rows: list[dict], adapter: str, fingerprint: str, ranks: str = "uniform", limit="500",
+          metric: str = "acc") -> dict[float, float]:
+    """{budget: accuracy} of one fine-tuned model (``adapter``) with one set of projections (``fingerprint``) and
+    ``ranks`` ('uniform' or 'adaptive'), on ``limit`` items ('' for the whole split): the newest row per budget,
+    and at 1.0 that model's newest uncompressed row. Budgets never measured are absent."""
+    same = [r for r in rows if r["adapter"] == adapter and str(r["limit"] or "") == str(limit)]
+    out = {}
+    for r in same:                                           # later rows replace earlier ones
+        if r["projections"] == UNCOMPRESSED:
+            out[1.0] = r[metric]
+        elif r["fingerprint"] == fingerprint and r["ranks"].startswith(ranks) and r["budget"] < 1:
+            out[r["budget"]] = r[metric]
+    if 1.0 not in out or len(out) < 2:
+        raise KeyError(f"no uncompressed row, or no compressed row, for adapter {adapter} with projections "
+                       f"{fingerprint} ({ranks} ranks, limit {limit!r})")
+    return dict(sorted(out.items(), reverse=True))
+
+
+def curves_table(curves: dict, missing=None):
+    """A DataFrame, one line per named curve ({name: {budget: accuracy}} as :func:`curve` gives; a tuple name
+    makes a multi-level index): accuracy (%) at every budget, then the share of the uncompressed accuracy kept at
+    the lowest budget every curve measured, in %. Budgets a curve never measured are NaN, or ``missing`` (e.g.
+    a dash) when given."""
+    import pandas as pd
+
+    from ..lmeval.report import budget_label
+
+    budgets = sorted({b for c in curves.values() for b in c}, reverse=True)
+    common = min(set.intersection(*(set(c) for c in curves.values())) - {1.0}, default=None)
+    table = pd.DataFrame({name: {budget_label(b): 100 * c[b] if b in c else float("nan") for b in budgets}
+                          for name, c in curves.items()}).T
+    if common is not None:
+        table[f"% kept at {budget_label(common)}"] = [100 * c[common] / c[1.0] for c in curves.values()]
+    table = table.round(1)
+    if missing is not None:
+        table = table.astype(object).where(table.notna(), missing)
+    table.columns.name = "accuracy (%) at each KV budget"
+    return table
+
+
+def plot_kept(curves: dict, title: str = "", target: float | None = 0.97):
+    """Share of each fine-tuned model's uncompressed accuracy kept (%) against KV budget, one line per named curve
+    ({name: {budget: accuracy}}; a tuple name is joined with commas); lines whose name mentions searched ranks are
+    dashed. ``target`` draws that share dotted. The legend sits below the plot."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    for name, c in curves.items():
+        label = ", ".join(name) if isinstance(name, tuple) else str(name)
+        budgets = sorted(c)
+        ax.plot([100 * b for b in budgets], [100 * c[b] / c[1.0] for b in budgets], marker="o", label=label,
+                ls="--" if "searched" in label else "-")
+    if target is not None:
+        ax.axhline(100 * target, ls=":", color="gray", lw=1, label=f"{100 * target:g}% kept")
+    ax.set(xlabel="KV budget (% of the full cache)", ylabel="% of the fine-tuned model's accuracy kept",
+           title=title)
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
+    fig.tight_layout()
+    return fig

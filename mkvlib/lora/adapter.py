@@ -6,8 +6,10 @@ model, before or after :func:`merge`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -48,6 +50,16 @@ class LoRASettings:
                           target_modules=list(self.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
+@contextlib.contextmanager
+def peft_wrapping():
+    """Around peft's wrapping of a model: peft 0.21 asks transformers 5 whether gradient checkpointing is on by its
+    old name, ``is_gradient_checkpointing``, which transformers answers correctly but with a FutureWarning about
+    the rename. That one warning says nothing about this project's code, so it is not shown; any other is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def add_adapter(model, settings: LoRASettings | None = None):
     """A fresh peft LoRA adapter on ``model`` (B = 0, so the wrapped model computes exactly as before)."""
     from peft import get_peft_model
@@ -59,7 +71,8 @@ def add_adapter(model, settings: LoRASettings | None = None):
         raise ValueError(f"target modules {missing} are not layers of {type(model).__name__}; "
                          f"choose among e.g. {ATTENTION + MLP}")
     name = getattr(model, "mkv_name", None)
-    peft_model = get_peft_model(model, settings.peft_config())
+    with peft_wrapping():
+        peft_model = get_peft_model(model, settings.peft_config())
     if name is not None:
         model.mkv_name = name
     return peft_model

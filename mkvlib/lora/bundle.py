@@ -22,7 +22,7 @@ from pathlib import Path
 from ..geometry import KVGeometry
 from ..io import write_json
 from ..projections import Projections
-from .adapter import adapter_config_dict, config_hash, merge, weights_hash
+from .adapter import adapter_config_dict, config_hash, merge, peft_wrapping, weights_hash
 
 FORMAT = "mkv-lora-bundle/1"
 
@@ -165,7 +165,8 @@ def load_bundle(folder, model, trainable: bool = False):
     if missing:
         raise weights_missing_error(folder, missing, manifest)
     name = getattr(model, "mkv_name", None)
-    peft_model = PeftModel.from_pretrained(model, str(folder / "adapter"), is_trainable=trainable)
+    with peft_wrapping():
+        peft_model = PeftModel.from_pretrained(model, str(folder / "adapter"), is_trainable=trainable)
     if name is not None:
         model.mkv_name = name
     cfg = adapter_config_dict(peft_model)
