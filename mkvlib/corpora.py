@@ -108,8 +108,8 @@ def default_corpus(role: str = "calibration") -> str:
     from .runtime import note_once   # announced once per process: these numbers are not the README's
     why = "no data folder (MKV_DATA_DIR unset)" if root is None else f"no wikitext2/ in {root}"
     note_once("corpus-fallback", f"mkvlib: {why}: using Python's documentation text ({fallback_corpus('calibration')!r}"
-              f" to calibrate, {fallback_corpus('eval')!r} to evaluate); numbers are not comparable with the README's"
-              " (set MKV_DATA_DIR=/path/to/data for real text)")
+              f" to calibrate, {fallback_corpus('eval')!r} to evaluate) and the model's own samples to train; numbers "
+              "are not comparable with the README's (set MKV_DATA_DIR=/path/to/data for real text)")
     return fallback_corpus(role)
 
 

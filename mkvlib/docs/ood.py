@@ -32,16 +32,19 @@ def ood_suite(data: Data) -> str | None:
         return None
     ood, ind = _mean_rows(rec), _mean_rows(rec, "in-domain")
     budgets = rec["budgets"]
-    headers = ["method"] + [f"{pct(b)}: ppl x / KL" for b in budgets] + ["in-domain KL at 50%"]
-    rows = []
-    for m in [x["label"] for x in rec["methods"]]:
-        cells = [f"{num(ood[(m, b)]['perplexity_ratio'], 2)} / {num(ood[(m, b)]['kl_to_base'], 3)}"
-                 if (m, b) in ood else "-" for b in budgets]
-        rows.append([m] + cells + [num(ind[(m, 0.5)]["kl_to_base"], 3) if (m, 0.5) in ind else "-"])
+    cell = lambda r: (f"{num(r['perplexity_ratio'], 2)} / {num(r['kl_to_base'], 3)} / "    # noqa: E731
+                      f"{pct(r['top1_agreement'], 0)}")
+    headers = ["method"] + [f"{pct(b)}: ppl x / KL / top-1" for b in budgets] + ["in-domain KL at 50%"]
+    rows = [[m] + [cell(ood[(m, b)]) if (m, b) in ood else "-" for b in budgets]
+            + [num(ind[(m, 0.5)]["kl_to_base"], 3) if (m, 0.5) in ind else "-"]
+            for m in [x["label"] for x in rec["methods"]]]
     note = (f"Mean over {len(rec['domains'])} held-out domains ({', '.join(rec['domains'])}), "
             f"{rec['tokens_per_domain']:,} tokens each in blocks of {rec['seq_len']}; perplexity as a multiple of "
-            "the uncompressed model's, KL per token. In-domain: text like the training text, never trained on.")
-    return "\n\n".join([source_line(data, path), note, table(headers, rows), commands_line([rec.get("script")])])
+            "the uncompressed model's, KL in nats per token, top-1 agreement with the uncompressed model. "
+            "Adaptive: ranks from the shipped greedy-search trajectory. In-domain: text like the training text, "
+            "never trained on.")
+    return "\n\n".join([source_line(data, path), note, table(headers, rows),
+                         commands_line([rec.get("command") or rec.get("script")])])
 
 
 @section("ood-suite-domains", "Out of domain at 50%, per domain", "results/ood_suite.json", lead=True)
@@ -194,3 +197,24 @@ def passkey_rank_mix(data: Data) -> str | None:
                                "opening token (prompts)"], rows),
                         commands_line([rec.get("command")]) + " (the script is the file's `script` field; "
                         "`MKV_DATA_DIR` set)."])
+
+
+@section("answers", "What compression does to answers: short factual prompts", "results/answers.json", lead=True)
+def answers(data: Data) -> str | None:
+    path, rec = data.result("answers.json")
+    if rec is None:
+        return None
+    n, allocations = len(rec["prompts"]), rec["allocations"]
+    cell = {}
+    for r in rec["rows"]:
+        cell.setdefault((r["budget"], r["allocation"]), []).append(r)
+    headers = ["budget"] + [f"{a}: answers kept / token agreement" for a in allocations]
+    rows = [[pct(b)] + [f"{sum(r['survives'] for r in cell[(b, a)])} of {n} / "
+                        f"{pct(sum(r['token_agreement'] for r in cell[(b, a)]) / n, 0)}" for a in allocations]
+            for b in sorted(rec["budgets"], reverse=True)]
+    note = (f"Greedy continuations ({rec['new_tokens']} tokens) of {n} short prompts whose answer comes from the "
+            "weights (e.g. \"The capital of France is\"), by the trained projections in simulated compression. An "
+            "answer is kept when the compressed continuation holds the uncompressed model's answer word; token "
+            "agreement: top-1 agreement on the uncompressed continuation, teacher-forced. Prompts: "
+            + "; ".join(f"\"{p}\"" for p in rec["prompts"]) + ".")
+    return "\n\n".join([source_line(data, path), note, table(headers, rows), commands_line([rec.get("command")])])
