@@ -476,8 +476,8 @@ def lora_runs(data: Data) -> str | None:
         at = {r["allocation"]: r["kl_to_base"] for r in ev.get("rows") or [] if r["budget"] == 0.5}
         if {"adaptive", "uniform"} <= set(at):
             findings.append(f"Ranks searched on the task's text are task-specific: on {readout_text(ev)} the committed "
-                            f"bundle's searched ranks give a KL to the model of {num(at['adaptive'], 3)} at 50%, uniform "
-                            f"ranks {num(at['uniform'], 3)}.")
+                            f"bundle's searched ranks give a KL to the model of {num(at['adaptive'], 3)} nats per token "
+                            f"at 50%, uniform ranks {num(at['uniform'], 3)}.")
     if committed:
         findings.append(f"The committed bundle, {committed}, keeps {num(k[committed])}% on "
                         f"{acc.loc[committed, 'items']} items and {num(k[committed + ' whole split'])}% on the whole "
