@@ -17,7 +17,7 @@ endif
 endif
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv notebooks test lab full docs offline-bundle offline-unpack clean
+.PHONY: venv notebooks test lab full docs offline-bundle offline-unpack clean browser-test
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,17 @@ notebooks: venv
 
 test: venv
 	$(PY) -m pytest -q --durations=15
+
+# Notebooks 03 and 05 in JupyterLab and the `mkv explore` page, driven in headless Chromium (tests/test_browser.py):
+# Run All, the explorer's controls, the readout against the trajectory, the redraw time (median of 10 moves).
+# Screenshots and build/browser/redraw_benchmark.json go to build/browser/. Needs a Chromium from the system
+# (Debian: apt-get install chromium; elsewhere MKV_CHROMIUM=/path/to/chrome); Playwright (the browser extra) drives it.
+browser-test: $(VENV)/.browser-installed
+	MKV_FAST=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m browser tests/test_browser.py
+
+$(VENV)/.browser-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -e ".[browser]"
+	touch $@
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/

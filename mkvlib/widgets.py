@@ -187,7 +187,8 @@ class BudgetExplorer:
         self.name = w.Dropdown(options=list(trajectories), value=initial, description="projections")
         self.allocation = w.ToggleButtons(options=list(ALLOCATIONS), value=check_allocation(allocation),
                                           description="allocation")
-        self.split = w.Dropdown(options=list(KV_SPLITS.items()), description="K/V split")
+        # options by label: a Dropdown whose chosen value is None shows an empty box once picked again
+        self.split = w.Dropdown(options=list(KV_SPLITS), description="K/V split")
         self.note = w.HTML()
         self.text = w.HTML()
         self.figure = w.Image(format="png")
@@ -203,6 +204,10 @@ class BudgetExplorer:
         self.widget = w.VBox([w.HBox([self.budget, self.typed_budget, self.name]),
                               w.HBox([self.allocation, self.split]), self.note, self.text, self.figure,
                               w.HBox([self.prompt, self.button]), self.generated])
+        for widget, css_class in ((self.widget, "mkv-explorer"), (self.typed_budget, "mkv-typed-budget"),
+                                  (self.note, "mkv-note"), (self.text, "mkv-readout"), (self.figure, "mkv-ranks"),
+                                  (self.generated, "mkv-generated")):
+            widget.add_class(css_class)                   # stable names for a page's style or a browser test
         self.ranks = None
         self._syncing = False
         self.refresh()
@@ -245,7 +250,8 @@ class BudgetExplorer:
         return note
 
     def settings(self) -> tuple:
-        return self.name.value, self.allocation.value, self.budget.value, self.split.value
+        """(projections, allocation, budget, key share or None for the pooled split)."""
+        return self.name.value, self.allocation.value, self.budget.value, KV_SPLITS[self.split.value]
 
     def refresh(self):
         """The slider callback: ranks, readout and figure for the current settings."""

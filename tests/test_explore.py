@@ -89,7 +89,9 @@ def test_the_explorer_page_runs_headless_and_opens_on_trained_adaptive_half(tmp_
     outputs = [o for c in code for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error" or o.get("name") == "stderr"], outputs
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
-    states = [m["state"] for m in nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()]
+    models = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()
+    assert "FloatProgressModel" not in {m["model_name"] for m in models}, "a loading bar left on the page"
+    states = [m["state"] for m in models]
     by_description = {s.get("description"): s for s in states if s.get("description")}
     assert by_description["projections"]["index"] == by_description["projections"]["_options_labels"].index("trained")
     assert by_description["allocation"]["_options_labels"][by_description["allocation"]["index"]] == "adaptive"

@@ -168,17 +168,21 @@ def test_readout_numbers_are_the_trajectorys_at_every_budget(allocation):
 
 def test_readout_of_a_split_says_it_is_not_precomputed():
     ex = BudgetExplorer({"trained": _suite_trajectory()})
-    ex.split.value = 0.5
+    ex.split.value = "K = V"
     kb, vb = split_budgets(ex.ranks, D)
     assert ex.text.value == (f"<code>adaptive: budget 50.0% (K {100 * kb:.1f}%, V {100 * vb:.1f}%) | KL / "
                              "perplexity precomputed for the pooled split only</code>")
+    ex.split.value = "as searched (pooled)"            # picked again, the box still shows it (not an empty box)
+    assert ex.split.index == 0 and ex.settings()[3] is None
+    assert _shown(ex) == _expected(ex.state.trajectories["trained"], "adaptive", 0.5)
 
 
 def test_explorer_opens_on_the_trained_projections_adaptive_at_half():
     pca, trained = _trajectory(), _suite_trajectory()
     ex = BudgetExplorer({"pca": pca, "trained": trained})          # the order notebook 03 builds them in
     assert (ex.name.value, ex.allocation.value, ex.budget.value) == ("trained", "adaptive", 0.5)
-    assert ex.name.options == ("pca", "trained") and ex.split.value is None and ex.note.value == ""
+    assert ex.name.options == ("pca", "trained") and ex.split.value == "as searched (pooled)"
+    assert ex.settings()[3] is None and ex.note.value == ""
     assert torch.equal(ex.ranks, trained.ranks_at(0.5))
     assert ex.text.value.startswith("<code>adaptive: budget 50.0%")
     assert ex.button.disabled                                     # no model given: nothing to generate with

@@ -8,6 +8,7 @@ extra (``pip install -e '.[explore]'``; ``make browser-test`` installs it too).
 from __future__ import annotations
 
 import importlib.util
+import signal
 import socket
 import subprocess
 import sys
@@ -74,12 +75,17 @@ def check_args(args) -> tuple[Path, int]:
     return notebook.resolve(), check_port(args.host, args.port)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
     notebook, port = check_args(args)
     command = voila_command(notebook, args.host, port, not args.no_browser)
     print(f"mkv explore: serving {notebook.name} at {page_url(args.host, port)} (Ctrl+C stops it; the page takes "
           "a few seconds to load the model when it opens)", flush=True)
     server = subprocess.Popen(command, cwd=notebook.parent)
+    signal.signal(signal.SIGTERM, _interrupt)          # a terminated mkv explore stops Voila and its kernels too
     try:
         return server.wait()
     except KeyboardInterrupt:
