@@ -14,7 +14,7 @@ MIB = 1 << 20
 DEFAULT_CHUNK_MB = 39.0
 DEFAULT_GROUP_MB = 40.0
 MANIFEST = "manifest.json"
-# what the target machine of issue 21 has (names; their dependencies count as present too)
+# what the lent GPU machine has installed (names; their dependencies count as present too)
 DEFAULT_TARGET_HAS = "torch,transformers,peft,accelerate,pandas,matplotlib,seaborn"
 DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
 NEVER_DOWNLOAD = ("torch", "triton", "nvidia-*")      # on every GPU target with torch; far too large to carry
