@@ -1,5 +1,6 @@
 """Every notebook executes top to bottom in fast mode (MKV_FAST=1), as CI and `make notebooks` run it, with the data
 folder when there is one; notebooks 04 and 06, whose live parts need benchmark files, also without one."""
+import re
 import time
 
 import pytest
@@ -14,6 +15,9 @@ NOTEBOOKS = notebook_paths()
 # change corpus (Python's documentation text), which CI checks by running `MKV_DATA_DIR= make notebooks`.
 NEED_TASK_FILES = [p for p in NOTEBOOKS if p.name.startswith(("04_", "06_"))]
 LIVE_HINT = "MKV_DATA_DIR=/path/to/data"
+# a lesson speaks of the method, not of the project's history: no fingerprints, commits or issue numbers
+HISTORY = re.compile(r"\b[0-9a-f]{16}\b|\bissue \d+\b|\b(?:git|commit) [0-9a-f]{7,}\b", re.I)
+MARKDOWN_WORDS = 1850                              # "at most about 1,800 words" of prose per notebook
 
 
 @pytest.mark.notebook
@@ -54,6 +58,10 @@ def _check_outputs(source, executed, since: float) -> None:
     errors = [i for i, o in outputs if o.output_type == "error"
               or (o.output_type == "stream" and o.get("name") == "stderr" and "Traceback" in o.get("text", ""))]
     assert not errors, f"{source.name}: error output in cells {errors}"
+    stderr = [i for i, o in outputs if o.output_type == "stream" and o.get("name") == "stderr"]
+    assert not stderr, f"{source.name}: stderr output in cells {stderr}: fix the warning at its cause"
+    shown = [i for i, o in outputs for m in HISTORY.finditer(str(o.get("text", "")) + str(o.get("data", "")))]
+    assert not shown, f"{source.name}: fingerprints, commits or issue numbers in the output of cells {shown}"
     pngs = sum(1 for _, o in outputs if o.output_type in ("display_data", "execute_result") and "image/png" in o.data)
     fresh = sorted(f.name for f in figures_dir().glob(f"{source.name[:2]}_*.png") if f.stat().st_mtime >= since - 1)
     code = "".join(c.source for c in nb.cells if c.cell_type == "code")
@@ -79,6 +87,19 @@ def test_notebooks_are_committed_without_outputs():
         assert not dirty, f"{path.name} has outputs in cells {dirty}: strip them before committing"
 
 
+def test_notebooks_read_as_lessons():
+    import nbformat
+
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        words = sum(len(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
+        assert words <= MARKDOWN_WORDS, f"{path.name}: {words} words of Markdown (at most about 1,800)"
+        history = [m.group() for c in nb.cells for m in HISTORY.finditer(c.source)]
+        assert not history, f"{path.name} names {history}: a lesson names recipes, not fingerprints or commits"
+        asserts = max((c.source.count("assert ") for c in nb.cells if c.cell_type == "code"), default=0)
+        assert asserts <= 5, f"{path.name}: a cell with {asserts} asserts (checks on committed data go to tests/)"
+
+
 def test_output_check_catches_errors_and_figures_not_shown(tmp_path, monkeypatch):
     import sys
 
@@ -98,6 +119,10 @@ def test_output_check_catches_errors_and_figures_not_shown(tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="error output"):
         check([new_code_cell("x", outputs=[new_output("stream", name="stderr",
                                                       text="Traceback (most recent call last):\n")])])
+    with pytest.raises(AssertionError, match="stderr output"):
+        check([new_code_cell("x", outputs=[new_output("stream", name="stderr", text="a warning\n")])])
+    with pytest.raises(AssertionError, match="fingerprints"):
+        check([new_code_cell("x", outputs=[new_output("stream", name="stdout", text="ac63cf12294c56a7\n")])])
     with pytest.raises(AssertionError, match="wrote none"):
         check([new_code_cell('show_figure(fig, "98_a")')], since=time.time())
     (tmp_path / "98_a.png").write_bytes(b"png")
