@@ -161,6 +161,24 @@ def key_margins(model, prompts: list[PasskeyPrompt], tokenizer) -> dict:
     return out
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% at z = 1.96) of a share ``correct / n``: honest at 0 and n, where the plain
+    normal interval collapses to a point. With 8 prompts, 8/8 reads 68-100%, 4/8 reads 22-78%."""
+    if n < 1 or not 0 <= correct <= n:
+        raise ValueError(f"a count needs 0 <= correct <= n and n >= 1, not {correct}/{n}")
+    share, z2 = correct / n, z * z
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def separated(a: tuple[int, int], b: tuple[int, int], z: float = 1.96) -> bool:
+    """Whether two counts (correct, n) have Wilson intervals that do not overlap: only then is one said to
+    retrieve more than the other."""
+    (lo_a, hi_a), (lo_b, hi_b) = wilson_interval(*a, z=z), wilson_interval(*b, z=z)
+    return hi_a < lo_b or hi_b < lo_a
+
+
 def first_failure(rows: list[dict], fraction: float = FAIL_FRACTION) -> float | None:
     """The highest budget whose accuracy is below ``fraction`` of the uncompressed one (at any length), or None."""
     failing = [r["budget"] for r in rows if r["accuracy"] < fraction * r["base_accuracy"]]

@@ -5,7 +5,7 @@ its command) and the per-item stores beside them (``compare*_items.csv``), which
 """
 from __future__ import annotations
 
-from .markdown import DASH, num, pct, table
+from .markdown import DASH, count, num, pct, table
 from .records import Data
 from .results import commands_line, section, source_line
 
@@ -15,7 +15,7 @@ def _cell(row: dict | None) -> str:
         return DASH
     if row["task"] == "ppl":
         return f"{num(row['perplexity_ratio'], 2)} / {num(row['kl'], 3)}"
-    return f"{row['correct']}/{row['n']}" + (" (flagged)" if row.get("flagged") else "")
+    return count(row["correct"], row["n"]) + (" (flagged)" if row.get("flagged") else "")
 
 
 def compare_table(rec: dict) -> str:
@@ -65,7 +65,7 @@ def compare(data: Data) -> str | None:
                 "fraction of the uncompressed cache's bytes per token (all stored bytes counted: scales, residual buffers; "
                 "projection matrices are a fixed cost, not per token). ppl: perplexity ratio / KL to the "
                 f"uncompressed model on the last {rec['target_tokens']} tokens of held-out blocks (the rest is the "
-                "stored prefix); retrieval: exact-match answers, correct / items. Uncompressed accuracy (the "
+                "stored prefix); retrieval: exact-match answers, correct / items with the 95% Wilson interval. Uncompressed accuracy (the "
                 f"ceiling): {ceiling}. A task whose ceiling is below {pct(rec['cannot_do_below'], 0)} is flagged "
                 "(the model cannot do it) and left out of averages.")
         parts += [source_line(data, path, data.results / rec.get("items_file", "compare_items.csv")), note,
@@ -80,7 +80,7 @@ def _passkey_rows(rec: dict) -> list[list]:
     rows = []
     for r in found:
         rel = r.get("relative")
-        rows.append([r["method"], r["setting"], pct(r["fraction"]), f"{r['length']:,}", f"{r['correct']}/{r['n']}",
+        rows.append([r["method"], r["setting"], pct(r["fraction"]), f"{r['length']:,}", count(r["correct"], r["n"]),
                      pct(rel, 0) if rel is not None else DASH,
                      ", ".join(num(d, 2) for d in r["failed_depths"]) or "none"])
     return rows

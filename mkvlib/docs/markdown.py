@@ -24,6 +24,14 @@ def table(headers, rows, align=None) -> str:
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
+def count(correct: int, n: int) -> str:
+    """'6/8 (41-93%)': a retrieval count with its 95% Wilson interval (:func:`mkvlib.retrieval.wilson_interval`)."""
+    from ..retrieval import wilson_interval
+
+    lo, hi = wilson_interval(int(correct), int(n))
+    return f"{correct}/{n} ({100 * lo:.0f}{DASH}{100 * hi:.0f}%)"
+
+
 def code(text) -> str:
     """Inline code (backticks doubled when the text holds one)."""
     text = str(text)

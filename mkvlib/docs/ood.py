@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .markdown import code, num, pct, table
+from .markdown import code, count, num, pct, table
 from .records import Data
 from .results import commands_line, section, source_line
 
@@ -74,10 +74,12 @@ def retrieval(data: Data) -> str | None:
     for m in [x["label"] for x in rec["methods"]]:
         for n in lengths:
             fails = rec["fails_at_by_length"][m].get(str(n), rec["fails_at_by_length"][m].get(n))
-            rows.append([m, f"{n:,}"] + [f"{cell[(m, b, n)]['correct']}/{cell[(m, b, n)]['n']}"
+            rows.append([m, f"{n:,}"] + [count(cell[(m, b, n)]["correct"], cell[(m, b, n)]["n"])
                                          if (m, b, n) in cell else "-" for b in budgets]
                         + [pct(fails) if fails is not None else "holds at every budget measured"])
-    note = (f"Exact match of the 5-digit key (greedy decoding), {rec['n']} prompts per length, seed {rec['seed']}. "
+    note = (f"Exact match of the 5-digit key (greedy decoding), {rec['n']} prompts per length, seed {rec['seed']}, "
+            "with the 95% Wilson interval of each count; the prompts of a seed share their filler, so their "
+            "outcomes are correlated and the intervals are a lower bound on the uncertainty. "
             f"Uncompressed: {base}")
     return "\n\n".join([source_line(data, path), note, table(headers, rows), commands_line([rec.get("script")])])
 
@@ -124,7 +126,7 @@ def recall_search(data: Data) -> str | None:
     headers = (["method"] + [f"{pct(b)}: OOD KL (in-domain)" for b in budgets]
                + [f"passkey {n:,} at {pct(b)}" for n in lengths for b in pk_budgets])
     rows = [[m] + [f"{num(cell[(m, b)]['ood_kl'], 3)} ({num(cell[(m, b)]['in_domain_kl'], 3)})" for b in budgets]
-            + [f"{keys[(m, b, n)]['correct']}/{keys[(m, b, n)]['n']}" if (m, b, n) in keys else "-"
+            + [count(keys[(m, b, n)]["correct"], keys[(m, b, n)]["n"]) if (m, b, n) in keys else "-"
                for n in lengths for b in pk_budgets] for m in methods]
     base = ", ".join(f"{v['correct']}/{v['n']} at {int(k):,} tokens" for k, v in sorted(rec["passkey_base"].items(),
                                                                                     key=lambda kv: int(kv[0])))
@@ -164,7 +166,7 @@ def positions(data: Data) -> str | None:
         parts += [f"Passkey retrieval in the real compressed cache, by projections and allocation "
                   f"(exact match, uncompressed: {base}):",
                   table(["method"] + [f"{n:,} tokens at {pct(b)}" for n in lengths for b in budgets],
-                        [[m] + [f"{keys[(m, b, n)]['correct']}/{keys[(m, b, n)]['n']}" if (m, b, n) in keys else "-"
+                        [[m] + [count(keys[(m, b, n)]["correct"], keys[(m, b, n)]["n"]) if (m, b, n) in keys else "-"
                                 for n in lengths for b in budgets] for m in pk_methods])]
     if rec.get("passkey_shift"):
         shift = rec["passkey_shift"]
@@ -185,7 +187,7 @@ def passkey_rank_mix(data: Data) -> str | None:
     rows = []
     for r in rec["rows"]:
         opening, times = Counter(r["top"]).most_common(1)[0]      # ties: the first prompt's opening
-        rows.append([r["setting"], pct(r["budget"]), f"{r['correct']}/{r['n']}", num(r["mean_key_logp"], 2),
+        rows.append([r["setting"], pct(r["budget"]), count(r["correct"], r["n"]), num(r["mean_key_logp"], 2),
                      num(r["mean_first_margin"], 2), f"{opening!r} ({times}/{len(r['top'])})"])
     note = (f"{rec['what']}. Projections {code(rec['projections'])}, trajectory {code(rec['trajectory'])}. "
             "\"Mixed\" rows take the 75% point's ranks and lower one group of entries to the ranks the 50% point "
