@@ -21,8 +21,14 @@ _NOTED: set = set()
 def note(message: str) -> None:
     """Print an announcement (not an error): on stderr in a command, where it stays out of piped output; on stdout
     in a notebook kernel, where stderr would render as a warning box around a plain remark."""
-    stream = sys.stdout if "ipykernel" in sys.modules else sys.stderr
-    print(message, file=stream, flush=True)
+    print(message, file=sys.stdout if in_notebook_kernel() else sys.stderr, flush=True)
+
+
+def in_notebook_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's ZMQ shell), not a command or a test run."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def note_once(key: str, message: str) -> None:
