@@ -108,6 +108,25 @@ def test_objective_falls_and_rotations_stay_orthogonal(arch, heads, kv):
     assert not torch.allclose(fit.keys, init.keys[1])
 
 
+def test_a_fit_never_leaves_a_layer_worse_than_its_start():
+    """A learning rate far too large throws the rotations around: the fit keeps the best bases it checked, the
+    start when nothing beat it, and reports that objective."""
+    model = tiny_model("llama", heads=4, kv_heads=2)
+    blocks = _blocks(8, 32)
+    init = _pca(model, blocks)
+    cap = capture_layer_inputs(model, blocks, layers=[1])
+    wild = LayerwiseConfig(steps=10, lr=200.0, warmup_steps=1, batch_size=2, queries=None, eval_sequences=4)
+    fit = fit_layer(cap.layers[1], LayerAttention.of(model, 1), init.keys[1], init.values[1], init.value_mean[1],
+                    wild, layer=1)
+    assert fit.after == fit.before and torch.equal(fit.keys, init.keys[1].float()), "no check beat the start"
+    assert max(fit.history) > 2 * fit.before, "the rotations really did go astray (sampled-rank losses)"
+    half = torch.full((2, 2), 8, dtype=torch.long)
+    attn, ev = LayerAttention.of(model, 1), [t[:4].float() for t in (cap.layers[1].query, cap.layers[1].key,
+                                                              cap.layers[1].value)]
+    kept = float(layer_objective(attn, *ev, fit.keys, fit.values, init.value_mean[1].float(), half))
+    assert kept == pytest.approx(fit.after, rel=1e-4), "the bases returned are the ones whose objective is reported"
+
+
 def test_a_layer_subset_leaves_the_other_layers_at_init(llama):
     blocks = _blocks()
     init = _pca(llama, blocks)
