@@ -25,7 +25,7 @@ ALLOCATIONS = ("adaptive", "uniform")          # geometry.ALLOCATIONS in the ord
 KV_SPLITS = {"as searched (pooled)": None, "K = V": 0.5, "K 62.5% / V 37.5%": 0.625, "K 37.5% / V 62.5%": 0.375}
 PREFERRED_PROJECTIONS = ("trained", "pca")    # the explorer opens on the first of these it has: the shipped trained
                                               # projections show the method at its best, PCA at its weakest
-SLIDER_STEP = 1 / 64                          # one rank of a 64-wide head; the slider's values are floor + k * step
+SLIDER_STEP = 1 / 64                          # the slider's step (one rank of the embedded model's 64-wide heads)
 DEFAULT_PROMPT = "The history of the city begins"
 
 
@@ -43,7 +43,8 @@ def clamp_budget(requested: float, floor: float) -> tuple[float, str | None]:
     try:
         value = float(requested)
     except (TypeError, ValueError):
-        raise ValueError(f"a budget is a number between 0 and 1 (a fraction of the KV cache), not {requested!r}")
+        raise ValueError(f"a budget is a number between 0 and 1 (a fraction of the KV cache), not {requested!r}") \
+            from None
     if math.isnan(value):
         return max(0.5, floor), f"the budget typed is not a number: showing {100 * max(0.5, floor):g}%"
     if value > 1.0:
