@@ -13,6 +13,7 @@ COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench", "of
 COMMANDS.append("fullrun")  # the one-command full-size run (mkvlib.fullrun)
 COMMANDS.append("compare")  # the comparison bench at matched bytes (mkvlib.compare)
 COMMANDS.append("explore")  # the budget explorer as a standalone page for live demos (Voila)
+COMMANDS.append("reproduce")  # rerun the command a results file records and compare (mkvlib.commands.reproduce)
 
 
 def build_parser() -> argparse.ArgumentParser:
