@@ -97,7 +97,7 @@ def split_command(command: str) -> tuple[dict, list[str]]:
         if "$" not in value:
             env[key] = value
     if not words or words[0] not in ("mkv", "python", "python3"):
-        raise ValueError(f"its command is not a command line but a Python call or prose ({command[:40]!r}...)")
+        raise ValueError("its command is a Python call or prose, not a command line")
     shell = any(w in SHELL_WORDS for w in words)
     if not shell and words[0] != "mkv" and not (words[1:2] == ["-m"] and words[2:3]
                                                  and words[2].split(".")[0] == "mkvlib"):
@@ -130,14 +130,14 @@ def recipe(path: Path, root: Path) -> Recipe:
         elif record.get("commands"):
             csv_beside = path.with_suffix(".csv")
             r.why_not = (f"a summary worked out from {csv_beside.name}; its {len(record['commands'])} commands write "
-                         f"that file: mkv reproduce data/results/{csv_beside.name}" if csv_beside.is_file() else
+                         f"that file: `mkv reproduce data/results/{csv_beside.name}`" if csv_beside.is_file() else
                          f"made by {len(record['commands'])} commands whose results were merged by hand; no one "
                          "command writes it")
         elif any(isinstance(x, dict) and x.get("command") for x in record.get("rows") or []):
             r.why_not = "each row is the printed result of its own command, merged by hand; no one command writes it"
         else:
             r.why_not = ("its `script` describes the run (a Python call or prose), not a command line"
-                         if record.get("script") else "no command recorded")
+                         if record.get("script") else "no command recorded in the file")
         items = record.get("items_file")
         seconds = sum(float(x.get("seconds") or 0) for x in read_csv(results / items)[1]) \
             if items and (results / items).is_file() else 0
@@ -254,15 +254,12 @@ def as_value(text):
         return text
 
 
-def _key(row: dict) -> tuple:
+def _keyed(rows: list[dict], fields: list[str]) -> dict:
+    """{(what the row is..., occurrence): row}, what it is read from ``fields``."""
     norm = lambda v: round(v, 6) if isinstance(v, float) else tuple(v) if isinstance(v, list) else str(v)  # noqa: E731
-    return tuple((k, norm(row[k])) for k in KEY_FIELDS if k in row and not isinstance(row[k], dict))
-
-
-def _keyed(rows: list[dict]) -> dict:
     out, seen = {}, {}
     for row in rows:
-        key = _key(row)
+        key = tuple((k, norm(row.get(k))) for k in fields)
         seen[key] = seen.get(key, -1) + 1
         out[key + (seen[key],)] = row
     return out
@@ -312,9 +309,10 @@ class Comparison:
                 self.problems.append(f"{where}: {old!r:.60} -> {new!r:.60}")
 
     def match_rows(self, old: list[dict], new: list[dict], where: str) -> None:
-        new_rows = _keyed(new)
+        fields = [k for k in KEY_FIELDS if any(k in row and not isinstance(row[k], dict) for row in old)]
+        new_rows = _keyed(new, fields)
         missing = []
-        for key, row in _keyed(old).items():
+        for key, row in _keyed(old, fields).items():
             if key in new_rows:
                 self.rows += 1
                 self.walk(row, new_rows[key], f"{where}[{', '.join(str(v) for _, v in key[:-1][:4])}]")
@@ -343,7 +341,10 @@ def shape_problems(old, new) -> list[str]:
 
 
 def load(path: Path):
-    return read_csv(path)[1] if path.suffix == ".csv" else read_json(path)
+    """A results file as Python values: a JSON object, or a CSV's rows with numbers as numbers."""
+    if path.suffix == ".json":
+        return read_json(path)
+    return [{k: as_value(v) for k, v in row.items()} for row in read_csv(path)[1]]
 
 
 def check_file(label: str, old, new, fast: bool, tolerance) -> bool:
@@ -391,6 +392,11 @@ def reproduce(args, root: Path) -> int:
         raise ValueError(f"{rel} cannot be remade: {r.why_not} (mkv reproduce --list says why for every file)")
     if args.fast and r.no_fast:
         raise ValueError(f"{rel} has no fast form ({r.no_fast}): run it without --fast ({cost_text(r.cost_s)})")
+    keep = Path(args.keep).expanduser().resolve() if args.keep else None
+    if keep and (keep == (root / "data").resolve() or (root / "data").resolve() in keep.parents):
+        raise ValueError(f"--keep {args.keep} lies in data/: give a folder outside it")
+    if keep and keep.exists() and any(keep.iterdir()):
+        raise ValueError(f"--keep {args.keep} is not empty: a resumable command would reuse what is there")
     kind = command_name(split_command(r.commands[0])[1])
     tolerance = TOLERANCES.get(kind, EVALUATION)
     print(f"mkv reproduce {rel} ({'fast: shape only' if args.fast else 'full'}; recorded cost {cost_text(r.cost_s)})")
@@ -401,16 +407,9 @@ def reproduce(args, root: Path) -> int:
         if r.stale:
             print(f"  note: {r.stale}: those rows cannot match")
     commands = r.commands[:1] if args.fast else r.commands
-    if args.keep:
-        keep = Path(args.keep).expanduser().resolve()
-        if keep == (root / "data").resolve() or (root / "data").resolve() in keep.parents:
-            raise ValueError(f"--keep {args.keep} lies in data/: give a folder outside it")
-        if keep.exists() and any(keep.iterdir()):
-            raise ValueError(f"--keep {args.keep} is not empty: a resumable command would reuse what is there")
+    if keep:
         keep.mkdir(parents=True, exist_ok=True)
-        scratch = keep
-    else:
-        scratch = Path(tempfile.mkdtemp(prefix="mkv-reproduce-"))
+    scratch = keep or Path(tempfile.mkdtemp(prefix="mkv-reproduce-"))
     try:
         start = time.time()
         outputs = [run_command(c, scratch, root, rel, args.fast, args.dry_run) for c in commands]
@@ -420,7 +419,7 @@ def reproduce(args, root: Path) -> int:
         pairs = remade_files(r, path, scratch, commands, outputs, rel)
         ok = all([check_file(label, old, new, args.fast, tolerance) for label, old, new in pairs])
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
     print("  reproduced" if ok else "  NOT reproduced: differences above")
     return 0 if ok else 1

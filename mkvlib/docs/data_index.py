@@ -1,10 +1,11 @@
 """data/README.md: an index of every committed artefact, generated from the files themselves.
 
 For each file: what it is, how it was made (the command from its record, or a plain "not recorded"), and what it
-measured where its record holds evaluations; for trajectories the projections they were searched with, the
-calibration text and the search settings from their ``meta``. Two closing lists flag what needs housekeeping:
-files whose command is nowhere recorded, and file names used by more than one file. One describing function per
-kind of file; :func:`describe` picks it.
+measured where its record holds evaluations; for results files also whether ``mkv reproduce`` can remake them
+(:mod:`mkvlib.commands.reproduce`); for trajectories the projections they were searched with, the calibration text
+and the search settings from their ``meta``. The closing lists flag what needs housekeeping: files whose command is
+nowhere recorded, results files ``mkv reproduce`` cannot remake, and file names used by more than one file. One
+describing function per kind of file; :func:`describe` picks it.
 """
 from __future__ import annotations
 
@@ -114,19 +115,36 @@ def _trajectory(data: Data, rel: str) -> Entry:
 
 
 def _results(data: Data, rel: str) -> Entry:
+    from ..commands.reproduce import recipe
     from .results import SECTIONS
 
     path = data.root / rel
     tables = [f"[{s.title}](../docs/results.md#{slug(s.title)})" for s in SECTIONS
               if s.reads(Path(rel).relative_to("data").as_posix())]
     shown = "shown in " + ", ".join(tables) if tables else "no table in docs/results.md reads it yet"
-    commands = _recorded_commands(data, path)
+    remade = recipe(path, data.root)
+    commands = _recorded_commands(data, path) or remade.commands
+    made = (f"made by {code(commands[0])}, which writes it beside {code(data.rel(remade.summary))}"
+            if remade.summary and commands else "")
     if path.suffix == ".csv":
         with open(path) as fh:
             what = f"results table, {sum(1 for _ in fh) - 1} rows"
     else:
         what = "results record"
-    return Entry(what, commands, shown)
+    return Entry(what, commands, shown, _reproduce_note(remade), made=made)
+
+
+def _reproduce_note(r) -> str:
+    """Whether `mkv reproduce` can remake a results file, in which forms, and why not."""
+    from ..commands.reproduce import cost_text
+
+    if r.why_not:
+        return f"`mkv reproduce` cannot remake it: {r.why_not}"
+    cost = f" (recorded cost {cost_text(r.cost_s)})" if r.cost_s else ""
+    fast = f"; no fast form: {r.no_fast}" if r.no_fast else "; also in fast form (`--fast`, shape only)"
+    if r.stale:
+        return f"`mkv reproduce` remakes it in part{cost}: {r.stale}, which the full form cannot match{fast}"
+    return f"`mkv reproduce` remakes it{cost}{fast}"
 
 
 def _recorded_commands(data: Data, path: Path) -> list[str]:
@@ -193,6 +211,15 @@ def _shared_names(data: Data) -> dict[str, list[str]]:
     return {n: ps for n, ps in sorted(names.items()) if len(ps) > 1}
 
 
+def _not_remade(data: Data) -> str:
+    """A table of the results files `mkv reproduce` cannot remake, with the reason."""
+    from ..commands.reproduce import recipe
+
+    rows = [(data.rel(p), recipe(p, data.root).why_not) for p in data.files if p.parent == data.results]
+    return ("Results files that `mkv reproduce` cannot remake (`mkv reproduce --list` shows every file):\n\n"
+            "| file | why not |\n| --- | --- |\n" + "\n".join(f"| {code(rel)} | {why} |" for rel, why in rows if why))
+
+
 def render_data_index(data: Data) -> str:
     folders = defaultdict(list)
     unrecorded = []
@@ -208,6 +235,7 @@ def render_data_index(data: Data) -> str:
         parts.append(f"## `{folder}/`\n\n" + "\n".join(line for lines in folders[folder] for line in lines))
     parts.append("## Housekeeping\n\nFiles whose command is recorded nowhere (neither in the file, nor in a record "
                  "beside it, nor in a results file):\n\n" + "\n".join(f"- {code(r)}" for r in unrecorded))
+    parts.append(_not_remade(data))
     shared = _shared_names(data)
     if shared:
         parts.append("File names used by more than one file:\n\n" + "\n".join(

@@ -1,0 +1,144 @@
+"""mkv reproduce: the fast form of every results file that allows it remakes a file of the same shape; --list
+names every file and says why one cannot be remade; bad input is one clear line; the comparison itself."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+from helpers import needs_model
+
+from mkvlib.cli import main
+from mkvlib.commands import reproduce as R
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "data" / "results"
+
+
+def fast_runs() -> list:
+    """One file per distinct fast run: a summary checks its items file too, and files whose commands differ only in
+    their output share a run."""
+    chosen, seen = [], set()
+    for path in sorted(RESULTS.iterdir()):
+        r = R.recipe(path, ROOT)
+        if r.why_not or r.no_fast or (path.suffix == ".csv" and r.summary):
+            continue
+        words = R.rewrite(R.split_command(r.commands[0])[1], Path("SCRATCH"), fast=True)
+        same = " ".join("OUT" if w.startswith("SCRATCH") else w for w in words)
+        if same not in seen:
+            seen.add(same)
+            marks = [pytest.mark.slow]
+            if R.command_name(words) == "lm-eval":
+                marks.append(pytest.mark.needs_data)    # its task files come from the data folder (or the Hub)
+            if R.command_name(words) == "bench" and importlib.util.find_spec("optimum") is None:
+                marks.append(pytest.mark.skip(reason="the record holds the quantized baseline: pip install -e .[quant]"))
+            chosen.append(pytest.param(path.name, marks=marks, id=path.name))
+    return chosen
+
+
+def snapshot() -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in RESULTS.iterdir()}
+
+
+@needs_model
+@pytest.mark.parametrize("name", fast_runs())
+def test_fast_form_remakes_the_shape_of_every_file_that_allows_it(name, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = snapshot()
+    assert main(["reproduce", f"data/results/{name}", "--fast"]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "same shape" in out and "reproduced" in out and "shape differs" not in out
+    assert snapshot() == before                             # nothing written into data/results
+
+
+def test_every_summary_and_its_items_file_are_covered():
+    runs = {p.values[0] for p in fast_runs()}
+    for path in RESULTS.glob("*_items.csv"):
+        summary = R.recipe(path, ROOT).summary
+        assert summary is not None, f"{path.name}: no summary names it"
+        assert R.recipe(summary, ROOT).commands == R.recipe(path, ROOT).commands
+
+
+def test_list_names_every_results_file_and_says_why_one_cannot_be_remade(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines[1:] if line.strip() and not line[0].isdigit()}
+    assert set(rows) == {p.name for p in RESULTS.iterdir() if p.suffix in (".json", ".csv")}
+    for name, line in rows.items():
+        full, fast = line.split()[1:3]
+        reason = line.split("  ")[-1].strip()
+        if full == "no":
+            assert len(reason) > 15, f"{name}: cannot be remade, but the list says not why"
+    assert rows["ood_suite.json"].split()[1:3] == ["yes", "yes"]
+    assert rows["answers.json"].split()[1:3] == ["yes", "yes"]
+    assert "a Python call or prose" in rows["bench_memory.json"]
+    assert rows["passkey_rank_mix.json"].split()[1:3] == ["yes", "no"]
+
+
+def test_dry_run_shows_the_ci_sized_command_writing_outside_data(capsys):
+    before = snapshot()
+    assert main(["reproduce", "data/results/ood_suite.json", "--fast", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "--tokens 128" in out and "--in-domain 128" in out and "--budgets 0.875 " in out and "(MKV_FAST=1)" in out
+    assert "--out data/" not in out and "/ood_suite.json" in out
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data/results/no_such_file.json"], "no file at data/results/no_such_file.json"),
+    (["README.md"], "README.md is not in data/results/"),
+    (["data/results/ood_routes.json"], "data/results/ood_routes.json cannot be remade: no command recorded"),
+    (["data/results/kl_by_position.json"], "its `script` describes the run"),
+    (["data/results/lm_eval_smollm2.json"], "mkv reproduce data/results/lm_eval_smollm2.csv"),
+    (["data/results/passkey_rank_mix.json", "--fast"], "has no fast form"),
+    (["data/results/ood_suite.json", "--keep", "data/scratch"], "lies in data/"),
+    ([], "give a FILE under data/results/"),
+])
+def test_bad_input_is_one_line_saying_what_to_do(argv, message, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["reproduce", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_command_that_fails_is_reported_with_its_last_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    record = {"command": "mkv eval --suite ood --budgets 2 --out data/results/broken.json", "rows": []}
+    (tmp_path / "data" / "results" / "broken.json").write_text(json.dumps(record))
+    monkeypatch.setenv("MKV_PROJECT_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "data/results/broken.json", "--fast"]) == 2
+    err = capsys.readouterr().err
+    assert "the command failed (exit 2)" in err and "budget" in err
+    assert sorted(os.listdir(tmp_path / "data" / "results")) == ["broken.json"]
+
+
+def test_the_comparison_holds_within_the_tolerance_and_names_what_differs(capsys):
+    old = {"command": "a", "wall_time_s": 10, "rows": [{"method": "pca", "budget": 0.5, "kl": 1.0},
+                                                         {"method": "pca", "budget": 0.25, "kl": 2.0}]}
+    near = {"command": "b", "wall_time_s": 99, "rows": [{"method": "pca", "budget": 0.25, "kl": 2.0001},
+                                                          {"method": "pca", "budget": 0.5, "kl": 1.0}]}
+    assert R.check_file("x", old, near, False, R.EVALUATION)              # rows matched by what they are
+    far = json.loads(json.dumps(near).replace("2.0001", "2.1"))
+    assert not R.check_file("x", old, far, False, R.EVALUATION)
+    assert "rows[pca, 0.25].kl: 2.0 -> 2.1" in capsys.readouterr().out
+    assert not R.check_file("x", old, {"rows": near["rows"][:1], "command": "", "wall_time_s": 1}, False,
+                            R.EVALUATION)
+    assert "1 of 2 committed rows not remade" in capsys.readouterr().out
+    assert R.shape_problems(old, {"command": "b", "rows": [{"method": "pca"}]}) == [
+        "wall_time_s: missing", "rows: rows lack ['budget', 'kl']"]
+    assert R.shape_problems(old, dict(near, extra=1)) == []                  # a new field is no shape change
+
+
+def test_bench_figures_are_compared_for_presence_only():
+    old = {"decode_tokens_per_s": 1.0, "peak_memory_bytes": 100, "cache_bytes": 4096, "context": 128}
+    assert R.check_file("x", old, dict(old, decode_tokens_per_s=9.0, peak_memory_bytes=7), False, None)
+    assert not R.check_file("x", old, dict(old, cache_bytes=2048), False, None)
+
+
+def test_recorded_environment_assignments_are_expanded(monkeypatch):
+    monkeypatch.setenv("MKV_DATA_DIR", "/somewhere/data")
+    env, words = R.split_command("MKV_DATA_DIR=$MKV_DATA_DIR mkv bench --json")
+    assert env == {"MKV_DATA_DIR": "/somewhere/data"} and words == ["mkv", "bench", "--json"]
+    monkeypatch.delenv("MKV_DATA_DIR")
+    assert R.split_command("MKV_DATA_DIR=$MKV_DATA_DIR mkv bench --json")[0] == {}    # unset: left as it is
