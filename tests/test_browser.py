@@ -271,7 +271,15 @@ def run_all_in_lab(page, name: str, out_dir: Path, saved: Path) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    # the status bar names the kernel and says Idle once it is connected ('No Kernel | Idle' before that)
+    page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"^(?!No Kernel).+ \| Idle$")).wait_for(
+        timeout=120_000)
     for attempt in range(3):     # a Run All given while the kernel still connects runs nothing: give it again
+        dialog = page.locator(".jp-Dialog")
+        page.wait_for_timeout(1000)
+        if dialog.count():
+            page.screenshot(path=str(out_dir / f"{name[:2]}_dialog.png"))
+            pytest.fail(f"{name}: JupyterLab shows a dialog: {dialog.first.inner_text()!r}")
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.get_by_text("Run All Cells", exact=True).click()
         try:
