@@ -142,3 +142,27 @@ def test_recorded_environment_assignments_are_expanded(monkeypatch):
     assert env == {"MKV_DATA_DIR": "/somewhere/data"} and words == ["mkv", "bench", "--json"]
     monkeypatch.delenv("MKV_DATA_DIR")
     assert R.split_command("MKV_DATA_DIR=$MKV_DATA_DIR mkv bench --json")[0] == {}    # unset: left as it is
+
+
+SCRIPT = """import sys
+from mkvlib.io import write_json
+write_json(sys.argv[1], {"script": open(__file__).read(), "rows": [{"setting": "a", "value": 1.5}]})
+"""
+
+
+def test_a_shell_command_that_runs_the_records_own_script_remakes_it(tmp_path, capsys, monkeypatch):
+    """Like passkey_rank_mix.json: the command writes the record's `script` to a file and runs it; it runs in a
+    scratch folder holding a copy of the record at its own path, with this Python first on PATH."""
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    command = ("python -c \"import json; print(json.load(open('data/results/mix.json'))['script'], end='')\" "
+               "> mix.py && python mix.py data/results/mix.json")
+    record = {"script": SCRIPT, "rows": [{"setting": "a", "value": 1.5}], "command": command}
+    (tmp_path / "data" / "results" / "mix.json").write_text(json.dumps(record))
+    monkeypatch.setenv("MKV_PROJECT_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "data/results/mix.json"]) == 0
+    out = capsys.readouterr().out
+    assert "1 numbers and 2 other values on 1 matched rows" in out and "reproduced" in out
+    assert main(["reproduce", "data/results/mix.json", "--fast"]) == 2
+    assert "has no fast form (a shell pipeline" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["data"] and os.listdir(tmp_path / "data" / "results") == ["mix.json"]

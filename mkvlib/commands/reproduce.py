@@ -42,8 +42,8 @@ EVALUATION = (1e-3, 1e-6, "deterministic CPU float32 evaluation")
 TOLERANCES = {"eval": EVALUATION, "answers": EVALUATION, "compare": EVALUATION,
               "lm-eval": (0.0, 0.002, "accuracies over 1,000 items: two items"),
               "bench": None}
-BENCH_NOTE = ("speed, time and memory figures depend on the machine: compared for presence only; strings, settings "
-              "and cache/projection byte counts compared exactly")
+BENCH_NOTE = ("speed, time and memory figures depend on the machine: compared for presence only; strings and "
+              "integers (settings, cache and projection bytes) compared exactly")
 # never compared in value (presence only): when and where a run ran, and how long it took
 VOLATILE = {"command", "created", "finished_at", "git_commit", "hardware", "machine", "lm_eval_version",
             "wall_time_s", "seconds", "prefill_s"}
@@ -71,10 +71,9 @@ def read_json(path) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
-def read_csv(path) -> tuple[list[str], list[dict]]:
+def read_csv(path) -> list[dict]:
     with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader.fieldnames or []), list(reader)
+        return list(csv.DictReader(fh))
 
 
 def command_name(words: list[str]) -> str:
@@ -119,8 +118,7 @@ def recipe(path: Path, root: Path) -> Recipe:
             r.commands = [read_json(r.summary).get("command") or ""]
         else:
             r.commands = list(beside.get("commands") or ([beside["command"]] if beside.get("command") else []))
-        _, rows = read_csv(path)
-        r.cost_s = sum(float(x.get("seconds") or 0) for x in rows) or None
+        r.cost_s = sum(float(x.get("seconds") or 0) for x in read_csv(path)) or None
         if not r.commands:
             r.why_not = "no command recorded (no summary names it as its items_file, no record beside it)"
     else:
@@ -139,7 +137,7 @@ def recipe(path: Path, root: Path) -> Recipe:
             r.why_not = ("its `script` describes the run (a Python call or prose), not a command line"
                          if record.get("script") else "no command recorded in the file")
         items = record.get("items_file")
-        seconds = sum(float(x.get("seconds") or 0) for x in read_csv(results / items)[1]) \
+        seconds = sum(float(x.get("seconds") or 0) for x in read_csv(results / items)) \
             if items and (results / items).is_file() else 0
         r.cost_s = record.get("wall_time_s") or seconds or None
     if r.why_not:
@@ -184,9 +182,9 @@ def _stale(path: Path, root: Path) -> str:
     """Why the full form cannot match every committed row: rows made with projections no longer committed."""
     from ..docs.records import safetensors_meta
 
-    rows = read_csv(path)[1] if path.suffix == ".csv" else [read_json(path)]
+    rows = read_csv(path) if path.suffix == ".csv" else [read_json(path)]
     items = path.parent / str(rows[0].get("items_file")) if path.suffix == ".json" else None
-    rows += read_csv(items)[1] if items and items.is_file() else []        # a summary: its items file too
+    rows += read_csv(items) if items and items.is_file() else []        # a summary: its items file too
     used = {f for f in _fingerprints(rows) if re.fullmatch(r"[0-9a-f]{16}", f)}
     committed = {safetensors_meta(p).get("fingerprint") for p in (root / "data").rglob("*.safetensors")}
     gone = sorted(used - committed)
@@ -236,8 +234,9 @@ def run_command(command: str, scratch: Path, root: Path, target_rel: str, fast: 
         (scratch / target_rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / target_rel, scratch / target_rel)
     done = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with open(scratch / "stderr.log", "a") as log:
-        log.write(done.stderr)
+    for name, text in (("stdout.log", done.stdout), ("stderr.log", done.stderr)):
+        with open(scratch / name, "a") as log:
+            log.write(text)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"the command failed (exit {done.returncode}): {last} -- keep its output with --keep DIR")
@@ -284,8 +283,10 @@ class Comparison:
             if not isinstance(new, dict):
                 return self.problems.append(f"{where}: a {type(new).__name__} instead of an object")
             for k, v in old.items():
-                if k not in new:
+                if k not in new and k != "command":    # a command added to a record by hand is no loss
                     self.problems.append(f"{where}.{k}: missing")
+                elif k not in new:
+                    continue
                 elif not self.skipped(k, v):
                     self.walk(v, new[k], f"{where}.{k}")
         elif isinstance(old, list) and old and all(isinstance(x, dict) for x in old):
@@ -328,7 +329,7 @@ def shape_problems(old, new) -> list[str]:
     if isinstance(old, list):                       # CSV rows
         missing = set().union(*map(set, old)) - set().union(*map(set, new)) if old and new else set()
         return [f"columns missing: {sorted(missing)}"] * bool(missing) + ["no rows"] * (not new)
-    problems = [f"{k}: missing" for k in old if k not in new]
+    problems = [f"{k}: missing" for k in old if k not in new and k != "command"]
     for k, v in old.items():
         w = new.get(k)
         if v is not None and w is not None and type(v) is not type(w) and not (
@@ -344,7 +345,7 @@ def load(path: Path):
     """A results file as Python values: a JSON object, or a CSV's rows with numbers as numbers."""
     if path.suffix == ".json":
         return read_json(path)
-    return [{k: as_value(v) for k, v in row.items()} for row in read_csv(path)[1]]
+    return [{k: as_value(v) for k, v in row.items()} for row in read_csv(path)]
 
 
 def check_file(label: str, old, new, fast: bool, tolerance) -> bool:
@@ -356,15 +357,14 @@ def check_file(label: str, old, new, fast: bool, tolerance) -> bool:
         what = "rows" if isinstance(old, list) else "fields"
         verdict = (f"{'same shape' if not problems else 'shape differs'}: {len(old)} {what} committed, {len(new)} "
                    f"remade" + (f"; new fields {extra}" if extra else ""))
-        skipped = new.get("skipped") if isinstance(new, dict) else None
-        verdict += f"; the run skipped {skipped}" if skipped else ""
     else:
         cmp = Comparison(tolerance)
         cmp.walk(old, new, "")
         problems = cmp.problems
         verdict = (f"{cmp.numbers} numbers and {cmp.values} other values on {cmp.rows} matched rows; largest "
                    f"relative deviation {cmp.worst[0]:.2g}{' at ' + cmp.worst[1] if cmp.worst[1] else ''}")
-    print(f"  {label}: {verdict}")
+    skipped = new.get("skipped") if isinstance(new, dict) else None
+    print(f"  {label}: {verdict}" + (f"; the run skipped {skipped}" if skipped else ""))
     for p in problems[:10]:
         print(f"    differs: {p}")
     if len(problems) > 10:
@@ -397,13 +397,13 @@ def reproduce(args, root: Path) -> int:
         raise ValueError(f"--keep {args.keep} lies in data/: give a folder outside it")
     if keep and keep.exists() and any(keep.iterdir()):
         raise ValueError(f"--keep {args.keep} is not empty: a resumable command would reuse what is there")
-    kind = command_name(split_command(r.commands[0])[1])
+    kind = command_name(split_command(r.commands[0])[1]) or "script"
     tolerance = TOLERANCES.get(kind, EVALUATION)
     print(f"mkv reproduce {rel} ({'fast: shape only' if args.fast else 'full'}; recorded cost {cost_text(r.cost_s)})")
     if not args.fast:
-        print(f"  tolerance ({kind}): " + (f"relative {tolerance[0]:g}, absolute {tolerance[1]:g} "
-                                         f"({tolerance[2]})" if tolerance else BENCH_NOTE)
-              + "; timings, dates and machine details compared for presence only")
+        print(f"  tolerance ({kind}): " + (f"relative {tolerance[0]:g}, absolute {tolerance[1]:g} ({tolerance[2]}); "
+                                         "timings, dates and machine details compared for presence only"
+                                         if tolerance else BENCH_NOTE))
         if r.stale:
             print(f"  note: {r.stale}: those rows cannot match")
     commands = r.commands[:1] if args.fast else r.commands
