@@ -15,6 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "data" / "results"
 
 
+def quanto_installed() -> bool:
+    try:
+        return importlib.util.find_spec("optimum.quanto") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def fast_runs() -> list:
     """One file per distinct fast run: a summary checks its items file too, and files whose commands differ only in
     their output share a run."""
@@ -30,7 +37,7 @@ def fast_runs() -> list:
             marks = [pytest.mark.slow]
             if R.command_name(words) == "lm-eval":
                 marks.append(pytest.mark.needs_data)    # its task files come from the data folder (or the Hub)
-            if R.command_name(words) == "bench" and importlib.util.find_spec("optimum") is None:
+            if R.command_name(words) == "bench" and not quanto_installed():
                 marks.append(pytest.mark.skip(reason="the record holds the quantized baseline: pip install -e .[quant]"))
             chosen.append(pytest.param(path.name, marks=marks, id=path.name))
     return chosen
@@ -52,7 +59,6 @@ def test_fast_form_remakes_the_shape_of_every_file_that_allows_it(name, capsys, 
 
 
 def test_every_summary_and_its_items_file_are_covered():
-    runs = {p.values[0] for p in fast_runs()}
     for path in RESULTS.glob("*_items.csv"):
         summary = R.recipe(path, ROOT).summary
         assert summary is not None, f"{path.name}: no summary names it"
@@ -65,7 +71,7 @@ def test_list_names_every_results_file_and_says_why_one_cannot_be_remade(capsys)
     rows = {line.split()[0]: line for line in lines[1:] if line.strip() and not line[0].isdigit()}
     assert set(rows) == {p.name for p in RESULTS.iterdir() if p.suffix in (".json", ".csv")}
     for name, line in rows.items():
-        full, fast = line.split()[1:3]
+        full = line.split()[1]
         reason = line.split("  ")[-1].strip()
         if full == "no":
             assert len(reason) > 15, f"{name}: cannot be remade, but the list says not why"

@@ -152,7 +152,7 @@ def recipe(path: Path, root: Path) -> Recipe:
 
 
 def _check(command: str, root: Path, r: Recipe) -> None:
-    env, words = split_command(command)
+    words = split_command(command)[1]
     outputs = [words[i + 1] for i, w in enumerate(words[:-1]) if w in OUTPUT_FLAGS]
     shell = any(w in SHELL_WORDS for w in words)
     if shell:
@@ -233,7 +233,7 @@ def run_command(command: str, scratch: Path, root: Path, target_rel: str, fast: 
     if cwd == scratch:
         (scratch / target_rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / target_rel, scratch / target_rel)
-    done = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     for name, text in (("stdout.log", done.stdout), ("stderr.log", done.stderr)):
         with open(scratch / name, "a") as log:
             log.write(text)
@@ -255,7 +255,9 @@ def as_value(text):
 
 def _keyed(rows: list[dict], fields: list[str]) -> dict:
     """{(what the row is..., occurrence): row}, what it is read from ``fields``."""
-    norm = lambda v: round(v, 6) if isinstance(v, float) else tuple(v) if isinstance(v, list) else str(v)  # noqa: E731
+    def norm(v):
+        return round(v, 6) if isinstance(v, float) else tuple(v) if isinstance(v, list) else str(v)
+
     out, seen = {}, {}
     for row in rows:
         key = tuple((k, norm(row.get(k))) for k in fields)
@@ -417,7 +419,8 @@ def reproduce(args, root: Path) -> int:
             return 0
         print(f"  took {time.time() - start:.0f} s")
         pairs = remade_files(r, path, scratch, commands, outputs, rel)
-        ok = all([check_file(label, old, new, args.fast, tolerance) for label, old, new in pairs])
+        held = [check_file(label, old, new, args.fast, tolerance) for label, old, new in pairs]   # print each
+        ok = all(held)
     finally:
         if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
