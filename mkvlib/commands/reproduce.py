@@ -16,6 +16,7 @@ is moved to a scratch folder (never into data/), it runs as a subprocess with th
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -439,9 +440,8 @@ def remade_files(r: Recipe, path: Path, scratch: Path, commands, outputs, rel) -
         return [(rel, load(path), load(scratch / read_json(first)["items_file"]))]
     if path.suffix == ".csv":
         return [(rel, load(path), [row for c in commands for row in load(written(c))])]
-    record = read_json(path)
-    if not any(w in OUTPUT_FLAGS for w in split_command(commands[0])[1]) and "result" in record \
-            and not any(w in SHELL_WORDS for w in split_command(commands[0])[1]):
+    record, words = read_json(path), split_command(commands[0])[1]
+    if "result" in record and not any(w in OUTPUT_FLAGS or w in SHELL_WORDS for w in words):   # it prints its record
         printed = [line for line in outputs[0].splitlines() if line.startswith("{")]
         if not printed:
             raise RuntimeError("the command printed no JSON record")
@@ -484,8 +484,7 @@ def list_files(root: Path) -> int:
 def register(sub) -> None:
     p = sub.add_parser("reproduce", help="rerun the command a results file records into a scratch folder and "
                        "compare the new file with the committed one",
-                       description=__doc__.split("\n\n", 1)[1])
-    p.formatter_class = __import__("argparse").RawDescriptionHelpFormatter
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", metavar="FILE", help="a file under data/results/")
     p.add_argument("--fast", action="store_true", help="a small slice (MKV_FAST=1, sizes shrunk): shape only")
     p.add_argument("--keep", metavar="DIR", help="write the new files into DIR (empty or absent, outside data/) "
