@@ -279,7 +279,7 @@ def test_report_keeps_one_limit_and_the_newest_row_per_cell(tmp_path, capsys):
     df = report.load_results(out)
     assert len(df) == 4 and set(df["limit"]) == {"1000"}
     assert sorted(df[df.method == "pca-uniform"].acc) == [0.3, 0.3]
-    assert "left out 6" in capsys.readouterr().err
+    assert "left out 6" in capsys.readouterr().err                          # a note, on stderr outside a notebook
     table = report.table1(df)
     assert table.loc[("50%", report.LABELS["pca-uniform"]), "% of 100%"] == pytest.approx(60.0)
     assert len(report.load_results(out, limit=25)) == 4

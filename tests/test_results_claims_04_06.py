@@ -29,6 +29,17 @@ def acc(sweep):
     return sweep.pivot_table(index=["method", "budget"], columns="task", values="acc")
 
 
+@pytest.fixture(scope="module")
+def earlier():
+    """The sweep as it stood before the shipped projections were measured: the rows they supersede in
+    ``load_results`` (same method names), which docs/results.md still reads by recipe."""
+    df = pd.read_csv(report.results_path(), dtype=str)
+    df = df[df.fingerprint != shipped_fingerprint("trained")].reset_index(drop=True)
+    for col in ("budget", "kv_budget", "acc", "acc_norm", "items", "seconds"):
+        df[col] = pd.to_numeric(df[col])
+    return report.named(df)
+
+
 def side(name, label, sweep):
     """A side CSV of compressed cells, scored against the main sweep's uncompressed ones, as one set-up."""
     other = report.load_results(report.results_path(name)).assign(method=label)
@@ -70,12 +81,12 @@ def test_every_compressed_setup_keeps_less_above_chance_than_of_its_average(swee
 
 def test_at_half_the_cache_pca_loses_most_and_arc_easy_suffers_most(sweep, acc):
     """Section 3: PCA keeps the least at 50%; under it ARC-Easy loses the most points and the largest share, PIQA
-    the smallest share; the trained projections win back part of it, searched ranks a little more, mostly on
-    ARC-Easy."""
+    the smallest share; the shipped trained projections win back part of it with either ranks (uniform and
+    searched within a standard error of each other), searched ranks most on ARC-Easy."""
     at50 = report.summary(sweep).xs("50%", level="budget")["% kept"]
-    pca, uniform, searched = ("PCA, uniform ranks", f"{EARLIER['6cc7201ebcc3d7c3']}, uniform ranks",
-                              f"{EARLIER['6cc7201ebcc3d7c3']}, searched ranks")
-    assert at50.idxmin() == pca and at50[pca] < at50[uniform] < at50[searched]
+    pca, uniform, searched = ("PCA, uniform ranks", "MatryoshkaKV trained, uniform ranks",
+                              "MatryoshkaKV trained, searched ranks")
+    assert at50.idxmin() == pca and at50[pca] < min(at50[uniform], at50[searched])
     full, under_pca = acc.loc[("uncompressed", 1.0)], acc.loc[(pca, 0.5)]
     assert (full - under_pca).idxmax() == "arc_easy"
     assert (under_pca / full).idxmin() == "arc_easy" and (under_pca / full).idxmax() == "piqa"
@@ -87,10 +98,12 @@ def test_one_tasks_standard_error_is_over_a_point(sweep):
     assert (100 * (full.acc * (1 - full.acc) / full["items"]) ** 0.5 > 1).all()
 
 
-def test_rank_searches_and_longer_training(sweep, acc):
+def test_rank_searches_and_longer_training(earlier):
     """docs/results.md, what the accuracy rows show: on ARC-Easy at 50% uniform < spread-limited search < free
     search; the free search keeps more than the exact one at both budgets and more than the spread-limited one at
     50%; the longest-trained projections' best record keeps more than every set-up of the 180-step ones."""
+    sweep = earlier
+    acc = sweep.pivot_table(index=["method", "budget"], columns="task", values="acc")
     kept = report.kept_at(sweep)["kept"]
     searched = f"{EARLIER['6cc7201ebcc3d7c3']}, searched ranks"
     free = side("lm_eval_smollm2_free_trajectory.csv", "free search", sweep)

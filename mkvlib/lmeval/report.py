@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..runtime import note
 from .sweep import BASELINE, read_rows
 
 # chance accuracy of each task (1 / number of choices; ARC-Easy has a few 3- and 5-choice items, ~0.25)
@@ -47,8 +48,8 @@ def load_results(path, limit=None) -> pd.DataFrame:
 
     A CSV may hold sweeps run at several item limits, or cells re-run after the projections changed. Ratios
     are only meaningful within one run, so this keeps one limit (``limit``; default the largest, a whole split
-    counting as the largest) and, per (model, method, budget, task), the newest row; a note on stderr says
-    what was left out.
+    counting as the largest) and, per (model, method, budget, task), the newest row: a method re-measured with
+    newer projections supersedes its older rows (git and the docs keep those). A note says what was left out.
     """
     rows = read_rows(path)
     if not rows:
@@ -63,9 +64,8 @@ def load_results(path, limit=None) -> pd.DataFrame:
     kept = df[df["limit"].astype(str) == chosen]
     kept = kept.sort_values("finished_at").drop_duplicates(["model", "method", "budget", "task"], keep="last")
     if len(kept) < len(df):
-        print(f"{path}: using the {len(kept)} cells run with limit {chosen} (newest of each); left out "
-              f"{len(df) - len(kept)} (other limits {[x for x in limits if x != chosen]}, or superseded)",
-              file=sys.stderr)
+        note(f"{path}: using the {len(kept)} cells run with limit {chosen} (newest of each); left out "
+             f"{len(df) - len(kept)} (other limits {[x for x in limits if x != chosen]}, or superseded)")
     return kept.reset_index(drop=True)
 
 
