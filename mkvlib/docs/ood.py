@@ -220,3 +220,146 @@ def answers(data: Data) -> str | None:
             "agreement: top-1 agreement on the uncompressed continuation, teacher-forced. Prompts: "
             + "; ".join(f"\"{p}\"" for p in rec["prompts"]) + ".")
     return "\n\n".join([source_line(data, path), note, table(headers, rows), commands_line([rec.get("command")])])
+
+
+CEILING_METRICS = {"kl_to_base": "KL", "perplexity_ratio": "ppl x", "top1_agreement": "top-1"}
+
+
+def _ceiling_value(metric: str, value: float) -> str:
+    return pct(value, 0) if metric == "top1_agreement" else num(value, 2 if metric == "perplexity_ratio" else 3)
+
+
+def _ceiling_where(cell, kinds, budgets) -> str:
+    """Where the shipped projections sit with uniform ranks, from shipped PCA to the best in-sample basis, and
+    what the oracles reach, in KL."""
+    kl = {(m, b): r["kl_to_base"] for (m, a, b), r in cell.items() if a == "uniform"}
+    labels = list(dict.fromkeys(m for m, _ in kl))
+    shipped = [m for m in labels if kinds[m] == "shipped"]
+    in_sample = [m for m in labels if kinds[m] == "in-sample"]
+    oracles = [m for m in labels if kinds[m] == "oracle"]
+    budgets = [b for b in budgets if all((m, b) in kl for m in shipped + in_sample)]
+    if len(shipped) < 2 or not in_sample or not budgets:
+        return ""
+    start, ours = shipped[0], shipped[-1]
+    best = {b: min(in_sample, key=lambda m: kl[(m, b)]) for b in budgets}
+    clauses = []
+    for b in budgets:
+        gap = kl[(start, b)] - kl[(best[b], b)]
+        share = pct((kl[(start, b)] - kl[(ours, b)]) / gap, 0) if gap > 0 else "none"
+        clauses.append(f"{share} at {pct(b)} ({num(kl[(start, b)], 3)}, {num(kl[(ours, b)], 3)}, "
+                       f"{num(kl[(best[b], b)], 3)}{'' if len(set(best.values())) == 1 else ': ' + best[b]})")
+    names = f" ({best[budgets[0]]})" if len(set(best.values())) == 1 else ""
+    text = (f"With uniform ranks {ours} closes, in KL, " + " and ".join(clauses) + f" of the gap between {start} "
+            f"and the best in-sample basis{names}.")
+    if oracles:
+        values = "; ".join(f"{m} {' / '.join(num(kl[(m, b)], 3) for b in budgets)}" for m in oracles)
+        beaten = [m for m in oracles if all(kl[(m, b)] > kl[(ours, b)] for b in budgets)]
+        text += f" The per-sequence oracles reach, in KL at {' / '.join(pct(b) for b in budgets)}: {values}"
+        if beaten:
+            who = "both are" if len(beaten) == 2 else " and ".join(beaten) + (" is" if len(beaten) == 1 else " are")
+            text += (f"; {who} worse than {ours} at every budget: no fixed basis reconstructs a sequence's keys "
+                     "and values better, yet the best reconstruction is not the best output")
+        text += "."
+    searched_worse = [m for m in in_sample if all(cell[(m, "adaptive", b)]["kl_to_base"] > kl[(m, b)]
+                                                  for b in budgets if (m, "adaptive", b) in cell)
+                      and any((m, "adaptive", b) in cell for b in budgets)]
+    if searched_worse == in_sample:
+        text += (" Every in-sample basis does worse with the shipped search's ranks than with uniform ones: they "
+                 "were fitted at the sampled ranks only, and the search spreads ranks over other values.")
+    return text
+
+
+def _ceiling_overfit(cell, kinds) -> str:
+    """A note when an in-sample row predicts the suite better than the uncompressed model: it has fitted the text."""
+    below = sorted({(m, r["perplexity_ratio"]) for (m, a, b), r in cell.items()
+                    if kinds[m] == "in-sample" and r["perplexity_ratio"] < 1}, key=lambda x: x[1])
+    if not below:
+        return ""
+    names = sorted({m for m, _ in below})
+    return (f"In-sample, {' and '.join(names)} reach{'es' if len(names) == 1 else ''} a perplexity below the "
+            f"uncompressed model's ({num(below[0][1], 2)}x at best) on the text "
+            f"{'it was' if len(names) == 1 else 'they were'} "
+            "fitted on: part of that ceiling is memorised text, so it is loose (no basis fitted elsewhere can be "
+            "expected to reach it).")
+
+
+def _ceiling_targets(rec, cell, kinds) -> list[str]:
+    """One line per target of the record: the shipped value, the best ceiling row (a target with searched ranks
+    against every allocation measured at its budget: a search may end at any of them), the best oracle row, and
+    whether the target lies above every ceiling row measured."""
+    ours = [m for m in dict.fromkeys(m for m, _, _ in cell) if kinds[m] == "shipped"][-1:]
+    lines = []
+    for t in rec.get("targets", []):
+        metric, bound, at_most = t["metric"], t["bound"], t["direction"] == "at_most"
+        meets = (lambda v: v <= bound) if at_most else (lambda v: v >= bound)   # noqa: E731
+        pick = min if at_most else max
+        ceiling = {(m, a): r[metric] for (m, a, b), r in cell.items() if b == t["budget"] and kinds[m] != "shipped"
+                   and (a == "uniform" or t["allocation"] != "uniform")}
+        shipped = cell.get((ours[0], t["allocation"], t["budget"])) if ours else None
+        head = (f"- {pct(t['budget'])}, {'uniform' if t['allocation'] == 'uniform' else 'searched'} ranks: "
+                f"{CEILING_METRICS[metric]} {'<=' if at_most else '>='} {_ceiling_value(metric, bound)}")
+        if shipped is not None:
+            head += f" (shipped: {_ceiling_value(metric, shipped[metric])})"
+        if not ceiling:
+            lines.append(f"{head}: no ceiling row measured at this budget.")
+            continue
+        best = pick(ceiling, key=ceiling.get)
+        oracles = {k: v for k, v in ceiling.items() if kinds[k[0]] == "oracle"}
+        verdict = ("met by the shipped projections" if shipped is not None and meets(shipped[metric]) else
+                   "within the ceiling" if meets(ceiling[best]) else
+                   "**lies above the ceiling**: no in-sample basis and no oracle measured reaches it")
+        label = lambda k: f"{k[0]}, {'uniform' if k[1] == 'uniform' else 'searched'} ranks"   # noqa: E731
+        text = f"{head}: {verdict} (best: {label(best)}, {_ceiling_value(metric, ceiling[best])}"
+        if oracles and best not in oracles:
+            top = pick(oracles, key=oracles.get)
+            text += (f"; best oracle: {_ceiling_value(metric, oracles[top])}, "
+                     f"{'which reaches it' if meets(oracles[top]) else 'short of it'}")
+        lines.append(text + ").")
+    return lines
+
+
+@section("ceiling", "The ceiling of fixed projections: in-sample bases and the per-sequence oracle",
+         "results/ceiling.json", lead=True)
+def ceiling(data: Data) -> str | None:
+    path, rec = data.result("ceiling.json")
+    if rec is None:
+        return None
+    kinds = {m["label"]: m["kind"] for m in rec["methods"]}
+    cell = {(r["method"], r["allocation"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
+    budgets = rec["budgets"]
+    headers = (["method", "ranks"] + [f"{pct(b)}: KL / ppl x / top-1" for b in budgets]
+               + ["CPU minutes to fit (this row's step)"])
+    rows = []
+    for m in rec["methods"]:
+        for allocation in m["allocations"]:
+            rows.append([m["label"], "uniform" if allocation == "uniform" else "searched"]
+                        + [f"{num(r['kl_to_base'], 3)} / {num(r['perplexity_ratio'], 2)} / "
+                           f"{pct(r['top1_agreement'], 0)}" if (r := cell.get((m["label"], allocation, b))) else "-"
+                           for b in budgets]
+                        + [num(m["fit_cpu_s"] / 60, 1) if m.get("fit_cpu_s") is not None else "-"])
+    searched = (f"searched ranks: each shipped projections' own trajectory, and for every other row the shipped "
+                f"trajectory of {code(rec['searched_ranks'])}" if rec.get("searched_ranks") else "")
+    note = (f"{rec['what']}. Mean over {len(rec['domains'])} held-out domain{'s' if len(rec['domains']) > 1 else ''} "
+            f"({', '.join(rec['domains'])}), {rec['tokens_per_domain']:,} tokens "
+            f"each in blocks of {rec['seq_len']}, the same blocks for every row; KL in nats per token, perplexity as "
+            "a multiple of the uncompressed model's, top-1 agreement with it. In-sample rows are fitted on the very "
+            "blocks they are judged on, fed from position 0 as the suite reads them, sampling the ranks "
+            f"{', '.join(map(str, rec['schedule'])) or 'd/8, ..., d'}; the oracle replaces, per sequence and "
+            "(layer, KV head), the keys and values by the best rank-r reconstruction from that sequence's own SVD "
+            "(centred by its mean, added back; the second oracle row leaves values uncentred). It sees the "
+            "sequence's future tokens and bounds the reconstruction error, not the KL" + (f"; {searched}" if searched
+                                                                                          else "") + ".")
+    where = _ceiling_where(cell, kinds, budgets)
+    targets = _ceiling_targets(rec, cell, kinds)
+    cpu = rec.get("cpu_time_s") or {}
+    hw = rec.get("hardware") or {}
+    load = (hw.get("load_average_start") or [None])[0]
+    timing = (f"CPU time: {num(cpu.get('total', 0) / 60, 1)} minutes in all, {num(rec.get('wall_time_s', 0) / 60, 1)} "
+              f"minutes wall ({hw.get('device')}, {hw.get('torch_threads')} torch thread(s), {hw.get('cpu_count')} "
+              f"cores" + (f", load average {num(load, 1)} when it started" if load is not None else "") + ").")
+    parts = [source_line(data, path), note, table(headers, rows), " ".join(t for t in (where, _ceiling_overfit(
+        cell, kinds)) if t)]
+    if targets:
+        parts.append("The issue's targets against the ceiling (a target above every ceiling row is out of reach of "
+                     "every fixed basis and oracle measured here):\n\n" + "\n".join(targets))
+    return "\n\n".join(p for p in parts + [timing, commands_line([rec.get("command")])] if p)
