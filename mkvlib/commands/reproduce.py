@@ -35,7 +35,7 @@ SHELL_WORDS = ("&&", "||", "|", ">", ">>", ";")
 # --fast: the sizes a command takes, made CI-sized; the options in FIRST_ONLY keep their first value
 FAST_SIZES = {"--tokens": "128", "--in-domain": "128", "--lengths": "256", "--n": "1", "--limit": "2",
               "--retrieval-n": "1", "--retrieval-lengths": "256", "--new-tokens": "2", "--context": "32",
-              "--batch": "1", "--repeats": "1"}
+              "--batch": "1", "--repeats": "1", "--layerwise-steps": "2", "--kd-steps": "1"}
 FIRST_ONLY = ("--budgets", "--bytes")
 FAST_ADDED = {"answers": ["--budgets", "0.5", "--new-tokens", "2"]}   # where the defaults are the large sizes
 # full form: (relative, absolute) tolerance and what it rests on, per command; None: values not compared
