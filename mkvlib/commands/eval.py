@@ -195,10 +195,11 @@ def method_record(method, model) -> dict:
 
 
 def in_domain_spec(args) -> dict | None:
-    """How the in-domain text of --in-domain is taken, for the record (None without it)."""
-    from ..corpora import default_corpus
+    """How the in-domain text of --in-domain is taken, for the record (None without it, or without the training
+    mixture of a data folder)."""
+    from ..corpora import DEFAULT_TRAINING_MIXTURE, default_corpus
 
-    if not args.in_domain:
+    if not args.in_domain or default_corpus("training") != DEFAULT_TRAINING_MIXTURE:
         return None
     return dict(corpus=default_corpus("training"), tokens=args.in_domain, skip_tokens=IN_DOMAIN_SKIP,
                 seed=IN_DOMAIN_SEED)
@@ -249,7 +250,11 @@ def run_suite(args, allocations) -> int:
     start = time.time()
     with shifted(model, args.position_offset):
         rows = compare_suite(model, methods, budgets, blocks, args.batch_size, progress=not args.json)
-        if args.in_domain:
+        if args.in_domain and in_domain_spec(args) is None:
+            from ..runtime import note
+            note("note: --in-domain needs the training mixture of a data folder (without one, training reads the "
+                 "model's own samples, so no unseen in-domain text exists): no in-domain rows")
+        elif args.in_domain:
             rows += in_domain_rows(model, tokenizer, methods, budgets, args)
         result = dict(model=model.mkv_name, suite=args.suite, seq_len=args.seq_len, tokens_per_domain=tokens,
                       domains=list(blocks), skipped=[d for d in DOMAINS if d not in blocks], budgets=budgets,

@@ -68,11 +68,12 @@ def check_args(args) -> tuple[Path, int]:
         raise ValueError(f"--notebook must be a .ipynb file, not {str(notebook)!r}")
     if not notebook.is_file():
         raise FileNotFoundError(f"no notebook at {notebook}")
+    port = check_port(args.host, args.port)
     if importlib.util.find_spec("voila") is None:
         raise RuntimeError(f"mkv explore serves the page with Voila, which is not installed in {sys.prefix}: "
                            f"{sys.executable} -m pip install -e '.[explore]' (or `make browser-test`, which "
                            "installs it)")
-    return notebook.resolve(), check_port(args.host, args.port)
+    return notebook.resolve(), port
 
 
 def _interrupt(signum, frame):
