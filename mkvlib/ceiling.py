@@ -356,11 +356,12 @@ def in_sample_bases(model, text: torch.Tensor, args, schedule, clock):
            f"({args.layerwise_steps} steps per layer, sampled ranks {ranks})", layerwise, made)
     if not args.kd_steps:
         return
-    config = TrainConfig(steps=args.kd_steps, batch_size=args.kd_batch, warmup_steps=min(4, args.kd_steps - 1),
+    batch = min(args.kd_batch, len(text))           # without a data folder the suite may be a single block
+    config = TrainConfig(steps=args.kd_steps, batch_size=batch, warmup_steps=min(4, args.kd_steps - 1),
                          schedule=schedule, positions="start", kd_weight=1.0, lm_weight=0.0, eval_every=0,
                          checkpoint_every=0, progress=False)
     kd, first, last = clock(f"fit {KD_IN_SAMPLE}", fit_suite_kd, model, text, layerwise, config)
-    yield (KD_IN_SAMPLE, f"KD only on the suite, {args.kd_steps} steps of {args.kd_batch} blocks from the layer-wise "
+    yield (KD_IN_SAMPLE, f"KD only on the suite, {args.kd_steps} steps of {batch} blocks from the layer-wise "
            f"bases (sampled ranks {ranks})", kd,
            dict(kd.meta["training"], init_fingerprint=kd.meta.get("init_fingerprint"), first_loss=round(first, 6),
                 last_loss=round(last, 6)))
