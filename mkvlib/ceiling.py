@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 
 from . import attention
-from .geometry import KVGeometry, budget_of, check_budget, check_budgets, resolve_ranks
+from .compress import RankedHook
+from .geometry import KVGeometry, check_budget, check_budgets, resolve_ranks
 
 ORACLE = "per-sequence SVD (oracle)"
 ORACLE_UNCENTRED = "per-sequence SVD, values uncentred (oracle)"
@@ -109,7 +110,7 @@ def oracle_hook(fraction: float, center_keys: bool = True, center_values: bool =
     return hook
 
 
-class SequenceSVDOracle:
+class SequenceSVDOracle(RankedHook):
     """The per-sequence oracle (:func:`oracle_hook`) attached to a model with the interface of
     :class:`mkvlib.compress.Compression` that :func:`mkvlib.metrics.quality_curve` and
     :func:`mkvlib.suite.evaluate_suite` use: ``ranks`` (L, G, 2), ``enabled``, :meth:`set_ranks` (an int, a
@@ -131,10 +132,6 @@ class SequenceSVDOracle:
                              f"not {ranks!r}")
         self.ranks = resolve_ranks(ranks, self.geometry)
 
-    @property
-    def budget(self) -> float:
-        return budget_of(self.ranks, self.geometry.head_dim)
-
     def __call__(self, module, query, key, value):
         if not self.enabled:
             return query, key, value
@@ -142,15 +139,6 @@ class SequenceSVDOracle:
         ranks = self.ranks[module.layer_idx]
         return (query, best_rank_reconstruction(key, ranks[:, 0], self.center_keys),
                 best_rank_reconstruction(value, ranks[:, 1], self.center_values))
-
-    def detach(self) -> None:
-        self._handle.remove()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.detach()
 
 
 # --- evaluation on the suite ---------------------------------------------------------------------------------

@@ -82,7 +82,26 @@ class Projector(nn.Module):
                            dict(self.meta, **meta))
 
 
-class Compression:
+class RankedHook:
+    """What every compression attached as an attention hook shares: ``ranks`` (L, G, 2) over ``geometry``, their
+    ``budget``, and removing the hook (installed as ``_handle``) with :meth:`detach` or at the end of a ``with``."""
+
+    @property
+    def budget(self) -> float:
+        return budget_of(self.ranks, self.geometry.head_dim)
+
+    def detach(self) -> None:
+        """Remove the hook; the model computes exactly as before attaching."""
+        self._handle.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.detach()
+
+
+class Compression(RankedHook):
     """A projector plus ranks, attached to a model. Turn it off and on with ``enabled``; change ranks with
     :meth:`set_ranks`. Use as a context manager, or call :meth:`detach`."""
 
@@ -98,10 +117,6 @@ class Compression:
         """Ranks as one int, a budget in (0, 1], or a (L, G, 2) tensor; validated before anything changes."""
         self.ranks = resolve_ranks(ranks, self.geometry)
         self._cache = {}
-
-    @property
-    def budget(self) -> float:
-        return budget_of(self.ranks, self.geometry.head_dim)
 
     def __call__(self, module, query, key, value):
         if not self.enabled:
@@ -125,16 +140,6 @@ class Compression:
             hit = (version, pk.to(device), pv.to(device))
             self._cache[layer] = hit
         return hit[1], hit[2]
-
-    def detach(self) -> None:
-        """Remove the hook; the model computes exactly as before attaching."""
-        self._handle.remove()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.detach()
 
 
 def attach(model, projections, ranks=1.0, trainable: bool = False) -> Compression:
