@@ -10,6 +10,7 @@ import pytest
 
 from mkvlib.bench import speed_table
 from mkvlib.runtime import project_dir
+from mkvlib.training.routes import suite_cell
 
 RESULTS = project_dir() / "data" / "results"
 
@@ -19,8 +20,7 @@ def load(name: str) -> dict:
 
 
 def mean(rec: dict, method: str, budget: float, key: str = "kl_to_base", domain: str = "mean") -> float:
-    return next(r[key] for r in rec["rows"] if r["method"] == method and r["domain"] == domain
-                and r["target_budget"] == budget)
+    return suite_cell(rec["rows"], method, budget, domain)[key]
 
 
 # --- notebook 02 and the README: the out-of-domain suite --------------------------------------------------------
