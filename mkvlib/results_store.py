@@ -34,7 +34,7 @@ import contextlib
 import csv
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from .io import atomic_path
 
@@ -49,13 +49,10 @@ class ResultStore:
 
     ``key_fields``: the columns whose values identify a cell. ``fields``: every column, in file order (key
     fields included; default: the file's header if it exists, else the key fields then the first added row's
-    other columns). ``upgrade``: a function that fills in, on a row read from an older file (or given to
-    :meth:`add`), columns that older versions did not write; it is used for keys and reads, and stored rows
-    are left as written.
+    other columns). A file written before a column existed reads that column as ''.
     """
 
-    def __init__(self, path, key_fields: Iterable[str], fields: Iterable[str] | None = None,
-                 upgrade: Callable[[dict], dict] | None = None):
+    def __init__(self, path, key_fields: Iterable[str], fields: Iterable[str] | None = None):
         self.path = Path(path)
         if self.path.suffix != ".csv":
             raise ValueError(f"a result store is a .csv file, not {str(path)!r}: give a path ending in .csv")
@@ -69,7 +66,6 @@ class ResultStore:
                 raise ValueError(f"key fields {missing} are not among the fields {self.fields}")
             if len(set(self.fields)) != len(self.fields):
                 raise ValueError(f"fields {self.fields} name a column twice")
-        self.upgrade = upgrade or (lambda row: row)
 
     # --- reading ------------------------------------------------------------------------------------
     def _read(self) -> tuple[list[str] | None, list[dict]]:
@@ -95,10 +91,10 @@ class ResultStore:
 
     def rows(self) -> list[dict]:
         """Every stored row, in file order, as {column: text} over the schema's columns (a column the file lacks
-        reads as ''), passed through ``upgrade``."""
+        reads as '')."""
         header, raw = self._read()
         schema = self._schema(header)
-        rows = [self.upgrade({c: r.get(c, "") for c in schema}) for r in raw]
+        rows = [{c: r.get(c, "") for c in schema} for r in raw]
         for k in self.key_fields:
             if header is not None and k not in header and any(r.get(k) in ("", None) for r in rows):
                 raise ValueError(f"{self.path} has no {k!r} column, part of this table's key {list(self.key_fields)}: "
@@ -108,7 +104,6 @@ class ResultStore:
     def key(self, row) -> tuple:
         """The identity of ``row`` (a dict with the key fields, or a tuple of their values in order)."""
         if isinstance(row, dict):
-            row = self.upgrade(dict(row))
             missing = [k for k in self.key_fields if k not in row]
             if missing:
                 raise ValueError(f"row lacks the key field(s) {missing} of {self.path.name} "

@@ -228,7 +228,7 @@ def test_a_sweep_scores_your_own_projections_and_trajectory(model, tokenizer, in
 def test_adaptive_cells_are_keyed_by_the_ranks_they_used(model, tokenizer, include_dir, projections_file, tmp_path,
                                                           monkeypatch):
     """A new search trajectory gives new adaptive ranks: their stored cells no longer count as done; uniform
-    cells and rows from before the ranks column (legacy CSVs) keep counting where they can be matched."""
+    cells keep counting."""
     from mkvlib.lmeval.sweep import append_row, ranks_digest
 
     out = tmp_path / "sweep.csv"
@@ -248,11 +248,6 @@ def test_adaptive_cells_are_keyed_by_the_ranks_they_used(model, tokenizer, inclu
     monkeypatch.delattr(model, "mkv_adapter")
     assert sweep.pending() == []
     ranks[0, 0, 0] = 4                                        # the trajectory changed
-    assert [c.label for c in sweep.pending()] == ["rand-adaptive @ 50% / tiny_mc"]
-    legacy = [{k: v for k, v in r.items() if k != "ranks"} for r in read_rows(out)]
-    out.unlink()
-    for row in legacy:
-        append_row(out, row)
     assert [c.label for c in sweep.pending()] == ["rand-adaptive @ 50% / tiny_mc"]
 
 

@@ -83,15 +83,14 @@ def test_schema_errors_say_what_is_wrong(tmp_path):
         store(damaged).rows()
 
 
-def test_upgrade_fills_a_column_older_files_lack_and_a_new_column_is_added_on_write(tmp_path):
+def test_a_column_older_files_lack_reads_empty_and_is_added_on_write(tmp_path):
     path = tmp_path / "old.csv"
     path.write_text("method,budget,task\na,1,t\n")        # written before the 'acc' column existed
-    s = ResultStore(path, ("method", "budget", "task", "acc"), ("method", "budget", "task", "acc"),
-                    upgrade=lambda r: {**r, "acc": r["acc"] or "legacy"})
-    assert s.rows() == [{"method": "a", "budget": "1", "task": "t", "acc": "legacy"}]
-    assert s.done(("a", 1, "t", "legacy"))
+    s = ResultStore(path, ("method", "budget", "task"), ("method", "budget", "task", "acc"))
+    assert s.rows() == [{"method": "a", "budget": "1", "task": "t", "acc": ""}]
+    assert s.done(("a", 1, "t"))
     assert s.add({"method": "b", "budget": 1, "task": "t", "acc": 0.5})
-    assert path.read_text().splitlines() == ["method,budget,task,acc", "a,1,t,", "b,1,t,0.5"]  # stored as written
+    assert path.read_text().splitlines() == ["method,budget,task,acc", "a,1,t,", "b,1,t,0.5"]
 
 
 def test_without_fields_the_schema_is_the_first_row_then_the_header(tmp_path):

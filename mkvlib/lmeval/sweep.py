@@ -138,17 +138,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _legacy_ranks(row: dict) -> dict:
-    """Rows written before the ``ranks`` column existed count as 'full' / 'uniform' by their allocation; an
-    adaptive one cannot be matched to its ranks ('unknown'), so that cell is run again."""
-    if row.get("ranks"):
-        return row
-    return {**row, "ranks": {"none": "full", "uniform": "uniform"}.get(row.get("allocation"), "unknown")}
-
-
 def results_store(path) -> ResultStore:
     """The sweep's results CSV at ``path``: one row per finished cell, keyed by :data:`KEY`."""
-    return ResultStore(path, KEY, FIELDS, upgrade=_legacy_ranks)
+    return ResultStore(path, KEY, FIELDS)
 
 
 def read_rows(path) -> list[dict]:

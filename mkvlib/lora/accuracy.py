@@ -20,16 +20,9 @@ KEY = ("model", "adapter", "fingerprint", "budget", "task", "limit", "ranks")
 UNCOMPRESSED = "uncompressed"
 
 
-def _legacy_ranks(row: dict) -> dict:
-    """Rows from before the ``ranks`` column: every compressed one had uniform ranks."""
-    if row.get("ranks"):
-        return row
-    return {**row, "ranks": "full" if row.get("projections") == UNCOMPRESSED else "uniform"}
-
-
 def results_store(path) -> ResultStore:
     """The accuracy CSV at ``path``: one row per (model, adapter, projections, budget, task, limit, ranks)."""
-    return ResultStore(path, KEY, FIELDS, upgrade=_legacy_ranks)
+    return ResultStore(path, KEY, FIELDS)
 
 
 def read_rows(path) -> list[dict]:
