@@ -256,8 +256,8 @@ def test_report_keeps_one_limit_and_the_newest_row_per_cell(tmp_path, capsys):
     from mkvlib.lmeval.sweep import append_row
 
     out = tmp_path / "mixed.csv"
-    base = {"model": "m", "projections": "pca", "allocation": "uniform", "kv_budget": "0.5000", "acc_norm": "0.5",
-            "items": "25", "limit": "25", "batch_size": "8", "seconds": "1", "source": "local", "git_commit": "x",
+    base = {"model": "m", "projections": "pca", "allocation": "uniform", "ranks": "uniform", "kv_budget": "0.5000",
+            "acc_norm": "0.5", "items": "25", "limit": "25", "batch_size": "8", "seconds": "1", "source": "local", "git_commit": "x",
             "lm_eval_version": "0.4"}
     for task, acc in (("piqa", "0.70"), ("arc_easy", "0.50")):
         append_row(out, {**base, "method": "uncompressed", "fingerprint": "none", "budget": "1.0000", "task": task,
@@ -342,8 +342,8 @@ def test_a_handful_of_items_is_labelled_a_pipeline_check_not_a_result(tmp_path):
     from mkvlib.lmeval import report
     from mkvlib.lmeval.sweep import append_row
 
-    base = {"model": "m", "projections": "pca", "allocation": "uniform", "kv_budget": "0.5000", "acc_norm": "0.5",
-            "batch_size": "8", "seconds": "1", "source": "local", "git_commit": "x", "lm_eval_version": "0.4",
+    base = {"model": "m", "projections": "pca", "allocation": "uniform", "ranks": "uniform", "kv_budget": "0.5000",
+            "acc_norm": "0.5", "batch_size": "8", "seconds": "1", "source": "local", "git_commit": "x", "lm_eval_version": "0.4",
             "finished_at": "2026-01-01T00:00:00"}
     for items in (4, report.RESULT_ITEMS):
         out = tmp_path / f"sweep_{items}.csv"
