@@ -1,0 +1,217 @@
+"""``python -m mkvlib.ladder_run search|frontier``: the precision ladder's search and its frontier on held-out text.
+
+``search`` runs Algorithm 1 over bytes (:func:`mkvlib.ladder.search`) on calibration text of the training
+mixture (blocks at spread positions, optionally recall blocks) and writes the trajectory. ``frontier`` measures,
+on the out-of-domain suite (mean KL over domains) with in-domain held-out text beside it, every way to spend
+about 4, 2 and 1 bits per element: features only (MatryoshkaKV uniform and adaptive ranks), bits only (4- and
+2-bit per-token quantization of the cache's own coordinates, every token quantized), the uniform composition
+(a rank and one bit width) and the searched ladder; then passkey retrieval through the real
+:class:`~mkvlib.ladder.LadderCache` for the ladder, with the bytes that cache held. Notebook 08 reads the result.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+import time
+
+import torch
+
+FRONTIER_BITS = (4.0, 2.0, 1.0)
+PASSKEY_BITS = (4.0, 2.0)
+
+
+def _hardware(model) -> dict:
+    device = next(model.parameters()).device
+    return {"device": str(device), "torch_threads": torch.get_num_threads(), "cpu": platform.machine(),
+            "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None}
+
+
+def _command() -> str:
+    return "python -m mkvlib.ladder_run " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def calibration(model, tokenizer, tokens: int, seq_len: int, recall_span: int):
+    """Calibration blocks of the training mixture and their spread position offsets."""
+    from .corpora import DEFAULT_TRAINING_MIXTURE, check_not_heldout, mixture_blocks
+    from .positions import block_offsets
+    from .recall import recall_blocks
+
+    check_not_heldout(DEFAULT_TRAINING_MIXTURE)
+    blocks = mixture_blocks(tokenizer, DEFAULT_TRAINING_MIXTURE, seq_len, tokens, seed=0)
+    if recall_span:
+        blocks = recall_blocks(blocks, recall_span)
+    return blocks, block_offsets("spread", len(blocks), seq_len, model)
+
+
+def run_search(args) -> None:
+    from . import ladder
+    from .models import load_model
+
+    model, tokenizer = load_model()
+    blocks, offsets = calibration(model, tokenizer, args.tokens, args.seq_len, args.recall_span)
+    traj = ladder.search(model, args.projections, blocks, args.segment, args.group, offsets=offsets,
+                         batch_size=args.batch_size, progress=True)
+    checks = {}
+    for bits in (8.0,) + FRONTIER_BITS:
+        lad = traj.at(bits)
+        checks[str(bits)] = {"bits_per_element": lad.bits_per_element(),
+                             "kl": ladder.calibration_kl(model, args.projections, lad, blocks, offsets)}
+    traj.meta.update(calibration={"corpus": "training mixture", "tokens": int(blocks.numel()),
+                                  "seq_len": args.seq_len, "recall_span": args.recall_span, "positions": "spread"},
+                     exact_kl_at=checks, projections=args.projections)
+    traj.save(args.out, command=_command(), hardware=_hardware(model),
+              created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    print(f"{len(traj.steps)} steps to {traj.steps[-1][5]:.3f} bits per element; exact calibration KL: "
+          + ", ".join(f"{k} bits {v['kl']:.4f}" for k, v in checks.items()))
+
+
+def settings(model, traj, projections) -> list[dict]:
+    """Every (label, family, projections, ladder or ranks) measured on the frontier."""
+    from .geometry import KVGeometry
+    from .ladder import Ladder, dtype_bits, identity_projections
+
+    geom, full = KVGeometry.of(model), dtype_bits(model)
+    d = geom.head_dim
+    out = [{"family": "uncompressed", "label": "uncompressed", "ladder": Ladder.uniform(geom, full),
+            "projections": identity_projections(model)}]
+    for bits in FRONTIER_BITS:                                    # features only, stored in the model's dtype
+        out.append({"family": "features only", "label": f"matryoshka uniform {bits / full:.4g}",
+                    "ranks": round(bits / full * d), "projections": projections})
+    out.append({"family": "features only", "label": "matryoshka adaptive 0.25 (its trajectory's floor)",
+                "adaptive": 0.25, "projections": projections})
+    for nbits in (4, 2):                                          # bits only: the cache's own coordinates
+        lad = Ladder.uniform(geom, full, nbits, None, d // 8 if d >= 32 else 8, d, full // 8)
+        out.append({"family": "bits only", "label": f"{nbits}-bit, groups of {d}, every token",
+                    "ladder": lad, "projections": identity_projections(model)})
+    for features, nbits in ((48, 4), (24, 4), (32, 2), (16, 2), (8, 4)):      # the uniform composition
+        lad = Ladder.uniform(geom, full, nbits, features)
+        out.append({"family": "uniform composition", "label": f"{features} features at {nbits} bits",
+                    "ladder": lad, "projections": projections})
+    for bits in FRONTIER_BITS:
+        out.append({"family": "searched ladder", "label": f"ladder {bits:g} bits", "ladder": traj.at(bits),
+                    "projections": projections})
+    return out
+
+
+def _suite_rows(model, hook_factory, blocks_by_domain, batch_size):
+    from .suite import evaluate_suite
+
+    with hook_factory() as hook:
+        return evaluate_suite(model, hook, [hook.ranks], blocks_by_domain, batch_size)
+
+
+def run_frontier(args) -> None:
+    from . import ladder
+    from .commands.eval import IN_DOMAIN_SEED, IN_DOMAIN_SKIP
+    from .compat import cache_kwargs
+    from .compress import attach
+    from .corpora import DEFAULT_TRAINING_MIXTURE, mixture_blocks
+    from .geometry import KVGeometry, uniform_ranks
+    from .models import load_model
+    from .projections import resolve_projections
+    from .retrieval import passkey_prompts, score_answer
+    from .search import adaptive_ranks
+    from .suite import suite_blocks
+
+    start = time.time()
+    model, tokenizer = load_model()
+    geom = KVGeometry.of(model)
+    proj = resolve_projections(args.projections, model)
+    traj = ladder.LadderTrajectory.load(args.trajectory)
+    if traj.fingerprint != proj.fingerprint():
+        raise ValueError(f"{args.trajectory} was searched for other projections than {args.projections!r}")
+    blocks = suite_blocks(tokenizer, args.tokens, args.seq_len)
+    blocks["in-domain"] = mixture_blocks(tokenizer, DEFAULT_TRAINING_MIXTURE, args.seq_len, args.in_domain,
+                                         seed=IN_DOMAIN_SEED, skip_tokens=IN_DOMAIN_SKIP)
+    rows = []
+    for s in settings(model, traj, proj):
+        if "ladder" in s:
+            lad = s["ladder"]
+            factory = lambda: ladder.attach(model, s["projections"], lad)  # noqa: E731
+            bpe, fraction = lad.bits_per_element(), lad.fraction()
+        else:
+            ranks = (uniform_ranks(geom, s["ranks"] / geom.head_dim) if "ranks" in s
+                     else adaptive_ranks(model, proj, s["adaptive"]))
+            factory = lambda: attach(model, proj, ranks)  # noqa: E731
+            fraction = float(ranks.sum()) / (geom.layers * geom.kv_heads * 2 * geom.head_dim)
+            bpe = fraction * ladder.dtype_bits(model)
+        suite = _suite_rows(model, factory, {k: v for k, v in blocks.items() if k != "in-domain"}, args.batch_size)
+        inside = _suite_rows(model, factory, {"in-domain": blocks["in-domain"]}, args.batch_size)
+        mean = next(r for r in suite if r["domain"] == "mean")
+        rows.append({"family": s["family"], "label": s["label"], "bits_per_element": round(bpe, 4),
+                     "fraction": round(fraction, 5), "kl_ood": mean["kl_to_base"],
+                     "kl_in_domain": inside[0]["kl_to_base"], "top1_ood": mean["top1_agreement"],
+                     "perplexity_ratio_ood": mean["perplexity_ratio"],
+                     "kl_by_domain": {r["domain"]: r["kl_to_base"] for r in suite if r["domain"] != "mean"}})
+        print(f"{s['label']:<48} {bpe:6.3f} bits  KL ood {mean['kl_to_base']:.4f}  in-domain "
+              f"{inside[0]['kl_to_base']:.4f}", flush=True)
+
+    passkey = []
+    for length in args.passkey_lengths:
+        prompts = passkey_prompts(tokenizer, length, args.passkey_n)
+        for bits in (None,) + PASSKEY_BITS:
+            correct, held, tokens = 0, 0, 0
+            for p in prompts:
+                cache = None if bits is None else ladder.LadderCache(model, proj, traj.at(bits))
+                kwargs = {} if cache is None else cache_kwargs(cache)
+                with torch.no_grad():
+                    out = model.generate(input_ids=p.ids, attention_mask=torch.ones_like(p.ids), max_new_tokens=8,
+                                         do_sample=False, temperature=None, top_p=None, top_k=None,
+                                         pad_token_id=tokenizer.eos_token_id, **kwargs)
+                correct += score_answer(tokenizer.decode(out[0, p.ids.shape[1]:], skip_special_tokens=True), p.key)
+                if cache is not None:
+                    held += cache.stored_bytes()
+                    tokens += cache.get_seq_length()
+            row = {"length": length, "bits": bits, "correct": correct, "n": len(prompts)}
+            if bits is not None:
+                planned = traj.at(bits).token_bytes()
+                row.update(measured_bytes_per_token=held / tokens, planned_bytes_per_token=planned,
+                           measured_bits_per_element=held / tokens * 8 / (geom.layers * geom.kv_heads * 2 *
+                                                                          geom.head_dim))
+            passkey.append(row)
+            print(f"passkey {length} tokens, {'uncompressed' if bits is None else f'ladder {bits:g} bits'}: "
+                  f"{correct}/{len(prompts)}", flush=True)
+        from .cache import disable
+        disable(model)
+
+    from .io import write_json
+
+    write_json(args.out, {
+        "model": getattr(model, "mkv_name", "?"), "projections": args.projections, "fingerprint": proj.fingerprint(),
+        "trajectory": args.trajectory, "suite": {"tokens_per_domain": args.tokens, "seq_len": args.seq_len,
+                                                 "domains": [k for k in blocks if k != "in-domain"],
+                                                 "in_domain_tokens": args.in_domain},
+        "layout": traj.layout, "rows": rows, "passkey": passkey, "command": _command(),
+        "hardware": _hardware(model), "wall_time_s": round(time.time() - start, 1),
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mkvlib.ladder_run", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("search", help="Algorithm 1 over bytes: the ladder trajectory")
+    s.add_argument("--tokens", type=int, default=2048)
+    s.add_argument("--seq-len", type=int, default=512)
+    s.add_argument("--recall-span", type=int, default=128)
+    s.add_argument("--segment", type=int, default=8)
+    s.add_argument("--group", type=int, default=32)
+    f = sub.add_parser("frontier", help="quality per byte on the held-out suite, and passkey for the ladder")
+    f.add_argument("--trajectory", required=True)
+    f.add_argument("--tokens", type=int, default=1024, help="suite tokens per domain")
+    f.add_argument("--seq-len", type=int, default=512)
+    f.add_argument("--in-domain", type=int, default=1024, help="tokens of unseen training-mixture text")
+    f.add_argument("--passkey-lengths", type=lambda t: [int(x) for x in t.split(",")], default=[1024, 4096])
+    f.add_argument("--passkey-n", type=int, default=8)
+    for q in (s, f):
+        q.add_argument("--projections", default="trained")
+        q.add_argument("--batch-size", type=int, default=2)
+        q.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    run_search(args) if args.what == "search" else run_frontier(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
