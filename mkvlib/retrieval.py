@@ -238,3 +238,44 @@ def format_retrieval_table(result: dict) -> str:
         where = "no tested budget" if budget is None else f"budget {budget:.3f}"
         lines.append(f"{method}: retrieval first fails (< {FAIL_FRACTION:.0%} of uncompressed) at {where}")
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m mkvlib.retrieval --methods pca:uniform,trained:adaptive --budgets ... --out FILE``: a
+    :func:`retrieval_curve` record (data/results/retrieval.json)."""
+    import argparse
+    import sys
+    import time
+
+    from .commands.common import hardware
+    from .commands.eval import suite_label
+    from .io import write_json
+    from .models import load_model
+    from .suite import Method
+
+    p = argparse.ArgumentParser(prog="python -m mkvlib.retrieval", description=main.__doc__.split(": ", 1)[1])
+    p.add_argument("--methods", default="pca:uniform,trained:uniform,trained:adaptive",
+                   help="comma-separated PROJECTIONS:ALLOCATION")
+    p.add_argument("--trajectory", default=None, help="trajectory of the adaptive methods (default: the shipped one)")
+    p.add_argument("--budgets", default="0.75,0.5,0.375")
+    p.add_argument("--lengths", default="1024,4096")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    methods = [Method(f"{suite_label(proj)}, {alloc}", proj, alloc, args.trajectory if alloc == "adaptive" else None)
+               for proj, alloc in (m.split(":") for m in args.methods.split(","))]
+    budgets, lengths = [float(b) for b in args.budgets.split(",")], [int(n) for n in args.lengths.split(",")]
+    model, tokenizer = load_model()
+    start = time.time()
+    result = retrieval_curve(model, tokenizer, methods, budgets, lengths, args.n, args.seed)
+    write_json(args.out, dict(result, command="python -m mkvlib.retrieval " + " ".join(
+        sys.argv[1:] if argv is None else argv), lengths=lengths, budgets=sorted(budgets, reverse=True),
+        methods=[dict(label=m.label, projections=m.projections, allocation=m.allocation, trajectory=m.trajectory)
+                 for m in methods], wall_time_s=round(time.time() - start), hardware=hardware(model.device)))
+    print(format_retrieval_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

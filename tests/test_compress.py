@@ -141,18 +141,3 @@ def test_trainable_projector_starts_at_init_and_gets_gradients(llama, ids):
         llama(ids).logits.sum().backward()
     assert projector.key_rotation.grad is not None and projector.key_rotation.grad.abs().sum() > 0
     assert projector.value_rotation.grad.abs().sum() > 0
-
-
-def test_kl_by_position_is_zero_at_full_rank_and_matches_the_mean(llama, one_thread):
-    from mkvlib.metrics import evaluate, kl_by_position
-
-    blocks = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(0))
-    with attach(llama, random_projections(llama), 1.0) as comp:
-        rows = kl_by_position(llama, blocks, comp, [1.0, 0.5], edges=(0, 8, 16, 64))
-        assert rows[0]["bins"] == ["0-8", "8-16", "16-39"] and rows[0]["tokens"] == [16, 16, 46]
-        assert max(rows[0]["kl"]) < 1e-6 and min(rows[1]["kl"]) > 0
-        comp.set_ranks(0.5)
-        mean = evaluate(llama, blocks, comp, progress=False)["kl_to_base"]
-        assert comp.budget == 0.5
-    pooled = sum(k * n for k, n in zip(rows[1]["kl"], rows[1]["tokens"])) / sum(rows[1]["tokens"])
-    assert abs(pooled - mean) < 1e-5

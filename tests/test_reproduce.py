@@ -77,7 +77,8 @@ def test_list_names_every_results_file_and_says_why_one_cannot_be_remade(capsys)
             assert len(reason) > 15, f"{name}: cannot be remade, but the list says not why"
     assert rows["ood_suite.json"].split()[1:3] == ["yes", "yes"]
     assert rows["answers.json"].split()[1:3] == ["yes", "yes"]
-    assert "a Python call or prose" in rows["bench_memory.json"]
+    assert rows["bench_memory.json"].split()[1:3] == ["yes", "yes"]
+    assert "printed result of its own command" in rows["ood_routes.json"]
     assert rows["passkey_rank_mix.json"].split()[1:3] == ["yes", "no"]
 
 
@@ -93,8 +94,8 @@ def test_dry_run_shows_the_ci_sized_command_writing_outside_data(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["data/results/no_such_file.json"], "no file at data/results/no_such_file.json"),
     (["README.md"], "README.md is not in data/results/"),
-    (["data/results/ood_routes.json"], "data/results/ood_routes.json cannot be remade: no command recorded"),
-    (["data/results/kl_by_position.json"], "its `script` describes the run"),
+    (["data/results/ood_routes.json"], "data/results/ood_routes.json cannot be remade: each row is the printed"),
+    (["data/results/positions.json"], "merged by hand"),
     (["data/results/lm_eval_smollm2.json"], "mkv reproduce data/results/lm_eval_smollm2.csv"),
     (["data/results/passkey_rank_mix.json", "--fast"], "has no fast form"),
     (["data/results/ood_suite.json", "--keep", "data/scratch"], "lies in data/"),
@@ -172,3 +173,20 @@ def test_a_shell_command_that_runs_the_records_own_script_remakes_it(tmp_path, c
     assert main(["reproduce", "data/results/mix.json", "--fast"]) == 2
     assert "has no fast form (a shell pipeline" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["data"] and os.listdir(tmp_path / "data" / "results") == ["mix.json"]
+
+
+def test_a_later_command_reads_an_earlier_ones_output_from_the_scratch_folder():
+    """Like lora_arc_easy.csv: stage 2 reads the bundle stage 1 wrote (--out lora_stage1)."""
+    first = "mkv sft --stage 1 --out lora_stage1 --eval-out data/results/x.csv"
+    words = R.split_command("mkv sft --stage 2 --adapter lora_stage1 --out lora_stage2")[1]
+    new = R.rewrite(words, Path("/scratch"), fast=False, earlier=R.outputs_of(first))
+    assert new[new.index("--adapter") + 1] == "/scratch/lora_stage1" and new[-1] == "/scratch/lora_stage2"
+    assert R.outputs_of(first) == ["lora_stage1", "data/results/x.csv"]
+
+
+def test_a_command_reading_an_adapter_without_weights_cannot_be_remade(tmp_path):
+    (tmp_path / "data" / "lora" / "b" / "adapter").mkdir(parents=True)
+    (tmp_path / "data" / "results").mkdir()
+    path = tmp_path / "data" / "results" / "acc.json"
+    path.write_text(json.dumps({"command": "mkv sft --stage 2 --adapter data/lora/b --out data/results/acc.json"}))
+    assert "whose weights are not committed" in R.recipe(path, tmp_path).why_not

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mkvlib.lmeval import report
-from mkvlib.lmeval.recipes import EARLIER, recipe, shipped_fingerprint
+from mkvlib.lmeval.recipes import recipe, shipped_fingerprint
 from mkvlib.lora import curve, kept_table, read_manifest, read_rows
 from mkvlib.lora.runs import RUNS, STAGE1, run, stage2_from
 from mkvlib.runtime import shipped_data_dir
@@ -29,31 +29,12 @@ def acc(sweep):
     return sweep.pivot_table(index=["method", "budget"], columns="task", values="acc")
 
 
-@pytest.fixture(scope="module")
-def earlier():
-    """The sweep as it stood before the shipped projections were measured: the rows they supersede in
-    ``load_results`` (same method names), which docs/results.md still reads by recipe."""
-    df = pd.read_csv(report.results_path(), dtype=str)
-    df = df[df.fingerprint != shipped_fingerprint("trained")].reset_index(drop=True)
-    for col in ("budget", "kv_budget", "acc", "acc_norm", "items", "seconds"):
-        df[col] = pd.to_numeric(df[col])
-    return report.named(df)
-
-
-def side(name, label, sweep):
-    """A side CSV of compressed cells, scored against the main sweep's uncompressed ones, as one set-up."""
-    other = report.load_results(report.results_path(name)).assign(method=label)
-    return report.kept_at(pd.concat([sweep[sweep.method == "uncompressed"], other]))["kept"].loc[label]
-
-
 def test_every_row_of_every_sweep_is_named_by_a_recipe():
     """The notebook names set-ups by recipe, never by fingerprint: every fingerprint in the lm-eval results files is
     shipped or recorded in mkvlib.lmeval.recipes, and the recipe names carry no hash."""
     for path in sorted(RESULTS.glob("lm_eval_*.csv")):
         for fingerprint in set(pd.read_csv(path, dtype=str).fingerprint):
             assert recipe(fingerprint) and fingerprint not in recipe(fingerprint)
-    for row in json.loads((RESULTS / "lm_eval_smollm2_kd_continued.json").read_text())["rows"]:
-        assert row["fingerprint"] in EARLIER
     assert recipe(shipped_fingerprint("pca")) == "PCA" and recipe(shipped_fingerprint("trained")) == "MatryoshkaKV trained"
 
 
@@ -96,33 +77,6 @@ def test_at_half_the_cache_pca_loses_most_and_arc_easy_suffers_most(sweep, acc):
 def test_one_tasks_standard_error_is_over_a_point(sweep):
     full = sweep[sweep.method == "uncompressed"].set_index("task")
     assert (100 * (full.acc * (1 - full.acc) / full["items"]) ** 0.5 > 1).all()
-
-
-def test_rank_searches_and_longer_training(earlier):
-    """docs/results.md, what the accuracy rows show: on ARC-Easy at 50% uniform < spread-limited search < free
-    search; the free search keeps more than the exact one at both budgets and more than the spread-limited one at
-    50%; the longest-trained projections' best record keeps more than every set-up of the 180-step ones."""
-    sweep = earlier
-    acc = sweep.pivot_table(index=["method", "budget"], columns="task", values="acc")
-    kept = report.kept_at(sweep)["kept"]
-    searched = f"{EARLIER['6cc7201ebcc3d7c3']}, searched ranks"
-    free = side("lm_eval_smollm2_free_trajectory.csv", "free search", sweep)
-    exact = side("lm_eval_smollm2_lazy_trajectory.csv", "exact free search", sweep)
-    free_cells = report.load_results(report.results_path("lm_eval_smollm2_free_trajectory.csv"))
-    free_arc = free_cells.query("budget == 0.5 and task == 'arc_easy'").acc.item()
-    uniform_arc = acc.loc[(f"{EARLIER['6cc7201ebcc3d7c3']}, uniform ranks", 0.5), "arc_easy"]
-    assert uniform_arc < acc.loc[(searched, 0.5), "arc_easy"] < free_arc
-    assert (free > exact).all() and free[0.5] > kept.loc[searched, 0.5]
-    longer = pd.DataFrame(json.loads((RESULTS / "lm_eval_smollm2_kd_continued.json").read_text())["rows"])
-    best = longer.groupby("budget").percent_of_uncompressed.max()
-    others = pd.concat([kept.drop(index="uncompressed", errors="ignore"), free.to_frame("free").T,
-                        exact.to_frame("exact").T])
-    assert (best > others.max()).all()
-
-
-def test_evaluating_through_the_wrapper_costs_little():
-    throughput = json.loads((RESULTS / "lm_eval_throughput.json").read_text())
-    assert throughput["overhead_cpu"] < 0.10
 
 
 # --- notebook 06: LoRA in two stages -------------------------------------------------------------------------

@@ -30,21 +30,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-OUTPUT_FLAGS = ("--out", "--sweep")
+OUTPUT_FLAGS = ("--out", "--sweep", "--eval-out")
 SHELL_WORDS = ("&&", "||", "|", ">", ">>", ";")
 # --fast: the sizes a command takes, made CI-sized; the options in FIRST_ONLY keep their first value
 FAST_SIZES = {"--tokens": "128", "--in-domain": "128", "--lengths": "256", "--n": "1", "--limit": "2",
               "--retrieval-n": "1", "--retrieval-lengths": "256", "--new-tokens": "2", "--context": "32",
-              "--batch": "1", "--repeats": "1", "--layerwise-steps": "2", "--kd-steps": "1"}
-FIRST_ONLY = ("--budgets", "--bytes")
+              "--batch": "1", "--repeats": "1", "--layerwise-steps": "2", "--kd-steps": "1", "--steps": "2",
+              "--eval-limit": "2"}
+FIRST_ONLY = ("--budgets", "--bytes", "--eval-budgets")
 FAST_ADDED = {"answers": ["--budgets", "0.5", "--new-tokens", "2"]}   # where the defaults are the large sizes
 # full form: (relative, absolute) tolerance and what it rests on, per command; None: values not compared
 EVALUATION = (1e-3, 1e-6, "deterministic CPU float32 evaluation")
 TOLERANCES = {"eval": EVALUATION, "answers": EVALUATION, "compare": EVALUATION,
               "lm-eval": (0.0, 0.002, "accuracies over 1,000 items: two items"),
-              "bench": None}
+              "bench": None, "record": None}
 BENCH_NOTE = ("speed, time and memory figures depend on the machine: compared for presence only; strings and "
               "integers (settings, cache and projection bytes) compared exactly")
+# fields a record may carry by hand (how it was run before its command line was recorded): never required
+BY_HAND = ("command", "run_as")
 # never compared in value (presence only): when and where a run ran, and how long it took
 VOLATILE = {"command", "created", "finished_at", "git_commit", "hardware", "machine", "lm_eval_version",
             "wall_time_s", "seconds", "prefill_s"}
@@ -128,11 +131,11 @@ def recipe(path: Path, root: Path) -> Recipe:
             r.commands = [record["command"]]
         elif record.get("commands"):
             csv_beside = path.with_suffix(".csv")
-            r.why_not = (f"a summary worked out from {csv_beside.name}; its {len(record['commands'])} commands write "
-                         f"that file: `mkv reproduce data/results/{csv_beside.name}`" if csv_beside.is_file() else
+            r.why_not = (f"the record of {csv_beside.name}; its {len(record['commands'])} commands write that file: "
+                         f"`mkv reproduce data/results/{csv_beside.name}`" if csv_beside.is_file() else
                          f"made by {len(record['commands'])} commands whose results were merged by hand; no one "
                          "command writes it")
-        elif any(isinstance(x, dict) and x.get("command") for x in record.get("rows") or []):
+        elif row_commands(record):
             r.why_not = "each row is the printed result of its own command, merged by hand; no one command writes it"
         else:
             r.why_not = ("its `script` describes the run (a Python call or prose), not a command line"
@@ -152,6 +155,12 @@ def recipe(path: Path, root: Path) -> Recipe:
     return r
 
 
+def row_commands(record: dict) -> list[str]:
+    """Commands recorded row by row: in any list of objects of the record (``rows``, ``routes`` ...)."""
+    return [x["command"] for v in record.values() if isinstance(v, list)
+            for x in v if isinstance(x, dict) and x.get("command")]
+
+
 def _check(command: str, root: Path, r: Recipe) -> None:
     words = split_command(command)[1]
     outputs = [words[i + 1] for i, w in enumerate(words[:-1]) if w in OUTPUT_FLAGS]
@@ -166,6 +175,9 @@ def _check(command: str, root: Path, r: Recipe) -> None:
     for p in re.findall(r"data/[\w./-]+", command):
         if p not in outputs and not (root / p).exists():
             raise ValueError(f"its command reads {p}, which is not committed")
+    adapter = words[words.index("--adapter") + 1] if "--adapter" in words[:-1] else None
+    if adapter and (root / adapter).is_dir() and not any((root / adapter).rglob("adapter_model.*")):
+        raise ValueError(f"its command reads the LoRA adapter in {adapter}, whose weights are not committed")
 
 
 def _fingerprints(obj) -> set[str]:
@@ -192,9 +204,10 @@ def _stale(path: Path, root: Path) -> str:
     return f"rows made with projections {', '.join(gone)}, no longer committed" if gone else ""
 
 
-def rewrite(words: list[str], scratch: Path, fast: bool) -> list[str]:
-    """The command's words with its outputs in ``scratch`` and, for ``fast``, CI-sized."""
-    words = list(words)
+def rewrite(words: list[str], scratch: Path, fast: bool, earlier=()) -> list[str]:
+    """The command's words with its outputs in ``scratch`` and, for ``fast``, CI-sized; a word naming an output of
+    an ``earlier`` command (a bundle folder the next command reads) points into ``scratch`` too."""
+    words = [str(scratch / Path(w).name) if w in earlier else w for w in words]
     for i, w in enumerate(words[:-1]):
         if w in OUTPUT_FLAGS:
             words[i + 1] = str(scratch / Path(words[i + 1]).name)
@@ -215,7 +228,12 @@ def rewrite(words: list[str], scratch: Path, fast: bool) -> list[str]:
     return words
 
 
-def run_command(command: str, scratch: Path, root: Path, target_rel: str, fast: bool, dry_run: bool):
+def outputs_of(command: str) -> list[str]:
+    words = split_command(command)[1]
+    return [words[i + 1] for i, w in enumerate(words[:-1]) if w in OUTPUT_FLAGS]
+
+
+def run_command(command: str, scratch: Path, root: Path, target_rel: str, fast: bool, dry_run: bool, earlier=()):
     """Run one recorded command with its outputs in ``scratch``; its stdout (the printed record)."""
     env, words = split_command(command)
     env = dict(os.environ, **env, **({"MKV_FAST": "1"} if fast else {}))
@@ -224,7 +242,7 @@ def run_command(command: str, scratch: Path, root: Path, target_rel: str, fast: 
         argv, cwd = ["bash", "-c", command], scratch
         shown = f"(in {scratch}) {command}"
     else:
-        words = rewrite(words, scratch, fast)
+        words = rewrite(words, scratch, fast, earlier)
         head = [sys.executable, "-m", "mkvlib"] if words[0] == "mkv" else [sys.executable]
         argv, cwd = head + words[1:], root
         shown = " ".join(shlex.quote(w) for w in ["python"] + argv[1:])
@@ -286,7 +304,7 @@ class Comparison:
             if not isinstance(new, dict):
                 return self.problems.append(f"{where}: a {type(new).__name__} instead of an object")
             for k, v in old.items():
-                if k not in new and k != "command":    # a command added to a record by hand is no loss
+                if k not in new and k not in BY_HAND:    # a command added to a record by hand is no loss
                     self.problems.append(f"{where}.{k}: missing")
                 elif k not in new:
                     continue
@@ -332,7 +350,7 @@ def shape_problems(old, new) -> list[str]:
     if isinstance(old, list):                       # CSV rows
         missing = set().union(*map(set, old)) - set().union(*map(set, new)) if old and new else set()
         return [f"columns missing: {sorted(missing)}"] * bool(missing) + ["no rows"] * (not new)
-    problems = [f"{k}: missing" for k in old if k not in new and k != "command"]
+    problems = [f"{k}: missing" for k in old if k not in new and k not in BY_HAND]
     for k, v in old.items():
         w = new.get(k)
         if v is not None and w is not None and type(v) is not type(w) and not (
@@ -415,7 +433,9 @@ def reproduce(args, root: Path) -> int:
     scratch = keep or Path(tempfile.mkdtemp(prefix="mkv-reproduce-"))
     try:
         start = time.time()
-        outputs = [run_command(c, scratch, root, rel, args.fast, args.dry_run) for c in commands]
+        outputs = [run_command(c, scratch, root, rel, args.fast, args.dry_run,
+                               [o for earlier in commands[:i] for o in outputs_of(earlier)])
+                   for i, c in enumerate(commands)]
         if args.dry_run:
             return 0
         print(f"  took {time.time() - start:.0f} s")
@@ -432,14 +452,14 @@ def reproduce(args, root: Path) -> int:
 def remade_files(r: Recipe, path: Path, scratch: Path, commands, outputs, rel) -> list[tuple]:
     """(label, committed, remade) for the file and, for a summary, the items file its command writes too."""
     def written(command: str) -> Path:
-        words = rewrite(split_command(command)[1], scratch, False)
-        out = next((words[i + 1] for i, w in enumerate(words[:-1]) if w in OUTPUT_FLAGS), None)
-        return Path(out) if out else scratch / rel
+        outs = outputs_of(command)
+        out = next((o for o in outs if Path(o).name == path.name), outs[0] if outs else None)
+        return scratch / Path(out).name if out else scratch / rel
     first = written(commands[0])
     if path.suffix == ".csv" and r.summary:
         return [(rel, load(path), load(scratch / read_json(first)["items_file"]))]
     if path.suffix == ".csv":
-        return [(rel, load(path), [row for c in commands for row in load(written(c))])]
+        return [(rel, load(path), [row for f in dict.fromkeys(map(written, commands)) for row in load(f)])]
     record, words = read_json(path), split_command(commands[0])[1]
     if "result" in record and not any(w in OUTPUT_FLAGS or w in SHELL_WORDS for w in words):   # it prints its record
         printed = [line for line in outputs[0].splitlines() if line.startswith("{")]

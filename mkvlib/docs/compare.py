@@ -129,13 +129,6 @@ def compare_passkey_halves_shipped(data: Data) -> str | None:
                             "(data/results/positions.json).")
 
 
-@section("compare-passkey-layers", "Where in the model the passkey breaks: one group of layers compressed at a time",
-         "results/compare_passkey_layers.json", "results/compare_passkey_layers_items.csv")
-def compare_passkey_layers(data: Data) -> str | None:
-    return _passkey_section(data, "compare_passkey_layers.json", "`layers=a-b` compresses those layers alone "
-                            "(uniform ranks at the budget, every other layer at full rank).")
-
-
 FEATURE_METHODS = ("pca", "matryoshka", "svd", "think")     # the feature-axis methods, by registered name
 
 

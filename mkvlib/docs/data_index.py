@@ -49,7 +49,7 @@ def _geometry(meta: dict) -> str:
 
 def _projections(data: Data, rel: str) -> Entry:
     meta = data.projections[rel]
-    record = data.training_records.get(rel)
+    record = data.projection_records.get(rel)
     calib = meta.get("calibration") or {}
     init = data.projections_file(meta.get("init_fingerprint")) if meta.get("init_fingerprint") else None
     what = (f"{meta.get('kind')} projections for {meta.get('model')} ({_geometry(meta)}), fingerprint "
@@ -58,8 +58,9 @@ def _projections(data: Data, rel: str) -> Entry:
         what += f"; PCA fitted on {calib.get('tokens', 0):,} tokens of {calib.get('corpus')}"
     elif meta.get("init_fingerprint"):
         what += f"; trained from {code(init) if init else meta['init_fingerprint'] + ' (not committed)'}"
-    if record is None:
-        return Entry(what, (), "no JSON record beside it; the settings above are from its safetensors header")
+    if record is None or "steps" not in (record or {}):
+        return Entry(what, (record or {}).get("command"), (record or {}).get("note") or
+                     "no JSON record beside it; the settings above are from its safetensors header")
     evals = record.get("evals") or []
     kl = [next((r["kl_to_base"] for r in e["rows"] if r["budget"] == 0.5), None) for e in (evals[:1] + evals[-1:])]
     measured = (f"measured (its record): held-out KL at a uniform 50% budget {num(kl[0], 3)} at step "
@@ -74,6 +75,9 @@ def _projections(data: Data, rel: str) -> Entry:
 def _record(data: Data, rel: str) -> Entry:
     target = rel[:-len(".json")] + ".safetensors"
     record = read_json(data.root / rel)
+    if "steps" not in record:
+        return Entry(f"the record of {code(target)}: the command that made it",
+                     record.get("command"), made=f"written with {code(Path(target).name)} (its command is listed there)")
     note = ("its `final_eval` holds perplexity and KL against budget: see [the table](../docs/results.md"
             "#perplexity-and-kl-against-budget-pca-and-trained-projections)") if record.get("final_eval") else ""
     return Entry(f"the training record of {code(target)} (command, settings, loss history, evaluations)",
@@ -111,7 +115,8 @@ def _trajectory(data: Data, rel: str) -> Entry:
     readout = meta.get("readout") or {}
     again = (f"its readout measured again (steps unchanged) by {code(readout['command'])}, {readout.get('created')}"
              if readout.get("command") else "")
-    return Entry(what, data.search_commands.get(rel), calib, measured, again)
+    return Entry(what, meta.get("command") or data.search_commands.get(rel), meta.get("command_note", ""), calib,
+                 measured, again)
 
 
 def _results(data: Data, rel: str) -> Entry:
@@ -149,9 +154,11 @@ def _reproduce_note(r) -> str:
 
 def _recorded_commands(data: Data, path: Path) -> list[str]:
     """Commands a results file records: its own (JSON) or its record's beside it (CSV), including per-row ones."""
+    from ..commands.reproduce import row_commands
+
     obj = read_json(path) if path.suffix == ".json" else (data.record_of(path) or {})
     found = [obj.get("command")] + list(obj.get("commands") or [])
-    found += [r.get("command") for r in obj.get("rows") or [] if isinstance(r, dict)]
+    found += row_commands(obj)
     return [c for c in dict.fromkeys(found) if c]
 
 
@@ -197,7 +204,7 @@ def describe(data: Data, path: Path) -> Entry:
         return _trajectory(data, rel)
     if data.results in path.parents:
         return _results(data, rel)
-    if path.suffix == ".json" and (rel[:-len(".json")] + ".safetensors") in data.training_records:
+    if path.suffix == ".json" and (rel[:-len(".json")] + ".safetensors") in data.projection_records:
         return _record(data, rel)
     return Entry("not recognised by the index (add a describing function to `mkvlib/docs/data_index.py`)")
 
@@ -234,7 +241,7 @@ def render_data_index(data: Data) -> str:
     for folder in sorted(folders):
         parts.append(f"## `{folder}/`\n\n" + "\n".join(line for lines in folders[folder] for line in lines))
     parts.append("## Housekeeping\n\nFiles whose command is recorded nowhere (neither in the file, nor in a record "
-                 "beside it, nor in a results file):\n\n" + "\n".join(f"- {code(r)}" for r in unrecorded))
+                 "beside it, nor in a results file):\n\n" + ("\n".join(f"- {code(r)}" for r in unrecorded) or "none"))
     parts.append(_not_remade(data))
     shared = _shared_names(data)
     if shared:

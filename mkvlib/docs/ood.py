@@ -81,7 +81,7 @@ def retrieval(data: Data) -> str | None:
             "with the 95% Wilson interval of each count; the prompts of a seed share their filler, so their "
             "outcomes are correlated and the intervals are a lower bound on the uncertainty. "
             f"Uncompressed: {base}")
-    return "\n\n".join([source_line(data, path), note, table(headers, rows), commands_line([rec.get("script")])])
+    return "\n\n".join([source_line(data, path), note, table(headers, rows), commands_line([rec.get("command")])])
 
 
 @section("ood-routes", "Starting points and objectives: out-of-domain KL at 50% against CPU time",
@@ -95,46 +95,6 @@ def ood_routes(data: Data) -> str | None:
              num(r["in_domain_kl_50"], 3) if r.get("in_domain_kl_50") is not None else "-",
              f"`{r['command']}`" if r.get("command") else "not recorded"] for r in rec["routes"]]
     return "\n\n".join([source_line(data, path, note=rec.get("note", "")), table(headers, rows)])
-
-
-@section("kl-by-position", "KL by position on long held-out text", "results/kl_by_position.json", lead=True)
-def kl_by_position(data: Data) -> str | None:
-    path, rec = data.result("kl_by_position.json")
-    if rec is None:
-        return None
-    bins = rec["rows"][0]["bins"]
-    rows = [[r["method"], pct(r["budget"])] + [num(k, 3) for k in r["kl"]] for r in rec["rows"]]
-    note = (f"{rec['corpus']}, {rec['blocks'][0]} block(s) of {rec['blocks'][1]:,} tokens: KL per token of the "
-            "predictions at these positions. Damage that grows with distance shows as a rising row.")
-    return "\n\n".join([source_line(data, path), note,
-                        table(["method", "budget"] + [f"positions {b}" for b in bins], rows),
-                        commands_line([rec.get("script")])])
-
-
-@section("recall-search", "A search calibrated on recall blocks: retrieval against out-of-domain KL",
-         "results/recall_search.json", lead=True)
-def recall_search(data: Data) -> str | None:
-    path, rec = data.result("recall_search.json")
-    if rec is None:
-        return None
-    methods = list(rec["trajectories"])
-    budgets = sorted({r["budget"] for r in rec["rows"]}, reverse=True)
-    cell = {(r["method"], r["budget"]): r for r in rec["rows"]}
-    keys = {(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]}
-    lengths = sorted({p["length"] for p in rec["passkey"]})
-    pk_budgets = sorted({p["budget"] for p in rec["passkey"]}, reverse=True)
-    headers = (["method"] + [f"{pct(b)}: OOD KL (in-domain)" for b in budgets]
-               + [f"passkey {n:,} at {pct(b)}" for n in lengths for b in pk_budgets])
-    rows = [[m] + [f"{num(cell[(m, b)]['ood_kl'], 3)} ({num(cell[(m, b)]['in_domain_kl'], 3)})" for b in budgets]
-            + [count(keys[(m, b, n)]["correct"], keys[(m, b, n)]["n"]) if (m, b, n) in keys else "-"
-               for n in lengths for b in pk_budgets] for m in methods]
-    base = ", ".join(f"{v['correct']}/{v['n']} at {int(k):,} tokens" for k, v in sorted(rec["passkey_base"].items(),
-                                                                                    key=lambda kv: int(kv[0])))
-    note = (f"{rec['what']}. OOD: mean KL over {len(rec['domains'])} held-out domains, {rec['tokens_per_domain']:,} "
-            f"tokens each; passkey: exact match on the same prompts for every row, seed {rec['passkey_seed']} "
-            f"(uncompressed: {base}). {rec['note']}.")
-    return "\n\n".join([source_line(data, path), note, table(headers, rows),
-                        commands_line([rec["search_commands"]["recall"], rec["script"]])])
 
 
 @section("positions", "Where the text sits in the window: KL and passkey late in a long context",

@@ -92,15 +92,20 @@ class Data:
         return next((p for p, m in self.projections.items() if m.get("fingerprint") == fingerprint), None)
 
     @cached_property
-    def training_records(self) -> dict[str, dict]:
+    def projection_records(self) -> dict[str, dict]:
         """{projections file: its JSON record} for projections whose record (``X.json`` beside ``X.safetensors``)
-        holds the training run that made them."""
+        holds the command that made them."""
         out = {}
         for path, meta in self.projections.items():
             record = self.record_of(path)
             if record and record.get("fingerprint") == meta.get("fingerprint") and "command" in record:
                 out[path] = record
         return out
+
+    @cached_property
+    def training_records(self) -> dict[str, dict]:
+        """The :attr:`projection_records` that hold a training run (steps, loss history)."""
+        return {p: r for p, r in self.projection_records.items() if "steps" in r}
 
     @cached_property
     def trajectories(self) -> dict[str, dict]:

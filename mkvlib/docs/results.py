@@ -126,9 +126,7 @@ def projections_recipe(data: Data, fingerprint: str) -> str:
 
 
 # which search gave the adaptive ranks of a results file whose trajectory is no longer committed (its record says)
-SEARCH_OF_SOURCE = {"data/results/lm_eval_smollm2.csv": "spread-limited search",
-                    "data/results/lm_eval_smollm2_free_trajectory.csv": "free search",
-                    "data/results/lm_eval_smollm2_lazy_trajectory.csv": "exact free search"}
+SEARCH_OF_SOURCE = {"data/results/lm_eval_smollm2.csv": "spread-limited search"}
 
 
 def setup_label(data: Data, fingerprint: str, allocation: str, trajectory: str | None, recorded: str | None = None,
@@ -151,7 +149,7 @@ def setup_label(data: Data, fingerprint: str, allocation: str, trajectory: str |
     return f"{proj}, searched ranks ({name})"
 
 
-LM_EVAL_FILES = ("results/lm_eval_*.csv", "results/lm_eval_*.json", "!results/lm_eval_throughput*")
+LM_EVAL_FILES = ("results/lm_eval_*.csv", "results/lm_eval_*.json")
 
 
 def sweep_csvs(data: Data) -> list:
@@ -368,7 +366,8 @@ def _lora_ranks(data: Data, ranks: str) -> str:
     return f"adaptive ({data.rel(data.root / traj) if traj else 'trajectory not committed'})"
 
 
-@section("lora-arc-easy", "ARC-Easy accuracy of the LoRA fine-tuned model against budget", "results/lora_*.csv")
+@section("lora-arc-easy", "ARC-Easy accuracy of the LoRA fine-tuned model against budget", "results/lora_*.csv",
+         "results/lora_*.json")
 def lora_arc_easy(data: Data) -> str | None:
     from ..lora.accuracy import UNCOMPRESSED, baseline, read_rows
 
@@ -402,8 +401,9 @@ def lora_arc_easy(data: Data) -> str | None:
     headers = ["adapter", "bundle", "items", "projections", "file", "ranks", "budget", "acc", "kept", "acc_norm",
                "kept (acc_norm)"]
     return "\n\n".join([intro, source_line(data, path), table(headers, out, "l" * 2 + "r" + "l" * 3 + "r" * 5),
-                        commands_line([], "Evaluation command") + " The bundles' training commands are in their "
-                        "manifests (see [data/README.md](../data/README.md))."])
+                        commands_line((data.record_of(path) or {}).get("commands") or []),
+                        (data.record_of(path) or {}).get("note", "") + ". The committed bundles' training commands are "
+                        "in their manifests (see [data/README.md](../data/README.md))."])
 
 
 @section("lora-bundles", "LoRA bundles", "lora/*/manifest.json", "lora/*/training.json")
@@ -767,24 +767,6 @@ def bench_cli(data: Data) -> str | None:
                   f"{r['device']} {r['dtype']}. " + _machine(obj),
                   table(["", *[k for k, _ in kinds]], rows), commands_line([obj.get("command")])]
     return "\n\n".join(parts)
-
-
-# --- the lm-eval wrapper's cost (notebook 04) -----------------------------------------------------------
-
-@section("lm-eval-throughput", "Cost of evaluating through the compression wrapper", "results/lm_eval_throughput*.json")
-def lm_eval_throughput(data: Data) -> str | None:
-    path, obj = data.result("lm_eval_throughput.json")
-    if obj is None:
-        return None
-    rows = [[kind, num(obj[f"{kind}_items_per_s"], 3), num(obj[f"{kind}_cpu_s_per_item"], 3)]
-            for kind in ("plain", "wrapper")]
-    summary = (f"{obj['task']}, {obj['items']} items, batch {obj['batch_size']}, {obj['repeats']} repeats; "
-               f"overhead of the wrapper: {pct(obj['overhead_cpu'])} CPU time per item, "
-               f"{pct(obj['overhead_wall'])} wall time per item.")
-    note = f"Note from the file: {obj['note']}" if obj.get("note") else ""
-    return "\n\n".join([source_line(data, path), summary,
-                        table(["model", "items/s (wall)", "CPU s per item"], rows), note,
-                        commands_line([obj.get("command")])])
 
 
 # --- results files no section reads ---------------------------------------------------------------------
