@@ -27,8 +27,10 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from . import attention
-from .geometry import KVGeometry, check_rank, resolve_ranks
+from .checks import check_rank
+from .geometry import KVGeometry
 from .projections import Projections, resolve_projections
+from .ranks import resolve_ranks
 
 GROWTH_TOKENS = 256  # smallest growth step (tokens) once the reserved capacity is full
 

@@ -38,8 +38,10 @@ from pathlib import Path
 import torch
 
 from . import attention
+from .checks import check_budget, check_budgets
 from .compress import RankedHook
-from .geometry import KVGeometry, check_budget, check_budgets, resolve_ranks
+from .geometry import KVGeometry
+from .ranks import resolve_ranks
 
 ORACLE = "per-sequence SVD (oracle)"
 ORACLE_UNCENTRED = "per-sequence SVD, values uncentred (oracle)"
@@ -296,7 +298,7 @@ def _schedule(args, head_dim: int):
         return budget_schedule(args.budgets, head_dim)
     if args.schedule == "default":
         return None
-    from .geometry import check_schedule
+    from .checks import check_schedule
 
     try:
         return check_schedule([int(x) for x in args.schedule.split(",") if x.strip()], head_dim)
@@ -360,7 +362,7 @@ def main(argv=None) -> int:
     from .io import write_json
     from .models import load_model
     from .projections import resolve_projections
-    from .search import adaptive_ranks
+    from .ranks import ranks_for
     from .suite import DOMAINS, suite_blocks
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -372,9 +374,9 @@ def main(argv=None) -> int:
     adaptive = "adaptive" in args.allocation
     shipped = [(name, resolve_projections(name, model)) for name in args.projections]
     # every trajectory is looked up before any work, so a missing one fails at once
-    own_ranks = {name: {b: adaptive_ranks(model, proj, b) for b in args.budgets} if adaptive else None
+    own_ranks = {name: {b: ranks_for(model, proj, "adaptive", b) for b in args.budgets} if adaptive else None
                  for name, proj in shipped}
-    searched = ({b: adaptive_ranks(model, args.searched_ranks, b) for b in args.budgets}
+    searched = ({b: ranks_for(model, args.searched_ranks, "adaptive", b) for b in args.budgets}
                 if adaptive and args.searched_ranks != "none" else None)
     searched_how = f"; searched: the ranks of the shipped trajectory of {args.searched_ranks!r}" if searched else ""
     blocks = suite_blocks(tokenizer, args.tokens, args.seq_len)

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from . import attention
-from .geometry import KVGeometry, budget_of, resolve_ranks
+from .geometry import KVGeometry
 from .projections import Projections, resolve_projections
+from .ranks import budget_of, resolve_ranks
 
 
 def skew(w: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from .runtime import progress_bar as tqdm
 
-from .geometry import budget_of, kv_fraction
+from .ranks import budget_of, kv_fraction
 
 
 class _Acc:

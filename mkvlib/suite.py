@@ -17,8 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .geometry import check_allocation
-from .runtime import note as announce, pick
+from .checks import check_allocation
+from .compress import attach
+from .corpora import CorpusNotFoundError, load_text, token_blocks
+from .metrics import quality_curve
+from .projections import resolve_projections
+from .ranks import ranks_for
+from .runtime import note as announce, pick, progress_bar as tqdm
 
 SUITES = ("ood",)
 DOMAINS = ("books-heldout", "stackexchange-heldout", "factbook-heldout", "peps-heldout", "rfcs-heldout",
@@ -33,8 +38,6 @@ def default_tokens() -> int:
 
 def available_domains(domains=DOMAINS, note: bool = True) -> list[str]:
     """The ``domains`` whose text can be found here, in order; the missing ones are skipped with one note."""
-    from .corpora import CorpusNotFoundError, load_text
-
     present, missing = [], []
     for domain in domains:
         try:
@@ -53,8 +56,6 @@ def suite_blocks(tokenizer, tokens_per_domain: int | None = None, seq_len: int =
     """{domain: LongTensor (n_blocks, seq_len)}: the first ``tokens_per_domain`` tokens (default
     :func:`default_tokens`) of each available domain, in whole blocks. A domain shorter than one block is
     skipped with a note."""
-    from .corpora import token_blocks
-
     tokens = tokens_per_domain or default_tokens()
     if tokens < seq_len:
         raise ValueError(f"tokens per domain ({tokens}) must be at least seq_len ({seq_len})")
@@ -83,10 +84,6 @@ def evaluate_suite(model, compression, settings: list, blocks_by_domain: dict, b
     kl_to_base, top1_agreement, tokens. A mean row averages perplexity_ratio, kl_to_base and top1_agreement over
     the domains (each domain weighs the same) and sums tokens.
     """
-    from .runtime import progress_bar as tqdm
-
-    from .metrics import quality_curve
-
     if not blocks_by_domain:
         raise ValueError("evaluate_suite needs at least one domain of blocks")
     rows = []
@@ -115,11 +112,7 @@ class Method:
 
     def settings(self, model, projections, budgets) -> list:
         """Rank specs at ``budgets``: the budgets themselves (uniform) or (L, G, 2) ranks from the trajectory."""
-        if self.allocation == "uniform":
-            return list(budgets)
-        from .search import adaptive_ranks
-
-        return [adaptive_ranks(model, projections, b, self.trajectory) for b in budgets]
+        return [ranks_for(model, projections, self.allocation, b, self.trajectory) for b in budgets]
 
 
 def as_method(method) -> Method:
@@ -131,9 +124,6 @@ def compare_suite(model, methods, budgets, blocks_by_domain: dict, batch_size: i
                   progress: bool = False) -> list[dict]:
     """:func:`evaluate_suite` for each method at each budget: rows gain method, allocation, projections (the
     fingerprint) and target_budget (the budget asked for; ``budget`` is the one the ranks reach)."""
-    from .compress import attach
-    from .projections import resolve_projections
-
     budgets = list(budgets)
     rows = []
     for method in map(as_method, methods):

@@ -4,8 +4,9 @@ Each step lowers one entry (layer, KV head, K or V) to a new rank and records th
 measured (or, for the proxy, estimated) after it and the budget after it. The ranks for any budget are the
 shortest prefix whose budget is at or below it, so a budget slider only replays steps. Optional precomputed
 evaluations (KL and perplexity at a grid of budgets on the out-of-domain suite, the mean over its domains; older
-files: on one held-out corpus) make a slider's readout instant.
-Introduced in notebook 03.
+files: on one held-out corpus) make a slider's readout instant. The greedy search (:mod:`mkvlib.search`) records
+one; trajectories shipped with the project (data/trajectories/<model>.<kind>.trajectory.json) are found by the
+projections' fingerprint (:func:`find_trajectory`). Introduced in notebook 03.
 """
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..geometry import K, V, check_budget
-from ..io import existing_file, write_json
+from .checks import check_budget
+from .geometry import K, V
+from .io import existing_file, write_json
+from .projections import resolve_projections
+from .runtime import shipped_data_dir
 
 FORMAT = "mkv-trajectory/1"
 STEP_FIELDS = ("layer", "head", "kind", "rank", "kl", "budget")
@@ -222,3 +226,30 @@ class Trajectory:
             if abs(actual - b) > 1e-5 or b > last + 1e-12:
                 raise ValueError(f"step {i} records budget {b}, but the ranks give {actual:.6f}")
             last = b
+
+
+# --- trajectories shipped with the project --------------------------------------------------------------------
+def trajectories_dir() -> Path:
+    return shipped_data_dir() / "trajectories"
+
+
+def shipped_trajectory_path(model_name: str, kind: str) -> Path:
+    """data/trajectories/<model>.<kind>.trajectory.json (kind: 'pca', 'trained', ...)."""
+    return trajectories_dir() / f"{model_name}.{kind}.trajectory.json"
+
+
+def find_trajectory(model, projections) -> Trajectory:
+    """The shipped trajectory searched with exactly these projections (matched by fingerprint) for ``model``."""
+    projections = resolve_projections(projections, model)
+    name = getattr(model, "mkv_name", "?")
+    fingerprint = projections.fingerprint()
+    candidates = sorted(trajectories_dir().glob(f"{name}.*.json")) if trajectories_dir().is_dir() else []
+    for path in candidates:
+        traj = Trajectory.load(path)
+        if traj.fingerprint == fingerprint:
+            return traj
+    seen = ", ".join(p.name for p in candidates) or "none"
+    raise TrajectoryMismatchError(
+        f"no shipped trajectory for model {name!r} with projections {fingerprint} (looked in {trajectories_dir()}; "
+        f"found: {seen}). Run `mkv search --projections ... --out FILE` and pass its ranks, or use "
+        "--allocation uniform.")

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from .geometry import budget_of, check_allocation, check_budget, split_budgets
+from .checks import check_allocation, check_budget
+from .ranks import budget_of, split_budgets, uniform_ranks_at
 from .search.figures import RankView
-from .search.quality import uniform_ranks_at
-from .search.trajectory import Trajectory
+from .trajectory import Trajectory
 
 ALLOCATIONS = ("adaptive", "uniform")          # geometry.ALLOCATIONS in the order the toggle shows them
 KV_SPLITS = {"as searched (pooled)": None, "K = V": 0.5, "K 62.5% / V 37.5%": 0.625, "K 37.5% / V 62.5%": 0.375}
@@ -300,7 +300,7 @@ def shipped_explorer(model=None, tokenizer=None, budget: float = 0.5, kinds=PREF
     :func:`mkvlib.models.load_model`'s embedded model."""
     from .models import load_model
     from .projections import resolve_projections
-    from .search import shipped_trajectory_path
+    from .trajectory import shipped_trajectory_path
 
     if model is None:
         model, tokenizer = load_model()
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     from .models import EMBEDDED
-    from .search import shipped_trajectory_path
+    from .trajectory import shipped_trajectory_path
 
     traj = Trajectory.load(args.trajectory or shipped_trajectory_path(EMBEDDED, default_projections(
         k for k in PREFERRED_PROJECTIONS if shipped_trajectory_path(EMBEDDED, k).exists())))

@@ -42,7 +42,7 @@ def test_eval_at_a_position_offset(capsys):
 
 @needs_model
 def test_eval_with_a_trajectory_file_uses_its_adaptive_ranks(capsys):
-    from mkvlib.search import Trajectory
+    from mkvlib.trajectory import Trajectory
 
     assert main(["eval", "--json", "--corpus", "pydoc-test", "--tokens", "256", "--seq-len", "128",
                  "--projections", "pca", "--trajectory", str(TRAJECTORY), "--budget", "0.5"]) == 0

@@ -351,8 +351,8 @@ def test_bad_options_are_clear_errors(name, options, match):
 
 def round_robin_trajectory(model, proj, floor: int = 4):
     """A made-up greedy trajectory: every (layer, head, K/V) loses one rank in turn, down to ``floor``."""
-    from mkvlib.geometry import budget_of
-    from mkvlib.search import Trajectory
+    from mkvlib.ranks import budget_of
+    from mkvlib.trajectory import Trajectory
 
     geom = KVGeometry.of(model)
     ranks = torch.full(geom.shape, geom.head_dim)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mkvlib import corpora, models
-from mkvlib.geometry import KVGeometry, budget_of, kv_fraction, resolve_ranks, split_budgets, uniform_ranks
+from mkvlib.geometry import KVGeometry
+from mkvlib.ranks import budget_of, kv_fraction, resolve_ranks, split_budgets, uniform_ranks
 
 
 def test_geometry_of_layouts(any_model):
@@ -118,7 +119,7 @@ def test_task_text_corpora_render_prompt_and_answer(tmp_path, monkeypatch):
 
 def test_one_validation_of_budgets_ranks_schedules_and_allocations():
     """geometry's checks return the plain value and name the field, what was wrong and what to give."""
-    from mkvlib.geometry import check_allocation, check_budget, check_budgets, check_rank, check_schedule
+    from mkvlib.checks import check_allocation, check_budget, check_budgets, check_rank, check_schedule
 
     assert check_budget(1) == 1.0 and isinstance(check_budget(1), float) and check_budget(None, optional=True) is None
     for bad in (0, 1.5, -0.5, True, "0.5", float("nan"), None):

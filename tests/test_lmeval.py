@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
+from mkvlib.geometry import KVGeometry
 from mkvlib.lmeval import LMEvalConfig, Method, Sweep, SweepConfig, run_lm_eval
 from mkvlib.lmeval.hellaswag import process_docs
 from mkvlib.lmeval.sweep import GUESSED_ITEMS, read_rows
 from mkvlib.lmeval.tasks import TaskFilesMissingError, resolve_task_paths, write_local_tasks
-from mkvlib.geometry import KVGeometry
 from mkvlib.models import tiny_model
 from mkvlib.projections import Projections
 
@@ -188,9 +188,9 @@ def test_a_sweep_scores_your_own_projections_and_trajectory(model, tokenizer, in
                                                             tmp_path):
     """``with_own_files`` swaps the trained methods' projections and adaptive ranks (PCA untouched); the sweep
     then attaches exactly the trajectory's ranks and records the file and its fingerprint."""
-    from mkvlib.geometry import budget_of
     from mkvlib.lmeval.sweep import ranks_digest, with_own_files
-    from mkvlib.search import Trajectory
+    from mkvlib.ranks import budget_of
+    from mkvlib.trajectory import Trajectory
 
     proj = Projections.load(projections_file)
     ranks = torch.full(KVGeometry.of(model).shape, 16, dtype=torch.long)

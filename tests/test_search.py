@@ -6,15 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from mkvlib.compress import attach
-from mkvlib.geometry import KVGeometry, budget_of, uniform_ranks
+from mkvlib.geometry import KVGeometry
 from mkvlib.models import tiny_model
-from mkvlib.positions import block_offsets, shifted
 from mkvlib.pca import fit_pca
-from mkvlib.search import (SearchConfig, Trajectory, TrajectoryMismatchError, calibration_scorer, greedy_search,
-                           next_ranks, rank_path)
+from mkvlib.positions import block_offsets, shifted
+from mkvlib.ranks import budget_of, uniform_ranks
+from mkvlib.search import SearchConfig, calibration_scorer, greedy_search, next_ranks, rank_path
 from mkvlib.search.replay import LayerReplay
 from mkvlib.search.scoring import KLScorer, with_rank
 from mkvlib.stats import collect_kv_stats
+from mkvlib.trajectory import Trajectory, TrajectoryMismatchError
 
 # positions from 0: the steps recorded below predate 'spread' positions (test_spread_positions_... covers those)
 CFG = SearchConfig(step=8, min_rank=4, tokens=48, seq_len=24, batch_size=2, strategy="exact", positions="start")
@@ -333,21 +334,22 @@ def test_scorer_refuses_ranks_that_disagree_with_the_captured_state(setup):
 
 
 def test_adaptive_ranks_use_the_shipped_trajectory_matched_by_fingerprint(setup, exact_traj, tmp_path, monkeypatch):
-    from mkvlib.search import adaptive_ranks, shipped_trajectory_path
+    from mkvlib.ranks import ranks_for
+    from mkvlib.trajectory import shipped_trajectory_path
 
     model, ids, proj = setup
     monkeypatch.setenv("MKV_PROJECT_DIR", str(tmp_path))
     with pytest.raises(TrajectoryMismatchError, match="no shipped trajectory"):
-        adaptive_ranks(model, proj, 0.5)
+        ranks_for(model, proj, "adaptive", 0.5)
     exact_traj.save(shipped_trajectory_path(model.mkv_name, "pca"))
-    assert torch.equal(adaptive_ranks(model, proj, 0.5), exact_traj.ranks_at(0.5))
+    assert torch.equal(ranks_for(model, proj, "adaptive", 0.5), exact_traj.ranks_at(0.5))
     other = _proj(model, torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(9)))
     with pytest.raises(TrajectoryMismatchError, match="mkv search"):
-        adaptive_ranks(model, other, 0.5)
+        ranks_for(model, other, "adaptive", 0.5)
     elsewhere = exact_traj.save(tmp_path / "mine.json")      # a user's own search, passed explicitly
-    assert torch.equal(adaptive_ranks(model, proj, 0.375, elsewhere), exact_traj.ranks_at(0.375))
+    assert torch.equal(ranks_for(model, proj, "adaptive", 0.375, elsewhere), exact_traj.ranks_at(0.375))
     with pytest.raises(TrajectoryMismatchError):
-        adaptive_ranks(model, other, 0.375, elsewhere)
+        ranks_for(model, other, "adaptive", 0.375, elsewhere)
 
 
 @torch.no_grad()

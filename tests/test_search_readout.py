@@ -11,8 +11,9 @@ from mkvlib import suite
 from mkvlib.compress import attach
 from mkvlib.geometry import KVGeometry
 from mkvlib.models import tiny_model
-from mkvlib.search import SUITE_CORPUS, SearchConfig, Trajectory, evaluate_trajectory, greedy_search, readout_label
+from mkvlib.search import SearchConfig, evaluate_trajectory, greedy_search
 from mkvlib.search.quality import allocation_ranks
+from mkvlib.trajectory import SUITE_CORPUS, Trajectory, readout_label
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -58,18 +58,18 @@ def test_evaluate_suite_rows_and_means(llama, one_thread):
 
 def test_compare_suite_methods_and_table(llama, one_thread, monkeypatch):
     """Several (label, projections, allocation) methods in one call; adaptive ranks come from the search."""
-    import mkvlib.search
-
     geom = KVGeometry.of(llama)
     asked = []
 
-    def fake_adaptive(model, projections, budget, trajectory=None):
+    def fake_ranks_for(model, projections, allocation, budget, trajectory=None):
+        if allocation == "uniform":
+            return budget
         asked.append((budget, trajectory))
         ranks = torch.full((geom.layers, geom.kv_heads, 2), round(budget * geom.head_dim))
         ranks[0, 0, 0] = geom.head_dim
         return ranks
 
-    monkeypatch.setattr(mkvlib.search, "adaptive_ranks", fake_adaptive)
+    monkeypatch.setattr(suite, "ranks_for", fake_ranks_for)
     methods = [("random uniform", random_projections(llama, 1)),
                suite.Method("other adaptive", random_projections(llama, 2), "adaptive", trajectory="t.json")]
     rows = suite.compare_suite(llama, methods, [0.75, 0.5], domain_blocks(), batch_size=2)

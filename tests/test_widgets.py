@@ -4,8 +4,8 @@ import re
 import pytest
 import torch
 
-from mkvlib.geometry import budget_of, split_budgets
-from mkvlib.search import Trajectory
+from mkvlib.ranks import budget_of, split_budgets
+from mkvlib.trajectory import Trajectory
 from mkvlib.widgets import (BudgetExplorer, ExplorerState, benchmark, clamp_budget, continuation,
                             default_projections, explorer_ranks, readout, readout_text, split_budget)
 

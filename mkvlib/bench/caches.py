@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from ..ranks import ranks_for
 from .config import KINDS, QuantoUnavailable
 
 
 def resolve_bench_ranks(model, projections, budget: float, allocation: str):
-    """Ranks for a budget: uniform (a float budget) or the shipped greedy-search allocation."""
-    if allocation == "adaptive":
-        from .. import search  # the rank-search module, imported only when asked for
-
-        return search.adaptive_ranks(model, projections, budget)
-    return float(budget)
+    """Ranks for a budget: uniform (a float budget) or the shipped greedy-search allocation (adaptive)."""
+    return ranks_for(model, projections, allocation, budget)
 
 
 def make_cache(kind: str, model, projections=None, ranks=None, reserve: int = 0):
@@ -93,7 +90,7 @@ def synthetic_source(model, batch: int, context: int, seed: int = 0):
 
 def kv_fraction(cache) -> float:
     """The share of the full keys and values a compressed cache keeps (its ranks over the head dimension)."""
-    from ..geometry import kv_fraction as fraction
+    from ..ranks import kv_fraction as fraction
 
     return fraction(cache.ranks, cache.geometry.head_dim)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..geometry import check_allocation, check_budget
+from ..checks import check_allocation, check_budget
 
 KINDS = ("compressed", "dynamic", "quanto")
 

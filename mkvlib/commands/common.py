@@ -35,8 +35,8 @@ def add_model_args(p, tokens_fast: int, tokens_full: int, seq_len: int = 256, ro
 
 def setup(args):
     """(model, tokenizer, blocks) for the common arguments."""
+    from ..checks import check_budget
     from ..corpora import default_corpus, load_text, token_blocks
-    from ..geometry import check_budget
     from ..models import load_model
 
     if args.tokens is not None and args.tokens < args.seq_len:

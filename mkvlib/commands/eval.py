@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from ..ranks import ranks_for
 from .common import add_model_args, emit, setup
 
 
@@ -68,15 +69,11 @@ def resolve_rank_args(args, model, projections):
             data = json.load(fh)
         return torch.tensor(data["ranks"] if isinstance(data, dict) else data)
     budget = 0.5 if args.budget is None else args.budget
-    if args.allocation == "adaptive":
-        from .. import search  # provided by the rank-search module
-
-        return search.adaptive_ranks(model, projections, budget, args.trajectory)
-    return budget
+    return ranks_for(model, projections, args.allocation, budget, args.trajectory)
 
 
 def parse_budgets(text: str) -> list[float]:
-    from ..geometry import check_budgets
+    from ..checks import check_budgets
 
     return list(check_budgets(text, "--budgets"))
 

@@ -67,10 +67,10 @@ def evaluate_one(model, tokenizer, config, projections: str, budget: float, allo
                  trajectory: str | None = None) -> dict:
     """Accuracy at one budget: uncompressed at 1.0 with uniform ranks, else through the attached compression
     (adaptive ranks from the shipped trajectory, or from ``trajectory``)."""
+    from ..checks import check_budget
     from ..compress import attach
-    from ..geometry import check_budget
     from ..lmeval import flat_result, run_lm_eval
-    from ..lmeval.sweep import ranks_for
+    from ..ranks import ranks_for
     from ..projections import resolve_projections
 
     check_budget(budget)

@@ -69,8 +69,8 @@ def readout_blocks(args, tokenizer, seq_len: int):
     'ood suite', or one corpus (n, seq_len) with --eval-corpus."""
     from ..corpora import token_blocks
     from ..runtime import pick
-    from ..search.quality import SUITE_CORPUS
     from ..suite import suite_blocks
+    from ..trajectory import SUITE_CORPUS
 
     if args.eval_corpus:
         return token_blocks(tokenizer, args.eval_corpus, seq_len, args.eval_tokens or pick(512, 2048)), args.eval_corpus
@@ -140,7 +140,8 @@ def run_readout(args) -> int:
 
     from ..io import existing_file
     from ..projections import resolve_projections
-    from ..search import Trajectory, budget_grid, evaluate_trajectory
+    from ..search import budget_grid, evaluate_trajectory
+    from ..trajectory import Trajectory
 
     path = existing_file(args.readout_only, "trajectory file", "; --readout-only names an existing trajectory .json")
     out = args.out or str(path)

@@ -53,7 +53,7 @@ SFT_DEFAULTS = dict(steps="150 in stage 1, 100 in stage 2; 6 with MKV_FAST=1", b
 
 
 def _budgets(text):
-    from ..geometry import check_budgets
+    from ..checks import check_budgets
 
     return list(check_budgets(text, "--eval-budgets"))
 

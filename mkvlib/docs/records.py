@@ -124,7 +124,7 @@ class Data:
         import torch
 
         from ..lmeval.sweep import ranks_digest
-        from ..search import Trajectory
+        from ..trajectory import Trajectory
 
         out = {}
         for path in self.trajectories:

@@ -594,7 +594,7 @@ def _trajectory_groups(data: Data) -> dict[tuple, list[str]]:
 def readout_text(ev: dict) -> str:
     """What a trajectory's readout was measured on, for a table's caption: the out-of-domain suite's mean over
     its domains (tokens per domain, block length), or one corpus."""
-    from ..search import SUITE_CORPUS
+    from ..trajectory import SUITE_CORPUS
 
     if ev.get("corpus") == SUITE_CORPUS:
         domains = ev.get("domains") or []

@@ -38,8 +38,9 @@ def fit(ctx, config, seconds: float):
 
 def run(ctx, deadline) -> dict:
     from ..corpora import token_blocks
-    from ..search import SUITE_CORPUS, SearchConfig, budget_grid, evaluate_trajectory, greedy_search
+    from ..search import SearchConfig, budget_grid, evaluate_trajectory, greedy_search
     from ..suite import DOMAINS, suite_blocks
+    from ..trajectory import SUITE_CORPUS
 
     p = ctx.profile
     proj = ctx.trained()                       # raises StageSkipped without trained projections

@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..geometry import check_allocation, check_budgets
+from ..checks import check_allocation, check_budgets
+from ..corpora import data_dir
+from ..ranks import budget_of, ranks_for
 from ..results_store import ResultStore
 from ..runtime import project_dir
 from .evaluate import LMEvalConfig, lm_eval_version, run_lm_eval, wrap
 from .tasks import LOCAL_TASKS, choose_source
-from ..corpora import data_dir
 
 BUDGETS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 BASELINE = "uncompressed"
@@ -117,17 +118,6 @@ class SweepConfig:
     def fast(cls, out: str, **kw) -> "SweepConfig":
         """CI-sized: PCA only, three budgets, a few items per task."""
         return cls(out, **{"methods": ["pca-uniform"], "budgets": [1.0, 0.5, 0.25], "limit": 4, **kw})
-
-
-def ranks_for(model, projections, allocation: str, budget: float, trajectory=None):
-    """Ranks at ``budget``: the float budget itself (uniform), or the search trajectory's (adaptive): the one
-    shipped for ``projections``, or ``trajectory`` (a path) when given."""
-    if allocation == "uniform":
-        return float(budget)
-    check_allocation(allocation)
-    from .. import search  # the rank-search module (notebook 03)
-
-    return search.adaptive_ranks(model, projections, budget, trajectory)
 
 
 def git_commit() -> str:
@@ -301,7 +291,6 @@ class Sweep:
     # --- running ----------------------------------------------------------------------------------
     def run_cell(self, cell: Cell, lm) -> dict:
         from ..compress import attach
-        from ..geometry import budget_of
 
         eval_config = replace(self.config.eval_config, tasks=[cell.task])
         row = self._identity(cell)

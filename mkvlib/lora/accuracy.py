@@ -12,6 +12,7 @@ import time
 
 from ..compress import attach
 from ..lmeval import LMEvalConfig, run_lm_eval, wrap
+from ..ranks import ranks_for
 from ..results_store import ResultStore
 
 FIELDS = ["model", "adapter", "projections", "fingerprint", "budget", "task", "acc", "acc_norm", "items", "limit",
@@ -61,7 +62,6 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
     from ..runtime import progress_bar as tqdm
 
     from ..lmeval.sweep import ranks_digest
-    from ..search import adaptive_ranks
 
     trajectories = _read_trajectories(trajectories, projections)
     store = results_store(out) if out else None
@@ -72,8 +72,8 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
         (label, proj, float(b)) for label, proj in projections.items() for b in budgets if b < 1]
     lm, rows = None, []
     for label, proj, budget in tqdm(cells, desc="accuracy", disable=not progress):
-        ranks = None if proj is None else (
-            adaptive_ranks(model, proj, budget, trajectories[label]) if label in trajectories else budget)
+        ranks = None if proj is None else ranks_for(model, proj, "adaptive" if label in trajectories else "uniform",
+                                                    budget, trajectories.get(label))
         row = {"model": name, "adapter": adapter, "projections": label,
                "fingerprint": proj.fingerprint() if proj is not None else UNCOMPRESSED, "budget": budget,
                "task": task, "limit": limit, "ranks": ranks_digest(ranks)}
@@ -90,7 +90,7 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
 
 def _read_trajectories(trajectories: dict | None, projections: dict) -> dict:
     """{label: Trajectory}, each given file read once; every label must be one of ``projections``."""
-    from ..search import Trajectory
+    from ..trajectory import Trajectory
 
     trajectories = {label: t if isinstance(t, Trajectory) else Trajectory.load(t)
                     for label, t in (trajectories or {}).items()}

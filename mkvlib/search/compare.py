@@ -1,7 +1,7 @@
 """How far two trajectories (e.g. a proxy search and the exact one) disagree. Introduced in notebook 03."""
 from __future__ import annotations
 
-from .trajectory import Trajectory
+from ..trajectory import Trajectory
 
 
 def first_divergence(a: Trajectory, b: Trajectory) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from ..geometry import check_budget, check_rank
+from ..checks import check_budget, check_rank
 from ..positions import POSITION_MODES
 from ..recall import check_recall_span
 

@@ -120,7 +120,7 @@ def budget_split(trajectory) -> Figure:
 def adaptive_vs_uniform(rows, title: str = "") -> Figure:
     """Perplexity ratio and KL against budget for each allocation in ``rows``: ``trajectory.evaluations`` (then
     the title says what it was measured on, e.g. the out-of-domain suite's mean over domains) or its rows."""
-    from .trajectory import readout_label
+    from ..trajectory import readout_label
 
     on = readout_label(rows) if isinstance(rows, dict) else ""
     rows = rows.get("rows") or [] if isinstance(rows, dict) else rows

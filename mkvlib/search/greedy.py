@@ -39,15 +39,16 @@ import time
 import torch
 from ..runtime import progress_bar as tqdm
 
-from ..geometry import KVGeometry, budget_of, uniform_ranks
-from ..projections import resolve_projections
+from ..geometry import KVGeometry
 from ..positions import block_offsets
+from ..projections import resolve_projections
+from ..ranks import budget_of, uniform_ranks
 from ..recall import recall_blocks
+from ..trajectory import Trajectory
 from .config import SearchConfig
 from .rules import Rules, next_ranks, rank_path
 from .scoring import calibration_scorer
 from .strategies import EPS, make_strategy
-from .trajectory import Trajectory
 
 __all__ = ["algorithm1", "greedy_search", "next_ranks", "rank_path"]
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
+from ..checks import check_allocation, check_budget
 from ..compress import attach
-from ..geometry import KVGeometry, check_allocation, check_budget
+from ..geometry import KVGeometry
 from ..metrics import quality_curve
-from .trajectory import SUITE_CORPUS, Trajectory, readout_label  # noqa: F401 (re-exported)
+from ..ranks import uniform_ranks_at
+from ..suite import evaluate_suite
+from ..trajectory import SUITE_CORPUS, Trajectory
 
 ALLOCATIONS = ("adaptive", "uniform")   # the order of the precomputed rows
 
@@ -22,16 +24,6 @@ def budget_grid(trajectory: Trajectory, points: int = 13) -> list[float]:
     if points < 2:
         raise ValueError(f"a budget grid needs at least 2 points, not {points}")
     return [round(float(b), 6) for b in np.linspace(1.0, trajectory.final_budget, points)]
-
-
-def uniform_ranks_at(geometry: tuple, key_budget: float, value_budget: float | None = None):
-    """Uniform ranks (L, G, 2) for ``geometry`` (L, G, d): floor(b * d), so the budget is never exceeded."""
-    L, G, d = geometry
-    value_budget = key_budget if value_budget is None else value_budget
-    ranks = torch.empty((L, G, 2), dtype=torch.long)
-    ranks[..., 0] = math.floor(key_budget * d + 1e-9)
-    ranks[..., 1] = math.floor(value_budget * d + 1e-9)
-    return ranks
 
 
 def allocation_ranks(trajectory: Trajectory, allocation: str, budget: float, geom: KVGeometry):
@@ -82,8 +74,6 @@ def _evaluate_on_suite(model, projections, trajectory, blocks_by_domain: dict, s
                        progress) -> dict:
     """:func:`evaluate_trajectory` on {domain: blocks}: the suite's mean row per setting, plus the geometric
     mean perplexities over domains."""
-    from ..suite import evaluate_suite
-
     if not blocks_by_domain:
         raise ValueError("the readout's out-of-domain suite holds no domain: build it with "
                          "mkvlib.suite.suite_blocks(tokenizer)")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..geometry import KVGeometry, budget_of, uniform_ranks
+from ..geometry import KVGeometry
+from ..ranks import budget_of, uniform_ranks
 from .config import SearchConfig
 from .rules import Rules
 from .scoring import KLScorer, LocalProxy

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..geometry import check_budgets, check_schedule
+from ..checks import check_budgets, check_schedule
 from ..positions import POSITION_MODES
 
 MIXED_PRECISION = ("auto", "no", "bf16")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry import KVGeometry, check_schedule  # check_schedule: re-exported for mkvlib.training
+from ..checks import check_schedule
+from ..geometry import KVGeometry  # check_schedule: re-exported for mkvlib.training
 
 
 def default_schedule(head_dim: int) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ in the model's dtype, so the bytes per token are sum over (l, g) of (r_K + r_V) 
 fixed bytes are the truncated bases U_K[:, :r_K], U_V[:, :r_V] and the value means mu (d numbers each per
 (l, g, column)). ``pca`` uses the PCA bases, ``matryoshka`` the trained ones; ``allocation`` 'uniform' gives
 every (l, g, K/V) the rank round(budget x d), 'adaptive' the greedy-searched ranks of the shipped trajectory for
-those projections (:func:`mkvlib.search.adaptive_ranks`); budgets below the trajectory's floor are left out of
+those projections (:func:`mkvlib.ranks.ranks_for`); budgets below the trajectory's floor are left out of
 the settings. ``only='keys'`` (or ``'values'``) compresses that half alone and keeps the other at full rank, an
 ablation that says which half a task needs (the bytes then are (budget + 1) / 2 of the full cache's).
 ``layers='a-b'`` (inclusive, or one layer number) compresses those layers alone and keeps every other layer at
@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ...cache import CompressedCache
-from ...geometry import KVGeometry, resolve_ranks
+from ...geometry import KVGeometry
 from ...projections import Projections, resolve_projections
+from ...ranks import ranks_for, resolve_ranks
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
 from ..layers import FEATURE_BUDGETS, cache_runner, check_choice, check_fractions, element_size
 
@@ -85,19 +86,14 @@ class ProjectionMethod(KVMethod):
     def ranks(self, model, setting: Setting) -> torch.Tensor:
         """Ranks (L, G, 2) of a setting (with ``only``, the other half at full rank)."""
         budget = float(setting.get("budget"))
-        if self.allocation == "uniform":
-            ranks = resolve_ranks(budget, KVGeometry.of(model))
-        else:
-            key = ("ranks", id(model), getattr(model, "mkv_name", None), budget)
-            if key not in self._memo:
-                from ...search import adaptive_ranks
-
-                self._memo[key] = adaptive_ranks(model, self.resolved(model), budget, self.trajectory)
-            ranks = self._memo[key]
+        key = ("ranks", id(model), getattr(model, "mkv_name", None), budget)
+        geom = KVGeometry.of(model)
+        if key not in self._memo:
+            spec = ranks_for(model, self.resolved(model), self.allocation, budget, self.trajectory)
+            self._memo[key] = resolve_ranks(spec, geom)
+        ranks = self._memo[key].clone()
         if self.only == "both" and self.layers == "all":
             return ranks
-        geom = KVGeometry.of(model)
-        ranks = ranks.clone()
         if self.only != "both":
             ranks[..., 1 if self.only == "keys" else 0] = geom.head_dim
         first, last = layer_range(self.layers, geom.layers)

@@ -36,8 +36,9 @@ import torch.nn.functional as F
 
 from ...attention import attention_modules
 from ...cache import CompressedCache, CompressedLayer, head_groups, same_width
-from ...geometry import KVGeometry, resolve_ranks
+from ...geometry import KVGeometry
 from ...projections import Projections
+from ...ranks import resolve_ranks
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
 from ..layers import FEATURE_BUDGETS, cache_runner, check_fractions, element_size, sliding_reason
 from .projection import projection_bytes
