@@ -248,10 +248,9 @@ def main(argv=None) -> int:
     import time
 
     from .commands.common import hardware
-    from .commands.eval import suite_label
     from .io import write_json
     from .models import load_model
-    from .suite import Method
+    from .suite import Method, suite_label
 
     p = argparse.ArgumentParser(prog="python -m mkvlib.retrieval", description=main.__doc__.split(": ", 1)[1])
     p.add_argument("--methods", default="pca:uniform,trained:uniform,trained:adaptive",

@@ -14,6 +14,7 @@ and rank setting the suite reports the perplexity ratio to the uncompressed mode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -113,6 +114,14 @@ class Method:
     def settings(self, model, projections, budgets) -> list:
         """Rank specs at ``budgets``: the budgets themselves (uniform) or (L, G, 2) ranks from the trajectory."""
         return [ranks_for(model, projections, self.allocation, b, self.trajectory) for b in budgets]
+
+
+RECIPES = {"pca": "PCA", "trained": "MatryoshkaKV"}
+
+
+def suite_label(projections: str) -> str:
+    """A method's name in suite tables: the recipe of a shipped name ('trained' is MatryoshkaKV), a file's stem."""
+    return RECIPES.get(projections, Path(projections).stem if projections.endswith(".safetensors") else projections)
 
 
 def as_method(method) -> Method:

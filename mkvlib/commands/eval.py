@@ -172,16 +172,6 @@ def run_corpus(args) -> int:
     return 0
 
 
-RECIPES = {"pca": "PCA", "trained": "MatryoshkaKV"}
-
-
-def suite_label(projections: str) -> str:
-    """A method's name in suite tables: the recipe of a shipped name ('trained' is MatryoshkaKV), a file's stem."""
-    from pathlib import Path
-
-    return RECIPES.get(projections, Path(projections).stem if projections.endswith(".safetensors") else projections)
-
-
 def method_record(method, model) -> dict:
     """A method as a result file stores it: label, projections (name and fingerprint), allocation, trajectory."""
     from ..projections import resolve_projections
@@ -221,7 +211,7 @@ def run_suite(args, allocations) -> int:
     from ..projections import resolve_projections
     from ..retrieval import format_retrieval_table, retrieval_curve
     from ..runtime import pick
-    from ..suite import DOMAINS, Method, compare_suite, default_tokens, format_suite_table, suite_blocks
+    from ..suite import DOMAINS, Method, compare_suite, default_tokens, format_suite_table, suite_blocks, suite_label
 
     if args.corpus:
         raise ValueError("--suite chooses its own text (mkvlib.suite.DOMAINS): leave out --corpus")
