@@ -31,6 +31,7 @@ Introduced in notebook 08.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -109,7 +110,7 @@ class Ladder:
 
     @classmethod
     def uniform(cls, geom: KVGeometry, full_bits: int, bits: int | None = None, features: int | None = None,
-                segment: int = 8, group: int = 32, scale_bytes: int = 2) -> "Ladder":
+                segment: int = 8, group: int = 32, scale_bytes: int = 2) -> Ladder:
         """The first ``features`` features (default all) at ``bits`` (default the model's dtype), the rest
         dropped: the uniform composition of a rank and a quantizer."""
         d = geom.head_dim
@@ -377,7 +378,7 @@ def moves(row: list, full_bits: int) -> dict:
     """{segment: new width} of every allowed one-rung step of one entry's widths ``row``: a rung down, never
     below the next segment, and the first segment never dropped."""
     rungs = widths(full_bits)
-    nxt = dict(zip(rungs[:-1], rungs[1:]))
+    nxt = dict(itertools.pairwise(rungs))
     out = {}
     for s, w in enumerate(row):
         new = nxt.get(w)
@@ -477,7 +478,7 @@ class LadderTrajectory:
         return Path(path)
 
     @classmethod
-    def load(cls, path) -> "LadderTrajectory":
+    def load(cls, path) -> LadderTrajectory:
         obj = json.loads(Path(path).read_text())
         if obj.get("format") != FORMAT:
             raise ValueError(f"{path} is not a ladder trajectory ({FORMAT})")

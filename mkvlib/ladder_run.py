@@ -82,10 +82,10 @@ def settings(model, traj, projections) -> list[dict]:
     out.append({"family": "features only", "label": "matryoshka adaptive 0.25 (its trajectory's floor)",
                 "adaptive": 0.25, "projections": projections})
     for nbits in (4, 2):                                          # bits only: the cache's own coordinates
-        lad = Ladder.uniform(geom, full, nbits, None, d // 8 if d >= 32 else 8, d, full // 8)
+        lad = Ladder.uniform(geom, full, nbits, None, d, d, full // 8)       # scales in the model's dtype
         out.append({"family": "bits only", "label": f"{nbits}-bit, groups of {d}, every token",
                     "ladder": lad, "projections": identity_projections(model)})
-    for features, nbits in ((48, 4), (24, 4), (32, 2), (16, 2), (8, 4)):      # the uniform composition
+    for features, nbits in ((48, 4), (24, 4), (16, 2), (8, 4)):      # the uniform composition
         lad = Ladder.uniform(geom, full, nbits, features)
         out.append({"family": "uniform composition", "label": f"{features} features at {nbits} bits",
                     "ladder": lad, "projections": projections})
@@ -95,11 +95,67 @@ def settings(model, traj, projections) -> list[dict]:
     return out
 
 
-def _suite_rows(model, hook_factory, blocks_by_domain, batch_size):
-    from .suite import evaluate_suite
+@torch.no_grad()
+def kl_table(model, factories: list, blocks_by_domain: dict, batch_size: int) -> list[dict]:
+    """Per setting (a factory of an attached hook), {domain: (KL to the uncompressed model, top-1 agreement)}
+    per token of each domain's blocks; the uncompressed log-probs are computed once per batch."""
+    from .search.replay import logprobs
 
-    with hook_factory() as hook:
-        return evaluate_suite(model, hook, [hook.ranks], blocks_by_domain, batch_size)
+    device = next(model.parameters()).device
+    sums = [{d: [0.0, 0.0, 0] for d in blocks_by_domain} for _ in factories]
+    for domain, blocks in blocks_by_domain.items():
+        for i in range(0, len(blocks), batch_size):
+            ids = blocks[i:i + batch_size].to(device)
+            base = logprobs(model(ids, use_cache=False).logits)
+            probs = base.exp()
+            for acc, factory in zip(sums, factories):
+                with factory():
+                    logp = logprobs(model(ids, use_cache=False).logits)
+                acc[domain][0] += float((probs * (base - logp)).sum())
+                acc[domain][1] += float((base.argmax(-1) == logp.argmax(-1)).sum())
+                acc[domain][2] += base.shape[0]
+    return [{d: (kl / n, top / n) for d, (kl, top, n) in acc.items()} for acc in sums]
+
+
+def quanto_check(model, tokenizer, traj, proj, n: int = 4, length: int = 1024) -> list[dict]:
+    """The comparison bench's ppl task (the last 128 tokens of held-out blocks scored after their prefix is
+    stored): quanto's QuantizedCache as shipped (a full-precision residual window, so the scored tokens attend
+    to each other unquantized), the same per-token quantizer applied to every token (a ladder on the standard
+    basis in the real cache), and the searched ladder, all on the same items."""
+    from .compare import Runner, get_method
+    from .compare.layers import cache_runner
+    from .compare.run import ppl_result
+    from .compare.tasks import make_items
+    from .geometry import KVGeometry
+    from .ladder import Ladder, LadderCache, dtype_bits, identity_projections
+
+    geom, full = KVGeometry.of(model), dtype_bits(model)
+    items = make_items("ppl", tokenizer, length, n)
+    base = [ppl_result(Runner(model), it, None)[1] for it in items]
+    runs = []
+    quant = get_method("quant")
+    for setting in quant.settings(model):
+        runs.append((f"quanto {setting.get('nbits')}-bit, residual {setting.get('residual')} (as shipped)",
+                     quant.bytes(model, setting, length).per_token * 8 / (geom.layers * geom.kv_heads * 2 *
+                                                                          geom.head_dim),
+                     lambda setting=setting: quant.runner(model, setting)))
+    eye = identity_projections(model)
+    for nbits in (4, 2):
+        lad = Ladder.uniform(geom, full, nbits, None, geom.head_dim, geom.head_dim, full // 8)
+        runs.append((f"{nbits}-bit, groups of {geom.head_dim}, every token (no residual)", lad.bits_per_element(),
+                     lambda lad=lad: cache_runner(model, lambda b, t: LadderCache(model, eye, lad))))
+    for bits in PASSKEY_BITS:
+        lad = traj.at(bits)
+        runs.append((f"ladder {bits:g} bits", lad.bits_per_element(),
+                     lambda lad=lad: cache_runner(model, lambda b, t: LadderCache(model, proj, lad))))
+    out = []
+    for label, bpe, make in runs:
+        with make() as run:
+            kls = [ppl_result(run, it, b)[0]["kl"] for it, b in zip(items, base)]
+        out.append({"label": label, "bits_per_element": round(bpe, 4), "kl": sum(kls) / len(kls), "n": n,
+                    "length": length})
+        print(f"compare-bench ppl: {label:<50} {bpe:6.3f} bits  KL {out[-1]['kl']:.4f}", flush=True)
+    return out
 
 
 def run_frontier(args) -> None:
@@ -125,29 +181,31 @@ def run_frontier(args) -> None:
     blocks = suite_blocks(tokenizer, args.tokens, args.seq_len)
     blocks["in-domain"] = mixture_blocks(tokenizer, DEFAULT_TRAINING_MIXTURE, args.seq_len, args.in_domain,
                                          seed=IN_DOMAIN_SEED, skip_tokens=IN_DOMAIN_SKIP)
-    rows = []
-    for s in settings(model, traj, proj):
+    chosen, factories, sizes = settings(model, traj, proj), [], []
+    for s in chosen:
         if "ladder" in s:
             lad = s["ladder"]
-            factory = lambda: ladder.attach(model, s["projections"], lad)  # noqa: E731
-            bpe, fraction = lad.bits_per_element(), lad.fraction()
+            factories.append(lambda s=s, lad=lad: ladder.attach(model, s["projections"], lad))
+            sizes.append((lad.bits_per_element(), lad.fraction()))
         else:
             ranks = (uniform_ranks(geom, s["ranks"] / geom.head_dim) if "ranks" in s
                      else adaptive_ranks(model, proj, s["adaptive"]))
-            factory = lambda: attach(model, proj, ranks)  # noqa: E731
+            factories.append(lambda ranks=ranks: attach(model, proj, ranks))
             fraction = float(ranks.sum()) / (geom.layers * geom.kv_heads * 2 * geom.head_dim)
-            bpe = fraction * ladder.dtype_bits(model)
-        suite = _suite_rows(model, factory, {k: v for k, v in blocks.items() if k != "in-domain"}, args.batch_size)
-        inside = _suite_rows(model, factory, {"in-domain": blocks["in-domain"]}, args.batch_size)
-        mean = next(r for r in suite if r["domain"] == "mean")
+            sizes.append((fraction * ladder.dtype_bits(model), fraction))
+    table = kl_table(model, factories, blocks, args.batch_size)
+    rows = []
+    for s, (bpe, fraction), cells in zip(chosen, sizes, table):
+        ood = {d: v for d, v in cells.items() if d != "in-domain"}
         rows.append({"family": s["family"], "label": s["label"], "bits_per_element": round(bpe, 4),
-                     "fraction": round(fraction, 5), "kl_ood": mean["kl_to_base"],
-                     "kl_in_domain": inside[0]["kl_to_base"], "top1_ood": mean["top1_agreement"],
-                     "perplexity_ratio_ood": mean["perplexity_ratio"],
-                     "kl_by_domain": {r["domain"]: r["kl_to_base"] for r in suite if r["domain"] != "mean"}})
-        print(f"{s['label']:<48} {bpe:6.3f} bits  KL ood {mean['kl_to_base']:.4f}  in-domain "
-              f"{inside[0]['kl_to_base']:.4f}", flush=True)
+                     "fraction": round(fraction, 5), "kl_ood": sum(v[0] for v in ood.values()) / len(ood),
+                     "kl_in_domain": cells["in-domain"][0],
+                     "top1_ood": sum(v[1] for v in ood.values()) / len(ood),
+                     "kl_by_domain": {d: v[0] for d, v in ood.items()}})
+        print(f"{s['label']:<48} {bpe:6.3f} bits  KL ood {rows[-1]['kl_ood']:.4f}  in-domain "
+              f"{rows[-1]['kl_in_domain']:.4f}", flush=True)
 
+    check = quanto_check(model, tokenizer, traj, proj)
     passkey = []
     for length in args.passkey_lengths:
         prompts = passkey_prompts(tokenizer, length, args.passkey_n)
@@ -183,7 +241,7 @@ def run_frontier(args) -> None:
         "trajectory": args.trajectory, "suite": {"tokens_per_domain": args.tokens, "seq_len": args.seq_len,
                                                  "domains": [k for k in blocks if k != "in-domain"],
                                                  "in_domain_tokens": args.in_domain},
-        "layout": traj.layout, "rows": rows, "passkey": passkey, "command": _command(),
+        "layout": traj.layout, "rows": rows, "passkey": passkey, "compare_ppl": check, "command": _command(),
         "hardware": _hardware(model), "wall_time_s": round(time.time() - start, 1),
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
 
