@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
 from . import attention
 from .geometry import KVGeometry
 from .projections import Projections, resolve_projections
@@ -113,6 +115,26 @@ class Compression(RankedHook):
         self.set_ranks(ranks)
         self._cache: dict = {}
         self._handle = attention.install(model, hook=self)
+        self.keep_first = self.keep_recent = 0
+        self._whole_handle = None
+
+    def keep_whole(self, first: int = 0, recent: int = 0) -> None:
+        """Keep the first ``first`` tokens (attention sinks) and, for each query, its ``recent`` latest tokens at
+        full width, as a quantized cache keeps a full-precision residual window; every other token is compressed.
+        Each query sees exactly what a decoding cache holding those tokens whole would give it.
+        :func:`stored_fraction` counts their bytes. ``keep_whole()`` returns to compressing every token."""
+        first, recent = check_whole_tokens(first, recent)
+        self.keep_first, self.keep_recent = first, recent
+        wanted = first > 0 or recent > 0
+        if wanted and self._whole_handle is None:
+            self._whole_handle = attention.install(self.model, attend=self._attend_whole)
+        elif not wanted and self._whole_handle is not None:
+            self._whole_handle.remove()
+            self._whole_handle = None
+
+    def detach(self) -> None:
+        self.keep_whole()
+        super().detach()
 
     def set_ranks(self, ranks) -> None:
         """Ranks as one int, a budget in (0, 1], or a (L, G, 2) tensor; validated before anything changes."""
@@ -125,9 +147,27 @@ class Compression(RankedHook):
         layer = module.layer_idx
         pk, pv = self._operators(layer, key.device)
         mu = self.projector.value_mean[layer].to(key.device)[None, :, None, :]     # (1, G, 1, d)
-        k = torch.einsum("bgsd,gde->bgse", key.float(), pk)
-        v = torch.einsum("bgsd,gde->bgse", value.float() - mu, pv) + mu
-        return query, k.to(key.dtype), v.to(value.dtype)
+        k = torch.einsum("bgsd,gde->bgse", key.float(), pk).to(key.dtype)
+        v = (torch.einsum("bgsd,gde->bgse", value.float() - mu, pv) + mu).to(value.dtype)
+        if self._whole_handle is not None:   # compressed then whole copies; _attend_whole picks one per query
+            return query, torch.cat([k, key], dim=2), torch.cat([v, value], dim=2)
+        return query, k, v
+
+    def _attend_whole(self, module, query, key, value, attention_mask, **kwargs):
+        """Attention over [compressed; whole] keys of the same S tokens: query i (absolute position S - T + i)
+        reads token j whole when j < keep_first or i - j < keep_recent, else compressed."""
+        if not self.enabled:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        S, T = key.shape[2] // 2, query.shape[2]
+        i = torch.arange(S - T, S, device=query.device)[:, None]
+        j = torch.arange(S, device=query.device)[None, :]
+        if attention_mask is None:
+            allowed = j <= i
+        else:
+            allowed = attention_mask[..., :S] if attention_mask.dtype == torch.bool else attention_mask[..., :S] == 0
+        whole = (j < self.keep_first) | (i - j < self.keep_recent)
+        mask = torch.cat([allowed & ~whole, allowed & whole], dim=-1).expand(query.shape[0], 1, T, 2 * S)
+        return sdpa_attention_forward(module, query, key, value, mask, **dict(kwargs, is_causal=False))
 
     def _operators(self, layer: int, device):
         train_path = self.projector.trainable and torch.is_grad_enabled()
@@ -143,7 +183,35 @@ class Compression(RankedHook):
         return hit[1], hit[2]
 
 
-def attach(model, projections, ranks=1.0, trainable: bool = False) -> Compression:
+def check_whole_tokens(first, recent) -> tuple[int, int]:
+    """``(first, recent)`` token counts kept at full width, checked: whole numbers, at least 0."""
+    for name, n in (("keep_first", first), ("keep_recent", recent)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{name} must be a whole number of tokens >= 0, not {n!r}")
+    return first, recent
+
+
+def stored_fraction(budget: float, tokens: int, first: int = 0, recent: int = 0) -> float:
+    """Bytes stored for ``tokens`` tokens, as a fraction of an uncompressed cache's, when ``first + recent`` of
+    them are kept whole and the rest at ``budget`` of their features."""
+    first, recent = check_whole_tokens(first, recent)
+    whole = min(first + recent, tokens) / tokens
+    return whole + (1 - whole) * budget
+
+
+def budget_for_bytes(fraction: float, tokens: int, first: int = 0, recent: int = 0) -> float:
+    """The feature budget of compressed tokens at which :func:`stored_fraction` equals ``fraction``."""
+    first, recent = check_whole_tokens(first, recent)
+    whole = min(first + recent, tokens) / tokens
+    if not 0 < fraction <= 1 or fraction <= whole:
+        raise ValueError(f"{fraction:.4g} of the bytes of {tokens} tokens cannot hold {first} + {recent} whole tokens "
+                         f"({whole:.4g} of the bytes) plus any compressed ones: give a larger fraction or fewer "
+                         "whole tokens")
+    return min(1.0, (fraction - whole) / (1 - whole))
+
+
+def attach(model, projections, ranks=1.0, trainable: bool = False, keep_first: int = 0,
+           keep_recent: int = 0) -> Compression:
     """Attach ``projections`` (object, path, 'pca' or 'trained', or a :class:`Projector`) at ``ranks``.
 
     ``ranks``: one int for every entry, a budget in (0, 1] for uniform ranks, or a (L, G, 2) tensor.
@@ -158,6 +226,9 @@ def attach(model, projections, ranks=1.0, trainable: bool = False) -> Compressio
         raise ValueError(f"projector geometry {tuple(projector.keys_init.shape[:3])} does not match the model's "
                          f"(layers, kv_heads, head_dim) = {(geom.layers, geom.kv_heads, geom.head_dim)}")
     resolve_ranks(ranks, geom)  # validate first: nothing is installed on bad input
+    check_whole_tokens(keep_first, keep_recent)
     device = next(model.parameters()).device
     projector.to(device)
-    return Compression(model, projector, ranks)
+    compression = Compression(model, projector, ranks)
+    compression.keep_whole(keep_first, keep_recent)
+    return compression

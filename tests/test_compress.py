@@ -7,6 +7,7 @@ import torch
 
 from helpers import random_projections
 from mkvlib import attention
+from mkvlib.compat import cache_kwargs
 from mkvlib.compress import Projector, attach, cayley, skew
 from mkvlib.geometry import KVGeometry
 from mkvlib.models import tiny_model
@@ -141,3 +142,53 @@ def test_trainable_projector_starts_at_init_and_gets_gradients(llama, ids):
         llama(ids).logits.sum().backward()
     assert projector.key_rotation.grad is not None and projector.key_rotation.grad.abs().sum() > 0
     assert projector.value_rotation.grad.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_recent_tokens_kept_whole_leave_early_positions_exact(any_model, ids):
+    """With the last ``recent`` tokens whole, a query at position i < recent reads only whole tokens: exact; the
+    first position that reads a compressed token (i = recent) is not."""
+    base = any_model(ids).logits
+    recent = 5
+    with attach(any_model, random_projections(any_model), 0.25, keep_recent=recent):
+        windowed = any_model(ids).logits
+    assert (windowed[:, :recent] - base[:, :recent]).abs().max() <= 1e-4
+    assert (windowed[:, recent] - base[:, recent]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_whole_tokens_everywhere_is_exact_and_none_is_plain_compression(llama, ids):
+    base = llama(ids).logits
+    with attach(llama, random_projections(llama), 0.25) as comp:
+        plain = llama(ids).logits
+        comp.keep_whole(first=ids.shape[1])
+        assert (llama(ids).logits - base).abs().max() <= 1e-4
+        comp.keep_whole(first=2, recent=3)
+        mixed = llama(ids).logits
+        comp.keep_whole()
+        assert torch.equal(llama(ids).logits, plain)
+    assert (mixed - base).abs().max() > 1e-3 and (mixed - plain).abs().max() > 1e-3
+    assert torch.equal(llama(ids).logits, base)
+
+
+@torch.no_grad()
+def test_whole_tokens_decode_step_by_step_as_in_one_pass(llama, ids):
+    """The same window read by a decoding query (T=1 over a cache) and by the one-pass forward."""
+    with attach(llama, random_projections(llama), 0.25, keep_first=2, keep_recent=4):
+        one_pass = llama(ids).logits[:, -1]
+        out = llama(ids[:, :-1], use_cache=True)
+        stepped = llama(ids[:, -1:], **cache_kwargs(out.past_key_values), use_cache=True).logits[:, -1]
+    assert (one_pass - stepped).abs().max() <= 1e-4
+
+
+def test_whole_token_bytes_and_bad_counts():
+    from mkvlib.compress import budget_for_bytes, stored_fraction
+
+    assert stored_fraction(0.5, 512, 4, 28) == pytest.approx(32 / 512 + (480 / 512) * 0.5)
+    assert stored_fraction(0.25, 16, 8, 20) == 1.0
+    budget = budget_for_bytes(0.5, 512, 4, 28)
+    assert stored_fraction(budget, 512, 4, 28) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="cannot hold"):
+        budget_for_bytes(0.05, 512, 4, 28)
+    with pytest.raises(ValueError, match="keep_recent must be a whole number"):
+        stored_fraction(0.5, 512, 0, -1)
