@@ -58,7 +58,8 @@ def test_a_number_that_disagrees_with_the_data_fails_the_check(copy_root, tmp_pa
     csv.write_text("\n".join(lines) + "\n")
     stale = check(root)
     assert "docs/results.md" in stale
-    assert "| 100% | uncompressed | 50.3 | 35.4 | 75.7 |" in stale["docs/results.md"]
+    changed = [line for line in stale["docs/results.md"].splitlines() if line.startswith("+| 100%")]
+    assert changed and [c.strip() for c in changed[0].split("|")[2:6]] == ["uncompressed", "50.3", "35.4", "75.7"]
 
 
 def test_marker_blocks_are_filled_from_the_render_function():
@@ -67,7 +68,7 @@ def test_marker_blocks_are_filled_from_the_render_function():
     values = {"kept": "95.0%", "grid": table(["a", "b"], [[1, 2]])}
     filled = fill_blocks(text, values.__getitem__)
     assert "Kept <!-- generated: kept -->95.0%<!-- /generated --> at half the cache." in filled    # inline
-    assert "<!-- generated: grid -->\n| a | b |\n| --- | ---: |\n| 1 | 2 |\n<!-- /generated -->" in filled
+    assert "<!-- generated: grid -->\n| a   |   b |\n|:----|----:|\n| 1   |   2 |\n<!-- /generated -->" in filled
     assert filled.startswith("# Title\n\n") and filled.endswith("\n\nHand-written tail.\n")      # rest untouched
     assert fill_blocks(filled, values.__getitem__) == filled                                    # idempotent
     assert block_names(filled) == ["kept", "grid"]
@@ -93,16 +94,16 @@ def test_a_stale_block_in_a_readme_is_caught_and_rewritten(copy_root, tmp_path, 
     data = Data(root)
     write(root)                                            # data/README.md for this copy
     readme = root / "README.md"
-    readme.write_text("# Project\n\nPer task: <!-- generated: lm-eval-items-per-task -->999<!-- /generated -->.\n\n"
+    readme.write_text("# Project\n\nTop-1: <!-- generated: ood-top1-50 -->999<!-- /generated -->.\n\n"
                       + block("bench-capacity", "| stale |") + "\n")
     assert docs_main(["--check", "--root", str(root)]) == 1
     err = capsys.readouterr().err
-    assert "README.md disagrees with data/" in err and "-Per task: <!-- generated: lm-eval-items-per-task -->999" in err
+    assert "README.md disagrees with data/" in err and "-Top-1: <!-- generated: ood-top1-50 -->999" in err
     assert docs_main(["--write", "--root", str(root)]) == 0
     assert capsys.readouterr().out == "wrote README.md\n"
     assert not check(root)
     text = readme.read_text()
-    assert f"Per task: <!-- generated: lm-eval-items-per-task -->{render_block(data, 'lm-eval-items-per-task')}" in text
+    assert f"Top-1: <!-- generated: ood-top1-50 -->{render_block(data, 'ood-top1-50')}" in text
     assert render_block(data, "bench-capacity") in text
     readme.write_text(block("no-such-table", ""))
     assert docs_main(["--check", "--root", str(root)]) == 2
@@ -125,7 +126,7 @@ def test_a_new_results_source_is_one_registered_function(copy_root, tmp_path, mo
 
     text = render_results(Data(root))
     assert "## Example suite\n\n<!-- generated: example-suite -->" in text
-    assert "| books | 1.25 |" in text and "Command: not recorded in the file." in text
+    assert "| books    |    1.25 |" in text and "Command: not recorded in the file." in text
     assert "## Other result files" not in text
     with pytest.raises(ValueError, match="already registered"):
         results.section("example-suite", "again")(ood_suite)

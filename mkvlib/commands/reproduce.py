@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -191,15 +192,20 @@ def _fingerprints(obj) -> set[str]:
     return set()
 
 
+def header_fingerprint(path) -> str | None:
+    """The projections fingerprint in a safetensors file's header (None for other files, e.g. LoRA adapters)."""
+    with open(path, "rb") as fh:
+        meta = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0])).get("__metadata__") or {}
+    return json.loads(meta["mkv"]).get("fingerprint") if "mkv" in meta else None
+
+
 def _stale(path: Path, root: Path) -> str:
     """Why the full form cannot match every committed row: rows made with projections no longer committed."""
-    from ..docs.records import safetensors_meta
-
     rows = read_csv(path) if path.suffix == ".csv" else [read_json(path)]
     items = path.parent / str(rows[0].get("items_file")) if path.suffix == ".json" else None
     rows += read_csv(items) if items and items.is_file() else []        # a summary: its items file too
     used = {f for f in _fingerprints(rows) if re.fullmatch(r"[0-9a-f]{16}", f)}
-    committed = {safetensors_meta(p).get("fingerprint") for p in (root / "data").rglob("*.safetensors")}
+    committed = {header_fingerprint(p) for p in (root / "data").rglob("*.safetensors")}
     gone = sorted(used - committed)
     return f"rows made with projections {', '.join(gone)}, no longer committed" if gone else ""
 

@@ -1,4 +1,4 @@
-"""python -m mkvlib.docs [--check | --write] [--root DIR]: regenerate, or check, the documents made from data/."""
+"""`python -m mkvlib.docs [--check | --write] [--root DIR]`: regenerate, or check, the documents made from data/."""
 from __future__ import annotations
 
 import argparse
@@ -18,26 +18,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     root = args.root or project_dir()
     try:
-        return _check(root) if args.check else _write(root)
+        stale = check(root) if args.check else {}
+        for rel, diff in stale.items():
+            print(f"{rel} disagrees with data/:\n{diff}\n", file=sys.stderr)
+        if stale:
+            print(f"{len(stale)} document(s) out of date: run `make docs` (python -m mkvlib.docs --write) and commit "
+                  "them with the data they were made from", file=sys.stderr)
+        for rel in [] if args.check else write(root):
+            print(f"wrote {rel}")
+        return 1 if stale else 0
     except KeyError as err:                 # a generated block names no table or fact, or its data is missing
         print(f"python -m mkvlib.docs: error: {err.args[0]}", file=sys.stderr)
         return 2
-
-
-def _check(root) -> int:
-    stale = check(root)
-    for rel, diff in stale.items():
-        print(f"{rel} disagrees with data/:\n{diff}\n", file=sys.stderr)
-    if stale:
-        print(f"{len(stale)} document(s) out of date: run `make docs` (python -m mkvlib.docs --write) and commit "
-              "them with the data they were made from", file=sys.stderr)
-    return 1 if stale else 0
-
-
-def _write(root) -> int:
-    for rel in write(root):
-        print(f"wrote {rel}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ def _mean_rows(rec: dict, domain: str = "mean") -> dict:
     return {(r["method"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == domain}
 
 
-@section("ood-suite", "Out of domain: perplexity ratio and KL to the uncompressed model", "results/ood_suite.json",
-         lead=True)
+@section("ood-suite", "Out of domain: perplexity ratio and KL to the uncompressed model", "results/ood_suite.json")
 def ood_suite(data: Data) -> str | None:
     path, rec = data.result("ood_suite.json")
     if rec is None:
@@ -47,7 +46,7 @@ def ood_suite(data: Data) -> str | None:
                          commands_line([rec.get("command") or rec.get("script")])])
 
 
-@section("ood-suite-domains", "Out of domain at 50%, per domain", "results/ood_suite.json", lead=True)
+@section("ood-suite-domains", "Out of domain at 50%, per domain", "results/ood_suite.json")
 def ood_suite_domains(data: Data) -> str | None:
     path, rec = data.result("ood_suite.json")
     if rec is None:
@@ -61,7 +60,7 @@ def ood_suite_domains(data: Data) -> str | None:
                         table(["domain", "uncompressed ppl"] + methods, rows)])
 
 
-@section("retrieval", "Passkey retrieval against budget", "results/retrieval.json", lead=True)
+@section("retrieval", "Passkey retrieval against budget", "results/retrieval.json")
 def retrieval(data: Data) -> str | None:
     path, rec = data.result("retrieval.json")
     if rec is None:
@@ -85,7 +84,7 @@ def retrieval(data: Data) -> str | None:
 
 
 @section("ood-routes", "Starting points and objectives: out-of-domain KL at 50% against CPU time",
-         "results/ood_routes.json", lead=True)
+         "results/ood_routes.json")
 def ood_routes(data: Data) -> str | None:
     path, rec = data.result("ood_routes.json")
     if rec is None:
@@ -98,7 +97,7 @@ def ood_routes(data: Data) -> str | None:
 
 
 @section("positions", "Where the text sits in the window: KL and passkey late in a long context",
-         "results/positions.json", lead=True)
+         "results/positions.json")
 def positions(data: Data) -> str | None:
     path, rec = data.result("positions.json")
     if rec is None:
@@ -139,7 +138,7 @@ def positions(data: Data) -> str | None:
 
 
 @section("passkey-rank-mix", "Passkey at 4,096 tokens between two points of the shipped trajectory",
-         "results/passkey_rank_mix.json", lead=True)
+         "results/passkey_rank_mix.json")
 def passkey_rank_mix(data: Data) -> str | None:
     path, rec = data.result("passkey_rank_mix.json")
     if rec is None:
@@ -161,7 +160,7 @@ def passkey_rank_mix(data: Data) -> str | None:
                         "`MKV_DATA_DIR` set)."])
 
 
-@section("answers", "What compression does to answers: short factual prompts", "results/answers.json", lead=True)
+@section("answers", "What compression does to answers: short factual prompts", "results/answers.json")
 def answers(data: Data) -> str | None:
     path, rec = data.result("answers.json")
     if rec is None:
@@ -279,7 +278,7 @@ def _ceiling_targets(rec, cell, kinds) -> list[str]:
 
 
 @section("ceiling", "The ceiling of fixed projections: in-sample bases and the per-sequence oracle",
-         "results/ceiling.json", lead=True)
+         "results/ceiling.json")
 def ceiling(data: Data) -> str | None:
     path, rec = data.result("ceiling.json")
     if rec is None:

@@ -1,9 +1,8 @@
 """What the committed artefacts under ``data/`` say about themselves, for the generated documents.
 
-:class:`Data` walks one data folder and answers the questions the documents ask: which projections file has a
-fingerprint, which trajectory produced an adaptive ``ranks`` digest stored in a results table, which LoRA bundle
-holds an adapter, which command made a file. It reads files only (JSON, CSV, safetensors headers); the
-trajectory digests need torch, everything else does not.
+:class:`Data` walks one data folder: which projections file has a fingerprint, which trajectory gave an adaptive
+``ranks`` digest of a results table, which LoRA bundle holds an adapter, which record lies beside a file. It reads
+files only (JSON, CSV, safetensors headers); the trajectory digests need torch.
 """
 from __future__ import annotations
 
@@ -25,8 +24,7 @@ def read_json(path) -> dict:
 def safetensors_meta(path) -> dict:
     """The MatryoshkaKV header of a projections file ({} for any other safetensors file, e.g. a LoRA adapter)."""
     with open(path, "rb") as fh:
-        size = struct.unpack("<Q", fh.read(8))[0]
-        header = json.loads(fh.read(size))
+        header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
     meta = header.get("__metadata__") or {}
     return json.loads(meta["mkv"]) if "mkv" in meta else {}
 
@@ -41,10 +39,8 @@ def option(command: str, flag: str) -> str | None:
 
 
 class Data:
-    """One data folder (``root``/data): its files and the identities they record. Paths are given relative to
-    ``root``, with forward slashes, so the documents read the same on every checkout."""
-
-    SKIP = ("README.md",)
+    """One data folder (``root``/data). Paths are relative to ``root``, with forward slashes, so the documents
+    read the same on every checkout."""
 
     def __init__(self, root):
         self.root = Path(root)
@@ -61,11 +57,10 @@ class Data:
 
     @cached_property
     def files(self) -> list[Path]:
-        """Every artefact file, sorted (hidden files, temporary files and data/README.md left out)."""
-        found = [p for p in self.dir.rglob("*") if p.is_file() and not any(
-            part.startswith(".") for part in p.relative_to(self.dir).parts)]
-        return sorted(p for p in found if not p.name.endswith(".tmp") and p.relative_to(self.dir).as_posix()
-                      not in self.SKIP)
+        """Every artefact file, sorted (hidden and temporary files and data/README.md left out)."""
+        return sorted(p for p in self.dir.rglob("*") if p.is_file() and not p.name.endswith(".tmp")
+                      and not any(x.startswith(".") for x in p.relative_to(self.dir).parts)
+                      and p.relative_to(self.dir).as_posix() != "README.md")
 
     def bundle_of(self, path) -> Path | None:
         """The LoRA bundle folder (a folder with a manifest.json) that ``path`` lies in, if any."""
@@ -79,13 +74,8 @@ class Data:
     @cached_property
     def projections(self) -> dict[str, dict]:
         """{path: header} of every MatryoshkaKV projections file."""
-        out = {}
-        for p in self.files:
-            if p.suffix == ".safetensors":
-                meta = safetensors_meta(p)
-                if meta:
-                    out[self.rel(p)] = meta
-        return out
+        metas = {self.rel(p): safetensors_meta(p) for p in self.files if p.suffix == ".safetensors"}
+        return {p: m for p, m in metas.items() if m}
 
     def projections_file(self, fingerprint: str) -> str | None:
         """The committed projections file with this fingerprint (None: not committed)."""
@@ -93,14 +83,10 @@ class Data:
 
     @cached_property
     def projection_records(self) -> dict[str, dict]:
-        """{projections file: its JSON record} for projections whose record (``X.json`` beside ``X.safetensors``)
-        holds the command that made them."""
-        out = {}
-        for path, meta in self.projections.items():
-            record = self.record_of(path)
-            if record and record.get("fingerprint") == meta.get("fingerprint") and "command" in record:
-                out[path] = record
-        return out
+        """{projections file: the record beside it (``X.json``) holding the command that made it}."""
+        found = {p: self.record_of(p) for p, m in self.projections.items()}
+        return {p: r for p, r in found.items() if r and r.get("fingerprint") == self.projections[p].get("fingerprint")
+                and "command" in r}
 
     @cached_property
     def training_records(self) -> dict[str, dict]:
@@ -110,13 +96,8 @@ class Data:
     @cached_property
     def trajectories(self) -> dict[str, dict]:
         """{path: content} of every search trajectory file."""
-        out = {}
-        for p in self.files:
-            if p.suffix == ".json":
-                obj = read_json(p)
-                if isinstance(obj, dict) and obj.get("format") == TRAJECTORY_FORMAT:
-                    out[self.rel(p)] = obj
-        return out
+        found = {self.rel(p): read_json(p) for p in self.files if p.suffix == ".json"}
+        return {p: t for p, t in found.items() if isinstance(t, dict) and t.get("format") == TRAJECTORY_FORMAT}
 
     @cached_property
     def rank_digests(self) -> dict[str, tuple[str, float]]:
@@ -131,15 +112,14 @@ class Data:
             traj = Trajectory.load(self.root / path)
             for budget in BUDGETS:
                 try:
-                    ranks = torch.as_tensor(traj.ranks_at(budget)).long()
+                    out.setdefault(ranks_digest(torch.as_tensor(traj.ranks_at(budget)).long()), (path, budget))
                 except ValueError:          # below this trajectory's floor
                     continue
-                out.setdefault(ranks_digest(ranks), (path, budget))
         return out
 
     def default_trajectory(self, fingerprint: str) -> str | None:
-        """The trajectory ``mkv eval --allocation adaptive`` picks for these projections: the first file directly in
-        data/trajectories/ with their fingerprint (as :func:`mkvlib.search.find_trajectory` looks it up)."""
+        """The trajectory ``--allocation adaptive`` picks for these projections: the first file directly in
+        data/trajectories/ with their fingerprint."""
         top = (self.dir / "trajectories").resolve()
         return next((p for p, t in self.trajectories.items() if t.get("fingerprint") == fingerprint
                      and (self.root / p).resolve().parent == top), None)
@@ -159,20 +139,8 @@ class Data:
     def record_of(self, path) -> dict | None:
         """The JSON record beside an artefact (``X.json`` for ``X.safetensors`` or ``X.csv``), if there is one."""
         beside = (self.root / path).with_suffix(".json")
-        if beside.is_file() and beside != self.root / path:
-            obj = read_json(beside)
-            return obj if isinstance(obj, dict) else None
-        return None
-
-    @cached_property
-    def search_commands(self) -> dict[str, str]:
-        """{trajectory path: the ``mkv search`` command that wrote it}, from the results files that record them."""
-        out = {}
-        for p in sorted(self.results.glob("*.json")):
-            for cmd in (read_json(p).get("search_commands") or {}).values():
-                if option(cmd, "--out"):
-                    out[option(cmd, "--out")] = cmd
-        return out
+        obj = read_json(beside) if beside.is_file() and beside != self.root / path else None
+        return obj if isinstance(obj, dict) else None
 
     def short(self, path: str | None) -> str:
         """A short label for an artefact: its name without the model prefix and extension, or its bundle's name."""
@@ -181,8 +149,6 @@ class Data:
         bundle = self.bundle_of(self.root / path)
         if bundle is not None:
             return bundle.name
-        name = Path(path).name
-        for ext in (".safetensors", ".json", ".csv"):
-            name = name.removesuffix(ext)
+        name = Path(path).name.removesuffix(".safetensors").removesuffix(".json").removesuffix(".csv")
         head, _, rest = name.partition(".")
         return rest if rest and "-" in head else name

@@ -1,0 +1,331 @@
+"""Results sections for task accuracy: the zero-shot lm-eval sweep (notebook 04) and the LoRA two-stage runs
+(notebook 06). Set-ups are named by how their projections were made, never by fingerprint."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pandas as pd
+
+from .markdown import DASH, bullets, code, num, paragraphs, pct, table
+from .records import Data, option
+from .results import commands_line, readout_text, section, source_line
+
+LM_EVAL_FILES = ("results/lm_eval_*.csv", "results/lm_eval_*.json")
+# which search gave the adaptive ranks of a results file whose trajectory is no longer committed (its record says)
+SEARCH_OF_SOURCE = {"data/results/lm_eval_smollm2.csv": "spread-limited search"}
+TARGETS = {0.5: 95.0, 0.375: 90.0}        # the project's targets: % of the uncompressed average accuracy kept
+
+
+def projections_recipe(data: Data, fingerprint: str) -> str:
+    """'PCA' or 'MatryoshkaKV trained' for the shipped files, else the recipe :mod:`mkvlib.lmeval.recipes` records
+    for projections that have left the tree, else 'projections <fingerprint> (not committed)'."""
+    from ..lmeval.recipes import EARLIER, SHIPPED_NAMES
+
+    found = data.projections_file(fingerprint)
+    kind = (data.projections.get(found) or {}).get("kind") if found and found.count("/") == 2 else None
+    if kind in SHIPPED_NAMES and data.short(found) == kind:
+        return SHIPPED_NAMES[kind]
+    if fingerprint in EARLIER:
+        return EARLIER[fingerprint]
+    return f"{data.short(found)} projections" if found else f"projections {fingerprint} (not committed)"
+
+
+def setup_label(data: Data, fingerprint: str, allocation: str, trajectory: str | None, source: str) -> str:
+    """'<recipe>, uniform ranks' or '<recipe>, searched ranks (<which search>)'."""
+    proj = projections_recipe(data, fingerprint)
+    if allocation != "adaptive":
+        return f"{proj}, uniform ranks"
+    name = ("default trajectory" if trajectory == data.default_trajectory(fingerprint) else data.short(trajectory)) \
+        if trajectory else SEARCH_OF_SOURCE.get(source, "trajectory, not committed")
+    return f"{proj}, searched ranks ({name})"
+
+
+def lm_eval_cells(data: Data) -> tuple[pd.DataFrame, list[str]]:
+    """Every sweep CSV's cells (:func:`mkvlib.lmeval.report.load_results`) labelled by set-up, those run on the
+    uncompressed baseline's items; and the sources left out (run on other items)."""
+    from ..lmeval.report import load_results
+    from ..results_store import BASELINE
+
+    frames = []
+    for path in sorted(data.results.glob("lm_eval_*.csv")):
+        if not {"method", "task", "acc", "ranks"} <= set(open(path).readline().strip().split(",")):
+            continue
+        with contextlib.redirect_stderr(io.StringIO()):
+            df = load_results(path)
+        traj = [data.trajectory_of(r) if r.startswith("adaptive") else None for r in df.ranks]
+        labels = [BASELINE if r.method == BASELINE else setup_label(data, r.fingerprint, r.allocation, t, data.rel(path))
+                  for r, t in zip(df.itertuples(), traj)]
+        frames.append(df.assign(sweep_method=df.method, method=labels, trajectory=traj, source=data.rel(path)))
+    cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if cells.empty or not (cells.method == BASELINE).any():
+        return pd.DataFrame(), []
+    same = cells["limit"].astype(str) == str(cells[cells.method == BASELINE]["limit"].iloc[0])
+    return cells[same].reset_index(drop=True), sorted(set(cells[~same].source))
+
+
+@section("lm-eval-table1", "Zero-shot accuracy against KV budget", *LM_EVAL_FILES)
+def lm_eval_table1(data: Data) -> str | None:
+    from ..lmeval.report import table1
+
+    cells, left_out = lm_eval_cells(data)
+    if cells.empty:
+        return None
+    wide = table1(cells)
+    items = cells.groupby("task")["items"].max()
+    intro = ("Accuracy (%) per task, the average over tasks, and that average as a share of the uncompressed "
+             "model's (the paper's Table 1 layout, `mkvlib.lmeval.report.table1`). A set-up is named by how its "
+             "projections were made (the shipped files by their name, projections that have left the tree by how "
+             "they were trained) and, for searched ranks, by the search that gave them (see [Where the accuracy "
+             "rows come from](#where-the-accuracy-rows-come-from)). Items per task: "
+             + ", ".join(f"{t} {int(n)}" for t, n in items.items()) + "."
+             + (" Left out (run on other items): " + ", ".join(map(code, left_out)) + "." if left_out else ""))
+    rows = [[b, m] + [num(v) for v in r] for (b, m), r in zip(wide.index, wide.itertuples(index=False))]
+    return paragraphs(intro, table(["budget", "set-up", *map(str, wide.columns)], rows, "ll" + "r" * len(wide.columns)))
+
+
+@section("lm-eval-kept", "Share of the uncompressed accuracy kept", *LM_EVAL_FILES)
+def lm_eval_kept(data: Data) -> str | None:
+    from ..lmeval.report import kept_at
+
+    cells, _ = lm_eval_cells(data)
+    if cells.empty:
+        return None
+    budgets = sorted({b for b in cells.budget if b < 1}, reverse=True)
+    acc, norm = kept_at(cells, budgets, "acc"), kept_at(cells, budgets, "acc_norm")
+    rows = [[pct(b, None), m] + [num(t.loc[m, (col, b)]) for t in (acc, norm) for col in ("kept", "kept_above_chance")]
+            for b in budgets for m in acc.index if not pd.isna(acc.loc[m, ("kept", b)])]
+    return paragraphs("The average accuracy over tasks as % of the uncompressed model's, and above chance: (acc - "
+                      "chance) / (acc at 100% - chance), in % (`mkvlib.lmeval.report.kept_at`), for `acc` and "
+                      "`acc_norm`.",
+                      table(["budget", "set-up", "acc kept", "acc above chance", "acc_norm kept",
+                             "acc_norm above chance"], rows, "ll" + "r" * 4))
+
+
+def _sweep_commands(data: Data, source: str, method: str, budget: float) -> list[str]:
+    """Commands in a sweep CSV's record that ran ``method`` at ``budget`` (by --methods and --budgets); the
+    uncompressed cell comes with any sweep reaching 1."""
+    from ..results_store import BASELINE
+
+    record = data.record_of(source) or {}
+    found = []
+    for cmd in record.get("commands") or [record.get("command")]:
+        methods, budgets = option(cmd or "", "--methods"), option(cmd or "", "--budgets")
+        if methods and budgets and any(abs(float(b) - budget) < 1e-9 for b in budgets.split(",")) and (
+                method in methods.split(",") or method == BASELINE):
+            found.append(cmd)
+    return found
+
+
+@section("lm-eval-sources", "Where the accuracy rows come from", *LM_EVAL_FILES)
+def lm_eval_sources(data: Data) -> str | None:
+    from ..lmeval.recipes import EARLIER_DETAILS
+
+    cells, _ = lm_eval_cells(data)
+    if cells.empty:
+        return None
+    lines = []
+    for source, part in cells.groupby("source", sort=True):
+        record = data.record_of(source) or {}
+        lines.append(f"- {code(source)}" + (f" (its record: {code(source[:-4] + '.json')})" if record else ""))
+        for r in part.drop_duplicates(["method", "budget"]).sort_values(["budget", "method"], ascending=[False, True]
+                                                                        ).itertuples():
+            cmds = _sweep_commands(data, source, r.sweep_method, r.budget)
+            lines.append(f"  - {r.method}, {pct(r.budget, None)}: "
+                         + (", ".join(map(code, cmds)) if cmds else "command not recorded"))
+        commits = sorted(set(pd.read_csv(data.root / source, dtype=str).get("git_commit", pd.Series(dtype=str)).dropna()))
+        lines.append(f"  - git commits the cells were run at: {', '.join(commits) or 'not recorded'}")
+        lines += [f"  - {k.replace('_', ' ')} (from the record): {record[k]}" for k in
+                  ("what", "run_note", "note", "adaptive_note") if record.get(k)]
+    setups = cells[cells.method != "uncompressed"].drop_duplicates("method").sort_values("method")
+    files = [[r.method, r.fingerprint, code(data.projections_file(r.fingerprint)) if data.projections_file(r.fingerprint)
+              else "not committed: " + EARLIER_DETAILS.get(r.fingerprint, "recipe not recorded"),
+              (code(r.trajectory) if isinstance(r.trajectory, str) else "not committed")
+              if "searched ranks" in r.method else DASH]
+             for r in setups.itertuples()]
+    return paragraphs("The projections behind each set-up (by fingerprint: the committed file, or how projections "
+                      "that have left the tree were trained; git history keeps them) and the trajectory its searched "
+                      "ranks came from, then, per results file, the command that ran each set-up at each budget and "
+                      "the commits the cells were run at.",
+                      table(["set-up", "fingerprint", "projections", "trajectory"], files, "llll"), "\n".join(lines))
+
+
+@section("lm-eval-findings", "What the accuracy rows show: rank searches, longer training, the targets",
+         *LM_EVAL_FILES)
+def lm_eval_findings(data: Data) -> str | None:
+    """Every set-up by recipe against the targets, and the noise."""
+    from ..lmeval.report import kept_at
+    from ..results_store import BASELINE
+
+    cells, _ = lm_eval_cells(data)
+    if cells.empty:
+        return None
+    kept = kept_at(cells, tuple(TARGETS))
+    setups = cells[cells.method != BASELINE].drop_duplicates("method")
+    recipe_of = {m: projections_recipe(data, f) for m, f in zip(setups.method, setups.fingerprint)}
+    base = cells[cells.method == BASELINE]
+    se = 100 * ((base.acc * (1 - base.acc) / base["items"]).sum() ** 0.5 / len(base)) / base.acc.mean()
+    lines = []
+    for budget, target in TARGETS.items():
+        col = kept[("kept", budget)].dropna()
+        by_recipe: dict[str, list] = {}
+        for m in sorted(col.index, key=lambda m: col[m]):
+            by_recipe.setdefault(recipe_of[m], []).append(f"{m.removeprefix(recipe_of[m] + ', ')} {num(col[m])}%")
+        met = [m for m in col.index if col[m] >= target]
+        lines.append(f"At {pct(budget, None)}, % of the uncompressed average accuracy kept, per recipe: "
+                     + "; ".join(f"{r}: {', '.join(v)}" for r, v in by_recipe.items())
+                     + f". The target of {num(target, 0)}% is met by {', '.join(met) or 'no set-up'}; the best keeps "
+                     f"{num(col.max())}% ({col.idxmax()}).")
+    shipped = [m for m, r in recipe_of.items() if r == "MatryoshkaKV trained"]
+    lines += [f"Standard error of a share of the average accuracy: about {num(se)} points (binomial, over "
+              f"{int(base['items'].max()):,} items per task), so differences of a point or two are within noise.",
+              "Set-ups with the shipped MatryoshkaKV projections: " + (", ".join(shipped) or "none yet (notebook 06 "
+                                                                       "scores them on ARC-Easy)") + "."]
+    return paragraphs("What the rows of [Zero-shot accuracy against KV budget](#zero-shot-accuracy-against-kv-budget) "
+                      "say, computed from them: set-ups grouped by how their projections were made, from the one that "
+                      "keeps least to the one that keeps most, against the project's targets.", bullets(lines))
+
+
+# --- LoRA fine-tuning with compressed KV (notebook 06) --------------------------------------------------
+
+def _kept_cells(data: Data, rows: list, r: dict) -> list[str]:
+    """The share of the same adapter's uncompressed accuracy on the same items, in acc and acc_norm."""
+    from ..lora.accuracy import baseline
+
+    out = []
+    for metric in ("acc", "acc_norm"):
+        try:
+            out.append(pct(r[metric] / baseline(rows, r["projections"], metric)))
+        except (KeyError, TypeError, ZeroDivisionError):
+            out.append(DASH)
+    return out
+
+
+@section("lora-arc-easy", "ARC-Easy accuracy of the LoRA fine-tuned model against budget", "results/lora_*.csv",
+         "results/lora_*.json")
+def lora_arc_easy(data: Data) -> str | None:
+    from ..lora.accuracy import read_rows
+    from ..results_store import BASELINE as UNCOMPRESSED
+
+    path = data.results / "lora_arc_easy.csv"
+    rows = read_rows(path) if path.is_file() else []
+    if not rows:
+        return None
+    groups: dict[tuple, list] = {}
+    for r in rows:                                   # one fine-tuned model (adapter) on one set of items
+        groups.setdefault((r["adapter"], r["limit"]), []).append(r)
+    out = []
+    for (adapter, _), part in groups.items():
+        for r in sorted(part, key=lambda r: (-r["budget"], r["projections"] != UNCOMPRESSED)):
+            ranks = r["ranks"] if not r["ranks"].startswith("adaptive") else \
+                f"adaptive ({data.trajectory_of(r['ranks']) or 'trajectory not committed'})"
+            kept = _kept_cells(data, part, r)
+            out.append([adapter, data.bundle_with_adapter(adapter) or "not committed", r["items"], r["projections"],
+                        DASH if r["projections"] == UNCOMPRESSED else data.short(data.projections_file(r["fingerprint"])),
+                        ranks, pct(r["budget"], None), num(100 * r["acc"]), kept[0],
+                        num(100 * r["acc_norm"]) if r["acc_norm"] is not None else DASH, kept[1]])
+    record = data.record_of(path) or {}
+    return paragraphs(
+        "ARC-Easy test accuracy (%) of the base model with a LoRA adapter merged in, per adapter (its weights hash; "
+        "the bundle under `data/lora/` that holds it) and number of items (the first N of the split, or all of it), "
+        "with projections attached at each budget; \"kept\" is the share of the same adapter's uncompressed accuracy "
+        "on the same items (`mkvlib.lora.accuracy.baseline`). The `projections` column is the label the run gave; the "
+        "file column is the committed projections with that fingerprint. Rows in the order the CSV stores them.",
+        source_line(data, path),
+        table(["adapter", "bundle", "items", "projections", "file", "ranks", "budget", "acc", "kept", "acc_norm",
+               "kept (acc_norm)"], out, "llrlllrrrrr"),
+        commands_line(record.get("commands") or []),
+        record.get("note", "") + ". The committed bundles' training commands are in their manifests (see "
+        "[data/README.md](../data/README.md)).")
+
+
+@section("lora-bundles", "LoRA bundles", "lora/*/manifest.json", "lora/*/training.json")
+def lora_bundles(data: Data) -> str | None:
+    if not data.manifests:
+        return None
+    bundles = sorted(data.manifests.items())
+    rows = [[f, m.get("stage"), m.get("adapter_weights_hash"), m.get("projections_fingerprint") or DASH,
+             f"{m.get('data')} {m.get('split')}", m.get("steps"), f"{m.get('tokens_seen'):,}",
+             f"{(m.get('config') or {}).get('kd_weight')} : {(m.get('config') or {}).get('lm_weight')}",
+             ",".join(map(str, (m.get("config") or {}).get("schedule") or [])), num(m.get("wall_time_s", 0) / 60, 0),
+             num(m.get("first_loss"), 3), num(m.get("last_loss"), 3)] for f, m in bundles]
+    return paragraphs(source_line(data, *[data.root / f / "manifest.json" for f, _ in bundles]),
+                      table(["bundle", "stage", "adapter", "projections", "training data", "steps", "tokens seen",
+                             "kd_weight : lm_weight", "rank schedule", "minutes", "first loss", "last loss"], rows,
+                            "lrlllrrrlrrr"),
+                      bullets([f"{code(f)}: {code(m.get('command'))}" for f, m in bundles],
+                              "Commands (from the manifests):"))
+
+
+def _lora_findings(data: Data, k, kn, acc, committed) -> list[str]:
+    """What the ledger's runs show, computed from the shares kept at 50% (``k``: acc, ``kn``: acc_norm)."""
+    from ..lora.runs import RUNS
+
+    def se(label):          # binomial standard error of a share kept, in points
+        p, n = acc.loc[label, "at 50%"], acc.loc[label, "items"]
+        return 100 * (p * (1 - p) / n) ** 0.5 / acc.loc[label, "at 100%"]
+
+    def listed(*labels):
+        return ", ".join(f"{label} {num(k[label])}%" for label in labels)
+    uniform = [r.label for r in RUNS if r.ranks == "uniform" and r.limit == "500"]
+    searched = [r.label.removesuffix(" adaptive") for r in RUNS if r.ranks == "adaptive"]
+    out = [f"Standard error of a share kept: about {num(se(uniform[0]))} points at {acc.loc[uniform[0], 'items']} "
+           f"items, {num(se(committed + ' whole split'))} on the whole split." if committed else "",
+           f"The stage-1 model with general projections only: "
+           f"{listed(*[r.label for r in RUNS if r.init is None and r.ranks == 'uniform'])}.",
+           "Stage 2 from each of them (start, then steps): " + "; ".join(
+               f"{r.label} from {projections_recipe(data, r.init)}, {r.stage2_steps} steps: {num(k[r.label])}%"
+               for r in RUNS if r.init and r.ranks == "uniform" and r.limit == "500"
+               and r.label in ("(c)", "(c')", "(c'')", "(d)", "(l)", "(m)")) + ".",
+           f"Longer or other stage-2 settings from (d): {listed('(e)', '(f)', '(g)', '(h)', '(i)', '(j)', '(k)')}; the "
+           f"best with uniform ranks is {k[uniform].idxmax()} ({num(k[uniform].max())}%).",
+           "Searched over uniform ranks (points kept, `acc`): " + ", ".join(
+               f"{s} {num(k[s + ' adaptive'] - k[s])}" for s in searched) + "; in `acc_norm`: " + ", ".join(
+               f"{s} {num(kn[s + ' adaptive'] - kn[s])}" for s in searched) + "."]
+    traj = data.trajectories.get("data/lora/arc_easy_stage2/trajectory.json") or {}
+    at = {r["allocation"]: r["kl_to_base"] for r in (traj.get("evaluations") or {}).get("rows") or []
+          if r["budget"] == 0.5}
+    if {"adaptive", "uniform"} <= set(at):
+        out.append(f"Ranks searched on the task's text are task-specific: on {readout_text(traj['evaluations'])} the "
+                   f"committed bundle's searched ranks give a KL to the model of {num(at['adaptive'], 3)} nats per "
+                   f"token at 50%, uniform ranks {num(at['uniform'], 3)}.")
+    if committed:
+        whole = committed + " whole split"
+        out.append(f"The committed bundle, {committed}, keeps {num(k[committed])}% on {acc.loc[committed, 'items']} "
+                   f"items and {num(k[whole])}% on the whole split ({acc.loc[whole, 'items']:,} items); `acc_norm` "
+                   f"{num(kn[committed])}% and {num(kn[whole])}%.")
+    return out
+
+
+@section("lora-runs", "LoRA two-stage runs: what each run was and what it keeps", "results/lora_*.csv",
+         "lora/*/trajectory.json")
+def lora_runs(data: Data) -> str | None:
+    """The ledger of :mod:`mkvlib.lora.runs` with each run's share kept at 50%, and what the runs show."""
+    from ..lora.accuracy import kept_table, read_rows
+    from ..lora.runs import RUNS
+
+    path = data.results / "lora_arc_easy.csv"
+    if not path.is_file():
+        return None
+    rows, selectors = read_rows(path), {r.label: r.as_selector() for r in RUNS}
+    acc, norm = kept_table(rows, selectors), kept_table(rows, selectors, metric="acc_norm")
+    k, kn = acc["kept at 50% (%)"], norm["kept at 50% (%)"]
+    out = [[r.label, r.what, r.adapter, r.fingerprint, projections_recipe(data, r.init) if r.init else DASH,
+            r.stage2_steps or DASH, r.ranks, acc.loc[r.label, "items"], num(100 * acc.loc[r.label, "at 100%"]),
+            num(100 * acc.loc[r.label, "at 50%"]), num(k[r.label]), num(kn[r.label])] for r in RUNS]
+    bundle = data.manifests.get("data/lora/arc_easy_stage2") or {}
+    committed = next((r.label for r in RUNS if (r.adapter, r.fingerprint, r.ranks, r.limit) == (
+        bundle.get("adapter_weights_hash"), bundle.get("projections_fingerprint"), "uniform", "500")), None)
+    intro = ("Every scored two-stage run (the ledger `mkvlib.lora.runs`, labelled in the order the runs were made, as "
+             "the project's history names them): what it was, the fine-tuned model (adapter weights hash) and the "
+             "projections attached at 50% (fingerprint), the general projections stage 2 started from and the "
+             "stage-2 steps behind it, and ARC-Easy test accuracy (%) uncompressed and at 50%, with the share kept "
+             f"of the same model's uncompressed accuracy (`mkvlib.lora.kept_table`). Only {committed or 'none'} is "
+             "committed as a bundle, and of it only its records (its weights are in git history). Stage 1 is the "
+             "bundle `data/lora/arc_easy_stage1`; notebook 06 builds both stages.")
+    return paragraphs(intro, source_line(data, path),
+                      table(["run", "what it was", "adapter", "projections", "stage 2 from", "stage-2 steps", "ranks",
+                             "items", "acc at 100%", "acc at 50%", "kept at 50%", "kept, acc_norm"], out,
+                            "lllllrlrrrrr"),
+                      bullets(_lora_findings(data, k, kn, acc, committed), "What the runs show, computed from the "
+                                                                            "table:"))
