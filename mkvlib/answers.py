@@ -65,12 +65,12 @@ def fact_rows(model, tokenizer, projections, budgets, allocation: str = "adaptiv
     from the shipped trajectory, or ``trajectory``)."""
     from .compress import attach
     from .projections import resolve_projections
-    from .suite import Method
+    from .ranks import ranks_for
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
     proj = resolve_projections(projections, model)
-    settings = Method("answers", proj, allocation, trajectory).settings(model, proj, list(budgets))
+    settings = [ranks_for(model, proj, allocation, b, trajectory) for b in budgets]
     device = next(model.parameters()).device
     rows = []
     with attach(model, proj, settings[0]) as comp:

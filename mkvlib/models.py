@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from . import attention
+from .geometry import KVGeometry
 from .io import file_sha256
 from .runtime import cache_dir, device_and_dtype
 
@@ -227,3 +230,20 @@ def tiny_model(arch: str = "llama", seed: int = 0, **kw):
     model.eval()
     model.mkv_name = f"tiny-{arch}-h{config.num_attention_heads}-g{config.num_key_value_heads}"
     return model
+
+
+def attention_hash(model) -> str:
+    """A short hash of every attention module's own weights (q/k/v/o projections, query/key norms)."""
+    h = hashlib.sha256()
+    for module in attention.attention_modules(model):
+        for name, p in sorted(module.named_parameters()):
+            h.update(f"{module.layer_idx}.{name}:{tuple(p.shape)}".encode())
+            h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_identity(model) -> dict:
+    """{model, geometry, attention_hash}: what a loaded model is, for results and captures that belong to it
+    (``model`` its name; ``attention_hash`` changes with any attention weight, e.g. a merged adapter)."""
+    return {"model": getattr(model, "mkv_name", None) or getattr(model.config, "name_or_path", "?"),
+            "geometry": KVGeometry.of(model).as_dict(), "attention_hash": attention_hash(model)}

@@ -5,11 +5,13 @@ Ranks are a LongTensor of shape (L, G, 2): ``ranks[l, g, K]`` for keys, ``ranks[
 *ranks spec* is one integer (every entry), a float budget (uniform: every entry at round(budget * d)) or such a
 tensor; :func:`resolve_ranks` turns any of them into the tensor. :func:`ranks_for` is the one way to ranks from
 an allocation: 'uniform' gives the budget itself, 'adaptive' the prefix of a greedy-search trajectory (the one
-shipped for the projections, or one given). Introduced in notebook 01 (adaptive ranks: notebook 03).
+shipped for the projections, or one given); a :class:`Method` names one such choice with its projections.
+Introduced in notebook 01 (adaptive ranks: notebook 03).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -88,3 +90,24 @@ def ranks_for(model, projections, allocation: str, budget: float, trajectory=Non
         traj = trajectory if isinstance(trajectory, Trajectory) else Trajectory.load(trajectory)
         traj.check_projections(resolve_projections(projections, model), model)
     return resolve_ranks(traj.ranks_at(budget), KVGeometry.of(model))
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to compress, as a results table names it: projections ('pca', 'trained', a path or a Projections)
+    and an allocation, 'uniform' (every rank at the budget) or 'adaptive' (the ranks of a greedy-search
+    trajectory: ``trajectory``, a path or a Trajectory, else the one shipped for the projections)."""
+    name: str
+    projections: object = "pca"
+    allocation: str = "uniform"
+    trajectory: object = None
+
+    def __post_init__(self):
+        check_allocation(self.allocation, f"method {self.name!r}: allocation")
+        if self.trajectory is not None and self.allocation != "adaptive":
+            raise ValueError(f"method {self.name!r}: a trajectory gives adaptive ranks; its allocation is "
+                             f"{self.allocation!r}")
+
+    def ranks(self, model, projections, budget: float):
+        """The ranks spec at ``budget`` for ``projections`` (this method's, resolved): see :func:`ranks_for`."""
+        return ranks_for(model, projections, self.allocation, budget, self.trajectory)

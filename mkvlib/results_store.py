@@ -27,6 +27,10 @@ Example::
 
 Values are compared as the text the CSV holds (None is an empty cell), so ``0.5`` and ``"0.5"`` are one key
 but ``"0.5000"`` is another: write a key field the same way every time.
+
+The grid's loop is shared too: :func:`unstored` skips the cells already stored and :func:`measure_all` measures
+the rest, storing each row the moment it is measured, behind one progress bar. Each table plans its own cells
+(and estimates their cost); :data:`BASELINE` names the uncompressed model's rows in every table.
 """
 from __future__ import annotations
 
@@ -34,9 +38,13 @@ import contextlib
 import csv
 import os
 from pathlib import Path
-from typing import Iterable
+import sys
+from typing import Callable, Iterable
 
 from .io import atomic_path
+from .runtime import progress_bar
+
+BASELINE = "uncompressed"   # the method (or projections) of the uncompressed model's rows in every results table
 
 
 def cell_text(value) -> str:
@@ -185,3 +193,44 @@ def _locked(path):
         yield
     finally:
         os.close(fd)                # closing releases the lock
+
+
+# --- filling a grid ---------------------------------------------------------------------------------------------
+def unstored(store: ResultStore | None, cells: list, key: Callable) -> list:
+    """The ``cells`` whose key (``key(cell)``: a row dict with the key fields) is not stored; all of them without
+    a store."""
+    if store is None:
+        return list(cells)
+    done = store.keys()
+    return [c for c in cells if store.key(key(c)) not in done]
+
+
+def measure_all(store: ResultStore | None, groups: list, measure: Callable, desc: str, *, size: Callable = None,
+                label: Callable = None, on_error: Callable = None, progress: bool = True, log=None) -> list[dict]:
+    """Measure every group of cells and store each row the moment it is measured; the rows, in order.
+
+    ``measure(group)`` yields (or returns) the group's rows; the bar counts rows, ``size(group)`` of them per
+    group (default 1) and shows ``label(group)``. A group that raises is passed to ``on_error(group, error)``
+    and the run goes on (without ``on_error`` the error propagates); rows it stored before the error stay.
+    """
+    size = size or (lambda group: 1)
+    rows = []
+    bar = progress_bar(total=sum(size(g) for g in groups), desc=desc, disable=not progress, file=log or sys.stderr)
+    for group in groups:
+        if label is not None:
+            bar.set_postfix_str(label(group))
+        made = 0
+        try:
+            for row in measure(group):
+                if store is not None:
+                    store.add(row)
+                rows.append(row)
+                made += 1
+                bar.update(1)
+        except Exception as err:  # noqa: BLE001 - one failing group is the caller's row; the run goes on
+            if on_error is None:
+                raise
+            on_error(group, err)
+            bar.update(max(size(group) - made, 0))
+    bar.close()
+    return rows

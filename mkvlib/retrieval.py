@@ -207,13 +207,13 @@ def retrieval_curve(model, tokenizer, methods, budgets, lengths=DEFAULT_LENGTHS,
     rows = []
     for method in map(as_method, methods):
         proj = resolve_projections(method.projections, model)
-        settings = method.settings(model, proj, budgets)
+        settings = [method.ranks(model, proj, b) for b in budgets]
         with attach(model, proj, settings[0]) as comp:
-            for budget, ranks in tqdm(list(zip(budgets, settings)), desc=method.label, disable=not progress):
+            for budget, ranks in tqdm(list(zip(budgets, settings)), desc=method.name, disable=not progress):
                 comp.set_ranks(ranks)
                 for length, ps in prompts.items():
                     acc = passkey_accuracy(model, ps, tokenizer, max_new_tokens)
-                    rows.append({"method": method.label, "allocation": method.allocation, "budget": budget,
+                    rows.append({"method": method.name, "allocation": method.allocation, "budget": budget,
                                  "length": length, "accuracy": acc["accuracy"], "base_accuracy": base[length],
                                  "correct": acc["correct"], "n": acc["n"]})
     labels = list(dict.fromkeys(r["method"] for r in rows))
@@ -250,7 +250,8 @@ def main(argv=None) -> int:
     from .commands.common import hardware
     from .io import write_json
     from .models import load_model
-    from .suite import Method, suite_label
+    from .ranks import Method
+    from .suite import suite_label
 
     p = argparse.ArgumentParser(prog="python -m mkvlib.retrieval", description=main.__doc__.split(": ", 1)[1])
     p.add_argument("--methods", default="pca:uniform,trained:uniform,trained:adaptive",
@@ -270,7 +271,7 @@ def main(argv=None) -> int:
     result = retrieval_curve(model, tokenizer, methods, budgets, lengths, args.n, args.seed)
     write_json(args.out, dict(result, command="python -m mkvlib.retrieval " + " ".join(
         sys.argv[1:] if argv is None else argv), lengths=lengths, budgets=sorted(budgets, reverse=True),
-        methods=[dict(label=m.label, projections=m.projections, allocation=m.allocation, trajectory=m.trajectory)
+        methods=[dict(label=m.name, projections=m.projections, allocation=m.allocation, trajectory=m.trajectory)
                  for m in methods], wall_time_s=round(time.time() - start), hardware=hardware(model.device)))
     print(format_retrieval_table(result))
     return 0

@@ -13,17 +13,15 @@ and rank setting the suite reports the perplexity ratio to the uncompressed mode
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checks import check_allocation
 from .compress import attach
 from .corpora import CorpusNotFoundError, load_text, token_blocks
 from .metrics import quality_curve
 from .projections import resolve_projections
-from .ranks import ranks_for
+from .ranks import Method
 from .runtime import note as announce, pick, progress_bar as tqdm
 
 SUITES = ("ood",)
@@ -99,23 +97,6 @@ def evaluate_suite(model, compression, settings: list, blocks_by_domain: dict, b
     return rows
 
 
-@dataclass(frozen=True)
-class Method:
-    """One way to compress: projections ('pca', 'trained', a path or a Projections) and an allocation, 'uniform'
-    (every rank at the budget) or 'adaptive' (the greedy-search trajectory: ``trajectory``, else the shipped one)."""
-    label: str
-    projections: object = "pca"
-    allocation: str = "uniform"
-    trajectory: object = None
-
-    def __post_init__(self):
-        check_allocation(self.allocation)
-
-    def settings(self, model, projections, budgets) -> list:
-        """Rank specs at ``budgets``: the budgets themselves (uniform) or (L, G, 2) ranks from the trajectory."""
-        return [ranks_for(model, projections, self.allocation, b, self.trajectory) for b in budgets]
-
-
 RECIPES = {"pca": "PCA", "trained": "MatryoshkaKV"}
 
 
@@ -125,7 +106,7 @@ def suite_label(projections: str) -> str:
 
 
 def as_method(method) -> Method:
-    """A :class:`Method` from itself or a tuple (label, projections[, allocation[, trajectory]])."""
+    """A :class:`~mkvlib.ranks.Method` from itself or a tuple (name, projections[, allocation[, trajectory]])."""
     return method if isinstance(method, Method) else Method(*method)
 
 
@@ -137,10 +118,10 @@ def compare_suite(model, methods, budgets, blocks_by_domain: dict, batch_size: i
     rows = []
     for method in map(as_method, methods):
         proj = resolve_projections(method.projections, model)
-        settings = method.settings(model, proj, budgets)
+        settings = [method.ranks(model, proj, b) for b in budgets]
         with attach(model, proj, settings[0]) as comp:
             for row in evaluate_suite(model, comp, settings, blocks_by_domain, batch_size, progress):
-                rows.append(dict(row, method=method.label, allocation=method.allocation,
+                rows.append(dict(row, method=method.name, allocation=method.allocation,
                                  projections=proj.fingerprint(), target_budget=budgets[row["setting"]]))
     return rows
 

@@ -148,10 +148,9 @@ def test_configuration_classes_validate_through_geometry():
     """Every configuration class rejects a bad budget, rank or allocation with geometry's message."""
     from mkvlib.bench import BenchConfig
     from mkvlib.cache import HeadGroup
-    from mkvlib.lmeval.sweep import Method as SweepMethod
     from mkvlib.lmeval.sweep import SweepConfig
+    from mkvlib.ranks import Method
     from mkvlib.search import SearchConfig
-    from mkvlib.suite import Method
     from mkvlib.training import TrainConfig
 
     fraction = r"must be a fraction in \(0, 1\] \(e.g. 0.5 for 50%\)"
@@ -159,10 +158,9 @@ def test_configuration_classes_validate_through_geometry():
              (lambda: BenchConfig(allocation="greedy"), "allocation must be 'uniform'"),
              (lambda: SearchConfig(stop_budget=1.5), "SearchConfig.stop_budget " + fraction + " or None"),
              (lambda: SearchConfig(min_rank=-2), "SearchConfig.min_rank must be a whole number >= 0"),
-             (lambda: SweepConfig("out.csv", budgets=[0.5, 0]), r"budgets must be fractions in \(0, 1\]"),
-             (lambda: SweepConfig("out.csv", budgets=[]), "budgets is empty"),
-             (lambda: SweepMethod("m", "pca", "greedy"), "method 'm': allocation must be 'uniform'"),
-             (lambda: Method("m", "pca", "greedy"), "allocation must be 'uniform'"),
+             (lambda: SweepConfig(out="out.csv", budgets=[0.5, 0]), r"budgets must be fractions in \(0, 1\]"),
+             (lambda: SweepConfig(out="out.csv", budgets=[]), "budgets is empty"),
+             (lambda: Method("m", "pca", "greedy"), "method 'm': allocation must be 'uniform'"),
              (lambda: HeadGroup((0, 1), -1, 4), "key_rank must be a whole number >= 0"),
              (lambda: TrainConfig(eval_budgets=(0.0,)), r"TrainConfig.eval_budgets must be fractions in \(0, 1\]"),
              (lambda: TrainConfig(schedule=[4, 4]), "repeats a rank")]

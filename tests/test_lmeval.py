@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from mkvlib.geometry import KVGeometry
-from mkvlib.lmeval import LMEvalConfig, Method, Sweep, SweepConfig, run_lm_eval
+from mkvlib.lmeval import LMEvalConfig, Sweep, SweepConfig, run_lm_eval
 from mkvlib.lmeval.hellaswag import process_docs
 from mkvlib.lmeval.sweep import GUESSED_ITEMS, read_rows
 from mkvlib.lmeval.tasks import TaskFilesMissingError, resolve_task_paths, write_local_tasks
 from mkvlib.models import tiny_model
 from mkvlib.projections import Projections
+from mkvlib.ranks import Method
 
 WORDS = ("question answer what is the a an of to in yes no red blue green sky grass fire water cold hot "
          "colour color sun ice open door key lock how do i").split()
@@ -152,17 +153,18 @@ def test_configs_reject_bad_fields(tmp_path):
     with pytest.raises(ValueError, match="no tasks"):
         LMEvalConfig("")
     with pytest.raises(ValueError, match=".csv"):
-        SweepConfig(str(tmp_path / "out.json"))
+        SweepConfig(out=str(tmp_path / "out.json"))
     with pytest.raises(ValueError, match="budgets"):
-        SweepConfig(str(tmp_path / "out.csv"), budgets=[1.5])
+        SweepConfig(out=str(tmp_path / "out.csv"), budgets=[1.5])
     with pytest.raises(ValueError, match="unknown method"):
-        SweepConfig(str(tmp_path / "out.csv"), methods=["magic"])
+        SweepConfig(out=str(tmp_path / "out.csv"), methods=["magic"])
 
 
 def test_sweep_resumes_without_redoing_finished_cells(model, tokenizer, include_dir, projections_file, tmp_path):
     out = tmp_path / "sweep.csv"
-    cfg = SweepConfig(str(out), methods=[Method("random-uniform", str(projections_file))], budgets=[1.0, 0.5, 0.25],
-                      tasks=["tiny_mc"], include_path=str(include_dir), source="local", batch_size=4)
+    cfg = SweepConfig(out=str(out), methods=[Method("random-uniform", str(projections_file))],
+                      budgets=[1.0, 0.5, 0.25], tasks=["tiny_mc"], include_path=str(include_dir), source="local",
+                      batch_size=4)
     sweep = Sweep(model, tokenizer, cfg)
     guess = sweep.estimate()
     assert guess["cells"] == 3 and guess["measured_on_cells"] == 0
@@ -214,7 +216,7 @@ def test_a_sweep_scores_your_own_projections_and_trajectory(model, tokenizer, in
         Method("x", "pca", "uniform", str(traj_file))
 
     out = tmp_path / "own.csv"
-    cfg = SweepConfig(str(out), methods=methods[2:], budgets=[0.75], tasks=["tiny_mc"],
+    cfg = SweepConfig(out=str(out), methods=methods[2:], budgets=[0.75], tasks=["tiny_mc"],
                       include_path=str(include_dir), source="local", batch_size=4)
     sweep = Sweep(model, tokenizer, cfg)
     expected = Trajectory.load(traj_file).ranks_at(0.75)
@@ -232,8 +234,8 @@ def test_adaptive_cells_are_keyed_by_the_ranks_they_used(model, tokenizer, inclu
     from mkvlib.lmeval.sweep import append_row, ranks_digest
 
     out = tmp_path / "sweep.csv"
-    cfg = SweepConfig(str(out), methods=[Method("rand-uniform", str(projections_file)),
-                                         Method("rand-adaptive", str(projections_file), "adaptive")],
+    cfg = SweepConfig(out=str(out), methods=[Method("rand-uniform", str(projections_file)),
+                                             Method("rand-adaptive", str(projections_file), "adaptive")],
                       budgets=[1.0, 0.5], tasks=["tiny_mc"], include_path=str(include_dir), source="local")
     sweep = Sweep(model, tokenizer, cfg)
     ranks = torch.full(KVGeometry.of(model).shape, 8, dtype=torch.long)

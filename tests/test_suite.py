@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from helpers import needs_model, random_projections
+import mkvlib.ranks
 from mkvlib import retrieval, suite
 from mkvlib.compress import attach
 from mkvlib.geometry import KVGeometry
+from mkvlib.ranks import Method
 
 
 class CharTok:
@@ -69,9 +71,9 @@ def test_compare_suite_methods_and_table(llama, one_thread, monkeypatch):
         ranks[0, 0, 0] = geom.head_dim
         return ranks
 
-    monkeypatch.setattr(suite, "ranks_for", fake_ranks_for)
+    monkeypatch.setattr(mkvlib.ranks, "ranks_for", fake_ranks_for)     # what Method.ranks calls
     methods = [("random uniform", random_projections(llama, 1)),
-               suite.Method("other adaptive", random_projections(llama, 2), "adaptive", trajectory="t.json")]
+               Method("other adaptive", random_projections(llama, 2), "adaptive", trajectory="t.json")]
     rows = suite.compare_suite(llama, methods, [0.75, 0.5], domain_blocks(), batch_size=2)
     assert len(rows) == 2 * (2 * 2 + 2)
     assert asked == [(0.75, "t.json"), (0.5, "t.json")]
@@ -81,7 +83,7 @@ def test_compare_suite_methods_and_table(llama, one_thread, monkeypatch):
     for text in ("random uniform", "other adaptive", "alpha", "beta", "mean", "budget 0.750", "budget 0.500"):
         assert text in table
     with pytest.raises(ValueError, match="allocation"):
-        suite.Method("x", "pca", "greedy")
+        Method("x", "pca", "greedy")
 
 
 def test_suite_blocks_skip_missing_domains_with_one_note(monkeypatch, capsys):

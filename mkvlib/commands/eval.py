@@ -176,7 +176,7 @@ def method_record(method, model) -> dict:
     """A method as a result file stores it: label, projections (name and fingerprint), allocation, trajectory."""
     from ..projections import resolve_projections
 
-    return dict(label=method.label, projections=method.projections, allocation=method.allocation,
+    return dict(label=method.name, projections=method.projections, allocation=method.allocation,
                 fingerprint=resolve_projections(method.projections, model).fingerprint(),
                 trajectory=method.trajectory)
 
@@ -211,7 +211,8 @@ def run_suite(args, allocations) -> int:
     from ..projections import resolve_projections
     from ..retrieval import format_retrieval_table, retrieval_curve
     from ..runtime import pick
-    from ..suite import DOMAINS, Method, compare_suite, default_tokens, format_suite_table, suite_blocks, suite_label
+    from ..ranks import Method
+    from ..suite import DOMAINS, compare_suite, default_tokens, format_suite_table, suite_blocks, suite_label
 
     if args.corpus:
         raise ValueError("--suite chooses its own text (mkvlib.suite.DOMAINS): leave out --corpus")
@@ -231,7 +232,7 @@ def run_suite(args, allocations) -> int:
                for p in split_list(args.projections, "--projections") for a in allocations]
     model, tokenizer = load_model(args.model, device=args.device)
     for m in methods:   # missing projections or trajectories fail here, before any evaluation
-        m.settings(model, resolve_projections(m.projections, model), budgets)
+        [m.ranks(model, resolve_projections(m.projections, model), b) for b in budgets]
     check_offset(args, model, max([args.seq_len] + ([n + 8 for n in lengths] if args.retrieval else [])))
     blocks = suite_blocks(tokenizer, tokens, args.seq_len)
     start = time.time()

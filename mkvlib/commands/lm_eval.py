@@ -104,8 +104,8 @@ def run_sweep(args) -> int:
         from ..lmeval.tasks import resolve_task_paths
 
         resolve_task_paths(args.tasks, args.source, args.include_path)   # missing task files: one clear error now
-    config = SweepConfig(args.sweep, methods=methods, budgets=budgets, tasks=args.tasks, limit=args.limit,
-                         batch_size=args.batch_size, source=args.source, include_path=args.include_path)
+    config = SweepConfig(out=args.sweep, methods=methods, budgets=budgets, tasks=args.tasks, limit=args.limit,
+                             batch_size=args.batch_size, source=args.source, include_path=args.include_path)
     sweep = Sweep(model, tokenizer, config)
     rows = sweep.run(progress=not args.json, dry_run=args.dry_run)
     result = {"out": args.sweep, "cells_run": len(rows), "skipped": sweep.skipped, **sweep.estimate()}

@@ -27,6 +27,7 @@ import torch
 
 from ..compat import cache_kwargs
 from ..geometry import KVGeometry
+from ..results_store import BASELINE
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class KVMethod:
 
 class Uncompressed(KVMethod):
     """The full cache: the ceiling every method is compared with."""
-    name, axis = "uncompressed", "none"
+    name, axis = BASELINE, "none"
 
     def settings(self, model) -> list[Setting]:
         return [Setting(self.name, "100%")]
@@ -140,7 +141,7 @@ class Uncompressed(KVMethod):
         yield Runner(model)
 
 
-REGISTRY: dict[str, type[KVMethod]] = {"uncompressed": Uncompressed}
+REGISTRY: dict[str, type[KVMethod]] = {BASELINE: Uncompressed}
 
 
 def register(cls: type[KVMethod]) -> type[KVMethod]:

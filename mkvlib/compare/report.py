@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..results_store import BASELINE
 from .run import load_result  # noqa: F401  (the reader, re-exported for notebooks)
 
 AXIS_STYLE = {"none": "-", "feature": "-", "token": ":", "bits": "-.", "composed": "--"}
@@ -68,10 +69,10 @@ def table(result: dict, length: int, requested: float | None = None, methods=Non
         groups: dict = {}
         for r in source["rows"]:
             if source is extra:              # a method measured apart: all of its rows, no second ceiling
-                keep = r["method"] != "uncompressed"
+                keep = r["method"] != BASELINE
             else:
-                keep = (requested is None or requested in r["requested"] or r["method"] == "uncompressed") and \
-                    (methods is None or r["method"] in methods or r["method"] == "uncompressed")
+                keep = (requested is None or requested in r["requested"] or r["method"] == BASELINE) and \
+                    (methods is None or r["method"] in methods or r["method"] == BASELINE)
             if keep and r["length"] == length and r.get("n"):
                 groups.setdefault((r["method"], r["setting"]), {})[r["task"]] = r
         for (m, setting), by in groups.items():
@@ -91,7 +92,7 @@ def pivot(result: dict, length: int, task: str) -> str:
     lines = [[f"{TASK_NAMES.get(task, task)} at {length:,} tokens"] + [f"{f:.1%} asked" for f in fractions]]
     for m in result["methods"]:
         rows = {f: row_at(result, m, task, length, f) for f in fractions}
-        if m == "uncompressed" or not any(rows.values()):
+        if m == BASELINE or not any(rows.values()):
             continue
         cells = []
         for f in fractions:
@@ -156,7 +157,7 @@ def plot_quality_vs_bytes(result: dict, length: int, title: str = "", guess: dic
 
     tasks = result["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
-    methods = [m for m in result["methods"] if m != "uncompressed" and any(rows_of(result, m, t, length)
+    methods = [m for m in result["methods"] if m != BASELINE and any(rows_of(result, m, t, length)
                                                                            for t in tasks)]
     palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + ["#00429d", "#8c6d31"]
     colors = (palette * len(methods))[:len(methods)]            # no grey: the reference lines are black and grey

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from ..models import model_identity
+from ..results_store import BASELINE, ResultStore, measure_all, unstored
 from .base import REGISTRY, BytesUnreachableError, at_bytes, get_method
 from .tasks import CANNOT_DO, MAX_NEW_TOKENS, RETRIEVAL_TASKS, TARGET_TOKENS, TASK_VERSION, TASKS, make_items, \
     score_item
@@ -35,7 +37,6 @@ FIELDS = ("model", "method", "setting", "identity", "task", "version", "length",
           "label", "axis", "fraction", "bytes_per_token", "fixed_bytes",
           "correct", "answer", "expected", "depth", "nll", "base_nll", "kl", "top1", "tokens", "domain", "seconds")
 KEY = ("model", "method", "setting", "identity", "task", "version", "length", "seed", "item")
-BASELINE = "uncompressed"
 
 
 @dataclass
@@ -99,14 +100,6 @@ def make_method(spec: str):
         return get_method(name, **options)
     except TypeError as err:
         raise ValueError(f"method {spec!r}: {err}") from None
-
-
-def model_identity(model) -> str:
-    """'<name>@<hash of the attention weights>': what stored results belong to."""
-    from ..training.layerwise import attention_hash
-
-    name = getattr(model, "mkv_name", None) or getattr(model.config, "name_or_path", "?")
-    return f"{name}@{attention_hash(model)}"
 
 
 def setting_identity(method, model, setting) -> str:
@@ -210,8 +203,6 @@ def store_path(out) -> Path:
 
 
 def open_store(out):
-    from ..results_store import ResultStore
-
     return ResultStore(store_path(out), KEY, FIELDS)
 
 
@@ -235,46 +226,39 @@ def estimate(pending: list[tuple], seconds: float, unit_length: int) -> float:
 def run_compare(model, tokenizer, spec: CompareSpec, out, progress: bool = True, command: str | None = None,
                 log=sys.stderr) -> dict:
     """Run (or resume) ``spec``; write the JSON summary to ``out`` (atomically) and return it."""
-    from ..runtime import progress_bar as tqdm
-
     from ..io import write_json
 
     store = open_store(out)
-    model_id = model_identity(model)
+    identity = model_identity(model)
+    model_id = f"{identity['model']}@{identity['attention_hash']}"   # name@hash of the attention weights
     cells, status = plan(model, spec)
-    done = store.keys()
-    todo = _pending(store, done, model_id, cells, spec, tokenizer)
+    items = {(t, n_tokens): make_items(t, tokenizer, n_tokens, spec.n, spec.seed)
+             for t in spec.tasks for n_tokens in spec.lengths}
+    todo = unstored(store, [(cell, t, it) for cell in cells for t in spec.tasks for it in items[(t, cell.length)]],
+                    lambda w: _key(model_id, w[0], w[1], spec.seed, w[2].index))
     if todo:
-        _print_estimate(model, tokenizer, spec, todo, len(done), store.path, log)
-    base_logp: dict = {}
-    bar = tqdm(total=len(todo), desc="compare", disable=not progress, file=log)
+        _print_estimate(model, tokenizer, spec, todo, len(store.keys()), store.path, log)
     by_cell: dict = {}
     for cell, t, it in todo:
         by_cell.setdefault(id(cell), (cell, []))[1].append((t, it))
-    for cell, work in by_cell.values():
-        bar.set_postfix_str(f"{cell.spec} {cell.setting.label} @ {cell.length}")
-        try:
-            _run_cell(model, tokenizer, cell, work, spec, model_id, store, base_logp, bar)
-        except Exception as err:  # noqa: BLE001 - one failing method is a row, the run goes on
-            status.append({"method": cell.spec, "axis": cell.method.axis, "status": "failed", "length": cell.length,
-                           "setting": cell.setting.label, "note": f"{type(err).__name__}: {err}"})
-            print(f"compare: {cell.spec} {cell.setting.label} at {cell.length} tokens failed: "
-                  f"{type(err).__name__}: {err}", file=log, flush=True)
-            bar.update(len(work))
-    bar.close()
+    base_logp: dict = {}
+
+    def failed(group, err):                 # one failing method is a status row; the run goes on
+        cell = group[0]
+        status.append({"method": cell.spec, "axis": cell.method.axis, "status": "failed", "length": cell.length,
+                       "setting": cell.setting.label, "note": f"{type(err).__name__}: {err}"})
+        print(f"compare: {cell.spec} {cell.setting.label} at {cell.length} tokens failed: "
+              f"{type(err).__name__}: {err}", file=log, flush=True)
+
+    measure_all(store, list(by_cell.values()),
+                lambda group: _run_cell(model, tokenizer, *group, spec, model_id, base_logp), "compare",
+                size=lambda group: len(group[1]), label=lambda g: f"{g[0].spec} {g[0].setting.label} @ {g[0].length}",
+                on_error=failed, progress=progress, log=log)
     result = summarize(store.rows(), cells, status, spec, model_id)
     result.update(command=command, items_file=store.path.name, created=time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                       time.gmtime()))
     write_json(out, result)
     return result
-
-
-def _pending(store, done: set, model_id: str, cells, spec: CompareSpec, tokenizer) -> list:
-    """The (cell, task, item) triples of ``spec`` whose keys are not among ``done`` (those stored in ``store``)."""
-    items = {(t, n_tokens): make_items(t, tokenizer, n_tokens, spec.n, spec.seed)
-             for t in spec.tasks for n_tokens in spec.lengths}
-    return [(cell, t, it) for cell in cells for t in spec.tasks for it in items[(t, cell.length)]
-            if store.key(_key(model_id, cell, t, spec.seed, it.index)) not in done]
 
 
 def _print_estimate(model, tokenizer, spec: CompareSpec, todo: list, stored: int, where, log) -> None:
@@ -287,9 +271,8 @@ def _print_estimate(model, tokenizer, spec: CompareSpec, todo: list, stored: int
           f"{stored} items already stored in {where}", file=log, flush=True)
 
 
-def _run_cell(model, tokenizer, cell, work: list, spec: CompareSpec, model_id: str, store, base_logp: dict,
-              bar) -> None:
-    """Score every (task, item) of ``work`` under one cell's method and setting, adding a row per item to ``store``.
+def _run_cell(model, tokenizer, cell, work: list, spec: CompareSpec, model_id: str, base_logp: dict):
+    """Score every (task, item) of ``work`` under one cell's method and setting, yielding a row per item.
     The uncompressed ppl log-probabilities are computed first (outside the method's runner) and kept in
     ``base_logp``; the baseline cell stores its own there."""
     if cell.spec != BASELINE:
@@ -305,12 +288,10 @@ def _run_cell(model, tokenizer, cell, work: list, spec: CompareSpec, model_id: s
                 result, _ = ppl_result(run, it, base_logp[(it.length, it.index)])
             else:
                 result = retrieval_result(run, it, tokenizer)
-            row = dict(_key(model_id, cell, t, spec.seed, it.index), label=cell.setting.label,
+            yield dict(_key(model_id, cell, t, spec.seed, it.index), label=cell.setting.label,
                        axis=cell.method.axis, fraction=round(cell.report.fraction, 6),
                        bytes_per_token=round(cell.report.per_token, 3), fixed_bytes=cell.report.fixed,
                        seconds=round(time.perf_counter() - start, 2), **result)
-            store.add(row)
-            bar.update(1)
 
 
 def _base_logp(model, item, memo: dict) -> torch.Tensor:

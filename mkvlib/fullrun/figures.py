@@ -2,6 +2,8 @@
 budget, out-of-domain KL, decode speed and capacity), drawn at the end of the run from whatever finished."""
 from __future__ import annotations
 
+from ..results_store import BASELINE
+
 
 def _train(ax, rec) -> bool:
     hist = rec.get("history") or []
@@ -20,10 +22,10 @@ def _train(ax, rec) -> bool:
 
 def _lmeval(ax, rec) -> bool:
     table = [r for r in rec.get("table") or [] if r.get("kept") is not None]
-    if not any(r["method"] != "uncompressed" for r in table):
+    if not any(r["method"] != BASELINE for r in table):
         return False
-    base = [r for r in table if r["method"] == "uncompressed"]
-    for method in sorted({r["method"] for r in table} - {"uncompressed"}):
+    base = [r for r in table if r["method"] == BASELINE]
+    for method in sorted({r["method"] for r in table} - {BASELINE}):
         pts = sorted((r["budget"], 100 * r["kept"]) for r in table if r["method"] == method)
         pts = sorted(pts + [(1.0, 100.0)] * bool(base))
         ax.plot([100 * b for b, _ in pts], [k for _, k in pts], "o-", label=method)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..results_store import BASELINE, measure_all
 from . import clock
 from .config import METHODS
 from .context import StageSkipped
@@ -31,7 +32,7 @@ def lmeval_missing(tasks) -> str | None:
 
 
 def sweep_methods(ctx) -> list:
-    from ..lmeval import Method
+    from ..ranks import Method
 
     ctx.pca()
     methods = [Method("pca-uniform", ctx.pca_spec)]
@@ -57,8 +58,8 @@ def run(ctx, deadline) -> dict:
     if why:
         raise StageSkipped(why)
     p, tasks = ctx.profile, list(ctx.config.tasks)
-    config = SweepConfig(str(ctx.path("lmeval")), methods=sweep_methods(ctx), budgets=list(p.lmeval_budgets),
-                         tasks=tasks, limit=ctx.config.lmeval_limit, batch_size=p.lmeval_batch)
+    config = SweepConfig(out=str(ctx.path("lmeval")), methods=sweep_methods(ctx), budgets=list(p.lmeval_budgets),
+                             tasks=tasks, limit=ctx.config.lmeval_limit, batch_size=p.lmeval_batch)
     sweep = Sweep(ctx.model, ctx.tokenizer, config)
     cells = sorted(sweep.pending(), key=lambda c: priority(c, tasks))
     for name, reason in sweep.skipped.items():
@@ -73,16 +74,19 @@ def run(ctx, deadline) -> dict:
 
 
 def run_cells(ctx, sweep, cells, lm, deadline) -> tuple[int, list]:
-    ran, skipped = 0, []
-    for cell in cells:
+    skipped = []
+
+    def measure(cell):
         left = deadline - clock.now()
         estimate = sweep.estimate([cell])
         if left <= 0 or (estimate["measured_on_cells"] and estimate["seconds"] > left):
             skipped.append(cell.label)
-            continue
-        row = sweep.run_cell(cell, lm)
-        ran += 1
+            return []
+        row = sweep.measure(cell, lm)
         ctx.log(f"lm-eval: {cell.label}: acc {float(row['acc']):.4f} ({row['items']} items, {row['seconds']}s)")
+        return [row]
+
+    ran = len(measure_all(sweep.store, cells, measure, "lm-eval", progress=False))
     if skipped:
         ctx.log(f"lm-eval: {len(skipped)} cells left out for time (first: {skipped[0]})")
     return ran, skipped
@@ -91,7 +95,7 @@ def run_cells(ctx, sweep, cells, lm, deadline) -> tuple[int, list]:
 def accuracy_table(rows: list[dict], tasks) -> list[dict]:
     """One row per (method, budget): each task's acc, their average, and the average as a share of the
     uncompressed model's ('kept'), where every task has a cell."""
-    base = {r["task"]: float(r["acc"]) for r in rows if r["method"] == "uncompressed"}
+    base = {r["task"]: float(r["acc"]) for r in rows if r["method"] == BASELINE}
     cells: dict = {}
     for r in rows:
         cells.setdefault((r["method"], float(r["budget"])), {})[r["task"]] = float(r["acc"])

@@ -7,8 +7,8 @@
 - :mod:`.recipes`: set-ups named by how their projections were made and how their ranks were chosen.
 """
 from .evaluate import LMEvalConfig, flat_result, run_lm_eval, wrap
-from .sweep import BUDGETS, METHODS, Method, Sweep, SweepConfig
+from .sweep import BUDGETS, METHODS, Sweep, SweepConfig
 from .tasks import LOCAL_TASKS, TaskFilesMissingError, available_local_tasks, write_local_tasks
 
-__all__ = ["LMEvalConfig", "run_lm_eval", "flat_result", "wrap", "Sweep", "SweepConfig", "Method", "METHODS",
+__all__ = ["LMEvalConfig", "run_lm_eval", "flat_result", "wrap", "Sweep", "SweepConfig", "METHODS",
            "BUDGETS", "LOCAL_TASKS", "TaskFilesMissingError", "available_local_tasks", "write_local_tasks"]

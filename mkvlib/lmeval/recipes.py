@@ -11,6 +11,7 @@ import json
 import struct
 
 from ..projections import SHIPPED, shipped_path
+from ..results_store import BASELINE
 
 SHIPPED_NAMES = {"pca": "PCA", "trained": "MatryoshkaKV trained"}
 
@@ -34,7 +35,7 @@ EARLIER_DETAILS = {
     "52190afbf18f313e": "layer-wise warm start, then 120 KD-only steps on 2,048-token blocks of the diverse mixture "
                         "at spread positions",
 }
-UNCOMPRESSED = ("none", "uncompressed", "")
+UNCOMPRESSED = ("none", BASELINE, "")   # how a row without projections names them
 
 
 def _header_fingerprint(path) -> str | None:

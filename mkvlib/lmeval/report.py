@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..results_store import BASELINE
 from ..runtime import note
-from .sweep import BASELINE, read_rows
+from .sweep import read_rows
 
 # chance accuracy of each task (1 / number of choices; ARC-Easy has a few 3- and 5-choice items, ~0.25)
 CHANCE = {"piqa": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "winogrande": 0.5,

@@ -13,42 +13,24 @@ import datetime
 import hashlib
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from ..checks import check_allocation, check_budgets
+from ..checks import check_budgets
 from ..corpora import data_dir
-from ..ranks import budget_of, ranks_for
-from ..results_store import ResultStore
+from ..ranks import Method, budget_of
+from ..results_store import BASELINE, ResultStore, measure_all, unstored
 from ..runtime import project_dir
 from .evaluate import LMEvalConfig, lm_eval_version, run_lm_eval, wrap
 from .tasks import LOCAL_TASKS, choose_source
 
 BUDGETS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
-BASELINE = "uncompressed"
 FIELDS = ["model", "method", "projections", "allocation", "fingerprint", "budget", "kv_budget", "ranks", "task",
           "acc", "acc_norm", "items", "limit", "batch_size", "seconds", "source", "git_commit", "lm_eval_version",
           "finished_at"]
 KEY = ("model", "method", "fingerprint", "budget", "ranks", "task", "limit")
 # mean answer choices per item (loglikelihood requests per item), for the cost estimate
 CHOICES = {"piqa": 2, "arc_easy": 4, "arc_challenge": 4, "hellaswag": 4, "winogrande": 2, "openbookqa": 4}
-
-
-@dataclass(frozen=True)
-class Method:
-    """A compression method: which projections (``pca``, ``trained`` or a file) and how ranks are allocated
-    (adaptive: from the shipped trajectory for the projections, or from ``trajectory``, a ``mkv search`` file)."""
-    name: str
-    projections: str
-    allocation: str = "uniform"
-    trajectory: str | None = None
-
-    def __post_init__(self):
-        check_allocation(self.allocation, f"method {self.name!r}: allocation")
-        if self.trajectory is not None and self.allocation != "adaptive":
-            raise ValueError(f"method {self.name!r}: a trajectory gives adaptive ranks; its allocation is "
-                             f"{self.allocation!r}")
 
 
 METHODS = {m.name: m for m in [Method("pca-uniform", "pca"), Method("trained-uniform", "trained"),
@@ -92,32 +74,32 @@ def with_own_files(methods, projections: str | None = None, trajectory: str | No
     return out
 
 
-@dataclass
-class SweepConfig:
-    """methods x budgets x tasks, with the lm-eval settings shared by every cell; ``out``: the results CSV."""
+@dataclass(kw_only=True)
+class SweepConfig(LMEvalConfig):
+    """methods x budgets x the lm-eval settings (tasks, limit, batch_size, ... of :class:`LMEvalConfig`) shared by
+    every cell; ``out``: the results CSV."""
     out: str
     methods: list = field(default_factory=lambda: ["pca-uniform", "trained-uniform", "trained-adaptive"])
     budgets: list = field(default_factory=lambda: list(BUDGETS))
-    tasks: list = field(default_factory=lambda: ["piqa", "arc_easy", "hellaswag"])
-    limit: int | None = None
-    batch_size: int = 8
-    source: str = "auto"
-    include_path: str | None = None
     skip_unavailable: bool = True
     seconds_per_request: float = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         if not str(self.out).endswith(".csv"):
             raise ValueError(f"the sweep's results file must end in .csv, not {self.out!r}")
         self.methods = parse_methods(self.methods)
         self.budgets = sorted(set(check_budgets(self.budgets)), reverse=True)
-        self.eval_config = LMEvalConfig(self.tasks, self.limit, self.batch_size, self.source, self.include_path)
-        self.tasks = self.eval_config.tasks
+
+    @property
+    def eval_config(self) -> LMEvalConfig:
+        """The lm-eval settings alone."""
+        return LMEvalConfig(**{f.name: getattr(self, f.name) for f in fields(LMEvalConfig)})
 
     @classmethod
     def fast(cls, out: str, **kw) -> "SweepConfig":
         """CI-sized: PCA only, three budgets, a few items per task."""
-        return cls(out, **{"methods": ["pca-uniform"], "budgets": [1.0, 0.5, 0.25], "limit": 4, **kw})
+        return cls(out=out, **{"methods": ["pca-uniform"], "budgets": [1.0, 0.5, 0.25], "limit": 4, **kw})
 
 
 def git_commit() -> str:
@@ -206,7 +188,7 @@ class Sweep:
         return self._projections[method.projections]
 
     def ranks_for(self, method: Method, budget: float):
-        return ranks_for(self.model, self.projections_for(method), method.allocation, budget, method.trajectory)
+        return method.ranks(self.model, self.projections_for(method), budget)
 
     def cells(self) -> list[Cell]:
         """Every cell of the grid that can run: one shared baseline per task, then method x budget x task.
@@ -225,9 +207,6 @@ class Sweep:
             cells += [Cell(method, b, t) for b in self.config.budgets if b < 1.0 for t in self.config.tasks]
         return cells
 
-    def row_key(self, cell: Cell) -> tuple:
-        return self.store.key(self._identity(cell))
-
     def _identity(self, cell: Cell) -> dict:
         fingerprint = self.projections_for(cell.method).fingerprint() if cell.method else "none"
         ranks = ranks_digest(self.ranks_for(cell.method, cell.budget) if cell.method else None)
@@ -240,8 +219,8 @@ class Sweep:
                 "limit": self.config.limit if self.config.limit is not None else "full"}
 
     def pending(self) -> list[Cell]:
-        done = self.store.keys()
-        return [c for c in self.cells() if self.row_key(c) not in done]
+        """The cells of the grid not stored yet."""
+        return unstored(self.store, self.cells(), self._identity)
 
     def measured_rate(self) -> tuple[float, int]:
         """Seconds per loglikelihood request measured on the cells already stored (same batch size), and how
@@ -289,7 +268,8 @@ class Sweep:
                 "seconds_per_request": rate, "measured_on_cells": measured_on}
 
     # --- running ----------------------------------------------------------------------------------
-    def run_cell(self, cell: Cell, lm) -> dict:
+    def measure(self, cell: Cell, lm) -> dict:
+        """The row of one cell, measured through ``lm`` (:func:`~mkvlib.lmeval.wrap`), not stored."""
         from ..compress import attach
 
         eval_config = replace(self.config.eval_config, tasks=[cell.task])
@@ -310,14 +290,11 @@ class Sweep:
                    source=choose_source(self.config.source), git_commit=git_commit(),
                    lm_eval_version=lm_eval_version(),
                    finished_at=datetime.datetime.now().isoformat(timespec="seconds"))
-        self.store.add(row)
         return row
 
     def run(self, progress: bool = True, dry_run: bool = False, max_cells: int | None = None) -> list[dict]:
-        """Run every pending cell (at most ``max_cells``); print the cost estimate first. Returns the rows
-        written by this call."""
-        from ..runtime import progress_bar as tqdm
-
+        """Run every pending cell (at most ``max_cells``), storing each row at once; print the cost estimate
+        first. Returns the rows written by this call."""
         all_pending = self.pending()
         pending = all_pending[:max_cells]
         est = self.estimate(pending)
@@ -331,11 +308,5 @@ class Sweep:
         if dry_run or not pending:
             return []
         lm = wrap(self.model, self.tokenizer, self.config.batch_size, progress=progress)
-        written = []
-        bar = tqdm(pending, desc="lm-eval sweep", unit="cell", disable=not progress)
-        for cell in bar:
-            bar.set_postfix_str(cell.label)
-            start = time.perf_counter()
-            written.append(self.run_cell(cell, lm))
-            bar.set_postfix_str(f"{cell.label}: acc {written[-1]['acc']:.3f} in {time.perf_counter() - start:.0f}s")
-        return written
+        return measure_all(self.store, pending, lambda cell: [self.measure(cell, lm)], "lm-eval sweep",
+                           label=lambda cell: cell.label, progress=progress)

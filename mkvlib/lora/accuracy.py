@@ -13,12 +13,11 @@ import time
 from ..compress import attach
 from ..lmeval import LMEvalConfig, run_lm_eval, wrap
 from ..ranks import ranks_for
-from ..results_store import ResultStore
+from ..results_store import BASELINE, ResultStore, measure_all, unstored
 
 FIELDS = ["model", "adapter", "projections", "fingerprint", "budget", "task", "acc", "acc_norm", "items", "limit",
           "seconds", "ranks"]
 KEY = ("model", "adapter", "fingerprint", "budget", "task", "limit", "ranks")
-UNCOMPRESSED = "uncompressed"
 
 
 def results_store(path) -> ResultStore:
@@ -59,33 +58,27 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
     the rows (e.g. the adapter's weights hash). With ``out`` (a CSV path) rows already stored are reused and new
     ones appended as they finish.
     """
-    from ..runtime import progress_bar as tqdm
-
     from ..lmeval.sweep import ranks_digest
 
     trajectories = _read_trajectories(trajectories, projections)
     store = results_store(out) if out else None
-    have = {store.key(r): r for r in read_rows(out)} if out else {}
     config = LMEvalConfig(tasks=[task], limit=limit, batch_size=batch_size)
     name = getattr(model, "mkv_name", "?")
-    cells = ([(UNCOMPRESSED, None, 1.0)] if uncompressed else []) + [
-        (label, proj, float(b)) for label, proj in projections.items() for b in budgets if b < 1]
-    lm, rows = None, []
-    for label, proj, budget in tqdm(cells, desc="accuracy", disable=not progress):
+    cells = []
+    for label, proj, budget in ([(BASELINE, None, 1.0)] if uncompressed else []) + [
+            (label, proj, float(b)) for label, proj in projections.items() for b in budgets if b < 1]:
         ranks = None if proj is None else ranks_for(model, proj, "adaptive" if label in trajectories else "uniform",
                                                     budget, trajectories.get(label))
-        row = {"model": name, "adapter": adapter, "projections": label,
-               "fingerprint": proj.fingerprint() if proj is not None else UNCOMPRESSED, "budget": budget,
-               "task": task, "limit": limit, "ranks": ranks_digest(ranks)}
-        if out and store.key(row) in have:
-            rows.append({**have[store.key(row)], "projections": label})
-            continue
-        lm = lm or wrap(model, tokenizer, batch_size, progress=progress)
-        row.update(_score(model, tokenizer, config, task, lm, proj, ranks))
-        rows.append(row)
-        if out:
-            store.add(row)
-    return rows
+        cells.append(({"model": name, "adapter": adapter, "projections": label,
+                       "fingerprint": proj.fingerprint() if proj is not None else BASELINE, "budget": budget,
+                       "task": task, "limit": limit, "ranks": ranks_digest(ranks)}, proj, ranks))
+    todo = unstored(store, cells, lambda cell: cell[0])
+    lm = wrap(model, tokenizer, batch_size, progress=progress) if todo else None
+    new = measure_all(store, todo, lambda cell: [{**cell[0], **_score(model, tokenizer, config, task, lm, *cell[1:])}],
+                      "accuracy", progress=progress)
+    have = {store.key(r): r for r in read_rows(out)} if out else {}
+    made = {id(cell[0]): row for cell, row in zip(todo, new)}
+    return [made.get(id(row)) or {**have[store.key(row)], "projections": row["projections"]} for row, _, _ in cells]
 
 
 def _read_trajectories(trajectories: dict | None, projections: dict) -> dict:
@@ -117,7 +110,7 @@ def _score(model, tokenizer, config: LMEvalConfig, task: str, lm, proj, ranks) -
 def baseline(rows: list[dict], label: str, metric: str = "acc") -> float:
     """The uncompressed accuracy of the fine-tuned model that ``label``'s rows were measured on."""
     adapters = {r["adapter"] for r in rows if r["projections"] == label}
-    base = [r[metric] for r in rows if r["projections"] == UNCOMPRESSED and r["adapter"] in adapters]
+    base = [r[metric] for r in rows if r["projections"] == BASELINE and r["adapter"] in adapters]
     if not base:
         raise KeyError(f"no uncompressed row for the adapter of {label!r}")
     return base[0]
@@ -132,7 +125,7 @@ def keep_ratio(rows: list[dict], label: str, budget: float, metric: str = "acc")
 
 
 def _labels(rows):
-    return list(dict.fromkeys(r["projections"] for r in rows if r["projections"] != UNCOMPRESSED))
+    return list(dict.fromkeys(r["projections"] for r in rows if r["projections"] != BASELINE))
 
 
 def items_note(rows: list[dict]) -> str | None:
@@ -252,13 +245,13 @@ def committed_rows(path, folder, labels, budgets=(0.5,), limit: int | None = Non
         if r["adapter"] != adapter or r["task"] != task or str(r.get("limit") or "") != want_limit:
             continue
         label = r["projections"]
-        if label != UNCOMPRESSED and (label not in specs or (
+        if label != BASELINE and (label not in specs or (
                 specs[label] == "bundle" and r["fingerprint"] != manifest.get("projections_fingerprint"))):
             continue
         if r["items"] not in ("", None):
             r["items"] = int(r["items"])
         newest[(label, r["budget"])] = r                  # later rows replace earlier ones
-    cells = ([(UNCOMPRESSED, 1.0)] if uncompressed else []) + [
+    cells = ([(BASELINE, 1.0)] if uncompressed else []) + [
         (label, float(b)) for label in specs for b in budgets if b < 1]
     missing = [c for c in cells if c not in newest]
     if missing:
@@ -288,7 +281,7 @@ def kept_table(rows: list[dict], runs: dict, budget: float = 0.5, metric: str = 
     at_label = budget_label(budget)
     lines = {}
     for name, run in runs.items():
-        full = newest(run, projections=UNCOMPRESSED)
+        full = newest(run, projections=BASELINE)
         at = [r for r in rows if r["adapter"] == run["adapter"] and r["fingerprint"] == run["fingerprint"]
               and r["budget"] == budget and str(r["limit"] or "") == str(run["limit"])
               and r["ranks"].startswith(run["ranks"])]
@@ -308,7 +301,7 @@ def curve(rows: list[dict], adapter: str, fingerprint: str, ranks: str = "unifor
     same = [r for r in rows if r["adapter"] == adapter and str(r["limit"] or "") == str(limit)]
     out = {}
     for r in same:                                           # later rows replace earlier ones
-        if r["projections"] == UNCOMPRESSED:
+        if r["projections"] == BASELINE:
             out[1.0] = r[metric]
         elif r["fingerprint"] == fingerprint and r["ranks"].startswith(ranks) and r["budget"] < 1:
             out[r["budget"]] = r[metric]

@@ -18,7 +18,6 @@ layers it finds there. The result is a :class:`~mkvlib.projections.Projections` 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from ..compress import cayley, rank_mask, skew
 from ..geometry import KVGeometry
 from ..positions import block_offsets, shifted
 from ..io import atomic_path, read_safetensors
+from ..models import model_identity
 from ..projections import Projections
 from .sampler import RankSampler, check_schedule, default_schedule
 from .trainer import blocks_fingerprint, cosine_with_warmup
@@ -45,22 +45,6 @@ class CaptureMismatchError(ValueError):
 
 
 # --- model identity ----------------------------------------------------------------------------------------
-
-def attention_hash(model) -> str:
-    """A short hash of every attention module's own weights (q/k/v/o projections, query/key norms)."""
-    h = hashlib.sha256()
-    for module in attention.attention_modules(model):
-        for name, p in sorted(module.named_parameters()):
-            h.update(f"{module.layer_idx}.{name}:{tuple(p.shape)}".encode())
-            h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def model_identity(model) -> dict:
-    """{model, geometry, attention_hash}: what a capture of layer inputs belongs to."""
-    return {"model": getattr(model, "mkv_name", None) or getattr(model.config, "name_or_path", "?"),
-            "geometry": KVGeometry.of(model).as_dict(), "attention_hash": attention_hash(model)}
-
 
 # --- capture -----------------------------------------------------------------------------------------------
 
@@ -567,5 +551,5 @@ def capture_memory_bytes(geom: KVGeometry, tokens: int, layers: int, dtype=torch
 
 
 __all__ = ["Capture", "CaptureMismatchError", "LayerAttention", "LayerFit", "LayerInputs", "LayerwiseConfig",
-           "attention_hash", "capture_layer_inputs", "capture_memory_bytes", "compress_kv", "finished_layers",
-           "fit_layer", "fit_layerwise", "layer_objective", "model_identity", "parse_layers"]
+           "capture_layer_inputs", "capture_memory_bytes", "compress_kv", "finished_layers",
+           "fit_layer", "fit_layerwise", "layer_objective", "parse_layers"]
