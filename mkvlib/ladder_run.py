@@ -95,6 +95,35 @@ def settings(model, traj, projections) -> list[dict]:
     return out
 
 
+def setting_ranks(model, setting: dict, proj) -> torch.Tensor:
+    """The (L, G, 2) ranks of a features-only frontier setting (uniform, or the shipped adaptive trajectory)."""
+    from .geometry import KVGeometry
+    from .ranks import ranks_for, resolve_ranks
+
+    geom = KVGeometry.of(model)
+    if "ranks" in setting:
+        return resolve_ranks(ranks_for(model, proj, "uniform", setting["ranks"] / geom.head_dim), geom)
+    return resolve_ranks(ranks_for(model, proj, "adaptive", setting["adaptive"]), geom)
+
+
+@torch.no_grad()
+def real_bits(model, setting: dict, proj, ids: torch.Tensor) -> float:
+    """Bits per element the real cache of a frontier setting holds after storing ``ids`` (1, T)."""
+    from .cache import CompressedCache, disable
+    from .compat import cache_kwargs
+    from .geometry import KVGeometry
+    from .ladder import LadderCache
+
+    geom = KVGeometry.of(model)
+    if "ladder" in setting:
+        cache = LadderCache(model, setting["projections"], setting["ladder"])
+    else:
+        cache = CompressedCache(model, proj, setting_ranks(model, setting, proj))
+    model(ids, **cache_kwargs(cache))
+    disable(model)
+    return cache.stored_bytes() * 8 / (ids.numel() * geom.layers * geom.kv_heads * 2 * geom.head_dim)
+
+
 @torch.no_grad()
 def kl_table(model, factories: list, blocks_by_domain: dict, batch_size: int) -> list[dict]:
     """Per setting (a factory of an attached hook), {domain: (KL to the uncompressed model, top-1 agreement)}
@@ -164,11 +193,10 @@ def run_frontier(args) -> None:
     from .compat import cache_kwargs
     from .compress import attach
     from .corpora import DEFAULT_TRAINING_MIXTURE, mixture_blocks
-    from .geometry import KVGeometry, uniform_ranks
+    from .geometry import KVGeometry
     from .models import load_model
     from .projections import resolve_projections
     from .retrieval import passkey_prompts, score_answer
-    from .search import adaptive_ranks
     from .suite import suite_blocks
 
     start = time.time()
@@ -188,24 +216,24 @@ def run_frontier(args) -> None:
             factories.append(lambda s=s, lad=lad: ladder.attach(model, s["projections"], lad))
             sizes.append((lad.bits_per_element(), lad.fraction()))
         else:
-            ranks = (uniform_ranks(geom, s["ranks"] / geom.head_dim) if "ranks" in s
-                     else adaptive_ranks(model, proj, s["adaptive"]))
+            ranks = setting_ranks(model, s, proj)
             factories.append(lambda ranks=ranks: attach(model, proj, ranks))
             fraction = float(ranks.sum()) / (geom.layers * geom.kv_heads * 2 * geom.head_dim)
             sizes.append((fraction * ladder.dtype_bits(model), fraction))
     table = kl_table(model, factories, blocks, args.batch_size)
+    measured = [real_bits(model, s, proj, blocks["in-domain"][:1, :64]) for s in chosen]
     rows = []
-    for s, (bpe, fraction), cells in zip(chosen, sizes, table):
+    for s, (bpe, fraction), cells, real in zip(chosen, sizes, table, measured):
         ood = {d: v for d, v in cells.items() if d != "in-domain"}
         rows.append({"family": s["family"], "label": s["label"], "bits_per_element": round(bpe, 4),
-                     "fraction": round(fraction, 5), "kl_ood": sum(v[0] for v in ood.values()) / len(ood),
+                     "measured_bits_per_element": round(real, 4), "fraction": round(fraction, 5), "kl_ood": sum(v[0] for v in ood.values()) / len(ood),
                      "kl_in_domain": cells["in-domain"][0],
                      "top1_ood": sum(v[1] for v in ood.values()) / len(ood),
                      "kl_by_domain": {d: v[0] for d, v in ood.items()}})
         print(f"{s['label']:<48} {bpe:6.3f} bits  KL ood {rows[-1]['kl_ood']:.4f}  in-domain "
               f"{rows[-1]['kl_in_domain']:.4f}", flush=True)
 
-    check = quanto_check(model, tokenizer, traj, proj)
+    check = quanto_check(model, tokenizer, traj, proj, args.compare_n)
     passkey = []
     for length in args.passkey_lengths:
         prompts = passkey_prompts(tokenizer, length, args.passkey_n)
@@ -262,6 +290,7 @@ def main(argv=None) -> int:
     f.add_argument("--in-domain", type=int, default=1024, help="tokens of unseen training-mixture text")
     f.add_argument("--passkey-lengths", type=lambda t: [int(x) for x in t.split(",")], default=[1024, 4096])
     f.add_argument("--passkey-n", type=int, default=8)
+    f.add_argument("--compare-n", type=int, default=4, help="ppl items of the comparison bench's task")
     for q in (s, f):
         q.add_argument("--projections", default="trained")
         q.add_argument("--batch-size", type=int, default=2)
