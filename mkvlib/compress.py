@@ -38,6 +38,22 @@ def rank_mask(ranks: torch.Tensor, d: int) -> torch.Tensor:
     return (torch.arange(d, device=ranks.device) < ranks[..., None]).float()
 
 
+def projectors(uk: torch.Tensor, uv: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projectors P_K, P_V (G, d, d) onto the first ranks[g, K] / ranks[g, V] columns of the bases U_K, U_V
+    (G, d, d), for ``ranks`` (G, 2)."""
+    masks = rank_mask(ranks.to(uk.device), uk.shape[-1])                # (G, 2, d)
+    return (uk * masks[:, 0, None, :]) @ uk.transpose(-1, -2), (uv * masks[:, 1, None, :]) @ uv.transpose(-1, -2)
+
+
+def project_kv(key, value, pk, pv, value_mean) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys P_K k and values P_V (v - mu) + mu per KV head: ``key``, ``value`` (B, G, S, d), projectors (G, d, d),
+    ``value_mean`` mu (G, d). Computed in float32, returned in the inputs' dtypes."""
+    mu = value_mean.to(key.device)[None, :, None, :]                     # (1, G, 1, d)
+    k = torch.einsum("bgsd,gde->bgse", key.float(), pk).to(key.dtype)
+    v = (torch.einsum("bgsd,gde->bgse", value.float() - mu, pv) + mu).to(value.dtype)
+    return k, v
+
+
 class Projector(nn.Module):
     """Bases for every (layer, KV head): fixed PCA/trained bases, optionally times a trainable Cayley rotation.
 
@@ -70,12 +86,8 @@ class Projector(nn.Module):
         return uk, uv
 
     def operators(self, layer: int, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projectors P_K, P_V (G, d, d) onto the first ranks[g, K] / ranks[g, V] columns, for ``ranks`` (G, 2)."""
-        uk, uv = self.bases(layer)
-        masks = rank_mask(ranks.to(uk.device), self.head_dim)           # (G, 2, d)
-        pk = (uk * masks[:, 0, None, :]) @ uk.transpose(-1, -2)
-        pv = (uv * masks[:, 1, None, :]) @ uv.transpose(-1, -2)
-        return pk, pv
+        """Projectors P_K, P_V (G, d, d) of one layer for ``ranks`` (G, 2): see :func:`projectors`."""
+        return projectors(*self.bases(layer), ranks)
 
     def to_projections(self, **meta) -> Projections:
         """Materialise the current bases as :class:`Projections` (float32, CPU)."""
@@ -145,10 +157,7 @@ class Compression(RankedHook):
         if not self.enabled:
             return query, key, value
         layer = module.layer_idx
-        pk, pv = self._operators(layer, key.device)
-        mu = self.projector.value_mean[layer].to(key.device)[None, :, None, :]     # (1, G, 1, d)
-        k = torch.einsum("bgsd,gde->bgse", key.float(), pk).to(key.dtype)
-        v = (torch.einsum("bgsd,gde->bgse", value.float() - mu, pv) + mu).to(value.dtype)
+        k, v = project_kv(key, value, *self._operators(layer, key.device), self.projector.value_mean[layer])
         if self._whole_handle is not None:   # compressed then whole copies; _attend_whole picks one per query
             return query, torch.cat([k, key], dim=2), torch.cat([v, value], dim=2)
         return query, k, v

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attention
-from ..compress import cayley, rank_mask, skew
+from ..compress import cayley, project_kv, projectors, skew
 from ..geometry import KVGeometry
 from ..positions import block_offsets, shifted
 from ..io import atomic_path, read_safetensors
@@ -260,16 +260,11 @@ class LayerAttention:
 
 
 def compress_kv(key, value, uk, uv, value_mean, ranks):
-    """Keys P_K k and values P_V (v - mu) + mu per KV head, as :class:`~mkvlib.compress.Compression` does, for
-    bases (G, d, d), means (G, d) and ranks (G, 2); an entry at full rank d passes through unchanged (exact)."""
-    d = uk.shape[-1]
-    masks = rank_mask(ranks.to(uk.device), d)                              # (G, 2, d)
-    pk = (uk * masks[:, 0, None, :]) @ uk.transpose(-1, -2)
-    pv = (uv * masks[:, 1, None, :]) @ uv.transpose(-1, -2)
-    mu = value_mean[None, :, None, :]
-    k = torch.einsum("bgsd,gde->bgse", key, pk)
-    v = torch.einsum("bgsd,gde->bgse", value - mu, pv) + mu
-    full = (ranks.to(uk.device) >= d)[None, :, :, None, None]              # (1, G, 2, 1, 1)
+    """Keys P_K k and values P_V (v - mu) + mu per KV head by :class:`~mkvlib.compress.Compression`'s own
+    operators, for bases (G, d, d), means (G, d) and ranks (G, 2); an entry at full rank d passes through unchanged
+    (exact)."""
+    k, v = project_kv(key, value, *projectors(uk, uv, ranks), value_mean)
+    full = (ranks.to(uk.device) >= uk.shape[-1])[None, :, :, None, None]   # (1, G, 2, 1, 1)
     return torch.where(full[:, :, 0], key, k), torch.where(full[:, :, 1], value, v)
 
 
