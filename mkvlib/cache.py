@@ -89,10 +89,13 @@ class CompressedLayer(CacheLayerMixin):
     is_croppable = True
 
     def __init__(self, layer_idx: int, groups: list[HeadGroup], keys: torch.Tensor, values: torch.Tensor,
-                 value_mean: torch.Tensor, reserve: int = 0, module_id: int | None = None):
-        """``keys``/``values``: this layer's bases (G, d, d); ``value_mean`` (G, d)."""
+                 value_mean: torch.Tensor, reserve: int = 0, module_id: int | None = None, keep_first: int = 0,
+                 keep_recent: int = 0):
+        """``keys``/``values``: this layer's bases (G, d, d); ``value_mean`` (G, d). ``keep_first`` and
+        ``keep_recent``: tokens also held whole (see :class:`WholeTokens`)."""
         super().__init__()
         self.layer_idx, self.groups, self.reserve, self.module_id = layer_idx, groups, reserve, module_id
+        self.whole = WholeTokens(keep_first, keep_recent) if keep_first or keep_recent else None
         self.kv_heads, self.head_dim = keys.shape[0], keys.shape[-1]
         self._bases = [(keys[list(g.heads), :, :g.key_rank], values[list(g.heads), :, :g.value_rank],
                         value_mean[list(g.heads)]) for g in groups]
@@ -107,6 +110,8 @@ class CompressedLayer(CacheLayerMixin):
         self.bases = [tuple(t.to(self.device, self.dtype).contiguous() for t in b) for b in self._bases]
         self.key_buffers = [self._empty(len(g.heads), 0, g.key_rank) for g in self.groups]
         self.value_buffers = [self._empty(len(g.heads), 0, g.value_rank) for g in self.groups]
+        if self.whole is not None:
+            self.whole.start(key_states)
         self.is_initialized = True
 
     def _empty(self, n: int, capacity: int, rank: int) -> torch.Tensor:
@@ -145,6 +150,8 @@ class CompressedLayer(CacheLayerMixin):
             k, v = key_states[:, idx], value_states[:, idx]                               # (B, n, T, d)
             kbuf[:, :, self.length:end].copy_(torch.einsum("bntd,ndr->bntr", k, uk))
             vbuf[:, :, self.length:end].copy_(torch.einsum("bntd,ndr->bntr", v - mu[:, None], uv))
+        if self.whole is not None:
+            self.whole.add(key_states, value_states, self.length)
         self.length = end
         handle = ReducedKV(self)
         return handle, handle
@@ -157,12 +164,14 @@ class CompressedLayer(CacheLayerMixin):
         """Bytes of the filled reduced keys and values: B x length x sum(r_K + r_V) x element size."""
         if not self.is_initialized:
             return 0
-        return sum(k.nelement() * k.element_size() + v.nelement() * v.element_size()
-                   for k, v in (self.reduced(i) for i in range(len(self.groups))))
+        whole = self.whole.stored_bytes() if self.whole is not None else 0
+        return whole + sum(k.nelement() * k.element_size() + v.nelement() * v.element_size()
+                           for k, v in (self.reduced(i) for i in range(len(self.groups))))
 
     def allocated_bytes(self) -> int:
         """Bytes of the buffers including reserved, not yet filled capacity."""
-        return sum(t.nelement() * t.element_size() for t in self.key_buffers + self.value_buffers)
+        whole = self.whole.stored_bytes() if self.whole is not None else 0
+        return whole + sum(t.nelement() * t.element_size() for t in self.key_buffers + self.value_buffers)
 
     def projection_bytes(self) -> int:
         """Bytes of this layer's fixed projection matrices and value means."""
@@ -181,10 +190,15 @@ class CompressedLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.length = 0
+        if self.whole is not None and self.is_initialized:
+            self.whole.start(self.whole.first_keys)
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove > 0:
             raise ValueError("crop takes a negative number of tokens to remove (as DynamicCache does)")
+        if self.whole is not None and tokens_to_remove < 0:
+            raise NotImplementedError("a cache keeping recent tokens whole cannot be cropped: the tokens before the "
+                                      "cut have left its window; make the cache with keep_recent=0")
         self.length = max(0, self.length + tokens_to_remove)
 
     def _map_batch(self, fn) -> None:
@@ -192,6 +206,8 @@ class CompressedLayer(CacheLayerMixin):
             self.key_buffers = [fn(t) for t in self.key_buffers]
             self.value_buffers = [fn(t) for t in self.value_buffers]
             self.batch_size = self.key_buffers[0].shape[0]
+            if self.whole is not None:
+                self.whole.map(fn)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -225,6 +241,8 @@ class CompressedLayer(CacheLayerMixin):
         """q (B, n, H/G, T, d) of group i -> head outputs (B, n, H/G, T, d)."""
         uk, uv, mu = self.bases[i]
         k, v = self.reduced(i)                                                  # (B, n, S, r_K), (B, n, S, r_V)
+        if self.whole is not None:
+            return self.whole.attend(q, (k, v), self.groups[i].index, self.bases[i], mask, scaling)
         B, n, per_kv, T, d = q.shape
         qr = torch.einsum("bnhtd,ndr->bnhtr", q, uk)                          # (B, n, H/G, T, r_K)
         if T == 1:  # decode: the H/G queries of a KV head share its keys; no key expansion needed
@@ -240,6 +258,85 @@ class CompressedLayer(CacheLayerMixin):
             o = o[..., :uv.shape[-1]]
         o = o.view(B, n, per_kv, T, -1)                                          # (B, n, H/G, T, r_V)
         return torch.einsum("bnhtr,ndr->bnhtd", o, uv) + mu[:, None, None]
+
+
+class WholeTokens:
+    """Full-width copies of a layer's first ``first`` tokens (attention sinks) and latest ``recent`` tokens, held
+    beside the reduced rows of every token, as a quantized cache keeps a full-precision residual window.
+
+    A query at position i reads token j whole when j < first or i - j < recent, else reduced: what
+    :meth:`mkvlib.compress.Compression.keep_whole` simulates. Bytes: the reduced rows of all S tokens plus
+    min(first, S) + min(recent, S) whole rows (:func:`mkvlib.compress.stored_fraction`)."""
+
+    QUERY_CHUNK = 1024   # queries attended at once in a long prefill: bounds the (T, S) score matrix
+
+    def __init__(self, first: int, recent: int):
+        from .compress import check_whole_tokens
+
+        self.first, self.recent = check_whole_tokens(first, recent)
+
+    def start(self, like: torch.Tensor) -> None:
+        empty = like.new_empty(like.shape[0], like.shape[1], 0, like.shape[3])
+        self.first_keys = self.first_values = self.recent_keys = self.recent_values = empty
+        self.chunk = None
+
+    def add(self, keys: torch.Tensor, values: torch.Tensor, position: int) -> None:
+        """The T new tokens (B, G, T, d) at ``position``: readable whole by this step's queries; keep what the next
+        steps may read whole (the first tokens, the latest ``recent``)."""
+        held = self.recent_keys.shape[2]
+        self.chunk = (torch.cat([self.recent_keys, keys], 2), torch.cat([self.recent_values, values], 2),
+                      position - held)
+        room = max(0, self.first - position)
+        if room:
+            self.first_keys = torch.cat([self.first_keys, keys[:, :, :room]], 2)
+            self.first_values = torch.cat([self.first_values, values[:, :, :room]], 2)
+        keep = min(self.recent, self.chunk[0].shape[2])
+        self.recent_keys = self.chunk[0][:, :, self.chunk[0].shape[2] - keep:].contiguous()
+        self.recent_values = self.chunk[1][:, :, self.chunk[1].shape[2] - keep:].contiguous()
+
+    def stored_bytes(self) -> int:
+        return sum(t.nelement() * t.element_size()
+                   for t in (self.first_keys, self.first_values, self.recent_keys, self.recent_values))
+
+    def map(self, fn) -> None:
+        self.first_keys, self.first_values = fn(self.first_keys), fn(self.first_values)
+        self.recent_keys, self.recent_values = fn(self.recent_keys), fn(self.recent_values)
+        if self.chunk is not None:
+            self.chunk = (fn(self.chunk[0]), fn(self.chunk[1]), self.chunk[2])
+
+    def attend(self, q, reduced, heads, bases, mask, scaling: float) -> torch.Tensor:
+        """q (B, n, H/G, T, d) of the KV heads ``heads`` -> outputs (B, n, H/G, T, d), from their reduced rows
+        (B, n, S, r) and the whole ones, with one softmax over both."""
+        ck, cv, start = self.chunk
+        whole_k = torch.cat([self.first_keys[:, :, :max(0, min(self.first, start))], ck], 2)[:, heads]
+        whole_v = torch.cat([self.first_values[:, :, :max(0, min(self.first, start))], cv], 2)[:, heads]
+        S, T = reduced[0].shape[2], q.shape[3]
+        held = torch.arange(whole_k.shape[2], device=q.device)
+        held = torch.where(held < min(self.first, start), held, held - min(self.first, start) + start)
+        outs = [self._attend_chunk(q[:, :, :, a:a + self.QUERY_CHUNK], reduced, (whole_k, whole_v), held, bases,
+                                   None if mask is None else mask[..., a:a + self.QUERY_CHUNK, :S], S - T + a, scaling)
+                for a in range(0, T, self.QUERY_CHUNK)]
+        return torch.cat(outs, 3)
+
+    def _attend_chunk(self, q, reduced, whole, held, bases, mask, offset: int, scaling: float) -> torch.Tensor:
+        (uk, uv, mu), (k, v), (wk, wv) = bases, reduced, whole
+        T, S = q.shape[3], k.shape[2]
+        i = torch.arange(offset, offset + T, device=q.device)[:, None]
+        j = torch.arange(S, device=q.device)[None, :]
+        allowed = j <= i if mask is None else (mask if mask.dtype == torch.bool else mask == 0)[:, :, None]
+        reads_whole = lambda pos: (pos < self.first) | (i - pos < self.recent)
+        allowed_w = (held[None, :] <= i) & reads_whole(held[None, :])
+        if mask is not None:
+            allowed_w = allowed_w & allowed[..., held]
+        scores = torch.cat([torch.einsum("bnhtr,bnsr->bnhts", torch.einsum("bnhtd,ndr->bnhtr", q, uk), k),
+                            torch.einsum("bnhtd,bnsd->bnhts", q, wk)], -1).float() * scaling
+        keep = torch.cat([(allowed & ~reads_whole(j)).expand(*scores.shape[:-1], S),
+                          allowed_w.expand(*scores.shape[:-1], wk.shape[2])], -1)
+        weights = scores.masked_fill(~keep, torch.finfo(scores.dtype).min).softmax(-1).to(q.dtype)  # pads: finite
+        wc, ww = weights[..., :S], weights[..., S:]
+        reduced_out = torch.einsum("bnhts,bnsr->bnhtr", wc, v)
+        return (torch.einsum("bnhtr,ndr->bnhtd", reduced_out, uv) + wc.sum(-1, keepdim=True) * mu[:, None, None]
+                + torch.einsum("bnhts,bnsd->bnhtd", ww, wv))
 
 
 def same_width(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -261,9 +358,12 @@ class CompressedCache(Cache):
     :func:`mkvlib.compat.cache_kwargs` (``cache=cache`` on transformers 5.24+, ``past_key_values=cache`` before).
     ``projections``: a :class:`Projections`, a path, or 'pca' / 'trained'; ``ranks``: an int, a budget in (0, 1]
     or a (L, G, 2) tensor. ``reserve``: tokens to preallocate per sequence (prompt + new tokens avoids regrowth).
+    ``keep_first``, ``keep_recent``: the first tokens and each query's latest tokens read whole (full width) as
+    well (:class:`WholeTokens`; their bytes are counted in :meth:`stored_bytes`).
     """
 
-    def __init__(self, model, projections="pca", ranks=1.0, reserve: int = 0):
+    def __init__(self, model, projections="pca", ranks=1.0, reserve: int = 0, keep_first: int = 0,
+                 keep_recent: int = 0):
         geom = KVGeometry.of(model)
         proj = projections if isinstance(projections, Projections) else resolve_projections(projections, model)
         proj.check_model(model)
@@ -273,7 +373,8 @@ class CompressedCache(Cache):
         self.geometry, self.model_name = geom, getattr(model, "mkv_name", type(model).__name__)
         self._modules = attention.attention_modules(model)
         layers = [CompressedLayer(l, head_groups(self.ranks[l]), proj.keys[l].float(), proj.values[l].float(),
-                                  proj.value_mean[l].float(), reserve, id(self._modules[l]))
+                                  proj.value_mean[l].float(), reserve, id(self._modules[l]), keep_first,
+                                  keep_recent)
                   for l in range(geom.layers)]
         super().__init__(layers=layers)
         enable(model)

@@ -201,22 +201,21 @@ def check_whole_tokens(first, recent) -> tuple[int, int]:
 
 
 def stored_fraction(budget: float, tokens: int, first: int = 0, recent: int = 0) -> float:
-    """Bytes stored for ``tokens`` tokens, as a fraction of an uncompressed cache's, when ``first + recent`` of
-    them are kept whole and the rest at ``budget`` of their features."""
+    """Bytes stored for ``tokens`` tokens, as a fraction of an uncompressed cache's, by a cache that holds every
+    token at ``budget`` of its features plus whole copies of the first ``first`` and the latest ``recent`` tokens
+    (:class:`mkvlib.cache.CompressedCache` with ``keep_first``/``keep_recent``)."""
     first, recent = check_whole_tokens(first, recent)
-    whole = min(first + recent, tokens) / tokens
-    return whole + (1 - whole) * budget
+    return budget + (min(first, tokens) + min(recent, tokens)) / tokens
 
 
 def budget_for_bytes(fraction: float, tokens: int, first: int = 0, recent: int = 0) -> float:
-    """The feature budget of compressed tokens at which :func:`stored_fraction` equals ``fraction``."""
-    first, recent = check_whole_tokens(first, recent)
-    whole = min(first + recent, tokens) / tokens
+    """The feature budget at which :func:`stored_fraction` equals ``fraction``."""
+    whole = stored_fraction(0.0, tokens, first, recent)
     if not 0 < fraction <= 1 or fraction <= whole:
         raise ValueError(f"{fraction:.4g} of the bytes of {tokens} tokens cannot hold {first} + {recent} whole tokens "
                          f"({whole:.4g} of the bytes) plus any compressed ones: give a larger fraction or fewer "
                          "whole tokens")
-    return min(1.0, (fraction - whole) / (1 - whole))
+    return min(1.0, fraction - whole)
 
 
 def attach(model, projections, ranks=1.0, trainable: bool = False, keep_first: int = 0,

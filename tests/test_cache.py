@@ -234,3 +234,47 @@ def test_same_width_padding_changes_no_attention_output(rk, rv):
     assert pq.shape[-1] == pk.shape[-1] == pv.shape[-1] == max(rk, rv)
     got = torch.nn.functional.scaled_dot_product_attention(pq, pk, pv, is_causal=True, scale=0.125)[..., :rv]
     assert (got - expected).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("first,recent,split", [(2, 5, 10), (0, 3, 1), (4, 0, 10), (30, 30, 10)])
+def test_whole_tokens_equal_simulated_path(any_model, ids, first, recent, split):
+    """Sinks and a recent window read whole, through prefill and then one token a step, as simulated."""
+    proj, ranks = random_projections(any_model), random_ranks(any_model, seed=5)
+    with torch.no_grad(), attach(any_model, proj, ranks, keep_first=first, keep_recent=recent):
+        expected = any_model(ids).logits
+    past = CompressedCache(any_model, proj, ranks, keep_first=first, keep_recent=recent)
+    got = cached_logits(any_model, ids, past, split=split)
+    assert (got - expected).abs().max() <= 1e-4
+
+
+def test_whole_tokens_with_left_padding_and_generate(llama, ids):
+    proj, ranks = random_projections(llama), random_ranks(llama, seed=2)
+    padded, mask = left_padded(ids)
+    with torch.no_grad(), attach(llama, proj, ranks, keep_first=1, keep_recent=4):
+        expected = llama(padded, attention_mask=mask).logits
+        gen_expected = llama.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    got = cached_logits(llama, padded, CompressedCache(llama, proj, ranks, keep_first=1, keep_recent=4), 9, mask)
+    real = mask.bool()
+    assert (got - expected)[real].abs().max() <= 1e-4
+    gen = llama.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                         **cache_kwargs(CompressedCache(llama, proj, ranks, keep_first=1, keep_recent=4)))
+    assert torch.equal(gen, gen_expected)
+
+
+def test_whole_tokens_bytes_match_the_formula(llama, ids):
+    from mkvlib.compress import stored_fraction
+
+    proj, ranks = random_projections(llama), random_ranks(llama, seed=3)
+    g = KVGeometry.of(llama)
+    B, T = ids.shape
+    past = CompressedCache(llama, proj, ranks, keep_first=3, keep_recent=6)
+    cached_logits(llama, ids, past, split=11)
+    whole_rows = 3 + 6
+    assert past.stored_bytes() == (int(ranks.sum()) * T + whole_rows * g.layers * g.kv_heads * 2 * g.head_dim) * B * 4
+    full = g.layers * g.kv_heads * 2 * g.head_dim
+    assert past.stored_bytes() / (full * B * T * 4) == pytest.approx(
+        stored_fraction(int(ranks.sum()) / full, T, 3, 6))
+    with pytest.raises(NotImplementedError, match="cannot be cropped"):
+        past.crop(-2)
+    with pytest.raises(ValueError, match="keep_first must be a whole number"):
+        CompressedCache(llama, proj, ranks, keep_first=-1)

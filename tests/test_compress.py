@@ -184,8 +184,8 @@ def test_whole_tokens_decode_step_by_step_as_in_one_pass(llama, ids):
 def test_whole_token_bytes_and_bad_counts():
     from mkvlib.compress import budget_for_bytes, stored_fraction
 
-    assert stored_fraction(0.5, 512, 4, 28) == pytest.approx(32 / 512 + (480 / 512) * 0.5)
-    assert stored_fraction(0.25, 16, 8, 20) == 1.0
+    assert stored_fraction(0.5, 512, 4, 28) == pytest.approx(0.5 + 32 / 512)
+    assert stored_fraction(0.25, 16, 8, 20) == pytest.approx(0.25 + 24 / 16)
     budget = budget_for_bytes(0.5, 512, 4, 28)
     assert stored_fraction(budget, 512, 4, 28) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="cannot hold"):
