@@ -30,7 +30,7 @@ from . import attention
 from .checks import check_rank
 from .geometry import KVGeometry
 from .projections import Projections, resolve_projections
-from .ranks import resolve_ranks
+from .ranks import check_whole_tokens, resolve_ranks
 
 GROWTH_TOKENS = 256  # smallest growth step (tokens) once the reserved capacity is full
 
@@ -266,13 +266,11 @@ class WholeTokens:
 
     A query at position i reads token j whole when j < first or i - j < recent, else reduced: what
     :meth:`mkvlib.compress.Compression.keep_whole` simulates. Bytes: the reduced rows of all S tokens plus
-    min(first, S) + min(recent, S) whole rows (:func:`mkvlib.compress.stored_fraction`)."""
+    min(first, S) + min(recent, S) whole rows (:func:`mkvlib.ranks.stored_fraction`)."""
 
     QUERY_CHUNK = 1024   # queries attended at once in a long prefill: bounds the (T, S) score matrix
 
     def __init__(self, first: int, recent: int):
-        from .compress import check_whole_tokens
-
         self.first, self.recent = check_whole_tokens(first, recent)
 
     def start(self, like: torch.Tensor) -> None:

@@ -19,7 +19,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from . import attention
 from .geometry import KVGeometry
 from .projections import Projections, resolve_projections
-from .ranks import budget_of, resolve_ranks
+from .ranks import budget_of, check_whole_tokens, resolve_ranks
 
 
 def skew(w: torch.Tensor) -> torch.Tensor:
@@ -134,7 +134,7 @@ class Compression(RankedHook):
         """Keep the first ``first`` tokens (attention sinks) and, for each query, its ``recent`` latest tokens at
         full width, as a quantized cache keeps a full-precision residual window; every other token is compressed.
         Each query sees exactly what a decoding cache holding those tokens whole would give it.
-        :func:`stored_fraction` counts their bytes. ``keep_whole()`` returns to compressing every token."""
+        :func:`mkvlib.ranks.stored_fraction` counts their bytes. ``keep_whole()`` returns to compressing every token."""
         first, recent = check_whole_tokens(first, recent)
         self.keep_first, self.keep_recent = first, recent
         wanted = first > 0 or recent > 0
@@ -190,32 +190,6 @@ class Compression(RankedHook):
             hit = (version, pk.to(device), pv.to(device))
             self._cache[layer] = hit
         return hit[1], hit[2]
-
-
-def check_whole_tokens(first, recent) -> tuple[int, int]:
-    """``(first, recent)`` token counts kept at full width, checked: whole numbers, at least 0."""
-    for name, n in (("keep_first", first), ("keep_recent", recent)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"{name} must be a whole number of tokens >= 0, not {n!r}")
-    return first, recent
-
-
-def stored_fraction(budget: float, tokens: int, first: int = 0, recent: int = 0) -> float:
-    """Bytes stored for ``tokens`` tokens, as a fraction of an uncompressed cache's, by a cache that holds every
-    token at ``budget`` of its features plus whole copies of the first ``first`` and the latest ``recent`` tokens
-    (:class:`mkvlib.cache.CompressedCache` with ``keep_first``/``keep_recent``)."""
-    first, recent = check_whole_tokens(first, recent)
-    return budget + (min(first, tokens) + min(recent, tokens)) / tokens
-
-
-def budget_for_bytes(fraction: float, tokens: int, first: int = 0, recent: int = 0) -> float:
-    """The feature budget at which :func:`stored_fraction` equals ``fraction``."""
-    whole = stored_fraction(0.0, tokens, first, recent)
-    if not 0 < fraction <= 1 or fraction <= whole:
-        raise ValueError(f"{fraction:.4g} of the bytes of {tokens} tokens cannot hold {first} + {recent} whole tokens "
-                         f"({whole:.4g} of the bytes) plus any compressed ones: give a larger fraction or fewer "
-                         "whole tokens")
-    return min(1.0, fraction - whole)
 
 
 def attach(model, projections, ranks=1.0, trainable: bool = False, keep_first: int = 0,

@@ -92,17 +92,48 @@ def ranks_for(model, projections, allocation: str, budget: float, trajectory=Non
     return resolve_ranks(traj.ranks_at(budget), KVGeometry.of(model))
 
 
+def check_whole_tokens(first, recent) -> tuple[int, int]:
+    """``(first, recent)`` token counts kept at full width, checked: whole numbers, at least 0."""
+    for name, n in (("keep_first", first), ("keep_recent", recent)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{name} must be a whole number of tokens >= 0, not {n!r}")
+    return first, recent
+
+
+def stored_fraction(budget: float, tokens: int, first: int = 0, recent: int = 0) -> float:
+    """Bytes stored for ``tokens`` tokens, as a fraction of an uncompressed cache's, by a cache that holds every
+    token at ``budget`` of its features plus whole copies of the first ``first`` and the latest ``recent`` tokens
+    (:class:`mkvlib.cache.CompressedCache` with ``keep_first``/``keep_recent``)."""
+    first, recent = check_whole_tokens(first, recent)
+    return budget + (min(first, tokens) + min(recent, tokens)) / tokens
+
+
+def budget_for_bytes(fraction: float, tokens: int, first: int = 0, recent: int = 0) -> float:
+    """The feature budget at which :func:`stored_fraction` equals ``fraction``."""
+    whole = stored_fraction(0.0, tokens, first, recent)
+    if not 0 < fraction <= 1 or fraction <= whole:
+        raise ValueError(f"{fraction:.4g} of the bytes of {tokens} tokens cannot hold {first} + {recent} whole tokens "
+                         f"({whole:.4g} of the bytes) plus any compressed ones: give a larger fraction or fewer "
+                         "whole tokens")
+    return min(1.0, fraction - whole)
+
+
 @dataclass(frozen=True)
 class Method:
     """One way to compress, as a results table names it: projections ('pca', 'trained', a path or a Projections)
     and an allocation, 'uniform' (every rank at the budget) or 'adaptive' (the ranks of a greedy-search
-    trajectory: ``trajectory``, a path or a Trajectory, else the one shipped for the projections)."""
+    trajectory: ``trajectory``, a path or a Trajectory, else the one shipped for the projections). With
+    ``keep_first``/``keep_recent`` tokens kept whole, a budget is the fraction of bytes stored, whole tokens
+    included (:meth:`feature_budget`)."""
     name: str
     projections: object = "pca"
     allocation: str = "uniform"
     trajectory: object = None
+    keep_first: int = 0
+    keep_recent: int = 0
 
     def __post_init__(self):
+        check_whole_tokens(self.keep_first, self.keep_recent)
         check_allocation(self.allocation, f"method {self.name!r}: allocation")
         if self.trajectory is not None and self.allocation != "adaptive":
             raise ValueError(f"method {self.name!r}: a trajectory gives adaptive ranks; its allocation is "
@@ -111,3 +142,9 @@ class Method:
     def ranks(self, model, projections, budget: float):
         """The ranks spec at ``budget`` for ``projections`` (this method's, resolved): see :func:`ranks_for`."""
         return ranks_for(model, projections, self.allocation, budget, self.trajectory)
+
+    def feature_budget(self, budget: float, tokens: int) -> float:
+        """The features kept per token when ``budget`` of the bytes of ``tokens`` tokens are stored."""
+        if not (self.keep_first or self.keep_recent):
+            return budget
+        return budget_for_bytes(budget, tokens, self.keep_first, self.keep_recent)

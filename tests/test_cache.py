@@ -262,7 +262,7 @@ def test_whole_tokens_with_left_padding_and_generate(llama, ids):
 
 
 def test_whole_tokens_bytes_match_the_formula(llama, ids):
-    from mkvlib.compress import stored_fraction
+    from mkvlib.ranks import stored_fraction
 
     proj, ranks = random_projections(llama), random_ranks(llama, seed=3)
     g = KVGeometry.of(llama)
