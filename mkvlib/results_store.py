@@ -30,7 +30,8 @@ but ``"0.5000"`` is another: write a key field the same way every time.
 
 The grid's loop is shared too: :func:`unstored` skips the cells already stored and :func:`measure_all` measures
 the rest, storing each row the moment it is measured, behind one progress bar. Each table plans its own cells
-(and estimates their cost); :data:`BASELINE` names the uncompressed model's rows in every table.
+(and estimates their cost); :data:`BASELINE` names the uncompressed model's rows in every table. The committed
+results under data/results/ are read with :func:`results_path` and :func:`load_result`.
 """
 from __future__ import annotations
 
@@ -38,11 +39,12 @@ import contextlib
 import csv
 import os
 from pathlib import Path
+import json
 import sys
 from typing import Callable, Iterable
 
 from .io import atomic_path
-from .runtime import progress_bar
+from .runtime import progress_bar, shipped_data_dir
 
 BASELINE = "uncompressed"   # the method (or projections) of the uncompressed model's rows in every results table
 
@@ -234,3 +236,18 @@ def measure_all(store: ResultStore | None, groups: list, measure: Callable, desc
             bar.update(max(size(group) - made, 0))
     bar.close()
     return rows
+
+
+# --- committed results -------------------------------------------------------------------------------------------
+def results_path(name: str) -> Path:
+    """data/results/<name> of the project."""
+    return shipped_data_dir() / "results" / name
+
+
+def load_result(name: str) -> dict | None:
+    """The JSON file data/results/<name>, or None (with one line on stdout saying so) when it is not there yet."""
+    path = results_path(name)
+    if not path.is_file():
+        print(f"{path.relative_to(shipped_data_dir().parent)} is not there yet: the cells that read it are skipped")
+        return None
+    return json.loads(path.read_text())

@@ -152,3 +152,38 @@ def format_suite_table(rows: list[dict]) -> str:
             lines.append(text)
         lines.append("")
     return "\n".join(lines).rstrip()
+
+
+# --- reading suite rows ------------------------------------------------------------------------------------------
+def suite_cell(rows: list, method: str, budget: float, domain: str = "mean") -> dict:
+    """The suite row of ``method`` at target ``budget`` on ``domain`` ('mean', 'in-domain' or a domain name)."""
+    for r in rows:
+        if r["method"] == method and r["domain"] == domain and abs(r.get("target_budget", r["budget"]) - budget) < 1e-9:
+            return r
+    have = sorted({(r["method"], r["domain"]) for r in rows})
+    raise KeyError(f"no suite row for {method!r} on {domain!r} at budget {budget}; rows hold {have}")
+
+
+def gap_rows(record: dict, budget: float = 0.5) -> list[dict]:
+    """Per method of a suite record: KL and perplexity ratio out of domain (the mean row) and in domain at
+    ``budget``, and ``kl_gap`` = out-of-domain KL / in-domain KL (None without an in-domain row)."""
+    out = []
+    for method in (m["label"] for m in record["methods"]):
+        ood = suite_cell(record["rows"], method, budget)
+        try:
+            ind = suite_cell(record["rows"], method, budget, "in-domain")
+        except KeyError:
+            ind = None
+        out.append({"method": method, "ood_kl": ood["kl_to_base"], "ood_ppl_ratio": ood["perplexity_ratio"],
+                    "in_domain_kl": ind and ind["kl_to_base"], "in_domain_ppl_ratio": ind and ind["perplexity_ratio"],
+                    "kl_gap": ind and ood["kl_to_base"] / ind["kl_to_base"]})
+    return out
+
+
+def suite_curves(rows: list, domain: str = "mean") -> dict:
+    """{method: rows of ``domain`` ordered by falling budget}: curves for :func:`mkvlib.plots.quality_vs_budget`."""
+    curves: dict = {}
+    for r in rows:
+        if r["domain"] == domain:
+            curves.setdefault(r["method"], []).append(r)
+    return {m: sorted(rs, key=lambda r: -r["budget"]) for m, rs in curves.items()}

@@ -10,7 +10,7 @@ import pytest
 
 from mkvlib.bench import speed_table
 from mkvlib.runtime import project_dir
-from mkvlib.training.routes import suite_cell
+from mkvlib.suite import suite_cell
 
 RESULTS = project_dir() / "data" / "results"
 

@@ -11,6 +11,7 @@ from mkvlib.lmeval import report
 from mkvlib.lmeval.recipes import recipe, shipped_fingerprint
 from mkvlib.lora import curve, kept_table, read_manifest, read_rows
 from mkvlib.lora.runs import RUNS, STAGE1, run, stage2_from
+from mkvlib.results_store import results_path
 from mkvlib.runtime import shipped_data_dir
 
 RESULTS = shipped_data_dir() / "results"
@@ -21,7 +22,7 @@ LORA = shipped_data_dir() / "lora"
 
 @pytest.fixture(scope="module")
 def sweep():
-    return report.named(report.load_results(report.results_path()))
+    return report.named(report.load_results(results_path("lm_eval_smollm2.csv")))
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
-"""mkvlib.training.routes: reading the out-of-domain suite and routes records of notebook 02."""
+"""Reading the out-of-domain suite and routes records of notebook 02 (mkvlib.suite, mkvlib.training.report)."""
 import json
 
 import pytest
 
-from mkvlib.training.routes import (CpuClock, gap_rows, load_result, objective_weights, reference_lines,
-                                    routes_figure, routes_of, same_ratio, suite_cell, suite_curves)
+from mkvlib.results_store import load_result
+from mkvlib.suite import gap_rows, suite_cell, suite_curves
+from mkvlib.training.report import CpuClock, objective_weights, reference_lines, routes_figure, routes_of, same_ratio
 
 
 def _record():

@@ -6,7 +6,6 @@ the fairer scale for a small model whose baseline is itself not far above chance
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -210,13 +209,6 @@ def accuracy_vs_budget(df: pd.DataFrame, scale: str = "relative", metric: str = 
     legend_rows = -(-len(labels) // columns)
     fig.tight_layout(rect=(0, min(0.45, 0.06 * legend_rows + 0.01), 1, 1))
     return fig
-
-
-def results_path(name: str = "lm_eval_smollm2.csv") -> Path:
-    """The committed results table under data/results/."""
-    from ..runtime import shipped_data_dir
-
-    return shipped_data_dir() / "results" / name
 
 
 def scratch_path(name: str = "lm_eval_live.csv") -> Path:

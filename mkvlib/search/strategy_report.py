@@ -1,4 +1,5 @@
-"""How far two trajectories (e.g. a proxy search and the exact one) disagree. Introduced in notebook 03."""
+"""How far the search strategies (exact, lazy, proxy) disagree: their trajectories compared step by step and by
+calibration KL (``python -m mkvlib.search.strategy_report``). Introduced in notebook 03."""
 from __future__ import annotations
 
 from ..trajectory import Trajectory
