@@ -206,6 +206,9 @@ def retrieval_curve(model, tokenizer, methods, budgets, lengths=DEFAULT_LENGTHS,
             tqdm(prompts.items(), desc="passkey base", disable=not progress)}
     rows = []
     for method in map(as_method, methods):
+        if method.keep_first or method.keep_recent:
+            raise ValueError(f"method {method.name!r} keeps tokens whole, which passkey prompts of several lengths "
+                             "would each need their own feature budget for: give retrieval methods without them")
         proj = resolve_projections(method.projections, model)
         settings = [method.ranks(model, proj, b) for b in budgets]
         with attach(model, proj, settings[0]) as comp:

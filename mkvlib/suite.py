@@ -21,7 +21,7 @@ from .compress import attach
 from .corpora import CorpusNotFoundError, load_text, token_blocks
 from .metrics import quality_curve
 from .projections import resolve_projections
-from .ranks import Method
+from .ranks import Method, stored_fraction
 from .runtime import note as announce, pick, progress_bar as tqdm
 
 SUITES = ("ood",)
@@ -113,15 +113,21 @@ def as_method(method) -> Method:
 def compare_suite(model, methods, budgets, blocks_by_domain: dict, batch_size: int = 4,
                   progress: bool = False) -> list[dict]:
     """:func:`evaluate_suite` for each method at each budget: rows gain method, allocation, projections (the
-    fingerprint) and target_budget (the budget asked for; ``budget`` is the one the ranks reach)."""
+    fingerprint) and target_budget (the budget asked for; ``budget`` is the one the ranks reach). A method that
+    keeps tokens whole reads each budget as stored bytes at the blocks' length, and its rows gain keep_first,
+    keep_recent and stored_fraction."""
     budgets = list(budgets)
+    tokens = next(iter(blocks_by_domain.values())).shape[1]
     rows = []
     for method in map(as_method, methods):
         proj = resolve_projections(method.projections, model)
-        settings = [method.ranks(model, proj, b) for b in budgets]
-        with attach(model, proj, settings[0]) as comp:
+        settings = [method.ranks(model, proj, method.feature_budget(b, tokens)) for b in budgets]
+        with attach(model, proj, settings[0], keep_first=method.keep_first, keep_recent=method.keep_recent) as comp:
             for row in evaluate_suite(model, comp, settings, blocks_by_domain, batch_size, progress):
-                rows.append(dict(row, method=method.name, allocation=method.allocation,
+                whole = {} if not (method.keep_first or method.keep_recent) else dict(
+                    keep_first=method.keep_first, keep_recent=method.keep_recent,
+                    stored_fraction=stored_fraction(row["budget"], tokens, method.keep_first, method.keep_recent))
+                rows.append(dict(row, method=method.name, allocation=method.allocation, **whole,
                                  projections=proj.fingerprint(), target_budget=budgets[row["setting"]]))
     return rows
 

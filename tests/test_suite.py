@@ -86,6 +86,25 @@ def test_compare_suite_methods_and_table(llama, one_thread, monkeypatch):
         Method("x", "pca", "greedy")
 
 
+def test_compare_suite_whole_tokens_spend_the_same_bytes(llama, one_thread):
+    """A method keeping tokens whole reads a budget as stored bytes: fewer features, about the same bytes."""
+    from mkvlib.ranks import stored_fraction
+
+    blocks = domain_blocks()
+    tokens = next(iter(blocks.values())).shape[1]
+    proj = random_projections(llama, 1)
+    rows = suite.compare_suite(llama, [Method("plain", proj), Method("whole", proj, keep_first=1, keep_recent=3)],
+                               [0.75], blocks, batch_size=2)
+    plain = next(r for r in rows if r["method"] == "plain" and r["domain"] == "mean")
+    whole = next(r for r in rows if r["method"] == "whole" and r["domain"] == "mean")
+    assert "stored_fraction" not in plain and whole["keep_recent"] == 3
+    assert whole["budget"] < plain["budget"] == 0.75
+    assert whole["stored_fraction"] == pytest.approx(stored_fraction(whole["budget"], tokens, 1, 3))
+    assert whole["stored_fraction"] <= 0.75 + 1 / 16      # uniform ranks round to whole features
+    with pytest.raises(ValueError, match="keep_recent must be a whole number"):
+        Method("x", "pca", keep_recent=-3)
+
+
 def test_suite_blocks_skip_missing_domains_with_one_note(monkeypatch, capsys):
     monkeypatch.delenv("MKV_DATA_DIR", raising=False)
     blocks = suite.suite_blocks(CharTok(), 256, seq_len=64)
