@@ -357,17 +357,38 @@ def in_sample_bases(model, text: torch.Tensor, args, schedule, clock):
                 last_loss=round(last, 6)))
 
 
-def main(argv=None) -> int:
+def _record(args, argv, model, blocks, schedule, searched, methods, rows, clock, started) -> dict:
+    """The result file's content; ``started``: (CPU time, wall time, load average) at the start."""
     from .commands.common import hardware
+    from .suite import DOMAINS
+
+    cpu0, wall0, load0 = started
+    return dict(
+        what="The ceiling of fixed projections on the out-of-domain suite: the shipped projections beside bases "
+             "fitted on the suite's own text (in-sample, never shipped; only their fingerprints are kept) and the "
+             "per-sequence SVD oracle",
+        model=model.mkv_name, suite="ood", seq_len=args.seq_len, tokens_per_domain=args.tokens, domains=list(blocks),
+        skipped=[d for d in DOMAINS if d not in blocks], budgets=args.budgets, schedule=list(schedule or []),
+        searched_ranks=args.searched_ranks if searched else None, methods=methods, rows=rows,
+        targets=[dict(allocation=a, budget=b, metric=m, direction=d, bound=v) for a, b, m, d, v in TARGETS],
+        command="python -m mkvlib.ceiling " + shlex.join(argv),
+        cpu_time_s=dict(clock.cpu, total=round(time.process_time() - cpu0, 1)),
+        wall_time_s=round(time.perf_counter() - wall0, 1),
+        hardware=dict(hardware(model.device), cpu_count=os.cpu_count(),
+                      load_average_start=[round(x, 2) for x in load0],
+                      load_average_end=[round(x, 2) for x in os.getloadavg()]))
+
+
+def main(argv=None) -> int:
     from .io import write_json
     from .models import load_model
     from .projections import resolve_projections
     from .ranks import ranks_for
-    from .suite import DOMAINS, suite_blocks
+    from .suite import suite_blocks
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    cpu0, wall0, load0 = time.process_time(), time.perf_counter(), os.getloadavg()
+    started = time.process_time(), time.perf_counter(), os.getloadavg()
     clock = _Clock()
     model, tokenizer = load_model(args.model, device=args.device)
     schedule = _schedule(args, KVGeometry.of(model).head_dim)
@@ -413,20 +434,7 @@ def main(argv=None) -> int:
                 f"(added back), values {'likewise' if centred else 'uncentred'}; causal-leaky, a bound on "
                 f"reconstruction, not on KL{searched_how}", None, searched,
                 dict(center_keys=True, center_values=centred), center_values=centred)
-    record = dict(
-        what="The ceiling of fixed projections on the out-of-domain suite: the shipped projections beside bases "
-             "fitted on the suite's own text (in-sample, never shipped; only their fingerprints are kept) and the "
-             "per-sequence SVD oracle",
-        model=model.mkv_name, suite="ood", seq_len=args.seq_len, tokens_per_domain=args.tokens, domains=list(blocks),
-        skipped=[d for d in DOMAINS if d not in blocks], budgets=args.budgets, schedule=list(schedule or []),
-        searched_ranks=args.searched_ranks if searched else None, methods=methods, rows=rows,
-        targets=[dict(allocation=a, budget=b, metric=m, direction=d, bound=v) for a, b, m, d, v in TARGETS],
-        command="python -m mkvlib.ceiling " + shlex.join(argv),
-        cpu_time_s=dict(clock.cpu, total=round(time.process_time() - cpu0, 1)),
-        wall_time_s=round(time.perf_counter() - wall0, 1),
-        hardware=dict(hardware(model.device), cpu_count=os.cpu_count(),
-                      load_average_start=[round(x, 2) for x in load0],
-                      load_average_end=[round(x, 2) for x in os.getloadavg()]))
+    record = _record(args, argv, model, blocks, schedule, searched, methods, rows, clock, started)
     write_json(args.out, record)
     _log(f"wrote {args.out} ({record['cpu_time_s']['total'] / 60:.1f} CPU-minutes, "
          f"{record['wall_time_s'] / 60:.1f} minutes wall)")

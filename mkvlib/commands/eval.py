@@ -204,15 +204,10 @@ def in_domain_rows(model, tokenizer, methods, budgets, args) -> list[dict]:
     return [r for r in rows if r["domain"] == "in-domain"]
 
 
-def run_suite(args, allocations) -> int:
-    """mkv eval --suite ood: every (projections, allocation) method at every budget on every domain."""
-    from ..models import load_model
-    from ..positions import shifted
-    from ..projections import resolve_projections
-    from ..retrieval import format_retrieval_table, retrieval_curve
+def suite_settings(args) -> tuple[list, list, int, int]:
+    """(budgets, retrieval lengths, passkey prompts per length, tokens per domain) of ``mkv eval --suite``, checked."""
     from ..runtime import pick
-    from ..ranks import Method
-    from ..suite import DOMAINS, compare_suite, default_tokens, format_suite_table, suite_blocks, suite_label
+    from ..suite import default_tokens
 
     if args.corpus:
         raise ValueError("--suite chooses its own text (mkvlib.suite.DOMAINS): leave out --corpus")
@@ -228,6 +223,19 @@ def run_suite(args, allocations) -> int:
         raise ValueError(f"--tokens ({tokens}) must be at least --seq-len ({args.seq_len})")
     if args.in_domain and args.in_domain < args.seq_len:
         raise ValueError(f"--in-domain ({args.in_domain}) must be 0 or at least --seq-len ({args.seq_len}) tokens")
+    return budgets, lengths, n_prompts, tokens
+
+
+def run_suite(args, allocations) -> int:
+    """mkv eval --suite ood: every (projections, allocation) method at every budget on every domain."""
+    from ..models import load_model
+    from ..positions import shifted
+    from ..projections import resolve_projections
+    from ..ranks import Method
+    from ..retrieval import format_retrieval_table, retrieval_curve
+    from ..suite import DOMAINS, compare_suite, format_suite_table, suite_blocks, suite_label
+
+    budgets, lengths, n_prompts, tokens = suite_settings(args)
     methods = [Method(f"{suite_label(p)}, {a}", p, a, args.trajectory if a == "adaptive" else None)
                for p in split_list(args.projections, "--projections") for a in allocations]
     model, tokenizer = load_model(args.model, device=args.device)
