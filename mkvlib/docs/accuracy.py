@@ -9,7 +9,7 @@ import pandas as pd
 
 from .markdown import DASH, bullets, code, num, paragraphs, pct, table
 from .records import Data, option
-from .results import commands_line, readout_text, section, source_line
+from .results import commands_line, prose, readout_text, section, source_line
 
 LM_EVAL_FILES = ("results/lm_eval_*.csv", "results/lm_eval_*.json")
 # which search gave the adaptive ranks of a results file whose trajectory is no longer committed (its record says)
@@ -73,13 +73,8 @@ def lm_eval_table1(data: Data) -> str | None:
         return None
     wide = table1(cells)
     items = cells.groupby("task")["items"].max()
-    intro = ("Accuracy (%) per task, the average over tasks, and that average as a share of the uncompressed "
-             "model's (the paper's Table 1 layout, `mkvlib.lmeval.report.table1`). A set-up is named by how its "
-             "projections were made (the shipped files by their name, projections that have left the tree by how "
-             "they were trained) and, for searched ranks, by the search that gave them (see [Where the accuracy "
-             "rows come from](#where-the-accuracy-rows-come-from)). Items per task: "
-             + ", ".join(f"{t} {int(n)}" for t, n in items.items()) + "."
-             + (" Left out (run on other items): " + ", ".join(map(code, left_out)) + "." if left_out else ""))
+    intro = prose("lm-eval-table1", items=", ".join(f"{t} {int(n)}" for t, n in items.items())) + (
+        " Left out (run on other items): " + ", ".join(map(code, left_out)) + "." if left_out else "")
     rows = [[b, m] + [num(v) for v in r] for (b, m), r in zip(wide.index, wide.itertuples(index=False))]
     return paragraphs(intro, table(["budget", "set-up", *map(str, wide.columns)], rows, "ll" + "r" * len(wide.columns)))
 
@@ -88,16 +83,13 @@ def lm_eval_table1(data: Data) -> str | None:
 def lm_eval_kept(data: Data) -> str | None:
     from ..lmeval.report import kept_at
 
-    cells, _ = lm_eval_cells(data)
-    if cells.empty:
+    if (cells := lm_eval_cells(data)[0]).empty:
         return None
     budgets = sorted({b for b in cells.budget if b < 1}, reverse=True)
     acc, norm = kept_at(cells, budgets, "acc"), kept_at(cells, budgets, "acc_norm")
     rows = [[pct(b, None), m] + [num(t.loc[m, (col, b)]) for t in (acc, norm) for col in ("kept", "kept_above_chance")]
             for b in budgets for m in acc.index if not pd.isna(acc.loc[m, ("kept", b)])]
-    return paragraphs("The average accuracy over tasks as % of the uncompressed model's, and above chance: (acc - "
-                      "chance) / (acc at 100% - chance), in % (`mkvlib.lmeval.report.kept_at`), for `acc` and "
-                      "`acc_norm`.",
+    return paragraphs(prose("lm-eval-kept"),
                       table(["budget", "set-up", "acc kept", "acc above chance", "acc_norm kept",
                              "acc_norm above chance"], rows, "ll" + "r" * 4))
 
@@ -121,8 +113,7 @@ def _sweep_commands(data: Data, source: str, method: str, budget: float) -> list
 def lm_eval_sources(data: Data) -> str | None:
     from ..lmeval.recipes import EARLIER_DETAILS
 
-    cells, _ = lm_eval_cells(data)
-    if cells.empty:
+    if (cells := lm_eval_cells(data)[0]).empty:
         return None
     lines = []
     for source, part in cells.groupby("source", sort=True):
@@ -143,10 +134,7 @@ def lm_eval_sources(data: Data) -> str | None:
               (code(r.trajectory) if isinstance(r.trajectory, str) else "not committed")
               if "searched ranks" in r.method else DASH]
              for r in setups.itertuples()]
-    return paragraphs("The projections behind each set-up (by fingerprint: the committed file, or how projections "
-                      "that have left the tree were trained; git history keeps them) and the trajectory its searched "
-                      "ranks came from, then, per results file, the command that ran each set-up at each budget and "
-                      "the commits the cells were run at.",
+    return paragraphs(prose("lm-eval-sources"),
                       table(["set-up", "fingerprint", "projections", "trajectory"], files, "llll"), "\n".join(lines))
 
 
@@ -157,8 +145,7 @@ def lm_eval_findings(data: Data) -> str | None:
     from ..lmeval.report import kept_at
     from ..results_store import BASELINE
 
-    cells, _ = lm_eval_cells(data)
-    if cells.empty:
+    if (cells := lm_eval_cells(data)[0]).empty:
         return None
     kept = kept_at(cells, tuple(TARGETS))
     setups = cells[cells.method != BASELINE].drop_duplicates("method")
@@ -181,9 +168,7 @@ def lm_eval_findings(data: Data) -> str | None:
               f"{int(base['items'].max()):,} items per task), so differences of a point or two are within noise.",
               "Set-ups with the shipped MatryoshkaKV projections: " + (", ".join(shipped) or "none yet (notebook 06 "
                                                                        "scores them on ARC-Easy)") + "."]
-    return paragraphs("What the rows of [Zero-shot accuracy against KV budget](#zero-shot-accuracy-against-kv-budget) "
-                      "say, computed from them: set-ups grouped by how their projections were made, from the one that "
-                      "keeps least to the one that keeps most, against the project's targets.", bullets(lines))
+    return paragraphs(prose("lm-eval-findings"), bullets(lines))
 
 
 # --- LoRA fine-tuning with compressed KV (notebook 06) --------------------------------------------------
@@ -226,12 +211,7 @@ def lora_arc_easy(data: Data) -> str | None:
                         num(100 * r["acc_norm"]) if r["acc_norm"] is not None else DASH, kept[1]])
     record = data.record_of(path) or {}
     return paragraphs(
-        "ARC-Easy test accuracy (%) of the base model with a LoRA adapter merged in, per adapter (its weights hash; "
-        "the bundle under `data/lora/` that holds it) and number of items (the first N of the split, or all of it), "
-        "with projections attached at each budget; \"kept\" is the share of the same adapter's uncompressed accuracy "
-        "on the same items (`mkvlib.lora.accuracy.baseline`). The `projections` column is the label the run gave; the "
-        "file column is the committed projections with that fingerprint. Rows in the order the CSV stores them.",
-        source_line(data, path),
+        prose("lora-arc-easy"), source_line(data, path),
         table(["adapter", "bundle", "items", "projections", "file", "ranks", "budget", "acc", "kept", "acc_norm",
                "kept (acc_norm)"], out, "llrlllrrrrr"),
         commands_line(record.get("commands") or []),
@@ -316,14 +296,7 @@ def lora_runs(data: Data) -> str | None:
     bundle = data.manifests.get("data/lora/arc_easy_stage2") or {}
     committed = next((r.label for r in RUNS if (r.adapter, r.fingerprint, r.ranks, r.limit) == (
         bundle.get("adapter_weights_hash"), bundle.get("projections_fingerprint"), "uniform", "500")), None)
-    intro = ("Every scored two-stage run (the ledger `mkvlib.lora.runs`, labelled in the order the runs were made, as "
-             "the project's history names them): what it was, the fine-tuned model (adapter weights hash) and the "
-             "projections attached at 50% (fingerprint), the general projections stage 2 started from and the "
-             "stage-2 steps behind it, and ARC-Easy test accuracy (%) uncompressed and at 50%, with the share kept "
-             f"of the same model's uncompressed accuracy (`mkvlib.lora.kept_table`). Only {committed or 'none'} is "
-             "committed as a bundle, and of it only its records (its weights are in git history). Stage 1 is the "
-             "bundle `data/lora/arc_easy_stage1`; notebook 06 builds both stages.")
-    return paragraphs(intro, source_line(data, path),
+    return paragraphs(prose("lora-runs", committed=committed or "none"), source_line(data, path),
                       table(["run", "what it was", "adapter", "projections", "stage 2 from", "stage-2 steps", "ranks",
                              "items", "acc at 100%", "acc at 50%", "kept at 50%", "kept, acc_norm"], out,
                             "lllllrlrrrrr"),

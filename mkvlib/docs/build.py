@@ -13,16 +13,9 @@ from . import accuracy, compare, facts, ood, results, runs  # noqa: F401  (the s
 from .data_index import render_data_index
 from .markdown import block, block_names, fill_blocks, slug
 from .records import Data
+from .results import prose
 
 MARKED = ("README.md", "docs/*.md")
-HEADER = """# Measured results
-
-Every table here is computed from the files under `data/` (indexed in [data/README.md](../data/README.md)) by
-`mkvlib/docs/`; none is typed by hand. Regenerate it with `make docs` (`python -m mkvlib.docs --write`);
-`tests/test_docs.py` fails when this file, or a generated block in README.md or docs/, no longer matches the data.
-Each table names the file it reads and the command that made it, where that file records one. The method behind
-the numbers is in [design.md](design.md).
-"""
 
 
 def render_results(data: Data) -> str:
@@ -30,7 +23,8 @@ def render_results(data: Data) -> str:
     done = [(s.title, block(s.name, body)) for s in results.SECTIONS if (body := s.render(data)) is not None]
     other = results.other_results(data)
     done += [("Other result files", other)] if other else []
-    return (HEADER + "\n## Contents\n\n" + "\n".join(f"- [{t}](#{slug(t)})" for t, _ in done) + "\n\n"
+    contents = "\n".join(f"- [{t}](#{slug(t)})" for t, _ in done)
+    return (prose("results-header") + "\n\n## Contents\n\n" + contents + "\n\n"
             + "\n\n".join(f"## {t}\n\n{body}" for t, body in done) + "\n")
 
 

@@ -14,14 +14,9 @@ from pathlib import Path
 from ..commands.reproduce import cost_text, recipe, row_commands
 from .markdown import code, num, paragraphs, slug, table
 from .records import Data, read_json
+from .results import prose
 
-HEADER = """# What is in `data/`
-
-This index is generated from the files it lists by `mkvlib/docs/data_index.py` (`make docs`, or
-`python -m mkvlib.docs --write`); `tests/test_docs.py` fails when it no longer matches them. For each artefact:
-what it is, how it was made (the command its record holds, or "not recorded"), and what it measured where its
-record says. Every measured table is in [docs/results.md](../docs/results.md).
-"""
+SETTINGS = ("strategy", "step", "min_rank", "stop_budget", "max_spread", "nll_weight", "batched", "proxy_refresh")
 QUALITY = "../docs/results.md#adaptive-against-uniform-ranks-perplexity--kl-along-each-search-trajectory"
 
 
@@ -50,7 +45,8 @@ def _projections(data: Data, rel: str) -> Entry:
     if meta.get("kind") == "pca":
         what += f"; PCA fitted on {calib.get('tokens', 0):,} tokens of {calib.get('corpus')}"
     elif init:
-        what += f"; trained from {code(data.projections_file(init)) if data.projections_file(init) else init + ' (not committed)'}"
+        found = data.projections_file(init)
+        what += f"; trained from {code(found) if found else init + ' (not committed)'}"
     if "steps" not in record:
         return Entry(what, [record.get("command")], [record.get("note") or "no JSON record beside it; the settings "
                                                      "above are from its safetensors header"])
@@ -58,8 +54,9 @@ def _projections(data: Data, rel: str) -> Entry:
     kl = [next((r["kl_to_base"] for r in e["rows"] if r["budget"] == 0.5), None) for e in (evals[:1] + evals[-1:])]
     return Entry(what, [record.get("command")], [
         f"record: {code(rel[:-len('.safetensors')] + '.json')}",
-        f"{record.get('steps')} steps, {record.get('tokens_seen', 0):,} tokens of {' + '.join(record.get('corpora') or [])}"
-        f", {num(record.get('wall_time_s', 0) / 60, 0)} minutes on {(record.get('hardware') or {}).get('device')}",
+        f"{record.get('steps')} steps, {record.get('tokens_seen', 0):,} tokens of "
+        f"{' + '.join(record.get('corpora') or [])}, {num(record.get('wall_time_s', 0) / 60, 0)} minutes on "
+        f"{(record.get('hardware') or {}).get('device')}",
         f"measured (its record): held-out KL at a uniform 50% budget {num(kl[0], 3)} at step {evals[0]['step']}, "
         f"{num(kl[-1], 3)} at step {evals[-1]['step']}; see [training runs](../docs/results.md#training-runs-of-the-"
         "projections)" if evals else ""])
@@ -88,15 +85,15 @@ def _trajectory(data: Data, rel: str) -> Entry:
             + (f", searched on the model with the adapter {adapter} merged in" if adapter else "")
             + ("; the default trajectory for them (`--allocation adaptive`)"
                if rel == data.default_trajectory(t["fingerprint"]) else ""))
-    settings = ", ".join(f"{k} {'none' if cfg[k] is None else cfg[k]}" for k in (
-        "strategy", "step", "min_rank", "stop_budget", "max_spread", "nll_weight", "batched", "proxy_refresh") if k in cfg)
+    settings = ", ".join(f"{k} {'none' if cfg[k] is None else cfg[k]}" for k in SETTINGS if k in cfg)
     ev = t.get("evaluations") or {}
     at = {(r["allocation"], r["budget"]): r for r in ev.get("rows") or []}
     a, u = at.get(("adaptive", 0.5)), at.get(("uniform", 0.5))
     readout = meta.get("readout") or {}
     return Entry(what, [meta.get("command")], [
         meta.get("command_note", ""),
-        f"calibration: {meta.get('calibration_tokens')} tokens of {meta.get('calibration_corpus') or cfg.get('corpus')}; "
+        f"calibration: {meta.get('calibration_tokens')} tokens of "
+        f"{meta.get('calibration_corpus') or cfg.get('corpus')}; "
         f"settings: {settings}; {num(meta.get('seconds', 0) / 60, 0)} minutes",
         f"measured (its `evaluations`, {readout_text(ev)}): perplexity / KL at 50%, adaptive {num(a['perplexity'])} / "
         f"{num(a['kl_to_base'], 3)}, uniform {num(u['perplexity'])} / {num(u['kl_to_base'], 3)}; other budgets in "
@@ -139,7 +136,7 @@ def _bundle_file(data: Data, rel: str, bundle: Path) -> Entry:
     name = Path(rel).relative_to(data.rel(bundle)).as_posix()
     if name == "trajectory.json" and rel in data.trajectories:
         return _trajectory(data, rel)
-    what = f"stage-{m.get('stage')} LoRA bundle {code(data.rel(bundle))}: {BUNDLE_ROLES.get(name, 'a file of the bundle')}"
+    what = f"stage-{m.get('stage')} LoRA bundle {code(data.rel(bundle))}: {BUNDLE_ROLES.get(name, 'a bundle file')}"
     if name != "manifest.json":
         return Entry(what, [m.get("command")], made="written by the command in the bundle's `manifest.json`")
     parent, init = (m.get("parent_adapter") or {}).get("weights_hash"), m.get("init_fingerprint")
@@ -192,5 +189,6 @@ def render_data_index(data: Data) -> str:
         folders[folder] += entry.lines(rel)
         if not any(entry.commands):
             unrecorded.append(rel)
-    return paragraphs(HEADER, *[f"## `{f}/`\n\n" + "\n".join(lines) for f, lines in sorted(folders.items())],
+    return paragraphs(prose("data-index-header") + "\n",
+                      *[f"## `{f}/`\n\n" + "\n".join(lines) for f, lines in sorted(folders.items())],
                       _housekeeping(data, unrecorded)) + "\n"

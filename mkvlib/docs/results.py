@@ -14,13 +14,17 @@ results source is one function::
 
 The patterns (relative to ``data/``; '!pattern' excludes) say which files a section reads: a results file no section
 reads is listed under "Other result files". Say where a table comes from (:func:`source_line`) and which command
-made it (:func:`commands_line`, which says so when none is recorded); format numbers with :mod:`.markdown` and sort
-rows explicitly, so that the same data gives the same bytes. Then ``python -m mkvlib.docs --write``.
+made it (:func:`commands_line`, which says so when none is recorded); fixed explanations live in prose.md
+(:func:`prose`); format numbers with :mod:`.markdown` and sort rows explicitly, so that the same data gives the same
+bytes. Then ``python -m mkvlib.docs --write``.
 """
 from __future__ import annotations
 
 import fnmatch
+import functools
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from .markdown import code
@@ -52,6 +56,17 @@ def section(name: str, title: str, *sources: str):
         SECTIONS.append(Section(name, title, sources, fn))
         return fn
     return register
+
+
+@functools.cache
+def _prose() -> dict[str, str]:
+    parts = re.split(r"^## (\S+)\n", Path(__file__).with_name("prose.md").read_text(), flags=re.M)
+    return {key: text.strip() for key, text in zip(parts[1::2], parts[2::2])}
+
+
+def prose(key: str, **fields) -> str:
+    """The fixed text ``key`` of prose.md (a section's explanation), its ``{fields}`` filled in."""
+    return _prose()[key].format(**fields)
 
 
 def source_line(data: Data, *paths, note: str = "") -> str:

@@ -4,56 +4,44 @@ from __future__ import annotations
 
 from .markdown import DASH, bullets, code, mib, num, paragraphs, pct, table
 from .records import Data, read_json
-from .results import commands_line, readout_text, section, source_line
+from .results import commands_line, prose, readout_text, section, source_line
 
 TRAJECTORIES = ("trajectories/*.json", "trajectories/*/*.json", "lora/*/trajectory.json")
+RECORDS = ("projections/*.json", "projections/*/*.json")
 
 
-def _kl_at(evals: list, budget: float, step_index: int) -> str:
+def _kl_at(evals: list, step_index: int, budget: float = 0.5) -> str:
     rows = evals[step_index]["rows"] if evals else []
     return next((num(r["kl_to_base"], 3) for r in rows if abs(r["budget"] - budget) < 1e-9), DASH)
 
 
-@section("training-runs", "Training runs of the projections", "projections/*.json", "projections/*/*.json")
+@section("training-runs", "Training runs of the projections", *RECORDS)
 def training_runs(data: Data) -> str | None:
     records = sorted(data.training_records.items())
-    if not records:
-        return None
-    rows = [[data.short(p), data.short(data.projections_file(r.get("init_fingerprint"))), " + ".join(r.get("corpora") or []),
-             r.get("steps"), f"{r.get('tokens_seen'):,}", f"{(r.get('config') or {}).get('kd_weight')} : "
-             f"{(r.get('config') or {}).get('lm_weight')}", (r.get("config") or {}).get("lr"),
-             (r.get("config") or {}).get("seed"), num(r.get("wall_time_s", 0) / 60, 0),
-             (r.get("hardware") or {}).get("device"), _kl_at(r.get("evals"), 0.5, 0), _kl_at(r.get("evals"), 0.5, -1)]
-            for p, r in records]
+    rows = [[data.short(p), data.short(data.projections_file(r.get("init_fingerprint"))),
+             " + ".join(r.get("corpora") or []), r.get("steps"), f"{r.get('tokens_seen'):,}",
+             f"{cfg.get('kd_weight')} : {cfg.get('lm_weight')}", cfg.get("lr"), cfg.get("seed"),
+             num(r.get("wall_time_s", 0) / 60, 0), (r.get("hardware") or {}).get("device"), _kl_at(r.get("evals"), 0),
+             _kl_at(r.get("evals"), -1)] for p, r in records for cfg in [r.get("config") or {}]]
     return paragraphs(
-        "One row per committed projections file whose JSON record holds its training run (`mkv train`). KL at 50% is "
-        "the held-out KL to the uncompressed model at a uniform 50% budget, measured by the run itself on its own "
-        "evaluation tokens (`--eval-tokens`), before the first and after the last step.",
+        prose("training-runs"),
         source_line(data, *[data.root / (p[:-len(".safetensors")] + ".json") for p, _ in records],
                     note="(each `.json` beside its `.safetensors`)"),
         table(["projections", "initialised from", "corpora", "steps", "tokens seen", "kd_weight : lm_weight", "lr",
                "seed", "minutes", "device", "KL at 50%, start", "KL at 50%, end"], rows, "lllrrrrrrlrr"),
-        bullets([f"{code(data.short(p))}: {code(r['command'])}" for p, r in records], "Commands (from the records):"))
+        bullets([f"{code(data.short(p))}: {code(r['command'])}" for p, r in records], "Commands (from the records):")
+    ) if records else None
 
 
-@section("training-evals", "Held-out KL and perplexity ratio during training", "projections/*.json",
-         "projections/*/*.json")
+@section("training-evals", "Held-out KL and perplexity ratio during training", *RECORDS)
 def training_evals(data: Data) -> str | None:
     records = {p: r for p, r in sorted(data.training_records.items()) if r.get("evals")}
-    if not records:
-        return None
     budgets = sorted({row["budget"] for r in records.values() for e in r["evals"] for row in e["rows"]}, reverse=True)
-    rows = []
-    for path, r in records.items():
-        for e in r["evals"]:
-            at = {row["budget"]: row for row in e["rows"]}
-            rows.append([data.short(path), e["step"], e["rows"][0].get("tokens", DASH)] + [
-                f"{num(at[b]['kl_to_base'], 3)} / {num(at[b]['perplexity_ratio'], 2)}x" if b in at else DASH
-                for b in budgets])
-    return paragraphs("KL to the uncompressed model / perplexity ratio to it, at uniform budgets, on each run's held-out "
-                      "evaluation tokens, at the steps the run evaluated (from the `evals` of each training record; the "
-                      "runs evaluated on different text, so compare rows within one run).",
-                      table(["projections", "step", "tokens", *[pct(b, None) for b in budgets]], rows))
+    rows = [[data.short(p), e["step"], e["rows"][0].get("tokens", DASH)] + [
+        f"{num(at[b]['kl_to_base'], 3)} / {num(at[b]['perplexity_ratio'], 2)}x" if b in at else DASH for b in budgets]
+        for p, r in records.items() for e in r["evals"] for at in [{row["budget"]: row for row in e["rows"]}]]
+    return paragraphs(prose("training-evals"), table(["projections", "step", "tokens", *[pct(b, None) for b in budgets]],
+                                                     rows)) if records else None
 
 
 def _trajectory_groups(data: Data) -> dict[tuple, list[str]]:
@@ -69,60 +57,47 @@ def _trajectory_groups(data: Data) -> dict[tuple, list[str]]:
     return groups
 
 
-def _quality_cells(rows: list, allocation: str, budgets: list) -> list[str]:
+def _quality_row(label: str, rows: list, allocation: str, budgets: list) -> list[str]:
     at = {r["budget"]: r for r in rows if r["allocation"] == allocation}
-    return [f"{num(at[b]['perplexity'])} / {num(max(at[b]['kl_to_base'], 0.0), 3)}" if b in at else DASH
-            for b in budgets]
+    return [label] + [f"{num(at[b]['perplexity'])} / {num(max(at[b]['kl_to_base'], 0.0), 3)}" if b in at else DASH
+                      for b in budgets]
 
 
-@section("search-quality", "Adaptive against uniform ranks: perplexity / KL along each search trajectory", *TRAJECTORIES)
+@section("search-quality", "Adaptive against uniform ranks: perplexity / KL along each search trajectory",
+         *TRAJECTORIES)
 def search_quality(data: Data) -> str | None:
-    groups = _trajectory_groups(data)
-    if not groups:
-        return None
-    parts = ["Perplexity / KL to the uncompressed model on the out-of-domain suite (the mean over its domains, each "
-             "weighing the same; `mkvlib.suite`), at the budgets each search evaluated after it finished (the "
-             "`evaluations` stored in each trajectory; `mkvlib.search.evaluate_trajectory`; `mkv search "
-             "--readout-only` measures them again). A caption naming one corpus marks an older readout. `uniform`: "
-             "every entry at the same rank; the other rows: the ranks of that trajectory's prefix at the budget. The "
-             "search settings of each trajectory are in the next table."]
-    for (fingerprint, adapter, _), paths in groups.items():
+    parts = []
+    for (fingerprint, adapter, _), paths in _trajectory_groups(data).items():
         evals = {p: data.trajectories[p]["evaluations"]["rows"] for p in paths}
         budgets = sorted({r["budget"] for rows in evals.values() for r in rows if r["budget"] < 1}, reverse=True)
-        model = f", adapter {adapter} merged in ({data.bundle_with_adapter(adapter) or 'not committed'})" if adapter else ""
+        model = (f", adapter {adapter} merged in ({data.bundle_with_adapter(adapter) or 'not committed'})"
+                 if adapter else "")
         parts += [f"Projections {code(data.short(data.projections_file(fingerprint)))} (fingerprint {fingerprint})"
                   f"{model}; {readout_text(data.trajectories[paths[0]]['evaluations'])}; uncompressed perplexity "
                   f"{num(evals[paths[0]][0]['base_perplexity'], 2)}.",
                   table(["ranks", *[pct(b, None) for b in budgets]],
-                        [["uniform"] + _quality_cells(evals[paths[0]], "uniform", budgets)] +
-                        [[f"adaptive: {code(p)}"] + _quality_cells(evals[p], "adaptive", budgets) for p in paths])]
-    return paragraphs(*parts)
+                        [_quality_row("uniform", evals[paths[0]], "uniform", budgets)]
+                        + [_quality_row(f"adaptive: {code(p)}", evals[p], "adaptive", budgets) for p in paths])]
+    return paragraphs(prose("search-quality"), *parts) if parts else None
 
 
 @section("search-settings", "Search trajectories: settings and cost", *TRAJECTORIES)
 def search_settings(data: Data) -> str | None:
-    if not data.trajectories:
-        return None
-    rows, cmds = [], []
-    for path, t in sorted(data.trajectories.items()):
-        meta = t.get("meta") or {}
-        cfg = meta.get("config") or {}
-        rows.append([code(path), data.short(data.projections_file(t["fingerprint"])),
-                     meta.get("calibration_corpus") or cfg.get("corpus"), meta.get("calibration_tokens"),
-                     cfg.get("strategy"), cfg.get("step"), cfg.get("min_rank"),
-                     DASH if cfg.get("stop_budget") is None else pct(cfg["stop_budget"], None),
-                     DASH if cfg.get("max_spread") is None else cfg["max_spread"], cfg.get("nll_weight", 0.0),
-                     cfg.get("batched"), cfg.get("proxy_refresh"), len(t.get("steps") or []),
-                     num(meta.get("seconds", 0) / 60, 0)])
-        cmds.append(f"{code(path)}: " + (code(meta["command"]) if meta.get("command") else "command not recorded"))
-    return paragraphs("Each trajectory's search settings, as recorded in its `meta` (`mkvlib.search.SearchConfig`): "
-                      "calibration text and tokens, strategy, rank step and floor, where it stopped, the rank spread "
-                      "allowed, the NLL weight, entries committed per pass, proxy rebuilds, steps taken and search "
-                      "minutes.",
+    found = sorted(data.trajectories.items())
+    rows = [[code(path), data.short(data.projections_file(t["fingerprint"])),
+             meta.get("calibration_corpus") or cfg.get("corpus"), meta.get("calibration_tokens"), cfg.get("strategy"),
+             cfg.get("step"), cfg.get("min_rank"),
+             DASH if cfg.get("stop_budget") is None else pct(cfg["stop_budget"], None),
+             DASH if cfg.get("max_spread") is None else cfg["max_spread"], cfg.get("nll_weight", 0.0),
+             cfg.get("batched"), cfg.get("proxy_refresh"), len(t.get("steps") or []), num(meta.get("seconds", 0) / 60, 0)]
+            for path, t in found for meta in [t.get("meta") or {}] for cfg in [meta.get("config") or {}]]
+    cmds = [f"{code(p)}: " + (code(c) if (c := (t.get("meta") or {}).get("command")) else "command not recorded")
+            for p, t in found]
+    return paragraphs(prose("search-settings"),
                       table(["trajectory", "projections", "calibration", "tokens", "strategy", "step", "floor", "stop",
                              "max spread", "nll weight", "batched", "proxy refresh", "steps", "minutes"], rows,
                             "lllrl" + "r" * 9),
-                      bullets(cmds, "Commands (from each trajectory's `meta`):"))
+                      bullets(cmds, "Commands (from each trajectory's `meta`):")) if found else None
 
 
 # --- the real compressed cache (notebook 05) ------------------------------------------------------------
@@ -141,33 +116,26 @@ def _each(data: Data, pattern: str, render) -> str | None:
 
 @section("bench-decode", "Decode speed: compressed cache against DynamicCache and quanto", "results/bench_decode*.json")
 def bench_decode(data: Data) -> str | None:
-    def render(obj):
-        return "", table(["cache", "budget", "context", "batch", "tokens/s", "speed-up", "tokens/CPU-s",
-                          "speed-up (CPU)", "cache"],
-                         [[r["cache"], DASH if r.get("budget") is None else pct(r["budget"], None), r["context"],
-                           r["batch"], num(r["decode_tokens_per_s"], 2), num(r["speedup"], 2),
-                           num(r.get("decode_tokens_per_cpu_s"), 2), num(r.get("speedup_cpu"), 2),
-                           mib(r.get("cache_bytes"))] for r in obj["rows"]])
-    body = _each(data, "bench_decode*.json", render)
-    return body and paragraphs(
-        "Median decode tokens/s over the repeats, its ratio to `DynamicCache` (speed-up), the same per CPU second of "
-        "the process, and the bytes of the stored keys and values (`mkvlib.bench`). A dash in budget: a cache that "
-        "keeps every entry (DynamicCache, or quanto's 4-bit one).", body)
+    body = _each(data, "bench_decode*.json", lambda obj: ("", table(
+        ["cache", "budget", "context", "batch", "tokens/s", "speed-up", "tokens/CPU-s", "speed-up (CPU)", "cache"],
+        [[r["cache"], DASH if r.get("budget") is None else pct(r["budget"], None), r["context"], r["batch"],
+          num(r["decode_tokens_per_s"], 2), num(r["speedup"], 2), num(r.get("decode_tokens_per_cpu_s"), 2),
+          num(r.get("speedup_cpu"), 2), mib(r.get("cache_bytes"))] for r in obj["rows"]])))
+    return body and paragraphs(prose("bench-decode"), body)
 
 
 @section("bench-memory", "Peak memory of one generate() call", "results/bench_memory*.json")
 def bench_memory(data: Data) -> str | None:
     def render(obj):
-        check = obj.get("verification") or {}
-        verified = (f"The memory model (next table) predicted {mib(check['predicted_peak_bytes'])} for {check['run']} "
-                    f"and {mib(check['measured_peak_bytes'])} was measured (relative error "
-                    f"{pct(check['relative_error'])}).") if check else ""
-        return "", paragraphs(table(["cache", "budget", "batch", "context", "prefill s", "decode tokens/s", "cache",
-                                     "peak growth", "model"],
-                                    [[r["kind"], pct(r["budget"], None), r["batch"], r["context"], num(r["prefill_s"]),
-                                      num(r["decode_tokens_per_s"], 3), mib(r["cache_bytes"]),
-                                      mib(r["peak_memory_bytes"]), mib(r["model_memory_bytes"])] for r in obj["runs"]]),
-                              verified)
+        check = obj.get("verification")
+        return "", paragraphs(
+            table(["cache", "budget", "batch", "context", "prefill s", "decode tokens/s", "cache", "peak growth",
+                   "model"],
+                  [[r["kind"], pct(r["budget"], None), r["batch"], r["context"], num(r["prefill_s"]),
+                    num(r["decode_tokens_per_s"], 3), mib(r["cache_bytes"]), mib(r["peak_memory_bytes"]),
+                    mib(r["model_memory_bytes"])] for r in obj["runs"]]),
+            prose("bench-memory", predicted=mib(check["predicted_peak_bytes"]), run=check["run"],
+                  measured=mib(check["measured_peak_bytes"]), error=pct(check["relative_error"])) if check else "")
     return _each(data, "bench_memory.json", render)
 
 
@@ -181,34 +149,30 @@ def bench_capacity(data: Data) -> str | None:
     kinds = [k for k in next(iter(capacity.values())) if k != "ratio"]
     rows = [[name, f"{c[kinds[0]]['limit_bytes'] / 2 ** 30:g} GiB", c[kinds[0]]["context"]]
             + [c[k]["max_batch"] for k in kinds] + [num(c["ratio"], 2)] for name, c in capacity.items()]
-    return paragraphs(
-        "Memory = fixed + batch x (per sequence + context x bytes per token), fitted to the runs above "
-        "(`mkvlib.bench.memory_model`), then the largest batch that fits a limit (`mkvlib.bench.capacity`).",
-        table(["cache", "fixed", "per sequence", "bytes per token"],
-              [[k, mib(m["fixed_bytes"]), mib(m["per_sequence_bytes"]), f"{m['bytes_per_token']:,.0f}"]
-               for k, m in obj["memory_models"].items()]),
-        table(["case", "limit", "context"] + [f"max batch, {k}" for k in kinds] + ["ratio"], rows),
-        source_line(data, path))
+    return paragraphs(prose("bench-capacity"),
+                      table(["cache", "fixed", "per sequence", "bytes per token"],
+                            [[k, mib(m["fixed_bytes"]), mib(m["per_sequence_bytes"]), f"{m['bytes_per_token']:,.0f}"]
+                             for k, m in obj["memory_models"].items()]),
+                      table(["case", "limit", "context"] + [f"max batch, {k}" for k in kinds] + ["ratio"], rows),
+                      source_line(data, path))
 
 
 @section("bench-profile", "Where a decode step spends its time", "results/bench_profile*.json")
 def bench_profile(data: Data) -> str | None:
     def render(obj):
         prof = obj["profile"]
-        ops = sorted({op for k in prof for op in prof[k] if op != "total_s_per_step"},
-                     key=lambda op: (-sum(prof[k].get(op, 0.0) for k in prof), op))
-        rows = [[code(op)] + [num(prof[k].get(op), 3) for k in prof] for op in ops]
-        return ("Self CPU seconds per decode step of the top operators. ",
-                table(["operator", *prof], rows + [["total per step"] + [num(p["total_s_per_step"], 3)
-                                                                         for p in prof.values()]]))
+        ops = sorted({op for p in prof.values() for op in p if op != "total_s_per_step"},
+                     key=lambda op: (-sum(p.get(op, 0.0) for p in prof.values()), op))
+        rows = [[code(op)] + [num(p.get(op), 3) for p in prof.values()] for op in ops]
+        return ("Self CPU seconds per decode step of the top operators. ", table(
+            ["operator", *prof], rows + [["total per step"] + [num(p["total_s_per_step"], 3) for p in prof.values()]]))
     return _each(data, "bench_profile*.json", render)
 
 
 @section("bench-cli", "One `mkv bench` run", "results/bench_cli*.json")
 def bench_cli(data: Data) -> str | None:
     def render(obj):
-        r = obj["result"]
-        kinds = {"compressed": "", "dynamic": "baseline_", "quanto": "quantized_"}
+        r, kinds = obj["result"], {"compressed": "", "dynamic": "baseline_", "quanto": "quantized_"}
         metrics = [("decode tokens/s", "decode_tokens_per_s", lambda v: num(v, 3)), ("cache", "cache_bytes", mib),
                    ("peak memory growth", "peak_memory_bytes", mib), ("prefill s", "prefill_s", num)]
         return (f"Projections {r['projections']} at {pct(r['budget'], None)} ({r['allocation']}), batch {r['batch']} "
