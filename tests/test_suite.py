@@ -291,6 +291,9 @@ def test_retrieval_curve_on_a_tiny_model(llama, one_thread):
     (["--allocation", "uniform,adaptive"], "need --suite ood"),
     (["--suite", "ood", "--allocation", "greedy"], "--allocation takes uniform or adaptive"),
     (["--suite", "ood", "--retrieval-lengths", "1k"], "token counts"),
+    (["--keep-recent", "32"], "add --suite ood"),
+    (["--suite", "ood", "--keep-recent", "a,b"], "--keep-recent takes comma-separated token counts"),
+    (["--suite", "ood", "--keep-recent", "32", "--retrieval"], "leave out --keep-first/--keep-recent"),
 ])
 def test_eval_suite_argument_errors(argv, match, capsys):
     from mkvlib.cli import main
@@ -321,3 +324,24 @@ def test_eval_suite_cli_on_the_embedded_model(monkeypatch, capsys, tmp_path):
     assert all(abs(r["kl_to_base"]) < 1e-5 for r in full)
     ret = out["retrieval"]
     assert set(ret["fails_at"]) == {"PCA, uniform", "PCA, adaptive"} and len(ret["rows"]) == 2 * 2
+
+
+@needs_model
+def test_eval_suite_whole_tokens_on_the_embedded_model(monkeypatch, capsys):
+    """--keep-recent gives one method per window; budgets count stored bytes, whole tokens included."""
+    from mkvlib.cli import main
+    from mkvlib.ranks import stored_fraction
+
+    monkeypatch.delenv("MKV_DATA_DIR", raising=False)
+    assert main(["eval", "--suite", "ood", "--json", "--tokens", "128", "--seq-len", "64", "--budgets", "0.5",
+                 "--projections", "pca", "--keep-first", "2", "--keep-recent", "0,8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [m["label"] for m in out["methods"]] == ["PCA, uniform, 2 first + 0 recent tokens whole",
+                                                    "PCA, uniform, 2 first + 8 recent tokens whole"]
+    means = {r["method"]: r for r in out["rows"] if r["domain"] == "mean"}
+    wide = means["PCA, uniform, 2 first + 8 recent tokens whole"]
+    assert wide["stored_fraction"] == pytest.approx(stored_fraction(wide["budget"], 64, 2, 8))
+    assert abs(wide["stored_fraction"] - 0.5) <= 1 / 64 and wide["budget"] < 0.5
+    assert main(["eval", "--suite", "ood", "--tokens", "128", "--seq-len", "64", "--budgets", "0.1",
+                 "--keep-recent", "16"]) == 2
+    assert "cannot hold 0 + 16 whole tokens" in capsys.readouterr().err

@@ -49,6 +49,12 @@ def register(sub) -> None:
                    help="with --suite: also evaluate TOKENS tokens of the training mixture past the first "
                         f"{IN_DOMAIN_SKIP:,} (text like the training text that no run trained on), as the row "
                         "domain 'in-domain', kept out of the mean (default 0: none)")
+    p.add_argument("--keep-first", type=int, default=0, metavar="N",
+                   help="with --suite: also keep the first N tokens of every block whole (attention sinks); budgets "
+                        "then count stored bytes, whole tokens included, at --seq-len tokens (default 0)")
+    p.add_argument("--keep-recent", default="0", metavar="N[,N...]",
+                   help="with --suite: also keep each query's N latest tokens whole, as a quantized cache keeps a "
+                        "residual window; several values give one method each (default 0)")
     p.add_argument("--out", default=None, metavar="JSON", help="with --suite: also write the result, with this "
                    "command, the hardware and the wall time, atomically to this file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -127,7 +133,8 @@ def run(args) -> int:
         args.seq_len = 512 if args.suite else 256
     if args.suite:
         return run_suite(args, allocations)
-    for flag, given in (("--retrieval", args.retrieval), ("--in-domain", args.in_domain), ("--out", args.out)):
+    for flag, given in (("--retrieval", args.retrieval), ("--in-domain", args.in_domain), ("--out", args.out),
+                        ("--keep-first", args.keep_first), ("--keep-recent", args.keep_recent not in ("", "0"))):
         if given:
             raise ValueError(f"{flag} is part of the out-of-domain suite: add --suite ood")
     if len(allocations) > 1 or len(split_list(args.projections, "--projections")) > 1:
@@ -176,9 +183,11 @@ def method_record(method, model) -> dict:
     """A method as a result file stores it: label, projections (name and fingerprint), allocation, trajectory."""
     from ..projections import resolve_projections
 
+    whole = dict(keep_first=method.keep_first, keep_recent=method.keep_recent) \
+        if method.keep_first or method.keep_recent else {}
     return dict(label=method.name, projections=method.projections, allocation=method.allocation,
                 fingerprint=resolve_projections(method.projections, model).fingerprint(),
-                trajectory=method.trajectory)
+                trajectory=method.trajectory, **whole)
 
 
 def in_domain_spec(args) -> dict | None:
@@ -226,21 +235,44 @@ def suite_settings(args) -> tuple[list, list, int, int]:
     return budgets, lengths, n_prompts, tokens
 
 
+def parse_recent(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in split_list(text, "--keep-recent")]
+    except ValueError:
+        raise ValueError(f"--keep-recent takes comma-separated token counts such as 0,32, not {text!r}") from None
+    return list(dict.fromkeys(values))
+
+
+def suite_methods(args, allocations) -> list:
+    """One method per (projections, allocation, --keep-recent value); labels name the whole tokens kept."""
+    from ..ranks import Method
+    from ..suite import suite_label
+
+    recents = parse_recent(args.keep_recent)
+    if args.retrieval and (args.keep_first or any(recents)):
+        raise ValueError("--retrieval measures methods without whole tokens: leave out --keep-first/--keep-recent")
+
+    def label(p, a, recent):
+        whole = f", {args.keep_first} first + {recent} recent tokens whole" if args.keep_first or recent else ""
+        return f"{suite_label(p)}, {a}{whole}"
+
+    return [Method(label(p, a, w), p, a, args.trajectory if a == "adaptive" else None, args.keep_first, w)
+            for p in split_list(args.projections, "--projections") for a in allocations for w in recents]
+
+
 def run_suite(args, allocations) -> int:
     """mkv eval --suite ood: every (projections, allocation) method at every budget on every domain."""
     from ..models import load_model
     from ..positions import shifted
     from ..projections import resolve_projections
-    from ..ranks import Method
     from ..retrieval import format_retrieval_table, retrieval_curve
-    from ..suite import DOMAINS, compare_suite, format_suite_table, suite_blocks, suite_label
+    from ..suite import DOMAINS, compare_suite, format_suite_table, suite_blocks
 
     budgets, lengths, n_prompts, tokens = suite_settings(args)
-    methods = [Method(f"{suite_label(p)}, {a}", p, a, args.trajectory if a == "adaptive" else None)
-               for p in split_list(args.projections, "--projections") for a in allocations]
+    methods = suite_methods(args, allocations)
     model, tokenizer = load_model(args.model, device=args.device)
-    for m in methods:   # missing projections or trajectories fail here, before any evaluation
-        [m.ranks(model, resolve_projections(m.projections, model), b) for b in budgets]
+    for m in methods:   # missing projections or trajectories, or budgets too small for whole tokens, fail here
+        [m.ranks(model, resolve_projections(m.projections, model), m.feature_budget(b, args.seq_len)) for b in budgets]
     check_offset(args, model, max([args.seq_len] + ([n + 8 for n in lengths] if args.retrieval else [])))
     blocks = suite_blocks(tokenizer, tokens, args.seq_len)
     start = time.time()
