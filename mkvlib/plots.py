@@ -136,34 +136,6 @@ def quality_by_offset(record: dict, title: str = "The same text, placed later an
     return fig
 
 
-def suite_vs_budget(record: dict, title: str = "Out of domain: mean over held-out domains"):
-    """Mean perplexity ratio and KL against budget, one line per method, from a suite record (the rows of
-    :func:`mkvlib.suite.compare_suite` with ``record['methods']`` and ``record['budgets']``, as stored in
-    data/results/ood_suite.json). Out-of-domain means solid; in-domain ones, where present, dotted."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    budgets = sorted(record["budgets"])
-    for i, method in enumerate(m["label"] for m in record["methods"]):
-        color = plt.get_cmap("tab10")(i)
-        for domain, style in (("mean", "-"), ("in-domain", ":")):
-            cell = {r["target_budget"]: r for r in record["rows"] if r["method"] == method and r["domain"] == domain}
-            if not cell:
-                continue
-            have = [b for b in budgets if b in cell]          # a method may be measured at fewer budgets
-            for ax, key in zip(axes, ("perplexity_ratio", "kl_to_base")):
-                ax.plot([100 * b for b in have], [cell[b][key] for b in have], style, marker="o", ms=3,
-                        color=color, label=method if domain == "mean" else None)
-    axes[0].set_yscale("log")
-    axes[0].set(xlabel="KV budget (%)", ylabel="perplexity / uncompressed")
-    axes[1].set(xlabel="KV budget (%)", ylabel="KL to the uncompressed model")
-    for ax in axes:
-        ax.invert_xaxis()
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, title="solid: out of domain; dotted: in domain", title_fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 # The picture the series comes back to: quality against budget for both projections and both allocations.
 HEADLINE_METHODS = {            # suite label -> (words in the legend, colour, line style)
     "PCA, uniform": ("PCA, uniform ranks", "tab:gray", "--"),

@@ -539,12 +539,6 @@ def finished_layers(folder) -> list[int]:
     return sorted(int(p.stem[5:]) for p in folder.glob("layer[0-9][0-9][0-9].safetensors"))
 
 
-def capture_memory_bytes(geom: KVGeometry, tokens: int, layers: int, dtype=torch.float16) -> int:
-    """Bytes a capture of ``tokens`` tokens and ``layers`` layers takes."""
-    size = torch.empty((), dtype=dtype).element_size()
-    return int(tokens) * layers * (geom.heads + 2 * geom.kv_heads) * geom.head_dim * size
-
-
 __all__ = ["Capture", "CaptureMismatchError", "LayerAttention", "LayerFit", "LayerInputs", "LayerwiseConfig",
-           "capture_layer_inputs", "capture_memory_bytes", "compress_kv", "finished_layers",
+           "capture_layer_inputs", "compress_kv", "finished_layers",
            "fit_layer", "fit_layerwise", "layer_objective", "parse_layers"]
