@@ -231,7 +231,7 @@ def test_adaptive_cells_are_keyed_by_the_ranks_they_used(model, tokenizer, inclu
                                                           monkeypatch):
     """A new search trajectory gives new adaptive ranks: their stored cells no longer count as done; uniform
     cells keep counting."""
-    from mkvlib.lmeval.sweep import append_row, ranks_digest
+    from mkvlib.lmeval.sweep import ranks_digest, results_store
 
     out = tmp_path / "sweep.csv"
     cfg = SweepConfig(out=str(out), methods=[Method("rand-uniform", str(projections_file)),
@@ -242,7 +242,7 @@ def test_adaptive_cells_are_keyed_by_the_ranks_they_used(model, tokenizer, inclu
     monkeypatch.setattr(sweep, "ranks_for", lambda m, b: ranks.clone() if m.allocation == "adaptive" else float(b))
     for cell in sweep.cells():
         row = sweep._identity(cell)
-        append_row(out, {**row, "allocation": cell.method.allocation if cell.method else "none"})
+        results_store(out).add({**row, "allocation": cell.method.allocation if cell.method else "none"})
     assert sweep.pending() == []
     assert {r["ranks"] for r in read_rows(out)} == {"full", "uniform", ranks_digest(ranks)}
     monkeypatch.setattr(model, "mkv_adapter", "0123abcd", raising=False)   # `--adapter`: a fine-tuned model's cells
@@ -255,23 +255,24 @@ def test_adaptive_cells_are_keyed_by_the_ranks_they_used(model, tokenizer, inclu
 
 def test_report_keeps_one_limit_and_the_newest_row_per_cell(tmp_path, capsys):
     from mkvlib.lmeval import report
-    from mkvlib.lmeval.sweep import append_row
+    from mkvlib.lmeval.sweep import results_store
 
     out = tmp_path / "mixed.csv"
+    add = results_store(out).add
     base = {"model": "m", "projections": "pca", "allocation": "uniform", "ranks": "uniform", "kv_budget": "0.5000",
             "acc_norm": "0.5", "items": "25", "limit": "25", "batch_size": "8", "seconds": "1", "source": "local", "git_commit": "x",
             "lm_eval_version": "0.4"}
     for task, acc in (("piqa", "0.70"), ("arc_easy", "0.50")):
-        append_row(out, {**base, "method": "uncompressed", "fingerprint": "none", "budget": "1.0000", "task": task,
+        add({**base, "method": "uncompressed", "fingerprint": "none", "budget": "1.0000", "task": task,
                          "acc": acc, "finished_at": "2026-01-01T00:00:00"})
-        append_row(out, {**base, "method": "pca-uniform", "fingerprint": "a", "budget": "0.5000", "task": task,
+        add({**base, "method": "pca-uniform", "fingerprint": "a", "budget": "0.5000", "task": task,
                          "acc": "0.10", "finished_at": "2026-01-01T00:00:00"})
     big = {**base, "items": "1000", "limit": "1000"}
     for task, acc in (("piqa", "0.60"), ("arc_easy", "0.40")):
-        append_row(out, {**big, "method": "uncompressed", "fingerprint": "none", "budget": "1.0000", "task": task,
+        add({**big, "method": "uncompressed", "fingerprint": "none", "budget": "1.0000", "task": task,
                          "acc": acc, "finished_at": "2026-01-02T00:00:00"})
         for when, value in (("2026-01-02T00:00:00", "0.20"), ("2026-01-03T00:00:00", "0.30")):  # re-run later
-            append_row(out, {**big, "method": "pca-uniform", "fingerprint": when[:10], "budget": "0.5000",
+            add({**big, "method": "pca-uniform", "fingerprint": when[:10], "budget": "0.5000",
                              "task": task, "acc": value, "finished_at": when})
     df = report.load_results(out)
     assert len(df) == 4 and set(df["limit"]) == {"1000"}
@@ -290,7 +291,7 @@ def test_lora_accuracy_curve_uses_a_trajectorys_ranks_and_keys_rows_by_them(mode
     row is told apart from the uniform row of the same projections, stored rows are reused, and rows another
     process adds to the same CSV meanwhile are kept."""
     from helpers import random_projections
-    from mkvlib.lora.accuracy import accuracy_curve, add_row, read_rows
+    from mkvlib.lora.accuracy import accuracy_curve, read_rows, results_store
     from mkvlib.search import SearchConfig, greedy_search
 
     (tmp_path / "arc_easy").mkdir()
@@ -325,7 +326,7 @@ def test_lora_accuracy_curve_uses_a_trajectorys_ranks_and_keys_rows_by_them(mode
     # a second process sharing the CSV: its row, written while this one runs, is kept; no uncompressed cell
     other = {**got[0], "adapter": "other-process"}
     monkeypatch.setitem(accuracy_curve.__globals__, "attach",
-                        lambda m, p, ranks: (add_row(out, other), spy(m, p, ranks))[1])
+                        lambda m, p, ranks: (results_store(out).add(other), spy(m, p, ranks))[1])
     more = accuracy_curve(model, tokenizer, {"uniform": proj}, [0.25], adapter="abc", task="arc_easy", out=out,
                           progress=False, uncompressed=False)
     assert [(r["projections"], r["budget"]) for r in more] == [("uniform", 0.25)] and seen[-1] == 0.25
@@ -342,16 +343,17 @@ def test_a_handful_of_items_is_labelled_a_pipeline_check_not_a_result(tmp_path):
 
     from mkvlib.commands.lm_eval import labelled
     from mkvlib.lmeval import report
-    from mkvlib.lmeval.sweep import append_row
+    from mkvlib.lmeval.sweep import results_store
 
     base = {"model": "m", "projections": "pca", "allocation": "uniform", "ranks": "uniform", "kv_budget": "0.5000",
             "acc_norm": "0.5", "batch_size": "8", "seconds": "1", "source": "local", "git_commit": "x", "lm_eval_version": "0.4",
             "finished_at": "2026-01-01T00:00:00"}
     for items in (4, report.RESULT_ITEMS):
         out = tmp_path / f"sweep_{items}.csv"
+        add = results_store(out).add
         for method, fp, budget, acc in (("uncompressed", "none", "1.0000", "0.75"),
                                         ("pca-uniform", "a", "0.5000", "0.5")):
-            append_row(out, {**base, "method": method, "fingerprint": fp, "budget": budget, "task": "piqa",
+            add({**base, "method": method, "fingerprint": fp, "budget": budget, "task": "piqa",
                              "acc": acc, "items": str(items), "limit": str(items)})
         df = report.load_results(out)
         fig = report.accuracy_vs_budget(df)

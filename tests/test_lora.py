@@ -226,10 +226,10 @@ COMMITTED_CSV = Path(__file__).resolve().parents[1] / "data" / "results" / "lora
 
 
 def _csv(path, rows):
-    from mkvlib.lora.accuracy import write_rows
+    from mkvlib.lora.accuracy import results_store
 
-    write_rows(path, [{"model": "m", "task": "arc_easy", "acc_norm": r["acc"], "items": 4, "limit": 4,
-                       "seconds": 1.0, "ranks": "uniform", **r} for r in rows])
+    results_store(path).write([{"model": "m", "task": "arc_easy", "acc_norm": r["acc"], "items": 4, "limit": 4,
+                                "seconds": 1.0, "ranks": "uniform", **r} for r in rows])
     return path
 
 

@@ -120,11 +120,6 @@ def read_rows(path) -> list[dict]:
     return results_store(path).rows()
 
 
-def append_row(path, row: dict) -> bool:
-    """Store one finished cell's row (atomically; a row whose key is already stored is kept, not doubled)."""
-    return results_store(path).add(row)
-
-
 def ranks_digest(ranks) -> str:
     """The ``ranks`` column: 'full' (uncompressed), 'uniform', or a digest of an adaptive rank tensor."""
     if ranks is None:

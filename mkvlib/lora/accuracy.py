@@ -35,16 +35,6 @@ def read_rows(path) -> list[dict]:
     return rows
 
 
-def add_row(path, row: dict) -> bool:
-    """Add ``row`` to the CSV at ``path`` unless a row with its key is there (see :meth:`ResultStore.add`)."""
-    return results_store(path).add(row)
-
-
-def write_rows(path, rows: list[dict]) -> None:
-    """Write exactly ``rows`` to the CSV at ``path`` (a fixture or a migration; results go through add_row)."""
-    results_store(path).write(rows)
-
-
 def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, task: str = "arc_easy",
                    limit: int | None = None, batch_size: int = 32, out=None, progress: bool = True,
                    trajectories: dict | None = None, uncompressed: bool = True) -> list[dict]:
