@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from mkvlib import models, offline
-from mkvlib.offline import MIB, BundleError, Target
+from mkvlib import models
+from mkvlib.offline.base import MIB, BundleError, Unresolvable, canonical, never_download
+from mkvlib.offline.cli import main
+from mkvlib.offline.pack import check_out_dir, pack
+from mkvlib.offline.pieces import assign_groups, chunk_ranges, join_file
+from mkvlib.offline.resolve import stub_versions, stub_wheel, stubbed_with_extras, unresolvable_requirements
+from mkvlib.offline.target import Target, expand_platforms, parse_freeze, parse_names, project_requirements
+from mkvlib.offline.unpack import _unzip_wheel, read_manifest, unpack
+from mkvlib.offline.wheels import fetch_wheels, plan_wheels
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +75,7 @@ def make_bundle(tmp_path, sources, **kw):
     kw = {"chunk_mb": 1.0, "group_mb": 1.5, "requirements": ["tinypkg"], "model": str(sources["gguf"]),
           "texts": "training/books.jsonl,piqa", "data_dir": sources["data"], "fetch": fake_fetch([sources["wheel"]]),
           **kw}
-    return out, offline.pack(out, **kw)
+    return out, pack(out, **kw)
 
 
 def no_install(wheels, site, stamp):
@@ -78,23 +85,23 @@ def no_install(wheels, site, stamp):
 # --- chunks, hashes, groups ---------------------------------------------------------------------------------
 
 def test_chunk_ranges_cover_the_file():
-    assert offline.chunk_ranges(10, 4) == [(0, 4), (4, 4), (8, 2)]
-    assert offline.chunk_ranges(4, 4) == [(0, 4)]
-    assert offline.chunk_ranges(0, 4) == [(0, 0)]
+    assert chunk_ranges(10, 4) == [(0, 4), (4, 4), (8, 2)]
+    assert chunk_ranges(4, 4) == [(0, 4)]
+    assert chunk_ranges(0, 4) == [(0, 0)]
     with pytest.raises(ValueError):
-        offline.chunk_ranges(10, 0)
+        chunk_ranges(10, 0)
 
 
 def test_groups_respect_capacity_and_refuse_an_oversized_piece():
     sizes = {f"p{i}": s for i, s in enumerate([7, 5, 4, 3, 3, 2, 1, 1])}
-    groups = offline.assign_groups(sizes, 8)
+    groups = assign_groups(sizes, 8)
     totals = {}
     for name, g in groups.items():
         totals[g] = totals.get(g, 0) + sizes[name]
     assert max(totals.values()) <= 8 and len(totals) == 4       # 26 bytes in groups of 8: four
-    assert offline.assign_groups(sizes, 8) == groups             # deterministic
+    assert assign_groups(sizes, 8) == groups             # deterministic
     with pytest.raises(BundleError, match="larger than a group"):
-        offline.assign_groups({"big": 9}, 8)
+        assign_groups({"big": 9}, 8)
 
 
 def test_pack_unpack_round_trips_bytes_exactly(tmp_path, sources):
@@ -111,7 +118,7 @@ def test_pack_unpack_round_trips_bytes_exactly(tmp_path, sources):
         on_disk = sum(p.stat().st_size for p in (out / g["name"]).rglob("*") if p.is_file())
         assert on_disk == g["bytes"] <= 1.5 * MIB
         assert json.loads((out / g["name"] / "manifest.json").read_text())["bundle_id"] == manifest["bundle_id"]
-    result = offline.unpack(out, into=tmp_path / "target", install=no_install)
+    result = unpack(out, into=tmp_path / "target", install=no_install)
     target = tmp_path / "target"
     assert (target / "model" / "tiny-model.gguf").read_bytes() == sources["gguf"].read_bytes()
     assert (target / "data" / "training" / "books.jsonl").read_bytes() == \
@@ -121,7 +128,7 @@ def test_pack_unpack_round_trips_bytes_exactly(tmp_path, sources):
     assert result["model"] == str((target / "model" / "tiny-model.gguf").resolve())
     assert "MKV_EMBEDDED_GGUF" not in result["env"]
     assert "export MKV_DATA_DIR=" in (target / "env.sh").read_text()
-    again = offline.unpack(out, into=tmp_path / "target", install=no_install)     # idempotent
+    again = unpack(out, into=tmp_path / "target", install=no_install)     # idempotent
     assert again["joined"] == 0 and again["already_there"] == 4
 
 
@@ -142,9 +149,9 @@ def test_corrupt_chunk_is_named_and_nothing_is_written(tmp_path, sources):
     data[1000] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=rf"corrupt piece {piece['file']} \(group {piece['group']} of"):
-        offline.unpack(out, into=tmp_path / "target", install=no_install)
+        unpack(out, into=tmp_path / "target", install=no_install)
     assert leftovers(tmp_path / "target") == []
-    assert offline.main(["unpack", str(out), "--into", str(tmp_path / "target")]) == 2
+    assert main(["unpack", str(out), "--into", str(tmp_path / "target")]) == 2
 
 
 def test_missing_chunk_is_named_with_its_group_and_nothing_is_written(tmp_path, sources, capsys):
@@ -152,11 +159,11 @@ def test_missing_chunk_is_named_with_its_group_and_nothing_is_written(tmp_path, 
     piece = next(f for f in manifest["files"] if f["kind"] == "model")["pieces"][-1]
     (out / piece["file"]).unlink()
     with pytest.raises(BundleError, match=rf"missing piece {piece['file']} \(group {piece['group']} of") as err:
-        offline.unpack(out, into=tmp_path / "target", install=no_install)
+        unpack(out, into=tmp_path / "target", install=no_install)
     assert "nothing was written" in str(err.value) and f"bring group(s) g{piece['group']:02d} " in str(err.value)
     assert leftovers(tmp_path / "target") == []
     with pytest.raises(BundleError, match="missing piece"):
-        offline.unpack(out, check_only=True)
+        unpack(out, check_only=True)
 
 
 def test_join_checks_each_piece_and_leaves_no_half_file(tmp_path, sources):
@@ -167,7 +174,7 @@ def test_join_checks_each_piece_and_leaves_no_half_file(tmp_path, sources):
     last.write_bytes(last.read_bytes()[:-1] + b"\0")
     dest = tmp_path / "joined" / "model.gguf"
     with pytest.raises(BundleError, match="corrupt piece"):
-        offline.join_file(out, entry, dest)
+        join_file(out, entry, dest)
     assert leftovers(dest.parent) == []
 
 
@@ -175,31 +182,31 @@ def test_a_transfer_group_alone_carries_the_manifest(tmp_path, sources):
     """Groups travel separately: a folder holding only gNN/ folders (no top manifest) unpacks."""
     out, manifest = make_bundle(tmp_path, sources)
     (out / "manifest.json").unlink()
-    assert offline.read_manifest(out)["bundle_id"] == manifest["bundle_id"]
-    assert offline.unpack(out, check_only=True)["checked_pieces"] == sum(g["pieces"] for g in manifest["groups"])
+    assert read_manifest(out)["bundle_id"] == manifest["bundle_id"]
+    assert unpack(out, check_only=True)["checked_pieces"] == sum(g["pieces"] for g in manifest["groups"])
 
 
 def test_unpack_installs_wheels_offline_into_a_folder(tmp_path, sources):
     out, _ = make_bundle(tmp_path, sources, texts="none", model="none")
-    result = offline.unpack(out, into=tmp_path / "target")
+    result = unpack(out, into=tmp_path / "target")
     site = tmp_path / "target" / "site"
     assert (site / "tinypkg" / "__init__.py").is_file() and "installed 1 wheels" in result["wheels"]
     assert result["env"]["PYTHONPATH"].startswith(str(site.resolve()))
     probe = subprocess.run([sys.executable, "-c", "import tinypkg; print(tinypkg.VALUE)"], capture_output=True,
                            text=True, env={**os.environ, "PYTHONPATH": str(site)})
     assert probe.stdout.strip() == "42"
-    assert "already installed" in offline.unpack(out, into=tmp_path / "target")["wheels"]
+    assert "already installed" in unpack(out, into=tmp_path / "target")["wheels"]
 
 
 def test_wheels_unzip_without_pip(tmp_path, sources):
-    offline._unzip_wheel(sources["wheel"], tmp_path / "site")
+    _unzip_wheel(sources["wheel"], tmp_path / "site")
     assert (tmp_path / "site" / "tinypkg" / "__init__.py").read_text() == "VALUE = 42\n"
 
 
 def test_unpack_runs_as_a_module_without_torch(tmp_path, sources):
     out, _ = make_bundle(tmp_path, sources)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    code = ("import sys, mkvlib.offline as o; rc = o.main(['unpack', sys.argv[1], '--check']); "
+    code = ("import sys; from mkvlib.offline.cli import main; rc = main(['unpack', sys.argv[1], '--check']); "
             "assert 'torch' not in sys.modules, 'unpack must not need torch'; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -213,9 +220,9 @@ def test_out_dir_inside_the_repository_must_be_ignored(tmp_path):
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     with pytest.raises(BundleError, match="not git-ignored"):
-        offline.check_out_dir(ROOT / "mkvlib" / "bundle-here")
-    offline.check_out_dir(ROOT / "build" / "bundle-here")        # build/ is ignored
-    offline.check_out_dir(tmp_path / "elsewhere")                 # outside: fine
+        check_out_dir(ROOT / "mkvlib" / "bundle-here")
+    check_out_dir(ROOT / "build" / "bundle-here")        # build/ is ignored
+    check_out_dir(tmp_path / "elsewhere")                 # outside: fine
 
 
 # --- the target's packages and the wheel step ------------------------------------------------------------------
@@ -233,10 +240,10 @@ nvidia-cublas-cu12==12.8.4.1
 
 
 def test_freeze_parsing_ignores_case_and_separators():
-    has = offline.parse_freeze(FREEZE)
+    has = parse_freeze(FREEZE)
     assert has == {"torch": "2.11.0+cu128", "numpy": "2.3.1", "huggingface-hub": "1.2.0", "pyyaml": "6.0.2",
                    "some-package": None, "nvidia-cublas-cu12": "12.8.4.1"}
-    assert offline.parse_names("Transformers, huggingface_hub,PEFT") == {
+    assert parse_names("Transformers, huggingface_hub,PEFT") == {
         "transformers": None, "huggingface-hub": None, "peft": None}
     target = Target(has=has, complete=True)
     assert target.constraints() == ["huggingface-hub==1.2.0", "numpy==2.3.1", "pyyaml==6.0.2"]
@@ -264,12 +271,12 @@ REPORT = [
 
 
 def names(plan):
-    return sorted(offline.canonical(i["metadata"]["name"]) for i in plan.download)
+    return sorted(canonical(i["metadata"]["name"]) for i in plan.download)
 
 
 def test_plan_drops_what_a_freeze_lists():
-    target = Target(has=offline.parse_freeze(FREEZE + "transformers==5.17.0\naccelerate==1.10\n"), complete=True)
-    plan = offline.plan_wheels(REPORT, ["lm-eval>=0.4.8", "datasets>=3.0"], target)
+    target = Target(has=parse_freeze(FREEZE + "transformers==5.17.0\naccelerate==1.10\n"), complete=True)
+    plan = plan_wheels(REPORT, ["lm-eval>=0.4.8", "datasets>=3.0"], target)
     assert names(plan) == ["datasets", "dill", "evaluate", "lm-eval", "pyarrow", "sqlitedict"]
     assert {"torch", "sympy", "mpmath", "nvidia-cublas-cu12", "tokenizers"} <= set(plan.provided)
     assert "typing-extensions" in plan.unneeded and "pytest" in plan.unneeded    # 3.12 markers, unrequested extra
@@ -277,17 +284,17 @@ def test_plan_drops_what_a_freeze_lists():
 
 
 def test_plan_with_names_counts_their_dependencies_as_present_but_not_extras():
-    target = Target(has=offline.parse_names("torch,Transformers"))
-    plan = offline.plan_wheels(REPORT, ["lm-eval"], target)
+    target = Target(has=parse_names("torch,Transformers"))
+    plan = plan_wheels(REPORT, ["lm-eval"], target)
     # tokenizers, numpy, huggingface-hub come with transformers; accelerate only with its [torch] extra, which
     # lm-eval asks for, so it travels (and numpy, already present, does not)
     assert names(plan) == ["accelerate", "datasets", "dill", "evaluate", "lm-eval", "pyarrow", "sqlitedict"]
 
 
 def test_torch_triton_and_nvidia_never_travel_even_if_missing():
-    plan = offline.plan_wheels(REPORT, ["lm-eval"], Target(has={}))
+    plan = plan_wheels(REPORT, ["lm-eval"], Target(has={}))
     assert not {"torch", "nvidia-cublas-cu12", "sympy", "mpmath"} & set(names(plan))
-    assert offline.never_download("NVIDIA_cudnn-cu12") and offline.never_download("triton")
+    assert never_download("NVIDIA_cudnn-cu12") and never_download("triton")
 
 
 def test_fetch_wheels_builds_source_only_packages_and_downloads_the_rest(tmp_path):
@@ -297,7 +304,7 @@ def test_fetch_wheels_builds_source_only_packages_and_downloads_the_rest(tmp_pat
     def resolve(requirements, target, find_links, workdir):
         calls["resolve"].append((list(requirements), list(find_links)))
         if not find_links:
-            raise offline.Unresolvable(["sqlitedict"], "no wheel")
+            raise Unresolvable(["sqlitedict"], "no wheel")
         return [i if i["metadata"]["name"] != "sqlitedict" else item("sqlitedict", "2.1", url=built_url)
                 for i in REPORT]
 
@@ -308,11 +315,11 @@ def test_fetch_wheels_builds_source_only_packages_and_downloads_the_rest(tmp_pat
     def download(items, dest, target):
         calls["download"].append(sorted(i["metadata"]["name"] for i in items))
         dest.mkdir(parents=True, exist_ok=True)
-        return {offline.canonical(i["metadata"]["name"]): tiny_wheel(dest, i["metadata"]["name"].replace("-", "_"),
+        return {canonical(i["metadata"]["name"]): tiny_wheel(dest, i["metadata"]["name"].replace("-", "_"),
                                                                     i["metadata"]["version"]) for i in items}
 
-    target = Target(has=offline.parse_names("torch,transformers"))
-    wheels, summary = offline.fetch_wheels(["lm-eval", "datasets"], target, tmp_path / "wheels", tmp_path / "work",
+    target = Target(has=parse_names("torch,transformers"))
+    wheels, summary = fetch_wheels(["lm-eval", "datasets"], target, tmp_path / "wheels", tmp_path / "work",
                                            resolve=resolve, download=download, build=build)
     assert calls["build"] == ["sqlitedict"] and len(calls["resolve"]) == 2
     assert "transformers" in calls["resolve"][0][0]              # names-only: their closure is resolved too
@@ -338,18 +345,18 @@ To fix this you could try to:
 
 
 def test_source_only_packages_are_read_from_pips_errors():
-    assert offline.unresolvable_requirements(PIP_CONFLICT) == ["sqlitedict", "word2number"]
-    assert offline.unresolvable_requirements(
+    assert unresolvable_requirements(PIP_CONFLICT) == ["sqlitedict", "word2number"]
+    assert unresolvable_requirements(
         "ERROR: Could not find a version that satisfies the requirement rouge-score>=0.0.4 (from lm-eval) "
         "(from versions: none)") == ["rouge-score>=0.0.4"]
-    assert offline.unresolvable_requirements("ERROR: Cannot install a and b: conflicting dependencies.") == []
+    assert unresolvable_requirements("ERROR: Cannot install a and b: conflicting dependencies.") == []
 
 
 def test_a_full_freeze_resolves_against_stubs_at_its_exact_versions(tmp_path):
-    stubs = offline.stub_versions(Target(has=offline.parse_freeze(FREEZE), complete=True))
+    stubs = stub_versions(Target(has=parse_freeze(FREEZE), complete=True))
     assert stubs["torch"] == "2.11.0+mkvstub" and "some-package" not in stubs
-    assert offline.stub_versions(Target(has=offline.parse_names("torch"))) == {}
-    wheel = offline.stub_wheel(tmp_path, "torch", stubs["torch"])
+    assert stub_versions(Target(has=parse_names("torch"))) == {}
+    wheel = stub_wheel(tmp_path, "torch", stubs["torch"])
     with zipfile.ZipFile(wheel) as zf:
         assert not [n for n in zf.namelist() if not n.startswith("torch-2.11.0+mkvstub.dist-info/")]
 
@@ -357,11 +364,11 @@ def test_a_full_freeze_resolves_against_stubs_at_its_exact_versions(tmp_path):
 def test_stubbed_packages_required_with_extras_are_resolved_for_real():
     items = [item("datasets", "5.2.0", ["fsspec[http]<=2026.9.0", "numpy"]), item("fsspec", "2026.9.0+mkvstub"),
              item("numpy", "2.3.1+mkvstub")]
-    assert offline.stubbed_with_extras(items, {"fsspec", "numpy"}) == {"fsspec"}
+    assert stubbed_with_extras(items, {"fsspec", "numpy"}) == {"fsspec"}
 
 
 def test_platforms_expand_to_older_glibc():
-    tags = offline.expand_platforms(["manylinux_2_28_x86_64", "manylinux2014_x86_64"])
+    tags = expand_platforms(["manylinux_2_28_x86_64", "manylinux2014_x86_64"])
     assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in tags
     assert tags.count("manylinux2014_x86_64") == 1 and "manylinux_2_16_x86_64" not in tags
     args = Target(python_version="3.12").pip_args()
@@ -369,7 +376,7 @@ def test_platforms_expand_to_older_glibc():
 
 
 def test_project_requirements_are_pyprojects():
-    reqs = offline.project_requirements()
+    reqs = project_requirements()
     assert any(r.startswith("lm-eval") for r in reqs) and any(r.startswith("gguf") for r in reqs)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from ..offline import add_subcommands
+    from ..offline.cli import add_subcommands
 
     p = sub.add_parser("offline", help="bundle the model, wheels and data for an air-gapped machine, and unpack it",
                        description="pack: write a bundle (here, online); unpack: check, join and install it on the "
