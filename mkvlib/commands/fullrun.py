@@ -33,7 +33,8 @@ def run(args) -> int:
     import os
 
     os.environ.setdefault("TQDM_DISABLE", "1")     # lm-eval's and datasets' progress bars; log.txt tells progress
-    from ..fullrun import FullRunConfig, run_fullrun
+    from ..fullrun.config import FullRunConfig
+    from ..fullrun.runner import run_fullrun
 
     config = FullRunConfig(out=args.out, minutes=args.minutes, model=args.model, stages=args.stages,
                            train_minutes=args.train_minutes, lmeval_limit=args.lmeval_limit, tasks=args.tasks,

@@ -17,7 +17,3 @@ Files under ``--out`` (:data:`.context.FILES`): summary.json (every stage's stat
 train.safetensors, trajectory.json, lmeval.csv, bench.json, figures.png, and train.ckpt while training runs.
 Profiles (:data:`.config.PROFILES`) size each stage for a GPU, a CPU, or the tiny model of the test suite.
 """
-from .config import PROFILES, STAGES, FullRunConfig, Profile
-from .runner import StageFailed, run_fullrun
-
-__all__ = ["FullRunConfig", "PROFILES", "Profile", "STAGES", "StageFailed", "run_fullrun"]
