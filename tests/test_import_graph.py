@@ -91,7 +91,7 @@ def test_module_level_imports_form_no_cycle():
 
 
 def test_no_function_level_import_closes_a_cycle():
-    assert [c for c in cycles(graph(module_level_only=False))] == []
+    assert cycles(graph(module_level_only=False)) == []
 
 
 def test_a_cycle_is_found():
