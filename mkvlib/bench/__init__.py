@@ -17,18 +17,15 @@ Modules: ``config`` (:class:`BenchConfig`), ``caches`` (the caches and their byt
 decode speeds), ``process`` (time and peak memory in a fresh process), ``run`` (:func:`run_bench`,
 :func:`budget_sweep`), ``memory`` (memory model and capacity), ``checks`` and ``plots`` (notebook 05).
 """
-from .caches import (baseline_factories, bytes_per_token, cache_bytes, fill_from, kv_fraction, make_cache,
-                     resolve_bench_ranks, synthetic_source, tensor_bytes)
+from .caches import cache_bytes
 from .checks import simulated_gap
-from .config import KINDS, BenchConfig, QuantoUnavailable
+from .config import BenchConfig
 from .memory import capacity, memory_model, predicted_peak
 from .plots import plot_capacity, plot_decode_speedup, speed_table
-from .process import measure_in_subprocess, run_variant
+from .process import measure_in_subprocess
 from .run import budget_sweep, run_bench
-from .speed import decode, decode_speeds, prefill, prompt_ids, synchronize
+from .speed import prompt_ids
 
-__all__ = ["KINDS", "BenchConfig", "QuantoUnavailable", "baseline_factories", "budget_sweep", "bytes_per_token",
-           "cache_bytes", "capacity", "decode", "decode_speeds", "fill_from", "kv_fraction", "make_cache",
-           "measure_in_subprocess", "memory_model", "plot_capacity", "plot_decode_speedup", "predicted_peak",
-           "prefill", "prompt_ids", "resolve_bench_ranks", "run_bench", "run_variant", "simulated_gap",
-           "speed_table", "synchronize", "synthetic_source", "tensor_bytes"]
+__all__ = ["BenchConfig", "budget_sweep", "cache_bytes", "capacity", "measure_in_subprocess", "memory_model",
+           "plot_capacity", "plot_decode_speedup", "predicted_peak", "prompt_ids", "run_bench", "simulated_gap",
+           "speed_table"]

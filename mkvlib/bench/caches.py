@@ -3,13 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ranks import ranks_for
 from .config import KINDS, QuantoUnavailable
-
-
-def resolve_bench_ranks(model, projections, budget: float, allocation: str):
-    """Ranks for a budget: uniform (a float budget) or the shipped greedy-search allocation (adaptive)."""
-    return ranks_for(model, projections, allocation, budget)
 
 
 def make_cache(kind: str, model, projections=None, ranks=None, reserve: int = 0):

@@ -13,7 +13,8 @@ from dataclasses import asdict
 
 import torch
 
-from .caches import cache_bytes, make_cache, resolve_bench_ranks
+from ..ranks import ranks_for
+from .caches import cache_bytes, make_cache
 from .config import BenchConfig
 from .speed import decode, prefill, prompt_ids, synchronize
 
@@ -72,7 +73,7 @@ def run_variant(kind: str, config: BenchConfig, ranks=None) -> dict:
     device = next(model.parameters()).device
     proj = resolve_projections(config.projections, model) if kind == "compressed" else None
     if kind == "compressed" and ranks is None:
-        ranks = resolve_bench_ranks(model, proj, config.budget, config.allocation)
+        ranks = ranks_for(model, proj, config.allocation, config.budget)
     ids = prompt_ids(tokenizer, config.batch, config.context, config.corpus).to(device)
     prefill(model, ids[:1, :8], make_cache(kind, model, proj, ranks), config.prefill_chunk)  # warm-up
     cuda = device.type == "cuda"

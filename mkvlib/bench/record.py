@@ -67,7 +67,8 @@ def memory_record(args) -> dict:
 def profile_record(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from .caches import fill_from, make_cache, resolve_bench_ranks
+    from ..ranks import ranks_for
+    from .caches import fill_from, make_cache
     from .run import prepared
     from .speed import decode, shared_prefix
 
@@ -76,7 +77,7 @@ def profile_record(args) -> dict:
     source, next_ids = shared_prefix(model, ids, config.prefill_chunk, synthetic=True)
     reserve = config.context + args.steps
     factories = {"dynamic": lambda: make_cache("dynamic", model)}
-    factories.update({label(b): (lambda r=resolve_bench_ranks(model, proj, b, "uniform"):
+    factories.update({label(b): (lambda r=ranks_for(model, proj, "uniform", b):
                                  make_cache("compressed", model, proj, r, reserve=reserve)) for b in args.budgets})
     out = {}
     for name, factory in factories.items():

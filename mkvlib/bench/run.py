@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from .caches import (baseline_factories, bytes_per_token, fill_from, kv_fraction, make_cache,
-                     resolve_bench_ranks)
+from ..ranks import ranks_for
+from .caches import baseline_factories, bytes_per_token, fill_from, kv_fraction, make_cache
 from .config import BenchConfig
 from .process import measure_in_subprocess
 from .speed import decode_speeds, prefill, prompt_ids
@@ -86,7 +86,7 @@ def add_ratios(result: dict, per_token: dict, tokens: int) -> None:
 def run_bench(config: BenchConfig, model=None, tokenizer=None, progress: bool = False) -> dict:
     """Compressed cache against the baselines at one (budget, context, batch) point; a flat result dict."""
     model, proj, ids = prepared(config, model, tokenizer)
-    ranks = resolve_bench_ranks(model, proj, config.budget, config.allocation)
+    ranks = ranks_for(model, proj, config.allocation, config.budget)
     reserve = config.context + config.new_tokens
     factories = {"compressed": lambda: make_cache("compressed", model, proj, ranks, reserve=reserve)}
     baselines, skipped = baseline_factories(model, config.baselines)
@@ -129,7 +129,7 @@ def budget_sweep(config: BenchConfig, budgets, model=None, tokenizer=None) -> li
     shared prefix, all interleaved (no fresh-process memory runs). One row per budget."""
     model, proj, ids = prepared(config, model, tokenizer)
     reserve = config.context + config.new_tokens
-    ranks = {b: resolve_bench_ranks(model, proj, b, config.allocation) for b in budgets}
+    ranks = {b: ranks_for(model, proj, config.allocation, b) for b in budgets}
     factories = {f"b{b}": (lambda r=ranks[b]: make_cache("compressed", model, proj, r, reserve=reserve))
                  for b in budgets}
     baselines, _ = baseline_factories(model, ("dynamic",) + tuple(k for k in config.baselines if k != "dynamic"))

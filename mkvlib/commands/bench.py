@@ -28,7 +28,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..bench import BenchConfig, run_bench
+    from ..bench.config import BenchConfig
+    from ..bench.run import run_bench
     from ..io import write_json
 
     baselines = tuple(b for b in args.baselines.split(",") if b)

@@ -23,7 +23,7 @@ FILL_CHUNK = 1024        # tokens per synthetic cache update: bounds the transie
 def factories(model, proj, reserve: int) -> dict:
     from transformers import StaticCache
 
-    from ..bench import make_cache
+    from ..bench.caches import make_cache
 
     out = {"dynamic": lambda: make_cache("dynamic", model),
            "static": lambda: StaticCache(config=model.config, max_cache_len=reserve)}
@@ -47,13 +47,13 @@ def synthetic_fill(cache, model, batch: int, context: int, seed: int = 0) -> Non
 
 def held_bytes(cache) -> int:
     """Bytes the cache's buffers occupy (preallocated room included)."""
-    from ..bench import cache_bytes
+    from ..bench.caches import cache_bytes
 
     return cache.allocated_bytes() if hasattr(cache, "allocated_bytes") else cache_bytes(cache)
 
 
 def measure(ctx, factory, batch: int, context: int, new_tokens: int) -> dict:
-    from ..bench import decode, synchronize
+    from ..bench.speed import decode, synchronize
 
     model, device = ctx.model, ctx.device
     cuda = device.type == "cuda"

@@ -66,7 +66,7 @@ def check_train_step(ctx) -> dict:
 
 def _train_steps(ctx, batch: int) -> dict:
     from ..corpora import token_blocks
-    from ..bench import synchronize
+    from ..bench.speed import synchronize
     from ..training import TrainConfig, Trainer
 
     p = ctx.profile
