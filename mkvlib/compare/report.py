@@ -1,9 +1,8 @@
-"""Reading a comparison summary (``mkv compare``'s JSON): quality at a byte fraction, where a method breaks, the
-quality-against-bytes figure of notebook 07.
+"""Reading a comparison summary (``mkv compare``'s JSON): quality at a byte fraction, the quality-against-bytes
+figure of notebook 07.
 
     result = load_result("data/results/compare.json")
     quality(result, "streaming", "passkey", 1024, 0.25)         # accuracy relative to the uncompressed model
-    breaks_at(result, "streaming", "niah", 1024)                 # largest fraction below 90% of it, or None
     plot_quality_vs_bytes(result, 1024)
     print(table(result, 1024, requested=0.25))                  # one line per method, in words
 """
@@ -15,7 +14,6 @@ from ..results_store import BASELINE
 from .run import load_result  # noqa: F401  (the reader, re-exported for notebooks)
 
 AXIS_STYLE = {"none": "-", "feature": "-", "token": ":", "bits": "-.", "composed": "--"}
-BREAK = 0.9      # a method breaks a retrieval task below this fraction of the uncompressed accuracy
 NAMES = {"uncompressed": "uncompressed", "pca": "PCA", "matryoshka": "MatryoshkaKV", "svd": "SVD of the weights",
          "think": "ThinK (keys pruned)", "quant": "KIVI-style quantized", "streaming": "StreamingLLM",
          "snapkv": "SnapKV", "matryoshka+quant": "MatryoshkaKV, quantized",
@@ -124,14 +122,6 @@ def quality(result: dict, method: str, task: str, length: int, requested: float)
         if requested in r["requested"]:
             return metric(r)
     return None
-
-
-def breaks_at(result: dict, method: str, task: str, length: int, threshold: float = BREAK) -> float | None:
-    """The largest stored byte fraction at which ``method`` answers ``task`` below ``threshold`` of the ceiling
-    (None: it holds at every fraction measured, or the task is flagged)."""
-    failing = [r["fraction"] for r in rows_of(result, method, task, length)
-               if r.get("relative") is not None and r["relative"] < threshold]
-    return max(failing) if failing else None
 
 
 def mean_relative(result: dict, method: str, length: int, requested: float) -> float | None:

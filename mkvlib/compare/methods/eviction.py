@@ -115,9 +115,6 @@ class EvictingCache(CompressedCache):
                                      proj.values[l].float(), proj.value_mean[l].float(), reserve,
                                      id(self._modules[l])) for l in range(self.geometry.layers)]
 
-    def evicted_tokens(self) -> int:
-        return self.layers[0].evicted
-
 
 def evicting_selector(keep: float, choose):
     """A selector for :class:`EvictingLayer`: None (keep everything) when ratio ``keep`` keeps all S stored

@@ -44,7 +44,7 @@ def quantized_bytes(model, nbits: int, group: int, quantized_tokens: int, residu
 def held_bytes(cache) -> int:
     """Bytes of the tensors a ``QuantizedCache`` holds: quanto's packed data, scales and shifts, or HQQ's packed
     data, scales and zeros, plus the residual keys and values."""
-    from ...bench import tensor_bytes
+    from ...bench.caches import tensor_bytes
 
     total = 0
     for layer in cache.layers:
