@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mkvlib.docs import Data, build, check, fill_blocks, render_block, render_results, write
-from mkvlib.docs import data_index, results
+from mkvlib.docs import build, data_index, results
 from mkvlib.docs.__main__ import main as docs_main
-from mkvlib.docs.markdown import block, block_names, table
+from mkvlib.docs.build import check, render_block, render_results, write
+from mkvlib.docs.markdown import block, block_names, fill_blocks, table
+from mkvlib.docs.records import Data
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,3 @@
 data/README.md, :mod:`.records` reads what data/ records about itself, :mod:`.markdown` formats, :mod:`.build`
 checks and writes.
 """
-from .build import check, expected, render_block, render_results, write
-from .markdown import fill_blocks
-from .records import Data
-
-__all__ = ["Data", "check", "expected", "fill_blocks", "render_block", "render_results", "write"]
