@@ -59,12 +59,10 @@ class ByteReport:
     detail: dict = field(default_factory=dict)
 
 
-def full_bytes_per_token(model, dtype: torch.dtype | None = None) -> int:
+def full_bytes_per_token(model) -> int:
     """Bytes per token of the uncompressed cache: layers x KV heads x head_dim x 2 (K, V) x element size."""
     geom = KVGeometry.of(model)
-    dtype = dtype or next(model.parameters()).dtype
-    element = torch.empty((), dtype=dtype).element_size()
-    return geom.layers * geom.kv_heads * geom.head_dim * 2 * element
+    return geom.layers * geom.kv_heads * geom.head_dim * 2 * next(model.parameters()).element_size()
 
 
 class Runner:
@@ -161,16 +159,16 @@ class BytesUnreachableError(ValueError):
     """No setting of a method stores close enough to the requested fraction of the bytes."""
 
 
-def at_bytes(method: KVMethod, model, fraction: float, context: int, tolerance: float = 0.25):
+def at_bytes(method: KVMethod, model, fraction: float, context: int):
     """(setting, report): the setting whose byte fraction is nearest to ``fraction`` (relative distance at most
-    ``tolerance``), else :class:`BytesUnreachableError` naming the fractions the method can reach."""
+    25%), else :class:`BytesUnreachableError` naming the fractions the method can reach."""
     if not 0 < fraction <= 1:
         raise ValueError(f"a byte fraction is in (0, 1] (0.25 = a quarter of the uncompressed cache), not {fraction!r}")
     options = [(s, method.bytes(model, s, context)) for s in method.settings(model)]
     if not options:
         raise BytesUnreachableError(f"{method.name} offers no setting on this model")
     setting, report = min(options, key=lambda o: abs(o[1].fraction - fraction))
-    if abs(report.fraction - fraction) > tolerance * fraction:
+    if abs(report.fraction - fraction) > 0.25 * fraction:
         reach = ", ".join(f"{r.fraction:.3f}" for _, r in options)
         raise BytesUnreachableError(f"{method.name} cannot store {fraction:.3f} of the bytes at {context} tokens "
                                     f"(its settings give {reach}): ask for one of those, or drop it from --methods")

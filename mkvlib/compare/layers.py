@@ -76,14 +76,14 @@ def check_choice(name: str, value, choices) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
 
 
-def check_fractions(name: str, values, allow_one: bool = True) -> tuple:
+def check_fractions(name: str, values) -> tuple:
     """A non-empty tuple of fractions in (0, 1], sorted from largest to smallest (least to most compressed); one
     number alone is a tuple of one (``budgets=0.5`` on the command line)."""
     values = (values,) if isinstance(values, (int, float)) and not isinstance(values, bool) else tuple(values)
     if not values:
         raise ValueError(f"{name} needs at least one value")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1 or (v == 1 and not allow_one):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
             raise ValueError(f"each of {name} must be a fraction in (0, 1], e.g. 0.5, not {v!r}")
     return tuple(sorted((float(v) for v in values), reverse=True))
 
