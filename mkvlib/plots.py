@@ -18,23 +18,23 @@ from .io import atomic_path  # noqa: E402
 from .runtime import figures_dir  # noqa: E402
 
 
-def save_figure(fig, name: str, dpi: int = 120) -> Path:
+def save_figure(fig, name: str) -> Path:
     """Save ``fig`` as figures/<name>.png (figures/fast/ in fast mode), atomically; return the path."""
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"figure name {name!r} must be letters, digits, '-' and '_' only")
     path = figures_dir() / f"{name}.png"
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     return path
 
 
-def show_figure(fig, name: str, dpi: int = 120) -> None:
+def show_figure(fig, name: str) -> None:
     """Save ``fig`` as :func:`save_figure` does and show it once where it is made.
 
     In a notebook the saved PNG is displayed, whether pyplot manages the figure or not (a bare
     :class:`matplotlib.figure.Figure` would otherwise print as ``<Figure size ...>``); a pyplot figure is then
     closed, so the inline backend does not show it a second time. Outside a notebook it is only saved."""
-    path = save_figure(fig, name, dpi)
+    path = save_figure(fig, name)
     plt.close(fig)                                    # no-op for a figure pyplot does not manage
     try:
         from IPython import get_ipython
@@ -45,9 +45,9 @@ def show_figure(fig, name: str, dpi: int = 120) -> None:
         display(Image(data=path.read_bytes(), format="png"))
 
 
-def spectrum_decay(spectrum: torch.Tensor, title: str, ax=None):
+def spectrum_decay(spectrum: torch.Tensor, title: str):
     """Normalised eigenvalue decay, one line per layer (mean over KV heads), for a spectrum (L, G, d)."""
-    fig, ax = _fig_ax(ax, (5, 3.5))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
     spec = spectrum.double()
     spec = (spec / spec.sum(-1, keepdim=True)).mean(1).numpy()            # (L, d)
     cmap = plt.get_cmap("viridis")
@@ -59,12 +59,12 @@ def spectrum_decay(spectrum: torch.Tensor, title: str, ax=None):
     return fig
 
 
-def rank_heatmaps(panels: dict, head_dim: int, suptitle: str = "", cmap: str = "magma"):
+def rank_heatmaps(panels: dict, head_dim: int, suptitle: str = ""):
     """One heatmap (layer x KV head) per entry of ``panels`` {title: (L, G) tensor of ranks}."""
     n = len(panels)
     fig, axes = plt.subplots(1, n, figsize=(1.6 + 1.3 * n + 0.4 * n, 4.2), squeeze=False, sharey=True)
     for ax, (title, ranks) in zip(axes[0], panels.items()):
-        im = ax.imshow(np.asarray(ranks), aspect="auto", cmap=cmap, vmin=0, vmax=head_dim, interpolation="nearest")
+        im = ax.imshow(np.asarray(ranks), aspect="auto", cmap="magma", vmin=0, vmax=head_dim, interpolation="nearest")
         ax.set(title=title, xlabel="KV head")
         ax.set_xticks(range(np.asarray(ranks).shape[1]))
     axes[0][0].set_ylabel("layer")
@@ -95,13 +95,6 @@ def quality_vs_budget(curves: dict, metrics=("perplexity_ratio", "kl_to_base"), 
     return fig
 
 
-def _fig_ax(ax, size):
-    if ax is None:
-        fig, ax = plt.subplots(figsize=size)
-        return fig, ax
-    return ax.figure, ax
-
-
 def energy_by_layer(curves: dict, head_dim: int, fraction: float):
     """Rank needed to keep ``fraction`` of the energy, averaged over KV heads, per layer; one line per entry of
     ``curves`` {label: (L, G) ranks}."""
@@ -116,7 +109,7 @@ def energy_by_layer(curves: dict, head_dim: int, fraction: float):
     return fig
 
 
-def quality_by_offset(record: dict, title: str = "The same text, placed later and later in the context window"):
+def quality_by_offset(record: dict):
     """Mean perplexity ratio and KL against where the text sits in the window (its first position), one line per
     method, from a positions record (data/results/positions.json: ``offsets``, ``methods`` and ``rows`` with
     method, offset, perplexity_ratio, kl_to_base)."""
@@ -131,7 +124,7 @@ def quality_by_offset(record: dict, title: str = "The same text, placed later an
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle("The same text, placed later and later in the context window")
     fig.tight_layout()
     return fig
 

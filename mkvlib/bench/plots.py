@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-def plot_decode_speedup(rows: list[dict], title: str = ""):
+def plot_decode_speedup(rows: list[dict]):
     """Decode tokens/s of the compressed cache over DynamicCache's, per budget (one line per context)."""
     import matplotlib.pyplot as plt
 
@@ -17,12 +17,12 @@ def plot_decode_speedup(rows: list[dict], title: str = ""):
     ax.set_ylabel("decode tokens/s vs DynamicCache")
     ax.invert_xaxis()
     ax.legend(fontsize=8)
-    ax.set_title(title or "real compressed cache: decode speed-up")
+    ax.set_title("real compressed cache: decode speed-up")
     fig.tight_layout()
     return fig
 
 
-def plot_capacity(capacities: dict, title: str = ""):
+def plot_capacity(capacities: dict):
     """Bar chart of the largest number of cached tokens (batch x context) within a memory limit, per cache."""
     import matplotlib.pyplot as plt
 
@@ -30,7 +30,7 @@ def plot_capacity(capacities: dict, title: str = ""):
     names = list(capacities)
     ax.bar(names, [capacities[n]["max_tokens"] for n in names], color=["#888", "#3a7", "#37a", "#a73"][:len(names)])
     ax.set_ylabel("max batch x context tokens")
-    ax.set_title(title or f"within {capacities[names[0]]['limit_bytes'] / 2**30:.1f} GiB")
+    ax.set_title(f"within {capacities[names[0]]['limit_bytes'] / 2**30:.1f} GiB")
     fig.tight_layout()
     return fig
 
