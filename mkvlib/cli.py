@@ -9,11 +9,9 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench", "offline", "warmstart"]  # modules under mkvlib.commands, in --help order
-COMMANDS.append("fullrun")  # the one-command full-size run (mkvlib.fullrun)
-COMMANDS.append("compare")  # the comparison bench at matched bytes (mkvlib.compare)
-COMMANDS.append("explore")  # the budget explorer as a standalone page for live demos (Voila)
-COMMANDS.append("reproduce")  # rerun the command a results file records and compare (mkvlib.commands.reproduce)
+# modules under mkvlib.commands, in --help order
+COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench", "offline", "warmstart", "fullrun", "compare",
+            "explore", "reproduce"]
 
 
 def build_parser() -> argparse.ArgumentParser:

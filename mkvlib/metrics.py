@@ -83,14 +83,3 @@ def quality_curve(model, blocks: torch.Tensor, compression, settings: list, batc
 def evaluate(model, blocks: torch.Tensor, compression, batch_size: int = 4, progress: bool = True) -> dict:
     """Metrics of ``compression`` at its current ranks (see :func:`quality_curve`)."""
     return quality_curve(model, blocks, compression, [compression.ranks], batch_size, progress)[0]
-
-
-@torch.no_grad()
-def perplexity(model, blocks: torch.Tensor, batch_size: int = 4, progress: bool = False) -> float:
-    """Perplexity of ``model`` as it is (compressed or not)."""
-    device = next(model.parameters()).device
-    acc = _Acc()
-    for start in tqdm(range(0, len(blocks), batch_size), desc="perplexity", disable=not progress):
-        ids = blocks[start:start + batch_size].to(device)
-        acc.add(_logprobs(model, ids), ids[:, 1:].flatten(), None)
-    return acc.result()["perplexity"]
