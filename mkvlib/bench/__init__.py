@@ -12,10 +12,6 @@ What is measured, per cache kind ("compressed", "dynamic", "quanto"), for a batc
 
 :func:`capacity` turns measured bytes per token plus measured fixed overhead into the largest batch x context
 that fits in a memory limit. Introduced in notebook 05; ``mkv bench`` is the command line.
-
-Modules: ``config`` (:class:`BenchConfig`), ``caches`` (the caches and their bytes), ``speed`` (prefill, decode,
-decode speeds), ``process`` (time and peak memory in a fresh process), ``run`` (:func:`run_bench`,
-:func:`budget_sweep`), ``memory`` (memory model and capacity), ``checks`` and ``plots`` (notebook 05).
 """
 from .caches import cache_bytes
 from .checks import simulated_gap

@@ -19,8 +19,4 @@ Wheels: the packages to bring are the project's runtime requirements (``pyprojec
 has (a ``pip freeze`` of it, or names, whose own dependencies then count as present too); pip resolves their
 closure for the target's Python and platform without installing (``pip install --dry-run --report``), packages
 published only as source are built here into pure-Python wheels, and torch, triton and nvidia-* never travel.
-
-Modules: ``base`` (format, errors, names), ``pieces`` (chunks, groups, hashes, joining, xz), ``target`` (what the
-target has, its Python and platforms), ``resolve`` (pip for the target), ``wheels`` (which wheels travel),
-``sources`` (texts and model files), ``pack``, ``unpack``, ``cli`` (``python -m mkvlib.offline``).
 """
