@@ -194,12 +194,11 @@ def test_check_not_heldout_refuses_whole_files_and_benchmarks(tmp_path, monkeypa
 
 def test_every_training_entry_point_refuses_heldout(tmp_path):
     """mkv train, mkv search (and SearchConfig), mkv fit-pca: a clear error before any model loads."""
-    from mkvlib.commands.train import check_training_corpus
     from mkvlib.search import SearchConfig
 
     for spec in ("books-heldout", "c4,peps-heldout:2", "shakespeare"):
         with pytest.raises(corpora.HeldOutCorpusError):
-            check_training_corpus(spec)
+            corpora.check_not_heldout(spec)
         with pytest.raises(corpora.HeldOutCorpusError, match="calibration text"):
             SearchConfig(corpus=spec)
     out = tmp_path / "x"

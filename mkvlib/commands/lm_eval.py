@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_adapter_arg, emit, load_model_and_adapter
+from .common import add_adapter_arg, add_run_args, emit, load_model_and_adapter
 
 
 def register(sub) -> None:
@@ -26,14 +26,12 @@ def register(sub) -> None:
                    "when MKV_DATA_DIR is set or the Hub is offline or unreachable, else the Hub)")
     p.add_argument("--limit", type=int, default=None, help="items per task (default: the whole split)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--sweep", default=None, metavar="CSV",
                    help="run the methods x budgets x tasks grid instead, storing each cell in CSV (resumable)")
     p.add_argument("--methods", default="pca-uniform,trained-uniform,trained-adaptive", help="with --sweep")
     p.add_argument("--budgets", default="1,0.875,0.75,0.625,0.5,0.375,0.25", help="with --sweep")
     p.add_argument("--dry-run", action="store_true", help="with --sweep: print the cost estimate and stop")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_run_args(p)
     p.set_defaults(func=run)
 
 

@@ -78,9 +78,9 @@ def readout_blocks(args, tokenizer, seq_len: int):
     return suite_blocks(tokenizer, tokens, seq_len=seq_len), SUITE_CORPUS
 
 
-def _check_out(path, option: str = "--out") -> None:
+def _check_out(path) -> None:
     if not str(path).endswith(".json"):
-        raise ValueError(f"{option} must end in .json, not {str(path)!r}")
+        raise ValueError(f"--out must end in .json, not {str(path)!r}")
 
 
 def _set_threads(args) -> None:

@@ -38,13 +38,6 @@ TRAIN_DEFAULTS = dict(steps="300; 6 with MKV_FAST=1", batch="4", lr="2e-3", warm
                       "--lm-weight 3")
 
 
-def check_training_corpus(name: str) -> str:
-    """Refuse held-out and evaluation text and benchmark items as training text, also inside a mixture."""
-    from ..corpora import check_not_heldout
-
-    return check_not_heldout(name, role="training")
-
-
 def load_training_blocks(tokenizer, corpora: list, tokens: int, seq_len: int, eval_tokens: int, seed: int = 0):
     """(train blocks, eval blocks). One corpus or weighted mixture: ``tokens`` shared out by weight
     (:func:`mkvlib.corpora.mixture_blocks`); several ``--corpus``: split evenly. Eval: the out-of-domain suite."""
@@ -90,7 +83,7 @@ def train_config(args):
 
 
 def run(args) -> int:
-    from ..corpora import default_corpus
+    from ..corpora import check_not_heldout, default_corpus
     from ..models import load_model
     from ..projections import resolve_projections
     from ..recall import check_recall_span, recall_blocks
@@ -99,7 +92,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
-    corpora = [check_training_corpus(c) for c in (args.corpus or [default_corpus("training")])]
+    corpora = [check_not_heldout(c) for c in (args.corpus or [default_corpus("training")])]
     config = train_config(args)
     check_recall_span(args.recall_span, args.seq_len, "--recall-span")
     accelerator = launched_accelerator(cpu=args.device == "cpu" or None)

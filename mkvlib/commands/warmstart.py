@@ -45,15 +45,14 @@ def _log(line: str) -> None:
 
 def check_args(args):
     """(training corpus, tokens, LayerwiseConfig) after refusing what cannot work, before the model loads."""
-    from ..corpora import default_corpus, load_text
+    from ..corpora import check_not_heldout, default_corpus, load_text
     from ..training.layerwise import finished_layers
-    from .train import check_training_corpus
 
     if Path(args.out).suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
     if args.capture and not args.capture.endswith(".safetensors"):
         raise ValueError(f"--capture must end in .safetensors, not {args.capture!r}")
-    corpus = check_training_corpus(args.corpus or default_corpus("calibration"))
+    corpus = check_not_heldout(args.corpus or default_corpus("calibration"))
     config = layerwise_config(args)
     tokens = args.tokens or pick(*args._tokens)
     if tokens < args.seq_len:
