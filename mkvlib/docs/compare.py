@@ -33,11 +33,16 @@ def _task_headers(tasks) -> list[str]:
     return ["ppl x / KL" if t == "ppl" else t for t in tasks]
 
 
-def _projections_used(rec: dict) -> str:
-    """', projections <fingerprints>' from the rows' setting identities ('' for summaries without them)."""
+def _projections_used(data: Data, rec: dict) -> str:
+    """', projections <recipe> (<fingerprint>), ...' from the rows' setting identities, each named by how it was
+    made (:func:`mkvlib.docs.accuracy.projections_recipe`); '' for summaries without them."""
+    from .accuracy import projections_recipe
+
     found = sorted({part[len("proj="):] for r in rec["rows"] for part in str(r.get("identity", "")).split(";")
                     if part.startswith("proj=")})
-    return f", projections {', '.join(found)} (fingerprint{'s' * (len(found) > 1)})" if found else ""
+    named = [f"{projections_recipe(data, fp)} ({fp}" + (", not committed" if data.projections_file(fp) is None
+                                                         else "") + ")" for fp in found]
+    return f", projections {', '.join(named)}" if named else ""
 
 
 def compare_table(rec: dict) -> str:
@@ -65,7 +70,7 @@ def compare(data: Data) -> str | None:
                    + f" ({s['note'].split(': ask for')[0]})" for s in rec["status"]]
         parts += [source_line(data, path, data.results / rec.get("items_file", "compare_items.csv")),
                   prose("compare", model=rec["model"], lengths=", ".join(f"{n:,}" for n in rec["lengths"]), n=rec["n"],
-                        seed=rec["seed"], projections=_projections_used(rec), target_tokens=rec["target_tokens"],
+                        seed=rec["seed"], projections=_projections_used(data, rec), target_tokens=rec["target_tokens"],
                         ceiling=ceiling, cannot_do=pct(rec["cannot_do_below"], 0)),
                   compare_table(rec), bullets(not_run, "Not run:") if not_run else "",
                   commands_line([rec.get("command")])]
@@ -84,7 +89,7 @@ def _passkey_section(data: Data, name: str, key: str) -> str | None:
                             key=lambda r: (order.get(r["method"], len(order)), -r["fraction"], r["length"]))]
     return paragraphs(source_line(data, path),
                       prose("compare-passkey", model=rec["model"], n=rec["n"], seed=rec["seed"],
-                            projections=_projections_used(rec), what=prose(key)),
+                            projections=_projections_used(data, rec), what=prose(key)),
                       table(["method", "setting", "bytes stored", "tokens", "correct", "relative", "failed depths"],
                             rows), commands_line([rec.get("command")]))
 

@@ -3,7 +3,10 @@
 A results row records its projections by fingerprint and its adaptive ranks by a digest; a reader wants the
 recipe. Projections shipped under ``data/projections/`` are named from their own file ("PCA", "MatryoshkaKV
 trained"); projections that have left the tree are named below by how they were made, as their records said when
-they were committed (git history keeps the files). Used by notebooks 04 and 06 and by the generated docs.
+they were committed (git history keeps the files), and so are the variants an experiment made and measured without
+committing them (the training routes of ``ood_routes.json``, the position variants of ``positions.json``), as
+their results files record them. Used by notebooks 04 and 06, by the generated docs and by
+tests/test_result_labels.py, which checks that every fingerprint in data/results/ is named.
 """
 from __future__ import annotations
 
@@ -15,13 +18,24 @@ from ..results_store import BASELINE
 
 SHIPPED_NAMES = {"pca": "PCA", "trained": "MatryoshkaKV trained"}
 
-# fingerprint -> recipe, for projections no longer in data/projections/ whose rows remain in data/results/
+# fingerprint -> recipe, for projections not in data/projections/ whose rows remain in data/results/: shipped once,
+# or made for one experiment and never committed
 EARLIER = {
     "6cc7201ebcc3d7c3": "trained 180 steps on WikiText + Wikipedia",
     "d409a853eb79f6fc": "trained 480 steps on WikiText, Wikipedia, C4",
     "37338d89d46168ec": "trained 980 steps on WikiText, Wikipedia, C4",
     "216e18ec88005d87": "trained from position 0 on diverse text",
     "52190afbf18f313e": "trained on spread positions, without recall blocks",
+    # training routes (data/results/ood_routes.json)
+    "ec535adfc4dd1ea9": "query-aware key basis, closed form",
+    "fd6d9f0ca6aeb977": "layer-wise from PCA, 250 steps per layer",
+    "42a617b688a4d81c": "layer-wise from the query-aware basis, 250 steps per layer",
+    "2501cd0369080489": "40 KD-only steps from PCA on diverse text",
+    "105df69a052d2548": "40 steps from PCA on diverse text, KD : LM = 3 : 1",
+    "bcbbef748bf41bb1": "40 steps from PCA on diverse text, KD : LM = 1 : 3",
+    # position variants (data/results/positions.json)
+    "5ebfa7c58d72f1cc": "PCA on spread positions",
+    "d8350504de10facb": "trained from position 0, then 90 KD steps on spread positions",
 }
 # how each earlier recipe was trained, in full (for the generated docs)
 EARLIER_DETAILS = {
@@ -34,6 +48,22 @@ EARLIER_DETAILS = {
                         "of the diverse mixture, every block from position 0",
     "52190afbf18f313e": "layer-wise warm start, then 120 KD-only steps on 2,048-token blocks of the diverse mixture "
                         "at spread positions",
+    "ec535adfc4dd1ea9": "PCA of values and a query-aware key basis, fitted in closed form on 16,384 calibration "
+                        "tokens in 512-token blocks (mkv fit-pca --query-aware)",
+    "fd6d9f0ca6aeb977": "layer-wise warm start from PCA, 250 steps per layer on 16,384 tokens in 512-token blocks, "
+                        "lr 5e-3 (mkv warmstart --init pca)",
+    "42a617b688a4d81c": "layer-wise warm start from the query-aware basis, 250 steps per layer on 16,384 tokens in "
+                        "512-token blocks, lr 5e-3 (mkv warmstart --init query-aware)",
+    "2501cd0369080489": "from PCA, 40 steps of 2 x 512 tokens of the diverse mixture (books, StackExchange, "
+                        "factbook, PEPs, RFCs, C4, Wikipedia), KD only, lr 2e-3, seed 0",
+    "105df69a052d2548": "from PCA, 40 steps of 2 x 512 tokens of the diverse mixture, KD : LM = 3 : 1, lr 2e-3, "
+                        "seed 0",
+    "bcbbef748bf41bb1": "from PCA, 40 steps of 2 x 512 tokens of the diverse mixture, KD : LM = 1 : 3, lr 2e-3, "
+                        "seed 0",
+    "5ebfa7c58d72f1cc": "PCA of 65,536 tokens of WikiText-2 validation in 256-token blocks placed at spread "
+                        "positions (mkv fit-pca --positions spread)",
+    "d8350504de10facb": "the projections trained from position 0, then 30 KD steps at spread positions "
+                        "(lr 5e-4) and 60 more (lr 5e-4)",
 }
 UNCOMPRESSED = ("none", BASELINE, "")   # how a row without projections names them
 
