@@ -1,17 +1,15 @@
 """The budget explorer: pure functions (ranks, readout, figure, continuation) and a thin ipywidgets layer.
 
 Every callback of :class:`BudgetExplorer` calls the pure functions below, so a headless run (tests, a notebook
-executed in CI) exercises exactly what a slider move does. ``python -m mkvlib.widgets --benchmark`` times a
-slider move in Python; ``make browser-test`` times it in a browser, from the key press to the redrawn image.
+executed in CI) exercises exactly what a slider move does. :func:`benchmark` times a slider move in Python;
+``make browser-test`` times it in a browser, from the key press to the redrawn image.
 :func:`shipped_explorer` is the presenter's page that ``mkv explore`` serves (notebooks/explorer.ipynb).
 Introduced in notebook 03.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import math
-import sys
 import time
 
 import torch
@@ -293,24 +291,21 @@ class BudgetExplorer:
         display(self.widget)
 
 
-def shipped_explorer(model=None, tokenizer=None, budget: float = 0.5, kinds=PREFERRED_PROJECTIONS,
-                     **options) -> BudgetExplorer:
-    """The explorer over the shipped trajectories (``kinds`` whose trajectory ships, trained first) with the
-    embedded model for *generate*: what ``mkv explore`` shows. ``model``/``tokenizer`` default to
-    :func:`mkvlib.models.load_model`'s embedded model."""
+def shipped_explorer() -> BudgetExplorer:
+    """The explorer over the shipped trajectories (trained first, then PCA) with the embedded model for
+    *generate*, at 50%: what ``mkv explore`` shows."""
     from .models import load_model
     from .projections import resolve_projections
     from .trajectory import shipped_trajectory_path
 
-    if model is None:
-        model, tokenizer = load_model()
-    paths = {k: shipped_trajectory_path(model.mkv_name, k) for k in kinds}
+    model, tokenizer = load_model()
+    paths = {k: shipped_trajectory_path(model.mkv_name, k) for k in PREFERRED_PROJECTIONS}
     trajectories = {k: Trajectory.load(p) for k, p in paths.items() if p.exists()}
     if not trajectories:
         raise FileNotFoundError(f"no shipped trajectory for {model.mkv_name!r}: looked for "
                                 f"{', '.join(str(p) for p in paths.values())}")
     projections = {k: resolve_projections(k, model) for k in trajectories}
-    return BudgetExplorer(trajectories, model, tokenizer, projections, budget=budget, **options)
+    return BudgetExplorer(trajectories, model, tokenizer, projections, budget=0.5)
 
 
 def benchmark(trajectory: Trajectory, moves: int = 20, allocation: str = "adaptive") -> dict:
@@ -335,29 +330,3 @@ def benchmark(trajectory: Trajectory, moves: int = 20, allocation: str = "adapti
     return {"moves": moves, "steps": len(trajectory), "first_s": times[0], "mean_s": sum(later) / len(later),
             "median_s": sorted(later)[len(later) // 2], "max_s": max(later),
             **{f"mean_{k}_s": v / moves for k, v in parts.items()}}
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="benchmark a budget-slider move of the explorer")
-    parser.add_argument("--benchmark", action="store_true", help="time slider moves and print the numbers")
-    parser.add_argument("--trajectory", default=None,
-                        help="trajectory .json (default: the shipped one of the trained projections)")
-    parser.add_argument("--moves", type=int, default=20)
-    args = parser.parse_args(argv)
-    if not args.benchmark:
-        parser.print_help()
-        return 0
-    from .models import EMBEDDED
-    from .trajectory import shipped_trajectory_path
-
-    traj = Trajectory.load(args.trajectory or shipped_trajectory_path(EMBEDDED, default_projections(
-        k for k in PREFERRED_PROJECTIONS if shipped_trajectory_path(EMBEDDED, k).exists())))
-    for allocation in ALLOCATIONS:
-        result = benchmark(traj, args.moves, allocation)
-        print(allocation + ": " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                            for k, v in result.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
