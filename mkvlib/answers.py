@@ -58,11 +58,11 @@ def _greedy(model, tokenizer, ids: torch.Tensor, max_new_tokens: int) -> torch.T
 
 @torch.no_grad()
 def fact_rows(model, tokenizer, projections, budgets, allocation: str = "adaptive", prompts=FACT_PROMPTS,
-              max_new_tokens: int = 8, trajectory=None) -> list[dict]:
+              max_new_tokens: int = 8) -> list[dict]:
     """One row per (prompt, budget): the uncompressed and compressed greedy continuations (``max_new_tokens``
     each), the answer word, whether it survives, and the token agreement on the uncompressed continuation.
     ``projections``: 'pca', 'trained', a path or a Projections; ``allocation``: 'uniform' or 'adaptive' (ranks
-    from the shipped trajectory, or ``trajectory``)."""
+    from the shipped trajectory)."""
     from .compress import attach
     from .projections import resolve_projections
     from .ranks import ranks_for
@@ -70,7 +70,7 @@ def fact_rows(model, tokenizer, projections, budgets, allocation: str = "adaptiv
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
     proj = resolve_projections(projections, model)
-    settings = [ranks_for(model, proj, allocation, b, trajectory) for b in budgets]
+    settings = [ranks_for(model, proj, allocation, b) for b in budgets]
     device = next(model.parameters()).device
     rows = []
     with attach(model, proj, settings[0]) as comp:
