@@ -66,20 +66,29 @@ def fill_from(cache, source) -> None:
 
 
 def synthetic_source(model, batch: int, context: int, seed: int = 0):
-    """A DynamicCache filled with random post-RoPE keys and values (batch, G, context, d) of the model's dtype.
+    """A DynamicCache filled by :func:`synthetic_fill`.
 
     Decode cost does not depend on the cached values, so this stands in for a long real prefill when only decode
     speed is measured on a slow CPU (``BenchConfig.synthetic_prefix``).
     """
+    source = make_cache("dynamic", model)
+    synthetic_fill(source, model, batch, context, seed)
+    return source
+
+
+def synthetic_fill(cache, model, batch: int, context: int, seed: int = 0, chunk: int = 1024) -> None:
+    """Fill ``cache`` with random post-RoPE keys and values (batch, G, context, d) of the model's dtype, made on its
+    device ``chunk`` tokens at a time (bounding the transient memory of the fill)."""
     from ..geometry import KVGeometry
 
     geom, param = KVGeometry.of(model), next(model.parameters())
-    gen = torch.Generator().manual_seed(seed)
-    source = make_cache("dynamic", model)
-    for layer in range(geom.layers):
-        k, v = (torch.randn(batch, geom.kv_heads, context, geom.head_dim, generator=gen) for _ in range(2))
-        source.update(k.to(param.device, param.dtype), v.to(param.device, param.dtype), layer)
-    return source
+    gen = torch.Generator(device=param.device).manual_seed(seed)
+    for start in range(0, context, chunk):
+        n = min(chunk, context - start)
+        for layer in range(geom.layers):
+            k, v = (torch.randn(batch, geom.kv_heads, n, geom.head_dim, generator=gen, device=param.device,
+                                dtype=param.dtype) for _ in range(2))
+            cache.update(k, v, layer)
 
 
 def kv_fraction(cache) -> float:

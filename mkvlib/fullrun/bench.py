@@ -17,8 +17,6 @@ from . import clock
 from .config import BENCH_BUDGETS
 from .context import StageSkipped
 
-FILL_CHUNK = 1024        # tokens per synthetic cache update: bounds the transient memory of a fill
-
 
 def factories(model, proj, reserve: int) -> dict:
     from transformers import StaticCache
@@ -32,19 +30,6 @@ def factories(model, proj, reserve: int) -> dict:
     return out
 
 
-def synthetic_fill(cache, model, batch: int, context: int, seed: int = 0) -> None:
-    from ..geometry import KVGeometry
-
-    geom, param = KVGeometry.of(model), next(model.parameters())
-    gen = torch.Generator(device=param.device).manual_seed(seed)
-    for start in range(0, context, FILL_CHUNK):
-        n = min(FILL_CHUNK, context - start)
-        for layer in range(geom.layers):
-            k, v = (torch.randn(batch, geom.kv_heads, n, geom.head_dim, generator=gen, device=param.device,
-                                dtype=param.dtype) for _ in range(2))
-            cache.update(k, v, layer)
-
-
 def held_bytes(cache) -> int:
     """Bytes the cache's buffers occupy (preallocated room included)."""
     from ..bench.caches import cache_bytes
@@ -53,6 +38,7 @@ def held_bytes(cache) -> int:
 
 
 def measure(ctx, factory, batch: int, context: int, new_tokens: int) -> dict:
+    from ..bench.caches import synthetic_fill
     from ..bench.speed import decode, synchronize
 
     model, device = ctx.model, ctx.device
