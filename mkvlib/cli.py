@@ -10,8 +10,8 @@ import importlib
 import sys
 
 # modules under mkvlib.commands, in --help order
-COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench", "offline", "warmstart", "fullrun", "compare",
-            "explore", "reproduce"]
+COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench", "offline", "warmstart", "fullrun",
+            "compare", "explore", "reproduce"]
 
 
 def build_parser() -> argparse.ArgumentParser:

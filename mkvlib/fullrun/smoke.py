@@ -20,10 +20,6 @@ from .context import StageError
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 
-def tolerance(dtype) -> float:
-    return TOLERANCE.get(dtype, 1e-4)
-
-
 def smoke_ids(ctx, tokens: int) -> torch.Tensor:
     """(1, tokens) ids of calibration text on the model's device."""
     from ..corpora import token_blocks
@@ -41,7 +37,7 @@ def check_exactness(ctx) -> dict:
     with attach(ctx.model, ctx.pca(), 1.0):
         full = ctx.model(ids).logits.float()
     diff, scale = float((full - base).abs().max()), float(base.abs().max())
-    allowed = tolerance(dtype) * max(1.0, scale)
+    allowed = TOLERANCE.get(dtype, 1e-4) * max(1.0, scale)
     top1 = float((full.argmax(-1) == base.argmax(-1)).float().mean())
     result = {"max_abs_logit_diff": diff, "max_abs_logit": scale, "tolerance": allowed, "top1_agreement": top1,
               "dtype": str(dtype).replace("torch.", "")}
@@ -132,7 +128,8 @@ def check_generation(ctx) -> dict:
     i = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     top2 = ref.scores[i][0].float().topk(2).values if i < len(ref.scores) else None
     margin = float(top2[0] - top2[1]) if top2 is not None else float("inf")
-    allowed = tolerance(next(ctx.model.parameters()).dtype) * max(1.0, float(top2[0].abs()) if top2 is not None else 1)
+    dtype = next(ctx.model.parameters()).dtype
+    allowed = TOLERANCE.get(dtype, 1e-4) * max(1.0, float(top2[0].abs()) if top2 is not None else 1)
     result.update(first_difference=i, top2_margin=margin, tolerance=allowed)
     if margin > allowed:
         raise StageError(f"compressed-cache generation: at full rank token {i} differs from DynamicCache's "
