@@ -89,7 +89,7 @@ def settings(model, traj, projections) -> list[dict]:
         lad = Ladder.uniform(geom, full, nbits, features)
         out.append({"family": "uniform composition", "label": f"{features} features at {nbits} bits",
                     "ladder": lad, "projections": projections})
-    for bits in FRONTIER_BITS:
+    for bits in (5.0, 3.0) + FRONTIER_BITS:                      # 5 and 3: the bytes of the 4- and 2-bit quantizer
         out.append({"family": "searched ladder", "label": f"ladder {bits:g} bits", "ladder": traj.at(bits),
                     "projections": projections})
     return out

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from helpers import random_projections
+from helpers import needs_model, random_projections
 
 from mkvlib import ladder as lad
 from mkvlib.compare import get_method
@@ -183,3 +183,15 @@ def test_one_width_on_the_standard_basis_is_quantos_quantizer():
         theirs = quanto.quantize_weight(x, qtype, 0, scale, shift, group_size=64).dequantize()
         mine = lad.simulate(x, torch.full((64,), bits), 64, 32)
         assert (mine - x).pow(2).mean() == pytest.approx(float((theirs - x).pow(2).mean()), rel=0.01)
+
+
+@needs_model
+def test_shipped_trajectory_serves_the_compare_method():
+    from mkvlib.models import load_model
+
+    model, _ = load_model()
+    method = get_method("ladder")
+    assert method.unsupported(model) is None
+    for setting in method.settings(model):
+        report = method.bytes(model, setting, context=1024)
+        assert report.detail["bits_per_element"] <= setting.get("bits") + 1e-9
