@@ -198,10 +198,6 @@ def pydoc_text(part: str) -> str:
     return "\n\n".join(topics[k] for k in chosen)
 
 
-def _online_allowed() -> bool:
-    return not any(os.environ.get(v, "").lower() in {"1", "true"} for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def _from_data_dir(source: CorpusSource, tried: list) -> str | None:
     """The text of ``source`` from the data directory, or None (saying where it looked in ``tried``)."""
     root = data_dir()
@@ -220,7 +216,9 @@ def _from_data_dir(source: CorpusSource, tried: list) -> str | None:
 
 def _from_hub(source: CorpusSource, tried: list) -> str | None:
     """The text of ``source`` from its Hugging Face dataset, or None (saying why in ``tried``)."""
-    if not _online_allowed():
+    from .runtime import hub_offline
+
+    if hub_offline():
         tried.append(f"Hugging Face dataset {source.hf[0]} (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set)")
         return None
     try:

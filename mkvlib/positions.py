@@ -50,10 +50,6 @@ def block_offsets(mode: str, n: int, seq_len: int, model, seed: int = 0) -> torc
     return spread_offsets(n, seq_len, max_positions(model), seed)
 
 
-def _rotary_modules(model):
-    return [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding")]
-
-
 @contextlib.contextmanager
 def shifted(model, offsets):
     """Inside, every forward pass of ``model`` sees its position ids plus ``offsets``: one int for all rows, or a
@@ -61,7 +57,7 @@ def shifted(model, offsets):
     if offsets is None or (isinstance(offsets, int) and offsets == 0):
         yield
         return
-    mods = _rotary_modules(model)
+    mods = [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding")]
     if not mods:
         raise ValueError(f"{type(model).__name__} has no rotary embedding module to shift positions in")
     off = offsets if isinstance(offsets, torch.Tensor) else torch.tensor([int(offsets)])

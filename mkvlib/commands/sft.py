@@ -52,12 +52,6 @@ SFT_DEFAULTS = dict(steps="150 in stage 1, 100 in stage 2; 6 with MKV_FAST=1", b
                     lm_weight="1 in stage 1, 3 in stage 2")
 
 
-def _budgets(text):
-    from ..checks import check_budgets
-
-    return list(check_budgets(text, "--eval-budgets"))
-
-
 def check_stage_args(args) -> None:
     """Refuse options that do not belong to the chosen stage, and --choices with an LM loss."""
     if args.stage == 1 and (args.adapter or args.init or args.freeze_adapter or args.schedule or args.choices):
@@ -96,11 +90,12 @@ def make_trainer(args, model, ids, mask, ckpt: Path, accelerator):
 
 
 def run(args) -> int:
+    from ..checks import check_budgets
     from ..lora import encode, load_examples
     from ..models import load_model
 
     out = Path(args.out)
-    budgets = _budgets(args.eval_budgets) if args.eval_budgets else None
+    budgets = list(check_budgets(args.eval_budgets, "--eval-budgets")) if args.eval_budgets else None
     parse_schedule(args.schedule)   # a malformed --schedule fails before the model loads
     check_stage_args(args)
     accelerator = launched_accelerator(cpu=args.device == "cpu" or None)

@@ -91,11 +91,6 @@ def largest_batch(ctx, factory, per_seq: float, context: int, new_tokens: int, d
     return {"max_batch": None, "verified": False, "note": "out of time before a batch fitted"}
 
 
-def context_length(ctx) -> int:
-    limit = getattr(ctx.model.config, "max_position_embeddings", None) or ctx.profile.bench_context
-    return min(ctx.profile.bench_context, limit) - ctx.profile.bench_new_tokens - 1
-
-
 def run(ctx, deadline) -> dict:
     from ..io import write_json
 
@@ -105,7 +100,8 @@ def run(ctx, deadline) -> dict:
         label = "trained"
     except StageSkipped:
         proj, label = ctx.pca(), "pca"
-    context = context_length(ctx)
+    limit = getattr(ctx.model.config, "max_position_embeddings", None) or p.bench_context
+    context = min(p.bench_context, limit) - p.bench_new_tokens - 1
     caches = factories(ctx.model, proj, context + p.bench_new_tokens + 1)
     result = {"context": context, "new_tokens": p.bench_new_tokens, "projections": label, "ranks": "uniform",
               "device": str(ctx.device), "dtype": str(next(ctx.model.parameters()).dtype).replace("torch.", ""),
