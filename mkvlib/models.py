@@ -168,7 +168,7 @@ def quiet_loading():
             hf_logging.enable_progress_bar()
 
 
-def load_model(name: str | None = None, device=None, dtype=None, attn_implementation: str = "sdpa"):
+def load_model(name: str | None = None, device=None, dtype=None):
     """Load a causal LM and its tokenizer, in eval mode on the device and dtype of :func:`device_and_dtype`.
 
     ``name``: None or "smollm2" for the embedded model, a ``.gguf`` file, a local folder, or a Hugging Face id.
@@ -180,7 +180,7 @@ def load_model(name: str | None = None, device=None, dtype=None, attn_implementa
     path, canonical = resolve_model_path(name)
     try:
         with quiet_loading():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
         raise ModelNotFoundError(
