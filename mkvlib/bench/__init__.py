@@ -13,6 +13,7 @@ What is measured, per cache kind ("compressed", "dynamic", "quanto"), for a batc
 :func:`capacity` turns measured bytes per token plus measured fixed overhead into the largest batch x context
 that fits in a memory limit. Introduced in notebook 05; ``mkv bench`` is the command line.
 """
+# the names notebook 05 and the tests read as mkvlib.bench.NAME
 from .caches import cache_bytes
 from .checks import simulated_gap
 from .config import BenchConfig
@@ -21,7 +22,3 @@ from .plots import plot_capacity, plot_decode_speedup, speed_table
 from .process import measure_in_subprocess
 from .run import budget_sweep, run_bench
 from .speed import prompt_ids
-
-__all__ = ["BenchConfig", "budget_sweep", "cache_bytes", "capacity", "measure_in_subprocess", "memory_model",
-           "plot_capacity", "plot_decode_speedup", "predicted_peak", "prompt_ids", "run_bench", "simulated_gap",
-           "speed_table"]
