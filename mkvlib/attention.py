@@ -24,6 +24,8 @@ def mkv_attention(module, query, key, value, attention_mask, **kwargs):
     """Attention with the module's hooks applied; shapes (B, H, T, d) for query, (B, G, S, d) for key/value."""
     for hook in module.__dict__.get("_mkv_hooks", ()):
         query, key, value = hook(module, query, key, value)
+    for mask in module.__dict__.get("_mkv_masks", ()):
+        attention_mask = mask(module, query, key, attention_mask)
     attend = module.__dict__.get("_mkv_attend")
     if attend is not None:
         return attend(module, query, key, value, attention_mask, **kwargs)
@@ -60,8 +62,8 @@ def _set_implementation(model, name: str) -> None:
 class HookHandle:
     """Removes what :func:`install` added; the model is back exactly as before once every handle is removed."""
 
-    def __init__(self, model, hook=None, attend=None):
-        self.model, self.hook, self.attend, self.removed = model, hook, attend, False
+    def __init__(self, model, hook=None, attend=None, mask=None):
+        self.model, self.hook, self.attend, self.mask, self.removed = model, hook, attend, mask, False
 
     def remove(self) -> None:
         if self.removed:
@@ -73,8 +75,12 @@ class HookHandle:
                 hooks.remove(self.hook)
             if self.attend is not None and module.__dict__.get("_mkv_attend") is self.attend:
                 del module.__dict__["_mkv_attend"]
-            if not hooks and "_mkv_hooks" in module.__dict__:
-                del module.__dict__["_mkv_hooks"]
+            masks = module.__dict__.get("_mkv_masks", [])
+            if self.mask is not None and self.mask in masks:
+                masks.remove(self.mask)
+            for name, left in (("_mkv_hooks", hooks), ("_mkv_masks", masks)):
+                if not left and name in module.__dict__:
+                    del module.__dict__[name]
         users = self.model.__dict__.get("_mkv_users", 0) - 1
         self.model.__dict__["_mkv_users"] = users
         if users == 0:
@@ -88,8 +94,9 @@ class HookHandle:
         self.remove()
 
 
-def install(model, hook: QKVHook | None = None, attend=None) -> HookHandle:
-    """Install a (query, key, value) hook and/or an attention override on every attention module.
+def install(model, hook: QKVHook | None = None, attend=None, mask=None) -> HookHandle:
+    """Install a (query, key, value) hook, an attention override and/or a mask rewrite (``mask(module, query, key,
+    attention_mask)`` -> the mask attention gets, after the hooks) on every attention module.
 
     Hooks are kept in plain attributes (not submodules), so the model's parameters and state dict never change.
     """
@@ -106,4 +113,6 @@ def install(model, hook: QKVHook | None = None, attend=None) -> HookHandle:
             module.__dict__.setdefault("_mkv_hooks", []).append(hook)
         if attend is not None:
             module.__dict__["_mkv_attend"] = attend
-    return HookHandle(model, hook, attend)
+        if mask is not None:
+            module.__dict__.setdefault("_mkv_masks", []).append(mask)
+    return HookHandle(model, hook, attend, mask)

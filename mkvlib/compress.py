@@ -14,8 +14,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
 from . import attention
 from .geometry import KVGeometry
 from .projections import Projections, resolve_projections
@@ -139,7 +137,7 @@ class Compression(RankedHook):
         self.keep_first, self.keep_recent = first, recent
         wanted = first > 0 or recent > 0
         if wanted and self._whole_handle is None:
-            self._whole_handle = attention.install(self.model, attend=self._attend_whole)
+            self._whole_handle = attention.install(self.model, mask=self._whole_mask)
         elif not wanted and self._whole_handle is not None:
             self._whole_handle.remove()
             self._whole_handle = None
@@ -158,15 +156,15 @@ class Compression(RankedHook):
             return query, key, value
         layer = module.layer_idx
         k, v = project_kv(key, value, *self._operators(layer, key.device), self.projector.value_mean[layer])
-        if self._whole_handle is not None:   # compressed then whole copies; _attend_whole picks one per query
+        if self._whole_handle is not None:   # compressed then whole copies; _whole_mask picks one per query
             return query, torch.cat([k, key], dim=2), torch.cat([v, value], dim=2)
         return query, k, v
 
-    def _attend_whole(self, module, query, key, value, attention_mask, **kwargs):
-        """Attention over [compressed; whole] keys of the same S tokens: query i (absolute position S - T + i)
+    def _whole_mask(self, module, query, key, attention_mask):
+        """The mask over [compressed; whole] copies of the same S tokens: query i (absolute position S - T + i)
         reads token j whole when j < keep_first or i - j < keep_recent, else compressed."""
         if not self.enabled:
-            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+            return attention_mask
         S, T = key.shape[2] // 2, query.shape[2]
         i = torch.arange(S - T, S, device=query.device)[:, None]
         j = torch.arange(S, device=query.device)[None, :]
@@ -175,8 +173,7 @@ class Compression(RankedHook):
         else:
             allowed = attention_mask[..., :S] if attention_mask.dtype == torch.bool else attention_mask[..., :S] == 0
         whole = (j < self.keep_first) | (i - j < self.keep_recent)
-        mask = torch.cat([allowed & ~whole, allowed & whole], dim=-1).expand(query.shape[0], 1, T, 2 * S)
-        return sdpa_attention_forward(module, query, key, value, mask, **dict(kwargs, is_causal=False))
+        return torch.cat([allowed & ~whole, allowed & whole], dim=-1).expand(query.shape[0], 1, T, 2 * S)
 
     def _operators(self, layer: int, device):
         train_path = self.projector.trainable and torch.is_grad_enabled()

@@ -206,15 +206,14 @@ def retrieval_curve(model, tokenizer, methods, budgets, lengths=DEFAULT_LENGTHS,
             tqdm(prompts.items(), desc="passkey base", disable=not progress)}
     rows = []
     for method in map(as_method, methods):
-        if method.keep_first or method.keep_recent:
-            raise ValueError(f"method {method.name!r} keeps tokens whole, which passkey prompts of several lengths "
-                             "would each need their own feature budget for: give retrieval methods without them")
         proj = resolve_projections(method.projections, model)
-        settings = [method.ranks(model, proj, b) for b in budgets]
-        with attach(model, proj, settings[0]) as comp:
-            for budget, ranks in tqdm(list(zip(budgets, settings)), desc=method.name, disable=not progress):
-                comp.set_ranks(ranks)
+        settings = {(b, length): method.ranks(model, proj, method.feature_budget(b, length))
+                    for b in budgets for length in lengths}
+        with attach(model, proj, settings[budgets[0], lengths[0]], keep_first=method.keep_first,
+                    keep_recent=method.keep_recent) as comp:
+            for budget in tqdm(budgets, desc=method.name, disable=not progress):
                 for length, ps in prompts.items():
+                    comp.set_ranks(settings[budget, length])   # whole tokens: the budget counts bytes at this length
                     acc = passkey_accuracy(model, ps, tokenizer, max_new_tokens)
                     rows.append({"method": method.name, "allocation": method.allocation, "budget": budget,
                                  "length": length, "accuracy": acc["accuracy"], "base_accuracy": base[length],
@@ -264,9 +263,14 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", default="1024,4096")
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-first", type=int, default=0, help="first tokens also kept whole (budgets count bytes)")
+    p.add_argument("--keep-recent", type=int, default=0, help="latest tokens also kept whole (budgets count bytes)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    methods = [Method(f"{suite_label(proj)}, {alloc}", proj, alloc, args.trajectory if alloc == "adaptive" else None)
+    whole = f", {args.keep_first} first + {args.keep_recent} recent tokens whole" \
+        if args.keep_first or args.keep_recent else ""
+    methods = [Method(f"{suite_label(proj)}, {alloc}{whole}", proj, alloc,
+                      args.trajectory if alloc == "adaptive" else None, args.keep_first, args.keep_recent)
                for proj, alloc in (m.split(":") for m in args.methods.split(","))]
     budgets, lengths = [float(b) for b in args.budgets.split(",")], [int(n) for n in args.lengths.split(",")]
     model, tokenizer = load_model()
@@ -274,8 +278,8 @@ def main(argv=None) -> int:
     result = retrieval_curve(model, tokenizer, methods, budgets, lengths, args.n, args.seed)
     write_json(args.out, dict(result, command="python -m mkvlib.retrieval " + " ".join(
         sys.argv[1:] if argv is None else argv), lengths=lengths, budgets=sorted(budgets, reverse=True),
-        methods=[dict(label=m.name, projections=m.projections, allocation=m.allocation, trajectory=m.trajectory)
-                 for m in methods], wall_time_s=round(time.time() - start), hardware=hardware(model.device)))
+        methods=[dict(label=m.name, projections=m.projections, allocation=m.allocation, trajectory=m.trajectory,
+                      keep_first=m.keep_first, keep_recent=m.keep_recent) for m in methods], wall_time_s=round(time.time() - start), hardware=hardware(model.device)))
     print(format_retrieval_table(result))
     return 0
 

@@ -278,3 +278,13 @@ def test_whole_tokens_bytes_match_the_formula(llama, ids):
         past.crop(-2)
     with pytest.raises(ValueError, match="keep_first must be a whole number"):
         CompressedCache(llama, proj, ranks, keep_first=-1)
+
+
+def test_simulated_whole_tokens_after_a_compressed_cache_on_the_same_model(llama, ids):
+    """The cache's attention override stays on the model; the simulation's mask rewrite works beside it."""
+    proj, ranks = random_projections(llama), random_ranks(llama, seed=4)
+    real = cached_logits(llama, ids, CompressedCache(llama, proj, ranks, keep_first=2, keep_recent=3), split=8)
+    with torch.no_grad(), attach(llama, proj, ranks, keep_first=2, keep_recent=3):
+        simulated = llama(ids).logits
+    assert (real - simulated).abs().max() <= 1e-4
+    assert not any("_mkv_masks" in m.__dict__ for m in llama.modules())

@@ -97,3 +97,25 @@ def test_bench_statements_of_notebook_05():
     memory = load("bench_memory.json")
     assert memory["verification"]["relative_error"] < 0.05, "the memory model predicts the batch-4 peak"
     assert all(c["ratio"] > 1 for c in memory["capacity"].values()), "the 50% cache fits more tokens in every case"
+
+
+# --- notebook 05 and the README: tokens kept whole at equal bytes ----------------------------------------------
+
+@pytest.mark.parametrize("budget", [0.5, 0.375])
+@pytest.mark.parametrize("allocation", ["uniform", "adaptive"])
+def test_whole_tokens_at_equal_bytes_beat_none_out_of_domain_and_in_domain(budget, allocation):
+    plain, whole = load("ood_suite.json"), load("whole_tokens.json")
+    assert whole["seq_len"] == plain["seq_len"] and whole["tokens_per_domain"] == plain["tokens_per_domain"]
+    for domain in ("mean", "in-domain"):
+        base = mean(plain, f"MatryoshkaKV, {allocation}", budget, domain=domain)
+        rows = [r for r in whole["rows"] if r["domain"] == domain and r["allocation"] == allocation
+                and r["target_budget"] == budget]
+        assert len(rows) == 2
+        for r in rows:
+            assert r["stored_fraction"] <= budget + 1 / 64      # uniform ranks round up to a whole feature
+            assert r["kl_to_base"] < 0.6 * base                  # at least 40% lower
+    wider = max((r for r in whole["rows"] if r["domain"] == "mean" and r["allocation"] == allocation
+                 and r["target_budget"] == budget), key=lambda r: r["keep_recent"])
+    narrower = min((r for r in whole["rows"] if r["domain"] == "mean" and r["allocation"] == allocation
+                    and r["target_budget"] == budget), key=lambda r: r["keep_recent"])
+    assert wider["kl_to_base"] < narrower["kl_to_base"] and wider["top1_agreement"] > narrower["top1_agreement"]

@@ -293,7 +293,6 @@ def test_retrieval_curve_on_a_tiny_model(llama, one_thread):
     (["--suite", "ood", "--retrieval-lengths", "1k"], "token counts"),
     (["--keep-recent", "32"], "add --suite ood"),
     (["--suite", "ood", "--keep-recent", "a,b"], "--keep-recent takes comma-separated token counts"),
-    (["--suite", "ood", "--keep-recent", "32", "--retrieval"], "leave out --keep-first/--keep-recent"),
 ])
 def test_eval_suite_argument_errors(argv, match, capsys):
     from mkvlib.cli import main
@@ -345,3 +344,21 @@ def test_eval_suite_whole_tokens_on_the_embedded_model(monkeypatch, capsys):
     assert main(["eval", "--suite", "ood", "--tokens", "128", "--seq-len", "64", "--budgets", "0.1",
                  "--keep-recent", "16"]) == 2
     assert "cannot hold 0 + 16 whole tokens" in capsys.readouterr().err
+
+
+def test_retrieval_curve_with_whole_tokens_counts_bytes_per_length(llama, one_thread, monkeypatch):
+    """A method keeping tokens whole gets, at each prompt length, the features that store the asked bytes."""
+    from mkvlib.ranks import Method
+
+    asked = []
+    real = Method.feature_budget
+
+    def spy(self, budget, tokens):
+        asked.append((budget, tokens))
+        return real(self, budget, tokens)
+
+    monkeypatch.setattr(Method, "feature_budget", spy)
+    method = Method("whole", random_projections(llama), keep_first=1, keep_recent=4)
+    result = retrieval.retrieval_curve(llama, CharTok(), [method], [0.5], lengths=(300, 400), n=1, max_new_tokens=3)
+    assert sorted(asked) == [(0.5, 300), (0.5, 400)]
+    assert [(r["budget"], r["length"]) for r in result["rows"]] == [(0.5, 300), (0.5, 400)]

@@ -249,8 +249,6 @@ def suite_methods(args, allocations) -> list:
     from ..suite import suite_label
 
     recents = parse_recent(args.keep_recent)
-    if args.retrieval and (args.keep_first or any(recents)):
-        raise ValueError("--retrieval measures methods without whole tokens: leave out --keep-first/--keep-recent")
 
     def label(p, a, recent):
         whole = f", {args.keep_first} first + {recent} recent tokens whole" if args.keep_first or recent else ""

@@ -6,6 +6,7 @@ A fact is ``fn(data) -> str`` registered with :func:`fact`; README.md or docs/*.
 from __future__ import annotations
 
 from .markdown import pct
+from .ood import whole_token_rows
 from .records import Data
 
 FACTS: dict = {}
@@ -48,6 +49,39 @@ def ood_pca_ppl_50(data: Data) -> str:
 @fact("ood-top1-50")
 def ood_top1_50(data: Data) -> str:
     return pct(_ood_mean(data, "MatryoshkaKV, adaptive", "top1_agreement"), 0)
+
+
+@fact("whole-tokens-50")
+def whole_tokens_50(data: Data) -> str:
+    """Searched ranks at half the bytes: the whole-token setting with the lowest KL against none kept whole."""
+    rows = [r for r in whole_token_rows(data) if r["target_budget"] == 0.5 and r["allocation"] == "adaptive"]
+    plain = next(r for r in rows if r["whole"] == "0 + 0")
+    best = min(rows, key=lambda r: r["kl_to_base"])
+    first, recent = best["whole"].split(" + ")
+    return (f"keeping the first {first} and the latest {recent} tokens whole as well, within the same bytes, takes "
+            f"the KL from {plain['kl_to_base']:.2f} to {best['kl_to_base']:.2f}, the perplexity ratio from "
+            f"{plain['perplexity_ratio']:.2f}x to {best['perplexity_ratio']:.2f}x and top-1 agreement from "
+            f"{pct(plain['top1_agreement'], 0)} to {pct(best['top1_agreement'], 0)}")
+
+
+@fact("accuracy-kept")
+def accuracy_kept(data: Data) -> str:
+    """lm-eval (piqa, arc_easy, hellaswag): average accuracy kept, and kept above chance, by the shipped trained
+    projections (uniform and searched ranks) and PCA at each compressed budget of the sweep."""
+    from ..lmeval import report
+
+    results = report.named(report.load_results(data.dir / "results" / "lm_eval_smollm2.csv"))
+    table, items = report.summary(results), sorted(set(results["items"]))
+    parts = []
+    for budget in [b for b in dict.fromkeys(table.index.get_level_values("budget")) if b != "100%"]:
+        at = table.xs(budget, level="budget")
+        names = [(n, w) for n, w in (("MatryoshkaKV trained, uniform ranks", "trained, uniform"),
+                                     ("MatryoshkaKV trained, searched ranks", "trained, searched"),
+                                     ("PCA, uniform ranks", "PCA")) if n in at.index]
+        parts.append(f"at {budget} " + ", ".join(f"{w} {at.loc[n, '% kept']:.1f}% ({at.loc[n, '% kept above chance']:.1f}%)"
+                                                 for n, w in names))
+    return (f"of the uncompressed model's average accuracy on piqa, arc_easy and hellaswag ({items[-1]:,} items "
+            f"each; in brackets: of its margin over chance) the projections keep " + "; ".join(parts))
 
 
 @fact("passkey-positions-50")

@@ -54,6 +54,35 @@ def ood_suite_domains(data: Data) -> str | None:
                       table(["domain", "uncompressed ppl", *methods], rows))
 
 
+def whole_token_rows(data: Data, domain: str = "mean") -> list[dict]:
+    """Suite rows of the trained projections at equal stored bytes, with and without whole tokens: those of
+    ``ood_suite.json`` (none kept whole) and of ``whole_tokens.json``, each with ``whole`` = 'F + W'."""
+    rows, budgets = [], set(data.result("whole_tokens.json")[1]["budgets"])
+    for name in ("ood_suite.json", "whole_tokens.json"):
+        _, rec = data.result(name)
+        rows += [dict(r, whole=f"{r.get('keep_first', 0)} + {r.get('keep_recent', 0)}",
+                      stored=r.get("stored_fraction", r["budget"])) for r in rec["rows"]
+                 if r["domain"] == domain and r["method"].startswith("MatryoshkaKV") and r["target_budget"] in budgets]
+    return sorted(rows, key=lambda r: (-r["target_budget"], r["allocation"], r.get("keep_recent", 0)))
+
+
+@section("whole-tokens", "Keeping the first and the latest tokens whole, at equal bytes",
+         "results/whole_tokens.json")
+def whole_tokens(data: Data) -> str | None:
+    path, rec = data.result("whole_tokens.json")
+    if rec is None or data.result("ood_suite.json")[1] is None:
+        return None
+    inside = {(r["target_budget"], r["allocation"], r["whole"]): r for r in whole_token_rows(data, "in-domain")}
+    rows = [[pct(r["target_budget"]), r["allocation"], r["whole"], pct(r["stored"], 1), pct(r["budget"], 1),
+             _triple(r), num(inside[(r["target_budget"], r["allocation"], r["whole"])]["kl_to_base"], 3)
+             if (r["target_budget"], r["allocation"], r["whole"]) in inside else "-"]
+            for r in whole_token_rows(data)]
+    return paragraphs(source_line(data, path), prose("whole-tokens", **_domains(rec)),
+                      table(["bytes asked", "ranks", "whole tokens (first + recent)", "bytes stored",
+                             "features per token", "ppl x / KL / top-1", "in-domain KL"], rows),
+                      commands_line([rec.get("command")]))
+
+
 @section("retrieval", "Passkey retrieval against budget", "results/retrieval.json")
 def retrieval(data: Data) -> str | None:
     path, rec = data.result("retrieval.json")
