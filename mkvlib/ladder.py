@@ -9,7 +9,8 @@ the first segment is never dropped. A :class:`Ladder` holds the widths, shape (L
 Quantized features (8, 4, 2 bits) share, per token, one (low, range) pair per *group* of ``group`` consecutive
 features (groups aligned on the basis; only a group's quantized features set its low and range): a feature of
 b bits stores q = round((x - low) / range * (2^b - 1)) and reads back low + q * range / (2^b - 1). Low and range
-are stored in float16 (``scale_bytes`` = 2). Bytes per token of one entry:
+are stored in float16 (``scale_bytes`` = 2; 4: float32, as quanto stores them on a float32 model). Bytes per
+token of one entry:
 
     sum over segments of segment x bits / 8     (the model's dtype counts its own bits; dropped: 0)
   + 2 x scale_bytes x (groups holding at least one quantized feature)
@@ -50,7 +51,7 @@ from .projections import Projections, resolve_projections
 
 FORMAT = "mkv-ladder/1"
 QUANT_WIDTHS = (8, 4, 2)
-SCALE_DTYPE = torch.float16
+SCALE_DTYPES = {2: torch.float16, 4: torch.float32}      # scale_bytes -> the dtype low and range are stored in
 
 
 def widths(full_bits: int) -> tuple[int, ...]:
@@ -83,6 +84,8 @@ class Ladder:
                 raise ValueError(f"{name} must be a positive number of features, not {value!r}")
         if self.segment % 4:
             raise ValueError(f"segment must be a multiple of 4 features (whole bytes at 2 bits), not {self.segment}")
+        if self.scale_bytes not in SCALE_DTYPES:
+            raise ValueError(f"scale_bytes is 2 (float16 low and range) or 4 (float32), not {self.scale_bytes!r}")
         if self.segment <= 2 * self.scale_bytes:
             raise ValueError(f"segment ({self.segment}) must exceed 2 x scale_bytes ({2 * self.scale_bytes}), so "
                              "that every step down the ladder saves bytes even when it adds a group's scales")
@@ -158,11 +161,13 @@ def _levels(fbits: torch.Tensor) -> torch.Tensor:
     return ((2 ** fbits.clamp(0, 8)) - 1).clamp_min(1).float()
 
 
-def quantize(x: torch.Tensor, fbits: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(x: torch.Tensor, fbits: torch.Tensor, group: int, scale_bytes: int = 2) -> tuple[torch.Tensor,
+                                                                                             torch.Tensor]:
     """Codes and scales of the quantized features of ``x`` (..., d) at widths ``fbits`` (broadcast to x).
 
     Returns q (..., d) float codes (0 where a feature is not quantized) and meta (..., d / group, 2): low and
-    range per group in float16, rounded as stored (0 for a group without quantized features)."""
+    range per group in float16 (``scale_bytes`` 2) or float32 (4), rounded as stored (0 for a group without
+    quantized features)."""
     x = x.float()
     shape = torch.broadcast_shapes(x.shape, fbits.shape)
     fbits = fbits.to(x.device).expand(shape)
@@ -172,7 +177,7 @@ def quantize(x: torch.Tensor, fbits: torch.Tensor, group: int) -> tuple[torch.Te
     high = torch.where(mg, xg, -math.inf).amax(-1)
     has = mg.any(-1)
     low, high = torch.where(has, low, 0.0), torch.where(has, high, 0.0)
-    meta = torch.stack([low, high - low], -1).to(SCALE_DTYPE)
+    meta = torch.stack([low, high - low], -1).to(SCALE_DTYPES[scale_bytes])
     low_f = meta[..., 0].float().repeat_interleave(group, -1)
     rng_f = meta[..., 1].float().repeat_interleave(group, -1)
     levels = _levels(fbits)
@@ -188,10 +193,10 @@ def dequantize(q: torch.Tensor, meta: torch.Tensor, fbits: torch.Tensor, group: 
     return low + q * rng / _levels(fbits.to(q.device))
 
 
-def simulate(x: torch.Tensor, fbits: torch.Tensor, group: int, full_bits: int) -> torch.Tensor:
+def simulate(x: torch.Tensor, fbits: torch.Tensor, group: int, full_bits: int, scale_bytes: int = 2) -> torch.Tensor:
     """``x`` (..., d) as a ladder stores and reads it back: kept, cast to float16, quantized or zero, per feature."""
     xf = x.float()
-    q, meta = quantize(xf, fbits, group)
+    q, meta = quantize(xf, fbits, group, scale_bytes)
     out = dequantize(q, meta, fbits, group)
     fbits = fbits.to(x.device)
     out = torch.where(fbits == 16, xf.to(torch.float16).float(), out)
@@ -244,9 +249,9 @@ class LadderHook(RankedHook):
         fb = self._fbits[l][:, :, None, :]                                          # (G, 2, 1, d)
         kp = torch.einsum("bgsd,gde->bgse", key.float(), uk)
         vp = torch.einsum("bgsd,gde->bgse", value.float() - mu, uv)
-        full = self.ladder.full_bits
-        k = torch.einsum("bgse,gde->bgsd", simulate(kp, fb[:, 0], self.ladder.group, full), uk)
-        v = torch.einsum("bgse,gde->bgsd", simulate(vp, fb[:, 1], self.ladder.group, full), uv) + mu
+        args = (self.ladder.group, self.ladder.full_bits, self.ladder.scale_bytes)
+        k = torch.einsum("bgse,gde->bgsd", simulate(kp, fb[:, 0], *args), uk)
+        v = torch.einsum("bgse,gde->bgsd", simulate(vp, fb[:, 1], *args), uv) + mu
         return query, k.to(key.dtype), v.to(value.dtype)
 
 
@@ -302,7 +307,7 @@ class LadderLayer(CompressedLayer):
         float16 part, packed 8-, 4-, 2-bit codes, and (low, range) of the groups holding quantized features."""
         e = self._bounds(fb)
         group = self.ladder.group
-        q, meta = quantize(x, fb, group)
+        q, meta = quantize(x, fb, group, self.ladder.scale_bytes)
         out = [x[..., :e[1]].to(self.dtype), x[..., e[1]:e[2]].to(torch.float16)]
         out += [pack(q[..., e[i]:e[i + 1]], b) for i, b in zip((2, 3, 4), QUANT_WIDTHS)]
         out.append(meta[..., e[2] // group:-(-e[5] // group), :] if e[5] > e[2] else meta[..., :0, :])
@@ -425,7 +430,7 @@ class HeadErrors:
         return o.transpose(1, 2).flatten(2) @ w.T
 
     @torch.no_grad()
-    def error(self, entry: tuple, fbits: torch.Tensor, full_bits: int, group: int) -> float:
+    def error(self, entry: tuple, fbits: torch.Tensor, full_bits: int, group: int, scale_bytes: int = 2) -> float:
         l, g, c = entry
         _, key, value = self.qkv[l]
         k, v = key[:, g:g + 1], value[:, g:g + 1]
@@ -433,10 +438,10 @@ class HeadErrors:
             self.reference[(l, g)] = self._out(l, g, k, v)
         u = (self.proj.keys if c == 0 else self.proj.values)[l, g].float().to(k.device)
         if c == 0:
-            k = simulate(k @ u, fbits, group, full_bits) @ u.T
+            k = simulate(k @ u, fbits, group, full_bits, scale_bytes) @ u.T
         else:
             mu = self.proj.value_mean[l, g].float().to(v.device)
-            v = simulate((v - mu) @ u, fbits, group, full_bits) @ u.T + mu
+            v = simulate((v - mu) @ u, fbits, group, full_bits, scale_bytes) @ u.T + mu
         return float((self._out(l, g, k, v) - self.reference[(l, g)]).pow(2).sum()) / self.tokens
 
 
@@ -510,7 +515,7 @@ def search(model, projections, blocks: torch.Tensor, segment: int = 8, group: in
             for c in (0, 1):
                 trial = lad.bits.clone()
                 trial[l, :, c] = probe.bits[l, :, c]
-                err = sum(errors.error((l, g, c), probe.feature_bits()[l, g, c], full, group)
+                err = sum(errors.error((l, g, c), probe.feature_bits()[l, g, c], full, group, scale_bytes)
                           for g in range(geom.kv_heads))
                 raw[(l, c)] = (scorer.score(trial, l) - scorer.kl) / err if err > 0 else 0.0
         base_kl = scorer.kl
@@ -529,7 +534,7 @@ def search(model, projections, blocks: torch.Tensor, segment: int = 8, group: in
             trial = bits[e].clone()
             trial[s] = w
             new_bytes = float(entry_bytes(trial, segment, group, scale_bytes))
-            err = errors.error(e, trial.repeat_interleave(segment), full, group)
+            err = errors.error(e, trial.repeat_interleave(segment), full, group, scale_bytes)
             harm = sens[(e[0], e[2])] * (err - err_now[e])
             candidates[(*e, s)] = (harm / (float(now_bytes[e]) - new_bytes), w, err, new_bytes, harm)
 

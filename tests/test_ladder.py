@@ -181,7 +181,7 @@ def test_one_width_on_the_standard_basis_is_quantos_quantizer():
     for qtype, bits in ((quanto.qint4, 4), (quanto.qint2, 2)):
         scale, shift = quanto.MaxOptimizer()(x, qtype, 0, 64)
         theirs = quanto.quantize_weight(x, qtype, 0, scale, shift, group_size=64).dequantize()
-        mine = lad.simulate(x, torch.full((64,), bits), 64, 32)
+        mine = lad.simulate(x, torch.full((64,), bits), 64, 32, scale_bytes=4)
         assert (mine - x).pow(2).mean() == pytest.approx(float((theirs - x).pow(2).mean()), rel=0.01)
 
 
@@ -195,3 +195,17 @@ def test_shipped_trajectory_serves_the_compare_method():
     for setting in method.settings(model):
         report = method.bytes(model, setting, context=1024)
         assert report.detail["bits_per_element"] <= setting.get("bits") + 1e-9
+
+
+@torch.no_grad()
+def test_float32_scales_are_stored_and_counted(model, tokens):
+    """Bits only with quanto's float32 scales: one width on the standard basis, groups of a whole head."""
+    geom = KVGeometry.of(model)
+    layout = lad.Ladder.uniform(geom, 32, 4, None, geom.head_dim, geom.head_dim, scale_bytes=4)
+    assert layout.bits_per_element() == 4 + 2 * 32 / geom.head_dim
+    eye = lad.identity_projections(model)
+    with lad.attach(model, eye, layout):
+        expected = model(tokens).logits
+    cache = lad.LadderCache(model, eye, layout)
+    assert (model(tokens, **cache_kwargs(cache)).logits - expected).abs().max() <= TOL
+    assert cache.stored_bytes() == layout.token_bytes() * tokens.numel()
