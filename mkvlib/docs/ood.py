@@ -85,7 +85,18 @@ def whole_tokens(data: Data) -> str | None:
 
 @section("retrieval", "Passkey retrieval against budget", "results/retrieval.json")
 def retrieval(data: Data) -> str | None:
-    path, rec = data.result("retrieval.json")
+    return _retrieval_table(data, "retrieval.json")
+
+
+@section("retrieval-whole-tokens", "Passkey retrieval with tokens kept whole, at equal bytes",
+         "results/retrieval_whole_tokens.json")
+def retrieval_whole_tokens(data: Data) -> str | None:
+    return _retrieval_table(data, "retrieval_whole_tokens.json")
+
+
+def _retrieval_table(data: Data, name: str) -> str | None:
+    """Correct answers per method, length and budget (a budget counts bytes, whole tokens included)."""
+    path, rec = data.result(name)
     if rec is None:
         return None
     cell = {(r["method"], r["budget"], r["length"]): r for r in rec["rows"]}
