@@ -141,29 +141,19 @@ def lm_eval_sources(data: Data) -> str | None:
 @section("lm-eval-findings", "What the accuracy rows show: rank searches, longer training, the targets",
          *LM_EVAL_FILES)
 def lm_eval_findings(data: Data) -> str | None:
-    """Every set-up by recipe against the targets, and the noise."""
+    """The set-ups against the targets, and the noise."""
     from ..lmeval.report import kept_at
     from ..results_store import BASELINE
 
     if (cells := lm_eval_cells(data)[0]).empty:
         return None
-    kept = kept_at(cells, tuple(TARGETS))
-    setups = cells[cells.method != BASELINE].drop_duplicates("method")
-    recipe_of = {m: projections_recipe(data, f) for m, f in zip(setups.method, setups.fingerprint)}
-    base = cells[cells.method == BASELINE]
+    kept, base = kept_at(cells, tuple(TARGETS)), cells[cells.method == BASELINE]
     se = 100 * ((base.acc * (1 - base.acc) / base["items"]).sum() ** 0.5 / len(base)) / base.acc.mean()
-    lines = []
-    for budget, target in TARGETS.items():
-        col = kept[("kept", budget)].dropna()
-        by_recipe: dict[str, list] = {}
-        for m in sorted(col.index, key=lambda m: col[m]):
-            by_recipe.setdefault(recipe_of[m], []).append(f"{m.removeprefix(recipe_of[m] + ', ')} {num(col[m])}%")
-        met = [m for m in col.index if col[m] >= target]
-        lines.append(f"At {pct(budget, None)}, % of the uncompressed average accuracy kept, per recipe: "
-                     + "; ".join(f"{r}: {', '.join(v)}" for r, v in by_recipe.items())
-                     + f". The target of {num(target, 0)}% is met by {', '.join(met) or 'no set-up'}; the best keeps "
-                     f"{num(col.max())}% ({col.idxmax()}).")
-    shipped = [m for m, r in recipe_of.items() if r == "MatryoshkaKV trained"]
+    lines = [f"At {pct(budget, None)} the target of {num(target, 0)}% kept is met by "
+             f"{', '.join(col.index[col >= target]) or 'no set-up'}; the best keeps {num(col.max())}% ({col.idxmax()})."
+             for budget, target in TARGETS.items() for col in [kept[("kept", budget)].dropna()]]
+    shipped = sorted(m for m, f in set(zip(cells.method, cells.fingerprint)) if m != BASELINE
+                     and projections_recipe(data, f) == "MatryoshkaKV trained")
     lines += [f"Standard error of a share of the average accuracy: about {num(se)} points (binomial, over "
               f"{int(base['items'].max()):,} items per task), so differences of a point or two are within noise.",
               "Set-ups with the shipped MatryoshkaKV projections: " + (", ".join(shipped) or "none yet (notebook 06 "
@@ -238,43 +228,27 @@ def lora_bundles(data: Data) -> str | None:
 
 
 def _lora_findings(data: Data, k, kn, acc, committed) -> list[str]:
-    """What the ledger's runs show, computed from the shares kept at 50% (``k``: acc, ``kn``: acc_norm)."""
+    """What the ledger's runs show beyond the table: the noise, searched against uniform ranks, and the committed
+    bundle's searched ranks on general text (``k``, ``kn``: the shares kept at 50% in acc and acc_norm)."""
     from ..lora.runs import RUNS
 
     def se(label):          # binomial standard error of a share kept, in points
         p, n = acc.loc[label, "at 50%"], acc.loc[label, "items"]
         return 100 * (p * (1 - p) / n) ** 0.5 / acc.loc[label, "at 100%"]
-
-    def listed(*labels):
-        return ", ".join(f"{label} {num(k[label])}%" for label in labels)
     uniform = [r.label for r in RUNS if r.ranks == "uniform" and r.limit == "500"]
     searched = [r.label.removesuffix(" adaptive") for r in RUNS if r.ranks == "adaptive"]
-    out = [f"Standard error of a share kept: about {num(se(uniform[0]))} points at {acc.loc[uniform[0], 'items']} "
-           f"items, {num(se(committed + ' whole split'))} on the whole split." if committed else "",
-           f"The stage-1 model with general projections only: "
-           f"{listed(*[r.label for r in RUNS if r.init is None and r.ranks == 'uniform'])}.",
-           "Stage 2 from each of them (start, then steps): " + "; ".join(
-               f"{r.label} from {projections_recipe(data, r.init)}, {r.stage2_steps} steps: {num(k[r.label])}%"
-               for r in RUNS if r.init and r.ranks == "uniform" and r.limit == "500"
-               and r.label in ("(c)", "(c')", "(c'')", "(d)", "(l)", "(m)")) + ".",
-           f"Longer or other stage-2 settings from (d): {listed('(e)', '(f)', '(g)', '(h)', '(i)', '(j)', '(k)')}; the "
-           f"best with uniform ranks is {k[uniform].idxmax()} ({num(k[uniform].max())}%).",
-           "Searched over uniform ranks (points kept, `acc`): " + ", ".join(
-               f"{s} {num(k[s + ' adaptive'] - k[s])}" for s in searched) + "; in `acc_norm`: " + ", ".join(
-               f"{s} {num(kn[s + ' adaptive'] - kn[s])}" for s in searched) + "."]
     traj = data.trajectories.get("data/lora/arc_easy_stage2/trajectory.json") or {}
     at = {r["allocation"]: r["kl_to_base"] for r in (traj.get("evaluations") or {}).get("rows") or []
           if r["budget"] == 0.5}
-    if {"adaptive", "uniform"} <= set(at):
-        out.append(f"Ranks searched on the task's text are task-specific: on {readout_text(traj['evaluations'])} the "
-                   f"committed bundle's searched ranks give a KL to the model of {num(at['adaptive'], 3)} nats per "
-                   f"token at 50%, uniform ranks {num(at['uniform'], 3)}.")
-    if committed:
-        whole = committed + " whole split"
-        out.append(f"The committed bundle, {committed}, keeps {num(k[committed])}% on {acc.loc[committed, 'items']} "
-                   f"items and {num(k[whole])}% on the whole split ({acc.loc[whole, 'items']:,} items); `acc_norm` "
-                   f"{num(kn[committed])}% and {num(kn[whole])}%.")
-    return out
+    return [f"Standard error of a share kept: about {num(se(uniform[0]))} points at {acc.loc[uniform[0], 'items']} "
+            f"items, {num(se(committed + ' whole split'))} on the whole split." if committed else "",
+            f"The best with uniform ranks is {k[uniform].idxmax()} ({num(k[uniform].max())}%).",
+            "Searched over uniform ranks (points kept, `acc`): " + ", ".join(
+                f"{s} {num(k[s + ' adaptive'] - k[s])}" for s in searched) + "; in `acc_norm`: " + ", ".join(
+                f"{s} {num(kn[s + ' adaptive'] - kn[s])}" for s in searched) + ".",
+            f"Ranks searched on the task's text are task-specific: on {readout_text(traj['evaluations'])} the "
+            f"committed bundle's searched ranks give a KL to the model of {num(at['adaptive'], 3)} nats per token at "
+            f"50%, uniform ranks {num(at['uniform'], 3)}." if {"adaptive", "uniform"} <= set(at) else ""]
 
 
 @section("lora-runs", "LoRA two-stage runs: what each run was and what it keeps", "results/lora_*.csv",

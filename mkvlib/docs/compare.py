@@ -5,6 +5,8 @@ its command), and the per-item stores beside them (``compare*_items.csv``) they 
 """
 from __future__ import annotations
 
+import functools
+
 from .markdown import DASH, bullets, count, num, paragraphs, pct, table
 from .records import Data
 from .results import commands_line, prose, section, source_line
@@ -77,10 +79,7 @@ def compare(data: Data) -> str | None:
     return paragraphs(*parts) or None
 
 
-def _passkey_section(data: Data, name: str, key: str) -> str | None:
-    path, rec = data.result(name)
-    if rec is None:
-        return None
+def _passkey_section(data: Data, path, rec, key: str) -> str:
     order = {m: i for i, m in enumerate(rec["methods"])}
     rows = [[r["method"], r["setting"], pct(r["fraction"]), f"{r['length']:,}", count(r["correct"], r["n"]),
              pct(r["relative"], 0) if r.get("relative") is not None else DASH,
@@ -94,22 +93,14 @@ def _passkey_section(data: Data, name: str, key: str) -> str | None:
                             rows), commands_line([rec.get("command")]))
 
 
-@section("compare-passkey-lengths", "Passkey retrieval with MatryoshkaKV by context length: where it breaks",
-         "results/compare_passkey_lengths.json", "results/compare_passkey_lengths_items.csv")
-def compare_passkey_lengths(data: Data) -> str | None:
-    return _passkey_section(data, "compare_passkey_lengths.json", "compare-passkey-lengths")
-
-
-@section("compare-passkey-halves", "Which half breaks the passkey: keys or values alone",
-         "results/compare_kv_halves.json", "results/compare_kv_halves_items.csv")
-def compare_passkey_halves(data: Data) -> str | None:
-    return _passkey_section(data, "compare_kv_halves.json", "compare-passkey-halves")
-
-
-@section("compare-passkey-halves-shipped", "One half alone with the shipped projections (trained on recall blocks)",
-         "results/compare_passkey_halves_shipped.json", "results/compare_passkey_halves_shipped_items.csv")
-def compare_passkey_halves_shipped(data: Data) -> str | None:
-    return _passkey_section(data, "compare_passkey_halves_shipped.json", "compare-passkey-halves-shipped")
+for _name, _file, _title in (
+        ("compare-passkey-lengths", "compare_passkey_lengths",
+         "Passkey retrieval with MatryoshkaKV by context length: where it breaks"),
+        ("compare-passkey-halves", "compare_kv_halves", "Which half breaks the passkey: keys or values alone"),
+        ("compare-passkey-halves-shipped", "compare_passkey_halves_shipped",
+         "One half alone with the shipped projections (trained on recall blocks)")):
+    section(_name, _title, f"results/{_file}_items.csv", result=f"{_file}.json")(
+        functools.partial(_passkey_section, key=_name))
 
 
 @section("compare-feature-half", "Half the features: MatryoshkaKV against PCA, ThinK and SVD",

@@ -14,7 +14,6 @@ from .records import Data
 from .results import commands_line, prose, section, source_line
 
 
-
 def _triple(r: dict, kl_first: bool = False) -> str:
     """'ppl x / KL / top-1' of a suite row (KL first for the ceiling)."""
     ppl, kl, top1 = num(r["perplexity_ratio"], 2), num(r["kl_to_base"], 3), pct(r["top1_agreement"], 0)
@@ -26,11 +25,8 @@ def _domains(rec: dict) -> dict:
                 seq_len=rec["seq_len"])
 
 
-@section("ood-suite", "Out of domain: perplexity ratio and KL to the uncompressed model", "results/ood_suite.json")
-def ood_suite(data: Data) -> str | None:
-    path, rec = data.result("ood_suite.json")
-    if rec is None:
-        return None
+@section("ood-suite", "Out of domain: perplexity ratio and KL to the uncompressed model", result="ood_suite.json")
+def ood_suite(data: Data, path, rec) -> str:
     cell = {(r["method"], r["target_budget"], r["domain"]): r for r in rec["rows"]}
     rows = [[m] + [_triple(cell[(m, b, "mean")]) if (m, b, "mean") in cell else "-" for b in rec["budgets"]]
             + [num(cell[(m, 0.5, "in-domain")]["kl_to_base"], 3) if (m, 0.5, "in-domain") in cell else "-"]
@@ -40,11 +36,8 @@ def ood_suite(data: Data) -> str | None:
                             + ["in-domain KL at 50%"], rows), commands_line([rec.get("command")]))
 
 
-@section("ood-suite-domains", "Out of domain at 50%, per domain", "results/ood_suite.json")
-def ood_suite_domains(data: Data) -> str | None:
-    path, rec = data.result("ood_suite.json")
-    if rec is None:
-        return None
+@section("ood-suite-domains", "Out of domain at 50%, per domain", result="ood_suite.json")
+def ood_suite_domains(data: Data, path, rec) -> str:
     methods = [x["label"] for x in rec["methods"]]
     cell = {(r["method"], r["domain"]): r for r in rec["rows"] if r["target_budget"] == 0.5}
     rows = [[d, num(cell[(methods[0], d)]["base_perplexity"], 2)] +
@@ -66,11 +59,9 @@ def whole_token_rows(data: Data, domain: str = "mean") -> list[dict]:
     return sorted(rows, key=lambda r: (-r["target_budget"], r["allocation"], r.get("keep_recent", 0)))
 
 
-@section("whole-tokens", "Keeping the first and the latest tokens whole, at equal bytes",
-         "results/whole_tokens.json")
-def whole_tokens(data: Data) -> str | None:
-    path, rec = data.result("whole_tokens.json")
-    if rec is None or data.result("ood_suite.json")[1] is None:
+@section("whole-tokens", "Keeping the first and the latest tokens whole, at equal bytes", result="whole_tokens.json")
+def whole_tokens(data: Data, path, rec) -> str | None:
+    if data.result("ood_suite.json")[1] is None:
         return None
     inside = {(r["target_budget"], r["allocation"], r["whole"]): r for r in whole_token_rows(data, "in-domain")}
     rows = [[pct(r["target_budget"]), r["allocation"], r["whole"], pct(r["stored"], 1), pct(r["budget"], 1),
@@ -83,22 +74,8 @@ def whole_tokens(data: Data) -> str | None:
                       commands_line([rec.get("command")]))
 
 
-@section("retrieval", "Passkey retrieval against budget", "results/retrieval.json")
-def retrieval(data: Data) -> str | None:
-    return _retrieval_table(data, "retrieval.json")
-
-
-@section("retrieval-whole-tokens", "Passkey retrieval with tokens kept whole, at equal bytes",
-         "results/retrieval_whole_tokens.json")
-def retrieval_whole_tokens(data: Data) -> str | None:
-    return _retrieval_table(data, "retrieval_whole_tokens.json")
-
-
-def _retrieval_table(data: Data, name: str) -> str | None:
+def _retrieval_table(data: Data, path, rec) -> str:
     """Correct answers per method, length and budget (a budget counts bytes, whole tokens included)."""
-    path, rec = data.result(name)
-    if rec is None:
-        return None
     cell = {(r["method"], r["budget"], r["length"]): r for r in rec["rows"]}
     rows = []
     for m in [x["label"] for x in rec["methods"]]:
@@ -113,12 +90,14 @@ def _retrieval_table(data: Data, name: str) -> str | None:
                              "fails at (below 90% of uncompressed)"], rows), commands_line([rec.get("command")]))
 
 
+section("retrieval", "Passkey retrieval against budget", result="retrieval.json")(_retrieval_table)
+section("retrieval-whole-tokens", "Passkey retrieval with tokens kept whole, at equal bytes",
+        result="retrieval_whole_tokens.json")(_retrieval_table)
+
+
 @section("ood-routes", "Starting points and objectives: out-of-domain KL at 50% against CPU time",
-         "results/ood_routes.json")
-def ood_routes(data: Data) -> str | None:
-    path, rec = data.result("ood_routes.json")
-    if rec is None:
-        return None
+         result="ood_routes.json")
+def ood_routes(data: Data, path, rec) -> str:
     rows = [[r["route"], num(r["cpu_minutes"], 1), num(r["ood_kl_50"], 3), num(r["ood_ppl_50"], 2),
              num(r["in_domain_kl_50"], 3) if r.get("in_domain_kl_50") is not None else "-",
              code(r["command"]) if r.get("command") else "not recorded"] for r in rec["routes"]]
@@ -141,11 +120,8 @@ def _passkey_table(rec: dict) -> str:
 
 
 @section("positions", "Where the text sits in the window: KL and passkey late in a long context",
-         "results/positions.json")
-def positions(data: Data) -> str | None:
-    path, rec = data.result("positions.json")
-    if rec is None:
-        return None
+         result="positions.json")
+def positions(data: Data, path, rec) -> str:
     cell = {(r["method"], r["offset"]): r for r in rec["rows"]}
     rows = [[m["label"], m["positions"]] + [
         f"{num(cell[(m['label'], o)]['kl_to_base'], 3)} ({num(cell[(m['label'], o)]['perplexity_ratio'], 2)})"
@@ -165,11 +141,8 @@ def positions(data: Data) -> str | None:
 
 
 @section("passkey-rank-mix", "Passkey at 4,096 tokens between two points of the shipped trajectory",
-         "results/passkey_rank_mix.json")
-def passkey_rank_mix(data: Data) -> str | None:
-    path, rec = data.result("passkey_rank_mix.json")
-    if rec is None:
-        return None
+         result="passkey_rank_mix.json")
+def passkey_rank_mix(data: Data, path, rec) -> str:
     rows = []
     for r in rec["rows"]:
         opening, times = Counter(r["top"]).most_common(1)[0]      # ties: the first prompt's opening
@@ -184,11 +157,8 @@ def passkey_rank_mix(data: Data) -> str | None:
                       "`MKV_DATA_DIR` set).")
 
 
-@section("answers", "What compression does to answers: short factual prompts", "results/answers.json")
-def answers(data: Data) -> str | None:
-    path, rec = data.result("answers.json")
-    if rec is None:
-        return None
+@section("answers", "What compression does to answers: short factual prompts", result="answers.json")
+def answers(data: Data, path, rec) -> str:
     n, cell = len(rec["prompts"]), {}
     for r in rec["rows"]:
         cell.setdefault((r["budget"], r["allocation"]), []).append(r)
@@ -212,33 +182,26 @@ def _value(metric: str, value: float) -> str:
 
 
 def _ceiling_where(cell, kinds, budgets) -> str:
-    """Where the shipped projections sit with uniform ranks between shipped PCA and the best in-sample basis, and
-    what the oracles reach, in KL."""
+    """How much of the KL gap between shipped PCA and the best in-sample basis the shipped projections close with
+    uniform ranks; whether the per-sequence oracles and the in-sample bases with searched ranks do worse."""
     kl = {(m, b): r["kl_to_base"] for (m, a, b), r in cell.items() if a == "uniform"}
-    labels = list(dict.fromkeys(m for m, _ in kl))
-    shipped, in_sample, oracles = ([m for m in labels if kinds[m] == k] for k in ("shipped", "in-sample", "oracle"))
+    shipped, in_sample, oracles = ([m for m in dict.fromkeys(m for m, _ in kl) if kinds[m] == k]
+                                   for k in ("shipped", "in-sample", "oracle"))
     budgets = [b for b in budgets if all((m, b) in kl for m in shipped + in_sample)]
     if len(shipped) < 2 or not in_sample or not budgets:
         return ""
     start, ours = shipped[0], shipped[-1]
     best = {b: min(in_sample, key=lambda m: kl[(m, b)]) for b in budgets}
-    one = len(set(best.values())) == 1
     gaps = {b: kl[(start, b)] - kl[(best[b], b)] for b in budgets}
-    clauses = [f"{pct((kl[(start, b)] - kl[(ours, b)]) / gaps[b], 0) if gaps[b] > 0 else 'none'} at {pct(b)} "
-               f"({num(kl[(start, b)], 3)}, {num(kl[(ours, b)], 3)}, {num(kl[(best[b], b)], 3)}"
-               f"{'' if one else ': ' + best[b]})" for b in budgets]
-    text = (f"With uniform ranks {ours} closes, in KL, " + " and ".join(clauses) + f" of the gap between {start} and "
-            f"the best in-sample basis{f' ({best[budgets[0]]})' if one else ''}.")
-    if oracles:
-        beaten = [m for m in oracles if all(kl[(m, b)] > kl[(ours, b)] for b in budgets)]
-        who = "both are" if len(beaten) == 2 else " and ".join(beaten) + (" is" if len(beaten) == 1 else " are")
-        text += (f" The per-sequence oracles reach, in KL at {' / '.join(pct(b) for b in budgets)}: "
-                 + "; ".join(f"{m} {' / '.join(num(kl[(m, b)], 3) for b in budgets)}" for m in oracles)
-                 + (f"; {who} worse than {ours} at every budget: no fixed basis reconstructs a sequence's keys and "
-                    "values better, yet the best reconstruction is not the best output" if beaten else "") + ".")
-    searched = [m for m in in_sample if any((m, "adaptive", b) in cell for b in budgets) and all(
-        cell[(m, "adaptive", b)]["kl_to_base"] > kl[(m, b)] for b in budgets if (m, "adaptive", b) in cell)]
-    if searched == in_sample:
+    text = (f"With uniform ranks {ours} closes " + " and ".join(
+        f"{pct((kl[(start, b)] - kl[(ours, b)]) / gaps[b], 0) if gaps[b] > 0 else 'none'} at {pct(b)}" for b in budgets)
+        + f" of the KL gap between {start} and the best in-sample basis ({', '.join(dict.fromkeys(best.values()))}).")
+    if beaten := [m for m in oracles if all(kl[(m, b)] > kl[(ours, b)] for b in budgets)]:
+        text += (f" The oracle rows ({'; '.join(beaten)}) are worse than {ours} at every budget: "
+                 "no fixed basis reconstructs a sequence's keys and values better, yet the best reconstruction is not "
+                 "the best output.")
+    if all(cell[(m, "adaptive", b)]["kl_to_base"] > kl[(m, b)] for m in in_sample for b in budgets
+           if (m, "adaptive", b) in cell) and any((m, "adaptive", b) in cell for m in in_sample for b in budgets):
         text += (" Every in-sample basis does worse with the shipped search's ranks than with uniform ones: they "
                  "were fitted at the sampled ranks only, and the search spreads ranks over other values.")
     return text
@@ -281,11 +244,8 @@ def _ceiling_target(t: dict, cell: dict, kinds: dict, ours: list) -> str:
 
 
 @section("ceiling", "The ceiling of fixed projections: in-sample bases and the per-sequence oracle",
-         "results/ceiling.json")
-def ceiling(data: Data) -> str | None:
-    path, rec = data.result("ceiling.json")
-    if rec is None:
-        return None
+         result="ceiling.json")
+def ceiling(data: Data, path, rec) -> str:
     kinds = {m["label"]: m["kind"] for m in rec["methods"]}
     cell = {(r["method"], r["allocation"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
     rows = [[m["label"], "uniform" if a == "uniform" else "searched"]

@@ -100,8 +100,8 @@ class Data:
         return {p: t for p, t in found.items() if isinstance(t, dict) and t.get("format") == TRAJECTORY_FORMAT}
 
     @cached_property
-    def rank_digests(self) -> dict[str, tuple[str, float]]:
-        """{adaptive ranks digest: (trajectory path, budget)}: how a results row names its adaptive ranks."""
+    def rank_digests(self) -> dict[str, str]:
+        """{adaptive ranks digest: trajectory path}: how a results row names its adaptive ranks."""
         import torch
 
         from ..lmeval.sweep import ranks_digest
@@ -112,7 +112,7 @@ class Data:
             traj = Trajectory.load(self.root / path)
             for budget in BUDGETS:
                 try:
-                    out.setdefault(ranks_digest(torch.as_tensor(traj.ranks_at(budget)).long()), (path, budget))
+                    out.setdefault(ranks_digest(torch.as_tensor(traj.ranks_at(budget)).long()), path)
                 except ValueError:          # below this trajectory's floor
                     continue
         return out
@@ -126,7 +126,7 @@ class Data:
 
     def trajectory_of(self, digest: str) -> str | None:
         """The committed trajectory whose ranks a results row used (None: not committed, or uniform ranks)."""
-        return self.rank_digests.get(digest, (None, None))[0]
+        return self.rank_digests.get(digest)
 
     @cached_property
     def manifests(self) -> dict[str, dict]:

@@ -1,22 +1,18 @@
 """docs/results.md: every measured table, generated from the files under ``data/`` (never typed by hand).
 
 Each table is one function registered with :func:`section` (in :mod:`.ood`, :mod:`.accuracy`, :mod:`.runs` and
-:mod:`.compare`); the document shows the sections in the order they are registered, each inside
-``<!-- generated: NAME -->`` markers, so README.md and other documents can embed a table by its NAME. A new
-results source is one function::
+:mod:`.compare`), shown in the order registered, each inside ``<!-- generated: NAME -->`` markers so that README.md
+and other documents can embed it by NAME. A new results source is one function::
 
-    @section("ood-suite", "Out-of-domain perplexity and KL", "results/ood_suite.*")
-    def ood_suite(data: Data) -> str | None:
-        path, rec = data.result("ood_suite.json")
-        if rec is None:
-            return None                       # left out until the file exists
+    @section("ood-suite", "Out-of-domain perplexity and KL", result="ood_suite.json")
+    def ood_suite(data: Data, path, rec) -> str:      # left out until data/results/ood_suite.json exists
         return paragraphs(source_line(data, path), table(headers, rows), commands_line([rec.get("command")]))
 
-The patterns (relative to ``data/``; '!pattern' excludes) say which files a section reads: a results file no section
+Further glob patterns (relative to ``data/``) after the title name other files it reads: a results file no section
 reads is listed under "Other result files". Say where a table comes from (:func:`source_line`) and which command
-made it (:func:`commands_line`, which says so when none is recorded); fixed explanations live in prose.md
-(:func:`prose`); format numbers with :mod:`.markdown` and sort rows explicitly, so that the same data gives the same
-bytes. Then ``python -m mkvlib.docs --write``.
+made it (:func:`commands_line`); fixed explanations live in prose.md (:func:`prose`); format numbers with
+:mod:`.markdown` and sort rows explicitly, so that the same data gives the same bytes. Then
+``python -m mkvlib.docs --write``.
 """
 from __future__ import annotations
 
@@ -39,21 +35,24 @@ class Section:
     render: Callable[[Data], str | None]  # the Markdown body, or None when its files are absent
 
     def reads(self, relpath: str) -> bool:
-        """Whether this section reads ``relpath`` (relative to data/): a pattern matches and no '!pattern'."""
-        hit = [fnmatch.fnmatch(relpath, p.lstrip("!")) for p in self.sources]
-        return any(h for h, p in zip(hit, self.sources) if not p.startswith("!")) and not any(
-            h for h, p in zip(hit, self.sources) if p.startswith("!"))
+        """Whether this section reads ``relpath`` (relative to data/)."""
+        return any(fnmatch.fnmatch(relpath, p) for p in self.sources)
 
 
 SECTIONS: list[Section] = []
 
 
-def section(name: str, title: str, *sources: str):
-    """Register ``fn(data) -> str | None`` as one table of docs/results.md."""
+def section(name: str, title: str, *sources: str, result: str | None = None):
+    """Register ``fn(data) -> str | None`` as one table of docs/results.md; with ``result`` (a JSON file in
+    data/results/, a source too) ``fn(data, path, record)``, left out while that file is absent."""
     def register(fn):
         if any(s.name == name for s in SECTIONS):
             raise ValueError(f"a results section named {name!r} is already registered")
-        SECTIONS.append(Section(name, title, sources, fn))
+
+        def render(data: Data) -> str | None:
+            path, rec = data.result(result)
+            return None if rec is None else fn(data, path, rec)
+        SECTIONS.append(Section(name, title, (f"results/{result}",) * bool(result) + sources, render if result else fn))
         return fn
     return register
 
