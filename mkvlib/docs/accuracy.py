@@ -64,13 +64,21 @@ def lm_eval_cells(data: Data) -> tuple[pd.DataFrame, list[str]]:
     return cells[same].reset_index(drop=True), sorted(set(cells[~same].source))
 
 
-@section("lm-eval-table1", "Zero-shot accuracy against KV budget", *LM_EVAL_FILES)
-def lm_eval_table1(data: Data) -> str | None:
+def lm_eval_section(name: str, title: str):
+    """Register ``fn(data, cells, left_out)`` (:func:`lm_eval_cells`), left out while there are no cells."""
+    def register(fn):
+        def render(data: Data) -> str | None:
+            cells, left_out = lm_eval_cells(data)
+            return None if cells.empty else fn(data, cells, left_out)
+        section(name, title, *LM_EVAL_FILES)(render)
+        return fn
+    return register
+
+
+@lm_eval_section("lm-eval-table1", "Zero-shot accuracy against KV budget")
+def lm_eval_table1(data: Data, cells, left_out) -> str:
     from ..lmeval.report import table1
 
-    cells, left_out = lm_eval_cells(data)
-    if cells.empty:
-        return None
     wide = table1(cells)
     items = cells.groupby("task")["items"].max()
     intro = prose("lm-eval-table1", items=", ".join(f"{t} {int(n)}" for t, n in items.items())) + (
@@ -79,12 +87,10 @@ def lm_eval_table1(data: Data) -> str | None:
     return paragraphs(intro, table(["budget", "set-up", *map(str, wide.columns)], rows, "ll" + "r" * len(wide.columns)))
 
 
-@section("lm-eval-kept", "Share of the uncompressed accuracy kept", *LM_EVAL_FILES)
-def lm_eval_kept(data: Data) -> str | None:
+@lm_eval_section("lm-eval-kept", "Share of the uncompressed accuracy kept")
+def lm_eval_kept(data: Data, cells, _) -> str:
     from ..lmeval.report import kept_at
 
-    if (cells := lm_eval_cells(data)[0]).empty:
-        return None
     budgets = sorted({b for b in cells.budget if b < 1}, reverse=True)
     acc, norm = kept_at(cells, budgets, "acc"), kept_at(cells, budgets, "acc_norm")
     rows = [[pct(b, None), m] + [num(t.loc[m, (col, b)]) for t in (acc, norm) for col in ("kept", "kept_above_chance")]
@@ -109,12 +115,10 @@ def _sweep_commands(data: Data, source: str, method: str, budget: float) -> list
     return found
 
 
-@section("lm-eval-sources", "Where the accuracy rows come from", *LM_EVAL_FILES)
-def lm_eval_sources(data: Data) -> str | None:
+@lm_eval_section("lm-eval-sources", "Where the accuracy rows come from")
+def lm_eval_sources(data: Data, cells, _) -> str:
     from ..lmeval.recipes import EARLIER_DETAILS
 
-    if (cells := lm_eval_cells(data)[0]).empty:
-        return None
     lines = []
     for source, part in cells.groupby("source", sort=True):
         record = data.record_of(source) or {}
@@ -138,15 +142,12 @@ def lm_eval_sources(data: Data) -> str | None:
                       table(["set-up", "fingerprint", "projections", "trajectory"], files, "llll"), "\n".join(lines))
 
 
-@section("lm-eval-findings", "What the accuracy rows show: rank searches, longer training, the targets",
-         *LM_EVAL_FILES)
-def lm_eval_findings(data: Data) -> str | None:
+@lm_eval_section("lm-eval-findings", "What the accuracy rows show: rank searches, longer training, the targets")
+def lm_eval_findings(data: Data, cells, _) -> str:
     """The set-ups against the targets, and the noise."""
     from ..lmeval.report import kept_at
     from ..results_store import BASELINE
 
-    if (cells := lm_eval_cells(data)[0]).empty:
-        return None
     kept, base = kept_at(cells, tuple(TARGETS)), cells[cells.method == BASELINE]
     se = 100 * ((base.acc * (1 - base.acc) / base["items"]).sum() ** 0.5 / len(base)) / base.acc.mean()
     lines = [f"At {pct(budget, None)} the target of {num(target, 0)}% kept is met by "
@@ -162,18 +163,6 @@ def lm_eval_findings(data: Data) -> str | None:
 
 
 # --- LoRA fine-tuning with compressed KV (notebook 06) --------------------------------------------------
-
-def _kept_cells(data: Data, rows: list, r: dict) -> list[str]:
-    """The share of the same adapter's uncompressed accuracy on the same items, in acc and acc_norm."""
-    from ..lora.accuracy import baseline
-
-    out = []
-    for metric in ("acc", "acc_norm"):
-        try:
-            out.append(pct(r[metric] / baseline(rows, r["projections"], metric)))
-        except (KeyError, TypeError, ZeroDivisionError):
-            out.append(DASH)
-    return out
 
 
 @section("lora-arc-easy", "ARC-Easy accuracy of the LoRA fine-tuned model against budget", "results/lora_*.csv",
@@ -191,10 +180,12 @@ def lora_arc_easy(data: Data) -> str | None:
         groups.setdefault((r["adapter"], r["limit"]), []).append(r)
     out = []
     for (adapter, _), part in groups.items():
+        base = next((x for x in part if x["projections"] == UNCOMPRESSED), None)   # the same adapter and items
         for r in sorted(part, key=lambda r: (-r["budget"], r["projections"] != UNCOMPRESSED)):
             ranks = r["ranks"] if not r["ranks"].startswith("adaptive") else \
                 f"adaptive ({data.trajectory_of(r['ranks']) or 'trajectory not committed'})"
-            kept = _kept_cells(data, part, r)
+            kept = [pct(r[m] / base[m]) if base and r[m] is not None and base[m] else DASH
+                    for m in ("acc", "acc_norm")]
             out.append([adapter, data.bundle_with_adapter(adapter) or "not committed", r["items"], r["projections"],
                         DASH if r["projections"] == UNCOMPRESSED else data.short(data.projections_file(r["fingerprint"])),
                         ranks, pct(r["budget"], None), num(100 * r["acc"]), kept[0],

@@ -139,11 +139,9 @@ def bench_memory(data: Data) -> str | None:
     return _each(data, "bench_memory.json", render)
 
 
-@section("bench-capacity", "What fits in a fixed memory limit", "results/bench_memory*.json")
-def bench_capacity(data: Data) -> str | None:
-    path, obj = data.result("bench_memory.json")
-    if obj is None:
-        return None
+@section("bench-capacity", "What fits in a fixed memory limit", "results/bench_memory*.json",
+         result="bench_memory.json")
+def bench_capacity(data: Data, path, obj) -> str:
     capacity = dict(obj.get("capacity") or {})
     capacity.update({k.removeprefix("capacity_"): v for k, v in obj.items() if k.startswith("capacity_")})
     kinds = [k for k in next(iter(capacity.values())) if k != "ratio"]
