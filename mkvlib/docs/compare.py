@@ -86,11 +86,10 @@ def _passkey_section(data: Data, path, rec, key: str) -> str:
              ", ".join(num(d, 2) for d in r["failed_depths"]) or "none"]
             for r in sorted((r for r in rec["rows"] if r["task"] == "passkey" and r.get("n")),
                             key=lambda r: (order.get(r["method"], len(order)), -r["fraction"], r["length"]))]
-    return paragraphs(source_line(data, path),
-                      prose("compare-passkey", model=rec["model"], n=rec["n"], seed=rec["seed"],
+    return paragraphs(prose("compare-passkey", model=rec["model"], n=rec["n"], seed=rec["seed"],
                             projections=_projections_used(data, rec), what=prose(key)),
                       table(["method", "setting", "bytes stored", "tokens", "correct", "relative", "failed depths"],
-                            rows), commands_line([rec.get("command")]))
+                            rows))
 
 
 for _name, _file, _title in (

@@ -11,7 +11,7 @@ from collections import Counter
 
 from .markdown import bullets, code, count, num, paragraphs, pct, table
 from .records import Data
-from .results import commands_line, prose, section, source_line
+from .results import prose, section, source_line
 
 
 def _triple(r: dict, kl_first: bool = False) -> str:
@@ -31,9 +31,8 @@ def ood_suite(data: Data, path, rec) -> str:
     rows = [[m] + [_triple(cell[(m, b, "mean")]) if (m, b, "mean") in cell else "-" for b in rec["budgets"]]
             + [num(cell[(m, 0.5, "in-domain")]["kl_to_base"], 3) if (m, 0.5, "in-domain") in cell else "-"]
             for m in [x["label"] for x in rec["methods"]]]
-    return paragraphs(source_line(data, path), prose("ood-suite", **_domains(rec)),
-                      table(["method"] + [f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]]
-                            + ["in-domain KL at 50%"], rows), commands_line([rec.get("command")]))
+    return paragraphs(prose("ood-suite", **_domains(rec)), table(
+        ["method"] + [f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]] + ["in-domain KL at 50%"], rows))
 
 
 @section("ood-suite-domains", "Out of domain at 50%, per domain", result="ood_suite.json")
@@ -43,8 +42,7 @@ def ood_suite_domains(data: Data, path, rec) -> str:
     rows = [[d, num(cell[(methods[0], d)]["base_perplexity"], 2)] +
             [f"{num(cell[(m, d)]['perplexity_ratio'], 2)} / {num(cell[(m, d)]['kl_to_base'], 3)}" for m in methods]
             for d in rec["domains"] + ["in-domain"] if (methods[0], d) in cell]
-    return paragraphs(source_line(data, path, note="Perplexity ratio / KL at a 50% budget."),
-                      table(["domain", "uncompressed ppl", *methods], rows))
+    return paragraphs("Perplexity ratio / KL at a 50% budget.", table(["domain", "uncompressed ppl", *methods], rows))
 
 
 def whole_token_rows(data: Data, domain: str = "mean") -> list[dict]:
@@ -68,10 +66,9 @@ def whole_tokens(data: Data, path, rec) -> str | None:
              _triple(r), num(inside[(r["target_budget"], r["allocation"], r["whole"])]["kl_to_base"], 3)
              if (r["target_budget"], r["allocation"], r["whole"]) in inside else "-"]
             for r in whole_token_rows(data)]
-    return paragraphs(source_line(data, path), prose("whole-tokens", **_domains(rec)),
+    return paragraphs(prose("whole-tokens", **_domains(rec)),
                       table(["bytes asked", "ranks", "whole tokens (first + recent)", "bytes stored",
-                             "features per token", "ppl x / KL / top-1", "in-domain KL"], rows),
-                      commands_line([rec.get("command")]))
+                             "features per token", "ppl x / KL / top-1", "in-domain KL"], rows))
 
 
 def _retrieval_table(data: Data, path, rec) -> str:
@@ -85,9 +82,9 @@ def _retrieval_table(data: Data, path, rec) -> str:
                                          else "-" for b in rec["budgets"]]
                         + [pct(fails) if fails is not None else "holds at every budget measured"])
     base = " ".join(f"{int(k):,} tokens: {pct(v, 0)}." for k, v in sorted(rec["base"].items(), key=lambda x: int(x[0])))
-    return paragraphs(source_line(data, path), prose("retrieval", n=rec["n"], seed=rec["seed"], base=base),
+    return paragraphs(prose("retrieval", n=rec["n"], seed=rec["seed"], base=base),
                       table(["method", "length", *[pct(b) for b in rec["budgets"]],
-                             "fails at (below 90% of uncompressed)"], rows), commands_line([rec.get("command")]))
+                             "fails at (below 90% of uncompressed)"], rows))
 
 
 section("retrieval", "Passkey retrieval against budget", result="retrieval.json")(_retrieval_table)
@@ -96,8 +93,11 @@ section("retrieval-whole-tokens", "Passkey retrieval with tokens kept whole, at 
 
 
 @section("ood-routes", "Starting points and objectives: out-of-domain KL at 50% against CPU time",
-         result="ood_routes.json")
-def ood_routes(data: Data, path, rec) -> str:
+         "results/ood_routes.json")
+def ood_routes(data: Data) -> str | None:      # not framed by result=: each route records its own command
+    path, rec = data.result("ood_routes.json")
+    if rec is None:
+        return None
     rows = [[r["route"], num(r["cpu_minutes"], 1), num(r["ood_kl_50"], 3), num(r["ood_ppl_50"], 2),
              num(r["in_domain_kl_50"], 3) if r.get("in_domain_kl_50") is not None else "-",
              code(r["command"]) if r.get("command") else "not recorded"] for r in rec["routes"]]
@@ -131,13 +131,11 @@ def positions(data: Data, path, rec) -> str:
              "from position 0 and later: " + "; ".join(
                  f"from {int(o):,}: {v['correct']}/{v['n']} (uncompressed {v['base_correct']}/{v['n']})"
                  for o, v in sorted(shift["by_offset"].items(), key=lambda kv: int(kv[0]))) + ".") if shift else ""
-    return paragraphs(source_line(data, path),
-                      prose("positions", domains=rec["domains"], tokens=rec["tokens_per_domain"],
+    return paragraphs(prose("positions", domains=rec["domains"], tokens=rec["tokens_per_domain"],
                             seq_len=rec["seq_len"], budget=pct(rec["budget"], 0)),
                       table(["method (uniform ranks)", "fitted on positions"]
                             + [f"from {o:,}: KL (ppl x)" for o in rec["offsets"]], rows),
-                      _passkey_table(rec) if rec.get("passkey") else "", moved,
-                      commands_line(rec.get("commands", [])))
+                      _passkey_table(rec) if rec.get("passkey") else "", moved)
 
 
 @section("passkey-rank-mix", "Passkey at 4,096 tokens between two points of the shipped trajectory",
@@ -148,13 +146,10 @@ def passkey_rank_mix(data: Data, path, rec) -> str:
         opening, times = Counter(r["top"]).most_common(1)[0]      # ties: the first prompt's opening
         rows.append([r["setting"], pct(r["budget"]), count(r["correct"], r["n"]), num(r["mean_key_logp"], 2),
                      num(r["mean_first_margin"], 2), f"{opening!r} ({times}/{len(r['top'])})"])
-    return paragraphs(source_line(data, path),
-                      prose("passkey-rank-mix", what=rec["what"], projections=code(rec["projections"]),
+    return paragraphs(prose("passkey-rank-mix", what=rec["what"], projections=code(rec["projections"]),
                             trajectory=code(rec["trajectory"])),
                       table(["setting", "budget", "exact match", "key log p", "first margin", "opening token (prompts)"],
-                            rows),
-                      commands_line([rec.get("command")]) + " (the script is the file's `script` field; "
-                      "`MKV_DATA_DIR` set).")
+                            rows), "The command below runs the file's `script` field, with `MKV_DATA_DIR` set.")
 
 
 @section("answers", "What compression does to answers: short factual prompts", result="answers.json")
@@ -165,11 +160,9 @@ def answers(data: Data, path, rec) -> str:
     rows = [[pct(b)] + [f"{sum(r['survives'] for r in cell[(b, a)])} of {n} / "
                         f"{pct(sum(r['token_agreement'] for r in cell[(b, a)]) / n, 0)}" for a in rec["allocations"]]
             for b in sorted(rec["budgets"], reverse=True)]
-    return paragraphs(source_line(data, path),
-                      prose("answers", new_tokens=rec["new_tokens"], n=n,
+    return paragraphs(prose("answers", new_tokens=rec["new_tokens"], n=n,
                             prompts="; ".join(f"\"{p}\"" for p in rec["prompts"])),
-                      table(["budget"] + [f"{a}: answers kept / token agreement" for a in rec["allocations"]], rows),
-                      commands_line([rec.get("command")]))
+                      table(["budget"] + [f"{a}: answers kept / token agreement" for a in rec["allocations"]], rows))
 
 
 # --- the ceiling of fixed projections -------------------------------------------------------------------
@@ -259,7 +252,6 @@ def ceiling(data: Data, path, rec) -> str:
     cpu, hw = rec.get("cpu_time_s") or {}, rec.get("hardware") or {}
     load = (hw.get("load_average_start") or [None])[0]
     return paragraphs(
-        source_line(data, path),
         prose("ceiling", what=rec["what"], s="s" if len(rec["domains"]) > 1 else "", searched=searched,
               schedule=", ".join(map(str, rec["schedule"])) or "d/8, ..., d", **_domains(rec)),
         table(["method", "ranks"] + [f"{pct(b)}: KL / ppl x / top-1" for b in rec["budgets"]]
@@ -269,5 +261,4 @@ def ceiling(data: Data, path, rec) -> str:
         if rec.get("targets") else "",
         f"CPU time: {num(cpu.get('total', 0) / 60, 1)} minutes in all, {num(rec.get('wall_time_s', 0) / 60, 1)} minutes "
         f"wall ({hw.get('device')}, {hw.get('torch_threads')} torch thread(s), {hw.get('cpu_count')} cores"
-        + (f", load average {num(load, 1)} when it started" if load is not None else "") + ").",
-        commands_line([rec.get("command")]))
+        + (f", load average {num(load, 1)} when it started" if load is not None else "") + ").")

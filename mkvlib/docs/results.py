@@ -6,7 +6,7 @@ and other documents can embed it by NAME. A new results source is one function::
 
     @section("ood-suite", "Out-of-domain perplexity and KL", result="ood_suite.json")
     def ood_suite(data: Data, path, rec) -> str:      # left out until data/results/ood_suite.json exists
-        return paragraphs(source_line(data, path), table(headers, rows), commands_line([rec.get("command")]))
+        return paragraphs(prose("ood-suite"), table(headers, rows))    # framed by its source and its command
 
 Further glob patterns (relative to ``data/``) after the title name other files it reads: a results file no section
 reads is listed under "Other result files". Say where a table comes from (:func:`source_line`) and which command
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .markdown import code
+from .markdown import code, paragraphs
 from .records import Data
 
 
@@ -43,15 +43,18 @@ SECTIONS: list[Section] = []
 
 
 def section(name: str, title: str, *sources: str, result: str | None = None):
-    """Register ``fn(data) -> str | None`` as one table of docs/results.md; with ``result`` (a JSON file in
-    data/results/, a source too) ``fn(data, path, record)``, left out while that file is absent."""
+    """Register ``fn(data) -> str | None`` as one table of docs/results.md. With ``result`` (a JSON file in
+    data/results/, a source too) ``fn(data, path, record)`` gives the body between that file's source line and the
+    commands it records; the section is left out while the file is absent (or the body is None)."""
     def register(fn):
         if any(s.name == name for s in SECTIONS):
             raise ValueError(f"a results section named {name!r} is already registered")
 
         def render(data: Data) -> str | None:
             path, rec = data.result(result)
-            return None if rec is None else fn(data, path, rec)
+            body = None if rec is None else fn(data, path, rec)
+            return body and paragraphs(source_line(data, path), body,
+                                       commands_line([rec.get("command"), *rec.get("commands", [])]))
         SECTIONS.append(Section(name, title, (f"results/{result}",) * bool(result) + sources, render if result else fn))
         return fn
     return register

@@ -151,8 +151,7 @@ def bench_capacity(data: Data, path, obj) -> str:
                       table(["cache", "fixed", "per sequence", "bytes per token"],
                             [[k, mib(m["fixed_bytes"]), mib(m["per_sequence_bytes"]), f"{m['bytes_per_token']:,.0f}"]
                              for k, m in obj["memory_models"].items()]),
-                      table(["case", "limit", "context"] + [f"max batch, {k}" for k in kinds] + ["ratio"], rows),
-                      source_line(data, path))
+                      table(["case", "limit", "context"] + [f"max batch, {k}" for k in kinds] + ["ratio"], rows))
 
 
 @section("bench-profile", "Where a decode step spends its time", "results/bench_profile*.json")
