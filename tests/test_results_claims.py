@@ -119,3 +119,11 @@ def test_whole_tokens_at_equal_bytes_beat_none_out_of_domain_and_in_domain(budge
     narrower = min((r for r in whole["rows"] if r["domain"] == "mean" and r["allocation"] == allocation
                     and r["target_budget"] == budget), key=lambda r: r["keep_recent"])
     assert wider["kl_to_base"] < narrower["kl_to_base"] and wider["top1_agreement"] > narrower["top1_agreement"]
+
+
+def test_whole_tokens_keep_the_passkey_with_searched_ranks_at_half_the_bytes():
+    rec = load("retrieval_whole_tokens.json")
+    assert all(m["keep_first"] == 4 and m["keep_recent"] == 32 for m in rec["methods"])
+    cell = {(r["allocation"], r["budget"], r["length"]): r["correct"] for r in rec["rows"]}
+    assert cell["adaptive", 0.5, 1024] == cell["adaptive", 0.5, 4096] == rec["n"]
+    assert cell["uniform", 0.5, 1024] < rec["n"] and cell["uniform", 0.5, 4096] < rec["n"]

@@ -120,3 +120,21 @@ def compare_feature_half(data: Data) -> str | None:
     return paragraphs(source_line(data, main_path, think_path), prose("compare-feature-half"),
                       table(["method", "setting", "bytes stored", "tokens", *_task_headers(tasks)], rows),
                       commands_line([main.get("command"), think.get("command")])) if picked else None
+
+
+@section("precision-ladder", "A precision ladder on the Matryoshka bases: quality per stored bit",
+         "results/ladder_trajectory.json", result="ladder_frontier.json")
+def precision_ladder(data: Data, path, rec: dict) -> str:
+    suite = rec["suite"]
+    rows = [[r["family"], r["label"], num(r["measured_bits_per_element"], 2), num(r["kl_ood"], 3),
+             num(r["kl_in_domain"], 3), pct(r["top1_ood"], 0)] for r in rec["rows"]]
+    passkey = [[f"{p['length']:,}", "uncompressed" if p["bits"] is None else num(p["measured_bits_per_element"], 2),
+                count(p["correct"], p["n"])] for p in rec["passkey"]]
+    bench = [f"{c['label']}: {num(c['bits_per_element'], 2)} bits per element, KL {num(c['kl'], 3)}"
+             for c in rec["compare_ppl"]]
+    return paragraphs(prose("precision-ladder", n=len(suite["domains"]), tokens=suite["tokens_per_domain"],
+                            seq_len=suite["seq_len"], **rec["layout"]),
+                      table(["family", "setting", "bits per element (measured)", "held-out KL", "in-domain KL",
+                             "held-out top-1"], rows),
+                      table(["passkey length", "bits per element", "correct"], passkey),
+                      prose("precision-ladder-bench", n=rec["compare_ppl"][0]["n"]), bullets(bench))
