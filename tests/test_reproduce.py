@@ -22,6 +22,11 @@ def quanto_installed() -> bool:
         return False
 
 
+# commands whose fast form still reads the data folder: lm-eval's task files, sft's ARC-Easy split, the ladder's
+# calibration text (the training mixture)
+READS_DATA = ("lm-eval", "sft", "ladder_run")
+
+
 def fast_runs() -> list:
     """One file per distinct fast run: a summary checks its items file too, and files whose commands differ only in
     their output share a run."""
@@ -35,8 +40,8 @@ def fast_runs() -> list:
         if same not in seen:
             seen.add(same)
             marks = [pytest.mark.slow]
-            if R.command_name(words) == "lm-eval":
-                marks.append(pytest.mark.needs_data)    # its task files come from the data folder (or the Hub)
+            if R.command_name(words) in READS_DATA:
+                marks.append(pytest.mark.needs_data)
             if R.command_name(words) == "bench" and not quanto_installed():
                 marks.append(pytest.mark.skip(reason="the record holds the quantized baseline: pip install -e .[quant]"))
             chosen.append(pytest.param(path.name, marks=marks, id=path.name))
