@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from .runtime import pick
+
 FRONTIER_BITS = (4.0, 2.0, 1.0)
 PASSKEY_BITS = (4.0, 2.0)
 
@@ -278,19 +280,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mkvlib.ladder_run", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
     s = sub.add_parser("search", help="Algorithm 1 over bytes: the ladder trajectory")
-    s.add_argument("--tokens", type=int, default=2048)
-    s.add_argument("--seq-len", type=int, default=512)
-    s.add_argument("--recall-span", type=int, default=128)
+    s.add_argument("--tokens", type=int, default=pick(256, 2048))          # fast mode (MKV_FAST=1): CI-sized
+    s.add_argument("--seq-len", type=int, default=pick(128, 512))
+    s.add_argument("--recall-span", type=int, default=pick(32, 128))
     s.add_argument("--segment", type=int, default=8)
     s.add_argument("--group", type=int, default=32)
     f = sub.add_parser("frontier", help="quality per byte on the held-out suite, and passkey for the ladder")
     f.add_argument("--trajectory", required=True)
-    f.add_argument("--tokens", type=int, default=1024, help="suite tokens per domain")
-    f.add_argument("--seq-len", type=int, default=512)
-    f.add_argument("--in-domain", type=int, default=1024, help="tokens of unseen training-mixture text")
-    f.add_argument("--passkey-lengths", type=lambda t: [int(x) for x in t.split(",")], default=[1024, 4096])
-    f.add_argument("--passkey-n", type=int, default=8)
-    f.add_argument("--compare-n", type=int, default=4, help="ppl items of the comparison bench's task")
+    f.add_argument("--tokens", type=int, default=pick(128, 1024), help="suite tokens per domain")
+    f.add_argument("--seq-len", type=int, default=pick(128, 512))
+    f.add_argument("--in-domain", type=int, default=pick(128, 1024), help="tokens of unseen training-mixture text")
+    f.add_argument("--passkey-lengths", type=lambda t: [int(x) for x in t.split(",")],
+                   default=pick([256], [1024, 4096]))
+    f.add_argument("--passkey-n", type=int, default=pick(1, 8))
+    f.add_argument("--compare-n", type=int, default=pick(1, 4), help="ppl items of the comparison bench's task")
     for q in (s, f):
         q.add_argument("--projections", default="trained")
         q.add_argument("--batch-size", type=int, default=2)
