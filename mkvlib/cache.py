@@ -276,21 +276,25 @@ class WholeTokens:
     def start(self, like: torch.Tensor) -> None:
         empty = like.new_empty(like.shape[0], like.shape[1], 0, like.shape[3])
         self.first_keys = self.first_values = self.recent_keys = self.recent_values = empty
-        self.chunk = None
+        self.readable = None
 
     def add(self, keys: torch.Tensor, values: torch.Tensor, position: int) -> None:
-        """The T new tokens (B, G, T, d) at ``position``: readable whole by this step's queries; keep what the next
-        steps may read whole (the first tokens, the latest ``recent``)."""
-        held = self.recent_keys.shape[2]
-        self.chunk = (torch.cat([self.recent_keys, keys], 2), torch.cat([self.recent_values, values], 2),
-                      position - held)
+        """The T new tokens (B, G, T, d) at ``position``. Sets ``readable``: what this step's queries may read whole
+        (keys, values and their positions: the first tokens before the window, then the window and the new
+        tokens), once for every head group; keeps what the next steps may read whole."""
+        start = position - self.recent_keys.shape[2]                     # position of the window's oldest token
+        window_k, window_v = torch.cat([self.recent_keys, keys], 2), torch.cat([self.recent_values, values], 2)
+        sinks = max(0, min(self.first, start))                           # first tokens no longer in the window
+        positions = torch.cat([torch.arange(sinks), torch.arange(start, start + window_k.shape[2])]).to(keys.device)
+        self.readable = (torch.cat([self.first_keys[:, :, :sinks], window_k], 2),
+                         torch.cat([self.first_values[:, :, :sinks], window_v], 2), positions)
         room = max(0, self.first - position)
         if room:
             self.first_keys = torch.cat([self.first_keys, keys[:, :, :room]], 2)
             self.first_values = torch.cat([self.first_values, values[:, :, :room]], 2)
-        keep = min(self.recent, self.chunk[0].shape[2])
-        self.recent_keys = self.chunk[0][:, :, self.chunk[0].shape[2] - keep:].contiguous()
-        self.recent_values = self.chunk[1][:, :, self.chunk[1].shape[2] - keep:].contiguous()
+        keep = min(self.recent, window_k.shape[2])
+        self.recent_keys = window_k[:, :, window_k.shape[2] - keep:].contiguous()
+        self.recent_values = window_v[:, :, window_v.shape[2] - keep:].contiguous()
 
     def stored_bytes(self) -> int:
         return sum(t.nelement() * t.element_size()
@@ -299,19 +303,16 @@ class WholeTokens:
     def map(self, fn) -> None:
         self.first_keys, self.first_values = fn(self.first_keys), fn(self.first_values)
         self.recent_keys, self.recent_values = fn(self.recent_keys), fn(self.recent_values)
-        if self.chunk is not None:
-            self.chunk = (fn(self.chunk[0]), fn(self.chunk[1]), self.chunk[2])
+        if self.readable is not None:
+            self.readable = (fn(self.readable[0]), fn(self.readable[1]), self.readable[2])
 
     def attend(self, q, reduced, heads, bases, mask, scaling: float) -> torch.Tensor:
         """q (B, n, H/G, T, d) of the KV heads ``heads`` -> outputs (B, n, H/G, T, d), from their reduced rows
         (B, n, S, r) and the whole ones, with one softmax over both."""
-        ck, cv, start = self.chunk
-        whole_k = torch.cat([self.first_keys[:, :, :max(0, min(self.first, start))], ck], 2)[:, heads]
-        whole_v = torch.cat([self.first_values[:, :, :max(0, min(self.first, start))], cv], 2)[:, heads]
+        whole_k, whole_v, held = self.readable
+        whole = (whole_k[:, heads], whole_v[:, heads])
         S, T = reduced[0].shape[2], q.shape[3]
-        held = torch.arange(whole_k.shape[2], device=q.device)
-        held = torch.where(held < min(self.first, start), held, held - min(self.first, start) + start)
-        outs = [self._attend_chunk(q[:, :, :, a:a + self.QUERY_CHUNK], reduced, (whole_k, whole_v), held, bases,
+        outs = [self._attend_chunk(q[:, :, :, a:a + self.QUERY_CHUNK], reduced, whole, held, bases,
                                    None if mask is None else mask[..., a:a + self.QUERY_CHUNK, :S], S - T + a, scaling)
                 for a in range(0, T, self.QUERY_CHUNK)]
         return torch.cat(outs, 3)
