@@ -207,8 +207,9 @@ def retrieval_curve(model, tokenizer, methods, budgets, lengths=DEFAULT_LENGTHS,
     rows = []
     for method in map(as_method, methods):
         proj = resolve_projections(method.projections, model)
-        settings = {(b, length): method.ranks(model, proj, method.feature_budget(b, length))
-                    for b in budgets for length in lengths}
+        features = {(b, length): method.feature_budget(b, length) for b in budgets for length in lengths}
+        ranks = {f: method.ranks(model, proj, f) for f in dict.fromkeys(features.values())}   # once per budget
+        settings = {key: ranks[f] for key, f in features.items()}
         with attach(model, proj, settings[budgets[0], lengths[0]], keep_first=method.keep_first,
                     keep_recent=method.keep_recent) as comp:
             for budget in tqdm(budgets, desc=method.name, disable=not progress):
