@@ -211,9 +211,16 @@ def pack(q: torch.Tensor, nbits: int) -> torch.Tensor:
     return (q << shifts).sum(-1, dtype=torch.uint8)
 
 
+_UNPACK_TABLES: dict = {}
+
+
 def unpack(packed: torch.Tensor, nbits: int) -> torch.Tensor:
-    shifts = torch.arange(0, 8, nbits, dtype=torch.uint8, device=packed.device)
-    return ((packed[..., None] >> shifts) & (2 ** nbits - 1)).flatten(-2).float()
+    """The float codes (..., n) of :func:`pack`'s bytes (..., n * nbits / 8): one table look-up per byte."""
+    key = (nbits, packed.device)
+    if key not in _UNPACK_TABLES:
+        shifts = torch.arange(0, 8, nbits, device=packed.device)
+        _UNPACK_TABLES[key] = ((torch.arange(256, device=packed.device)[:, None] >> shifts) & (2 ** nbits - 1)).float()
+    return F.embedding(packed.int(), _UNPACK_TABLES[key]).flatten(-2)
 
 
 # --- the simulated path -------------------------------------------------------------------------------------------
@@ -289,11 +296,25 @@ class LadderLayer(CompressedLayer):
         super().__init__(layer_idx, groups, keys, values, value_mean, 0, module_id)
         self._full = (keys, values, value_mean)
         self.parts: list = []
+        self.plans = [[self._plan(fbits[g, c]) for c in (0, 1)] for g in range(fbits.shape[0])]
+
+    def _plan(self, fb: torch.Tensor) -> tuple:
+        """What reading one head and kind needs, fixed by its widths: the feature boundaries (:meth:`_bounds`),
+        the first feature of its first quantized group, and the levels 2^b - 1 over those groups (n, group)
+        (None when no feature is quantized)."""
+        e, group = self._bounds(fb), self.ladder.group
+        if e[5] == e[2]:
+            return e, 0, None
+        first = e[2] // group * group
+        span = fb[first:-(-e[5] // group) * group]
+        return e, first, _levels(span).unflatten(-1, (-1, group))
 
     def lazy_initialization(self, key_states, value_states):
         super().lazy_initialization(key_states, value_states)
         self.full_bases = [t.to(self.device, torch.float32) for t in self._full]
         self.parts = [[[] for _ in (0, 1)] for _ in self.groups]
+        self.plans = [[(e, first, None if lv is None else lv.to(self.device)) for e, first, lv in head]
+                      for head in self.plans]
 
     def _bounds(self, fb: torch.Tensor) -> list[int]:
         """Feature boundaries of one head and kind: [0, end of full, end of 16-bit, end of 8, of 4, of 2 bits]."""
@@ -302,10 +323,10 @@ class LadderLayer(CompressedLayer):
         counts += [int((fb == b).sum()) for b in QUANT_WIDTHS]
         return [0] + [sum(counts[:i + 1]) for i in range(len(counts))]
 
-    def _split(self, x: torch.Tensor, fb: torch.Tensor) -> list:
-        """x (B, 1, T, d) projected -> the stored tensors of one head and kind: the model's dtype part, the
-        float16 part, packed 8-, 4-, 2-bit codes, and (low, range) of the groups holding quantized features."""
-        e = self._bounds(fb)
+    def _split(self, x: torch.Tensor, fb: torch.Tensor, e: list) -> list:
+        """x (B, 1, T, d) projected -> the stored tensors of one head and kind (feature boundaries ``e``): the
+        model's dtype part, the float16 part, packed 8-, 4-, 2-bit codes, and (low, range) of the groups holding
+        quantized features."""
         group = self.ladder.group
         q, meta = quantize(x, fb, group, self.ladder.scale_bytes)
         out = [x[..., :e[1]].to(self.dtype), x[..., e[1]:e[2]].to(torch.float16)]
@@ -313,18 +334,19 @@ class LadderLayer(CompressedLayer):
         out.append(meta[..., e[2] // group:-(-e[5] // group), :] if e[5] > e[2] else meta[..., :0, :])
         return out
 
-    def _read(self, parts: list, fb: torch.Tensor) -> torch.Tensor:
-        """The stored tensors of one head and kind -> its kept features (B, 1, S, r) in the model's dtype."""
+    def _read(self, parts: list, plan: tuple) -> torch.Tensor:
+        """The stored tensors of one head and kind -> its kept features (B, 1, S, r) in the model's dtype: the
+        codes of each width unpacked in one look-up, dequantized per group (low + q x range / levels) at once."""
         wide, half, *codes, meta = parts
-        e, group = self._bounds(fb), self.ladder.group
-        pieces = [wide.float(), half.float()]
-        if e[5] > e[2]:
-            first = e[2] // group * group
-            span = fb[first:first + meta.shape[-2] * group]
-            q = torch.cat([unpack(p, b) for p, b in zip(codes, QUANT_WIDTHS)], -1)
-            q = F.pad(q, (e[2] - first, span.shape[0] - (e[5] - first)))
-            pieces.append(dequantize(q, meta, span, group)[..., e[2] - first:e[5] - first])
-        return torch.cat(pieces, -1).to(self.dtype)
+        e, first, levels = plan
+        pieces = [t.float() for t in (wide, half) if t.shape[-1]]
+        if levels is not None:
+            q = torch.cat([unpack(p, b) for p, b in zip(codes, QUANT_WIDTHS) if p.shape[-1]], -1)
+            q = F.pad(q, (e[2] - first, levels.numel() - (e[5] - first))).unflatten(-1, levels.shape)
+            meta = meta.float()
+            x = (meta[..., :1] + q * meta[..., 1:] / levels).flatten(-2)
+            pieces.append(x[..., e[2] - first:e[5] - first])
+        return (torch.cat(pieces, -1) if len(pieces) > 1 else pieces[0]).to(self.dtype)
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -334,7 +356,7 @@ class LadderLayer(CompressedLayer):
         vp = torch.einsum("bgsd,gde->bgse", value_states.float() - mu[None, :, None], uv)
         for g in range(len(self.groups)):
             for c, x in enumerate((kp, vp)):
-                new = self._split(x[:, g:g + 1], self.fbits[g, c])
+                new = self._split(x[:, g:g + 1], self.fbits[g, c], self.plans[g][c][0])
                 old = self.parts[g][c]
                 self.parts[g][c] = new if not old else [torch.cat([a, b], 2) for a, b in zip(old, new)]
         self.length += key_states.shape[2]
@@ -342,7 +364,7 @@ class LadderLayer(CompressedLayer):
         return handle, handle
 
     def reduced(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(self._read(self.parts[i][c], self.fbits[i, c]) for c in (0, 1))
+        return tuple(self._read(self.parts[i][c], self.plans[i][c]) for c in (0, 1))
 
     def stored_bytes(self) -> int:
         return sum(t.nelement() * t.element_size() for head in self.parts for kind in head for t in kind)

@@ -5,15 +5,24 @@ import torch
 
 from .config import KINDS, QuantoUnavailable
 
+LADDER_TRAJECTORY = "results/ladder_trajectory.json"     # under the shipped data folder
+
 
 def make_cache(kind: str, model, projections=None, ranks=None, reserve: int = 0):
-    """A fresh empty cache of ``kind``: 'compressed' (needs projections and ranks), 'dynamic' or 'quanto'."""
+    """A fresh empty cache of ``kind``: 'compressed' (needs projections and ranks), 'dynamic', 'quanto' or 'ladder'
+    (a :class:`~mkvlib.ladder.LadderCache`: ``ranks`` is its :class:`~mkvlib.ladder.Ladder`, or bits per element
+    of the shipped ladder trajectory for ``projections``, see :func:`shipped_ladder`)."""
     from transformers import DynamicCache, QuantizedCache
 
     if kind == "compressed":
         from ..cache import CompressedCache
 
         return CompressedCache(model, projections, ranks, reserve=reserve)
+    if kind == "ladder":
+        from ..ladder import Ladder, LadderCache
+
+        layout = ranks if isinstance(ranks, Ladder) else shipped_ladder(model, projections, ranks)
+        return LadderCache(model, projections, layout)
     if kind == "dynamic":
         return DynamicCache(config=model.config)
     if kind == "quanto":
@@ -23,6 +32,25 @@ def make_cache(kind: str, model, projections=None, ranks=None, reserve: int = 0)
             raise QuantoUnavailable(f"the quantized baseline needs optimum-quanto: pip install optimum-quanto "
                                     f"({err})") from None
     raise ValueError(f"unknown cache kind {kind!r}: choose from {KINDS}")
+
+
+def shipped_ladder(model, projections, bits):
+    """The layout of the shipped ladder trajectory (data/results/ladder_trajectory.json) at ``bits`` per element
+    (scales included), checked to have been searched for ``projections``."""
+    from ..ladder import LadderTrajectory
+    from ..projections import resolve_projections
+    from ..runtime import shipped_data_dir
+
+    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or bits <= 0:
+        raise ValueError(f"a ladder cache takes a Ladder or bits per element (a positive number), not {bits!r}")
+    if projections is None:
+        raise ValueError("a ladder cache needs the projections its trajectory was searched for ('trained')")
+    proj = resolve_projections(projections, model)
+    traj = LadderTrajectory.load(shipped_data_dir() / LADDER_TRAJECTORY)
+    if traj.fingerprint != proj.fingerprint():
+        raise ValueError(f"the shipped ladder trajectory was searched for projections {traj.fingerprint}, not "
+                         f"these ({proj.fingerprint()}): use --projections trained")
+    return traj.at(float(bits))
 
 
 def baseline_factories(model, kinds) -> tuple[dict, dict]:

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 from ..checks import check_allocation, check_budget
 
-KINDS = ("compressed", "dynamic", "quanto")
+KINDS = ("compressed", "dynamic", "quanto", "ladder")
+BASELINES = ("dynamic", "quanto")           # the kinds BenchConfig.baselines may name
 
 
 class QuantoUnavailable(RuntimeError):
@@ -36,9 +37,9 @@ class BenchConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
         self.baselines = tuple(self.baselines)
-        unknown = set(self.baselines) - set(KINDS[1:])
+        unknown = set(self.baselines) - set(BASELINES)
         if unknown:
-            raise ValueError(f"unknown baselines {sorted(unknown)}: choose from {KINDS[1:]}")
+            raise ValueError(f"unknown baselines {sorted(unknown)}: choose from {BASELINES}")
 
     @classmethod
     def fast(cls, **kw) -> "BenchConfig":

@@ -4,7 +4,10 @@
 - ``decode``: :func:`mkvlib.bench.budget_sweep` (compressed cache at each of --budgets against DynamicCache);
 - ``memory``: :func:`mkvlib.bench.measure_in_subprocess` for DynamicCache and the compressed cache at batch B, and
   the compressed cache at 2B to check the memory model fitted to the first two; capacity in 8 and 16 GiB;
-- ``profile``: torch.profiler over --steps decode steps per cache: self CPU seconds per step of the top ops.
+- ``profile``: torch.profiler over --steps decode steps per cache: self CPU seconds per step of the top ops;
+- ``ladder``: decode tokens/s and the bytes each cache held of the precision ladder's real cache (the shipped
+  trajectory at each of --bits per element) against DynamicCache, quanto's 4-bit cache and the compressed cache
+  at the same bytes, all decoding from one real prefill of a held-out prompt (notebook 08).
 """
 from __future__ import annotations
 
@@ -92,7 +95,57 @@ def profile_record(args) -> dict:
     return {"profile": out}
 
 
-RECORDS = {"decode": decode_record, "memory": memory_record, "profile": profile_record}
+def ladder_factories(model, proj, bits_list, reserve: int) -> dict:
+    """name -> (() -> empty cache, planned bits per element or None): DynamicCache, quanto's 4-bit cache, and per
+    budget the shipped ladder and the compressed cache at the same bytes (uniform ranks, budget bits / dtype bits)."""
+    from ..geometry import KVGeometry
+    from ..ladder import dtype_bits
+    from ..ranks import resolve_ranks
+    from .caches import baseline_factories, make_cache, shipped_ladder
+
+    geom, full = KVGeometry.of(model), dtype_bits(model)
+    baselines, _ = baseline_factories(model, ("dynamic", "quanto"))
+    out = {name: (factory, None) for name, factory in baselines.items()}
+    for b in bits_list:
+        lad = shipped_ladder(model, proj, b)
+        ranks = resolve_ranks(b / full, geom)
+        out[f"ladder@{b:g}"] = (lambda lad=lad: make_cache("ladder", model, proj, lad), lad.bits_per_element())
+        out[f"compressed@{b:g}"] = (lambda r=ranks: make_cache("compressed", model, proj, r, reserve=reserve),
+                                    float(ranks.sum()) * full / ranks.numel() / geom.head_dim)
+    return out
+
+
+def ladder_record(args) -> dict:
+    import statistics
+
+    from ..geometry import KVGeometry
+    from .run import prepared
+    from .speed import decode_speeds
+
+    config = BenchConfig(projections="trained", context=args.context, batch=args.batch, new_tokens=args.new_tokens,
+                         repeats=args.repeats, prefill_chunk=args.prefill_chunk)
+    model, proj, ids = prepared(config)
+    caches = ladder_factories(model, proj, args.bits, config.context + config.new_tokens)
+    speeds = decode_speeds(model, ids, {name: f for name, (f, _) in caches.items()}, config.new_tokens,
+                           config.repeats, config.prefill_chunk)
+    geom = KVGeometry.of(model)
+    tokens = config.batch * (config.context + config.new_tokens)
+    elements = tokens * geom.layers * geom.kv_heads * 2 * geom.head_dim
+    dynamic = statistics.median(speeds["dynamic"])
+    rows = []
+    for name, (_, planned) in caches.items():
+        wall = statistics.median(speeds[name])
+        held = speeds["_bytes"][name]
+        rows.append(dict(cache=name, kind=name.split("@")[0], planned_bits_per_element=planned,
+                         context=config.context, batch=config.batch, new_tokens=config.new_tokens, prefix="real",
+                         decode_tokens_per_s=wall, decode_tokens_per_s_runs=speeds[name],
+                         decode_tokens_per_cpu_s=statistics.median(speeds[name + "_cpu"]),
+                         speedup=wall / dynamic, cache_bytes=held, tokens_held=tokens,
+                         measured_bits_per_element=held * 8 / elements))
+    return {"projections": "trained", "prefill_s": speeds["_prefill_s"], "rows": rows}
+
+
+RECORDS = {"decode": decode_record, "memory": memory_record, "profile": profile_record, "ladder": ladder_record}
 
 
 def main(argv=None) -> int:
@@ -109,10 +162,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2, help="profile: decode steps profiled")
     p.add_argument("--top", type=int, default=6, help="profile: ops listed per cache")
     p.add_argument("--budgets", default="1.0,0.5", help="comma-separated budgets (memory: the last)")
+    p.add_argument("--bits", default="4,2", help="ladder: comma-separated bits per element of the shipped ladder")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.bits = [float(b) for b in args.bits.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
     record = RECORDS[args.what](args)

@@ -6,7 +6,7 @@ import time
 import torch
 
 from ..compat import cache_kwargs
-from .caches import fill_from, make_cache, synthetic_source
+from .caches import cache_bytes, fill_from, make_cache, synthetic_source
 
 
 def prompt_ids(tokenizer, batch: int, context: int, corpus: str | None = None) -> torch.Tensor:
@@ -65,8 +65,9 @@ def decode_speeds(model, ids: torch.Tensor, factories: dict, new_tokens: int, re
     """Decode tokens/s of each cache kind from one shared prefill, interleaved over ``repeats`` rounds.
 
     ``factories``: name -> () -> empty cache. Returns name -> list of tokens/s (wall clock), name + '_cpu' ->
-    list of tokens per CPU-second of this process (less sensitive to other processes on a shared CPU), and
-    '_prefill_s' (DynamicCache).
+    list of tokens per CPU-second of this process (less sensitive to other processes on a shared CPU),
+    '_prefill_s' (DynamicCache) and '_bytes': name -> bytes each cache held after its last decode
+    (:func:`~mkvlib.bench.caches.cache_bytes`).
     """
     synchronize(ids.device)
     start = time.perf_counter()
@@ -74,6 +75,7 @@ def decode_speeds(model, ids: torch.Tensor, factories: dict, new_tokens: int, re
     synchronize(ids.device)
     speeds = {key: [] for name in factories for key in (name, name + "_cpu")}
     speeds["_prefill_s"] = time.perf_counter() - start
+    speeds["_bytes"] = {}
     tokens = ids.shape[0] * new_tokens
     for _ in range(repeats):
         for name, factory in factories.items():
@@ -82,5 +84,6 @@ def decode_speeds(model, ids: torch.Tensor, factories: dict, new_tokens: int, re
             wall, cpu = timed_decode(model, next_ids, cache, new_tokens)
             speeds[name].append(tokens / wall)
             speeds[name + "_cpu"].append(tokens / cpu)
+            speeds["_bytes"][name] = cache_bytes(cache)
             del cache
     return speeds
