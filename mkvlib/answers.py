@@ -63,9 +63,9 @@ def fact_rows(model, tokenizer, projections, budgets, allocation: str = "adaptiv
     each), the answer word, whether it survives, and the token agreement on the uncompressed continuation.
     ``projections``: 'pca', 'trained', a path or a Projections; ``allocation``: 'uniform' or 'adaptive' (ranks
     from the shipped trajectory)."""
-    from .compress import attach
-    from .projections import resolve_projections
-    from .ranks import ranks_for
+    from .core.compress import attach
+    from .core.projections import resolve_projections
+    from .core.ranks import ranks_for
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from .commands.common import hardware
     from .commands.eval import parse_allocations, parse_budgets
-    from .io import write_json
+    from .core.io import write_json
     from .models import load_model
 
     budgets, allocations = parse_budgets(args.budgets), parse_allocations(args.allocation)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
               + ", ".join(f"{b:.1%} {k:.0%}" for b, k in survival_by_budget(mine).items()))
     print(format_facts([r for r in rows if r["allocation"] == allocations[0]]))
     if args.out:
-        from .projections import resolve_projections
+        from .core.projections import resolve_projections
         command = "python -m mkvlib.answers " + " ".join(sys.argv[1:] if argv is None else argv)
         write_json(args.out, dict(what="greedy continuations of short factual prompts, uncompressed and "
                                   "compressed (mkvlib.answers)", command=command, model=model.mkv_name,

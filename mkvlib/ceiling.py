@@ -14,7 +14,7 @@ both read the text they are judged on, and neither is ever shipped.
   orthogonal basis reconstructs a sequence better in Frobenius norm (centring only lowers the error; the key
   mean costs a fixed basis nothing under softmax either). It bounds the *reconstruction* error, not the KL: the
   error weighs every token alike and attention does not (centring values moves the near-zero values of
-  attention-sink tokens, as :func:`mkvlib.pca.fit_pca` explains; ``center_values=False`` is the variant
+  attention-sink tokens, as :func:`mkvlib.core.pca.fit_pca` explains; ``center_values=False`` is the variant
   without), and a basis trained on the model's output may beat it in KL (docs/results.md shows both). It is
   causal-leaky: each token is compressed with a basis that saw the tokens after it.
 
@@ -37,11 +37,11 @@ from pathlib import Path
 
 import torch
 
-from . import attention
-from .checks import check_budget, check_budgets
-from .compress import RankedHook
-from .geometry import KVGeometry
-from .ranks import resolve_ranks
+from .core import attention
+from .core.checks import check_budget, check_budgets
+from .core.compress import RankedHook
+from .core.geometry import KVGeometry
+from .core.ranks import resolve_ranks
 
 ORACLE = "per-sequence SVD (oracle)"
 ORACLE_UNCENTRED = "per-sequence SVD, values uncentred (oracle)"
@@ -93,7 +93,7 @@ def _check_whole_sequence(query: torch.Tensor, key: torch.Tensor) -> None:
 
 
 def oracle_hook(fraction: float, center_keys: bool = True, center_values: bool = True):
-    """An attention hook (for :func:`mkvlib.attention.install`) replacing, per sequence and (layer, KV head), keys
+    """An attention hook (for :func:`mkvlib.core.attention.install`) replacing, per sequence and (layer, KV head), keys
     and values by their best rank-r reconstruction from that sequence's own SVD, r = round(fraction * d) for
     every head (uniform ranks); with ``center_keys`` / ``center_values`` (default) each sequence's mean is removed
     first and added back.
@@ -114,7 +114,7 @@ def oracle_hook(fraction: float, center_keys: bool = True, center_values: bool =
 
 class SequenceSVDOracle(RankedHook):
     """The per-sequence oracle (:func:`oracle_hook`) attached to a model with the interface of
-    :class:`mkvlib.compress.Compression` that :func:`mkvlib.metrics.quality_curve` and
+    :class:`mkvlib.core.compress.Compression` that :func:`mkvlib.metrics.quality_curve` and
     :func:`mkvlib.suite.evaluate_suite` use: ``ranks`` (L, G, 2), ``enabled``, :meth:`set_ranks` (an int, a
     budget in (0, 1] for uniform ranks, or a (L, G, 2) tensor), ``geometry``. Causal-leaky: an upper bound on
     reconstruction, never a method. Use as a context manager, or call :meth:`detach`."""
@@ -162,8 +162,8 @@ def evaluate_bases(model, projections, label: str, budgets, blocks_by_domain: di
     """Suite rows of fixed ``projections`` at uniform ``budgets`` and at ``searched`` ranks ({budget: (L, G, 2)}),
     in one attachment (the uncompressed pass runs once per batch). Rows as :func:`mkvlib.suite.compare_suite`'s:
     method (``label``), allocation ('uniform' or 'adaptive'), target_budget, projections (the fingerprint)."""
-    from .compress import attach
-    from .projections import resolve_projections
+    from .core.compress import attach
+    from .core.projections import resolve_projections
     from .suite import evaluate_suite
 
     proj = resolve_projections(projections, model)
@@ -196,8 +196,8 @@ def suite_text(blocks_by_domain: dict) -> torch.Tensor:
 
 def fit_suite_pca(model, blocks: torch.Tensor, batch_size: int = 4):
     """PCA (keys centred, values uncentred, as shipped) of ``blocks`` fed from position 0, as the suite is read."""
-    from .pca import fit_pca
-    from .stats import collect_kv_stats
+    from .core.pca import fit_pca
+    from .core.stats import collect_kv_stats
 
     stats = collect_kv_stats(model, blocks, batch_size, progress=False, positions="start", corpus=SUITE_TEXT)
     return fit_pca(stats, model_name=model.mkv_name)
@@ -206,7 +206,7 @@ def fit_suite_pca(model, blocks: torch.Tensor, batch_size: int = 4):
 def fit_suite_layerwise(model, blocks: torch.Tensor, config=None, batch_size: int = 4):
     """The layer-wise warm start (:mod:`mkvlib.training.layerwise`) fitted on ``blocks`` from position 0, starting
     from the query-aware basis of the same blocks."""
-    from .pca import query_aware_projections
+    from .core.pca import query_aware_projections
     from .training.layerwise import capture_layer_inputs, fit_layerwise
 
     capture = capture_layer_inputs(model, blocks, batch_size=batch_size, positions="start", corpus=SUITE_TEXT)
@@ -298,7 +298,7 @@ def _schedule(args, head_dim: int):
         return budget_schedule(args.budgets, head_dim)
     if args.schedule == "default":
         return None
-    from .checks import check_schedule
+    from .core.checks import check_schedule
 
     try:
         return check_schedule([int(x) for x in args.schedule.split(",") if x.strip()], head_dim)
@@ -380,10 +380,10 @@ def _record(args, argv, model, blocks, schedule, searched, methods, rows, clock,
 
 
 def main(argv=None) -> int:
-    from .io import write_json
+    from .core.io import write_json
     from .models import load_model
-    from .projections import resolve_projections
-    from .ranks import ranks_for
+    from .core.projections import resolve_projections
+    from .core.ranks import ranks_for
     from .suite import suite_blocks
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -20,14 +20,14 @@ and no full-precision window: every token is stored as the layout says (:meth:`L
 Two paths compute the same thing. Simulated (:func:`attach`): an attention hook fake-quantizes each head's
 projected keys and values and maps them back (k U, quantized, times U^T), for fast scoring. Real
 (:class:`LadderCache`): a cache for ``generate()`` storing the packed integers, their scales and the wider
-segments, and attending through the reduced tensors (:class:`mkvlib.cache.CompressedLayer`).
+segments, and attending through the reduced tensors (:class:`mkvlib.core.cache.CompressedLayer`).
 
 Algorithm 1 over bytes (:func:`search`): from every segment at the model's dtype, each step lowers one segment one
 rung (a width down, or 2 bits -> dropped), the step with the smallest calibration-KL increase per byte saved;
 the whole path down to the floor is one :class:`LadderTrajectory`, and a byte budget is a prefix of it. The KL
-increase of a step is estimated like the rank search's proxy (:class:`mkvlib.search.scoring.LocalProxy`): the
+increase of a step is estimated like the rank search's proxy (:class:`mkvlib.search.proxy.LocalProxy`): the
 change of the head's attention output (through the output projection) on calibration text, times a
-KL-per-error sensitivity of its layer and kind measured exactly (:class:`mkvlib.search.scoring.KLScorer`).
+KL-per-error sensitivity of its layer and kind measured exactly (:class:`mkvlib.core.scoring.KLScorer`).
 Introduced in notebook 08.
 """
 from __future__ import annotations
@@ -42,12 +42,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import attention
-from .cache import CompressedCache, CompressedLayer, HeadGroup, ReducedKV
-from .compress import RankedHook
-from .geometry import KVGeometry
-from .io import write_json
-from .projections import Projections, resolve_projections
+from .core import attention
+from .core.cache import CompressedCache, CompressedLayer, HeadGroup, ReducedKV
+from .core.compress import RankedHook
+from .core.geometry import KVGeometry
+from .core.io import write_json
+from .core.projections import Projections, resolve_projections
 
 FORMAT = "mkv-ladder/1"
 QUANT_WIDTHS = (8, 4, 2)
@@ -226,7 +226,7 @@ def unpack(packed: torch.Tensor, nbits: int) -> torch.Tensor:
 # --- the simulated path -------------------------------------------------------------------------------------------
 class LadderHook(RankedHook):
     """A ladder attached as an attention hook: keys k -> simulate(k U) U^T, values (v - mu) likewise plus mu.
-    ``set_ranks(bits)`` takes new widths (L, G, 2, S) (the name lets :class:`~mkvlib.search.scoring.KLScorer`
+    ``set_ranks(bits)`` takes new widths (L, G, 2, S) (the name lets :class:`~mkvlib.core.scoring.KLScorer`
     drive it); ``enabled`` switches it off."""
 
     def __init__(self, model, projections: Projections, ladder: Ladder):
@@ -387,7 +387,7 @@ class LadderLayer(CompressedLayer):
 
 class LadderCache(CompressedCache):
     """A transformers Cache storing every entry as ``ladder`` says (see the module docstring); use like
-    :class:`mkvlib.cache.CompressedCache`. ``stored_bytes()`` equals ``ladder.token_bytes()`` x tokens x batch."""
+    :class:`mkvlib.core.cache.CompressedCache`. ``stored_bytes()`` equals ``ladder.token_bytes()`` x tokens x batch."""
 
     def __init__(self, model, projections, ladder: Ladder):
         proj = resolve_projections(projections, model)
@@ -421,7 +421,7 @@ class HeadErrors:
 
     @torch.no_grad()
     def __init__(self, model, projections: Projections, blocks: torch.Tensor, offsets=None, batch_size: int = 4):
-        from .positions import shifted
+        from .core.positions import shifted
 
         self.geom = KVGeometry.of(model)
         self.modules = attention.attention_modules(model)
@@ -520,8 +520,8 @@ def search(model, projections, blocks: torch.Tensor, segment: int = 8, group: in
     lowers the segment with the smallest estimated KL increase per byte saved, down to the floor (or to
     ``stop_bits`` per element). Sensitivities: per layer and kind, the exact KL of its heads at the probe layout
     (first half of the features at ``probe_bits``, the rest dropped) over their summed output error."""
-    from .runtime import progress_bar as tqdm
-    from .search.scoring import KLScorer
+    from .core.env import progress_bar as tqdm
+    from .core.scoring import KLScorer
 
     start_time = time.time()
     proj = resolve_projections(projections, model)
@@ -591,7 +591,7 @@ def search(model, projections, blocks: torch.Tensor, segment: int = 8, group: in
 def calibration_kl(model, projections, ladder: Ladder, blocks: torch.Tensor, offsets=None,
                    batch_size: int = 4) -> float:
     """Exact KL(base || ladder) per token on ``blocks`` (the simulated path)."""
-    from .search.scoring import KLScorer
+    from .core.scoring import KLScorer
 
     with attach(model, projections, ladder) as hook:
         return KLScorer(model, hook, blocks, batch_size, 0.0, offsets).set_state(ladder.bits)

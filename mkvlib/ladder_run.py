@@ -37,7 +37,7 @@ def _command() -> str:
 def calibration(model, tokenizer, tokens: int, seq_len: int, recall_span: int):
     """Calibration blocks of the training mixture and their spread position offsets."""
     from .corpora import DEFAULT_TRAINING_MIXTURE, check_not_heldout, mixture_blocks
-    from .positions import block_offsets
+    from .core.positions import block_offsets
     from .recall import recall_blocks
 
     check_not_heldout(DEFAULT_TRAINING_MIXTURE)
@@ -71,7 +71,7 @@ def run_search(args) -> None:
 
 def settings(model, traj, projections) -> list[dict]:
     """Every (label, family, projections, ladder or ranks) measured on the frontier."""
-    from .geometry import KVGeometry
+    from .core.geometry import KVGeometry
     from .ladder import Ladder, dtype_bits, identity_projections
 
     geom, full = KVGeometry.of(model), dtype_bits(model)
@@ -99,8 +99,8 @@ def settings(model, traj, projections) -> list[dict]:
 
 def setting_ranks(model, setting: dict, proj) -> torch.Tensor:
     """The (L, G, 2) ranks of a features-only frontier setting (uniform, or the shipped adaptive trajectory)."""
-    from .geometry import KVGeometry
-    from .ranks import ranks_for, resolve_ranks
+    from .core.geometry import KVGeometry
+    from .core.ranks import ranks_for, resolve_ranks
 
     geom = KVGeometry.of(model)
     if "ranks" in setting:
@@ -111,9 +111,9 @@ def setting_ranks(model, setting: dict, proj) -> torch.Tensor:
 @torch.no_grad()
 def real_bits(model, setting: dict, proj, ids: torch.Tensor) -> float:
     """Bits per element the real cache of a frontier setting holds after storing ``ids`` (1, T)."""
-    from .cache import CompressedCache, disable
+    from .core.cache import CompressedCache, disable
     from .compat import cache_kwargs
-    from .geometry import KVGeometry
+    from .core.geometry import KVGeometry
     from .ladder import LadderCache
 
     geom = KVGeometry.of(model)
@@ -130,7 +130,7 @@ def real_bits(model, setting: dict, proj, ids: torch.Tensor) -> float:
 def kl_table(model, factories: list, blocks_by_domain: dict, batch_size: int) -> list[dict]:
     """Per setting (a factory of an attached hook), {domain: (KL to the uncompressed model, top-1 agreement)}
     per token of each domain's blocks; the uncompressed log-probs are computed once per batch."""
-    from .search.replay import logprobs
+    from .core.replay import logprobs
 
     device = next(model.parameters()).device
     sums = [{d: [0.0, 0.0, 0] for d in blocks_by_domain} for _ in factories]
@@ -157,7 +157,7 @@ def quanto_check(model, tokenizer, traj, proj, n: int = 4, length: int = 1024) -
     from .compare.layers import cache_runner
     from .compare.run import ppl_result
     from .compare.tasks import make_items
-    from .geometry import KVGeometry
+    from .core.geometry import KVGeometry
     from .ladder import Ladder, LadderCache, dtype_bits, identity_projections
 
     geom, full = KVGeometry.of(model), dtype_bits(model)
@@ -193,11 +193,11 @@ def run_frontier(args) -> None:
     from . import ladder
     from .commands.eval import IN_DOMAIN_SEED, IN_DOMAIN_SKIP
     from .compat import cache_kwargs
-    from .compress import attach
+    from .core.compress import attach
     from .corpora import DEFAULT_TRAINING_MIXTURE, mixture_blocks
-    from .geometry import KVGeometry
+    from .core.geometry import KVGeometry
     from .models import load_model
-    from .projections import resolve_projections
+    from .core.projections import resolve_projections
     from .retrieval import passkey_prompts, score_answer
     from .suite import suite_blocks
 
@@ -261,10 +261,10 @@ def run_frontier(args) -> None:
             passkey.append(row)
             print(f"passkey {length} tokens, {'uncompressed' if bits is None else f'ladder {bits:g} bits'}: "
                   f"{correct}/{len(prompts)}", flush=True)
-        from .cache import disable
+        from .core.cache import disable
         disable(model)
 
-    from .io import write_json
+    from .core.io import write_json
 
     write_json(args.out, {
         "model": getattr(model, "mkv_name", "?"), "projections": args.projections, "fingerprint": proj.fingerprint(),

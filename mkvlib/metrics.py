@@ -11,9 +11,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from .runtime import progress_bar as tqdm
+from .core.env import progress_bar as tqdm
 
-from .ranks import budget_of, kv_fraction
+from .core.ranks import budget_of, kv_fraction
 
 
 class _Acc:
@@ -44,7 +44,7 @@ def quality_curve(model, blocks: torch.Tensor, compression, settings: list, batc
                   progress: bool = True) -> list[dict]:
     """Metrics at several rank settings, computing the base log-probs once per batch.
 
-    ``compression``: an attached :class:`~mkvlib.compress.Compression` (its ranks are restored afterwards);
+    ``compression``: an attached :class:`~mkvlib.core.compress.Compression` (its ranks are restored afterwards);
     ``settings``: rank specs (budget floats, ints or (L, G, 2) tensors). Returns one dict per setting with
     perplexity, kl_to_base, top1_agreement, tokens, budget and kv_fraction, plus ``base_perplexity``.
     """

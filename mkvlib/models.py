@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from . import attention
-from .geometry import KVGeometry
-from .io import file_sha256
+from .core import attention
+from .core.geometry import KVGeometry
+from .core.io import file_sha256
 from .runtime import cache_dir, device_and_dtype
 
 EMBEDDED = "SmolLM2-135M-Instruct"
@@ -102,7 +102,7 @@ def embedded_model_dir() -> Path:
 def gguf_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a GGUF file, remembered per (path, size, modification time) in the cache so that a large
     model is hashed once, not at every load."""
-    from .io import write_json
+    from .core.io import write_json
 
     path = Path(path).resolve()
     stat = path.stat()

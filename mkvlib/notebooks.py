@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import fast_mode, project_dir
+from .core.env import fast_mode, project_dir
 
 
 def notebook_paths() -> list[Path]:

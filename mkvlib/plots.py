@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .io import atomic_path  # noqa: E402
+from .core.io import atomic_path  # noqa: E402
 from .runtime import figures_dir  # noqa: E402
 
 
@@ -158,7 +158,7 @@ def headline_figure(record: dict | None = None):
     if record is None:
         import json
 
-        from .runtime import project_dir
+        from .core.env import project_dir
         record = json.loads((project_dir() / "data" / "results" / "ood_suite.json").read_text())
     curves = headline_rows(record)
     fig, (ax_kl, ax_top1) = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -43,8 +43,8 @@ import json
 import sys
 from typing import Callable, Iterable
 
-from .io import atomic_path
-from .runtime import progress_bar, shipped_data_dir
+from .core.io import atomic_path
+from .core.env import progress_bar, shipped_data_dir
 
 BASELINE = "uncompressed"   # the method (or projections) of the uncompressed model's rows in every results table
 

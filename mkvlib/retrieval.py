@@ -4,7 +4,7 @@ A passkey prompt hides one 5-digit key at a seeded depth in repetitive filler te
 (built with the tokenizer's chat template when it has one, else as plain text; the answer is started with
 "The pass key is" so that the digits come first). The model answers by greedy decoding (``generate`` with the KV
 cache); an answer is right when its first run of digits is exactly the key. Simulated compression
-(:func:`mkvlib.compress.attach`) works under ``generate``: the hook sees every layer's full key and value (cached
+(:func:`mkvlib.core.compress.attach`) works under ``generate``: the hook sees every layer's full key and value (cached
 and new) at each step and projects them, the same as caching projected ones since the projection acts on
 each token alone (tests/test_suite.py checks it against decoding without a cache).
 
@@ -194,10 +194,10 @@ def retrieval_curve(model, tokenizer, methods, budgets, lengths=DEFAULT_LENGTHS,
     correct, n}], "fails_at": {method: highest budget where accuracy < 90% of the uncompressed, or None},
     "fails_at_by_length": {method: {length: budget or None}}}.
     """
-    from .runtime import progress_bar as tqdm
+    from .core.env import progress_bar as tqdm
 
-    from .compress import attach
-    from .projections import resolve_projections
+    from .core.compress import attach
+    from .core.projections import resolve_projections
     from .suite import as_method
 
     budgets = sorted(budgets, reverse=True)
@@ -251,9 +251,9 @@ def main(argv=None) -> int:
     import time
 
     from .commands.common import hardware
-    from .io import write_json
+    from .core.io import write_json
     from .models import load_model
-    from .ranks import Method
+    from .core.ranks import Method
     from .suite import suite_label
 
     p = argparse.ArgumentParser(prog="python -m mkvlib.retrieval", description=main.__doc__.split(": ", 1)[1])

@@ -1,5 +1,5 @@
-"""Run-time switches shared by every notebook and command: fast mode, device and dtype, seeds, paths, and
-whether the Hugging Face Hub is reachable.
+"""Run-time switches shared by every notebook and command: device and dtype, seeds, the run and figure folders, and
+whether the Hugging Face Hub is reachable. Fast mode and the project's folder are :mod:`mkvlib.core.env`'s.
 
 Introduced in notebook 01; every later notebook starts with the same three calls. Importing ``mkvlib`` calls
 :func:`ensure_hub_reachable_or_offline`, so torch and NumPy are imported only where they are used.
@@ -13,7 +13,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-_TRUE = {"1", "true", "yes", "on"}
+from .core.env import _TRUE, fast_mode, project_dir
+
 HUB_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _NOTED: set = set()
 
@@ -99,21 +100,6 @@ def ensure_hub_reachable_or_offline(timeout: float = 1.5) -> bool:
     return False
 
 
-def fast_mode() -> bool:
-    """True when ``MKV_FAST`` asks for CI-sized runs (``MKV_FAST=1``)."""
-    return os.environ.get("MKV_FAST", "").strip().lower() in _TRUE
-
-
-def progress_bar(iterable=None, **kwargs):
-    """A tqdm progress bar (the notebook widget in a kernel), switched off in fast mode: CI-sized runs take seconds,
-    and a widget bar saved in a static notebook copy renders as a frozen '0%'."""
-    from tqdm.auto import tqdm
-
-    if fast_mode():
-        kwargs["disable"] = True
-    return tqdm(iterable, **kwargs)
-
-
 def pick(fast, full):
     """Return ``fast`` in fast mode, ``full`` otherwise: the one switch every size parameter goes through."""
     return fast if fast_mode() else full
@@ -155,21 +141,6 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("MKV_CACHE_DIR") or Path.home() / ".cache" / "mkvlib")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def project_dir() -> Path:
-    """The project checkout: the folder holding ``data/`` and ``figures/`` (``MKV_PROJECT_DIR`` overrides)."""
-    if os.environ.get("MKV_PROJECT_DIR"):
-        return Path(os.environ["MKV_PROJECT_DIR"])
-    here = Path(__file__).resolve().parent.parent
-    if (here / "data").is_dir():
-        return here
-    return Path.cwd()
-
-
-def shipped_data_dir() -> Path:
-    """The project's own artefacts: shipped projections, trajectories, result tables."""
-    return project_dir() / "data"
 
 
 def runs_dir() -> Path:

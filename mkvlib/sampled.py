@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from .io import atomic_path, write_json
+from .core.io import atomic_path, write_json
 from .runtime import cache_dir, pick
 from .training.config import check_counts, require
 
@@ -70,7 +70,7 @@ def sampled_path(model_name: str, settings: SampleSettings):
 def sample_documents(model, tokenizer, settings: SampleSettings, progress: bool = True) -> list[str]:
     """``settings.tokens // settings.length`` documents of ``settings.length`` new tokens each, deterministic per
     seed on a given device. Each starts from one of :data:`PROMPTS` (in turn)."""
-    from .runtime import progress_bar as tqdm
+    from .core.env import progress_bar as tqdm
 
     device = next(model.parameters()).device
     n_docs = settings.tokens // settings.length

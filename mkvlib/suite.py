@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from .compress import attach
+from .core.compress import attach
 from .corpora import CorpusNotFoundError, load_text, token_blocks
 from .metrics import quality_curve
-from .projections import resolve_projections
-from .ranks import Method, stored_fraction
-from .runtime import note as announce, pick, progress_bar as tqdm
+from .core.projections import resolve_projections
+from .core.ranks import Method, stored_fraction
+from .runtime import note as announce, pick
+from .core.env import progress_bar as tqdm
 
 SUITES = ("ood",)
 DOMAINS = ("books-heldout", "stackexchange-heldout", "factbook-heldout", "peps-heldout", "rfcs-heldout",
@@ -77,7 +78,7 @@ def evaluate_suite(model, compression, settings: list, blocks_by_domain: dict, b
                    progress: bool = False) -> list[dict]:
     """Rows per (domain, setting) from :func:`mkvlib.metrics.quality_curve`, then one ``mean`` row per setting.
 
-    ``compression``: an attached :class:`~mkvlib.compress.Compression`; ``settings``: rank specs (budgets, ints or
+    ``compression``: an attached :class:`~mkvlib.core.compress.Compression`; ``settings``: rank specs (budgets, ints or
     (L, G, 2) tensors); ``blocks_by_domain``: {domain: LongTensor (n_blocks, seq_len)}, e.g. :func:`suite_blocks`.
     Each row: domain, setting (index), budget, kv_fraction, perplexity, base_perplexity, perplexity_ratio,
     kl_to_base, top1_agreement, tokens. A mean row averages perplexity_ratio, kl_to_base and top1_agreement over
@@ -106,7 +107,7 @@ def suite_label(projections: str) -> str:
 
 
 def as_method(method) -> Method:
-    """A :class:`~mkvlib.ranks.Method` from itself or a tuple (name, projections[, allocation[, trajectory]])."""
+    """A :class:`~mkvlib.core.ranks.Method` from itself or a tuple (name, projections[, allocation[, trajectory]])."""
     return method if isinstance(method, Method) else Method(*method)
 
 

@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from .checks import check_allocation, check_budget
-from .ranks import budget_of, split_budgets, uniform_ranks_at
+from .core.checks import check_allocation, check_budget
+from .core.ranks import budget_of, split_budgets, uniform_ranks_at
 from .search.figures import RankView
-from .trajectory import Trajectory
+from .core.trajectory import Trajectory
 
 ALLOCATIONS = ("adaptive", "uniform")          # geometry.ALLOCATIONS in the order the toggle shows them
 KV_SPLITS = {"as searched (pooled)": None, "K = V": 0.5, "K 62.5% / V 37.5%": 0.625, "K 37.5% / V 62.5%": 0.375}
@@ -124,7 +124,7 @@ def check_prompt_length(model, prompt_tokens: int, max_new_tokens: int) -> None:
 @torch.no_grad()
 def continuation(model, tokenizer, projections, ranks, prompt: str, max_new_tokens: int = 24) -> str:
     """A greedy continuation of ``prompt`` by ``model`` compressed with ``projections`` at ``ranks``."""
-    from .compress import attach
+    from .core.compress import attach
 
     device = next(model.parameters()).device
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
@@ -295,8 +295,8 @@ def shipped_explorer() -> BudgetExplorer:
     """The explorer over the shipped trajectories (trained first, then PCA) with the embedded model for
     *generate*, at 50%: what ``mkv explore`` shows."""
     from .models import load_model
-    from .projections import resolve_projections
-    from .trajectory import shipped_trajectory_path
+    from .core.projections import resolve_projections
+    from .core.trajectory import shipped_trajectory_path
 
     model, tokenizer = load_model()
     paths = {k: shipped_trajectory_path(model.mkv_name, k) for k in PREFERRED_PROJECTIONS}

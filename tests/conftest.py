@@ -82,8 +82,8 @@ def tiny_model_folder(tmp_path_factory):
     """A tiny random model with a byte tokenizer saved as a folder (what --model takes), and PCA for it
     (pca.safetensors inside). Read it, never write into it: it is shared by the whole session."""
     from mkvlib.fullrun.tiny import tiny_pair
-    from mkvlib.pca import fit_pca
-    from mkvlib.stats import collect_kv_stats
+    from mkvlib.core.pca import fit_pca
+    from mkvlib.core.stats import collect_kv_stats
 
     folder = tmp_path_factory.mktemp("models") / "tinymodel"
     model, tokenizer = tiny_pair(seed=3)

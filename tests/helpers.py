@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from mkvlib.geometry import KVGeometry
-from mkvlib.projections import Projections
+from mkvlib.core.geometry import KVGeometry
+from mkvlib.core.projections import Projections
 
 
 def random_projections(model, seed: int = 0, value_mean: bool = False) -> Projections:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mkvlib.cli import main
-from mkvlib.projections import Projections
+from mkvlib.core.projections import Projections
 
 pytest.importorskip("accelerate")
 ACCELERATE = Path(sys.executable).with_name("accelerate")

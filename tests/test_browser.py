@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from mkvlib.models import EMBEDDED
-from mkvlib.trajectory import Trajectory, shipped_trajectory_path
+from mkvlib.core.trajectory import Trajectory, shipped_trajectory_path
 from mkvlib.widgets import KV_SPLITS, SLIDER_STEP, explorer_ranks, readout, readout_text
 
 pytestmark = pytest.mark.browser

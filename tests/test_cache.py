@@ -3,13 +3,14 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from mkvlib import bench, cache as cache_mod
-from mkvlib.cache import CompressedCache, HeadGroup, head_groups
+from mkvlib import bench
+from mkvlib.core import cache as cache_mod
+from mkvlib.core.cache import CompressedCache, HeadGroup, head_groups
 from mkvlib.compat import cache_kwargs
-from mkvlib.compress import attach
-from mkvlib.geometry import KVGeometry
+from mkvlib.core.compress import attach
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.models import tiny_model
-from mkvlib.projections import ProjectionMismatchError, Projections
+from mkvlib.core.projections import ProjectionMismatchError, Projections
 
 
 def random_projections(model, seed=0, mean_scale=0.3):
@@ -262,7 +263,7 @@ def test_whole_tokens_with_left_padding_and_generate(llama, ids):
 
 
 def test_whole_tokens_bytes_match_the_formula(llama, ids):
-    from mkvlib.ranks import stored_fraction
+    from mkvlib.core.ranks import stored_fraction
 
     proj, ranks = random_projections(llama), random_ranks(llama, seed=3)
     g = KVGeometry.of(llama)

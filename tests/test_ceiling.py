@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from helpers import random_projections
-from mkvlib import attention, ceiling
-from mkvlib.geometry import KVGeometry
-from mkvlib.pca import fit_pca
-from mkvlib.stats import collect_kv_stats
+from mkvlib.core import attention
+from mkvlib import ceiling
+from mkvlib.core.geometry import KVGeometry
+from mkvlib.core.pca import fit_pca
+from mkvlib.core.stats import collect_kv_stats
 from mkvlib.suite import evaluate_suite
 
 

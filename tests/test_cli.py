@@ -6,7 +6,7 @@ import pytest
 
 from helpers import needs_model
 from mkvlib.cli import main
-from mkvlib.projections import Projections, shipped_path
+from mkvlib.core.projections import Projections, shipped_path
 
 
 TRAJECTORY = Path(__file__).resolve().parents[1] / "data/trajectories/SmolLM2-135M-Instruct.pca.trajectory.json"
@@ -42,7 +42,7 @@ def test_eval_at_a_position_offset(capsys):
 
 @needs_model
 def test_eval_with_a_trajectory_file_uses_its_adaptive_ranks(capsys):
-    from mkvlib.trajectory import Trajectory
+    from mkvlib.core.trajectory import Trajectory
 
     assert main(["eval", "--json", "--corpus", "pydoc-test", "--tokens", "256", "--seq-len", "128",
                  "--projections", "pca", "--trajectory", str(TRAJECTORY), "--budget", "0.5"]) == 0

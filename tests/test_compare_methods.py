@@ -13,7 +13,7 @@ from mkvlib.compare.methods.eviction import kept_tokens
 from mkvlib.compare.methods.quant import held_bytes, quantized_bytes
 from mkvlib.compare.methods.svd import weight_bases
 from mkvlib.compat import cache_kwargs
-from mkvlib.geometry import KVGeometry
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.models import tiny_model
 
 HEADS = [(4, 4), (4, 2), (4, 1)]
@@ -351,8 +351,8 @@ def test_bad_options_are_clear_errors(name, options, match):
 
 def round_robin_trajectory(model, proj, floor: int = 4):
     """A made-up greedy trajectory: every (layer, head, K/V) loses one rank in turn, down to ``floor``."""
-    from mkvlib.ranks import budget_of
-    from mkvlib.trajectory import Trajectory
+    from mkvlib.core.ranks import budget_of
+    from mkvlib.core.trajectory import Trajectory
 
     geom = KVGeometry.of(model)
     ranks = torch.full(geom.shape, geom.head_dim)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from helpers import random_projections
-from mkvlib import attention
+from mkvlib.core import attention
 from mkvlib.compat import cache_kwargs
-from mkvlib.compress import Projector, attach, cayley, skew
-from mkvlib.geometry import KVGeometry
+from mkvlib.core.compress import Projector, attach, cayley, skew
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.models import tiny_model
-from mkvlib.projections import ProjectionMismatchError
+from mkvlib.core.projections import ProjectionMismatchError
 
 
 @torch.no_grad()
@@ -182,7 +182,7 @@ def test_whole_tokens_decode_step_by_step_as_in_one_pass(llama, ids):
 
 
 def test_whole_token_bytes_and_bad_counts():
-    from mkvlib.ranks import budget_for_bytes, stored_fraction
+    from mkvlib.core.ranks import budget_for_bytes, stored_fraction
 
     assert stored_fraction(0.5, 512, 4, 28) == pytest.approx(0.5 + 32 / 512)
     assert stored_fraction(0.25, 16, 8, 20) == pytest.approx(0.25 + 24 / 16)

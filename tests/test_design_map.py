@@ -1,7 +1,7 @@
 """docs/design.md maps the code: every module of mkvlib is listed once, and nothing listed is gone."""
 import re
 
-from mkvlib.runtime import project_dir
+from mkvlib.core.env import project_dir
 
 
 def test_every_module_is_on_the_map():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mkvlib import corpora, models
-from mkvlib.geometry import KVGeometry
-from mkvlib.ranks import budget_of, kv_fraction, resolve_ranks, split_budgets, uniform_ranks
+from mkvlib.core.geometry import KVGeometry
+from mkvlib.core.ranks import budget_of, kv_fraction, resolve_ranks, split_budgets, uniform_ranks
 
 
 def test_geometry_of_layouts(any_model):
@@ -119,7 +119,7 @@ def test_task_text_corpora_render_prompt_and_answer(tmp_path, monkeypatch):
 
 def test_one_validation_of_budgets_ranks_schedules_and_allocations():
     """geometry's checks return the plain value and name the field, what was wrong and what to give."""
-    from mkvlib.checks import check_allocation, check_budget, check_budgets, check_rank, check_schedule
+    from mkvlib.core.checks import check_allocation, check_budget, check_budgets, check_rank, check_schedule
 
     assert check_budget(1) == 1.0 and isinstance(check_budget(1), float) and check_budget(None, optional=True) is None
     for bad in (0, 1.5, -0.5, True, "0.5", float("nan"), None):
@@ -147,9 +147,9 @@ def test_one_validation_of_budgets_ranks_schedules_and_allocations():
 def test_configuration_classes_validate_through_geometry():
     """Every configuration class rejects a bad budget, rank or allocation with geometry's message."""
     from mkvlib.bench import BenchConfig
-    from mkvlib.cache import HeadGroup
+    from mkvlib.core.cache import HeadGroup
     from mkvlib.lmeval.sweep import SweepConfig
-    from mkvlib.ranks import Method
+    from mkvlib.core.ranks import Method
     from mkvlib.search import SearchConfig
     from mkvlib.training import TrainConfig
 

@@ -9,7 +9,7 @@ from helpers import needs_model, random_projections
 from mkvlib import ladder as lad
 from mkvlib.compare import get_method
 from mkvlib.compat import cache_kwargs
-from mkvlib.geometry import KVGeometry
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.models import tiny_model
 
 SEGMENT, GROUP = 8, 16

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from helpers import needs_model, random_projections
-from mkvlib import attention
-from mkvlib.geometry import KVGeometry
+from mkvlib.core import attention
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.models import tiny_model
-from mkvlib.pca import fit_pca, query_aware_projections, score_error
-from mkvlib.projections import Projections, shipped_path
-from mkvlib.stats import collect_kv_stats
+from mkvlib.core.pca import fit_pca, query_aware_projections, score_error
+from mkvlib.core.projections import Projections, shipped_path
+from mkvlib.core.stats import collect_kv_stats
 from mkvlib.training import layerwise as lw
 from mkvlib.training.layerwise import (Capture, CaptureMismatchError, LayerAttention, LayerwiseConfig,
                                        capture_layer_inputs, fit_layer, fit_layerwise, layer_objective)
@@ -68,7 +68,7 @@ def test_objective_is_exactly_zero_at_full_rank(any_model):
 
 def test_objective_matches_the_compression_hook(llama):
     """Keys P_K k and values P_V (v - mu) + mu exactly as Compression does, at mixed ranks."""
-    from mkvlib.compress import attach
+    from mkvlib.core.compress import attach
 
     blocks = _blocks(2, 20)
     proj = random_projections(llama, value_mean=True)

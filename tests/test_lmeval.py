@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from mkvlib.geometry import KVGeometry
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.lmeval import LMEvalConfig, Sweep, SweepConfig, run_lm_eval
 from mkvlib.lmeval.hellaswag import process_docs
 from mkvlib.lmeval.sweep import GUESSED_ITEMS, read_rows
 from mkvlib.lmeval.tasks import TaskFilesMissingError, resolve_task_paths, write_local_tasks
 from mkvlib.models import tiny_model
-from mkvlib.projections import Projections
-from mkvlib.ranks import Method
+from mkvlib.core.projections import Projections
+from mkvlib.core.ranks import Method
 
 WORDS = ("question answer what is the a an of to in yes no red blue green sky grass fire water cold hot "
          "colour color sun ice open door key lock how do i").split()
@@ -78,7 +78,7 @@ def config(include_dir, **kw):
 
 
 def test_wrapper_scores_a_tiny_local_task(model, tokenizer, include_dir, projections_file):
-    from mkvlib.compress import attach
+    from mkvlib.core.compress import attach
 
     plain = run_lm_eval(model, tokenizer, config(include_dir))
     row = plain["tasks"]["tiny_mc"]
@@ -91,7 +91,7 @@ def test_wrapper_scores_a_tiny_local_task(model, tokenizer, include_dir, project
 
 
 def test_full_rank_gives_the_same_per_item_loglikelihoods(model, tokenizer, include_dir, projections_file):
-    from mkvlib.compress import attach
+    from mkvlib.core.compress import attach
 
     plain = run_lm_eval(model, tokenizer, config(include_dir, log_samples=True))["loglikelihoods"]["tiny_mc"]
     with attach(model, str(projections_file), 1.0):
@@ -191,8 +191,8 @@ def test_a_sweep_scores_your_own_projections_and_trajectory(model, tokenizer, in
     """``with_own_files`` swaps the trained methods' projections and adaptive ranks (PCA untouched); the sweep
     then attaches exactly the trajectory's ranks and records the file and its fingerprint."""
     from mkvlib.lmeval.sweep import ranks_digest, with_own_files
-    from mkvlib.ranks import budget_of
-    from mkvlib.trajectory import Trajectory
+    from mkvlib.core.ranks import budget_of
+    from mkvlib.core.trajectory import Trajectory
 
     proj = Projections.load(projections_file)
     ranks = torch.full(KVGeometry.of(model).shape, 16, dtype=torch.long)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import random_projections
-from mkvlib.compress import attach
+from mkvlib.core.compress import attach
 from mkvlib.lora import (BundleMismatchError, Example, LoRASettings, add_adapter, adapter_parameters, encode,
                          load_bundle, merge, save_bundle, stage1_config, stage1_trainer, stage2_config,
                          stage2_trainer, target_count, weights_hash)

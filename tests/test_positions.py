@@ -3,10 +3,10 @@ visible to a post-RoPE projection, and used by training, statistics and layer ca
 import pytest
 import torch
 
-from mkvlib import attention
-from mkvlib.compress import attach
+from mkvlib.core import attention
+from mkvlib.core.compress import attach
 from mkvlib.models import tiny_model
-from mkvlib.positions import block_offsets, check_mode, max_positions, shifted, spread_offsets
+from mkvlib.core.positions import block_offsets, check_mode, max_positions, shifted, spread_offsets
 from mkvlib.training import TrainConfig, Trainer
 from mkvlib.training.layerwise import capture_layer_inputs
 
@@ -96,7 +96,7 @@ def test_trainer_feeds_each_block_at_its_offset_teacher_and_student_alike(model)
 
 
 def test_capture_and_statistics_record_their_positions(model):
-    from mkvlib.stats import collect_kv_stats
+    from mkvlib.core.stats import collect_kv_stats
 
     blocks = _blocks(4, 16)
     spread = capture_layer_inputs(model, blocks, [0], dtype=torch.float32)

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from mkvlib.runtime import project_dir
+from mkvlib.core.env import project_dir
 
 README = project_dir() / "README.md"
 

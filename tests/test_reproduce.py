@@ -157,7 +157,7 @@ def test_recorded_environment_assignments_are_expanded(monkeypatch):
 
 
 SCRIPT = """import sys
-from mkvlib.io import write_json
+from mkvlib.core.io import write_json
 write_json(sys.argv[1], {"script": open(__file__).read(), "rows": [{"setting": "a", "value": 1.5}]})
 """
 

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from mkvlib.bench import speed_table
-from mkvlib.runtime import project_dir
+from mkvlib.core.env import project_dir
 from mkvlib.suite import suite_cell
 
 RESULTS = project_dir() / "data" / "results"

@@ -12,7 +12,7 @@ from mkvlib.lmeval.recipes import recipe, shipped_fingerprint
 from mkvlib.lora import curve, kept_table, read_manifest, read_rows
 from mkvlib.lora.runs import RUNS, STAGE1, run, stage2_from
 from mkvlib.results_store import results_path
-from mkvlib.runtime import shipped_data_dir
+from mkvlib.core.env import shipped_data_dir
 
 RESULTS = shipped_data_dir() / "results"
 LORA = shipped_data_dir() / "lora"

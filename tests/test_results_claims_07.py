@@ -5,8 +5,8 @@ import pytest
 
 from mkvlib.compare import report
 from mkvlib.compare.tasks import RETRIEVAL_TASKS
-from mkvlib.projections import SHIPPED, Projections, shipped_path
-from mkvlib.runtime import shipped_data_dir
+from mkvlib.core.projections import SHIPPED, Projections, shipped_path
+from mkvlib.core.env import shipped_data_dir
 
 RESULTS = shipped_data_dir() / "results"
 ADAPTIVE, UNIFORM = "matryoshka:budgets=0.5/0.25", "matryoshka:allocation=uniform"

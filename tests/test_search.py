@@ -5,17 +5,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mkvlib.compress import attach
-from mkvlib.geometry import KVGeometry
+from mkvlib.core.compress import attach
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.models import tiny_model
-from mkvlib.pca import fit_pca
-from mkvlib.positions import block_offsets, shifted
-from mkvlib.ranks import budget_of, uniform_ranks
-from mkvlib.search import SearchConfig, calibration_scorer, greedy_search, next_ranks, rank_path
-from mkvlib.search.replay import LayerReplay
-from mkvlib.search.scoring import KLScorer, with_rank
-from mkvlib.stats import collect_kv_stats
-from mkvlib.trajectory import Trajectory, TrajectoryMismatchError
+from mkvlib.core.pca import fit_pca
+from mkvlib.core.positions import block_offsets, shifted
+from mkvlib.core.ranks import budget_of, uniform_ranks
+from mkvlib.search import SearchConfig, greedy_search
+from mkvlib.core.scoring import calibration_scorer
+from mkvlib.core.greedy import next_ranks, rank_path
+from mkvlib.core.replay import LayerReplay
+from mkvlib.core.scoring import KLScorer, with_rank
+from mkvlib.core.stats import collect_kv_stats
+from mkvlib.core.trajectory import Trajectory, TrajectoryMismatchError
 
 # positions from 0: the steps recorded below predate 'spread' positions (test_spread_positions_... covers those)
 CFG = SearchConfig(step=8, min_rank=4, tokens=48, seq_len=24, batch_size=2, strategy="exact", positions="start")
@@ -122,7 +124,7 @@ def test_spread_positions_score_each_block_at_its_offset(setup):
 
 
 def test_a_plain_hand_written_loop_takes_the_exact_searchs_steps(setup, exact_traj):
-    """Algorithm 1 written out plainly (the example of mkvlib.search.greedy's docstring): every entry starts at
+    """Algorithm 1 written out plainly (the example of mkvlib.core.greedy's docstring): every entry starts at
     d; while any can still be lowered, score each one-step lowering by its KL increase and lower the least
     harmful one. It takes the library's exact steps, one by one, and records the same KL after each."""
     model, ids, proj = setup
@@ -334,8 +336,8 @@ def test_scorer_refuses_ranks_that_disagree_with_the_captured_state(setup):
 
 
 def test_adaptive_ranks_use_the_shipped_trajectory_matched_by_fingerprint(setup, exact_traj, tmp_path, monkeypatch):
-    from mkvlib.ranks import ranks_for
-    from mkvlib.trajectory import shipped_trajectory_path
+    from mkvlib.core.ranks import ranks_for
+    from mkvlib.core.trajectory import shipped_trajectory_path
 
     model, ids, proj = setup
     monkeypatch.setenv("MKV_PROJECT_DIR", str(tmp_path))
@@ -356,7 +358,7 @@ def test_adaptive_ranks_use_the_shipped_trajectory_matched_by_fingerprint(setup,
 def test_proxy_sensitivities_are_per_kind_positive_and_measured(setup):
     """Each (layer, K or V) sensitivity is the exact KL change of its probe over the probe's output error; none
     is left at or below zero, so lowering an entry never looks free or helpful to the proxy."""
-    from mkvlib.search.scoring import LocalProxy
+    from mkvlib.search.proxy import LocalProxy
 
     model, ids, proj = setup
     geom = KVGeometry.of(model)

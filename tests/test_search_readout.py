@@ -8,12 +8,12 @@ import torch
 
 from helpers import random_projections
 from mkvlib import suite
-from mkvlib.compress import attach
-from mkvlib.geometry import KVGeometry
+from mkvlib.core.compress import attach
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.models import tiny_model
 from mkvlib.search import SearchConfig, evaluate_trajectory, greedy_search
 from mkvlib.search.quality import allocation_ranks
-from mkvlib.trajectory import SUITE_CORPUS, Trajectory, readout_label
+from mkvlib.core.trajectory import SUITE_CORPUS, Trajectory, readout_label
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

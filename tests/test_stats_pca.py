@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from helpers import random_projections
-from mkvlib import attention
-from mkvlib.geometry import KVGeometry
+from mkvlib.core import attention
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.models import tiny_model
-from mkvlib.pca import energy_rank, fit_pca
-from mkvlib.projections import ProjectionMismatchError, Projections, resolve_projections
-from mkvlib.positions import block_offsets, shifted
-from mkvlib.stats import KVStats, collect_kv_stats
+from mkvlib.core.pca import energy_rank, fit_pca
+from mkvlib.core.projections import ProjectionMismatchError, Projections, resolve_projections
+from mkvlib.core.positions import block_offsets, shifted
+from mkvlib.core.stats import KVStats, collect_kv_stats
 
 
 def test_streaming_statistics_equal_brute_force(any_model):
@@ -55,7 +55,7 @@ def test_streaming_statistics_equal_brute_force(any_model):
 
 def _stats_from_matrix(x: np.ndarray) -> KVStats:
     """KVStats for one layer and one KV head whose tokens are the rows of x (n, d)."""
-    from mkvlib.geometry import KVGeometry as G
+    from mkvlib.core.geometry import KVGeometry as G
 
     stats = KVStats.zeros(G(1, 1, 1, x.shape[1]))
     t = torch.from_numpy(x)[None, None]              # (1, 1, n, d)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from helpers import needs_model, random_projections
-import mkvlib.ranks
+import mkvlib.core.ranks
 from mkvlib import retrieval, suite
-from mkvlib.compress import attach
-from mkvlib.geometry import KVGeometry
-from mkvlib.ranks import Method
+from mkvlib.core.compress import attach
+from mkvlib.core.geometry import KVGeometry
+from mkvlib.core.ranks import Method
 
 
 class CharTok:
@@ -71,7 +71,7 @@ def test_compare_suite_methods_and_table(llama, one_thread, monkeypatch):
         ranks[0, 0, 0] = geom.head_dim
         return ranks
 
-    monkeypatch.setattr(mkvlib.ranks, "ranks_for", fake_ranks_for)     # what Method.ranks calls
+    monkeypatch.setattr(mkvlib.core.ranks, "ranks_for", fake_ranks_for)     # what Method.ranks calls
     methods = [("random uniform", random_projections(llama, 1)),
                Method("other adaptive", random_projections(llama, 2), "adaptive", trajectory="t.json")]
     rows = suite.compare_suite(llama, methods, [0.75, 0.5], domain_blocks(), batch_size=2)
@@ -88,7 +88,7 @@ def test_compare_suite_methods_and_table(llama, one_thread, monkeypatch):
 
 def test_compare_suite_whole_tokens_spend_the_same_bytes(llama, one_thread):
     """A method keeping tokens whole reads a budget as stored bytes: fewer features, about the same bytes."""
-    from mkvlib.ranks import stored_fraction
+    from mkvlib.core.ranks import stored_fraction
 
     blocks = domain_blocks()
     tokens = next(iter(blocks.values())).shape[1]
@@ -329,7 +329,7 @@ def test_eval_suite_cli_on_the_embedded_model(monkeypatch, capsys, tmp_path):
 def test_eval_suite_whole_tokens_on_the_embedded_model(monkeypatch, capsys):
     """--keep-recent gives one method per window; budgets count stored bytes, whole tokens included."""
     from mkvlib.cli import main
-    from mkvlib.ranks import stored_fraction
+    from mkvlib.core.ranks import stored_fraction
 
     monkeypatch.delenv("MKV_DATA_DIR", raising=False)
     assert main(["eval", "--suite", "ood", "--json", "--tokens", "128", "--seq-len", "64", "--budgets", "0.5",
@@ -348,7 +348,7 @@ def test_eval_suite_whole_tokens_on_the_embedded_model(monkeypatch, capsys):
 
 def test_retrieval_curve_with_whole_tokens_counts_bytes_per_length(llama, one_thread, monkeypatch):
     """A method keeping tokens whole gets, at each prompt length, the features that store the asked bytes."""
-    from mkvlib.ranks import Method
+    from mkvlib.core.ranks import Method
 
     asked = []
     real = Method.feature_budget

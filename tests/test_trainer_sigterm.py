@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mkvlib.models import tiny_model
-from mkvlib.pca import fit_pca
-from mkvlib.stats import collect_kv_stats
+from mkvlib.core.pca import fit_pca
+from mkvlib.core.stats import collect_kv_stats
 from mkvlib.training import TrainConfig, Trainer, load_checkpoint
 from mkvlib.training.trainer import TrainingTerminated, _defer_signals
 

@@ -4,13 +4,15 @@ import json
 import pytest
 import torch
 
-from mkvlib.compress import attach
-from mkvlib.geometry import KVGeometry
+from mkvlib.core.compress import attach
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.models import tiny_model
-from mkvlib.pca import fit_pca
-from mkvlib.stats import collect_kv_stats
-from mkvlib.training import (CheckpointError, RankSampler, TrainConfig, Trainer, check_schedule, default_schedule,
-                             distill_loss, load_checkpoint, save_checkpoint)
+from mkvlib.core.pca import fit_pca
+from mkvlib.core.stats import collect_kv_stats
+from mkvlib.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, save_checkpoint
+from mkvlib.core.sampler import RankSampler, default_schedule
+from mkvlib.core.checks import check_schedule
+from mkvlib.core.loss import distill_loss
 
 torch.set_num_threads(2)
 

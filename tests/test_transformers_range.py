@@ -15,12 +15,12 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from transformers import DynamicCache
 
-from mkvlib.cache import CompressedCache
+from mkvlib.core.cache import CompressedCache
 from mkvlib.compat import cache_argument, cache_kwargs
-from mkvlib.compress import attach
-from mkvlib.geometry import KVGeometry
+from mkvlib.core.compress import attach
+from mkvlib.core.geometry import KVGeometry
 from mkvlib.models import tiny_model
-from mkvlib.projections import Projections
+from mkvlib.core.projections import Projections
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 CACHE_RENAMED_IN = Version("5.24.0.dev0")  # the first release whose generate/forward take `cache=`

@@ -4,8 +4,8 @@ import re
 import pytest
 import torch
 
-from mkvlib.ranks import budget_of, split_budgets
-from mkvlib.trajectory import Trajectory
+from mkvlib.core.ranks import budget_of, split_budgets
+from mkvlib.core.trajectory import Trajectory
 from mkvlib.widgets import (BudgetExplorer, ExplorerState, benchmark, clamp_budget, continuation,
                             default_projections, explorer_ranks, readout, readout_text, split_budget)
 
@@ -93,8 +93,8 @@ def test_widget_callbacks_run_headless(llama):
         def decode(self, ids, skip_special_tokens=True):
             return " ".join(map(str, ids.tolist()))
 
-    from mkvlib.pca import fit_pca
-    from mkvlib.stats import collect_kv_stats
+    from mkvlib.core.pca import fit_pca
+    from mkvlib.core.stats import collect_kv_stats
 
     ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     proj = fit_pca(collect_kv_stats(llama, ids, 2, progress=False, model_name=llama.mkv_name),
@@ -243,8 +243,8 @@ class WordTokenizer:
 
 
 def test_a_prompt_longer_than_the_context_window_is_a_message_not_a_traceback(llama):
-    from mkvlib.geometry import KVGeometry
-    from mkvlib.projections import Projections
+    from mkvlib.core.geometry import KVGeometry
+    from mkvlib.core.projections import Projections
 
     window = llama.config.max_position_embeddings
     geom = KVGeometry.of(llama)

@@ -15,7 +15,7 @@ def make_cache(kind: str, model, projections=None, ranks=None, reserve: int = 0)
     from transformers import DynamicCache, QuantizedCache
 
     if kind == "compressed":
-        from ..cache import CompressedCache
+        from ..core.cache import CompressedCache
 
         return CompressedCache(model, projections, ranks, reserve=reserve)
     if kind == "ladder":
@@ -38,8 +38,8 @@ def shipped_ladder(model, projections, bits):
     """The layout of the shipped ladder trajectory (data/results/ladder_trajectory.json) at ``bits`` per element
     (scales included), checked to have been searched for ``projections``."""
     from ..ladder import LadderTrajectory
-    from ..projections import resolve_projections
-    from ..runtime import shipped_data_dir
+    from ..core.projections import resolve_projections
+    from ..core.env import shipped_data_dir
 
     if isinstance(bits, bool) or not isinstance(bits, (int, float)) or bits <= 0:
         raise ValueError(f"a ladder cache takes a Ladder or bits per element (a positive number), not {bits!r}")
@@ -107,7 +107,7 @@ def synthetic_source(model, batch: int, context: int, seed: int = 0):
 def synthetic_fill(cache, model, batch: int, context: int, seed: int = 0, chunk: int = 1024) -> None:
     """Fill ``cache`` with random post-RoPE keys and values (batch, G, context, d) of the model's dtype, made on its
     device ``chunk`` tokens at a time (bounding the transient memory of the fill)."""
-    from ..geometry import KVGeometry
+    from ..core.geometry import KVGeometry
 
     geom, param = KVGeometry.of(model), next(model.parameters())
     gen = torch.Generator(device=param.device).manual_seed(seed)
@@ -121,14 +121,14 @@ def synthetic_fill(cache, model, batch: int, context: int, seed: int = 0, chunk:
 
 def kv_fraction(cache) -> float:
     """The share of the full keys and values a compressed cache keeps (its ranks over the head dimension)."""
-    from ..ranks import kv_fraction as fraction
+    from ..core.ranks import kv_fraction as fraction
 
     return fraction(cache.ranks, cache.geometry.head_dim)
 
 
 def bytes_per_token(model, compressed) -> dict:
     """Bytes per token (one sequence) of the compressed cache and of DynamicCache, from the geometry and dtype."""
-    from ..geometry import KVGeometry
+    from ..core.geometry import KVGeometry
 
     geom = KVGeometry.of(model)
     size = next(model.parameters()).element_size()

@@ -7,10 +7,10 @@ import torch
 @torch.no_grad()
 def simulated_gap(model, projections, ranks, ids: torch.Tensor, split: int) -> float:
     """Max |logit difference| between the compressed cache (prefill ``split`` tokens, then one token a step) and
-    the simulated path of :func:`mkvlib.compress.attach` on the same ids (B, T)."""
-    from ..cache import CompressedCache
+    the simulated path of :func:`mkvlib.core.compress.attach` on the same ids (B, T)."""
+    from ..core.cache import CompressedCache
     from ..compat import cache_kwargs
-    from ..compress import attach
+    from ..core.compress import attach
 
     with attach(model, projections, ranks):
         expected = model(ids).logits

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..checks import check_allocation, check_budget
+from ..core.checks import check_allocation, check_budget
 
 KINDS = ("compressed", "dynamic", "quanto", "ladder")
 BASELINES = ("dynamic", "quanto")           # the kinds BenchConfig.baselines may name

@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 import torch
 
-from ..ranks import ranks_for
+from ..core.ranks import ranks_for
 from .caches import cache_bytes, make_cache
 from .config import BenchConfig
 from .speed import decode, prefill, prompt_ids, synchronize
@@ -66,7 +66,7 @@ def run_variant(kind: str, config: BenchConfig, ranks=None) -> dict:
     Meant for a fresh process (:func:`measure_in_subprocess`): the peak RSS growth is only clean there.
     """
     from ..models import load_model
-    from ..projections import resolve_projections
+    from ..core.projections import resolve_projections
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, tokenizer = load_model(config.model)

@@ -70,7 +70,7 @@ def memory_record(args) -> dict:
 def profile_record(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from ..ranks import ranks_for
+    from ..core.ranks import ranks_for
     from .caches import fill_from, make_cache
     from .run import prepared
     from .speed import decode, shared_prefix
@@ -98,9 +98,9 @@ def profile_record(args) -> dict:
 def ladder_factories(model, proj, bits_list, reserve: int) -> dict:
     """name -> (() -> empty cache, planned bits per element or None): DynamicCache, quanto's 4-bit cache, and per
     budget the shipped ladder and the compressed cache at the same bytes (uniform ranks, budget bits / dtype bits)."""
-    from ..geometry import KVGeometry
+    from ..core.geometry import KVGeometry
     from ..ladder import dtype_bits
-    from ..ranks import resolve_ranks
+    from ..core.ranks import resolve_ranks
     from .caches import baseline_factories, make_cache, shipped_ladder
 
     geom, full = KVGeometry.of(model), dtype_bits(model)
@@ -118,7 +118,7 @@ def ladder_factories(model, proj, bits_list, reserve: int) -> dict:
 def ladder_record(args) -> dict:
     import statistics
 
-    from ..geometry import KVGeometry
+    from ..core.geometry import KVGeometry
     from .run import prepared
     from .speed import decode_speeds
 
@@ -150,7 +150,7 @@ RECORDS = {"decode": decode_record, "memory": memory_record, "profile": profile_
 
 def main(argv=None) -> int:
     from ..commands.common import hardware
-    from ..io import write_json
+    from ..core.io import write_json
 
     p = argparse.ArgumentParser(prog="python -m mkvlib.bench.record", description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=sorted(RECORDS))

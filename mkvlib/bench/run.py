@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from ..ranks import ranks_for
+from ..core.ranks import ranks_for
 from .caches import baseline_factories, bytes_per_token, fill_from, kv_fraction, make_cache
 from .config import BenchConfig
 from .process import measure_in_subprocess
@@ -17,7 +17,7 @@ from .speed import decode_speeds, prefill, prompt_ids
 def prepared(config: BenchConfig, model=None, tokenizer=None):
     """(model, projections, prompt ids (batch, context) on the model's device); loads the model if not given."""
     from ..models import load_model
-    from ..projections import resolve_projections
+    from ..core.projections import resolve_projections
 
     if model is None:
         model, tokenizer = load_model(config.model)

@@ -30,7 +30,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..bench.config import BenchConfig
     from ..bench.run import run_bench
-    from ..io import write_json
+    from ..core.io import write_json
 
     baselines = tuple(b for b in args.baselines.split(",") if b)
     if "dynamic" not in baselines:

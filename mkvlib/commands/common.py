@@ -35,7 +35,7 @@ def add_model_args(p, tokens_fast: int, tokens_full: int, seq_len: int = 256, ro
 
 def setup(args):
     """(model, tokenizer, blocks) for the common arguments."""
-    from ..checks import check_budget
+    from ..core.checks import check_budget
     from ..corpora import default_corpus, load_text, token_blocks
     from ..models import load_model
 
@@ -98,7 +98,7 @@ def add_run_args(p) -> None:
 
 
 def add_positions_arg(p) -> None:
-    from ..positions import POSITION_MODES
+    from ..core.positions import POSITION_MODES
 
     p.add_argument("--positions", choices=POSITION_MODES, default="spread",
                    help="where blocks sit in the context window: 'spread' (default) at seeded random offsets up to "

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ..ranks import ranks_for
+from ..core.ranks import ranks_for
 from .common import add_model_args, emit, setup
 
 
@@ -79,7 +79,7 @@ def resolve_rank_args(args, model, projections):
 
 
 def parse_budgets(text: str) -> list[float]:
-    from ..checks import check_budgets
+    from ..core.checks import check_budgets
 
     return list(check_budgets(text, "--budgets"))
 
@@ -117,7 +117,7 @@ def parse_lengths(text: str) -> list[int]:
 
 def check_offset(args, model, longest: int) -> None:
     """--position-offset must be >= 0 and leave room for ``longest`` tokens in the model's context window."""
-    from ..positions import max_positions
+    from ..core.positions import max_positions
 
     room = max_positions(model)
     if args.position_offset < 0 or args.position_offset + longest > room:
@@ -144,10 +144,10 @@ def run(args) -> int:
 
 
 def run_corpus(args) -> int:
-    from ..compress import attach
+    from ..core.compress import attach
     from ..metrics import quality_curve
-    from ..positions import shifted
-    from ..projections import resolve_projections
+    from ..core.positions import shifted
+    from ..core.projections import resolve_projections
 
     budgets = parse_budgets(args.budgets) if args.budgets else None
     model, _, blocks = setup(args)
@@ -181,7 +181,7 @@ def run_corpus(args) -> int:
 
 def method_record(method, model) -> dict:
     """A method as a result file stores it: label, projections (name and fingerprint), allocation, trajectory."""
-    from ..projections import resolve_projections
+    from ..core.projections import resolve_projections
 
     whole = dict(keep_first=method.keep_first, keep_recent=method.keep_recent) \
         if method.keep_first or method.keep_recent else {}
@@ -245,7 +245,7 @@ def parse_recent(text: str) -> list[int]:
 
 def suite_methods(args, allocations) -> list:
     """One method per (projections, allocation, --keep-recent value); labels name the whole tokens kept."""
-    from ..ranks import Method
+    from ..core.ranks import Method
     from ..suite import suite_label
 
     recents = parse_recent(args.keep_recent)
@@ -261,8 +261,8 @@ def suite_methods(args, allocations) -> list:
 def run_suite(args, allocations) -> int:
     """mkv eval --suite ood: every (projections, allocation) method at every budget on every domain."""
     from ..models import load_model
-    from ..positions import shifted
-    from ..projections import resolve_projections
+    from ..core.positions import shifted
+    from ..core.projections import resolve_projections
     from ..retrieval import format_retrieval_table, retrieval_curve
     from ..suite import DOMAINS, compare_suite, format_suite_table, suite_blocks
 
@@ -290,7 +290,7 @@ def run_suite(args, allocations) -> int:
             result["retrieval"] = retrieval_curve(model, tokenizer, methods, budgets, lengths, n_prompts,
                                                   args.retrieval_seed, progress=not args.json)
     if args.out:
-        from ..io import write_json
+        from ..core.io import write_json
         from .common import hardware, invocation
 
         write_json(args.out, dict(result, command=invocation(), wall_time_s=round(time.time() - start),

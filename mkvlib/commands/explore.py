@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..runtime import project_dir
+from ..core.env import project_dir
 
 DEFAULT_PORT = 8866
 

@@ -5,7 +5,7 @@ from .common import add_model_args, add_positions_arg, emit, setup
 
 
 def register(sub) -> None:
-    from ..pca import KEY_BASES
+    from ..core.pca import KEY_BASES
 
     p = sub.add_parser("fit-pca", help="fit PCA projections of post-RoPE keys and values")
     add_model_args(p, tokens_fast=4096, tokens_full=65536, role="calibration")
@@ -14,15 +14,15 @@ def register(sub) -> None:
     p.add_argument("--query-aware", action="store_true",
                    help="key bases that keep q.k scores given query and key second moments (values stay PCA)")
     p.add_argument("--key-basis", choices=KEY_BASES, default="query",
-                   help="with --query-aware: which closed-form basis (default 'query'; see mkvlib.pca)")
+                   help="with --query-aware: which closed-form basis (default 'query'; see mkvlib.core.pca)")
     p.add_argument("--json", action="store_true")
     add_positions_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..pca import fit_pca, query_aware_projections, score_error
-    from ..stats import collect_kv_stats
+    from ..core.pca import fit_pca, query_aware_projections, score_error
+    from ..core.stats import collect_kv_stats
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out must end in .safetensors, not {args.out!r}")

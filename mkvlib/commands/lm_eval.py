@@ -65,11 +65,11 @@ def evaluate_one(model, tokenizer, config, projections: str, budget: float, allo
                  trajectory: str | None = None) -> dict:
     """Accuracy at one budget: uncompressed at 1.0 with uniform ranks, else through the attached compression
     (adaptive ranks from the shipped trajectory, or from ``trajectory``)."""
-    from ..checks import check_budget
-    from ..compress import attach
+    from ..core.checks import check_budget
+    from ..core.compress import attach
     from ..lmeval import flat_result, run_lm_eval
-    from ..ranks import ranks_for
-    from ..projections import resolve_projections
+    from ..core.ranks import ranks_for
+    from ..core.projections import resolve_projections
 
     check_budget(budget)
     meta = dict(model=model.mkv_name, budget=budget, allocation=allocation, projections=projections)

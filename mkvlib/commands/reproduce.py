@@ -525,7 +525,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..runtime import project_dir
+    from ..core.env import project_dir
 
     root = project_dir()
     if args.list:

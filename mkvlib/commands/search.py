@@ -49,7 +49,7 @@ def register(sub) -> None:
 
 def config_from_args(args):
     """A :class:`SearchConfig` from the command line (fast-mode defaults where an option is not given)."""
-    from ..runtime import fast_mode
+    from ..core.env import fast_mode
     from ..search import SearchConfig
 
     base = SearchConfig.fast() if fast_mode() else SearchConfig()
@@ -70,7 +70,7 @@ def readout_blocks(args, tokenizer, seq_len: int):
     from ..corpora import token_blocks
     from ..runtime import pick
     from ..suite import suite_blocks
-    from ..trajectory import SUITE_CORPUS
+    from ..core.trajectory import SUITE_CORPUS
 
     if args.eval_corpus:
         return token_blocks(tokenizer, args.eval_corpus, seq_len, args.eval_tokens or pick(512, 2048)), args.eval_corpus
@@ -101,7 +101,7 @@ def run(args) -> int:
     import time
 
     from ..corpora import default_corpus, token_blocks
-    from ..projections import resolve_projections
+    from ..core.projections import resolve_projections
     from ..runtime import pick
     from ..search import budget_grid, evaluate_trajectory, greedy_search
 
@@ -138,10 +138,10 @@ def run_readout(args) -> int:
     meta's record of how the readout was made) change. Budgets: the file's own grid unless --grid is given."""
     import time
 
-    from ..io import existing_file
-    from ..projections import resolve_projections
+    from ..core.io import existing_file
+    from ..core.projections import resolve_projections
     from ..search import budget_grid, evaluate_trajectory
-    from ..trajectory import Trajectory
+    from ..core.trajectory import Trajectory
 
     path = existing_file(args.readout_only, "trajectory file", "; --readout-only names an existing trajectory .json")
     out = args.out or str(path)

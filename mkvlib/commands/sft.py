@@ -68,7 +68,7 @@ def make_trainer(args, model, ids, mask, ckpt: Path, accelerator):
     bundle's manifest or None) for the chosen stage."""
     from ..lora import (LoRASettings, add_adapter, general_projections, load_bundle, stage1_config,
                         stage1_trainer, stage2_config, stage2_trainer)
-    from ..projections import resolve_projections
+    from ..core.projections import resolve_projections
 
     common = training_settings(args, pick(6, 150 if args.stage == 1 else 100))
     if args.stage == 1:
@@ -90,7 +90,7 @@ def make_trainer(args, model, ids, mask, ckpt: Path, accelerator):
 
 
 def run(args) -> int:
-    from ..checks import check_budgets
+    from ..core.checks import check_budgets
     from ..lora import encode, load_examples
     from ..models import load_model
 
@@ -142,7 +142,7 @@ def training_record(args, trainer, examples, ids, mask, loss_on: str, settings, 
 
 def write_bundle(args, out: Path, peft_model, projections, record: dict) -> dict:
     """Save the bundle and its training.json; the summary to print."""
-    from ..io import write_json
+    from ..core.io import write_json
     from ..lora import save_bundle
     from ..lora.adapter import weights_hash
 

@@ -85,7 +85,7 @@ def train_config(args):
 def run(args) -> int:
     from ..corpora import check_not_heldout, default_corpus
     from ..models import load_model
-    from ..projections import resolve_projections
+    from ..core.projections import resolve_projections
     from ..recall import check_recall_span, recall_blocks
     from ..training import Trainer
 
@@ -116,7 +116,7 @@ def run(args) -> int:
 
 def write_results(args, out: Path, model, trainer, corpora: list, train_blocks, eval_blocks) -> None:
     """Save the trained projections to ``out``, their JSON record beside them, and print a summary."""
-    from ..io import write_json
+    from ..core.io import write_json
 
     record = {
         "out": str(out), "model": model.mkv_name, "init": args.init, "init_fingerprint": trainer.init_fingerprint,

@@ -114,11 +114,11 @@ def layer_inputs(args, model, blocks, need: list[int], corpus: str, tokens: int)
 
 def run(args) -> int:
     from ..corpora import token_blocks
-    from ..geometry import KVGeometry
-    from ..io import write_json
+    from ..core.geometry import KVGeometry
+    from ..core.io import write_json
     from ..models import load_model
-    from ..pca import query_aware_projections
-    from ..projections import resolve_projections
+    from ..core.pca import query_aware_projections
+    from ..core.projections import resolve_projections
     from ..training.layerwise import finished_layers, fit_layerwise, parse_layers
 
     t_start, cpu_start = time.perf_counter(), time.process_time()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..compat import cache_kwargs
-from ..geometry import KVGeometry
+from ..core.geometry import KVGeometry
 from ..results_store import BASELINE
 
 

@@ -1,8 +1,8 @@
 """Shared machinery of the bench's own caches: a runner over a cache factory, layer types, option checks.
 
 The bench's own cache layers (token eviction, ThinK, the pre-RoPE SVD latents, the quantized reduced cache) are
-subclasses of :class:`mkvlib.cache.CompressedLayer`: they hand a :class:`mkvlib.cache.ReducedKV` to the attention
-override of :mod:`mkvlib.cache`, which calls the layer's ``attend(query, attention_mask, scaling)``. A layer that
+subclasses of :class:`mkvlib.core.cache.CompressedLayer`: they hand a :class:`mkvlib.core.cache.ReducedKV` to the attention
+override of :mod:`mkvlib.core.cache`, which calls the layer's ``attend(query, attention_mask, scaling)``. A layer that
 stores fewer tokens than it has seen ignores the model's mask (built for every token seen) and attends causally
 over the new tokens and to every stored token before them; such layers serve unpadded batches only, which is
 what the :class:`~mkvlib.compare.base.Runner` protocol sends.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
-from .. import cache as cache_module
+from ..core import cache as cache_module
 from .base import Runner
 
 

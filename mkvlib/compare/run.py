@@ -226,7 +226,7 @@ def estimate(pending: list[tuple], seconds: float, unit_length: int) -> float:
 def run_compare(model, tokenizer, spec: CompareSpec, out, progress: bool = True, command: str | None = None,
                 log=sys.stderr) -> dict:
     """Run (or resume) ``spec``; write the JSON summary to ``out`` (atomically) and return it."""
-    from ..io import write_json
+    from ..core.io import write_json
 
     store = open_store(out)
     identity = model_identity(model)

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..runtime import project_dir
+from ..core.env import project_dir
 from .build import check, write
 
 

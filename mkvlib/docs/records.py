@@ -105,7 +105,7 @@ class Data:
         import torch
 
         from ..lmeval.sweep import ranks_digest
-        from ..trajectory import Trajectory
+        from ..core.trajectory import Trajectory
 
         out = {}
         for path in self.trajectories:

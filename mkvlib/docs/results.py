@@ -88,7 +88,7 @@ def commands_line(commands, what: str = "Command") -> str:
 def readout_text(ev: dict) -> str:
     """What a trajectory's readout was measured on: the out-of-domain suite's mean over its domains, or one
     corpus."""
-    from ..trajectory import SUITE_CORPUS
+    from ..core.trajectory import SUITE_CORPUS
 
     if ev.get("corpus") != SUITE_CORPUS:
         return f"{ev.get('corpus')}, {ev.get('tokens'):,} tokens in blocks of {ev.get('seq_len')}"

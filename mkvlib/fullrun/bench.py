@@ -92,7 +92,7 @@ def largest_batch(ctx, factory, per_seq: float, context: int, new_tokens: int, d
 
 
 def run(ctx, deadline) -> dict:
-    from ..io import write_json
+    from ..core.io import write_json
 
     p = ctx.profile
     try:

@@ -45,7 +45,7 @@ class RunContext:
             fh.write(line + "\n")
 
     def write_summary(self) -> None:
-        from ..io import write_json
+        from ..core.io import write_json
 
         self.summary["elapsed_s"] = round(self.budget.elapsed(), 1)
         self.summary["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -63,7 +63,7 @@ class RunContext:
 
     def pca(self):
         """The PCA projections: the shipped ones for this model, else fitted once on calibration text."""
-        from ..projections import resolve_projections
+        from ..core.projections import resolve_projections
 
         if self.pca_spec is None:
             try:
@@ -78,8 +78,8 @@ class RunContext:
 
     def fit_pca(self) -> Path:
         from ..corpora import token_blocks
-        from ..pca import fit_pca
-        from ..stats import collect_kv_stats
+        from ..core.pca import fit_pca
+        from ..core.stats import collect_kv_stats
 
         corpus = self.corpus("calibration")
         seq = min(self.profile.train_seq, 512)
@@ -90,7 +90,7 @@ class RunContext:
 
     def trained(self):
         """The trained projections: this run's (train stage), else the ones shipped for the model."""
-        from ..projections import resolve_projections
+        from ..core.projections import resolve_projections
 
         if self.trained_spec is None:
             try:

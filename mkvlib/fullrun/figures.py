@@ -71,7 +71,7 @@ def write_figures(ctx, bench: dict | None) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
+    from ..core.io import atomic_path
 
     stages = ctx.summary["stages"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))

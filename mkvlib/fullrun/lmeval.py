@@ -32,7 +32,7 @@ def lmeval_missing(tasks) -> str | None:
 
 
 def sweep_methods(ctx) -> list:
-    from ..ranks import Method
+    from ..core.ranks import Method
 
     ctx.pca()
     methods = [Method("pca-uniform", ctx.pca_spec)]

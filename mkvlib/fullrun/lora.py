@@ -80,7 +80,7 @@ def accuracy(ctx, peft_model, general, two_stage, deadline) -> dict:
         return {"skipped": why}
     if clock.now() >= deadline:
         return {"skipped": "out of time"}
-    from ..compress import attach
+    from ..core.compress import attach
     from ..lmeval import LMEvalConfig, run_lm_eval
     from ..lora import merge
 

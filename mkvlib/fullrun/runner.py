@@ -50,7 +50,8 @@ def prepare_out(config) -> Path:
 
 def load(config):
     """(model, tokenizer, profile name) on the run's device and dtype."""
-    from ..runtime import device_and_dtype, fast_mode
+    from ..runtime import device_and_dtype
+    from ..core.env import fast_mode
 
     device, dtype = device_and_dtype(config.device, config.dtype)
     if config.tiny:

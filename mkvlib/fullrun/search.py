@@ -11,8 +11,8 @@ def estimate(ctx, config) -> float | None:
     on ``smoke_tokens``): one build per refresh and one at the start, each costing that step per rank below d on
     the path, scaled by the calibration tokens (linearly on a CPU; as their square root on a GPU, which the smoke
     test's few tokens leave mostly idle). A rough guide: the summary records it beside the measured time."""
-    from ..geometry import KVGeometry
-    from ..search import rank_path
+    from ..core.geometry import KVGeometry
+    from ..core.greedy import rank_path
 
     smoke = ctx.measured.get("search_step_s")
     if not smoke:
@@ -40,7 +40,7 @@ def run(ctx, deadline) -> dict:
     from ..corpora import token_blocks
     from ..search import SearchConfig, budget_grid, evaluate_trajectory, greedy_search
     from ..suite import DOMAINS, suite_blocks
-    from ..trajectory import SUITE_CORPUS
+    from ..core.trajectory import SUITE_CORPUS
 
     p = ctx.profile
     proj = ctx.trained()                       # raises StageSkipped without trained projections

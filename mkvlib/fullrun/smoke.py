@@ -30,7 +30,7 @@ def smoke_ids(ctx, tokens: int) -> torch.Tensor:
 
 @torch.no_grad()
 def check_exactness(ctx) -> dict:
-    from ..compress import attach
+    from ..core.compress import attach
 
     ids, dtype = smoke_ids(ctx, ctx.profile.smoke_tokens), next(ctx.model.parameters()).dtype
     base = ctx.model(ids).logits.float()
@@ -90,7 +90,7 @@ def _train_steps(ctx, batch: int) -> dict:
 
 
 def check_search_step(ctx) -> dict:
-    from ..geometry import KVGeometry
+    from ..core.geometry import KVGeometry
     from ..search import SearchConfig, greedy_search
 
     geom = KVGeometry.of(ctx.model)
@@ -111,7 +111,7 @@ def check_search_step(ctx) -> dict:
 def check_generation(ctx) -> dict:
     from transformers import DynamicCache
 
-    from ..cache import CompressedCache
+    from ..core.cache import CompressedCache
     from ..compat import cache_kwargs
 
     prompt, new = smoke_ids(ctx, ctx.profile.smoke_tokens)[:, :32], ctx.profile.smoke_new_tokens

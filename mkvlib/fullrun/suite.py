@@ -11,7 +11,7 @@ MIN_SEQ = 64          # the shortest suite block when time is short
 
 
 def methods(ctx) -> list:
-    from ..ranks import Method
+    from ..core.ranks import Method
 
     out = [Method("PCA uniform", ctx.pca())]
     try:

@@ -1,6 +1,6 @@
 """Zero-shot accuracy of a (compressed) in-memory model through lm-evaluation-harness.
 
-lm-eval's ``HFLM`` wraps the very model object that :func:`mkvlib.compress.attach` hooked, so every forward
+lm-eval's ``HFLM`` wraps the very model object that :func:`mkvlib.core.compress.attach` hooked, so every forward
 pass lm-eval makes runs through the simulated compression; nothing is copied or converted. Tasks come from
 :mod:`mkvlib.lmeval.tasks` (built-in definitions, online or pointed at local files). Introduced in notebook 04.
 """
@@ -60,7 +60,7 @@ def wrap(model, tokenizer, batch_size: int = 8, progress: bool = True):
 
     from lm_eval.models.huggingface import HFLM
 
-    from ..runtime import fast_mode
+    from ..core.env import fast_mode
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)

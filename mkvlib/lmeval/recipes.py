@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import struct
 
-from ..projections import SHIPPED, shipped_path
+from ..core.projections import SHIPPED, shipped_path
 from ..results_store import BASELINE
 
 SHIPPED_NAMES = {"pca": "PCA", "trained": "MatryoshkaKV trained"}

@@ -16,11 +16,11 @@ import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from ..checks import check_budgets
+from ..core.checks import check_budgets
 from ..corpora import data_dir
-from ..ranks import Method, budget_of
+from ..core.ranks import Method, budget_of
 from ..results_store import BASELINE, ResultStore, measure_all, unstored
-from ..runtime import project_dir
+from ..core.env import project_dir
 from .evaluate import LMEvalConfig, lm_eval_version, run_lm_eval, wrap
 from .tasks import LOCAL_TASKS, choose_source
 
@@ -176,7 +176,7 @@ class Sweep:
 
     # --- planning ---------------------------------------------------------------------------------
     def projections_for(self, method: Method):
-        from ..projections import resolve_projections
+        from ..core.projections import resolve_projections
 
         if method.projections not in self._projections:
             self._projections[method.projections] = resolve_projections(method.projections, self.model)
@@ -265,7 +265,7 @@ class Sweep:
     # --- running ----------------------------------------------------------------------------------
     def measure(self, cell: Cell, lm) -> dict:
         """The row of one cell, measured through ``lm`` (:func:`~mkvlib.lmeval.wrap`), not stored."""
-        from ..compress import attach
+        from ..core.compress import attach
 
         eval_config = replace(self.config.eval_config, tasks=[cell.task])
         row = self._identity(cell)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 
-from ..compress import attach
+from ..core.compress import attach
 from ..lmeval import LMEvalConfig, run_lm_eval, wrap
-from ..ranks import ranks_for
+from ..core.ranks import ranks_for
 from ..results_store import BASELINE, ResultStore, measure_all, unstored
 
 FIELDS = ["model", "adapter", "projections", "fingerprint", "budget", "task", "acc", "acc_norm", "items", "limit",
@@ -73,7 +73,7 @@ def accuracy_curve(model, tokenizer, projections: dict, budgets, adapter: str, t
 
 def _read_trajectories(trajectories: dict | None, projections: dict) -> dict:
     """{label: Trajectory}, each given file read once; every label must be one of ``projections``."""
-    from ..trajectory import Trajectory
+    from ..core.trajectory import Trajectory
 
     trajectories = {label: t if isinstance(t, Trajectory) else Trajectory.load(t)
                     for label, t in (trajectories or {}).items()}
@@ -182,7 +182,7 @@ def evaluate_bundle(folder, projections=None, budgets=(0.5,), task: str = "arc_e
     ``evaluate_bundle(b, budgets=(), out=csv)`` and ``evaluate_bundle(b, uncompressed=False, out=csv)``.
     """
     from ..models import load_model
-    from ..projections import resolve_projections
+    from ..core.projections import resolve_projections
     from .bundle import load_merged, read_manifest
     from .stages import general_projections
 

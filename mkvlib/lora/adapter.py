@@ -1,6 +1,6 @@
 """peft LoRA adapters on a (compressible) model: settings, wrapping, identity, merging. Notebook 06.
 
-The compression hook lives in plain attributes of the attention modules (:mod:`mkvlib.attention`), and peft
+The compression hook lives in plain attributes of the attention modules (:mod:`mkvlib.core.attention`), and peft
 wraps only the linear layers inside them, so a LoRA-wrapped model can be compressed exactly like the base
 model, before or after :func:`merge`.
 """

@@ -19,9 +19,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..geometry import KVGeometry
-from ..io import write_json
-from ..projections import Projections
+from ..core.geometry import KVGeometry
+from ..core.io import write_json
+from ..core.projections import Projections
 from .adapter import adapter_config_dict, config_hash, merge, peft_wrapping, weights_hash
 
 FORMAT = "mkv-lora-bundle/1"
@@ -70,7 +70,7 @@ def weights_missing_error(folder, missing: list[str], manifest: dict) -> BundleW
     """The error for a bundle without its weights: what is missing, the `git show` lines that restore them from the
     commit that last had them (looked up with git, else :data:`WEIGHTS_COMMIT` for the committed bundles), and
     the command that retrains them."""
-    from ..runtime import project_dir
+    from ..core.env import project_dir
 
     folder = Path(folder)
     shipped = (project_dir() / "data" / "lora").resolve()

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ..compress import Projector
-from ..geometry import KVGeometry
-from ..projections import Projections, resolve_projections
+from ..core.compress import Projector
+from ..core.geometry import KVGeometry
+from ..core.projections import Projections, resolve_projections
 from ..training import TrainConfig, Trainer
 from .adapter import adapter_parameters
 

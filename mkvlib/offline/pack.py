@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..io import file_sha256
+from ..core.io import file_sha256
 from .base import (_RESERVE, DEFAULT_CHUNK_MB, DEFAULT_GROUP_MB, DEFAULT_TARGET_HAS, DEFAULT_TEXTS, FORMAT, MANIFEST,
                    MIB, VERSION, BundleError, log, mib, replace_dir, repo_root)
 from .pieces import assign_groups, chunk_ranges, compressed_copy, copy_range, group_name, piece_names

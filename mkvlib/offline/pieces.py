@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..io import atomic_path, file_sha256
+from ..core.io import atomic_path, file_sha256
 from .base import BundleError, mib
 
 

@@ -14,7 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from ..io import atomic_path, file_sha256
+from ..core.io import atomic_path, file_sha256
 from .base import FORMAT, MANIFEST, VERSION, BundleError, log, replace_dir, repo_root
 from .pieces import check_pieces, group_name, join_file
 from .resolve import pip

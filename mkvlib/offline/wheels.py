@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..io import file_sha256
+from ..core.io import file_sha256
 from .base import BundleError, Unresolvable, canonical, log, never_download
 from .resolve import _item_file, _item_sha256, pip_build_wheel, pip_download, pip_resolve
 from .target import Target, _packaging

@@ -2,16 +2,16 @@
 
     traj = greedy_search(model, "pca", blocks, SearchConfig.fast())   # 100% -> floor, one step at a time
     ranks = traj.ranks_at(0.5)                                         # (L, G, 2): a prefix of the trajectory
-    ranks_for(model, projections, "adaptive", 0.5)                     # mkvlib.ranks: the shipped trajectory
+    ranks_for(model, projections, "adaptive", 0.5)                     # mkvlib.core.ranks: the shipped trajectory
 
-The loop itself is :func:`algorithm1` (:mod:`.greedy`, with a plain hand-written version to compare against in
-its docstring); scoring strategies live in :mod:`.strategies`, the rules of which steps to take in :mod:`.rules`.
-The recorded trajectory and its file format are :mod:`mkvlib.trajectory`.
+The loop itself is :func:`mkvlib.core.greedy.algorithm1` (with a plain hand-written version to compare against in
+its docstring) and its exact score :mod:`mkvlib.core.scoring`; this package is the tooling around them: the
+config, the driver (:mod:`.run`), scoring strategies (:mod:`.strategies`, the proxy in :mod:`.proxy`), the rules of
+which steps to take (:mod:`.rules`), the quality grid and figures. The recorded trajectory and its file format
+are :mod:`mkvlib.core.trajectory`.
 """
 from .config import SearchConfig
-from .greedy import algorithm1, greedy_search, next_ranks, rank_path
 from .quality import budget_grid, evaluate_trajectory
-from .scoring import KLScorer, calibration_scorer
+from .run import greedy_search
 
-__all__ = ["SearchConfig", "algorithm1", "greedy_search", "next_ranks", "rank_path", "KLScorer", "calibration_scorer",
-           "budget_grid", "evaluate_trajectory"]
+__all__ = ["SearchConfig", "budget_grid", "evaluate_trajectory", "greedy_search"]

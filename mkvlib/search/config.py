@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from ..checks import check_budget, check_rank
-from ..positions import POSITION_MODES
+from ..core.checks import check_budget, check_rank
+from ..core.positions import POSITION_MODES
 from ..recall import check_recall_span
 
 STRATEGIES = ("exact", "lazy", "proxy")
@@ -40,7 +40,7 @@ class SearchConfig:
       (and with it retrieval) cost KL.
     positions: 'spread' (default) scores each calibration block at a seeded offset over the model's context
       window, so steps that hurt late in a long context cost KL too; 'start' from position 0 (searches before
-      this option). See :mod:`mkvlib.positions`.
+      this option). See :mod:`mkvlib.core.positions`.
     """
     step: int = 8
     min_rank: int = 8

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..geometry import K, V
+from ..core.geometry import K, V
 
 
 def layer_budgets(ranks: torch.Tensor, head_dim: int) -> np.ndarray:
@@ -120,7 +120,7 @@ def budget_split(trajectory) -> Figure:
 def adaptive_vs_uniform(rows, title: str = "") -> Figure:
     """Perplexity ratio and KL against budget for each allocation in ``rows``: ``trajectory.evaluations`` (then
     the title says what it was measured on, e.g. the out-of-domain suite's mean over domains) or its rows."""
-    from ..trajectory import readout_label
+    from ..core.trajectory import readout_label
 
     on = readout_label(rows) if isinstance(rows, dict) else ""
     rows = rows.get("rows") or [] if isinstance(rows, dict) else rows

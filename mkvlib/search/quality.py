@@ -8,13 +8,13 @@ import math
 
 import numpy as np
 
-from ..checks import check_allocation, check_budget
-from ..compress import attach
-from ..geometry import KVGeometry
+from ..core.checks import check_allocation, check_budget
+from ..core.compress import attach
+from ..core.geometry import KVGeometry
 from ..metrics import quality_curve
-from ..ranks import uniform_ranks_at
+from ..core.ranks import uniform_ranks_at
 from ..suite import evaluate_suite
-from ..trajectory import SUITE_CORPUS, Trajectory
+from ..core.trajectory import SUITE_CORPUS, Trajectory
 
 ALLOCATIONS = ("adaptive", "uniform")   # the order of the precomputed rows
 

@@ -1,5 +1,5 @@
 """Which one-step lowerings the greedy search may commit, and how many per scoring pass: the rank ladder (d, d -
-step, ..., floor), a spread limit, the balance of keys against values, and batching. Introduced in notebook 03.
+step, ..., floor; :func:`mkvlib.core.greedy.rank_path`), a spread limit, the balance of keys against values, and batching. Introduced in notebook 03.
 
 Each rule is a small object; :class:`Rules` holds one of each, built from a :class:`~.config.SearchConfig` by
 :meth:`Rules.of`. Options are dicts ``{(layer, kv_head, kind): new rank}``, kind K = 0 or V = 1.
@@ -10,22 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..geometry import K, V, KVGeometry
+from ..core.geometry import K, V, KVGeometry
+from ..core.greedy import next_ranks, rank_path
 from .config import SearchConfig
-
-
-def rank_path(head_dim: int, step: int, min_rank: int) -> list[int]:
-    """The ranks one entry passes through: d, d - step, ..., down to ``min_rank`` (the last step may be shorter)."""
-    path = [head_dim]
-    while path[-1] > min_rank:
-        path.append(max(path[-1] - step, min_rank))
-    return path
-
-
-def next_ranks(head_dim: int, step: int, min_rank: int) -> dict[int, int]:
-    """Each rank of :func:`rank_path` above the floor -> the rank one step below it."""
-    path = rank_path(head_dim, step, min_rank)
-    return dict(zip(path[:-1], path[1:]))
 
 
 @dataclass(frozen=True)

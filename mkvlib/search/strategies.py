@@ -1,7 +1,7 @@
 """How the greedy search scores its candidate steps (step 3 of Algorithm 1). Introduced in notebook 03.
 
 Every strategy keeps ``kl``, the calibration KL at the current ranks, and answers three calls of the loop in
-:mod:`mkvlib.search.greedy`:
+:mod:`mkvlib.core.greedy`:
 
 - ``score(ranks, movable)``: score the one-step lowerings ``movable`` ({entry: new rank}) from ``ranks``;
 - ``best(options)``: among ``options`` (a subset the rules allow), the step that hurts least, as
@@ -10,20 +10,20 @@ Every strategy keeps ``kl``, the calibration KL at the current ranks, and answer
   step is left.
 
 :class:`Exact` scores every candidate by its exact KL; :class:`Lazy` re-scores only front-runners;
-:class:`Proxy` ranks by a calibrated local estimate (:class:`~.scoring.LocalProxy`).
+:class:`Proxy` ranks by a calibrated local estimate (:class:`~.proxy.LocalProxy`).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..geometry import KVGeometry
-from ..ranks import budget_of, uniform_ranks
+from ..core.geometry import KVGeometry
+from ..core.greedy import EPS
+from ..core.ranks import budget_of, uniform_ranks
+from ..core.scoring import KLScorer
 from .config import SearchConfig
+from .proxy import LocalProxy
 from .rules import Rules
-from .scoring import KLScorer, LocalProxy
-
-EPS = 1e-12
 
 
 class Exact:

@@ -2,7 +2,7 @@
 calibration KL (``python -m mkvlib.search.strategy_report``). Introduced in notebook 03."""
 from __future__ import annotations
 
-from ..trajectory import Trajectory
+from ..core.trajectory import Trajectory
 
 
 def first_divergence(a: Trajectory, b: Trajectory) -> int:
@@ -30,7 +30,7 @@ def compare_trajectories(a: Trajectory, b: Trajectory, budgets: list[float]) -> 
 
 def calibration_kl(model, projections, blocks, ranks_list, batch_size: int = 4) -> list[float]:
     """Exact calibration KL(base || compressed) of each ranks tensor in ``ranks_list`` on ``blocks``."""
-    from .scoring import calibration_scorer
+    from ..core.scoring import calibration_scorer
 
     with calibration_scorer(model, projections, blocks, batch_size) as scorer:
         return [scorer.set_state(r) for r in ranks_list]
@@ -47,7 +47,7 @@ def strategy_report(model, projections, blocks, config, strategies=tuple(VARIANT
     Rows: strategy, seconds, candidate scorings, first divergent step, and per budget the share of entries at
     the same rank as the exact search and the calibration KL of both.
     """
-    from .greedy import greedy_search
+    from .run import greedy_search
 
     runs = {s: greedy_search(model, projections, blocks, config.with_(**VARIANTS[s]), progress=False)
             for s in strategies}
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     import torch
 
     from ..models import tiny_model
-    from ..pca import fit_pca
-    from ..stats import collect_kv_stats
+    from ..core.pca import fit_pca
+    from ..core.stats import collect_kv_stats
     from .config import SearchConfig
 
     p = argparse.ArgumentParser(description=main.__doc__)

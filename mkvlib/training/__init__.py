@@ -1,7 +1,7 @@
 """Matryoshka training of the orthogonal projections (docs/design.md, section 5). Introduced in notebook 02.
 
-- :mod:`.sampler`: per-step ranks per (layer, KV head, K/V) from a schedule ({d/8, ..., d} by default)
-- :mod:`.loss`: KD (KL teacher || student) + LM cross-entropy (default KD only; see TrainConfig)
+- :mod:`mkvlib.core.sampler`: per-step ranks per (layer, KV head, K/V) from a schedule ({d/8, ..., d} by default)
+- :mod:`mkvlib.core.loss`: KD (KL teacher || student) + LM cross-entropy (default KD only; see TrainConfig)
 - :mod:`.config`: :class:`TrainConfig`
 - :mod:`.checkpoint`: atomic, hash-checked checkpoints
 - :mod:`.trainer`: :class:`Trainer` (AdamW, cosine warm-up, clipping, accumulation, resume, accelerate)
@@ -9,9 +9,6 @@
 """
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .loss import distill_loss
-from .sampler import RankSampler, check_schedule, default_schedule
 from .trainer import Trainer
 
-__all__ = ["CheckpointError", "RankSampler", "TrainConfig", "Trainer", "check_schedule", "default_schedule",
-           "distill_loss", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "TrainConfig", "Trainer", "load_checkpoint", "save_checkpoint"]

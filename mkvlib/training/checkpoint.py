@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import atomic_path
+from ..core.io import atomic_path
 
 MAGIC = b"MKV-CHECKPOINT\n"
 FORMAT = "mkv-train-checkpoint/1"

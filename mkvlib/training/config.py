@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..checks import check_budgets, check_schedule
-from ..positions import POSITION_MODES
+from ..core.checks import check_budgets, check_schedule
+from ..core.positions import POSITION_MODES
 
 MIXED_PRECISION = ("auto", "no", "bf16")
 
@@ -37,7 +37,7 @@ class TrainConfig:
     checkpoint_every: steps between checkpoints (0: only at the end and on interrupt).
     positions: 'spread' (default) feeds each block at a random offset over the model's context window, seeded per
       epoch and block, so post-RoPE keys are seen at every angle they take in long contexts; 'start' feeds every
-      block from position 0 (what runs before this option did; see :mod:`mkvlib.positions`).
+      block from position 0 (what runs before this option did; see :mod:`mkvlib.core.positions`).
     mixed_precision: 'auto' (bf16 autocast on CUDA, float32 on CPU), 'no' or 'bf16'.
     """
     steps: int = 300

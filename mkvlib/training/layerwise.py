@@ -8,12 +8,12 @@ rotations A_K, A_V (G, d, d) on top of an initial basis (PCA or query-aware), U 
     loss = ||W_o (o_c - o)||^2 / ||W_o o||^2
 
 where o is the layer's causal attention output (query heads concatenated, before ``o_proj``), o_c the same with
-keys P_K k and values P_V (v - mu) + mu (exactly what :class:`mkvlib.compress.Compression` does; query and the
+keys P_K k and values P_V (v - mu) + mu (exactly what :class:`mkvlib.core.compress.Compression` does; query and the
 model's scaling unchanged; each query head uses its KV head), W_o the ``o_proj`` weight, and P the rank-r prefix
-projectors at ranks drawn per step by the :class:`~mkvlib.training.sampler.RankSampler` (independent per KV head
+projectors at ranks drawn per step by the :class:`~mkvlib.core.sampler.RankSampler` (independent per KV head
 and K/V), as the end-to-end trainer draws them. No gradient crosses layers, so layers fit in any order, any
 subset, and resumably: :func:`fit_layerwise` writes each finished layer atomically to a folder and skips the
-layers it finds there. The result is a :class:`~mkvlib.projections.Projections` the end-to-end KD training
+layers it finds there. The result is a :class:`~mkvlib.core.projections.Projections` the end-to-end KD training
 (:class:`~mkvlib.training.trainer.Trainer`) can start from. ``mkv warmstart`` is the command line.
 """
 from __future__ import annotations
@@ -26,14 +26,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import attention
-from ..compress import cayley, project_kv, projectors, skew
-from ..geometry import KVGeometry
-from ..positions import block_offsets, shifted
-from ..io import atomic_path, read_safetensors
+from ..core import attention
+from ..core.compress import cayley, project_kv, projectors, skew
+from ..core.geometry import KVGeometry
+from ..core.positions import block_offsets, shifted
+from ..core.io import atomic_path, read_safetensors
 from ..models import model_identity
-from ..projections import Projections
-from .sampler import RankSampler, check_schedule, default_schedule
+from ..core.projections import Projections
+from ..core.sampler import RankSampler, default_schedule
+from ..core.checks import check_schedule
 from .trainer import blocks_fingerprint, cosine_with_warmup
 
 CAPTURE_FORMAT = "mkv-layer-inputs/1"
@@ -116,9 +117,9 @@ class Capture:
         return capture
 
     def stats(self):
-        """:class:`~mkvlib.stats.KVStats` (keys, values and grouped queries; no pre-RoPE keys) of the captured
+        """:class:`~mkvlib.core.stats.KVStats` (keys, values and grouped queries; no pre-RoPE keys) of the captured
         layers, computed from the stored tensors; layers not captured have no tokens."""
-        from ..stats import KVStats
+        from ..core.stats import KVStats
 
         geom = KVGeometry(**self.identity["geometry"])
         stats = KVStats.zeros(geom, with_queries=True, model=self.identity["model"], **self.info)
@@ -173,7 +174,7 @@ def capture_layer_inputs(model, blocks: torch.Tensor, layers=None, batch_size: i
     (float16 by default: about 2 (H + 2G) d bytes per token and layer) on the CPU; a value outside float16's
     range is an error that names bfloat16. The forward pass stops after the last layer wanted. ``progress``: a
     callable given a line of text, or None. ``positions``: 'spread' (each block at a seeded random offset over
-    the context window, so post-RoPE keys show every angle; :mod:`mkvlib.positions`) or 'start'.
+    the context window, so post-RoPE keys show every angle; :mod:`mkvlib.core.positions`) or 'start'.
     """
     geom = KVGeometry.of(model)
     if blocks.ndim != 2 or blocks.shape[1] < 2:
@@ -260,7 +261,7 @@ class LayerAttention:
 
 
 def compress_kv(key, value, uk, uv, value_mean, ranks):
-    """Keys P_K k and values P_V (v - mu) + mu per KV head by :class:`~mkvlib.compress.Compression`'s own
+    """Keys P_K k and values P_V (v - mu) + mu per KV head by :class:`~mkvlib.core.compress.Compression`'s own
     operators, for bases (G, d, d), means (G, d) and ranks (G, 2); an entry at full rank d passes through unchanged
     (exact)."""
     k, v = project_kv(key, value, *projectors(uk, uv, ranks), value_mean)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..projections import Projections
+from ..core.projections import Projections
 
 GROUPS = ("start", "objective", "combined", "reference")
 OBJECTIVE = re.compile(r"^\s*KD\s*:\s*LM\s*=\s*([0-9.]+)\s*:\s*([0-9.]+)\s*$")

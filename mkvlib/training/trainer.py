@@ -17,16 +17,16 @@ import time
 from pathlib import Path
 
 import torch
-from ..runtime import progress_bar as tqdm
+from ..core.env import progress_bar as tqdm
 
-from ..compress import Projector, attach
-from ..geometry import KVGeometry
+from ..core.compress import Projector, attach
+from ..core.geometry import KVGeometry
 from ..metrics import quality_curve
-from ..positions import block_offsets, shifted
+from ..core.positions import block_offsets, shifted
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .loss import distill_loss
-from .sampler import RankSampler
+from ..core.loss import distill_loss
+from ..core.sampler import RankSampler
 
 
 def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
@@ -89,7 +89,7 @@ def _defer_signals():
 
 
 class Trainer:
-    """Train a :class:`~mkvlib.compress.Projector` (made trainable here if it is not) on token blocks.
+    """Train a :class:`~mkvlib.core.compress.Projector` (made trainable here if it is not) on token blocks.
 
     Args:
         model: a causal LM; its own weights are frozen (``requires_grad=False``) except ``extra_parameters``.
@@ -369,7 +369,7 @@ class Trainer:
         return self
 
     def result(self, **meta):
-        """The trained :class:`~mkvlib.projections.Projections`, with the training record in its meta."""
+        """The trained :class:`~mkvlib.core.projections.Projections`, with the training record in its meta."""
         info = {"kind": "trained", "init_fingerprint": self.init_fingerprint,
                 "training": {"steps": self.step, "tokens_seen": self.tokens_seen, "wall_time_s": round(self.wall_time, 1),
                              "config": self.config.to_dict(), "schedule": list(self.sampler.schedule),

@@ -9,7 +9,7 @@ rank coordinates (the last group may be shorter), asymmetric min-max: q = round(
     + 2 x ceil(r / group_size) numbers (scale, min) in the model's dtype.
 
 Attention dequantizes exactly what is stored (q x scale + min with the stored, rounded scale and min) and then
-runs the reduced attention of :class:`mkvlib.cache.CompressedLayer`. Quantizing per token (not per channel as
+runs the reduced attention of :class:`mkvlib.core.cache.CompressedLayer`. Quantizing per token (not per channel as
 KIVI does for keys) keeps every token's bytes final when it is written, with no full-precision residual. At 50%
 with 4 bits the integers are 1/8 of a 16-bit cache's bytes; the scales add the rest, all counted.
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
-from ...geometry import KVGeometry
+from ...core.cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
+from ...core.geometry import KVGeometry
 from ..base import ByteReport, Setting, full_bytes_per_token, register
 from ..layers import cache_runner, check_context, check_fractions, element_size, sliding_reason
 from .eviction import EvictingCache, kept_tokens, streaming_selector

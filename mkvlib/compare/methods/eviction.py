@@ -18,7 +18,7 @@ Kept keys keep their RoPE positions (they are stored post-RoPE) and new tokens c
 as if nothing had been evicted. Storage is real: after eviction the layer holds (B, G, kept, d) keys and values,
 so the bytes per prompt token are kept / S x the full bytes per token (``fraction`` = kept / S at context S).
 
-Implementation: :class:`EvictingLayer` is a :class:`mkvlib.cache.CompressedLayer` that evicts after its prefill,
+Implementation: :class:`EvictingLayer` is a :class:`mkvlib.core.cache.CompressedLayer` that evicts after its prefill,
 so the same code evicts from the full cache (identity bases at full rank: exact, and no bases stored, so no
 fixed bytes) and from a MatryoshkaKV cache (``streaming+matryoshka``). Unpadded batches only; models with
 sliding-window layers are refused (their window is not reproduced).
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...cache import CompressedCache, CompressedLayer, head_groups
-from ...geometry import KVGeometry
-from ...projections import Projections
+from ...core.cache import CompressedCache, CompressedLayer, head_groups
+from ...core.geometry import KVGeometry
+from ...core.projections import Projections
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
 from ..layers import cache_runner, check_choice, check_context, check_fractions, sliding_reason
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...geometry import KVGeometry
-from ...runtime import shipped_data_dir
+from ...core.geometry import KVGeometry
+from ...core.env import shipped_data_dir
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
 from ..layers import cache_runner, check_context, element_size
 from .projection import projection_bytes
@@ -46,7 +46,7 @@ class LadderMethod(KVMethod):
         key = (id(model), getattr(model, "mkv_name", None))
         if key not in self._memo:
             from ...ladder import LadderTrajectory
-            from ...projections import resolve_projections
+            from ...core.projections import resolve_projections
 
             proj = resolve_projections(self.projections, model)
             traj = self.trajectory

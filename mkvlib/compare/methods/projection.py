@@ -1,6 +1,6 @@
 """``pca`` and ``matryoshka``: feature-axis compression by orthogonal projections, in the real compressed cache.
 
-Per layer l and KV head g with ranks (r_K, r_V) the cache (:class:`mkvlib.cache.CompressedCache`) stores per token
+Per layer l and KV head g with ranks (r_K, r_V) the cache (:class:`mkvlib.core.cache.CompressedCache`) stores per token
 
     k~ = k U_K[:, :r_K]   (B, 1, 1, r_K)        v~ = (v - mu) U_V[:, :r_V]   (B, 1, 1, r_V)
 
@@ -8,7 +8,7 @@ in the model's dtype, so the bytes per token are sum over (l, g) of (r_K + r_V) 
 fixed bytes are the truncated bases U_K[:, :r_K], U_V[:, :r_V] and the value means mu (d numbers each per
 (l, g, column)). ``pca`` uses the PCA bases, ``matryoshka`` the trained ones; ``allocation`` 'uniform' gives
 every (l, g, K/V) the rank round(budget x d), 'adaptive' the greedy-searched ranks of the shipped trajectory for
-those projections (:func:`mkvlib.ranks.ranks_for`); budgets below the trajectory's floor are left out of
+those projections (:func:`mkvlib.core.ranks.ranks_for`); budgets below the trajectory's floor are left out of
 the settings. ``only='keys'`` (or ``'values'``) compresses that half alone and keeps the other at full rank, an
 ablation that says which half a task needs (the bytes then are (budget + 1) / 2 of the full cache's).
 ``layers='a-b'`` (inclusive, or one layer number) compresses those layers alone and keeps every other layer at
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...cache import CompressedCache
-from ...geometry import KVGeometry
-from ...projections import Projections, resolve_projections
-from ...ranks import ranks_for, resolve_ranks
+from ...core.cache import CompressedCache
+from ...core.geometry import KVGeometry
+from ...core.projections import Projections, resolve_projections
+from ...core.ranks import ranks_for, resolve_ranks
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
 from ..layers import FEATURE_BUDGETS, cache_runner, check_choice, check_fractions, element_size
 

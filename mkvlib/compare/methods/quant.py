@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from ...geometry import KVGeometry
+from ...core.geometry import KVGeometry
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
 from ..layers import cache_runner, check_choice, check_context, element_size, layer_types
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ...attention import attention_modules
-from ...cache import CompressedCache, CompressedLayer, head_groups, same_width
-from ...geometry import KVGeometry
-from ...projections import Projections
-from ...ranks import resolve_ranks
+from ...core.attention import attention_modules
+from ...core.cache import CompressedCache, CompressedLayer, head_groups, same_width
+from ...core.geometry import KVGeometry
+from ...core.projections import Projections
+from ...core.ranks import resolve_ranks
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
 from ..layers import FEATURE_BUDGETS, cache_runner, check_fractions, element_size, sliding_reason
 from .projection import projection_bytes

@@ -12,7 +12,7 @@ prunes keys only), so the bytes per token are (kept + d) / 2d of the full cache'
 
 Storage is real: after the prefill a layer holds keys (B, G, S, kept) and values (B, G, S, d), plus the kept
 channel index (B, G, kept) int64 per sequence, reported as ``fixed`` bytes (it does not grow with tokens).
-The layer is a :class:`mkvlib.cache.CompressedLayer` with identity bases at full rank until it prunes.
+The layer is a :class:`mkvlib.core.cache.CompressedLayer` with identity bases at full rank until it prunes.
 Unpadded batches; models with sliding-window layers are refused.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
-from ...geometry import KVGeometry
+from ...core.cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
+from ...core.geometry import KVGeometry
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
 from ..layers import FEATURE_BUDGETS, cache_runner, check_fractions, element_size, sliding_reason
 from .eviction import identity_projections

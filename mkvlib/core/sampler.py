@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_schedule
-from ..geometry import KVGeometry  # check_schedule: re-exported for mkvlib.training
+from .checks import check_schedule
+from .geometry import KVGeometry
 
 
 def default_schedule(head_dim: int) -> tuple[int, ...]:

@@ -3,14 +3,14 @@
 Post-RoPE keys and values come from the attention hook; pre-RoPE keys from a forward hook on ``k_proj``
 (or ``k_norm`` where the model normalises keys before RoPE, as Gemma3 does). Optionally (``queries=True``) the
 post-RoPE queries too, grouped per KV head: each KV head's moments sum over the query heads that share it (for
-the query-aware key basis, :func:`mkvlib.pca.query_aware_projections`). Introduced in notebook 01.
+the query-aware key basis, :func:`mkvlib.core.pca.query_aware_projections`). Introduced in notebook 01.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-from .runtime import progress_bar as tqdm
+from .env import progress_bar as tqdm
 
 from . import attention
 from .geometry import KVGeometry
@@ -116,7 +116,7 @@ def collect_kv_stats(model, blocks: torch.Tensor, batch_size: int = 4, progress:
                      queries: bool = False, positions: str = "spread", **info) -> KVStats:
     """Run ``model`` over ``blocks`` (N, S) of token ids and accumulate :class:`KVStats` (with ``queries``: the
     post-RoPE query moments per KV head too). ``positions``: 'spread' (each block at a seeded random offset over
-    the context window, so post-RoPE key statistics cover every angle; :mod:`mkvlib.positions`) or 'start'."""
+    the context window, so post-RoPE key statistics cover every angle; :mod:`mkvlib.core.positions`) or 'start'."""
     geom = KVGeometry.of(model)
     stats = KVStats.zeros(geom, with_queries=queries, tokens=int(blocks.numel()), seq_len=int(blocks.shape[1]),
                           positions=positions, **info)

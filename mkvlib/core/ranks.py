@@ -80,7 +80,7 @@ def split_budgets(ranks: torch.Tensor, head_dim: int) -> tuple[float, float]:
 
 def ranks_for(model, projections, allocation: str, budget: float, trajectory=None):
     """A ranks spec at ``budget``: the float budget itself ('uniform'), or the (L, G, 2) ranks of a greedy-search
-    trajectory ('adaptive'): ``trajectory`` (a :class:`~mkvlib.trajectory.Trajectory` or a path to one), which
+    trajectory ('adaptive'): ``trajectory`` (a :class:`~mkvlib.core.trajectory.Trajectory` or a path to one), which
     must have been searched with ``projections``, else the one shipped for them (found by fingerprint)."""
     if check_allocation(allocation) == "uniform":
         return check_budget(budget)
@@ -103,7 +103,7 @@ def check_whole_tokens(first, recent) -> tuple[int, int]:
 def stored_fraction(budget: float, tokens: int, first: int = 0, recent: int = 0) -> float:
     """Bytes stored for ``tokens`` tokens, as a fraction of an uncompressed cache's, by a cache that holds every
     token at ``budget`` of its features plus whole copies of the first ``first`` and the latest ``recent`` tokens
-    (:class:`mkvlib.cache.CompressedCache` with ``keep_first``/``keep_recent``)."""
+    (:class:`mkvlib.core.cache.CompressedCache` with ``keep_first``/``keep_recent``)."""
     first, recent = check_whole_tokens(first, recent)
     return budget + (min(first, tokens) + min(recent, tokens)) / tokens
 

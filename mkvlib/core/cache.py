@@ -13,7 +13,7 @@ KV heads of one layer with equal (r_K, r_V) form a :class:`HeadGroup` that share
 (batch, n_heads, capacity, r); nothing is padded to d. Buffers are preallocated (``reserve`` tokens, growing by
 chunks when exceeded), so a decode step writes one row in place instead of re-copying the cache with torch.cat.
 
-The cache hands a :class:`ReducedKV` handle to the attention function registered by :mod:`mkvlib.attention`;
+The cache hands a :class:`ReducedKV` handle to the attention function registered by :mod:`mkvlib.core.attention`;
 :func:`compressed_attention` computes the attention from it, and falls back to exact SDPA for any other cache.
 Introduced in notebook 05.
 """
@@ -265,8 +265,8 @@ class WholeTokens:
     beside the reduced rows of every token, as a quantized cache keeps a full-precision residual window.
 
     A query at position i reads token j whole when j < first or i - j < recent, else reduced: what
-    :meth:`mkvlib.compress.Compression.keep_whole` simulates. Bytes: the reduced rows of all S tokens plus
-    min(first, S) + min(recent, S) whole rows (:func:`mkvlib.ranks.stored_fraction`)."""
+    :meth:`mkvlib.core.compress.Compression.keep_whole` simulates. Bytes: the reduced rows of all S tokens plus
+    min(first, S) + min(recent, S) whole rows (:func:`mkvlib.core.ranks.stored_fraction`)."""
 
     QUERY_CHUNK = 1024   # queries attended at once in a long prefill: bounds the (T, S) score matrix
 
@@ -380,7 +380,7 @@ class CompressedCache(Cache):
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         if self._modules[layer_idx].__dict__.get("_mkv_hooks"):
-            raise RuntimeError("a simulated compression (mkvlib.compress.attach) is active on this model: detach "
+            raise RuntimeError("a simulated compression (mkvlib.core.compress.attach) is active on this model: detach "
                                "it before running with a CompressedCache")
         return self.layers[layer_idx].update(key_states, value_states)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .env import shipped_data_dir
 from .geometry import KVGeometry
 from .io import atomic_path, existing_file, read_safetensors
-from .runtime import shipped_data_dir
 
 FORMAT = "mkv-projections/1"
 SHIPPED = {"pca": "{model}.pca.safetensors", "trained": "{model}.trained.safetensors"}

@@ -1,6 +1,6 @@
 """The attention geometry of a model: L layers, H query heads, G key/value heads, head dim d.
 
-Ranks are a LongTensor of shape (L, G, 2) (see :mod:`mkvlib.ranks`): ``ranks[l, g, K]`` for keys,
+Ranks are a LongTensor of shape (L, G, 2) (see :mod:`mkvlib.core.ranks`): ``ranks[l, g, K]`` for keys,
 ``ranks[l, g, V]`` for values. Introduced in notebook 01.
 """
 from __future__ import annotations

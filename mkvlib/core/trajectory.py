@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .checks import check_budget
+from .env import shipped_data_dir
 from .geometry import K, V
 from .io import existing_file, write_json
 from .projections import resolve_projections
-from .runtime import shipped_data_dir
 
 FORMAT = "mkv-trajectory/1"
 STEP_FIELDS = ("layer", "head", "kind", "rank", "kl", "budget")

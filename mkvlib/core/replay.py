@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import attention_modules
+from .attention import attention_modules
 
 
 def decoder_layers(model) -> nn.ModuleList:

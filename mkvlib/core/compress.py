@@ -132,7 +132,7 @@ class Compression(RankedHook):
         """Keep the first ``first`` tokens (attention sinks) and, for each query, its ``recent`` latest tokens at
         full width, as a quantized cache keeps a full-precision residual window; every other token is compressed.
         Each query sees exactly what a decoding cache holding those tokens whole would give it.
-        :func:`mkvlib.ranks.stored_fraction` counts their bytes. ``keep_whole()`` returns to compressing every token."""
+        :func:`mkvlib.core.ranks.stored_fraction` counts their bytes. ``keep_whole()`` returns to compressing every token."""
         first, recent = check_whole_tokens(first, recent)
         self.keep_first, self.keep_recent = first, recent
         wanted = first > 0 or recent > 0
