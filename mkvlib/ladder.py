@@ -44,10 +44,11 @@ import torch.nn.functional as F
 
 from .core import attention
 from .core.cache import CompressedCache, CompressedLayer, HeadGroup, ReducedKV
-from .core.compress import RankedHook
+from .core.compress import KeepsWhole, RankedHook
 from .core.geometry import KVGeometry
 from .core.io import write_json
 from .core.projections import Projections, resolve_projections
+from .core.ranks import budget_for_bytes, check_whole_tokens, stored_fraction
 
 FORMAT = "mkv-ladder/1"
 QUANT_WIDTHS = (8, 4, 2)
@@ -224,10 +225,11 @@ def unpack(packed: torch.Tensor, nbits: int) -> torch.Tensor:
 
 
 # --- the simulated path -------------------------------------------------------------------------------------------
-class LadderHook(RankedHook):
+class LadderHook(KeepsWhole, RankedHook):
     """A ladder attached as an attention hook: keys k -> simulate(k U) U^T, values (v - mu) likewise plus mu.
     ``set_ranks(bits)`` takes new widths (L, G, 2, S) (the name lets :class:`~mkvlib.core.scoring.KLScorer`
-    drive it); ``enabled`` switches it off."""
+    drive it); ``enabled`` switches it off; ``keep_whole(first, recent)`` keeps tokens whole as
+    :meth:`mkvlib.core.compress.Compression.keep_whole` does."""
 
     def __init__(self, model, projections: Projections, ladder: Ladder):
         self.model, self.geometry, self.enabled = model, KVGeometry.of(model), True
@@ -259,7 +261,7 @@ class LadderHook(RankedHook):
         args = (self.ladder.group, self.ladder.full_bits, self.ladder.scale_bytes)
         k = torch.einsum("bgse,gde->bgsd", simulate(kp, fb[:, 0], *args), uk)
         v = torch.einsum("bgse,gde->bgsd", simulate(vp, fb[:, 1], *args), uv) + mu
-        return query, k.to(key.dtype), v.to(value.dtype)
+        return (query, *self.with_whole(k.to(key.dtype), v.to(value.dtype), key, value))
 
 
 def identity_projections(model) -> Projections:
@@ -270,8 +272,10 @@ def identity_projections(model) -> Projections:
                        meta={"model": getattr(model, "mkv_name", None), "kind": "identity"})
 
 
-def attach(model, projections, ladder: Ladder) -> LadderHook:
-    """Attach ``ladder`` over ``projections`` (object, path, 'pca' or 'trained') as a simulated compression."""
+def attach(model, projections, ladder: Ladder, keep_first: int = 0, keep_recent: int = 0) -> LadderHook:
+    """Attach ``ladder`` over ``projections`` (object, path, 'pca' or 'trained') as a simulated compression, with
+    the first ``keep_first`` tokens and each query's ``keep_recent`` latest ones read whole."""
+    check_whole_tokens(keep_first, keep_recent)
     proj = resolve_projections(projections, model)
     geom = KVGeometry.of(model)
     if ladder.bits.shape[:2] != (geom.layers, geom.kv_heads) or ladder.head_dim != geom.head_dim:
@@ -280,7 +284,21 @@ def attach(model, projections, ladder: Ladder) -> LadderHook:
     if ladder.full_bits != dtype_bits(model):
         raise ValueError(f"the ladder's full width is {ladder.full_bits} bits but the model computes in "
                          f"{dtype_bits(model)}-bit numbers")
-    return LadderHook(model, proj, ladder)
+    hook = LadderHook(model, proj, ladder)
+    hook.keep_whole(keep_first, keep_recent)
+    return hook
+
+
+def stored_bits(ladder: Ladder, tokens: int, first: int = 0, recent: int = 0) -> float:
+    """Bits per element held for ``tokens`` tokens by a ladder cache that also keeps ``first`` + ``recent`` tokens
+    whole in the model's dtype (:func:`mkvlib.core.ranks.stored_fraction`, the ladder's fraction as the budget)."""
+    return stored_fraction(ladder.fraction(), tokens, first, recent) * ladder.full_bits
+
+
+def bits_for_bytes(bits_per_element: float, tokens: int, first: int, recent: int, full_bits: int) -> float:
+    """The ladder's own bits per element when ``tokens`` tokens with ``first`` + ``recent`` of them also held whole
+    store ``bits_per_element`` in all; a clear error when the whole tokens alone take that much."""
+    return budget_for_bytes(bits_per_element / full_bits, tokens, first, recent) * full_bits
 
 
 # --- the real path ------------------------------------------------------------------------------------------------
@@ -289,11 +307,11 @@ class LadderLayer(CompressedLayer):
     float16), the packed 8-, 4- and 2-bit codes, and the float16 (low, range) of the groups holding them."""
 
     def __init__(self, layer_idx: int, fbits: torch.Tensor, ladder: Ladder, keys, values, value_mean,
-                 module_id: int):
+                 module_id: int, keep_first: int = 0, keep_recent: int = 0):
         self.fbits, self.ladder = fbits, ladder                                         # (G, 2, d)
         kept = (fbits > 0).sum(-1)
         groups = [HeadGroup((g,), int(kept[g, 0]), int(kept[g, 1])) for g in range(fbits.shape[0])]
-        super().__init__(layer_idx, groups, keys, values, value_mean, 0, module_id)
+        super().__init__(layer_idx, groups, keys, values, value_mean, 0, module_id, keep_first, keep_recent)
         self._full = (keys, values, value_mean)
         self.parts: list = []
         self.plans = [[self._plan(fbits[g, c]) for c in (0, 1)] for g in range(fbits.shape[0])]
@@ -359,6 +377,8 @@ class LadderLayer(CompressedLayer):
                 new = self._split(x[:, g:g + 1], self.fbits[g, c], self.plans[g][c][0])
                 old = self.parts[g][c]
                 self.parts[g][c] = new if not old else [torch.cat([a, b], 2) for a, b in zip(old, new)]
+        if self.whole is not None:
+            self.whole.add(key_states, value_states, self.length)
         self.length += key_states.shape[2]
         handle = ReducedKV(self)
         return handle, handle
@@ -367,7 +387,8 @@ class LadderLayer(CompressedLayer):
         return tuple(self._read(self.parts[i][c], self.plans[i][c]) for c in (0, 1))
 
     def stored_bytes(self) -> int:
-        return sum(t.nelement() * t.element_size() for head in self.parts for kind in head for t in kind)
+        whole = self.whole.stored_bytes() if self.whole is not None and self.is_initialized else 0
+        return whole + sum(t.nelement() * t.element_size() for head in self.parts for kind in head for t in kind)
 
     allocated_bytes = stored_bytes
 
@@ -375,7 +396,7 @@ class LadderLayer(CompressedLayer):
         raise NotImplementedError("a ladder cache cannot be cropped")
 
     def reset(self) -> None:
-        self.length = 0
+        super().reset()
         if self.is_initialized:
             self.parts = [[[] for _ in (0, 1)] for _ in self.groups]
 
@@ -383,20 +404,25 @@ class LadderLayer(CompressedLayer):
         if self.is_initialized:
             self.parts = [[[fn(t) for t in kind] for kind in head] for head in self.parts]
             self.batch_size = self.parts[0][0][0].shape[0] if self.parts[0][0] else self.batch_size
+            if self.whole is not None:
+                self.whole.map(fn)
 
 
 class LadderCache(CompressedCache):
     """A transformers Cache storing every entry as ``ladder`` says (see the module docstring); use like
-    :class:`mkvlib.core.cache.CompressedCache`. ``stored_bytes()`` equals ``ladder.token_bytes()`` x tokens x batch."""
+    :class:`mkvlib.core.cache.CompressedCache`. ``stored_bytes()`` equals ``ladder.token_bytes()`` x tokens x batch,
+    plus, with ``keep_first``/``keep_recent``, whole copies of those tokens in the model's dtype
+    (:class:`mkvlib.core.cache.WholeTokens`; bits per element: :func:`stored_bits`)."""
 
-    def __init__(self, model, projections, ladder: Ladder):
+    def __init__(self, model, projections, ladder: Ladder, keep_first: int = 0, keep_recent: int = 0):
+        check_whole_tokens(keep_first, keep_recent)
         proj = resolve_projections(projections, model)
         fbits = ladder.feature_bits()
         kept = (fbits > 0).sum(-1)
         super().__init__(model, proj, kept, 0)
         self.ladder = ladder
         self.layers = [LadderLayer(l, fbits[l], ladder, proj.keys[l].float(), proj.values[l].float(),
-                                   proj.value_mean[l].float(), id(self._modules[l]))
+                                   proj.value_mean[l].float(), id(self._modules[l]), keep_first, keep_recent)
                        for l in range(self.geometry.layers)]
 
 

@@ -114,19 +114,12 @@ class RankedHook:
         self.detach()
 
 
-class Compression(RankedHook):
-    """A projector plus ranks, attached to a model. Turn it off and on with ``enabled``; change ranks with
-    :meth:`set_ranks`. Use as a context manager, or call :meth:`detach`."""
+class KeepsWhole:
+    """Tokens kept whole in a simulated compression, for a hook with ``model`` and ``enabled`` whose ``__call__``
+    returns :meth:`with_whole` of its compressed keys and values. Comes before :class:`RankedHook` in the bases."""
 
-    def __init__(self, model, projector: Projector, ranks):
-        self.model, self.projector = model, projector
-        self.geometry = KVGeometry.of(model)
-        self.enabled = True
-        self.set_ranks(ranks)
-        self._cache: dict = {}
-        self._handle = attention.install(model, hook=self)
-        self.keep_first = self.keep_recent = 0
-        self._whole_handle = None
+    keep_first = keep_recent = 0
+    _whole_handle = None
 
     def keep_whole(self, first: int = 0, recent: int = 0) -> None:
         """Keep the first ``first`` tokens (attention sinks) and, for each query, its ``recent`` latest tokens at
@@ -146,19 +139,12 @@ class Compression(RankedHook):
         self.keep_whole()
         super().detach()
 
-    def set_ranks(self, ranks) -> None:
-        """Ranks as one int, a budget in (0, 1], or a (L, G, 2) tensor; validated before anything changes."""
-        self.ranks = resolve_ranks(ranks, self.geometry)
-        self._cache = {}
-
-    def __call__(self, module, query, key, value):
-        if not self.enabled:
-            return query, key, value
-        layer = module.layer_idx
-        k, v = project_kv(key, value, *self._operators(layer, key.device), self.projector.value_mean[layer])
-        if self._whole_handle is not None:   # compressed then whole copies; _whole_mask picks one per query
-            return query, torch.cat([k, key], dim=2), torch.cat([v, value], dim=2)
-        return query, k, v
+    def with_whole(self, k, v, key, value):
+        """The compressed keys and values ``k``, ``v`` (B, G, S, d), followed by the whole ``key``, ``value`` when
+        tokens are kept whole (:meth:`_whole_mask` then picks one copy of each token per query)."""
+        if self._whole_handle is None:
+            return k, v
+        return torch.cat([k, key], dim=2), torch.cat([v, value], dim=2)
 
     def _whole_mask(self, module, query, key, attention_mask):
         """The mask over [compressed; whole] copies of the same S tokens: query i (absolute position S - T + i)
@@ -174,6 +160,31 @@ class Compression(RankedHook):
             allowed = attention_mask[..., :S] if attention_mask.dtype == torch.bool else attention_mask[..., :S] == 0
         whole = (j < self.keep_first) | (i - j < self.keep_recent)
         return torch.cat([allowed & ~whole, allowed & whole], dim=-1).expand(query.shape[0], 1, T, 2 * S)
+
+
+class Compression(KeepsWhole, RankedHook):
+    """A projector plus ranks, attached to a model. Turn it off and on with ``enabled``; change ranks with
+    :meth:`set_ranks`. Use as a context manager, or call :meth:`detach`."""
+
+    def __init__(self, model, projector: Projector, ranks):
+        self.model, self.projector = model, projector
+        self.geometry = KVGeometry.of(model)
+        self.enabled = True
+        self.set_ranks(ranks)
+        self._cache: dict = {}
+        self._handle = attention.install(model, hook=self)
+
+    def set_ranks(self, ranks) -> None:
+        """Ranks as one int, a budget in (0, 1], or a (L, G, 2) tensor; validated before anything changes."""
+        self.ranks = resolve_ranks(ranks, self.geometry)
+        self._cache = {}
+
+    def __call__(self, module, query, key, value):
+        if not self.enabled:
+            return query, key, value
+        layer = module.layer_idx
+        k, v = project_kv(key, value, *self._operators(layer, key.device), self.projector.value_mean[layer])
+        return (query, *self.with_whole(k, v, key, value))
 
     def _operators(self, layer: int, device):
         train_path = self.projector.trainable and torch.is_grad_enabled()
