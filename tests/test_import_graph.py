@@ -96,3 +96,25 @@ def test_no_function_level_import_closes_a_cycle():
 
 def test_a_cycle_is_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+CORE = "mkvlib.core"
+CORE_LINES = 2500   # issue 33: the whole method in at most about 2,500 lines
+
+
+def test_the_core_imports_nothing_outside_it():
+    """Every mkvlib import of a module under mkvlib/core/ (at module level or inside a function) stays in core."""
+    edges = graph(module_level_only=False)
+    outside = {name: sorted(d for d in deps if d != CORE and not d.startswith(CORE + ".") and d != "mkvlib")
+               for name, deps in edges.items() if name == CORE or name.startswith(CORE + ".")}
+    assert {name: deps for name, deps in outside.items() if deps} == {}
+
+
+def test_the_core_fits_its_line_budget():
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "mkvlib/core"], cwd=ROOT.parent, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert files, "no files under mkvlib/core"
+    lines = sum(len((ROOT.parent / f).read_text().splitlines()) for f in files)
+    assert lines <= CORE_LINES, f"mkvlib/core holds {lines} lines, more than {CORE_LINES}"
