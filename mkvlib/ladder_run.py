@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from .core.ranks import check_whole_tokens
 from .runtime import pick
 
 FRONTIER_BITS = (4.0, 2.0, 1.0)
@@ -276,6 +277,165 @@ def run_frontier(args) -> None:
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
 
 
+def whole_settings(model, traj, proj, seq_len: int, first: int, recent: int) -> list[dict]:
+    """The frontier with ``first`` + ``recent`` tokens kept whole (counted in the bytes of ``seq_len``-token blocks):
+    bits only (the 4- and 2-bit quantizer, every token), the searched ladder alone, the ladder with whole tokens
+    at the same bytes in all (``reason`` says why where the whole tokens alone take them), and the ladder with
+    the whole tokens added on top of its bytes."""
+    from .core.geometry import KVGeometry
+    from .ladder import Ladder, bits_for_bytes, dtype_bits, identity_projections
+
+    geom, full = KVGeometry.of(model), dtype_bits(model)
+    d, whole = geom.head_dim, f"{first} first + {recent} recent tokens whole"
+    out = [{"family": "bits only", "label": f"{n}-bit, groups of {d}, every token", "first": 0, "recent": 0,
+            "ladder": Ladder.uniform(geom, full, n, None, d, d, full // 8), "projections": identity_projections(model)}
+           for n in (4, 2)]
+    for bits in PASSKEY_BITS:
+        out.append({"family": "searched ladder", "label": f"ladder {bits:g} bits", "ladder": traj.at(bits),
+                    "projections": proj, "first": 0, "recent": 0, "target_bits": bits})
+        row = {"family": "ladder, tokens whole, equal bytes", "label": f"ladder {bits:g} bits in all, {whole}",
+               "projections": proj, "first": first, "recent": recent, "target_bits": bits}
+        try:
+            row["ladder"] = traj.at(bits_for_bytes(bits, seq_len, first, recent, full))
+        except ValueError as err:
+            row["reason"] = str(err)
+        out.append(row)
+        out.append({"family": "ladder, tokens whole, added bytes", "label": f"ladder {bits:g} bits + {whole}",
+                    "ladder": traj.at(bits), "projections": proj, "first": first, "recent": recent})
+    return out
+
+
+def whole_rows(model, settings: list, blocks: dict, batch_size: int, seq_len: int) -> list[dict]:
+    """KL to the uncompressed model of every setting of :func:`whole_settings` on ``blocks`` (the held-out suite
+    and 'in-domain'), with its bits per element, whole tokens counted (planned, and measured from the real cache
+    on one block)."""
+    from . import ladder
+
+    run = [s for s in settings if "ladder" in s]
+    factories = [lambda s=s: ladder.attach(model, s["projections"], s["ladder"], s["first"], s["recent"])
+                 for s in run]
+    table = dict(zip(map(id, run), kl_table(model, factories, blocks, batch_size)))
+    rows = []
+    for s in settings:
+        row = {k: s[k] for k in ("family", "label", "first", "recent") if k in s}
+        row.update(target_bits=s.get("target_bits"), seq_len=seq_len)
+        if "ladder" not in s:
+            rows.append(dict(row, reason=s["reason"]))
+            continue
+        cells = table[id(s)]
+        ood = {d: v for d, v in cells.items() if d != "in-domain"}
+        ids = blocks["in-domain"][:1, :seq_len]
+        row.update(ladder_bits_per_element=round(s["ladder"].bits_per_element(), 4),
+                   bits_per_element=round(ladder.stored_bits(s["ladder"], seq_len, s["first"], s["recent"]), 4),
+                   measured_bits_per_element=round(whole_real_bits(model, s, ids), 4),
+                   kl_ood=sum(v[0] for v in ood.values()) / len(ood), kl_in_domain=cells["in-domain"][0],
+                   top1_ood=sum(v[1] for v in ood.values()) / len(ood), kl_by_domain={d: v[0] for d, v in ood.items()})
+        rows.append(row)
+        print(f"{row['label']:<60} {row['bits_per_element']:6.3f} bits  KL ood {row['kl_ood']:.4f}", flush=True)
+    return rows
+
+
+@torch.no_grad()
+def whole_real_bits(model, setting: dict, ids: torch.Tensor) -> float:
+    """Bits per element the real ladder cache of a setting (whole tokens included) holds after storing ``ids``."""
+    from .compat import cache_kwargs
+    from .core.cache import disable
+    from .core.geometry import KVGeometry
+    from .ladder import LadderCache
+
+    geom = KVGeometry.of(model)
+    cache = LadderCache(model, setting["projections"], setting["ladder"], setting["first"], setting["recent"])
+    model(ids, **cache_kwargs(cache))
+    disable(model)
+    return cache.stored_bytes() * 8 / (ids.numel() * geom.layers * geom.kv_heads * 2 * geom.head_dim)
+
+
+@torch.no_grad()
+def passkey_count(model, tokenizer, prompts, make_cache) -> tuple[int, int, int]:
+    """(correct answers, bytes the caches held, tokens they held) of greedy 8-token answers to ``prompts``;
+    ``make_cache``: () -> a fresh cache, or None for the model's own."""
+    from .compat import cache_kwargs
+    from .retrieval import score_answer
+
+    correct = held = tokens = 0
+    for p in prompts:
+        cache = make_cache()
+        kwargs = {} if cache is None else cache_kwargs(cache)
+        out = model.generate(input_ids=p.ids, attention_mask=torch.ones_like(p.ids), max_new_tokens=8,
+                             do_sample=False, temperature=None, top_p=None, top_k=None,
+                             pad_token_id=tokenizer.eos_token_id, **kwargs)
+        correct += score_answer(tokenizer.decode(out[0, p.ids.shape[1]:], skip_special_tokens=True), p.key)
+        if cache is not None:
+            held, tokens = held + cache.stored_bytes(), tokens + cache.get_seq_length()
+    return correct, held, tokens
+
+
+def whole_passkey(model, tokenizer, traj, proj, args) -> list[dict]:
+    """Passkey retrieval at each length: uncompressed, and the ladder with tokens kept whole at the same bytes in
+    all as the ladder alone at 4 and 2 bits per element (whole tokens counted over the prompt's length), through
+    the real cache, with the bytes it held."""
+    from .core.cache import disable
+    from .core.geometry import KVGeometry
+    from .ladder import LadderCache, bits_for_bytes, dtype_bits
+    from .retrieval import passkey_prompts
+
+    geom, full, first, recent = KVGeometry.of(model), dtype_bits(model), args.keep_first, args.keep_recent
+    rows = []
+    for length in args.passkey_lengths:
+        prompts = passkey_prompts(tokenizer, length, args.passkey_n)
+        rows.append({"length": length, "bits": None, "n": len(prompts),
+                     "correct": passkey_count(model, tokenizer, prompts, lambda: None)[0]})
+        tokens = min(p.ids.shape[1] for p in prompts)
+        for bits in PASSKEY_BITS:
+            row = {"length": length, "bits": bits, "n": len(prompts), "first": first, "recent": recent}
+            try:
+                lad = traj.at(bits_for_bytes(bits, tokens, first, recent, full))
+            except ValueError as err:
+                rows.append(dict(row, reason=str(err)))
+                continue
+            correct, held, stored = passkey_count(model, tokenizer, prompts,
+                                                  lambda lad=lad: LadderCache(model, proj, lad, first, recent))
+            rows.append(dict(row, correct=correct, ladder_bits_per_element=round(lad.bits_per_element(), 4),
+                             measured_bits_per_element=held / stored * 8 / (geom.layers * geom.kv_heads * 2 *
+                                                                             geom.head_dim)))
+            print(f"passkey {length} tokens, ladder {bits:g} bits in all with whole tokens: {correct}/{len(prompts)}",
+                  flush=True)
+        disable(model)
+    return rows
+
+
+def run_whole_frontier(args) -> None:
+    """``frontier --keep-first F --keep-recent W``: :func:`whole_settings` on the held-out suite, then passkey."""
+    from .commands.eval import IN_DOMAIN_SEED, IN_DOMAIN_SKIP
+    from .core.io import write_json
+    from .core.projections import resolve_projections
+    from .corpora import DEFAULT_TRAINING_MIXTURE, mixture_blocks
+    from .ladder import LadderTrajectory
+    from .models import load_model
+    from .suite import suite_blocks
+
+    start = time.time()
+    model, tokenizer = load_model()
+    proj = resolve_projections(args.projections, model)
+    traj = LadderTrajectory.load(args.trajectory)
+    if traj.fingerprint != proj.fingerprint():
+        raise ValueError(f"{args.trajectory} was searched for other projections than {args.projections!r}")
+    blocks = suite_blocks(tokenizer, args.tokens, args.seq_len)
+    blocks["in-domain"] = mixture_blocks(tokenizer, DEFAULT_TRAINING_MIXTURE, args.seq_len, args.in_domain,
+                                         seed=IN_DOMAIN_SEED, skip_tokens=IN_DOMAIN_SKIP)
+    chosen = whole_settings(model, traj, proj, args.seq_len, args.keep_first, args.keep_recent)
+    rows = whole_rows(model, chosen, blocks, args.batch_size, args.seq_len)
+    passkey = whole_passkey(model, tokenizer, traj, proj, args)
+    write_json(args.out, {
+        "model": getattr(model, "mkv_name", "?"), "projections": args.projections, "fingerprint": proj.fingerprint(),
+        "trajectory": args.trajectory, "keep_first": args.keep_first, "keep_recent": args.keep_recent,
+        "suite": {"tokens_per_domain": args.tokens, "seq_len": args.seq_len,
+                  "domains": [k for k in blocks if k != "in-domain"], "in_domain_tokens": args.in_domain},
+        "layout": traj.layout, "rows": rows, "passkey": passkey, "command": _command(),
+        "hardware": _hardware(model), "wall_time_s": round(time.time() - start, 1),
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mkvlib.ladder_run", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -294,12 +454,21 @@ def main(argv=None) -> int:
                    default=pick([256], [1024, 4096]))
     f.add_argument("--passkey-n", type=int, default=pick(1, 8))
     f.add_argument("--compare-n", type=int, default=pick(1, 4), help="ppl items of the comparison bench's task")
+    f.add_argument("--keep-first", type=int, default=0, help="first tokens kept whole (with --keep-recent: the "
+                   "ladder with tokens kept whole at equal bytes instead of the whole frontier)")
+    f.add_argument("--keep-recent", type=int, default=0, help="latest tokens kept whole, for each query")
     for q in (s, f):
         q.add_argument("--projections", default="trained")
         q.add_argument("--batch-size", type=int, default=2)
         q.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    run_search(args) if args.what == "search" else run_frontier(args)
+    if args.what == "search":
+        run_search(args)
+    elif args.keep_first or args.keep_recent:
+        check_whole_tokens(args.keep_first, args.keep_recent)
+        run_whole_frontier(args)
+    else:
+        run_frontier(args)
     return 0
 
 
