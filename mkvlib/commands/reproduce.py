@@ -40,7 +40,7 @@ FAST_SIZES = {"--tokens": "128", "--in-domain": "128", "--lengths": "256", "--n"
               "--eval-limit": "2"}
 FIRST_ONLY = ("--budgets", "--bytes", "--eval-budgets")
 SHRUNK = ("--keep-first", "--keep-recent")    # token counts inside a block: divided by 8 with the block's length
-FAST_ADDED = {"answers": ["--budgets", "0.5", "--new-tokens", "2", "--limit", "2"]}   # where the defaults are the large sizes
+FAST_ADDED = {"answers": ["--budgets", "0.5", "--new-tokens", "2"]}   # where the defaults are the large sizes
 # full form: (relative, absolute) tolerance and what it rests on, per command; None: values not compared
 EVALUATION = (1e-3, 1e-6, "deterministic CPU float32 evaluation")
 TOLERANCES = {"eval": EVALUATION, "answers": EVALUATION, "compare": EVALUATION,
