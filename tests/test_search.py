@@ -13,9 +13,10 @@ from mkvlib.core.positions import block_offsets, shifted
 from mkvlib.core.ranks import budget_of, uniform_ranks
 from mkvlib.search import SearchConfig, greedy_search
 from mkvlib.core.scoring import calibration_scorer
-from mkvlib.core.greedy import next_ranks, rank_path
+from mkvlib.core.greedy import algorithm1, next_ranks, rank_path
 from mkvlib.core.replay import LayerReplay
-from mkvlib.core.scoring import KLScorer, with_rank
+from mkvlib.core.rules import Rules
+from mkvlib.core.scoring import Exact, KLScorer, with_rank
 from mkvlib.core.stats import collect_kv_stats
 from mkvlib.core.trajectory import Trajectory, TrajectoryMismatchError
 
@@ -143,6 +144,18 @@ def test_a_plain_hand_written_loop_takes_the_exact_searchs_steps(setup, exact_tr
     assert len(mine) == 2 * len(geom.entries()) and len(set(mine)) == len(mine)
     assert mine == exact_traj.moves()
     assert kls == pytest.approx([s[4] for s in exact_traj.steps], abs=1e-9)
+
+
+def test_the_core_alone_runs_algorithm1_as_the_exact_search(setup, exact_traj):
+    """Algorithm 1 from mkvlib.core alone (the exact strategy and the rules, no SearchConfig): the exact
+    search's steps, with the same KL and budget after each."""
+    model, ids, proj = setup
+    geom = KVGeometry.of(model)
+    with calibration_scorer(model, proj, ids, CFG.batch_size) as scorer:
+        steps, passes = algorithm1(uniform_ranks(geom, 1.0), Exact(scorer, geom), Rules(geom, CFG.step, CFG.min_rank),
+                                   stop=CFG.min_rank / geom.head_dim)
+    assert passes == len(steps) and [s[:4] for s in steps] == exact_traj.moves()
+    assert [x for s in steps for x in s[4:]] == pytest.approx([x for s in exact_traj.steps for x in s[4:]], abs=1e-9)
 
 
 # Steps (layer.head.kind + new rank) that the search took on the `setup` model with CFG and these changes, recorded

@@ -11,9 +11,9 @@ section; read it in this order:
 5. ``positions.py``, ``stats.py``, ``pca.py``: streaming KV statistics and the PCA initialisation (section 4).
 6. ``sampler.py``, ``loss.py``: Matryoshka training, ranks sampled per step and the distillation loss (section 5;
    the training loop is :mod:`mkvlib.training`).
-7. ``replay.py``, ``scoring.py``, ``greedy.py``, ``trajectory.py``: the greedy search of Algorithm 1, its exact
-   calibration KL and the trajectory it records (section 6; its strategies, rules and driver are
-   :mod:`mkvlib.search`).
+7. ``replay.py``, ``scoring.py``, ``greedy.py``, ``rules.py``, ``trajectory.py``: the greedy search of Algorithm 1,
+   its exact calibration KL, the rules of which steps it takes and the trajectory it records (section 6; the lazy
+   and proxy strategies and the driver from a config are :mod:`mkvlib.search`).
 8. ``cache.py``: the real compressed cache, keys and values stored at their reduced widths (section 8).
 
 ``env.py`` and ``io.py`` are what the rest needs from outside: where the shipped artefacts live, a progress bar,

@@ -11,10 +11,15 @@ Algorithm 1, in our words:
 6.     and carry on from the new ranks.
 
 :func:`algorithm1` is that loop, line for line; :func:`rank_path` is the ladder one entry steps down. Step 3's
-score is the calibration KL of :mod:`.scoring`. The tooling around the loop lives in :mod:`mkvlib.search`: how a
-pass scores (``search/strategies.py``: exact, lazy, proxy), which steps step 4 may commit and how many per pass
-(``search/rules.py``: the floor, a spread limit, K/V balance, batching), and :func:`mkvlib.search.greedy_search`,
-which puts them together from a ``SearchConfig`` and records a :class:`~.trajectory.Trajectory`.
+score is :class:`.scoring.Exact`, the calibration KL of :mod:`.scoring`; step 4's rules (the floor, a spread
+limit, K/V balance, batching) are :class:`.rules.Rules`. So the core runs Algorithm 1 end to end::
+
+    with calibration_scorer(model, proj, blocks) as scorer:
+        steps, passes = algorithm1(uniform_ranks(geom, 1.0), Exact(scorer, geom), Rules(geom, 8, 4), stop=0.25)
+
+The tooling around the loop lives in :mod:`mkvlib.search`: the lazy and proxy strategies, and
+:func:`mkvlib.search.greedy_search`, which puts them together from a ``SearchConfig`` and records a
+:class:`~.trajectory.Trajectory`.
 
 A plain loop agrees with the exact search step by step (``Trajectory.moves()``: (layer, head, kind, new rank) of
 each step; ``scorer.harm(entry, rank)``: the KL increase of moving one entry of the state set last)::
@@ -62,8 +67,8 @@ def next_ranks(head_dim: int, step: int, min_rank: int) -> dict[int, int]:
 def algorithm1(ranks: torch.Tensor, strategy, rules, stop: float, bar=None) -> tuple[list, int]:
     """Algorithm 1 from ``ranks`` (L, G, 2), lowered in place: the recorded steps
     (layer, head, kind, new rank, KL after, budget after) and the number of scoring passes. ``strategy`` scores
-    (``score``, ``advance``), ``rules`` say what may move (``movable``, ``choose``, ``head_dim``); see
-    :mod:`mkvlib.search`."""
+    (``score``, ``advance``; e.g. :class:`.scoring.Exact`), ``rules`` say what may move (``movable``, ``choose``,
+    ``head_dim``; :class:`.rules.Rules`)."""
     d, steps, passes = rules.head_dim, [], 0
     while budget_of(ranks, d) > stop + EPS and rules.movable(ranks):        # 2. above the stop
         strategy.score(ranks, rules.movable(ranks))                        # 3. score each one-step lowering

@@ -4,8 +4,9 @@
 compression switched off) and the captured layer inputs of the current state, so scoring a candidate in layer l
 re-runs only layers l..L-1 (:mod:`.replay`); the result equals a full forward pass. It can add an NLL term on
 the calibration text's own next tokens (``nll_weight``). ``harm(entry, rank)``: how much moving one entry of the
-captured state raises the KL; :func:`calibration_scorer` attaches projections and builds one. A cheap proxy
-built on it is :class:`mkvlib.search.proxy.LocalProxy`. Introduced in notebook 03.
+captured state raises the KL; :func:`calibration_scorer` attaches projections and builds one. :class:`Exact` is
+the paper's scoring strategy for :func:`.greedy.algorithm1`: every candidate by its exact KL, each pass (the lazy
+and proxy strategies built on it are :mod:`mkvlib.search.strategies`). Introduced in notebook 03.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from contextlib import contextmanager
 import torch
 
 from .compress import attach
+from .geometry import KVGeometry
 from .positions import shifted
+from .ranks import uniform_ranks
 from .replay import LayerReplay
 
 Entry = tuple  # (layer, kv_head, kind) with kind 0 = K, 1 = V
@@ -116,3 +119,32 @@ def calibration_scorer(model, projections, blocks: torch.Tensor, batch_size: int
     ``offsets``: (N,) position offsets of the blocks (:mod:`.positions`), or None for positions from 0."""
     with attach(model, projections, 1.0) as comp:
         yield KLScorer(model, comp, blocks, batch_size, nll_weight, offsets)
+
+
+class Exact:
+    """Every candidate scored each pass by its exact calibration KL (the paper's search). Answers the loop of
+    :func:`.greedy.algorithm1`: ``score(ranks, movable)`` scores the one-step lowerings ``movable`` ({entry: new
+    rank}); ``best(options)`` is the least harmful of ``options`` as ``(entry, KL after)`` (ties: the lowest
+    entry), or None; ``advance(ranks, chosen, more)`` moves on to the ranks after the steps ``chosen``. ``kl``: the
+    calibration KL at the current ranks, starting with every rank at d."""
+
+    def __init__(self, scorer: KLScorer, geom: KVGeometry):
+        self.scorer, self.geom = scorer, geom
+        self.kl = scorer.set_state(uniform_ranks(geom, 1.0))
+        self.harms: dict = {}
+
+    def score(self, ranks: torch.Tensor, movable: dict) -> None:
+        self.harms = {e: self.scorer.harm(e, r) for e, r in movable.items()}
+
+    def best(self, options: dict):
+        scored = [e for e in options if e in self.harms]
+        if not scored:
+            return None
+        entry = min(scored, key=lambda e: (self.harms[e], e))
+        return entry, self.kl + self.harms[entry]
+
+    def advance(self, ranks: torch.Tensor, chosen: list, more: bool) -> None:
+        self.kl = self.scorer.set_state(ranks)
+
+    def meta(self) -> dict:
+        return {"proxy_sensitivity": None}

@@ -5,9 +5,9 @@
     ranks_for(model, projections, "adaptive", 0.5)                     # mkvlib.core.ranks: the shipped trajectory
 
 The loop itself is :func:`mkvlib.core.greedy.algorithm1` (with a plain hand-written version to compare against in
-its docstring) and its exact score :mod:`mkvlib.core.scoring`; this package is the tooling around them: the
-config, the driver (:mod:`.run`), scoring strategies (:mod:`.strategies`, the proxy in :mod:`.proxy`), the rules of
-which steps to take (:mod:`.rules`), the quality grid and figures. The recorded trajectory and its file format
+its docstring), its exact score and strategy :mod:`mkvlib.core.scoring` and the rules of which steps to take
+:mod:`mkvlib.core.rules`; this package is the tooling around them: the config, the driver (:mod:`.run`), the lazy
+and proxy strategies (:mod:`.strategies`, the proxy in :mod:`.proxy`), the quality grid and figures. The recorded trajectory and its file format
 are :mod:`mkvlib.core.trajectory`.
 """
 from .config import SearchConfig

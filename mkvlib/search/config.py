@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from ..core.checks import check_budget, check_rank
+from ..core.geometry import KVGeometry
 from ..core.positions import POSITION_MODES
+from ..core.rules import Batch, KVBalance, Rules, SpreadLimit
 from ..recall import check_recall_span
 
 STRATEGIES = ("exact", "lazy", "proxy")
@@ -99,6 +101,11 @@ class SearchConfig:
             raise ValueError(f"min_rank {self.min_rank} leaves nothing to search: it must be below head_dim={head_dim}")
         if self.step > head_dim - self.min_rank:
             raise ValueError(f"step {self.step} is larger than the whole range {head_dim} -> {self.min_rank}")
+
+    def rules(self, geom: KVGeometry) -> Rules:
+        """The rules of step 4 these settings give on ``geom``: ladder, spread limit, K/V balance, batching."""
+        return Rules(geom, self.step, self.min_rank, SpreadLimit(self.max_spread), KVBalance(self.balance),
+                     Batch(self.batched))
 
     @classmethod
     def fast(cls, **overrides) -> "SearchConfig":

@@ -18,7 +18,6 @@ from ..core.scoring import calibration_scorer
 from ..core.trajectory import Trajectory
 from ..recall import recall_blocks
 from .config import SearchConfig
-from .rules import Rules
 from .strategies import make_strategy
 
 __all__ = ["greedy_search", "stop_budget"]
@@ -42,7 +41,7 @@ def greedy_search(model, projections, blocks: torch.Tensor, config: SearchConfig
     projections = resolve_projections(projections, model)
     if config.recall_span:
         blocks = recall_blocks(blocks, config.recall_span)
-    rules, stop, start = Rules.of(config, geom), stop_budget(config, geom.head_dim), time.time()
+    rules, stop, start = config.rules(geom), stop_budget(config, geom.head_dim), time.time()
     total = int(round((1 - stop) * geom.head_dim * len(rules.entries) / config.step))
     offsets = block_offsets(config.positions, len(blocks), blocks.shape[1], model)
     with calibration_scorer(model, projections, blocks, config.batch_size, config.nll_weight, offsets) as scorer:

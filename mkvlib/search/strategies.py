@@ -1,4 +1,5 @@
-"""How the greedy search scores its candidate steps (step 3 of Algorithm 1). Introduced in notebook 03.
+"""How the greedy search scores its candidate steps (step 3 of Algorithm 1), beyond the exact scores of the
+paper. Introduced in notebook 03.
 
 Every strategy keeps ``kl``, the calibration KL at the current ranks, and answers three calls of the loop in
 :mod:`mkvlib.core.greedy`:
@@ -9,8 +10,8 @@ Every strategy keeps ``kl``, the calibration KL at the current ranks, and answer
 - ``advance(ranks, chosen, more)``: the steps ``chosen`` were committed, giving ``ranks``; ``more``: whether any
   step is left.
 
-:class:`Exact` scores every candidate by its exact KL; :class:`Lazy` re-scores only front-runners;
-:class:`Proxy` ranks by a calibrated local estimate (:class:`~.proxy.LocalProxy`).
+The core's :class:`~mkvlib.core.scoring.Exact` scores every candidate by its exact KL; :class:`Lazy` re-scores
+only front-runners; :class:`Proxy` ranks by a calibrated local estimate (:class:`~.proxy.LocalProxy`).
 """
 from __future__ import annotations
 
@@ -19,36 +20,11 @@ import torch
 
 from ..core.geometry import KVGeometry
 from ..core.greedy import EPS
-from ..core.ranks import budget_of, uniform_ranks
-from ..core.scoring import KLScorer
+from ..core.ranks import budget_of
+from ..core.rules import Rules
+from ..core.scoring import Exact, KLScorer
 from .config import SearchConfig
 from .proxy import LocalProxy
-from .rules import Rules
-
-
-class Exact:
-    """Every candidate scored each pass by its exact calibration KL (the paper's search)."""
-
-    def __init__(self, scorer: KLScorer, geom: KVGeometry):
-        self.scorer, self.geom = scorer, geom
-        self.kl = scorer.set_state(uniform_ranks(geom, 1.0))      # every rank at d
-        self.harms: dict = {}
-
-    def score(self, ranks: torch.Tensor, movable: dict) -> None:
-        self.harms = {e: self.scorer.harm(e, r) for e, r in movable.items()}
-
-    def best(self, options: dict):
-        scored = [e for e in options if e in self.harms]
-        if not scored:
-            return None
-        entry = min(scored, key=lambda e: (self.harms[e], e))
-        return entry, self.kl + self.harms[entry]
-
-    def advance(self, ranks: torch.Tensor, chosen: list, more: bool) -> None:
-        self.kl = self.scorer.set_state(ranks)
-
-    def meta(self) -> dict:
-        return {"proxy_sensitivity": None}
 
 
 class Lazy(Exact):

@@ -1,8 +1,9 @@
-"""Which one-step lowerings the greedy search may commit, and how many per scoring pass: the rank ladder (d, d -
-step, ..., floor; :func:`mkvlib.core.greedy.rank_path`), a spread limit, the balance of keys against values, and batching. Introduced in notebook 03.
+"""Which one-step lowerings the greedy search may commit (step 4 of Algorithm 1), and how many per scoring pass:
+the rank ladder (d, d - step, ..., floor; :func:`.greedy.rank_path`), a spread limit, the balance of keys against
+values, and batching. Introduced in notebook 03.
 
-Each rule is a small object; :class:`Rules` holds one of each, built from a :class:`~.config.SearchConfig` by
-:meth:`Rules.of`. Options are dicts ``{(layer, kv_head, kind): new rank}``, kind K = 0 or V = 1.
+Each rule is a small object; :class:`Rules` holds one of each (``SearchConfig.rules`` builds it from the search's
+settings). Options are dicts ``{(layer, kv_head, kind): new rank}``, kind K = 0 or V = 1.
 """
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.geometry import K, V, KVGeometry
-from ..core.greedy import next_ranks, rank_path
-from .config import SearchConfig
+from .geometry import K, V, KVGeometry
+from .greedy import next_ranks, rank_path
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,6 @@ class Rules:
         self.path = rank_path(geom.head_dim, step, min_rank)
         self.lower = next_ranks(geom.head_dim, step, min_rank)
         self.spread, self.balance, self.batch = spread, balance, batch
-
-    @classmethod
-    def of(cls, config: SearchConfig, geom: KVGeometry) -> "Rules":
-        return cls(geom, config.step, config.min_rank, SpreadLimit(config.max_spread), KVBalance(config.balance),
-                   Batch(config.batched))
 
     def movable(self, ranks: torch.Tensor, pool: int | None = None, taken=()) -> dict:
         """{entry: new rank} of every entry above the floor (of kind ``pool`` unless None, not in ``taken``)
