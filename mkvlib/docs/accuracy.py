@@ -9,7 +9,7 @@ import pandas as pd
 
 from .markdown import DASH, bullets, code, num, paragraphs, pct, table
 from .records import Data, option
-from .results import commands_line, prose, readout_text, section, source_line
+from .results import commands_line, commands_list, prose, readout_text, section, source_line
 
 LM_EVAL_FILES = ("results/lm_eval_*.csv", "results/lm_eval_*.json")
 # which search gave the adaptive ranks of a results file whose trajectory is no longer committed (its record says)
@@ -66,13 +66,8 @@ def lm_eval_cells(data: Data) -> tuple[pd.DataFrame, list[str]]:
 
 def lm_eval_section(name: str, title: str):
     """Register ``fn(data, cells, left_out)`` (:func:`lm_eval_cells`), left out while there are no cells."""
-    def register(fn):
-        def render(data: Data) -> str | None:
-            cells, left_out = lm_eval_cells(data)
-            return None if cells.empty else fn(data, cells, left_out)
-        section(name, title, *LM_EVAL_FILES)(render)
-        return fn
-    return register
+    return lambda fn: section(name, title, *LM_EVAL_FILES)(
+        lambda data: None if (found := lm_eval_cells(data))[0].empty else fn(data, *found)) and fn
 
 
 @lm_eval_section("lm-eval-table1", "Zero-shot accuracy against KV budget")
@@ -214,8 +209,7 @@ def lora_bundles(data: Data) -> str | None:
                       table(["bundle", "stage", "adapter", "projections", "training data", "steps", "tokens seen",
                              "kd_weight : lm_weight", "rank schedule", "minutes", "first loss", "last loss"], rows,
                             "lrlllrrrlrrr"),
-                      bullets([f"{code(f)}: {code(m.get('command'))}" for f, m in bundles],
-                              "Commands (from the manifests):"))
+                      commands_list({f: m.get("command") for f, m in bundles}, "the manifests"))
 
 
 def _lora_findings(data: Data, k, kn, acc, committed) -> list[str]:

@@ -55,25 +55,23 @@ def expected(root) -> dict[str, str]:
     return out
 
 
+def differing(root) -> dict[str, tuple[str, str]]:
+    """{path: (committed text, the text the data gives)} of every generated or marked file that differs."""
+    out = {rel: (path.read_text() if (path := Path(root) / rel).is_file() else "", text)
+           for rel, text in expected(root).items()}
+    return {rel: (now, text) for rel, (now, text) in out.items() if now != text}
+
+
 def check(root) -> dict[str, str]:
     """{path: unified diff} of every file that differs from what the data gives (empty when all agree)."""
-    stale = {}
-    for rel, text in expected(root).items():
-        path = Path(root) / rel
-        now = path.read_text() if path.is_file() else ""
-        if now != text:
-            stale[rel] = "\n".join(difflib.unified_diff(now.splitlines(), text.splitlines(), f"{rel} (committed)",
-                                                        f"{rel} (from the data)", lineterm="", n=1))
-    return stale
+    return {rel: "\n".join(difflib.unified_diff(now.splitlines(), text.splitlines(), f"{rel} (committed)",
+                                                f"{rel} (from the data)", lineterm="", n=1))
+            for rel, (now, text) in differing(root).items()}
 
 
 def write(root) -> list[str]:
     """Rewrite every file that differs from what the data gives; returns their paths."""
-    changed = []
-    for rel, text in expected(root).items():
-        path = Path(root) / rel
-        if not path.is_file() or path.read_text() != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            changed.append(rel)
-    return changed
+    for rel, (_, text) in (changed := differing(root)).items():
+        (Path(root) / rel).parent.mkdir(parents=True, exist_ok=True)
+        (Path(root) / rel).write_text(text)
+    return list(changed)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..commands.reproduce import cost_text, recipe, row_commands
-from .markdown import code, num, paragraphs, slug, table
+from .markdown import bullets, code, num, paragraphs, slug, table
 from .records import Data, read_json
 from .results import prose
 
@@ -30,11 +30,14 @@ class Entry:
     made: str = ""
 
     def lines(self, rel: str) -> list[str]:
-        commands = [c for c in self.commands if c]
-        made = self.made or (f"made by {len(commands)} commands, listed with the tables that show it"
-                             if len(commands) > 1 else f"made by {code(commands[0])}" if commands
-                             else "command not recorded")
-        return [f"- {code(rel)}: {self.what}", f"  - {made}"] + [f"  - {n}" for n in self.notes if n]
+        made = self.made or commands_made(self.commands)
+        return [f"- {code(rel)}: {self.what}"] + [f"  - {n}" for n in [made, *self.notes] if n]
+
+
+def commands_made(commands) -> str:
+    commands = [c for c in commands if c]
+    return (f"made by {len(commands)} commands, listed with the tables that show it" if len(commands) > 1 else
+            f"made by {code(commands[0])}" if commands else "command not recorded")
 
 
 def _projections(data: Data, rel: str) -> Entry:
@@ -63,14 +66,12 @@ def _projections(data: Data, rel: str) -> Entry:
 
 
 def _record(data: Data, rel: str) -> Entry:
-    target = rel[:-len(".json")] + ".safetensors"
-    record = read_json(data.root / rel)
-    if "steps" not in record:
-        return Entry(f"the record of {code(target)}: the command that made it", [record.get("command")],
-                     made=f"written with {code(Path(target).name)} (its command is listed there)")
-    return Entry(f"the training record of {code(target)} (command, settings, loss history, evaluations)",
-                 [record.get("command")], [record.get("note", "")],
-                 made=f"written by the run that made {code(Path(target).name)} (its command is listed there)")
+    target, record = rel[:-len(".json")] + ".safetensors", read_json(data.root / rel)
+    name, trained = code(Path(target).name), "steps" in record
+    return Entry(f"the training record of {code(target)} (command, settings, loss history, evaluations)" if trained
+                 else f"the record of {code(target)}: the command that made it", [record.get("command")],
+                 [record.get("note", "")] if trained else [],
+                 made=f"written {'by the run that made' if trained else 'with'} {name} (its command is listed there)")
 
 
 def _trajectory(data: Data, rel: str) -> Entry:
@@ -118,7 +119,7 @@ def _results(data: Data, rel: str) -> Entry:
     what = (f"results table, {sum(1 for _ in open(path)) - 1} rows" if path.suffix == ".csv" else "results record")
     return Entry(what, commands, ["shown in " + ", ".join(tables) if tables else
                                   "no table in docs/results.md reads it yet", note],
-                 made=f"made by {code(commands[0])}, which writes it beside {code(data.rel(remade.summary))}"
+                 made=f"made by {code(commands[0])}, which writes it with {code(data.rel(remade.summary))}"
                  if remade.summary and commands else "")
 
 
@@ -132,22 +133,18 @@ BUNDLE_ROLES = {"manifest.json": "the bundle's manifest: base model, geometry, a
 
 
 def _bundle_file(data: Data, rel: str, bundle: Path) -> Entry:
-    m = read_json(bundle / "manifest.json")
-    name = Path(rel).relative_to(data.rel(bundle)).as_posix()
+    m, name = read_json(bundle / "manifest.json"), Path(rel).relative_to(data.rel(bundle)).as_posix()
     if name == "trajectory.json" and rel in data.trajectories:
         return _trajectory(data, rel)
     what = f"stage-{m.get('stage')} LoRA bundle {code(data.rel(bundle))}: {BUNDLE_ROLES.get(name, 'a bundle file')}"
     if name != "manifest.json":
         return Entry(what, [m.get("command")], made="written by the command in the bundle's `manifest.json`")
     parent, init = (m.get("parent_adapter") or {}).get("weights_hash"), m.get("init_fingerprint")
-
-    def committed(path):
-        return code(path) if path else "not committed"
+    starts = [("adapter", parent, data.bundle_with_adapter(parent)), ("projections", init, data.projections_file(init))]
     return Entry(what, [m.get("command")], [
         f"{m.get('steps')} steps, {m.get('tokens_seen', 0):,} tokens of {m.get('data')} {m.get('split')}, loss "
-        f"{num(m.get('first_loss'), 3)} -> {num(m.get('last_loss'), 3)}",
-        f"started from the adapter {parent} ({committed(data.bundle_with_adapter(parent))})" if parent else "",
-        f"started from the projections {init} ({committed(data.projections_file(init))})" if init else ""])
+        f"{num(m.get('first_loss'), 3)} -> {num(m.get('last_loss'), 3)}"] + [
+        f"started from the {kind} {h} ({code(path) if path else 'not committed'})" for kind, h, path in starts if h])
 
 
 def describe(data: Data, path: Path) -> Entry:
@@ -171,10 +168,10 @@ def _housekeeping(data: Data, unrecorded: list[str]) -> str:
         if data.bundle_of(p) is None:       # files inside bundles are named by their role
             names[p.name].append(data.rel(p))
     shared = {n: ps for n, ps in sorted(names.items()) if len(ps) > 1}
-    why = [(data.rel(p), recipe(p, data.root).why_not) for p in data.files if p.parent == data.results]
+    why = [(data.rel(p), recipe(p, data.root).why_not) for p in data.files if data.results in p.parents]
     return paragraphs(
         "## Housekeeping\n\nFiles whose command is recorded nowhere (neither in the file, nor in a record beside it, "
-        "nor in a results file):\n\n" + ("\n".join(f"- {code(r)}" for r in unrecorded) or "none"),
+        "nor in a results file):\n\n" + (bullets(map(code, unrecorded)) or "none"),
         "Results files that `mkv reproduce` cannot remake (`mkv reproduce --list` shows every file):\n\n"
         + table(["file", "why not"], [[code(rel), w] for rel, w in why if w], "ll"),
         "File names used by more than one file:\n\n" + "\n".join(

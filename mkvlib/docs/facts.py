@@ -7,18 +7,13 @@ from __future__ import annotations
 
 from .markdown import pct
 from .ood import whole_token_rows
-from .records import Data
+from .records import Data, register
 
 FACTS: dict = {}
 
 
 def fact(name: str):
-    def register(fn):
-        if name in FACTS:
-            raise ValueError(f"a fact named {name!r} is already registered")
-        FACTS[name] = fn
-        return fn
-    return register
+    return lambda fn: register(FACTS, name, fn, fn)
 
 
 def _record(data: Data, name: str) -> dict:

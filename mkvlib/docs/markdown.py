@@ -1,9 +1,8 @@
 """Markdown for the generated documents: tables (through pandas), number formats, marker blocks.
 
-A marker block is the text between ``<!-- generated: NAME -->`` and ``<!-- /generated -->``. :func:`fill_blocks`
-replaces each block's body with ``render(NAME)``: a block whose opening marker ends its line is filled with lines
-(a table, a paragraph), one that goes on in the same line inline (a number in a sentence). Text outside the markers
-stays as it is; a marker right after a backtick is quoted in inline code, not a block.
+A marker block is the text between ``<!-- generated: NAME -->`` and ``<!-- /generated -->``; :func:`fill_blocks`
+fills it with ``render(NAME)``, as lines when the opening marker ends its line, else inline. A marker right after
+a backtick is quoted in inline code, not a block.
 """
 from __future__ import annotations
 
@@ -16,18 +15,15 @@ DASH = "–"
 
 
 def table(headers, rows, align=None) -> str:
-    """A Markdown table of preformatted cells (``DataFrame.to_markdown``); ``align``: 'l'/'r' per column (default
-    left for the first, right for the rest)."""
+    """A Markdown table of preformatted cells; ``align``: 'l'/'r' per column (default: left, then right)."""
     align = align or "l" + "r" * (len(headers) - 1)
     frame = pd.DataFrame([[str(c).replace("|", r"\|") for c in row] for row in rows], columns=list(headers))
-    return frame.to_markdown(index=False, disable_numparse=True,
-                             colalign=["right" if a == "r" else "left" for a in align])
+    return frame.to_markdown(index=False, disable_numparse=True, colalign=[{"r": "right"}.get(a, "left") for a in align])
 
 
 def code(text) -> str:
     """Inline code (doubled backticks when the text holds one)."""
-    text = str(text)
-    return f"`` {text} ``" if "`" in text else f"`{text}`"
+    return f"`` {text} ``" if "`" in str(text) else f"`{text}`"
 
 
 def num(value, digits: int = 1) -> str:
@@ -79,8 +75,8 @@ def block_names(text: str) -> list[str]:
 
 def fill_blocks(text: str, render) -> str:
     """``text`` with every block's body replaced by ``render(name)`` (a KeyError for a name it does not know)."""
-    def fill(match):
-        name, body = match.group("name"), match.group("body")
-        new = render(name).strip("\n")
-        return f"<!-- generated: {name} -->" + (f"\n{new}\n" if body.startswith("\n") else new) + "<!-- /generated -->"
+    def fill(m):
+        new = render(m.group("name")).strip("\n")
+        return block(m.group("name"), new) if m.group("body").startswith("\n") else \
+            f"<!-- generated: {m.group('name')} -->{new}<!-- /generated -->"
     return MARKER.sub(fill, text)

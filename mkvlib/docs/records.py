@@ -24,8 +24,7 @@ def read_json(path) -> dict:
 def safetensors_meta(path) -> dict:
     """The MatryoshkaKV header of a projections file ({} for any other safetensors file, e.g. a LoRA adapter)."""
     with open(path, "rb") as fh:
-        header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
-    meta = header.get("__metadata__") or {}
+        meta = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0])).get("__metadata__") or {}
     return json.loads(meta["mkv"]) if "mkv" in meta else {}
 
 
@@ -36,6 +35,19 @@ def option(command: str, flag: str) -> str | None:
     except ValueError:
         return None
     return words[words.index(flag) + 1] if flag in words[:-1] else None
+
+
+def register(registry, name: str, entry, fn):
+    """Add ``entry`` (named ``name``) to a list of sections or a dict of facts, once; returns ``fn``."""
+    if name in (registry if isinstance(registry, dict) else [s.name for s in registry]):
+        raise ValueError(f"{name!r} is already registered")
+    registry.__setitem__(name, entry) if isinstance(registry, dict) else registry.append(entry)
+    return fn
+
+
+def first_with(found: dict, field: str, value) -> str | None:
+    """The first key of ``found`` ({path: dict}) whose dict has ``field`` == ``value``."""
+    return next((p for p, m in found.items() if m.get(field) == value), None)
 
 
 class Data:
@@ -64,12 +76,7 @@ class Data:
 
     def bundle_of(self, path) -> Path | None:
         """The LoRA bundle folder (a folder with a manifest.json) that ``path`` lies in, if any."""
-        for parent in Path(path).parents:
-            if parent == self.dir or self.dir not in parent.parents:
-                return None
-            if (parent / "manifest.json").is_file():
-                return parent
-        return None
+        return next((p for p in Path(path).parents if self.dir in p.parents and (p / "manifest.json").is_file()), None)
 
     @cached_property
     def projections(self) -> dict[str, dict]:
@@ -79,13 +86,13 @@ class Data:
 
     def projections_file(self, fingerprint: str) -> str | None:
         """The committed projections file with this fingerprint (None: not committed)."""
-        return next((p for p, m in self.projections.items() if m.get("fingerprint") == fingerprint), None)
+        return first_with(self.projections, "fingerprint", fingerprint)
 
     @cached_property
     def projection_records(self) -> dict[str, dict]:
         """{projections file: the record beside it (``X.json``) holding the command that made it}."""
-        found = {p: self.record_of(p) for p, m in self.projections.items()}
-        return {p: r for p, r in found.items() if r and r.get("fingerprint") == self.projections[p].get("fingerprint")
+        found = {p: self.record_of(p) or {} for p in self.projections}
+        return {p: r for p, r in found.items() if r.get("fingerprint") == self.projections[p].get("fingerprint")
                 and "command" in r}
 
     @cached_property
@@ -104,8 +111,8 @@ class Data:
         """{adaptive ranks digest: trajectory path}: how a results row names its adaptive ranks."""
         import torch
 
-        from ..lmeval.sweep import ranks_digest
         from ..core.trajectory import Trajectory
+        from ..lmeval.sweep import ranks_digest
 
         out = {}
         for path in self.trajectories:
@@ -118,11 +125,10 @@ class Data:
         return out
 
     def default_trajectory(self, fingerprint: str) -> str | None:
-        """The trajectory ``--allocation adaptive`` picks for these projections: the first file directly in
-        data/trajectories/ with their fingerprint."""
+        """The trajectory ``--allocation adaptive`` picks: the first in data/trajectories/ with this fingerprint."""
         top = (self.dir / "trajectories").resolve()
-        return next((p for p, t in self.trajectories.items() if t.get("fingerprint") == fingerprint
-                     and (self.root / p).resolve().parent == top), None)
+        return first_with({p: t for p, t in self.trajectories.items() if (self.root / p).resolve().parent == top},
+                          "fingerprint", fingerprint)
 
     def trajectory_of(self, digest: str) -> str | None:
         """The committed trajectory whose ranks a results row used (None: not committed, or uniform ranks)."""
@@ -134,7 +140,7 @@ class Data:
         return {self.rel(p.parent): read_json(p) for p in self.files if p.name == "manifest.json"}
 
     def bundle_with_adapter(self, weights_hash: str) -> str | None:
-        return next((b for b, m in self.manifests.items() if m.get("adapter_weights_hash") == weights_hash), None)
+        return first_with(self.manifests, "adapter_weights_hash", weights_hash)
 
     def record_of(self, path) -> dict | None:
         """The JSON record beside an artefact (``X.json`` for ``X.safetensors`` or ``X.csv``), if there is one."""
@@ -146,8 +152,7 @@ class Data:
         """A short label for an artefact: its name without the model prefix and extension, or its bundle's name."""
         if path is None:
             return "not committed"
-        bundle = self.bundle_of(self.root / path)
-        if bundle is not None:
+        if (bundle := self.bundle_of(self.root / path)) is not None:
             return bundle.name
         name = Path(path).name.removesuffix(".safetensors").removesuffix(".json").removesuffix(".csv")
         head, _, rest = name.partition(".")

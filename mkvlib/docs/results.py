@@ -1,17 +1,16 @@
 """docs/results.md: every measured table, generated from the files under ``data/`` (never typed by hand).
 
 Each table is one function registered with :func:`section` (in :mod:`.ood`, :mod:`.accuracy`, :mod:`.runs` and
-:mod:`.compare`), shown in the order registered, each inside ``<!-- generated: NAME -->`` markers so that README.md
-and other documents can embed it by NAME. A new results source is one function::
+:mod:`.compare`), shown in the order registered inside ``<!-- generated: NAME -->`` markers, so that README.md can
+embed it by NAME. A new results source is one function::
 
     @section("ood-suite", "Out-of-domain perplexity and KL", result="ood_suite.json")
     def ood_suite(data: Data, path, rec) -> str:      # left out until data/results/ood_suite.json exists
         return paragraphs(prose("ood-suite"), table(headers, rows))    # framed by its source and its command
 
-Further glob patterns (relative to ``data/``) after the title name other files it reads: a results file no section
-reads is listed under "Other result files". Say where a table comes from (:func:`source_line`) and which command
-made it (:func:`commands_line`); fixed explanations live in prose.md (:func:`prose`); format numbers with
-:mod:`.markdown` and sort rows explicitly, so that the same data gives the same bytes. Then
+Further glob patterns (relative to ``data/``) name other files it reads (an item store in results/items/ is read
+with its summary); a results file no section reads is listed under "Other result files". Fixed explanations live
+in prose.md (:func:`prose`); sort rows explicitly, so that the same data gives the same bytes. Then
 ``python -m mkvlib.docs --write``.
 """
 from __future__ import annotations
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .markdown import code, paragraphs
-from .records import Data
+from .records import Data, register
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,9 @@ class Section:
     render: Callable[[Data], str | None]  # the Markdown body, or None when its files are absent
 
     def reads(self, relpath: str) -> bool:
-        """Whether this section reads ``relpath`` (relative to data/)."""
-        return any(fnmatch.fnmatch(relpath, p) for p in self.sources)
+        """Whether this section reads ``relpath`` (relative to data/); an item store with its summary."""
+        summary = re.sub(r"^results/items/(.+)_items\.csv$", r"results/\1.json", relpath)
+        return any(fnmatch.fnmatch(p, s) for s in self.sources for p in {relpath, summary})
 
 
 SECTIONS: list[Section] = []
@@ -46,18 +46,15 @@ def section(name: str, title: str, *sources: str, result: str | None = None):
     """Register ``fn(data) -> str | None`` as one table of docs/results.md. With ``result`` (a JSON file in
     data/results/, a source too) ``fn(data, path, record)`` gives the body between that file's source line and the
     commands it records; the section is left out while the file is absent (or the body is None)."""
-    def register(fn):
-        if any(s.name == name for s in SECTIONS):
-            raise ValueError(f"a results section named {name!r} is already registered")
-
+    def framed(fn):
         def render(data: Data) -> str | None:
             path, rec = data.result(result)
             body = None if rec is None else fn(data, path, rec)
             return body and paragraphs(source_line(data, path), body,
                                        commands_line([rec.get("command"), *rec.get("commands", [])]))
-        SECTIONS.append(Section(name, title, (f"results/{result}",) * bool(result) + sources, render if result else fn))
-        return fn
-    return register
+        return register(SECTIONS, name, Section(name, title, (f"results/{result}",) * bool(result) + sources,
+                                                render if result else fn), fn)
+    return framed
 
 
 @functools.cache
@@ -78,11 +75,15 @@ def source_line(data: Data, *paths, note: str = "") -> str:
 def commands_line(commands, what: str = "Command") -> str:
     """The commands that made a table, one per line; or the statement that none is recorded."""
     commands = [c for c in dict.fromkeys(commands) if c]
-    if len(commands) == 1:
-        return f"{what}: {code(commands[0])}"
-    if commands:
+    if len(commands) > 1:
         return f"{what}s:\n\n" + "\n".join(f"- {code(c)}" for c in commands)
-    return f"{what}: not recorded in the file."
+    return f"{what}: {code(commands[0])}" if commands else f"{what}: not recorded in the file."
+
+
+def commands_list(named: dict, where: str) -> str:
+    """'Commands (from <where>):' then '- `name`: `command`' per entry (unrecorded: 'command not recorded')."""
+    return "\n".join([f"Commands (from {where}):", ""] + [
+        f"- {code(n)}: " + (code(c) if c else "command not recorded") for n, c in named.items()])
 
 
 def readout_text(ev: dict) -> str:
@@ -100,9 +101,7 @@ def readout_text(ev: dict) -> str:
 
 def other_results(data: Data) -> str | None:
     """The closing part of docs/results.md: results files that no table reads (None when there are none)."""
-    rels = [p.relative_to(data.dir).as_posix() for p in data.files if data.results in p.parents]
-    unread = [r for r in rels if not any(s.reads(r) for s in SECTIONS)]
-    if not unread:
-        return None
+    unread = [r for p in data.files if data.results in p.parents
+              for r in [p.relative_to(data.dir).as_posix()] if not any(s.reads(r) for s in SECTIONS)]
     return ("No table reads these files yet; register one in `mkvlib/docs/results.py` (see its docstring):\n\n" +
-            "\n".join(f"- {code('data/' + r)}" for r in unread))
+            "\n".join(f"- {code('data/' + r)}" for r in unread)) if unread else None

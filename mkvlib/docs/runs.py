@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .markdown import DASH, bullets, code, mib, num, paragraphs, pct, table
 from .records import Data, read_json
-from .results import commands_line, prose, readout_text, section, source_line
+from .results import commands_line, commands_list, prose, readout_text, section, source_line
 
 TRAJECTORIES = ("trajectories/*.json", "trajectories/*/*.json", "lora/*/trajectory.json")
 RECORDS = ("projections/*.json", "projections/*/*.json")
@@ -29,7 +29,7 @@ def training_runs(data: Data) -> str | None:
                     note="(each `.json` beside its `.safetensors`)"),
         table(["projections", "initialised from", "corpora", "steps", "tokens seen", "kd_weight : lm_weight", "lr",
                "seed", "minutes", "device", "KL at 50%, start", "KL at 50%, end"], rows, "lllrrrrrrlrr"),
-        bullets([f"{code(data.short(p))}: {code(r['command'])}" for p, r in records], "Commands (from the records):")
+        commands_list({data.short(p): r["command"] for p, r in records}, "the records")
     ) if records else None
 
 
@@ -91,13 +91,12 @@ def search_settings(data: Data) -> str | None:
              DASH if cfg.get("max_spread") is None else cfg["max_spread"], cfg.get("nll_weight", 0.0),
              cfg.get("batched"), cfg.get("proxy_refresh"), len(t.get("steps") or []), num(meta.get("seconds", 0) / 60, 0)]
             for path, t in found for meta in [t.get("meta") or {}] for cfg in [meta.get("config") or {}]]
-    cmds = [f"{code(p)}: " + (code(c) if (c := (t.get("meta") or {}).get("command")) else "command not recorded")
-            for p, t in found]
     return paragraphs(prose("search-settings"),
                       table(["trajectory", "projections", "calibration", "tokens", "strategy", "step", "floor", "stop",
                              "max spread", "nll weight", "batched", "proxy refresh", "steps", "minutes"], rows,
                             "lllrl" + "r" * 9),
-                      bullets(cmds, "Commands (from each trajectory's `meta`):")) if found else None
+                      commands_list({p: (t.get("meta") or {}).get("command") for p, t in found},
+                                    "each trajectory's `meta`")) if found else None
 
 
 # --- the real compressed cache (notebook 05) ------------------------------------------------------------
