@@ -130,7 +130,8 @@ def test_store_keys_name_the_identities(llama, one_thread, registry, tmp_path):
     row = crun.open_store(out).rows()[-1]
     assert row["model"].startswith("tiny-llama") and "@" in row["model"]
     assert row["setting"] == "counting|f=0.5" and row["version"] == "1" and row["expected"].isdigit()
-    assert crun.store_path(out).name == "c_items.csv"
+    assert crun.store_path(out) == tmp_path / "items" / "c_items.csv"
+    assert json.loads(out.read_text())["items_file"] == "items/c_items.csv"
 
 
 def test_estimate_scales_with_length_and_counts_ppl_twice():

@@ -15,6 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "data" / "results"
 
 
+def results_files() -> list[Path]:
+    """Every results file: summaries and records in data/results/, item stores in data/results/items/."""
+    return sorted(p for p in RESULTS.rglob("*") if p.is_file() and p.suffix in (".json", ".csv"))
+
+
 def quanto_installed() -> bool:
     try:
         return importlib.util.find_spec("optimum.quanto") is not None
@@ -31,7 +36,7 @@ def fast_runs() -> list:
     """One file per distinct fast run: a summary checks its items file too, and files whose commands differ only in
     their output share a run."""
     chosen, seen = [], set()
-    for path in sorted(RESULTS.iterdir()):
+    for path in results_files():
         r = R.recipe(path, ROOT)
         if r.why_not or r.no_fast or (path.suffix == ".csv" and r.summary):
             continue
@@ -44,12 +49,13 @@ def fast_runs() -> list:
                 marks.append(pytest.mark.needs_data)
             if R.command_name(words) == "bench" and not quanto_installed():
                 marks.append(pytest.mark.skip(reason="the record holds the quantized baseline: pip install -e .[quant]"))
-            chosen.append(pytest.param(path.name, marks=marks, id=path.name))
+            rel = path.relative_to(RESULTS).as_posix()
+            chosen.append(pytest.param(rel, marks=marks, id=rel))
     return chosen
 
 
 def snapshot() -> dict:
-    return {p.name: p.stat().st_mtime_ns for p in RESULTS.iterdir()}
+    return {p.relative_to(RESULTS).as_posix(): p.stat().st_mtime_ns for p in RESULTS.rglob("*")}
 
 
 @needs_model
@@ -64,7 +70,9 @@ def test_fast_form_remakes_the_shape_of_every_file_that_allows_it(name, capsys, 
 
 
 def test_every_summary_and_its_items_file_are_covered():
-    for path in RESULTS.glob("*_items.csv"):
+    stores = sorted((RESULTS / "items").glob("*_items.csv"))
+    assert stores and not list(RESULTS.glob("*_items.csv")), "item stores live in data/results/items/"
+    for path in stores:
         summary = R.recipe(path, ROOT).summary
         assert summary is not None, f"{path.name}: no summary names it"
         assert R.recipe(summary, ROOT).commands == R.recipe(path, ROOT).commands
@@ -74,7 +82,7 @@ def test_list_names_every_results_file_and_says_why_one_cannot_be_remade(capsys)
     assert main(["reproduce", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line for line in lines[1:] if line.strip() and not line[0].isdigit()}
-    assert set(rows) == {p.name for p in RESULTS.iterdir() if p.suffix in (".json", ".csv")}
+    assert set(rows) == {p.relative_to(RESULTS).as_posix() for p in results_files()}
     for name, line in rows.items():
         full = line.split()[1]
         reason = line.split("  ")[-1].strip()
@@ -85,6 +93,7 @@ def test_list_names_every_results_file_and_says_why_one_cannot_be_remade(capsys)
     assert rows["bench_memory.json"].split()[1:3] == ["yes", "yes"]
     assert "printed result of its own command" in rows["ood_routes.json"]
     assert rows["passkey_rank_mix.json"].split()[1:3] == ["yes", "no"]
+    assert rows["items/compare_think_half_items.csv"].split()[1:3] == ["yes", "yes"]
 
 
 def test_dry_run_shows_the_ci_sized_command_writing_outside_data(capsys):

@@ -3,8 +3,8 @@
     mkv compare --methods pca,matryoshka,quant,streaming --bytes 0.25,0.125 --tasks ppl,passkey,niah,vt \\
         --lengths 1024,4096 --n 8 --out runs/compare.json
 
-Resumable: each item is stored as it finishes (``runs/compare_items.csv`` beside the JSON), and a rerun of the same
-command computes only what is missing. A cost estimate is printed first. Results go to ``runs/`` (git-ignored)
+Resumable: each item is stored as it finishes (in ``items/`` beside the JSON: ``runs/items/compare_items.csv``), and
+a rerun of the same command computes only what is missing. A cost estimate is printed first. Results go to ``runs/`` (git-ignored)
 unless ``--out`` says otherwise. ``MKV_FAST=1`` makes it CI-sized (256 tokens, one item per task).
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ def register(sub) -> None:
     p.add_argument("--lengths", default=None, help="context lengths in tokens (default 1024,4096; 256 with MKV_FAST=1)")
     p.add_argument("--n", type=int, default=None, help="items per task and length (default 8; 1 with MKV_FAST=1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated items")
-    p.add_argument("--out", default=None, help="JSON summary (default runs/compare.json); items are stored beside it "
-                   "in <stem>_items.csv, which a rerun resumes from")
+    p.add_argument("--out", default=None, help="JSON summary (default runs/compare.json); items are stored "
+                   "in items/<stem>_items.csv beside it, which a rerun resumes from")
     p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")

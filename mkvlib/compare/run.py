@@ -7,7 +7,7 @@ accuracy is the ceiling, and a task it answers below :data:`~mkvlib.compare.task
 cannot do it" and left out of averages.
 
 Every item's result is stored the moment it is done, in a :class:`mkvlib.results_store.ResultStore` CSV beside
-the JSON output (``compare.json`` -> ``compare_items.csv``), keyed by model identity (name and a hash of its
+the JSON output (``compare.json`` -> ``items/compare_items.csv``), keyed by model identity (name and a hash of its
 attention weights), method, setting, the setting's identity (projections fingerprint and a hash of its ranks, for
 projection methods), task and its generator version, length, seed and item: a rerun computes only what is missing,
 and a rerun with a larger ``n`` adds items. The JSON summary (:func:`summarize`) is rebuilt from the stored items.
@@ -197,12 +197,13 @@ def ppl_result(run, item, base_logp: torch.Tensor | None) -> tuple[dict, torch.T
 # --- the run ------------------------------------------------------------------------------------------------
 
 def store_path(out) -> Path:
-    """The per-item store beside a JSON output: compare.json -> compare_items.csv."""
+    """The per-item store of a JSON output, in ``items/`` beside it: results/X.json -> results/items/X_items.csv."""
     out = Path(out)
-    return out.with_name(out.stem + "_items.csv")
+    return out.parent / "items" / (out.stem + "_items.csv")
 
 
 def open_store(out):
+    store_path(out).parent.mkdir(parents=True, exist_ok=True)
     return ResultStore(store_path(out), KEY, FIELDS)
 
 
@@ -255,7 +256,7 @@ def run_compare(model, tokenizer, spec: CompareSpec, out, progress: bool = True,
                 size=lambda group: len(group[1]), label=lambda g: f"{g[0].spec} {g[0].setting.label} @ {g[0].length}",
                 on_error=failed, progress=progress, log=log)
     result = summarize(store.rows(), cells, status, spec, model_id)
-    result.update(command=command, items_file=store.path.name, created=time.strftime("%Y-%m-%d %H:%M UTC",
+    result.update(command=command, items_file=store.path.relative_to(Path(out).parent).as_posix(), created=time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                       time.gmtime()))
     write_json(out, result)
     return result
