@@ -1,9 +1,12 @@
 """mkvlib.answers (continuations of factual prompts), the headline figure and the decode-speed table."""
+import json
+
 import pytest
 import torch
 from helpers import random_projections
 
-from mkvlib.answers import answer_word, fact_rows, format_facts, lowest_surviving_budget, survival_by_budget, survives
+from mkvlib.answers import (answer_word, capital_prompts, fact_rows, format_facts, lowest_surviving_budget, main,
+                            survival_by_budget, survives)
 from mkvlib.bench import speed_table
 from mkvlib.plots import HEADLINE_METHODS, headline_figure, headline_rows
 
@@ -12,7 +15,7 @@ class WordTokenizer:
     """Text 'w3 w17 ...' <-> ids [3, 17, ...]: enough of a tokenizer for greedy generation on a tiny model."""
     pad_token_id = 0
 
-    def __call__(self, text, return_tensors="pt"):
+    def __call__(self, text, return_tensors="pt", add_special_tokens=True):
         ids = torch.tensor([[int(w[1:]) for w in text.split()]])
         return type("Encoded", (), {"input_ids": ids})()
 
@@ -46,6 +49,43 @@ def test_survival_by_budget_and_the_lowest_budget_that_keeps_them():
     assert lowest_surviving_budget(rows) == 0.75              # 25% keeps them again, but 50% broke the run
     assert lowest_surviving_budget(rows, share=0.5) == 0.25
     assert lowest_surviving_budget([{"budget": 1.0, "survives": False}]) is None
+
+
+def test_capital_prompts_read_the_factbook_layout(tmp_path):
+    docs = ["Peru\nconventional short form: Peru\nGovernment type: republic\nname: Lima\ngeographic coordinates: x",
+            "Bolivia\nconventional short form: Bolivia\nname: La Paz (administrative capital); Sucre (constitutional "
+            "capital)\n",
+            "Djibouti\nconventional short form: Djibouti\nname: Djibouti\n",              # the answer is in the prompt
+            "Antarctica\nconventional short form: none\nname: none\n",
+            "Chad\nconventional short form: Chad\nname: N'Djamena; note - the seat moves\n",
+            "Nowhere\nno capital line here\n"]
+    path = tmp_path / "factbook.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in docs) + "\n")
+    assert capital_prompts(path) == [("The capital of Peru is", {"lima"}),
+                                     ("The capital of Bolivia is", {"paz", "sucre"}),
+                                     ("The capital of Chad is", {"djamena"})]
+
+
+def test_prompts_after_a_passage_count_known_facts_only(llama, one_thread):
+    fillers = [torch.arange(20, 36), torch.arange(40, 56)]
+    rows = fact_rows(llama, WordTokenizer(), random_projections(llama), [1.0], "uniform", prompts=("w5 w9", "w7"),
+                     max_new_tokens=3, fillers=fillers, expected=[{"w99999"}, set()])
+    assert [r["prompt_tokens"] for r in rows] == [18, 17] and all(r["whole"] == "0+0" for r in rows)
+    assert not any(r["known"] for r in rows) and survival_by_budget(rows) == {}     # nothing known: nothing counted
+    assert all(r["compressed"] is None and r["survives"] is None for r in rows)    # and nothing compressed
+    word = rows[0]["uncompressed"].split()[0]
+    known = fact_rows(llama, WordTokenizer(), random_projections(llama), [1.0, 0.5], "uniform", prompts=("w5 w9",),
+                      max_new_tokens=3, fillers=fillers[:1], expected=[{word}], wholes=((0, 0), (1, 4)))
+    assert [(r["whole"], r["budget"]) for r in known] == [("0+0", 1.0), ("0+0", 0.5), ("1+4", 1.0), ("1+4", 0.5)]
+    assert all(r["known"] and r["answer"] == word for r in known)
+    assert known[0]["survives"] and known[0]["token_agreement"] == 1.0       # every feature of every token: exact
+    assert set(survival_by_budget(known)) == {1.0, 0.5}
+
+
+def test_whole_tokens_without_a_longer_context_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--keep-recent", "32", "--context", "16"])
+    assert "--context longer than them" in capsys.readouterr().err
 
 
 def test_bad_new_token_count_is_a_clear_error(llama):
