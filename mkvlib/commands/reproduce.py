@@ -12,7 +12,8 @@ is moved to a scratch folder (never into data/), it runs as a subprocess with th
 - ``--fast`` sets MKV_FAST=1, shrinks the sizes the command takes (:data:`FAST_SIZES`) and checks shape only:
   every field of the committed file, and every field of its rows, must be in the new one.
 
-``--list`` says for every file in data/results/ whether it can be remade, in which forms, and why not.
+``--list`` says for every file in data/results/ (item stores in data/results/items/ included) whether it can be
+remade, in which forms, and why not.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ FAST_SIZES = {"--tokens": "128", "--in-domain": "128", "--lengths": "256", "--n"
               "--eval-limit": "2"}
 FIRST_ONLY = ("--budgets", "--bytes", "--eval-budgets")
 SHRUNK = ("--keep-first", "--keep-recent")    # token counts inside a block: divided by 8 with the block's length
-FAST_ADDED = {"answers": ["--budgets", "0.5", "--new-tokens", "2"]}   # where the defaults are the large sizes
+# where the defaults are the large sizes
+FAST_ADDED = {"answers": ["--budgets", "0.5", "--new-tokens", "2", "--limit", "2"]}
 # full form: (relative, absolute) tolerance and what it rests on, per command; None: values not compared
 EVALUATION = (1e-3, 1e-6, "deterministic CPU float32 evaluation")
 TOLERANCES = {"eval": EVALUATION, "answers": EVALUATION, "compare": EVALUATION,
@@ -117,7 +119,8 @@ def recipe(path: Path, root: Path) -> Recipe:
     results = root / "data" / "results"
     r = Recipe(path)
     if path.suffix == ".csv":
-        summaries = [p for p in sorted(results.glob("*.json")) if read_json(p).get("items_file") == path.name]
+        summaries = [p for p in sorted(results.glob("*.json"))
+                     if (p.parent / str(read_json(p).get("items_file"))).resolve() == path.resolve()]
         beside = read_json(path.with_suffix(".json")) if path.with_suffix(".json").is_file() else {}
         if summaries:
             r.summary = summaries[0]
@@ -408,7 +411,7 @@ def resolve_file(text: str, root: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no file at {text}: give a file under data/results/ (mkv reproduce --list shows "
                                 "them)")
-    if path.parent != (root / "data" / "results").resolve():
+    if (root / "data" / "results").resolve() not in path.parents:
         raise ValueError(f"{text} is not in data/results/: mkv reproduce remakes results files only (mkv reproduce "
                          "--list shows them)")
     return path
@@ -491,15 +494,14 @@ def cost_text(seconds) -> str:
 
 def list_files(root: Path) -> int:
     rows = []
-    for path in sorted((root / "data" / "results").iterdir()):
-        if path.suffix not in (".json", ".csv"):
-            continue
+    results = root / "data" / "results"
+    for path in sorted(p for p in results.rglob("*") if p.suffix in (".json", ".csv") and p.is_file()):
         r = recipe(path, root)
         full = "no" if r.why_not else "partly" if r.stale else "yes"
         fast = "no" if r.why_not or r.no_fast else "yes"
         why = r.why_not or "; ".join(x for x in (r.no_fast and f"no fast form: {r.no_fast}",
                                                  r.stale and f"{r.stale}: the full form cannot match them") if x)
-        rows.append((path.name, full, fast, cost_text(r.cost_s), why))
+        rows.append((path.relative_to(results).as_posix(), full, fast, cost_text(r.cost_s), why))
     head = ("file", "full", "fast", "recorded cost", "why not / note")
     width = [max(len(row[i]) for row in rows + [head]) for i in range(4)]
     for row in [head] + rows:

@@ -165,6 +165,37 @@ def answers(data: Data, path, rec) -> str:
                       table(["budget"] + [f"{a}: answers kept / token agreement" for a in rec["allocations"]], rows))
 
 
+def _facts_table(rec) -> str:
+    """Known facts kept per budget, allocation and whole tokens (with the 95% interval), and token agreement."""
+    cell: dict = {}
+    for r in rec["rows"]:
+        if r.get("known", True):
+            cell.setdefault((r.get("whole", ""), r["allocation"], r["budget"]), []).append(r)
+    rows = [[f"{w} whole" if w else "", a, pct(b), count(sum(r["survives"] for r in v), len(v)),
+             pct(sum(r["token_agreement"] for r in v) / len(v), 0)]
+            for (w, a, b), v in sorted(cell.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2]))]
+    head = ["tokens kept whole (first+recent)"] * any(w for w, _, _ in cell) + ["ranks", "bytes stored",
+                                                                             "facts kept", "token agreement"]
+    return table(head, [r if r[0] else r[1:] for r in rows])
+
+
+@section("facts-capitals", "Facts from the weights: the capitals of the World Factbook's countries",
+         result="facts_capitals.json")
+def facts_capitals(data: Data, path, rec) -> str:
+    known = {r["prompt"] for r in rec["rows"] if r.get("known")}
+    return paragraphs(prose("facts-capitals", n=len(rec["prompts"]), known=len(known), new_tokens=rec["new_tokens"]),
+                      _facts_table(rec))
+
+
+@section("facts-capitals-context", "Facts after a passage, with tokens kept whole at equal bytes",
+         result="facts_capitals_context.json")
+def facts_capitals_context(data: Data, path, rec) -> str:
+    known = {r["prompt"] for r in rec["rows"] if r.get("known") and r.get("whole") == "0+0"}
+    return paragraphs(prose("facts-capitals-context", n=len(rec["prompts"]), known=len(known), context=rec["context"],
+                            filler=code(rec["filler"]), first=rec["keep_first"], recent=rec["keep_recent"]),
+                      _facts_table(rec))
+
+
 # --- the ceiling of fixed projections -------------------------------------------------------------------
 
 CEILING_METRICS = {"kl_to_base": "KL", "perplexity_ratio": "ppl x", "top1_agreement": "top-1"}
