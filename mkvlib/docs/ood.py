@@ -3,7 +3,8 @@
 Files (each records the command that made it): ``ood_suite.json`` (:func:`mkvlib.suite.compare_suite` per method,
 budget and domain, and in-domain text), ``retrieval.json`` (:func:`mkvlib.retrieval.retrieval_curve`),
 ``ood_routes.json`` (starting points and objectives of training, notebook 02), ``positions.json``,
-``passkey_rank_mix.json``, ``answers.json`` and ``ceiling.json``.
+``passkey_rank_mix.json``, ``answers.json``, ``ceiling.json``, and ``retrieval_varied.json`` and
+``retrieval_8k.json`` (:func:`mkvlib.retrieval.retrieval_curve` with the key's log-probability).
 """
 from __future__ import annotations
 
@@ -90,6 +91,37 @@ def _retrieval_table(data: Data, path, rec) -> str:
 section("retrieval", "Passkey retrieval against budget", result="retrieval.json")(_retrieval_table)
 section("retrieval-whole-tokens", "Passkey retrieval with tokens kept whole, at equal bytes",
         result="retrieval_whole_tokens.json")(_retrieval_table)
+
+
+def _margin_rows(rec: dict) -> list[list[str]]:
+    """One row per method, budget and length: exact match with its interval, mean key log p, decoys given."""
+    decoy = (lambda r: "-" if r.get("decoys") is None else f"{r['decoys']}/{r['n']}")
+    lengths = sorted(rec["lengths"])
+    rows = [["uncompressed", "100%", f"{n:,}", count(b["correct"], b["n"]), num(b["mean_key_logp"], 2), decoy(b)]
+            for n in lengths for b in [rec["base_rows"][str(n)]]]
+    order = {m["label"]: i for i, m in enumerate(rec["methods"])}
+    for r in sorted(rec["rows"], key=lambda r: (order[r["method"]], -r["budget"], r["length"])):
+        rows.append([r["method"], pct(r["budget"]), f"{r['length']:,}", count(r["correct"], r["n"]),
+                     num(r["mean_key_logp"], 2), decoy(r)])
+    return rows
+
+
+def _margins_table(data: Data, path, rec) -> str | None:
+    """Exact match, the key's log-probability and decoys per method, budget and length (records with margins)."""
+    if "base_rows" not in rec:
+        return None
+    wordings = {w for ws in rec.get("wordings", {}).values() for w in ws}
+    fields = {"n": rec["n"], "seed": rec["seed"], "lengths": ", ".join(f"{n:,}" for n in sorted(rec["lengths"])),
+              "wordings": len(wordings), "filler": "; ".join(rec.get("filler_source", []))}
+    return paragraphs(prose("retrieval-varied" if rec.get("prompts") == "varied" else "retrieval-margins", **fields),
+                      table(["method", "budget", "length", "exact match", "key log p", "decoy given"],
+                            _margin_rows(rec)))
+
+
+section("retrieval-varied", "Retrieval with varied prompts: wordings, key lengths, a decoy, prose filler",
+        result="retrieval_varied.json")(_margins_table)
+section("retrieval-8k", "Passkey retrieval at the model's whole window, with the key's log-probability",
+        result="retrieval_8k.json")(_margins_table)
 
 
 @section("ood-routes", "Starting points and objectives: out-of-domain KL at 50% against CPU time",
