@@ -180,6 +180,18 @@ def survival_by_budget(rows: list[dict]) -> dict[float, float]:
     return {b: sum(v) / len(v) for b, v in sorted(out.items(), reverse=True)}
 
 
+def kept_facts(rows: list[dict]) -> list[dict]:
+    """Per (tokens kept whole, allocation, budget): how many of the facts the uncompressed model knows are kept,
+    of how many, and the mean token agreement on them; budgets high to low."""
+    cells: dict = {}
+    for r in rows:
+        if r.get("known", True):
+            cells.setdefault((r.get("whole", ""), r["allocation"], r["budget"]), []).append(r)
+    return [dict(whole=w, allocation=a, budget=b, kept=sum(r["survives"] for r in v), known=len(v),
+                 agreement=sum(r["token_agreement"] for r in v) / len(v))
+            for (w, a, b), v in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2]))]
+
+
 def lowest_surviving_budget(rows: list[dict], share: float = 1.0) -> float | None:
     """The lowest budget at which at least ``share`` of the answers survive, and at every budget above it."""
     lowest = None

@@ -5,8 +5,8 @@ import pytest
 import torch
 from helpers import random_projections
 
-from mkvlib.answers import (answer_word, capital_prompts, fact_rows, format_facts, lowest_surviving_budget, main,
-                            survival_by_budget, survives)
+from mkvlib.answers import (answer_word, capital_prompts, fact_rows, format_facts, kept_facts, lowest_surviving_budget,
+                            main, survival_by_budget, survives)
 from mkvlib.bench import speed_table
 from mkvlib.plots import HEADLINE_METHODS, headline_figure, headline_rows
 
@@ -80,6 +80,15 @@ def test_prompts_after_a_passage_count_known_facts_only(llama, one_thread):
     assert all(r["known"] and r["answer"] == word for r in known)
     assert known[0]["survives"] and known[0]["token_agreement"] == 1.0       # every feature of every token: exact
     assert set(survival_by_budget(known)) == {1.0, 0.5}
+
+
+def test_kept_facts_count_known_facts_per_setting():
+    row = dict(allocation="adaptive", known=True, token_agreement=0.5)
+    rows = [dict(row, whole="0+0", budget=0.5, survives=True), dict(row, whole="0+0", budget=0.5, survives=False),
+            dict(row, whole="4+32", budget=0.5, survives=True), dict(row, whole="0+0", budget=0.75, survives=True),
+            dict(row, whole="0+0", budget=0.5, known=False, survives=None, token_agreement=None)]
+    assert [(c["whole"], c["budget"], c["kept"], c["known"]) for c in kept_facts(rows)] == [
+        ("0+0", 0.75, 1, 1), ("0+0", 0.5, 1, 2), ("4+32", 0.5, 1, 1)]
 
 
 def test_whole_tokens_without_a_longer_context_are_refused(capsys):

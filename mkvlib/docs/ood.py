@@ -199,16 +199,14 @@ def answers(data: Data, path, rec) -> str:
 
 def _facts_table(rec) -> str:
     """Known facts kept per budget, allocation and whole tokens (with the 95% interval), and token agreement."""
-    cell: dict = {}
-    for r in rec["rows"]:
-        if r.get("known", True):
-            cell.setdefault((r.get("whole", ""), r["allocation"], r["budget"]), []).append(r)
-    rows = [[f"{w} whole" if w else "", a, pct(b), count(sum(r["survives"] for r in v), len(v)),
-             pct(sum(r["token_agreement"] for r in v) / len(v), 0)]
-            for (w, a, b), v in sorted(cell.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2]))]
-    head = ["tokens kept whole (first+recent)"] * any(w for w, _, _ in cell) + ["ranks", "bytes stored",
-                                                                             "facts kept", "token agreement"]
-    return table(head, [r if r[0] else r[1:] for r in rows])
+    from ..answers import kept_facts
+
+    cells = kept_facts(rec["rows"])
+    whole = any(c["whole"] for c in cells)
+    rows = [[f"{c['whole']} whole"] * whole + [c["allocation"], pct(c["budget"]), count(c["kept"], c["known"]),
+                                               pct(c["agreement"], 0)] for c in cells]
+    head = ["tokens kept whole (first+recent)"] * whole + ["ranks", "bytes stored", "facts kept", "token agreement"]
+    return table(head, rows)
 
 
 @section("facts-capitals", "Facts from the weights: the capitals of the World Factbook's countries",
