@@ -1,7 +1,7 @@
 """Results sections for the comparison bench (``mkv compare``): every method at matched bytes, per task.
 
 Files: ``data/results/compare*.json``, summaries written by :func:`mkvlib.compare.run.run_compare` (each records
-its command), and the per-item stores beside them (``compare*_items.csv``) they are built from.
+its command), and their per-item stores (``items/compare*_items.csv``, named by ``items_file``) they are built from.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def compare_table(rec: dict) -> str:
 
 
 @section("compare", "Where the bytes go: every method at matched bytes", "results/compare.json",
-         "results/compare_items.csv", "results/compare_4k.json", "results/compare_4k_items.csv")
+         "results/compare_4k.json")
 def compare(data: Data) -> str | None:
     parts = []
     for path, rec in (data.result(name) for name in SUMMARIES):
@@ -70,7 +70,7 @@ def compare(data: Data) -> str | None:
         not_run = [f"{s['method']}: {s['status']}" + (f" at {pct(s['requested'], None)} of the bytes, {s['length']:,} "
                                                       "tokens" if s.get("requested") else "")
                    + f" ({s['note'].split(': ask for')[0]})" for s in rec["status"]]
-        parts += [source_line(data, path, data.results / rec.get("items_file", "compare_items.csv")),
+        parts += [source_line(data, path, data.results / rec["items_file"]),
                   prose("compare", model=rec["model"], lengths=", ".join(f"{n:,}" for n in rec["lengths"]), n=rec["n"],
                         seed=rec["seed"], projections=_projections_used(data, rec), target_tokens=rec["target_tokens"],
                         ceiling=ceiling, cannot_do=pct(rec["cannot_do_below"], 0)),
@@ -98,12 +98,12 @@ for _name, _file, _title in (
         ("compare-passkey-halves", "compare_kv_halves", "Which half breaks the passkey: keys or values alone"),
         ("compare-passkey-halves-shipped", "compare_passkey_halves_shipped",
          "One half alone with the shipped projections (trained on recall blocks)")):
-    section(_name, _title, f"results/{_file}_items.csv", result=f"{_file}.json")(
+    section(_name, _title, result=f"{_file}.json")(
         functools.partial(_passkey_section, key=_name))
 
 
 @section("compare-feature-half", "Half the features: MatryoshkaKV against PCA, ThinK and SVD",
-         "results/compare.json", "results/compare_think_half.json", "results/compare_think_half_items.csv")
+         "results/compare.json", "results/compare_think_half.json")
 def compare_feature_half(data: Data) -> str | None:
     """Each feature-axis method keeping half its feature dimensions: rank 50% (PCA, MatryoshkaKV, SVD) or half
     the key channels (ThinK, values kept whole: 75% of the bytes)."""
