@@ -15,9 +15,10 @@ README's example and notebook 03 read it). Introduced in notebook 03.
 ``--facts capitals`` asks for many facts instead of twelve: "The capital of Peru is", one prompt per country
 whose capital the data folder's World Factbook names (:func:`capital_prompts`), the answer being the capital's
 longest word. A fact counts only where the uncompressed model gets it right (``known``). ``--context N`` puts N
-tokens of held-out prose before each question (a different passage each time), so that the compressed cache
-holds more than the question, and ``--keep-first``/``--keep-recent`` keep tokens whole, a budget then counting
-the bytes stored at the prompt's length, whole tokens included.
+tokens of held-out prose before each question (a different passage each time, in a chat turn that asks the
+question as unrelated to it), so that the compressed cache holds more than the question, and
+``--keep-first``/``--keep-recent`` keep tokens whole, a budget then counting the bytes stored at the prompt's
+length, whole tokens included.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ WORD = re.compile(r"[A-Za-z0-9]+")
 
 FACTBOOK = "training/cia_world_factbook.jsonl"
 FILLER_CORPUS = "books-heldout"
+CAPITAL_PROMPT = "The capital of {} is"
 
 
 def capital_prompts(path=None) -> list[tuple[str, set]]:
@@ -73,7 +75,7 @@ def capital_prompts(path=None) -> list[tuple[str, set]]:
         longest = (max(WORD.findall(part.lower()), key=len, default="") for part in re.split(r"[;,]", names))
         accepted = {w for w in longest if len(w) > 2}            # "La Paz": paz; "New Delhi": delhi
         if accepted and not accepted & {w.lower() for w in WORD.findall(country.group(1))}:   # not in the prompt
-            prompts.append((f"The capital of {country.group(1).strip()} is", accepted))
+            prompts.append((CAPITAL_PROMPT.format(country.group(1).strip()), accepted))
     return prompts
 
 
@@ -104,12 +106,18 @@ def _greedy(model, tokenizer, ids: torch.Tensor, max_new_tokens: int) -> torch.T
 
 
 def _prompt_ids(tokenizer, prompt: str, filler=None) -> torch.Tensor:
-    """The prompt's token ids (1, n); with ``filler`` (token ids), the passage first and the question after a
-    blank line."""
+    """The prompt's token ids (1, n). With ``filler`` (token ids), a chat turn: the passage, then a question said
+    to be unrelated to it ("what is the capital of Peru?" for a capitals prompt), and the prompt begun as the
+    reply; a small model asked to go on from the bare passage mostly goes on with the passage."""
     if filler is None:
         return tokenizer(prompt, return_tensors="pt").input_ids
-    question = tokenizer("\n\n" + prompt, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    return torch.cat([filler.to(question.dtype), question])[None]
+    from .retrieval import render_prompt
+
+    capital = re.fullmatch(CAPITAL_PROMPT.format("(.+)"), prompt)
+    question = f"what is the capital of {capital.group(1)}?" if capital else "complete the sentence I begin below."
+    text = render_prompt(tokenizer, f"{tokenizer.decode(filler)}\n\nA question unrelated to the text above: {question}",
+                         prompt)
+    return tokenizer(text, return_tensors="pt").input_ids
 
 
 def _feature_ranks(model, proj, allocation, budget, tokens, whole):

@@ -16,7 +16,7 @@ class WordTokenizer:
     pad_token_id = 0
 
     def __call__(self, text, return_tensors="pt", add_special_tokens=True):
-        ids = torch.tensor([[int(w[1:]) for w in text.split()]])
+        ids = torch.tensor([[int(w[1:]) if w[:1] == "w" and w[1:].isdigit() else 1 for w in text.split()]])
         return type("Encoded", (), {"input_ids": ids})()
 
     def decode(self, ids, skip_special_tokens=True):
@@ -70,7 +70,9 @@ def test_prompts_after_a_passage_count_known_facts_only(llama, one_thread):
     fillers = [torch.arange(20, 36), torch.arange(40, 56)]
     rows = fact_rows(llama, WordTokenizer(), random_projections(llama), [1.0], "uniform", prompts=("w5 w9", "w7"),
                      max_new_tokens=3, fillers=fillers, expected=[{"w99999"}, set()])
-    assert [r["prompt_tokens"] for r in rows] == [18, 17] and all(r["whole"] == "0+0" for r in rows)
+    asked = len("A question unrelated to the text above: complete the sentence I begin below.".split())
+    assert [r["prompt_tokens"] for r in rows] == [16 + asked + 2, 16 + asked + 1]      # passage, question, prompt
+    assert all(r["whole"] == "0+0" for r in rows)
     assert not any(r["known"] for r in rows) and survival_by_budget(rows) == {}     # nothing known: nothing counted
     assert all(r["compressed"] is None and r["survives"] is None for r in rows)    # and nothing compressed
     word = rows[0]["uncompressed"].split()[0]
