@@ -64,7 +64,7 @@ def test_varied_counts_at_six_prompts_separate_little():
     """The docs call no count better than another unless the Wilson intervals part: with 6 prompts only the
     extremes do."""
     c = cells(load("retrieval_varied.json"))
-    at = lambda key: (c[key]["correct"], c[key]["n"])  # noqa: E731
+    at = lambda key: (c[key]["correct"], c[key]["n"])
     assert not separated(at((SEARCHED, 0.5, 8192)), at((UNIFORM, 0.5, 8192)))
     assert not separated(at(("uncompressed", 1.0, 8192)), at((SEARCHED, 0.5, 8192)))
 
