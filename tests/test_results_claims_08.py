@@ -64,3 +64,19 @@ def test_ladder_bench_holds_the_planned_bytes_and_decodes_slower():
         assert rows[name]["cache_bytes"] == pytest.approx(twin["cache_bytes"], rel=0.01)
         assert rows[name]["decode_tokens_per_s"] < min(rows["dynamic"]["decode_tokens_per_s"],
                                                         twin["decode_tokens_per_s"])
+
+
+def test_ladder_retrieval_bench_lands_on_its_bits_and_quanto_above_them():
+    """Notebook 08 and the docs say the ladder's rows hold 4, 2 and 1 bits per element of the float32 cache and
+    quanto's 4- and 2-bit caches (residual window 1) hold 5 and 3: more than the ladder's."""
+    rec = load("compare_ladder.json")
+    assert rec["command"].startswith("mkv compare --methods uncompressed,ladder:bits=")
+    assert "quant:residual_length=1" in rec["command"]
+    full_bits = 32
+    ladder_bits = {r["params"]["bits"] for r in rec["rows"] if r["method"].startswith("ladder") and r.get("n")}
+    assert ladder_bits == {4.0, 2.0, 1.0}
+    for r in rec["rows"]:
+        if r["method"].startswith("ladder") and r.get("n"):
+            assert r["fraction"] * full_bits == pytest.approx(r["params"]["bits"], rel=0.01)
+        if r["method"].startswith("quant") and r.get("n"):
+            assert r["fraction"] * full_bits == pytest.approx(r["params"]["nbits"] + 1, rel=0.01)

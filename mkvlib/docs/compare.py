@@ -63,20 +63,24 @@ def compare_table(rec: dict) -> str:
 def compare(data: Data) -> str | None:
     parts = []
     for path, rec in (data.result(name) for name in SUMMARIES):
-        if rec is None:
-            continue
-        ceiling = "; ".join(f"{t} " + ", ".join(f"{pct(a, 0)} at {int(n):,}" for n, a in sorted(
-            by.items(), key=lambda x: int(x[0]))) for t, by in rec["ceiling"].items())
-        not_run = [f"{s['method']}: {s['status']}" + (f" at {pct(s['requested'], None)} of the bytes, {s['length']:,} "
-                                                      "tokens" if s.get("requested") else "")
-                   + f" ({s['note'].split(': ask for')[0]})" for s in rec["status"]]
-        parts += [source_line(data, path, data.results / rec["items_file"]),
-                  prose("compare", model=rec["model"], lengths=", ".join(f"{n:,}" for n in rec["lengths"]), n=rec["n"],
-                        seed=rec["seed"], projections=_projections_used(data, rec), target_tokens=rec["target_tokens"],
-                        ceiling=ceiling, cannot_do=pct(rec["cannot_do_below"], 0)),
-                  compare_table(rec), bullets(not_run, "Not run:") if not_run else "",
-                  commands_line([rec.get("command")])]
+        if rec is not None:
+            parts += _compare_parts(data, path, rec, "compare")
     return paragraphs(*parts) or None
+
+
+def _compare_parts(data: Data, path, rec: dict, key: str) -> list[str]:
+    """Source line, the prose ``key`` (filled like 'compare'), the table, what was not run and the command."""
+    ceiling = "; ".join(f"{t} " + ", ".join(f"{pct(a, 0)} at {int(n):,}" for n, a in sorted(
+        by.items(), key=lambda x: int(x[0]))) for t, by in rec["ceiling"].items())
+    not_run = [f"{s['method']}: {s['status']}" + (f" at {pct(s['requested'], None)} of the bytes, {s['length']:,} "
+                                                  "tokens" if s.get("requested") else "")
+               + f" ({s['note'].split(': ask for')[0]})" for s in rec["status"]]
+    return [source_line(data, path, data.results / rec["items_file"]),
+            prose(key, model=rec["model"], lengths=", ".join(f"{n:,}" for n in rec["lengths"]), n=rec["n"],
+                  seed=rec["seed"], projections=_projections_used(data, rec), target_tokens=rec["target_tokens"],
+                  ceiling=ceiling, cannot_do=pct(rec["cannot_do_below"], 0)),
+            compare_table(rec), bullets(not_run, "Not run:") if not_run else "",
+            commands_line([rec.get("command")])]
 
 
 def _passkey_section(data: Data, path, rec, key: str) -> str:
@@ -169,3 +173,9 @@ def precision_ladder_speed(data: Data, path, rec: dict) -> str:
                             new_tokens=first["new_tokens"], machine=rec["machine"]),
                       table(["cache", "bits per element (planned)", "bits per element (held)", "MiB held",
                              "decode tokens/s", "tokens per CPU-s", "x DynamicCache"], rows))
+
+
+@section("precision-ladder-retrieval", "The ladder on the retrieval tasks at 4, 2 and 1 bits per element",
+         result="compare_ladder.json")
+def precision_ladder_retrieval(data: Data, path, rec: dict) -> str:
+    return paragraphs(*_compare_parts(data, path, rec, "precision-ladder-retrieval"))
