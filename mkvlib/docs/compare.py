@@ -176,6 +176,7 @@ def precision_ladder_speed(data: Data, path, rec: dict) -> str:
 
 
 @section("precision-ladder-retrieval", "The ladder on the retrieval tasks at 4, 2 and 1 bits per element",
-         result="compare_ladder.json")
-def precision_ladder_retrieval(data: Data, path, rec: dict) -> str:
-    return paragraphs(*_compare_parts(data, path, rec, "precision-ladder-retrieval"))
+         "results/compare_ladder.json")
+def precision_ladder_retrieval(data: Data) -> str | None:
+    path, rec = data.result("compare_ladder.json")
+    return paragraphs(*_compare_parts(data, path, rec, "precision-ladder-retrieval")) if rec else None
