@@ -109,6 +109,27 @@ def answers_survive(data: Data) -> str:
             f"{kept[0.5] * n:.0f} at 50%")
 
 
+@fact("facts-capitals")
+def facts_capitals(data: Data) -> str:
+    """Capitals the uncompressed model knows, kept by searched ranks at 75% and 50%; after a passage, at 50% of
+    the bytes with and without tokens kept whole."""
+    from ..answers import kept_facts
+
+    cells = {(c["whole"], c["allocation"], c["budget"]): c for c in kept_facts(_record(data, "facts_capitals.json")
+                                                                                ["rows"])}
+    known = cells[("", "adaptive", 0.5)]["known"]
+    text = (f"of the {known} capitals of the World Factbook's countries that the uncompressed model names, "
+            f"{cells[('', 'adaptive', 0.75)]['kept']} at 75% and {cells[('', 'adaptive', 0.5)]['kept']} at 50%")
+    if (rec := data.result("facts_capitals_context.json")[1]) is None:
+        return text
+    after = {(c["whole"], c["allocation"], c["budget"]): c for c in kept_facts(rec["rows"])}
+    whole = f"{rec['keep_first']}+{rec['keep_recent']}"
+    plain, kept = after[("0+0", "adaptive", 0.5)], after[(whole, "adaptive", 0.5)]
+    return (text + f"; asked after a {rec['context']}-token passage, {plain['kept']} of {plain['known']} at 50% of the "
+            f"bytes, and {kept['kept']} when the first {rec['keep_first']} and latest {rec['keep_recent']} tokens "
+            "are kept whole within the same bytes")
+
+
 @fact("readme-example-answers")
 def readme_example_answers(data: Data) -> str:
     """What the README's example prints for 'The capital of France is' (uniform ranks)."""
