@@ -152,3 +152,10 @@ def test_data_index_lists_every_file_and_flags_missing_records_and_shared_names(
 def test_generated_files_are_the_ones_the_check_covers():
     assert set(build.GENERATED) == {"docs/results.md", "data/README.md"}
     assert all((ROOT / rel).is_file() for rel in build.GENERATED)
+
+
+def test_a_fact_and_a_section_never_share_a_name():
+    """A generated block is looked up by name among facts and sections: one name must mean one thing."""
+    from mkvlib.docs import facts, results
+
+    assert not set(facts.FACTS) & {s.name for s in results.SECTIONS}

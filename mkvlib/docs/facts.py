@@ -109,7 +109,7 @@ def answers_survive(data: Data) -> str:
             f"{kept[0.5] * n:.0f} at 50%")
 
 
-@fact("facts-capitals")
+@fact("capitals-kept")
 def facts_capitals(data: Data) -> str:
     """Capitals the uncompressed model knows, kept by searched ranks at 75% and 50%; after a passage, at 50% of
     the bytes with and without tokens kept whole."""
