@@ -42,7 +42,7 @@ def test_every_row_of_every_sweep_is_named_by_a_recipe():
 def test_the_committed_sweep_is_a_result_on_every_task(sweep):
     assert report.pipeline_check(sweep["items"]) is None
     assert set(sweep.task) == {"piqa", "arc_easy", "hellaswag"}
-    assert set(sweep.budget) == {1.0, 0.5, 0.375}
+    assert set(sweep.budget) == {1.0, 0.75, 0.5, 0.375, 0.25}
 
 
 def test_a_small_model_sits_close_to_chance(acc):
@@ -55,10 +55,11 @@ def test_a_small_model_sits_close_to_chance(acc):
     assert (full - chance).idxmin() == "hellaswag"
 
 
-def test_every_compressed_setup_keeps_less_above_chance_than_of_its_average(sweep):
+def test_every_setup_that_loses_accuracy_keeps_less_above_chance_than_of_its_average(sweep):
     table = report.summary(sweep)
     compressed = table.drop(index="100%", level="budget")
-    assert (compressed["% kept above chance"] < compressed["% kept"]).all()
+    losing = compressed[compressed["% kept"] < 100]
+    assert len(losing) >= 6 and (losing["% kept above chance"] < losing["% kept"]).all()
 
 
 def test_at_half_the_cache_pca_loses_most_and_arc_easy_suffers_most(sweep, acc):
