@@ -45,7 +45,7 @@ def fast_runs() -> list:
         if same not in seen:
             seen.add(same)
             marks = [pytest.mark.slow]
-            if R.command_name(words) in READS_DATA:
+            if R.command_name(words) in READS_DATA or "--facts" in words:      # the capitals probe reads the data
                 marks.append(pytest.mark.needs_data)
             if R.command_name(words) == "bench" and not quanto_installed():
                 marks.append(pytest.mark.skip(reason="the record holds the quantized baseline: pip install -e .[quant]"))
