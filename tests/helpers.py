@@ -29,3 +29,28 @@ def embedded_available() -> bool:
 
 
 needs_model = pytest.mark.skipif(not embedded_available(), reason="embedded model package not installed")
+
+
+class CharTok:
+    """One token per character (code point mod 128, so a tiny model can read it); no chat template."""
+
+    pad_token_id = 0
+
+    def __call__(self, text, **kw):
+        return {"input_ids": [ord(c) % 128 for c in text]}
+
+    def decode(self, ids, **kw):
+        return "".join(chr(i) for i in ids)
+
+
+def random_ladder(model, seed: int, segment: int = 8, group: int = 16):
+    """A ladder with widths drawn from every rung, sorted non-increasing along each basis, first segment kept."""
+    from mkvlib import ladder as lad
+
+    geom = KVGeometry.of(model)
+    rungs = torch.tensor(lad.widths(32))
+    shape = (geom.layers, geom.kv_heads, 2, geom.head_dim // segment)
+    idx = torch.randint(0, len(rungs), shape, generator=torch.Generator().manual_seed(seed)).sort(-1).values
+    bits = rungs[idx]
+    bits[..., 0] = bits[..., 0].clamp_min(2)
+    return lad.Ladder(bits, segment, group, 32)

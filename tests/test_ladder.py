@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from helpers import needs_model, random_projections
+from helpers import needs_model, random_projections, random_ladder
 
 from mkvlib import ladder as lad
 from mkvlib.compare import get_method
@@ -27,15 +27,6 @@ def tokens():
     return torch.randint(0, 128, (2, 20), generator=torch.Generator().manual_seed(5))
 
 
-def random_ladder(model, seed: int) -> lad.Ladder:
-    """Widths drawn from every rung, sorted non-increasing along each basis, first segment kept."""
-    geom = KVGeometry.of(model)
-    rungs = torch.tensor(lad.widths(32))
-    shape = (geom.layers, geom.kv_heads, 2, geom.head_dim // SEGMENT)
-    idx = torch.randint(0, len(rungs), shape, generator=torch.Generator().manual_seed(seed)).sort(-1).values
-    bits = rungs[idx]
-    bits[..., 0] = bits[..., 0].clamp_min(2)
-    return lad.Ladder(bits, SEGMENT, GROUP, 32)
 
 
 def by_hand_bytes(ladder: lad.Ladder) -> float:

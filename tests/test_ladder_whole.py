@@ -3,7 +3,7 @@ exact at full precision, bytes by the formula, the real cache against the simula
 and the bench kind building and reporting the bytes it held."""
 import pytest
 import torch
-from helpers import random_projections
+from helpers import random_projections, random_ladder
 
 from mkvlib import ladder as lad
 from mkvlib.bench.caches import cache_bytes, fill_from, make_cache, shipped_ladder
@@ -28,15 +28,6 @@ def tokens():
     return torch.randint(0, 128, (2, 20), generator=torch.Generator().manual_seed(5))
 
 
-def random_ladder(model, seed: int) -> lad.Ladder:
-    """Widths drawn from every rung, sorted non-increasing along each basis, first segment kept."""
-    geom = KVGeometry.of(model)
-    rungs = torch.tensor(lad.widths(32))
-    shape = (geom.layers, geom.kv_heads, 2, geom.head_dim // SEGMENT)
-    idx = torch.randint(0, len(rungs), shape, generator=torch.Generator().manual_seed(seed)).sort(-1).values
-    bits = rungs[idx]
-    bits[..., 0] = bits[..., 0].clamp_min(2)
-    return lad.Ladder(bits, SEGMENT, GROUP, 32)
 
 
 def decoded(model, cache, tokens, prefill: int = 12) -> torch.Tensor:

@@ -4,22 +4,11 @@ import argparse
 
 import pytest
 import torch
-from helpers import needs_model, random_projections
+from helpers import needs_model, random_projections, CharTok
 
 from mkvlib import retrieval
 from mkvlib.core.compress import attach
 
-
-class CharTok:
-    """One token per character (code point mod 128); no chat template."""
-
-    pad_token_id = 0
-
-    def __call__(self, text, **kw):
-        return {"input_ids": [ord(c) % 128 for c in text]}
-
-    def decode(self, ids, **kw):
-        return "".join(chr(i) for i in ids)
 
 
 @pytest.fixture

@@ -5,24 +5,13 @@ import math
 import pytest
 import torch
 
-from helpers import needs_model, random_projections
+from helpers import needs_model, random_projections, CharTok
 import mkvlib.core.ranks
 from mkvlib import retrieval, suite
 from mkvlib.core.compress import attach
 from mkvlib.core.geometry import KVGeometry
 from mkvlib.core.ranks import Method
 
-
-class CharTok:
-    """One token per character (code point mod 128, so a tiny model can read it); no chat template."""
-
-    pad_token_id = 0
-
-    def __call__(self, text, **kw):
-        return {"input_ids": [ord(c) % 128 for c in text]}
-
-    def decode(self, ids, **kw):
-        return "".join(chr(i) for i in ids)
 
 
 class ChatTok(CharTok):
