@@ -14,6 +14,26 @@ COMMANDS = ["fit_pca", "eval", "train", "search", "lm_eval", "sft", "bench", "of
             "compare", "explore", "reproduce"]
 
 
+# options several commands share, by name (:func:`add_options`)
+OPTIONS = {
+    "model": dict(default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)"),
+    "device": dict(default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
+    "json": dict(action="store_true", help="print one JSON object"),
+    "debug": dict(action="store_true", help="show tracebacks"),
+    "seed": dict(type=int, default=0),
+}
+
+
+def add_options(p, *names: str, **helps: str) -> None:
+    """Add ``names`` then the other keys of ``helps`` as options (``dry_run`` is --dry-run): those of
+    :data:`OPTIONS` as defined there, any other a switch (a store_true option); ``helps`` gives or replaces help."""
+    for name in dict.fromkeys(names + tuple(helps)):
+        spec = dict(OPTIONS.get(name, {"action": "store_true"}))
+        if name in helps:
+            spec["help"] = helps[name]
+        p.add_argument("--" + name.replace("_", "-"), **spec)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mkv", description="MatryoshkaKV workbench: KV-cache compression by "
                                      "trainable orthogonal projections.")

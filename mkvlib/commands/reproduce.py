@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cli import add_options
+
 OUTPUT_FLAGS = ("--out", "--sweep", "--eval-out")
 SHELL_WORDS = ("&&", "||", "|", ">", ">>", ";")
 # --fast: the sizes a command takes, made CI-sized; the options in FIRST_ONLY keep their first value
@@ -517,12 +519,10 @@ def register(sub) -> None:
                        "compare the new file with the committed one",
                        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", metavar="FILE", help="a file under data/results/")
-    p.add_argument("--fast", action="store_true", help="a small slice (MKV_FAST=1, sizes shrunk): shape only")
     p.add_argument("--keep", metavar="DIR", help="write the new files into DIR (empty or absent, outside data/) "
                    "and keep them (default: a temporary folder, removed afterwards)")
-    p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
-    p.add_argument("--list", action="store_true", help="every results file: can it be remade, cost, why not")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_options(p, "debug", fast="a small slice (MKV_FAST=1, sizes shrunk): shape only",
+                dry_run="print what would run, run nothing", list="every results file: can it be remade, cost, why not")
     p.set_defaults(func=run)
 
 

@@ -58,6 +58,11 @@ class ByteReport:
     context: int
     detail: dict = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, model, per_token: float, fixed: int, context: int, **detail) -> ByteReport:
+        """The report of ``per_token`` bytes on ``model``: its fraction taken against the uncompressed cache."""
+        return cls(float(per_token), int(fixed), per_token / full_bytes_per_token(model), context, detail)
+
 
 def full_bytes_per_token(model) -> int:
     """Bytes per token of the uncompressed cache: layers x KV heads x head_dim x 2 (K, V) x element size."""
@@ -131,8 +136,7 @@ class Uncompressed(KVMethod):
         return [Setting(self.name, "100%")]
 
     def bytes(self, model, setting: Setting, context: int) -> ByteReport:
-        full = full_bytes_per_token(model)
-        return ByteReport(float(full), 0, 1.0, context)
+        return ByteReport.of(model, full_bytes_per_token(model), 0, context)
 
     @contextlib.contextmanager
     def runner(self, model, setting: Setting):

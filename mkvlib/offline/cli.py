@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli import add_options
 from .base import DEFAULT_CHUNK_MB, DEFAULT_GROUP_MB, DEFAULT_PLATFORMS, DEFAULT_TARGET_HAS, DEFAULT_TEXTS, BundleError, log
 from .pack import pack, pack_summary
 from .target import Target, parse_freeze, parse_names
@@ -39,8 +40,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--model", default=None, help="embedded (default), a .gguf file, a model folder, a Hugging Face "
                    "id in the local cache, or none")
     p.add_argument("--compress", default="xz", choices=("xz", "none"), help="compress text files (default xz)")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_options(p, "debug", json="print the manifest as JSON")
     p.set_defaults(func=run_pack)
 
     u = sub.add_parser("unpack", help="check, join and install a bundle (run on the target, offline)",
@@ -48,11 +48,9 @@ def add_subcommands(sub) -> None:
                        "offline into FOLDER/site (or the active environment) and print the environment to use.")
     u.add_argument("bundle", metavar="DIR", help="the bundle folder (manifest.json and gNN/ folders)")
     u.add_argument("--into", metavar="FOLDER", default=None, help="where to unpack (default DIR/unpacked)")
-    u.add_argument("--into-env", action="store_true", help="install the wheels into the running Python's environment "
-                   "instead of FOLDER/site")
-    u.add_argument("--check", action="store_true", help="only check that every piece is present and intact")
-    u.add_argument("--json", action="store_true", help="print the result as JSON")
-    u.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_options(u, "debug", into_env="install the wheels into the running Python's environment instead of "
+                "FOLDER/site", check="only check that every piece is present and intact",
+                json="print the result as JSON")
     u.set_defaults(func=run_unpack)
 
 

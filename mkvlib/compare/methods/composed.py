@@ -26,7 +26,7 @@ import torch
 
 from ...core.cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
 from ...core.geometry import KVGeometry
-from ..base import ByteReport, Setting, full_bytes_per_token, register
+from ..base import ByteReport, Setting, register
 from ..layers import cache_runner, check_context, check_fractions, element_size, sliding_reason
 from .eviction import EvictingCache, kept_tokens, streaming_selector
 from .projection import ProjectionMethod, projection_bytes
@@ -170,8 +170,7 @@ class MatryoshkaQuant(ProjectionMethod):
     def bytes(self, model, setting: Setting, context: int) -> ByteReport:
         ranks, element = self.ranks(model, setting), element_size(model)
         per_token = quantized_token_bytes(ranks, setting.get("nbits"), setting.get("group"), element)
-        return ByteReport(float(per_token), projection_bytes(ranks, KVGeometry.of(model).head_dim, element),
-                          per_token / full_bytes_per_token(model), context)
+        return ByteReport.of(model, per_token, projection_bytes(ranks, KVGeometry.of(model).head_dim, element), context)
 
     def runner(self, model, setting: Setting):
         proj, ranks = self.resolved(model), self.ranks(model, setting)
@@ -210,8 +209,8 @@ class StreamingMatryoshka(ProjectionMethod):
         check_context(context)
         report = super().bytes(model, setting, context)
         kept = kept_tokens(context, setting.get("keep"))
-        return ByteReport(report.per_token * kept / context, report.fixed, report.fraction * kept / context,
-                          context, dict(report.detail, kept_tokens=kept))
+        return ByteReport.of(model, report.per_token * kept / context, report.fixed, context,
+                             **report.detail, kept_tokens=kept)
 
     def runner(self, model, setting: Setting):
         reason = sliding_reason(model, self.name)

@@ -184,8 +184,7 @@ class EvictionMethod(KVMethod):
     def bytes(self, model, setting: Setting, context: int) -> ByteReport:
         check_context(context)
         kept = kept_tokens(context, setting.get("keep"))
-        full = full_bytes_per_token(model)
-        return ByteReport(full * kept / context, 0, kept / context, context, {"kept_tokens": kept})
+        return ByteReport.of(model, full_bytes_per_token(model) * kept / context, 0, context, kept_tokens=kept)
 
     def selector(self, setting: Setting):
         raise NotImplementedError

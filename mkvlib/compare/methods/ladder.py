@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ...core.geometry import KVGeometry
 from ...core.env import shipped_data_dir
-from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
+from ..base import ByteReport, KVMethod, Setting, register
 from ..layers import cache_runner, check_context, element_size
 from .projection import projection_bytes
 
@@ -77,8 +77,7 @@ class LadderMethod(KVMethod):
         per_token = lad.token_bytes()
         kept = (lad.feature_bits() > 0).sum(-1)
         fixed = projection_bytes(kept, KVGeometry.of(model).head_dim, element_size(model))
-        return ByteReport(per_token, fixed, per_token / full_bytes_per_token(model), context,
-                          {"bits_per_element": lad.bits_per_element()})
+        return ByteReport.of(model, per_token, fixed, context, bits_per_element=lad.bits_per_element())
 
     def runner(self, model, setting: Setting):
         from ...ladder import LadderCache

@@ -24,7 +24,7 @@ from ...core.cache import CompressedCache
 from ...core.geometry import KVGeometry
 from ...core.projections import Projections, resolve_projections
 from ...core.ranks import ranks_for, resolve_ranks
-from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
+from ..base import ByteReport, KVMethod, Setting, register
 from ..layers import FEATURE_BUDGETS, cache_runner, check_choice, check_fractions, element_size
 
 
@@ -139,9 +139,8 @@ class ProjectionMethod(KVMethod):
         ranks, element = self.ranks(model, setting), element_size(model)
         per_token = int(ranks.sum()) * element
         geom = KVGeometry.of(model)
-        return ByteReport(float(per_token), projection_bytes(ranks, geom.head_dim, element),
-                          per_token / full_bytes_per_token(model), context,
-                          {"key_numbers": int(ranks[..., 0].sum()), "value_numbers": int(ranks[..., 1].sum())})
+        return ByteReport.of(model, per_token, projection_bytes(ranks, geom.head_dim, element), context,
+                             key_numbers=int(ranks[..., 0].sum()), value_numbers=int(ranks[..., 1].sum()))
 
     def runner(self, model, setting: Setting):
         proj, ranks = self.resolved(model), self.ranks(model, setting)

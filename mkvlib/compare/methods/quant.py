@@ -22,7 +22,7 @@ import importlib.util
 from dataclasses import dataclass
 
 from ...core.geometry import KVGeometry
-from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
+from ..base import ByteReport, KVMethod, Setting, register
 from ..layers import cache_runner, check_choice, check_context, element_size, layer_types
 
 BITS = {"quanto": (2, 4), "hqq": (2, 4, 8)}
@@ -111,8 +111,8 @@ class Quant(KVMethod):
         residual = min(self.residual_length - 1, context)
         total = quantized_bytes(model, nbits, group, context - residual, residual)
         per_token = total / context
-        return ByteReport(per_token, 0, per_token / full_bytes_per_token(model), context,
-                          {"residual_tokens": residual, "quantized_tokens": context - residual})
+        return ByteReport.of(model, per_token, 0, context, residual_tokens=residual,
+                             quantized_tokens=context - residual)
 
     def runner(self, model, setting: Setting):
         reason = self.unsupported(model)

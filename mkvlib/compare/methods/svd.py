@@ -39,7 +39,7 @@ from ...core.cache import CompressedCache, CompressedLayer, head_groups, same_wi
 from ...core.geometry import KVGeometry
 from ...core.projections import Projections
 from ...core.ranks import resolve_ranks
-from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
+from ..base import ByteReport, KVMethod, Setting, register
 from ..layers import FEATURE_BUDGETS, cache_runner, check_fractions, element_size, sliding_reason
 from .projection import projection_bytes
 
@@ -171,8 +171,7 @@ class SVD(KVMethod):
         geom, element = KVGeometry.of(model), element_size(model)
         ranks = resolve_ranks(float(setting.get("budget")), geom)
         per_token = int(ranks.sum()) * element
-        return ByteReport(float(per_token), projection_bytes(ranks, geom.head_dim, element),
-                          per_token / full_bytes_per_token(model), context)
+        return ByteReport.of(model, per_token, projection_bytes(ranks, geom.head_dim, element), context)
 
     def runner(self, model, setting: Setting):
         reason = self.unsupported(model)

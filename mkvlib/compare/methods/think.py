@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ...core.cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
 from ...core.geometry import KVGeometry
-from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
+from ..base import ByteReport, KVMethod, Setting, register
 from ..layers import FEATURE_BUDGETS, cache_runner, check_fractions, element_size, sliding_reason
 from .eviction import identity_projections
 
@@ -143,8 +143,8 @@ class ThinK(KVMethod):
         kept = kept_channels(geom.head_dim, setting.get("keep"))
         per_token = geom.layers * geom.kv_heads * (kept + geom.head_dim) * element
         index = geom.layers * geom.kv_heads * kept * 8 if kept < geom.head_dim else 0
-        return ByteReport(float(per_token), index, per_token / full_bytes_per_token(model), context,
-                          {"key_channels": kept, "value_channels": geom.head_dim, "index_bytes_per_sequence": index})
+        return ByteReport.of(model, per_token, index, context, key_channels=kept, value_channels=geom.head_dim,
+                             index_bytes_per_sequence=index)
 
     def runner(self, model, setting: Setting):
         reason = self.unsupported(model)
