@@ -84,7 +84,7 @@ def test_results_md_blocks_are_the_registered_tables():
     can embed any of them by name."""
     text = (ROOT / "docs" / "results.md").read_text()
     names = block_names(text)
-    assert names and set(names) <= {s.name for s in results.SECTIONS}
+    assert names and set(names) <= set(results.SECTIONS)
     data = Data(ROOT)
     assert fill_blocks(text, lambda n: render_block(data, n)) == text
 
@@ -116,7 +116,7 @@ def test_a_new_results_source_is_one_registered_function(copy_root, tmp_path, mo
     (root / "data" / "results" / "example_suite.csv").write_text("domain,ratio\nbooks,1.25\n")
     assert "data/results/example_suite.csv" in render_results(Data(root)).split("## Other result files")[1]
 
-    monkeypatch.setattr(results, "SECTIONS", list(results.SECTIONS))
+    monkeypatch.setattr(results, "SECTIONS", dict(results.SECTIONS))
 
     @results.section("example-suite", "Example suite", "results/example_suite.*")
     def ood_suite(data):
@@ -158,4 +158,4 @@ def test_a_fact_and_a_section_never_share_a_name():
     """A generated block is looked up by name among facts and sections: one name must mean one thing."""
     from mkvlib.docs import facts, results
 
-    assert not set(facts.FACTS) & {s.name for s in results.SECTIONS}
+    assert not set(facts.FACTS) & set(results.SECTIONS)

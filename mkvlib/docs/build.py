@@ -1,31 +1,28 @@
 """The generated documents, and checking or rewriting them: what ``python -m mkvlib.docs`` runs.
 
-Generated whole (:data:`GENERATED`): docs/results.md (the sections of :mod:`.results`) and data/README.md
-(:mod:`.data_index`). Hand-written with generated blocks (:data:`MARKED`): README.md and docs/*.md, where the text
-between ``<!-- generated: NAME -->`` and ``<!-- /generated -->`` is a results section or a fact (:mod:`.facts`).
-"""
+Generated whole (:data:`GENERATED`): docs/results.md and data/README.md. Hand-written with generated blocks
+(:data:`MARKED`): README.md and docs/*.md, each block a results section or a fact."""
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
 
-from . import accuracy, compare, facts, ood, results, runs  # noqa: F401  (the sections register in this order)
+from . import accuracy, compare, ood, results, runs  # noqa: F401  (the sections register in this order)
 from .data_index import render_data_index
+from .facts import FACTS
 from .markdown import block, block_names, fill_blocks, slug
 from .records import Data
-from .results import prose
+from .results import other_results, prose
 
 MARKED = ("README.md", "docs/*.md")
 
 
 def render_results(data: Data) -> str:
     """docs/results.md: a contents list, then every section that has data, each inside its markers."""
-    done = [(s.title, block(s.name, body)) for s in results.SECTIONS if (body := s.render(data)) is not None]
-    other = results.other_results(data)
-    done += [("Other result files", other)] if other else []
-    contents = "\n".join(f"- [{t}](#{slug(t)})" for t, _ in done)
-    return (prose("results-header") + "\n\n## Contents\n\n" + contents + "\n\n"
-            + "\n\n".join(f"## {t}\n\n{body}" for t, body in done) + "\n")
+    done = [(s.title, block(s.name, body)) for s in results.SECTIONS.values() if (body := s.render(data)) is not None]
+    done += [("Other result files", other)] if (other := other_results(data)) else []
+    return (prose("results-header") + "\n\n## Contents\n\n" + "\n".join(f"- [{t}](#{slug(t)})" for t, _ in done)
+            + "\n\n" + "\n\n".join(f"## {t}\n\n{body}" for t, body in done) + "\n")
 
 
 GENERATED = {"docs/results.md": render_results, "data/README.md": render_data_index}
@@ -33,33 +30,25 @@ GENERATED = {"docs/results.md": render_results, "data/README.md": render_data_in
 
 def render_block(data: Data, name: str) -> str:
     """The text of block ``name``: a fact's number or a results section's table."""
-    if name in facts.FACTS:
-        return facts.FACTS[name](data)
-    found = next((s for s in results.SECTIONS if s.name == name), None)
-    if found is None:
-        raise KeyError(f"unknown generated block {name!r}; known names: "
-                       + ", ".join(sorted(facts.FACTS) + [s.name for s in results.SECTIONS]))
-    body = found.render(data)
-    if body is None:
-        raise KeyError(f"generated block {name!r}: the files it reads ({', '.join(found.sources)}) are missing")
+    if name in FACTS:
+        return FACTS[name](data)
+    if name not in results.SECTIONS:
+        raise KeyError(f"unknown generated block {name!r}; known names: " + ", ".join(sorted(FACTS) + list(results.SECTIONS)))
+    if (body := results.SECTIONS[name].render(data)) is None:
+        raise KeyError(f"generated block {name!r}: the files it reads ({', '.join(results.SECTIONS[name].sources)}) are missing")
     return body
 
 
-def expected(root) -> dict[str, str]:
-    """{path relative to root: the text it should have} for every generated or marked file."""
+def differing(root) -> dict[str, tuple[str, str]]:
+    """{path relative to root: (committed text, the text the data gives)} of every generated or marked file that
+    differs."""
     root, data = Path(root), Data(root)
     out = {rel: render(data) for rel, render in GENERATED.items()}
-    marked = {p for pattern in MARKED for p in root.glob(pattern) if p.is_file()} - {root / g for g in GENERATED}
-    for path in sorted(p for p in marked if block_names(p.read_text())):
-        out[path.relative_to(root).as_posix()] = fill_blocks(path.read_text(), lambda n: render_block(data, n))
-    return out
-
-
-def differing(root) -> dict[str, tuple[str, str]]:
-    """{path: (committed text, the text the data gives)} of every generated or marked file that differs."""
-    out = {rel: (path.read_text() if (path := Path(root) / rel).is_file() else "", text)
-           for rel, text in expected(root).items()}
-    return {rel: (now, text) for rel, (now, text) in out.items() if now != text}
+    for path in sorted({p for pattern in MARKED for p in root.glob(pattern) if p.is_file()} - {root / g for g in GENERATED}):
+        if block_names(text := path.read_text()):
+            out[path.relative_to(root).as_posix()] = fill_blocks(text, lambda n: render_block(data, n))
+    now = {rel: (root / rel).read_text() if (root / rel).is_file() else "" for rel in out}
+    return {rel: (now[rel], text) for rel, text in out.items() if now[rel] != text}
 
 
 def check(root) -> dict[str, str]:

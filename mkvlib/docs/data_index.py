@@ -1,10 +1,8 @@
 """data/README.md: an index of every committed artefact, generated from the files themselves.
 
-For each file: what it is, how it was made (the command its record holds, or "not recorded") and what it measured
-where its record says; for results files whether ``mkv reproduce`` remakes them (:mod:`mkvlib.commands.reproduce`).
-The closing lists flag housekeeping: files whose command is recorded nowhere, results files ``mkv reproduce`` cannot
-remake, and file names used by more than one file. One describing function per kind of file (:func:`describe`).
-"""
+For each file what it is, the command that made it (or "not recorded"), what it measured where its record says,
+and for results files whether ``mkv reproduce`` remakes them; then housekeeping lists. One function per kind of
+file (:func:`describe`)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -14,10 +12,18 @@ from pathlib import Path
 from ..commands.reproduce import cost_text, recipe, row_commands
 from .markdown import bullets, code, num, paragraphs, slug, table
 from .records import Data, read_json
-from .results import prose
+from . import results
+from .results import prose, readout_text
 
 SETTINGS = ("strategy", "step", "min_rank", "stop_budget", "max_spread", "nll_weight", "batched", "proxy_refresh")
 QUALITY = "../docs/results.md#adaptive-against-uniform-ranks-perplexity--kl-along-each-search-trajectory"
+BUNDLE_ROLES = {"manifest.json": "the bundle's manifest: base model, geometry, adapter and projections identities, "
+                                 "settings (checked on load)",
+                "training.json": "the training record of the bundle (settings, loss history)",
+                "adapter/adapter_config.json": "peft adapter configuration",
+                "adapter/adapter_model.safetensors": "peft LoRA adapter weights",
+                "projections.safetensors": "projections trained with the adapter",
+                "trajectory.json": "greedy-search trajectory on the fine-tuned model"}
 
 
 @dataclass
@@ -30,14 +36,11 @@ class Entry:
     made: str = ""
 
     def lines(self, rel: str) -> list[str]:
-        made = self.made or commands_made(self.commands)
+        commands = [c for c in self.commands if c]
+        made = self.made or (f"made by {len(commands)} commands, listed with the tables that show it"
+                             if len(commands) > 1 else f"made by {code(commands[0])}" if commands
+                             else "command not recorded")
         return [f"- {code(rel)}: {self.what}"] + [f"  - {n}" for n in [made, *self.notes] if n]
-
-
-def commands_made(commands) -> str:
-    commands = [c for c in commands if c]
-    return (f"made by {len(commands)} commands, listed with the tables that show it" if len(commands) > 1 else
-            f"made by {code(commands[0])}" if commands else "command not recorded")
 
 
 def _projections(data: Data, rel: str) -> Entry:
@@ -48,8 +51,7 @@ def _projections(data: Data, rel: str) -> Entry:
     if meta.get("kind") == "pca":
         what += f"; PCA fitted on {calib.get('tokens', 0):,} tokens of {calib.get('corpus')}"
     elif init:
-        found = data.projections_file(init)
-        what += f"; trained from {code(found) if found else init + ' (not committed)'}"
+        what += f"; trained from {code(found) if (found := data.projections_file(init)) else init + ' (not committed)'}"
     if "steps" not in record:
         return Entry(what, [record.get("command")], [record.get("note") or "no JSON record beside it; the settings "
                                                      "above are from its safetensors header"])
@@ -75,26 +77,19 @@ def _record(data: Data, rel: str) -> Entry:
 
 
 def _trajectory(data: Data, rel: str) -> Entry:
-    from .results import readout_text
-
     t = data.trajectories[rel]
-    meta = t.get("meta") or {}
-    cfg, proj, adapter = meta.get("config") or {}, data.projections_file(t["fingerprint"]), \
-        (meta.get("adapter") or {}).get("weights_hash")
+    meta, fp, ev = t.get("meta") or {}, t["fingerprint"], t.get("evaluations") or {}
+    cfg, proj, adapter = meta.get("config") or {}, data.projections_file(fp), (meta.get("adapter") or {}).get("weights_hash")
     what = (f"greedy-search trajectory ({len(t.get('steps') or [])} steps) for projections "
-            f"{code(proj) if proj else t['fingerprint'] + ' (not committed)'} (fingerprint {t['fingerprint']})"
+            f"{code(proj) if proj else fp + ' (not committed)'} (fingerprint {fp})"
             + (f", searched on the model with the adapter {adapter} merged in" if adapter else "")
-            + ("; the default trajectory for them (`--allocation adaptive`)"
-               if rel == data.default_trajectory(t["fingerprint"]) else ""))
+            + ("; the default trajectory for them (`--allocation adaptive`)" if rel == data.default_trajectory(fp) else ""))
     settings = ", ".join(f"{k} {'none' if cfg[k] is None else cfg[k]}" for k in SETTINGS if k in cfg)
-    ev = t.get("evaluations") or {}
     at = {(r["allocation"], r["budget"]): r for r in ev.get("rows") or []}
-    a, u = at.get(("adaptive", 0.5)), at.get(("uniform", 0.5))
-    readout = meta.get("readout") or {}
+    a, u, readout = at.get(("adaptive", 0.5)), at.get(("uniform", 0.5)), meta.get("readout") or {}
     return Entry(what, [meta.get("command")], [
         meta.get("command_note", ""),
-        f"calibration: {meta.get('calibration_tokens')} tokens of "
-        f"{meta.get('calibration_corpus') or cfg.get('corpus')}; "
+        f"calibration: {meta.get('calibration_tokens')} tokens of {meta.get('calibration_corpus') or cfg.get('corpus')}; "
         f"settings: {settings}; {num(meta.get('seconds', 0) / 60, 0)} minutes",
         f"measured (its `evaluations`, {readout_text(ev)}): perplexity / KL at 50%, adaptive {num(a['perplexity'])} / "
         f"{num(a['kl_to_base'], 3)}, uniform {num(u['perplexity'])} / {num(u['kl_to_base'], 3)}; other budgets in "
@@ -104,10 +99,8 @@ def _trajectory(data: Data, rel: str) -> Entry:
 
 
 def _results(data: Data, rel: str) -> Entry:
-    from .results import SECTIONS
-
     path, remade = data.root / rel, recipe(data.root / rel, data.root)
-    tables = [f"[{s.title}](../docs/results.md#{slug(s.title)})" for s in SECTIONS if s.reads(rel[len("data/"):])]
+    tables = [f"[{s.title}](../docs/results.md#{slug(s.title)})" for s in results.SECTIONS.values() if s.reads(rel[5:])]
     obj = read_json(path) if path.suffix == ".json" else (data.record_of(path) or {})
     commands = [c for c in dict.fromkeys([obj.get("command"), *(obj.get("commands") or []), *row_commands(obj)])
                 if c] or remade.commands
@@ -116,20 +109,11 @@ def _results(data: Data, rel: str) -> Entry:
     note = (f"`mkv reproduce` cannot remake it: {remade.why_not}" if remade.why_not else
             f"`mkv reproduce` remakes it in part{cost}: {remade.stale}, which the full form cannot match{fast}"
             if remade.stale else f"`mkv reproduce` remakes it{cost}{fast}")
-    what = (f"results table, {sum(1 for _ in open(path)) - 1} rows" if path.suffix == ".csv" else "results record")
+    what = f"results table, {sum(1 for _ in open(path)) - 1} rows" if path.suffix == ".csv" else "results record"
     return Entry(what, commands, ["shown in " + ", ".join(tables) if tables else
                                   "no table in docs/results.md reads it yet", note],
                  made=f"made by {code(commands[0])}, which writes it with {code(data.rel(remade.summary))}"
                  if remade.summary and commands else "")
-
-
-BUNDLE_ROLES = {"manifest.json": "the bundle's manifest: base model, geometry, adapter and projections identities, "
-                                 "settings (checked on load)",
-                "training.json": "the training record of the bundle (settings, loss history)",
-                "adapter/adapter_config.json": "peft adapter configuration",
-                "adapter/adapter_model.safetensors": "peft LoRA adapter weights",
-                "projections.safetensors": "projections trained with the adapter",
-                "trajectory.json": "greedy-search trajectory on the fine-tuned model"}
 
 
 def _bundle_file(data: Data, rel: str, bundle: Path) -> Entry:
@@ -148,6 +132,7 @@ def _bundle_file(data: Data, rel: str, bundle: Path) -> Entry:
 
 
 def describe(data: Data, path: Path) -> Entry:
+    """The index entry of one file, by its kind."""
     rel, bundle = data.rel(path), data.bundle_of(path)
     if bundle is not None:
         return _bundle_file(data, rel, bundle)
@@ -162,30 +147,20 @@ def describe(data: Data, path: Path) -> Entry:
     return Entry("not recognised by the index (add a describing function to `mkvlib/docs/data_index.py`)")
 
 
-def _housekeeping(data: Data, unrecorded: list[str]) -> str:
-    names = defaultdict(list)
-    for p in data.files:
-        if data.bundle_of(p) is None:       # files inside bundles are named by their role
-            names[p.name].append(data.rel(p))
+def render_data_index(data: Data) -> str:
+    folders, unrecorded, names = defaultdict(list), [], defaultdict(list)
+    for path in data.files:
+        rel, entry, bundle = data.rel(path), describe(data, path), data.bundle_of(path)
+        folders[data.rel(bundle) if bundle else Path(rel).parent.as_posix()] += entry.lines(rel)
+        unrecorded += [] if any(entry.commands) else [rel]
+        names[path.name] += [] if bundle else [rel]         # files inside bundles are named by their role
     shared = {n: ps for n, ps in sorted(names.items()) if len(ps) > 1}
     why = [(data.rel(p), recipe(p, data.root).why_not) for p in data.files if data.results in p.parents]
     return paragraphs(
+        prose("data-index-header") + "\n", *[f"## `{f}/`\n\n" + "\n".join(lines) for f, lines in sorted(folders.items())],
         "## Housekeeping\n\nFiles whose command is recorded nowhere (neither in the file, nor in a record beside it, "
         "nor in a results file):\n\n" + (bullets(map(code, unrecorded)) or "none"),
         "Results files that `mkv reproduce` cannot remake (`mkv reproduce --list` shows every file):\n\n"
         + table(["file", "why not"], [[code(rel), w] for rel, w in why if w], "ll"),
         "File names used by more than one file:\n\n" + "\n".join(
-            f"- {code(n)}: " + ", ".join(map(code, ps)) for n, ps in shared.items()) if shared else "")
-
-
-def render_data_index(data: Data) -> str:
-    folders, unrecorded = defaultdict(list), []
-    for path in data.files:
-        rel, entry = data.rel(path), describe(data, path)
-        folder = data.rel(data.bundle_of(path)) if data.bundle_of(path) else Path(rel).parent.as_posix()
-        folders[folder] += entry.lines(rel)
-        if not any(entry.commands):
-            unrecorded.append(rel)
-    return paragraphs(prose("data-index-header") + "\n",
-                      *[f"## `{f}/`\n\n" + "\n".join(lines) for f, lines in sorted(folders.items())],
-                      _housekeeping(data, unrecorded)) + "\n"
+            f"- {code(n)}: " + ", ".join(map(code, ps)) for n, ps in shared.items()) if shared else "") + "\n"

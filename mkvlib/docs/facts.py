@@ -1,10 +1,10 @@
 """Single numbers from the data, for sentences: ``<!-- generated: NAME -->95.1%<!-- /generated -->``.
 
-A fact is ``fn(data) -> str`` registered with :func:`fact`; README.md or docs/*.md quote it inline, and
-``python -m mkvlib.docs --check`` fails when the text and the data disagree.
-"""
+A fact is ``fn(data) -> str`` registered with :func:`fact`; README.md or docs/*.md quote it inline."""
 from __future__ import annotations
 
+from ..answers import kept_facts, survival_by_budget
+from ..lmeval import report
 from .markdown import pct
 from .ood import whole_token_rows
 from .records import Data, register
@@ -13,7 +13,7 @@ FACTS: dict = {}
 
 
 def fact(name: str):
-    return lambda fn: register(FACTS, name, fn, fn)
+    return lambda fn: register(FACTS, name, fn) or fn
 
 
 def _record(data: Data, name: str) -> dict:
@@ -36,46 +36,43 @@ FACTS.update({          # trained projections with searched ranks, and PCA, at 5
     "ood-top1-50": lambda data: pct(_ood_mean(data, "MatryoshkaKV, adaptive")["top1_agreement"], 0)})
 
 
+def _and(values) -> str:
+    return " and ".join(map(str, values))
+
+
 @fact("whole-tokens-50")
 def whole_tokens_50(data: Data) -> str:
     """Searched ranks at half the bytes: the whole-token setting with the lowest KL against none kept whole."""
     rows = [r for r in whole_token_rows(data) if r["target_budget"] == 0.5 and r["allocation"] == "adaptive"]
-    plain = next(r for r in rows if r["whole"] == "0 + 0")
-    best = min(rows, key=lambda r: r["kl_to_base"])
+    plain, best = next(r for r in rows if r["whole"] == "0 + 0"), min(rows, key=lambda r: r["kl_to_base"])
     first, recent = best["whole"].split(" + ")
     text = (f"keeping the first {first} and the latest {recent} tokens whole as well, within the same bytes, takes "
             f"the KL from {plain['kl_to_base']:.2f} to {best['kl_to_base']:.2f}, the perplexity ratio from "
             f"{plain['perplexity_ratio']:.2f}x to {best['perplexity_ratio']:.2f}x and top-1 agreement from "
             f"{pct(plain['top1_agreement'], 0)} to {pct(best['top1_agreement'], 0)}")
-    _, passkey = data.result("retrieval_whole_tokens.json")
-    if passkey is None:
+    if (passkey := data.result("retrieval_whole_tokens.json")[1]) is None:
         return text
-    counts = {(r["allocation"], r["budget"]): [] for r in passkey["rows"]}
-    for r in sorted(passkey["rows"], key=lambda r: r["length"]):
-        counts[r["allocation"], r["budget"]].append(str(r["correct"]))
-    lengths = " and ".join(f"{int(n):,}" for n in sorted(passkey["base"], key=int))
-    return (f"{text}; the passkey, with the same whole tokens, is found {' and '.join(counts['adaptive', 0.5])} of "
-            f"{passkey['n']} times at {lengths} tokens with searched ranks at 50% "
-            f"({' and '.join(counts['adaptive', 0.375])} at 37.5%), but only {' and '.join(counts['uniform', 0.5])} "
-            f"with uniform ranks at 50%: fewer features per token cost retrieval there")
+    rows = sorted(passkey["rows"], key=lambda r: r["length"])
+    found = {k: _and(r["correct"] for r in rows if (r["allocation"], r["budget"]) == k) for k in
+             [("adaptive", 0.5), ("adaptive", 0.375), ("uniform", 0.5)]}
+    return (f"{text}; the passkey, with the same whole tokens, is found {found['adaptive', 0.5]} of {passkey['n']} "
+            f"times at {_and(f'{int(n):,}' for n in sorted(passkey['base'], key=int))} tokens with searched ranks at "
+            f"50% ({found['adaptive', 0.375]} at 37.5%), but only {found['uniform', 0.5]} with uniform ranks at 50%: "
+            "fewer features per token cost retrieval there")
 
 
 @fact("accuracy-kept")
 def accuracy_kept(data: Data) -> str:
-    """lm-eval (piqa, arc_easy, hellaswag): average accuracy kept, and kept above chance, by the shipped trained
-    projections (uniform and searched ranks) and PCA at each compressed budget of the sweep."""
-    from ..lmeval import report
-
+    """lm-eval: the average accuracy kept, and kept above chance, by the shipped trained projections (uniform and
+    searched ranks) and PCA at each compressed budget of the sweep."""
     results = report.named(report.load_results(data.dir / "results" / "lm_eval_smollm2.csv"))
     table, items = report.summary(results), sorted(set(results["items"]))
-    parts = []
-    for budget in [b for b in dict.fromkeys(table.index.get_level_values("budget")) if b != "100%"]:
-        at = table.xs(budget, level="budget")
-        names = [(n, w) for n, w in (("MatryoshkaKV trained, uniform ranks", "trained, uniform"),
-                                     ("MatryoshkaKV trained, searched ranks", "trained, searched"),
-                                     ("PCA, uniform ranks", "PCA")) if n in at.index]
-        parts.append(f"at {budget} " + ", ".join(f"{w} {at.loc[n, '% kept']:.1f}% ({at.loc[n, '% kept above chance']:.1f}%)"
-                                                 for n, w in names))
+    names = {"MatryoshkaKV trained, uniform ranks": "trained, uniform",
+             "MatryoshkaKV trained, searched ranks": "trained, searched", "PCA, uniform ranks": "PCA"}
+    parts = [f"at {budget} " + ", ".join(f"{w} {at.loc[n, '% kept']:.1f}% ({at.loc[n, '% kept above chance']:.1f}%)"
+                                         for n, w in names.items() if n in at.index)
+             for budget in dict.fromkeys(table.index.get_level_values("budget")) if budget != "100%"
+             for at in [table.xs(budget, level="budget")]]
     return (f"of the uncompressed model's average accuracy on piqa, arc_easy and hellaswag ({items[-1]:,} items "
             f"each; in brackets: of its margin over chance) the projections keep " + "; ".join(parts))
 
@@ -86,22 +83,17 @@ def passkey_positions_50(data: Data) -> str:
     rec = _record(data, "positions.json")
     cells = {(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]}
     lengths = sorted({p["length"] for p in rec["passkey"]})
-    adaptive, uniform = "MatryoshkaKV (shipped), adaptive", "MatryoshkaKV (shipped), uniform"
-
-    def found(method, budget):
-        return " and ".join(str(cells[(method, budget, k)]["correct"]) for k in lengths)
-    base = " and ".join(str(rec["passkey_base"][str(k)]["correct"]) for k in lengths)
-    return (f"at 50% {found(adaptive, 0.5)} of {cells[(uniform, 0.5, lengths[0])]['n']} times at "
-            f"{' and '.join(f'{k:,}' for k in lengths)} tokens with searched ranks and {found(uniform, 0.5)} with "
-            f"uniform ones; at 75% {found(uniform, 0.75)} with uniform ranks and {found(adaptive, 0.75)} with searched "
-            f"ones (uncompressed: {base})")
+    found = {(a, b): _and(cells[(f"MatryoshkaKV (shipped), {a}", b, k)]["correct"] for k in lengths)
+             for a in ("adaptive", "uniform") for b in (0.5, 0.75)}
+    return (f"at 50% {found['adaptive', 0.5]} of {cells[('MatryoshkaKV (shipped), uniform', 0.5, lengths[0])]['n']} "
+            f"times at {_and(f'{k:,}' for k in lengths)} tokens with searched ranks and {found['uniform', 0.5]} with "
+            f"uniform ones; at 75% {found['uniform', 0.75]} with uniform ranks and {found['adaptive', 0.75]} with "
+            f"searched ones (uncompressed: {_and(rec['passkey_base'][str(k)]['correct'] for k in lengths)})")
 
 
 @fact("answers-survive")
 def answers_survive(data: Data) -> str:
     """How many factual prompts keep the uncompressed model's answer, by budget, searched ranks."""
-    from ..answers import survival_by_budget
-
     rec = _record(data, "answers.json")
     kept, n = survival_by_budget([r for r in rec["rows"] if r["allocation"] == "adaptive"]), len(rec["prompts"])
     return (f"with searched ranks the trained projections keep the uncompressed answer of {kept[0.875] * n:.0f} of "
@@ -110,21 +102,18 @@ def answers_survive(data: Data) -> str:
 
 
 @fact("capitals-kept")
-def facts_capitals(data: Data) -> str:
+def capitals_kept(data: Data) -> str:
     """Capitals the uncompressed model knows, kept by searched ranks at 75% and 50%; after a passage, at 50% of
     the bytes with and without tokens kept whole."""
-    from ..answers import kept_facts
-
-    cells = {(c["whole"], c["allocation"], c["budget"]): c for c in kept_facts(_record(data, "facts_capitals.json")
-                                                                                ["rows"])}
-    known = cells[("", "adaptive", 0.5)]["known"]
-    text = (f"of the {known} capitals of the World Factbook's countries that the uncompressed model names, "
-            f"{cells[('', 'adaptive', 0.75)]['kept']} at 75% and {cells[('', 'adaptive', 0.5)]['kept']} at 50%")
+    def cells(rec):
+        return {(c["whole"], c["budget"]): c for c in kept_facts(rec["rows"]) if c["allocation"] == "adaptive"}
+    alone = cells(_record(data, "facts_capitals.json"))
+    text = (f"of the {alone[('', 0.5)]['known']} capitals of the World Factbook's countries that the uncompressed "
+            f"model names, {alone[('', 0.75)]['kept']} at 75% and {alone[('', 0.5)]['kept']} at 50%")
     if (rec := data.result("facts_capitals_context.json")[1]) is None:
         return text
-    after = {(c["whole"], c["allocation"], c["budget"]): c for c in kept_facts(rec["rows"])}
-    whole = f"{rec['keep_first']}+{rec['keep_recent']}"
-    plain, kept = after[("0+0", "adaptive", 0.5)], after[(whole, "adaptive", 0.5)]
+    after = cells(rec)
+    plain, kept = after[("0+0", 0.5)], after[(f"{rec['keep_first']}+{rec['keep_recent']}", 0.5)]
     return (text + f"; asked after a {rec['context']}-token passage, {plain['kept']} of {plain['known']} at 50% of the "
             f"bytes, and {kept['kept']} when the first {rec['keep_first']} and latest {rec['keep_recent']} tokens "
             "are kept whole within the same bytes")
@@ -132,9 +121,9 @@ def facts_capitals(data: Data) -> str:
 
 @fact("readme-example-answers")
 def readme_example_answers(data: Data) -> str:
-    """What the README's example prints for 'The capital of France is' (uniform ranks)."""
-    rows = {r["budget"]: r for r in _record(data, "answers.json")["rows"] if r["allocation"] == "uniform"
-            and r["prompt"] == "The capital of France is"}
-    first = lambda text: " ".join(text.split())           # noqa: E731 - one line, as the example prints it
-    return (f'the uncompressed model continues "{first(rows[0.75]["uncompressed"])}", the 75% cache '
-            f'"{first(rows[0.75]["compressed"])}" and the 50% cache "{first(rows[0.5]["compressed"])}"')
+    """What the README's example prints for 'The capital of France is' (uniform ranks), each on one line."""
+    said = {r["budget"]: {k: " ".join(r[k].split()) for k in ("uncompressed", "compressed")}
+            for r in _record(data, "answers.json")["rows"]
+            if r["allocation"] == "uniform" and r["prompt"] == "The capital of France is"}
+    return (f'the uncompressed model continues "{said[0.75]["uncompressed"]}", the 75% cache '
+            f'"{said[0.75]["compressed"]}" and the 50% cache "{said[0.5]["compressed"]}"')

@@ -1,38 +1,45 @@
-"""Results sections for the out-of-domain yardstick: the suite, passkey retrieval and the training routes.
-
-Files (each records the command that made it): ``ood_suite.json`` (:func:`mkvlib.suite.compare_suite` per method,
-budget and domain, and in-domain text), ``retrieval.json`` (:func:`mkvlib.retrieval.retrieval_curve`),
-``ood_routes.json`` (starting points and objectives of training, notebook 02), ``positions.json``,
-``passkey_rank_mix.json``, ``answers.json``, ``ceiling.json``, and ``retrieval_varied.json`` and
-``retrieval_8k.json`` (:func:`mkvlib.retrieval.retrieval_curve` with the key's log-probability).
-"""
+"""Results sections for the out-of-domain yardstick: the suite, passkey retrieval, positions in the window, answers
+and facts, the training routes and the ceiling of fixed projections (each file records its command)."""
 from __future__ import annotations
 
 from collections import Counter
+from operator import itemgetter
 
-from .markdown import bullets, code, count, num, paragraphs, pct, table
-from .records import Data
+from ..answers import kept_facts
+from .markdown import bullets, code, count, either, num, paragraphs, pct, table
+from .records import Data, by_int
 from .results import prose, section, source_line
 
+CEILING_METRICS = {"kl_to_base": "KL", "perplexity_ratio": "ppl x", "top1_agreement": "top-1"}
 
-def _triple(r: dict, kl_first: bool = False) -> str:
-    """'ppl x / KL / top-1' of a suite row (KL first for the ceiling)."""
+
+def _triple(r: dict | None, kl_first: bool = False) -> str:
+    """'ppl x / KL / top-1' of a suite row (KL first for the ceiling); '-' when there is none."""
+    if r is None:
+        return "-"
     ppl, kl, top1 = num(r["perplexity_ratio"], 2), num(r["kl_to_base"], 3), pct(r["top1_agreement"], 0)
     return f"{kl} / {ppl} / {top1}" if kl_first else f"{ppl} / {kl} / {top1}"
 
 
-def _domains(rec: dict) -> dict:
-    return dict(n=len(rec["domains"]), domains=", ".join(rec["domains"]), tokens=rec["tokens_per_domain"],
-                seq_len=rec["seq_len"])
+def _kl(r: dict | None) -> str:
+    return either(lambda r: num(r["kl_to_base"], 3), r)
+
+
+def _suite(rec: dict) -> dict:
+    """The fields of a suite's prose: its record, the number of domains and their names."""
+    return dict(rec, n=len(rec["domains"]), domains=", ".join(rec["domains"]))
+
+
+def _counted(r: dict | None) -> str:
+    return either(lambda r: count(r["correct"], r["n"]), r)
 
 
 @section("ood-suite", "Out of domain: perplexity ratio and KL to the uncompressed model", result="ood_suite.json")
 def ood_suite(data: Data, path, rec) -> str:
     cell = {(r["method"], r["target_budget"], r["domain"]): r for r in rec["rows"]}
-    rows = [[m] + [_triple(cell[(m, b, "mean")]) if (m, b, "mean") in cell else "-" for b in rec["budgets"]]
-            + [num(cell[(m, 0.5, "in-domain")]["kl_to_base"], 3) if (m, 0.5, "in-domain") in cell else "-"]
+    rows = [[m] + [_triple(cell.get((m, b, "mean"))) for b in rec["budgets"]] + [_kl(cell.get((m, 0.5, "in-domain")))]
             for m in [x["label"] for x in rec["methods"]]]
-    return paragraphs(prose("ood-suite", **_domains(rec)), table(
+    return paragraphs(prose("ood-suite", _suite(rec)), table(
         ["method"] + [f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]] + ["in-domain KL at 50%"], rows))
 
 
@@ -47,14 +54,13 @@ def ood_suite_domains(data: Data, path, rec) -> str:
 
 
 def whole_token_rows(data: Data, domain: str = "mean") -> list[dict]:
-    """Suite rows of the trained projections at equal stored bytes, with and without whole tokens: those of
-    ``ood_suite.json`` (none kept whole) and of ``whole_tokens.json``, each with ``whole`` = 'F + W'."""
-    rows, budgets = [], set(data.result("whole_tokens.json")[1]["budgets"])
-    for name in ("ood_suite.json", "whole_tokens.json"):
-        _, rec = data.result(name)
-        rows += [dict(r, whole=f"{r.get('keep_first', 0)} + {r.get('keep_recent', 0)}",
-                      stored=r.get("stored_fraction", r["budget"])) for r in rec["rows"]
-                 if r["domain"] == domain and r["method"].startswith("MatryoshkaKV") and r["target_budget"] in budgets]
+    """The trained projections' suite rows at equal bytes, from ood_suite.json (none kept whole) and
+    whole_tokens.json, each with ``whole`` = 'F + W' (first and latest tokens kept whole)."""
+    budgets = set(data.result("whole_tokens.json")[1]["budgets"])
+    rows = [dict(r, whole=f"{r.get('keep_first', 0)} + {r.get('keep_recent', 0)}",
+                 stored=r.get("stored_fraction", r["budget"]))
+            for name in ("ood_suite.json", "whole_tokens.json") for r in data.result(name)[1]["rows"]
+            if r["domain"] == domain and r["method"].startswith("MatryoshkaKV") and r["target_budget"] in budgets]
     return sorted(rows, key=lambda r: (-r["target_budget"], r["allocation"], r.get("keep_recent", 0)))
 
 
@@ -62,124 +68,101 @@ def whole_token_rows(data: Data, domain: str = "mean") -> list[dict]:
 def whole_tokens(data: Data, path, rec) -> str | None:
     if data.result("ood_suite.json")[1] is None:
         return None
-    inside = {(r["target_budget"], r["allocation"], r["whole"]): r for r in whole_token_rows(data, "in-domain")}
-    rows = [[pct(r["target_budget"]), r["allocation"], r["whole"], pct(r["stored"], 1), pct(r["budget"], 1),
-             _triple(r), num(inside[(r["target_budget"], r["allocation"], r["whole"])]["kl_to_base"], 3)
-             if (r["target_budget"], r["allocation"], r["whole"]) in inside else "-"]
-            for r in whole_token_rows(data)]
-    return paragraphs(prose("whole-tokens", **_domains(rec)),
+    key = itemgetter("target_budget", "allocation", "whole")
+    inside = {key(r): r for r in whole_token_rows(data, "in-domain")}
+    rows = [[pct(r["target_budget"]), r["allocation"], r["whole"], pct(r["stored"]), pct(r["budget"]), _triple(r),
+             _kl(inside.get(key(r)))] for r in whole_token_rows(data)]
+    return paragraphs(prose("whole-tokens", _suite(rec)),
                       table(["bytes asked", "ranks", "whole tokens (first + recent)", "bytes stored",
                              "features per token", "ppl x / KL / top-1", "in-domain KL"], rows))
 
 
-def _retrieval_table(data: Data, path, rec) -> str:
+def _retrieval(data: Data, path, rec) -> str:
     """Correct answers per method, length and budget (a budget counts bytes, whole tokens included)."""
     cell = {(r["method"], r["budget"], r["length"]): r for r in rec["rows"]}
-    rows = []
-    for m in [x["label"] for x in rec["methods"]]:
-        for n in rec["lengths"]:
-            fails = rec["fails_at_by_length"][m].get(str(n))
-            rows.append([m, f"{n:,}"] + [count(cell[(m, b, n)]["correct"], cell[(m, b, n)]["n"]) if (m, b, n) in cell
-                                         else "-" for b in rec["budgets"]]
-                        + [pct(fails) if fails is not None else "holds at every budget measured"])
-    base = " ".join(f"{int(k):,} tokens: {pct(v, 0)}." for k, v in sorted(rec["base"].items(), key=lambda x: int(x[0])))
-    return paragraphs(prose("retrieval", n=rec["n"], seed=rec["seed"], base=base),
+    rows = [[m, f"{n:,}"] + [_counted(cell.get((m, b, n))) for b in rec["budgets"]]
+            + [either(pct, rec["fails_at_by_length"][m].get(str(n)), "holds at every budget measured")]
+            for m in [x["label"] for x in rec["methods"]] for n in rec["lengths"]]
+    base = " ".join(f"{int(k):,} tokens: {pct(v, 0)}." for k, v in by_int(rec["base"]))
+    return paragraphs(prose("retrieval", rec, base=base),
                       table(["method", "length", *[pct(b) for b in rec["budgets"]],
                              "fails at (below 90% of uncompressed)"], rows))
 
 
-section("retrieval", "Passkey retrieval against budget", result="retrieval.json")(_retrieval_table)
-section("retrieval-whole-tokens", "Passkey retrieval with tokens kept whole, at equal bytes",
-        result="retrieval_whole_tokens.json")(_retrieval_table)
-
-
-def _margin_rows(rec: dict) -> list[list[str]]:
-    """One row per method, budget and length: exact match with its interval, mean key log p, decoys given."""
-    decoy = (lambda r: "-" if r.get("decoys") is None else f"{r['decoys']}/{r['n']}")
-    lengths = sorted(rec["lengths"])
-    rows = [["uncompressed", "100%", f"{n:,}", count(b["correct"], b["n"]), num(b["mean_key_logp"], 2), decoy(b)]
-            for n in lengths for b in [rec["base_rows"][str(n)]]]
-    order = {m["label"]: i for i, m in enumerate(rec["methods"])}
-    for r in sorted(rec["rows"], key=lambda r: (order[r["method"]], -r["budget"], r["length"])):
-        rows.append([r["method"], pct(r["budget"]), f"{r['length']:,}", count(r["correct"], r["n"]),
-                     num(r["mean_key_logp"], 2), decoy(r)])
-    return rows
-
-
-def _margins_table(data: Data, path, rec) -> str | None:
-    """Exact match, the key's log-probability and decoys per method, budget and length (records with margins)."""
+def _margins(data: Data, path, rec) -> str | None:
+    """Exact match, the key's log-probability and decoys given per method, budget and length."""
     if "base_rows" not in rec:
         return None
-    wordings = {w for ws in rec.get("wordings", {}).values() for w in ws}
-    fields = {"n": rec["n"], "seed": rec["seed"], "lengths": ", ".join(f"{n:,}" for n in sorted(rec["lengths"])),
-              "wordings": len(wordings), "filler": "; ".join(rec.get("filler_source", []))}
-    return paragraphs(prose("retrieval-varied" if rec.get("prompts") == "varied" else "retrieval-margins", **fields),
-                      table(["method", "budget", "length", "exact match", "key log p", "decoy given"],
-                            _margin_rows(rec)))
+    order = {m["label"]: i for i, m in enumerate(rec["methods"])}
+    base = [dict(rec["base_rows"][str(n)], method="uncompressed", budget=1, length=n) for n in sorted(rec["lengths"])]
+    rows = [[r["method"], pct(r["budget"], None if r["budget"] == 1 else 1), f"{r['length']:,}", _counted(r),
+             num(r["mean_key_logp"], 2), "-" if r.get("decoys") is None else f"{r['decoys']}/{r['n']}"]
+            for r in base + sorted(rec["rows"], key=lambda r: (order[r["method"]], -r["budget"], r["length"]))]
+    return paragraphs(prose("retrieval-varied" if rec.get("prompts") == "varied" else "retrieval-margins", rec,
+                            lengths=", ".join(f"{n:,}" for n in sorted(rec["lengths"])),
+                            wordings=len({w for ws in rec.get("wordings", {}).values() for w in ws}),
+                            filler="; ".join(rec.get("filler_source", []))),
+                      table(["method", "budget", "length", "exact match", "key log p", "decoy given"], rows))
 
 
-section("retrieval-varied", "Retrieval with varied prompts: wordings, key lengths, a decoy, prose filler",
-        result="retrieval_varied.json")(_margins_table)
-section("retrieval-8k", "Passkey retrieval at the model's whole window, with the key's log-probability",
-        result="retrieval_8k.json")(_margins_table)
+for _name, _title, _file, _render in (
+        ("retrieval", "Passkey retrieval against budget", "retrieval", _retrieval),
+        ("retrieval-whole-tokens", "Passkey retrieval with tokens kept whole, at equal bytes",
+         "retrieval_whole_tokens", _retrieval),
+        ("retrieval-varied", "Retrieval with varied prompts: wordings, key lengths, a decoy, prose filler",
+         "retrieval_varied", _margins),
+        ("retrieval-8k", "Passkey retrieval at the model's whole window, with the key's log-probability",
+         "retrieval_8k", _margins)):
+    section(_name, _title, result=f"{_file}.json")(_render)
 
 
 @section("ood-routes", "Starting points and objectives: out-of-domain KL at 50% against CPU time",
          "results/ood_routes.json")
 def ood_routes(data: Data) -> str | None:      # not framed by result=: each route records its own command
     path, rec = data.result("ood_routes.json")
-    if rec is None:
-        return None
     rows = [[r["route"], num(r["cpu_minutes"], 1), num(r["ood_kl_50"], 3), num(r["ood_ppl_50"], 2),
-             num(r["in_domain_kl_50"], 3) if r.get("in_domain_kl_50") is not None else "-",
-             code(r["command"]) if r.get("command") else "not recorded"] for r in rec["routes"]]
-    return paragraphs(source_line(data, path, note=rec.get("note", "")),
-                      table(["route", "CPU minutes", "OOD KL at 50%", "OOD ppl x at 50%", "in-domain KL at 50%",
-                             "command"], rows))
-
-
-def _passkey_table(rec: dict) -> str:
-    keys = {(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]}
-    lengths, budgets = sorted({p["length"] for p in rec["passkey"]}), sorted({p["budget"] for p in rec["passkey"]},
-                                                                           reverse=True)
-    rows = [[m] + [count(keys[(m, b, n)]["correct"], keys[(m, b, n)]["n"]) if (m, b, n) in keys else "-"
-                   for n in lengths for b in budgets] for m in dict.fromkeys(p["method"] for p in rec["passkey"])]
-    base = ", ".join(f"{v['correct']}/{v['n']} at {int(k):,}" for k, v in sorted(rec["passkey_base"].items(),
-                                                                                key=lambda kv: int(kv[0])))
-    return paragraphs(f"Passkey retrieval in the real compressed cache, by projections and allocation (exact match, "
-                      f"uncompressed: {base}):",
-                      table(["method"] + [f"{n:,} tokens at {pct(b)}" for n in lengths for b in budgets], rows))
+             either(lambda v: num(v, 3), r.get("in_domain_kl_50")), either(code, r.get("command"), "not recorded")]
+            for r in rec["routes"]] if rec else None
+    return rec and paragraphs(source_line(data, path, note=rec.get("note", "")), table(
+        ["route", "CPU minutes", "OOD KL at 50%", "OOD ppl x at 50%", "in-domain KL at 50%", "command"], rows))
 
 
 @section("positions", "Where the text sits in the window: KL and passkey late in a long context",
          result="positions.json")
 def positions(data: Data, path, rec) -> str:
     cell = {(r["method"], r["offset"]): r for r in rec["rows"]}
-    rows = [[m["label"], m["positions"]] + [
-        f"{num(cell[(m['label'], o)]['kl_to_base'], 3)} ({num(cell[(m['label'], o)]['perplexity_ratio'], 2)})"
-        if (m["label"], o) in cell else "-" for o in rec["offsets"]] for m in rec["methods"]]
+    rows = [[m["label"], m["positions"]] + [either(lambda r: f"{num(r['kl_to_base'], 3)} ({num(r['perplexity_ratio'], 2)})",
+                                                   cell.get((m["label"], o))) for o in rec["offsets"]]
+            for m in rec["methods"]]
     shift = rec.get("passkey_shift")
     moved = (f"The same {shift['length']:,}-token passkey prompts ({shift['method']}, {pct(shift['budget'])}) placed "
              "from position 0 and later: " + "; ".join(
                  f"from {int(o):,}: {v['correct']}/{v['n']} (uncompressed {v['base_correct']}/{v['n']})"
-                 for o, v in sorted(shift["by_offset"].items(), key=lambda kv: int(kv[0]))) + ".") if shift else ""
-    return paragraphs(prose("positions", domains=rec["domains"], tokens=rec["tokens_per_domain"],
-                            seq_len=rec["seq_len"], budget=pct(rec["budget"], 0)),
+                 for o, v in by_int(shift["by_offset"])) + ".") if shift else ""
+    return paragraphs(prose("positions", rec, budget=pct(rec["budget"], 0)),
                       table(["method (uniform ranks)", "fitted on positions"]
                             + [f"from {o:,}: KL (ppl x)" for o in rec["offsets"]], rows),
-                      _passkey_table(rec) if rec.get("passkey") else "", moved)
+                      _passkey(rec) if rec.get("passkey") else "", moved)
+
+
+def _passkey(rec: dict) -> str:
+    keys = {(p["method"], p["budget"], p["length"]): p for p in rec["passkey"]}
+    lengths, budgets = sorted({k[2] for k in keys}), sorted({k[1] for k in keys}, reverse=True)
+    rows = [[m] + [_counted(keys.get((m, b, n))) for n in lengths for b in budgets]
+            for m in dict.fromkeys(k[0] for k in keys)]
+    base = ", ".join(f"{v['correct']}/{v['n']} at {int(k):,}" for k, v in by_int(rec["passkey_base"]))
+    return paragraphs(f"Passkey retrieval in the real compressed cache, by projections and allocation (exact match, "
+                      f"uncompressed: {base}):",
+                      table(["method"] + [f"{n:,} tokens at {pct(b)}" for n in lengths for b in budgets], rows))
 
 
 @section("passkey-rank-mix", "Passkey at 4,096 tokens between two points of the shipped trajectory",
          result="passkey_rank_mix.json")
 def passkey_rank_mix(data: Data, path, rec) -> str:
-    rows = []
-    for r in rec["rows"]:
-        opening, times = Counter(r["top"]).most_common(1)[0]      # ties: the first prompt's opening
-        rows.append([r["setting"], pct(r["budget"]), count(r["correct"], r["n"]), num(r["mean_key_logp"], 2),
-                     num(r["mean_first_margin"], 2), f"{opening!r} ({times}/{len(r['top'])})"])
-    return paragraphs(prose("passkey-rank-mix", what=rec["what"], projections=code(rec["projections"]),
-                            trajectory=code(rec["trajectory"])),
+    rows = [[r["setting"], pct(r["budget"]), _counted(r), num(r["mean_key_logp"], 2), num(r["mean_first_margin"], 2),
+             f"{opening!r} ({times}/{len(r['top'])})"]
+            for r in rec["rows"] for opening, times in [Counter(r["top"]).most_common(1)[0]]]   # ties: the first
+    return paragraphs(prose("passkey-rank-mix", rec),
                       table(["setting", "budget", "exact match", "key log p", "first margin", "opening token (prompts)"],
                             rows), "The command below runs the file's `script` field, with `MKV_DATA_DIR` set.")
 
@@ -192,43 +175,30 @@ def answers(data: Data, path, rec) -> str:
     rows = [[pct(b)] + [f"{sum(r['survives'] for r in cell[(b, a)])} of {n} / "
                         f"{pct(sum(r['token_agreement'] for r in cell[(b, a)]) / n, 0)}" for a in rec["allocations"]]
             for b in sorted(rec["budgets"], reverse=True)]
-    return paragraphs(prose("answers", new_tokens=rec["new_tokens"], n=n,
-                            prompts="; ".join(f"\"{p}\"" for p in rec["prompts"])),
+    return paragraphs(prose("answers", rec, n=n, prompts="; ".join(f'"{p}"' for p in rec["prompts"])),
                       table(["budget"] + [f"{a}: answers kept / token agreement" for a in rec["allocations"]], rows))
 
 
-def _facts_table(rec) -> str:
+def _facts(rec: dict, key: str, whole: bool = False) -> str:
     """Known facts kept per budget, allocation and whole tokens (with the 95% interval), and token agreement."""
-    from ..answers import kept_facts
-
     cells = kept_facts(rec["rows"])
-    whole = any(c["whole"] for c in cells)
+    known = {r["prompt"] for r in rec["rows"] if r.get("known") and r.get("whole", "0+0") == "0+0"}
     rows = [[f"{c['whole']} whole"] * whole + [c["allocation"], pct(c["budget"]), count(c["kept"], c["known"]),
                                                pct(c["agreement"], 0)] for c in cells]
-    head = ["tokens kept whole (first+recent)"] * whole + ["ranks", "bytes stored", "facts kept", "token agreement"]
-    return table(head, rows)
+    return paragraphs(prose(key, rec, n=len(rec["prompts"]), known=len(known)), table(
+        ["tokens kept whole (first+recent)"] * whole + ["ranks", "bytes stored", "facts kept", "token agreement"], rows))
 
 
 @section("facts-capitals", "Facts from the weights: the capitals of the World Factbook's countries",
          result="facts_capitals.json")
 def facts_capitals(data: Data, path, rec) -> str:
-    known = {r["prompt"] for r in rec["rows"] if r.get("known")}
-    return paragraphs(prose("facts-capitals", n=len(rec["prompts"]), known=len(known), new_tokens=rec["new_tokens"]),
-                      _facts_table(rec))
+    return _facts(rec, "facts-capitals")
 
 
 @section("facts-capitals-context", "Facts after a passage, with tokens kept whole at equal bytes",
          result="facts_capitals_context.json")
 def facts_capitals_context(data: Data, path, rec) -> str:
-    known = {r["prompt"] for r in rec["rows"] if r.get("known") and r.get("whole") == "0+0"}
-    return paragraphs(prose("facts-capitals-context", n=len(rec["prompts"]), known=len(known), context=rec["context"],
-                            filler=code(rec["filler"]), first=rec["keep_first"], recent=rec["keep_recent"]),
-                      _facts_table(rec))
-
-
-# --- the ceiling of fixed projections -------------------------------------------------------------------
-
-CEILING_METRICS = {"kl_to_base": "KL", "perplexity_ratio": "ppl x", "top1_agreement": "top-1"}
+    return _facts(rec, "facts-capitals-context", whole=True)
 
 
 def _value(metric: str, value: float) -> str:
@@ -237,13 +207,18 @@ def _value(metric: str, value: float) -> str:
 
 def _ceiling_where(cell, kinds, budgets) -> str:
     """How much of the KL gap between shipped PCA and the best in-sample basis the shipped projections close with
-    uniform ranks; whether the per-sequence oracles and the in-sample bases with searched ranks do worse."""
+    uniform ranks, and whether the oracles and the in-sample bases with searched ranks do worse."""
+    below = sorted({(m, r["perplexity_ratio"]) for (m, a, b), r in cell.items()
+                    if kinds[m] == "in-sample" and r["perplexity_ratio"] < 1}, key=lambda x: x[1])
+    names = sorted({m for m, _ in below})         # an in-sample row below the uncompressed perplexity fitted the text
+    overfit = prose("ceiling.overfit", names=" and ".join(names), es="es" if len(names) == 1 else "",
+                    best=num(below[0][1], 2), they="it was" if len(names) == 1 else "they were") if below else ""
     kl = {(m, b): r["kl_to_base"] for (m, a, b), r in cell.items() if a == "uniform"}
     shipped, in_sample, oracles = ([m for m in dict.fromkeys(m for m, _ in kl) if kinds[m] == k]
                                    for k in ("shipped", "in-sample", "oracle"))
     budgets = [b for b in budgets if all((m, b) in kl for m in shipped + in_sample)]
     if len(shipped) < 2 or not in_sample or not budgets:
-        return ""
+        return overfit
     start, ours = shipped[0], shipped[-1]
     best = {b: min(in_sample, key=lambda m: kl[(m, b)]) for b in budgets}
     gaps = {b: kl[(start, b)] - kl[(best[b], b)] for b in budgets}
@@ -254,25 +229,17 @@ def _ceiling_where(cell, kinds, budgets) -> str:
         text += (f" The oracle rows ({'; '.join(beaten)}) are worse than {ours} at every budget: "
                  "no fixed basis reconstructs a sequence's keys and values better, yet the best reconstruction is not "
                  "the best output.")
-    if all(cell[(m, "adaptive", b)]["kl_to_base"] > kl[(m, b)] for m in in_sample for b in budgets
-           if (m, "adaptive", b) in cell) and any((m, "adaptive", b) in cell for m in in_sample for b in budgets):
+    searched = [(cell[(m, "adaptive", b)]["kl_to_base"], kl[(m, b)]) for m in in_sample for b in budgets
+                if (m, "adaptive", b) in cell]
+    if searched and all(s > u for s, u in searched):
         text += (" Every in-sample basis does worse with the shipped search's ranks than with uniform ones: they "
                  "were fitted at the sampled ranks only, and the search spreads ranks over other values.")
-    return text
-
-
-def _ceiling_overfit(cell, kinds) -> str:
-    """A note when an in-sample row predicts the suite better than the uncompressed model: it has fitted the text."""
-    below = sorted({(m, r["perplexity_ratio"]) for (m, a, b), r in cell.items()
-                    if kinds[m] == "in-sample" and r["perplexity_ratio"] < 1}, key=lambda x: x[1])
-    names = sorted({m for m, _ in below})
-    return prose("ceiling.overfit", names=" and ".join(names), es="es" if len(names) == 1 else "",
-                 best=num(below[0][1], 2), they="it was" if len(names) == 1 else "they were") if below else ""
+    return f"{text} {overfit}" if overfit else text
 
 
 def _ceiling_target(t: dict, cell: dict, kinds: dict, ours: list) -> str:
     """A target against the shipped value, the best ceiling row (searched ranks compete with every allocation at
-    the budget), the best oracle, and whether it lies above every ceiling row."""
+    the budget) and the best oracle, and whether it lies above every ceiling row."""
     metric, bound, at_most = t["metric"], t["bound"], t["direction"] == "at_most"
     meets, pick = ((lambda v: v <= bound), min) if at_most else ((lambda v: v >= bound), max)
     ceiling = {(m, a): r[metric] for (m, a, b), r in cell.items() if b == t["budget"] and kinds[m] != "shipped"
@@ -292,8 +259,7 @@ def _ceiling_target(t: dict, cell: dict, kinds: dict, ours: list) -> str:
             f"{_value(metric, ceiling[best])}")
     if oracles and best not in oracles:
         top = pick(oracles, key=oracles.get)
-        text += (f"; best oracle: {_value(metric, oracles[top])}, "
-                 f"{'which reaches it' if meets(oracles[top]) else 'short of it'}")
+        text += f"; best oracle: {_value(metric, oracles[top])}, {'which reaches it' if meets(oracles[top]) else 'short of it'}"
     return text + ")."
 
 
@@ -303,21 +269,19 @@ def ceiling(data: Data, path, rec) -> str:
     kinds = {m["label"]: m["kind"] for m in rec["methods"]}
     cell = {(r["method"], r["allocation"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
     rows = [[m["label"], "uniform" if a == "uniform" else "searched"]
-            + [_triple(cell[(m["label"], a, b)], kl_first=True) if (m["label"], a, b) in cell else "-"
-               for b in rec["budgets"]]
-            + [num(m["fit_cpu_s"] / 60, 1) if m.get("fit_cpu_s") is not None else "-"]
-            for m in rec["methods"] for a in m["allocations"]]
+            + [_triple(cell.get((m["label"], a, b)), kl_first=True) for b in rec["budgets"]]
+            + [either(lambda s: num(s / 60, 1), m.get("fit_cpu_s"))] for m in rec["methods"] for a in m["allocations"]]
     ours = [m for m in dict.fromkeys(m for m, _, _ in cell) if kinds[m] == "shipped"][-1:]
     searched = (f"; searched ranks: each shipped projections' own trajectory, and for every other row the shipped "
                 f"trajectory of {code(rec['searched_ranks'])}" if rec.get("searched_ranks") else "")
     cpu, hw = rec.get("cpu_time_s") or {}, rec.get("hardware") or {}
     load = (hw.get("load_average_start") or [None])[0]
     return paragraphs(
-        prose("ceiling", what=rec["what"], s="s" if len(rec["domains"]) > 1 else "", searched=searched,
-              schedule=", ".join(map(str, rec["schedule"])) or "d/8, ..., d", **_domains(rec)),
+        prose("ceiling", _suite(rec), s="s" if len(rec["domains"]) > 1 else "", searched=searched,
+              schedule=", ".join(map(str, rec["schedule"])) or "d/8, ..., d"),
         table(["method", "ranks"] + [f"{pct(b)}: KL / ppl x / top-1" for b in rec["budgets"]]
               + ["CPU minutes to fit (this row's step)"], rows),
-        " ".join(t for t in (_ceiling_where(cell, kinds, rec["budgets"]), _ceiling_overfit(cell, kinds)) if t),
+        _ceiling_where(cell, kinds, rec["budgets"]),
         bullets([_ceiling_target(t, cell, kinds, ours) for t in rec.get("targets", [])], prose("ceiling.targets"))
         if rec.get("targets") else "",
         f"CPU time: {num(cpu.get('total', 0) / 60, 1)} minutes in all, {num(rec.get('wall_time_s', 0) / 60, 1)} minutes "

@@ -1,24 +1,17 @@
-"""What the committed artefacts under ``data/`` say about themselves, for the generated documents.
-
-:class:`Data` walks one data folder: which projections file has a fingerprint, which trajectory gave an adaptive
-``ranks`` digest of a results table, which LoRA bundle holds an adapter, which record lies beside a file. It reads
-files only (JSON, CSV, safetensors headers); the trajectory digests need torch.
-"""
+"""What the committed artefacts under ``data/`` say about themselves: :class:`Data`, read from the files (JSON, CSV,
+safetensors headers; the trajectories' rank digests need torch)."""
 from __future__ import annotations
 
 import json
-import shlex
 import struct
 from functools import cached_property
 from pathlib import Path
 
 BUDGETS = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)   # where adaptive ranks digests are looked up
-TRAJECTORY_FORMAT = "mkv-trajectory/1"
 
 
 def read_json(path) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
+    return json.loads(Path(path).read_text())
 
 
 def safetensors_meta(path) -> dict:
@@ -28,21 +21,10 @@ def safetensors_meta(path) -> dict:
     return json.loads(meta["mkv"]) if "mkv" in meta else {}
 
 
-def option(command: str, flag: str) -> str | None:
-    """The value of ``flag`` in a shell command line (None when absent or unparsable)."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None
-    return words[words.index(flag) + 1] if flag in words[:-1] else None
-
-
-def register(registry, name: str, entry, fn):
-    """Add ``entry`` (named ``name``) to a list of sections or a dict of facts, once; returns ``fn``."""
-    if name in (registry if isinstance(registry, dict) else [s.name for s in registry]):
+def register(registry: dict, name: str, entry) -> None:
+    if name in registry:
         raise ValueError(f"{name!r} is already registered")
-    registry.__setitem__(name, entry) if isinstance(registry, dict) else registry.append(entry)
-    return fn
+    registry[name] = entry
 
 
 def first_with(found: dict, field: str, value) -> str | None:
@@ -51,8 +33,7 @@ def first_with(found: dict, field: str, value) -> str | None:
 
 
 class Data:
-    """One data folder (``root``/data). Paths are relative to ``root``, with forward slashes, so the documents
-    read the same on every checkout."""
+    """One data folder (``root``/data); paths are relative to ``root``, with forward slashes."""
 
     def __init__(self, root):
         self.root = Path(root)
@@ -63,7 +44,7 @@ class Data:
         return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
 
     def result(self, name: str) -> tuple[Path | None, dict | None]:
-        """(path, record) of ``data/results/<name>`` (a JSON file), or (None, None) when it is not there."""
+        """(path, record) of ``data/results/<name>`` (JSON), or (None, None) when it is not there."""
         path = self.results / name
         return (path, read_json(path)) if path.is_file() else (None, None)
 
@@ -85,26 +66,23 @@ class Data:
         return {p: m for p, m in metas.items() if m}
 
     def projections_file(self, fingerprint: str) -> str | None:
-        """The committed projections file with this fingerprint (None: not committed)."""
         return first_with(self.projections, "fingerprint", fingerprint)
 
     @cached_property
     def projection_records(self) -> dict[str, dict]:
-        """{projections file: the record beside it (``X.json``) holding the command that made it}."""
+        """{projections file: the record beside it, holding the command that made it}."""
         found = {p: self.record_of(p) or {} for p in self.projections}
         return {p: r for p, r in found.items() if r.get("fingerprint") == self.projections[p].get("fingerprint")
                 and "command" in r}
 
     @cached_property
     def training_records(self) -> dict[str, dict]:
-        """The :attr:`projection_records` that hold a training run (steps, loss history)."""
         return {p: r for p, r in self.projection_records.items() if "steps" in r}
 
     @cached_property
     def trajectories(self) -> dict[str, dict]:
-        """{path: content} of every search trajectory file."""
         found = {self.rel(p): read_json(p) for p in self.files if p.suffix == ".json"}
-        return {p: t for p, t in found.items() if isinstance(t, dict) and t.get("format") == TRAJECTORY_FORMAT}
+        return {p: t for p, t in found.items() if isinstance(t, dict) and t.get("format") == "mkv-trajectory/1"}
 
     @cached_property
     def rank_digests(self) -> dict[str, str]:
@@ -131,7 +109,6 @@ class Data:
                           "fingerprint", fingerprint)
 
     def trajectory_of(self, digest: str) -> str | None:
-        """The committed trajectory whose ranks a results row used (None: not committed, or uniform ranks)."""
         return self.rank_digests.get(digest)
 
     @cached_property
@@ -157,3 +134,8 @@ class Data:
         name = Path(path).name.removesuffix(".safetensors").removesuffix(".json").removesuffix(".csv")
         head, _, rest = name.partition(".")
         return rest if rest and "-" in head else name
+
+
+def by_int(named: dict) -> list[tuple]:
+    """The items of a dict keyed by numbers written as strings, in numeric order."""
+    return sorted(named.items(), key=lambda kv: int(kv[0]))
