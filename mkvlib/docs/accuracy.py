@@ -50,7 +50,7 @@ def lm_eval_cells(data: Data) -> tuple[pd.DataFrame, list[str]]:
             continue
         with contextlib.redirect_stderr(io.StringIO()):
             df = load_results(path)
-        traj = [data.trajectory_of(r) if r.startswith("adaptive") else None for r in df.ranks]
+        traj = [data.trajectory_of.get(r) if r.startswith("adaptive") else None for r in df.ranks]
         frames.append(df.assign(sweep_method=df.method, trajectory=traj, source=data.rel(path), method=[
             label(r, t, data.rel(path)) for r, t in zip(df.itertuples(), traj)]))
     cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -114,7 +114,7 @@ def lm_eval_sources(data: Data, cells, _) -> str:
             cmds = _sweep_commands(data, source, r.sweep_method, r.budget)
             lines.append(f"  - {r.method}, {pct(r.budget, None)}: "
                          + (", ".join(map(code, cmds)) if cmds else "command not recorded"))
-        commits = sorted(set(pd.read_csv(data.root / source, dtype=str).get("git_commit", pd.Series(dtype=str)).dropna()))
+        commits = sorted(set(pd.read_csv(data.root / source, dtype=str).get("git_commit", pd.Series()).dropna()))
         lines.append(f"  - git commits the cells were run at: {', '.join(commits) or 'not recorded'}")
         lines += [f"  - {k.replace('_', ' ')} (from the record): {record[k]}" for k in
                   ("what", "run_note", "note", "adaptive_note") if record.get(k)]
@@ -158,7 +158,7 @@ def lora_arc_easy(data: Data) -> str | None:
         base = next((x for x in part if x["projections"] == BASELINE), None)   # the same adapter and items
         for r in sorted(part, key=lambda r: (-r["budget"], r["projections"] != BASELINE)):
             ranks = r["ranks"] if not r["ranks"].startswith("adaptive") else \
-                f"adaptive ({data.trajectory_of(r['ranks']) or 'trajectory not committed'})"
+                f"adaptive ({data.trajectory_of.get(r['ranks']) or 'trajectory not committed'})"
             kept = [pct(r[m] / base[m]) if base and r[m] is not None and base[m] else DASH for m in ("acc", "acc_norm")]
             out.append([adapter, data.bundle_with_adapter(adapter) or "not committed", r["items"], r["projections"],
                         DASH if r["projections"] == BASELINE else data.short(data.projections_file(r["fingerprint"])),

@@ -12,7 +12,6 @@ from .data_index import render_data_index
 from .facts import FACTS
 from .markdown import block, block_names, fill_blocks, slug
 from .records import Data
-from .results import other_results, prose
 
 MARKED = ("README.md", "docs/*.md")
 
@@ -20,8 +19,8 @@ MARKED = ("README.md", "docs/*.md")
 def render_results(data: Data) -> str:
     """docs/results.md: a contents list, then every section that has data, each inside its markers."""
     done = [(s.title, block(s.name, body)) for s in results.SECTIONS.values() if (body := s.render(data)) is not None]
-    done += [("Other result files", other)] if (other := other_results(data)) else []
-    return (prose("results-header") + "\n\n## Contents\n\n" + "\n".join(f"- [{t}](#{slug(t)})" for t, _ in done)
+    done += [("Other result files", other)] if (other := results.other_results(data)) else []
+    return (results.prose("results-header") + "\n\n## Contents\n\n" + "\n".join(f"- [{t}](#{slug(t)})" for t, _ in done)
             + "\n\n" + "\n\n".join(f"## {t}\n\n{body}" for t, body in done) + "\n")
 
 
@@ -30,23 +29,24 @@ GENERATED = {"docs/results.md": render_results, "data/README.md": render_data_in
 
 def render_block(data: Data, name: str) -> str:
     """The text of block ``name``: a fact's number or a results section's table."""
+    sections = results.SECTIONS
     if name in FACTS:
         return FACTS[name](data)
-    if name not in results.SECTIONS:
-        raise KeyError(f"unknown generated block {name!r}; known names: " + ", ".join(sorted(FACTS) + list(results.SECTIONS)))
-    if (body := results.SECTIONS[name].render(data)) is None:
-        raise KeyError(f"generated block {name!r}: the files it reads ({', '.join(results.SECTIONS[name].sources)}) are missing")
+    if name not in sections:
+        raise KeyError(f"unknown generated block {name!r}; known names: " + ", ".join(sorted(FACTS) + list(sections)))
+    if (body := sections[name].render(data)) is None:
+        raise KeyError(f"generated block {name!r}: the files it reads ({', '.join(sections[name].sources)}) "
+                       "are missing")
     return body
 
 
 def differing(root) -> dict[str, tuple[str, str]]:
-    """{path relative to root: (committed text, the text the data gives)} of every generated or marked file that
-    differs."""
+    """{path under root: (committed text, the text the data gives)} of every generated or marked file that differs."""
     root, data = Path(root), Data(root)
     out = {rel: render(data) for rel, render in GENERATED.items()}
-    for path in sorted({p for pattern in MARKED for p in root.glob(pattern) if p.is_file()} - {root / g for g in GENERATED}):
-        if block_names(text := path.read_text()):
-            out[path.relative_to(root).as_posix()] = fill_blocks(text, lambda n: render_block(data, n))
+    marked = {p for pattern in MARKED for p in root.glob(pattern) if p.is_file()} - {root / g for g in GENERATED}
+    for path in sorted(p for p in marked if block_names(p.read_text())):
+        out[path.relative_to(root).as_posix()] = fill_blocks(path.read_text(), lambda n: render_block(data, n))
     now = {rel: (root / rel).read_text() if (root / rel).is_file() else "" for rel in out}
     return {rel: (now[rel], text) for rel, text in out.items() if now[rel] != text}
 

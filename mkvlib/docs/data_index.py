@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ..commands.reproduce import cost_text, recipe, row_commands
 from .markdown import bullets, code, num, paragraphs, slug, table
-from .records import Data, read_json
 from . import results
+from .records import Data, read_json
 from .results import prose, readout_text
 
 SETTINGS = ("strategy", "step", "min_rank", "stop_budget", "max_spread", "nll_weight", "batched", "proxy_refresh")
@@ -79,17 +79,19 @@ def _record(data: Data, rel: str) -> Entry:
 def _trajectory(data: Data, rel: str) -> Entry:
     t = data.trajectories[rel]
     meta, fp, ev = t.get("meta") or {}, t["fingerprint"], t.get("evaluations") or {}
-    cfg, proj, adapter = meta.get("config") or {}, data.projections_file(fp), (meta.get("adapter") or {}).get("weights_hash")
+    cfg, proj, adapter = meta.get("config") or {}, data.projections_file(fp), (meta.get("adapter") or {}).get(
+        "weights_hash")
     what = (f"greedy-search trajectory ({len(t.get('steps') or [])} steps) for projections "
             f"{code(proj) if proj else fp + ' (not committed)'} (fingerprint {fp})"
             + (f", searched on the model with the adapter {adapter} merged in" if adapter else "")
-            + ("; the default trajectory for them (`--allocation adaptive`)" if rel == data.default_trajectory(fp) else ""))
+            + ("; the default trajectory for them (`--allocation adaptive`)" * (rel == data.default_trajectory(fp))))
     settings = ", ".join(f"{k} {'none' if cfg[k] is None else cfg[k]}" for k in SETTINGS if k in cfg)
     at = {(r["allocation"], r["budget"]): r for r in ev.get("rows") or []}
     a, u, readout = at.get(("adaptive", 0.5)), at.get(("uniform", 0.5)), meta.get("readout") or {}
     return Entry(what, [meta.get("command")], [
         meta.get("command_note", ""),
-        f"calibration: {meta.get('calibration_tokens')} tokens of {meta.get('calibration_corpus') or cfg.get('corpus')}; "
+        f"calibration: {meta.get('calibration_tokens')} tokens of "
+        f"{meta.get('calibration_corpus') or cfg.get('corpus')}; "
         f"settings: {settings}; {num(meta.get('seconds', 0) / 60, 0)} minutes",
         f"measured (its `evaluations`, {readout_text(ev)}): perplexity / KL at 50%, adaptive {num(a['perplexity'])} / "
         f"{num(a['kl_to_base'], 3)}, uniform {num(u['perplexity'])} / {num(u['kl_to_base'], 3)}; other budgets in "
@@ -157,7 +159,7 @@ def render_data_index(data: Data) -> str:
     shared = {n: ps for n, ps in sorted(names.items()) if len(ps) > 1}
     why = [(data.rel(p), recipe(p, data.root).why_not) for p in data.files if data.results in p.parents]
     return paragraphs(
-        prose("data-index-header") + "\n", *[f"## `{f}/`\n\n" + "\n".join(lines) for f, lines in sorted(folders.items())],
+        prose("data-index-header") + "\n", *[f"## `{f}/`\n\n" + "\n".join(ls) for f, ls in sorted(folders.items())],
         "## Housekeeping\n\nFiles whose command is recorded nowhere (neither in the file, nor in a record beside it, "
         "nor in a results file):\n\n" + (bullets(map(code, unrecorded)) or "none"),
         "Results files that `mkv reproduce` cannot remake (`mkv reproduce --list` shows every file):\n\n"

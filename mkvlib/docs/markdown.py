@@ -17,8 +17,8 @@ DASH = "–"
 def table(headers, rows, align=None) -> str:
     """A Markdown table of preformatted cells; ``align``: 'l'/'r' per column (default: left, then right)."""
     frame = pd.DataFrame([[str(c).replace("|", r"\|") for c in row] for row in rows], columns=list(headers))
-    align = align or "l" + "r" * (len(headers) - 1)
-    return frame.to_markdown(index=False, disable_numparse=True, colalign=["right" if a == "r" else "left" for a in align])
+    sides = ["right" if a == "r" else "left" for a in align or "l" + "r" * (len(headers) - 1)]
+    return frame.to_markdown(index=False, disable_numparse=True, colalign=sides)
 
 
 def code(text) -> str:

@@ -2,6 +2,7 @@
 and facts, the training routes and the ceiling of fixed projections (each file records its command)."""
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from operator import itemgetter
 
@@ -131,9 +132,9 @@ def ood_routes(data: Data) -> str | None:      # not framed by result=: each rou
          result="positions.json")
 def positions(data: Data, path, rec) -> str:
     cell = {(r["method"], r["offset"]): r for r in rec["rows"]}
-    rows = [[m["label"], m["positions"]] + [either(lambda r: f"{num(r['kl_to_base'], 3)} ({num(r['perplexity_ratio'], 2)})",
-                                                   cell.get((m["label"], o))) for o in rec["offsets"]]
-            for m in rec["methods"]]
+    rows = [[m["label"], m["positions"]] + [either(lambda r: f"{num(r['kl_to_base'], 3)} ("
+                                                   f"{num(r['perplexity_ratio'], 2)})", cell.get((m["label"], o)))
+                                            for o in rec["offsets"]] for m in rec["methods"]]
     shift = rec.get("passkey_shift")
     moved = (f"The same {shift['length']:,}-token passkey prompts ({shift['method']}, {pct(shift['budget'])}) placed "
              "from position 0 and later: " + "; ".join(
@@ -163,8 +164,9 @@ def passkey_rank_mix(data: Data, path, rec) -> str:
              f"{opening!r} ({times}/{len(r['top'])})"]
             for r in rec["rows"] for opening, times in [Counter(r["top"]).most_common(1)[0]]]   # ties: the first
     return paragraphs(prose("passkey-rank-mix", rec),
-                      table(["setting", "budget", "exact match", "key log p", "first margin", "opening token (prompts)"],
-                            rows), "The command below runs the file's `script` field, with `MKV_DATA_DIR` set.")
+                      table(["setting", "budget", "exact match", "key log p", "first margin",
+                             "opening token (prompts)"], rows),
+                      "The command below runs the file's `script` field, with `MKV_DATA_DIR` set.")
 
 
 @section("answers", "What compression does to answers: short factual prompts", result="answers.json")
@@ -179,26 +181,20 @@ def answers(data: Data, path, rec) -> str:
                       table(["budget"] + [f"{a}: answers kept / token agreement" for a in rec["allocations"]], rows))
 
 
-def _facts(rec: dict, key: str, whole: bool = False) -> str:
+def _facts(data: Data, path, rec: dict, key: str) -> str:
     """Known facts kept per budget, allocation and whole tokens (with the 95% interval), and token agreement."""
     cells = kept_facts(rec["rows"])
+    whole = any(c["whole"] for c in cells)
     known = {r["prompt"] for r in rec["rows"] if r.get("known") and r.get("whole", "0+0") == "0+0"}
     rows = [[f"{c['whole']} whole"] * whole + [c["allocation"], pct(c["budget"]), count(c["kept"], c["known"]),
                                                pct(c["agreement"], 0)] for c in cells]
-    return paragraphs(prose(key, rec, n=len(rec["prompts"]), known=len(known)), table(
-        ["tokens kept whole (first+recent)"] * whole + ["ranks", "bytes stored", "facts kept", "token agreement"], rows))
+    head = ["tokens kept whole (first+recent)"] * whole + ["ranks", "bytes stored", "facts kept", "token agreement"]
+    return paragraphs(prose(key, rec, n=len(rec["prompts"]), known=len(known)), table(head, rows))
 
 
-@section("facts-capitals", "Facts from the weights: the capitals of the World Factbook's countries",
-         result="facts_capitals.json")
-def facts_capitals(data: Data, path, rec) -> str:
-    return _facts(rec, "facts-capitals")
-
-
-@section("facts-capitals-context", "Facts after a passage, with tokens kept whole at equal bytes",
-         result="facts_capitals_context.json")
-def facts_capitals_context(data: Data, path, rec) -> str:
-    return _facts(rec, "facts-capitals-context", whole=True)
+for _name, _title in (("facts-capitals", "Facts from the weights: the capitals of the World Factbook's countries"),
+                      ("facts-capitals-context", "Facts after a passage, with tokens kept whole at equal bytes")):
+    section(_name, _title, result=_name.replace("-", "_") + ".json")(functools.partial(_facts, key=_name))
 
 
 def _value(metric: str, value: float) -> str:
@@ -259,7 +255,8 @@ def _ceiling_target(t: dict, cell: dict, kinds: dict, ours: list) -> str:
             f"{_value(metric, ceiling[best])}")
     if oracles and best not in oracles:
         top = pick(oracles, key=oracles.get)
-        text += f"; best oracle: {_value(metric, oracles[top])}, {'which reaches it' if meets(oracles[top]) else 'short of it'}"
+        text += (f"; best oracle: {_value(metric, oracles[top])}, "
+                 + ("which reaches it" if meets(oracles[top]) else "short of it"))
     return text + ")."
 
 
@@ -284,6 +281,7 @@ def ceiling(data: Data, path, rec) -> str:
         _ceiling_where(cell, kinds, rec["budgets"]),
         bullets([_ceiling_target(t, cell, kinds, ours) for t in rec.get("targets", [])], prose("ceiling.targets"))
         if rec.get("targets") else "",
-        f"CPU time: {num(cpu.get('total', 0) / 60, 1)} minutes in all, {num(rec.get('wall_time_s', 0) / 60, 1)} minutes "
-        f"wall ({hw.get('device')}, {hw.get('torch_threads')} torch thread(s), {hw.get('cpu_count')} cores"
+        f"CPU time: {num(cpu.get('total', 0) / 60, 1)} minutes in all, "
+        f"{num(rec.get('wall_time_s', 0) / 60, 1)} minutes wall ({hw.get('device')}, {hw.get('torch_threads')} torch "
+        f"thread(s), {hw.get('cpu_count')} cores"
         + (f", load average {num(load, 1)} when it started" if load is not None else "") + ").")

@@ -7,8 +7,6 @@ import struct
 from functools import cached_property
 from pathlib import Path
 
-BUDGETS = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)   # where adaptive ranks digests are looked up
-
 
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
@@ -85,8 +83,8 @@ class Data:
         return {p: t for p, t in found.items() if isinstance(t, dict) and t.get("format") == "mkv-trajectory/1"}
 
     @cached_property
-    def rank_digests(self) -> dict[str, str]:
-        """{adaptive ranks digest: trajectory path}: how a results row names its adaptive ranks."""
+    def trajectory_of(self) -> dict[str, str]:
+        """{adaptive ranks digest (how a results row names its ranks): the committed trajectory that gives them}."""
         import torch
 
         from ..core.trajectory import Trajectory
@@ -95,7 +93,7 @@ class Data:
         out = {}
         for path in self.trajectories:
             traj = Trajectory.load(self.root / path)
-            for budget in BUDGETS:
+            for budget in (0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125):
                 try:
                     out.setdefault(ranks_digest(torch.as_tensor(traj.ranks_at(budget)).long()), path)
                 except ValueError:          # below this trajectory's floor
@@ -107,9 +105,6 @@ class Data:
         top = (self.dir / "trajectories").resolve()
         return first_with({p: t for p, t in self.trajectories.items() if (self.root / p).resolve().parent == top},
                           "fingerprint", fingerprint)
-
-    def trajectory_of(self, digest: str) -> str | None:
-        return self.rank_digests.get(digest)
 
     @cached_property
     def manifests(self) -> dict[str, dict]:

@@ -39,8 +39,8 @@ def training_evals(data: Data) -> str | None:
     rows = [[data.short(p), e["step"], e["rows"][0].get("tokens", DASH)] + [
         f"{num(at[b]['kl_to_base'], 3)} / {num(at[b]['perplexity_ratio'], 2)}x" if b in at else DASH for b in budgets]
         for p, r in records.items() for e in r["evals"] for at in [{row["budget"]: row for row in e["rows"]}]]
-    return paragraphs(prose("training-evals"), table(["projections", "step", "tokens", *[pct(b, None) for b in budgets]],
-                                                     rows)) if records else None
+    head = ["projections", "step", "tokens", *[pct(b, None) for b in budgets]]
+    return paragraphs(prose("training-evals"), table(head, rows)) if records else None
 
 
 def _search_quality_part(data: Data, fingerprint: str, adapter: str | None, paths: list[str]) -> list[str]:
@@ -160,4 +160,5 @@ def bench_cli(obj: dict) -> tuple[str, str]:
                ("peak memory growth", "peak_memory_bytes", mib), ("prefill s", "prefill_s", num)]
     return (f"Projections {r['projections']} at {pct(r['budget'], None)} ({r['allocation']}), batch {r['batch']} "
             f"x context {r['context']}, {r['new_tokens']} new tokens, {r['device']} {r['dtype']}. ",
-            table(["", *kinds], [[label] + [fmt(r.get(p + key)) for p in kinds.values()] for label, key, fmt in metrics]))
+            table(["", *kinds], [[label] + [fmt(r.get(p + key)) for p in kinds.values()]
+                                 for label, key, fmt in metrics]))
