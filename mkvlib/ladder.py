@@ -546,19 +546,38 @@ def search(model, projections, blocks: torch.Tensor, segment: int = 8, group: in
     lowers the segment with the smallest estimated KL increase per byte saved, down to the floor (or to
     ``stop_bits`` per element). Sensitivities: per layer and kind, the exact KL of its heads at the probe layout
     (first half of the features at ``probe_bits``, the rest dropped) over their summed output error."""
+    start_time = time.time()
+    proj = resolve_projections(projections, model)
+    geom = KVGeometry.of(model)
+    layout = {"segment": segment, "group": group, "full_bits": dtype_bits(model), "scale_bytes": scale_bytes}
+    errors = HeadErrors(model, proj, blocks, offsets, batch_size)
+    raw, base_kl = probe_sensitivities(model, proj, errors, blocks, offsets, batch_size, probe_bits, layout,
+                                       progress)
+    positive = [s for s in raw.values() if s > 0]
+    sens = {k: max(s, min(positive) if positive else 1.0) for k, s in raw.items()}
+    steps = greedy_steps(geom, errors, sens, base_kl, layout, stop_bits, progress)
+    meta = {"calibration_tokens": int(blocks.numel()), "base_kl": base_kl, "probe_bits": probe_bits,
+            "sensitivity": [[round(raw[(l, c)], 6) for c in (0, 1)] for l in range(geom.layers)],
+            "seconds": round(time.time() - start_time, 1)}
+    return LadderTrajectory(getattr(model, "mkv_name", "?"), proj.fingerprint(),
+                            (geom.layers, geom.kv_heads, geom.head_dim), layout, steps, meta)
+
+
+def probe_sensitivities(model, proj, errors: HeadErrors, blocks, offsets, batch_size: int, probe_bits: int,
+                        layout: dict, progress: bool) -> tuple[dict, float]:
+    """({(layer, kind): exact KL increase per unit of summed output error, the layer's heads of that kind at the
+    probe layout}, KL of the uncompressed ladder)."""
     from .core.env import progress_bar as tqdm
     from .core.scoring import KLScorer
 
-    start_time = time.time()
-    proj = resolve_projections(projections, model)
-    geom, full = KVGeometry.of(model), dtype_bits(model)
+    geom, full = KVGeometry.of(model), layout["full_bits"]
+    segment, group, scale_bytes = layout["segment"], layout["group"], layout["scale_bytes"]
     lad = Ladder.uniform(geom, full, None, None, segment, group, scale_bytes)
-    errors = HeadErrors(model, proj, blocks, offsets, batch_size)
     probe = Ladder.uniform(geom, full, probe_bits, geom.head_dim // 2, segment, group, scale_bytes)
+    raw = {}
     with attach(model, proj, lad) as hook:
         scorer = KLScorer(model, hook, blocks, batch_size, 0.0, offsets)
         scorer.set_state(lad.bits)
-        raw = {}
         for l in tqdm(range(geom.layers), desc="ladder: sensitivities", disable=not progress):
             for c in (0, 1):
                 trial = lad.bits.clone()
@@ -566,11 +585,18 @@ def search(model, projections, blocks: torch.Tensor, segment: int = 8, group: in
                 err = sum(errors.error((l, g, c), probe.feature_bits()[l, g, c], full, group, scale_bytes)
                           for g in range(geom.kv_heads))
                 raw[(l, c)] = (scorer.score(trial, l) - scorer.kl) / err if err > 0 else 0.0
-        base_kl = scorer.kl
-    positive = [s for s in raw.values() if s > 0]
-    sens = {k: max(s, min(positive) if positive else 1.0) for k, s in raw.items()}
+        return raw, scorer.kl
 
-    bits = lad.bits.clone()
+
+def greedy_steps(geom: KVGeometry, errors: HeadErrors, sens: dict, base_kl: float, layout: dict, stop_bits: float,
+                 progress: bool) -> list:
+    """The trajectory's steps from every segment at the model's dtype: each lowers the segment whose move costs
+    the least estimated KL (sensitivity x output error) per byte saved, until no move is left or the bits per
+    element reach ``stop_bits``."""
+    from .core.env import progress_bar as tqdm
+
+    full, segment, group, scale_bytes = (layout[k] for k in ("full_bits", "segment", "group", "scale_bytes"))
+    bits = Ladder.uniform(geom, full, None, None, segment, group, scale_bytes).bits.clone()
     now_bytes = entry_bytes(bits, segment, group, scale_bytes)
     err_now = {e: 0.0 for e in geom.entries()}
     candidates: dict = {}
@@ -605,13 +631,7 @@ def search(model, projections, blocks: torch.Tensor, segment: int = 8, group: in
             if total * 8 / elements <= stop_bits:
                 break
             rescore(e)
-    meta = {"calibration_tokens": int(blocks.numel()), "base_kl": base_kl, "probe_bits": probe_bits,
-            "sensitivity": [[round(raw[(l, c)], 6) for c in (0, 1)] for l in range(geom.layers)],
-            "seconds": round(time.time() - start_time, 1)}
-    return LadderTrajectory(getattr(model, "mkv_name", "?"), proj.fingerprint(),
-                            (geom.layers, geom.kv_heads, geom.head_dim),
-                            {"segment": segment, "group": group, "full_bits": full, "scale_bytes": scale_bytes},
-                            steps, meta)
+    return steps
 
 
 def calibration_kl(model, projections, ladder: Ladder, blocks: torch.Tensor, offsets=None,

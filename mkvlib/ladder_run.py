@@ -190,29 +190,27 @@ def quanto_check(model, tokenizer, traj, proj, n: int = 4, length: int = 1024) -
     return out
 
 
-def run_frontier(args) -> None:
-    from . import ladder
+def frontier_blocks(tokenizer, args) -> dict:
+    """The out-of-domain suite's blocks by domain, and unseen text of the training mixture as 'in-domain'."""
     from .commands.eval import IN_DOMAIN_SEED, IN_DOMAIN_SKIP
-    from .compat import cache_kwargs
-    from .core.compress import attach
     from .corpora import DEFAULT_TRAINING_MIXTURE, mixture_blocks
-    from .core.geometry import KVGeometry
-    from .models import load_model
-    from .core.projections import resolve_projections
-    from .retrieval import passkey_prompts, score_answer
     from .suite import suite_blocks
 
-    start = time.time()
-    model, tokenizer = load_model()
-    geom = KVGeometry.of(model)
-    proj = resolve_projections(args.projections, model)
-    traj = ladder.LadderTrajectory.load(args.trajectory)
-    if traj.fingerprint != proj.fingerprint():
-        raise ValueError(f"{args.trajectory} was searched for other projections than {args.projections!r}")
     blocks = suite_blocks(tokenizer, args.tokens, args.seq_len)
     blocks["in-domain"] = mixture_blocks(tokenizer, DEFAULT_TRAINING_MIXTURE, args.seq_len, args.in_domain,
                                          seed=IN_DOMAIN_SEED, skip_tokens=IN_DOMAIN_SKIP)
-    chosen, factories, sizes = settings(model, traj, proj), [], []
+    return blocks
+
+
+def frontier_rows(model, chosen: list[dict], proj, blocks: dict, batch_size: int) -> list[dict]:
+    """A row per frontier setting: bits per element (planned and held by the real cache), KL and top-1 agreement
+    on the suite (mean over domains) and on the in-domain text."""
+    from . import ladder
+    from .core.compress import attach
+    from .core.geometry import KVGeometry
+
+    geom = KVGeometry.of(model)
+    factories, sizes = [], []
     for s in chosen:
         if "ladder" in s:
             lad = s["ladder"]
@@ -223,50 +221,76 @@ def run_frontier(args) -> None:
             factories.append(lambda ranks=ranks: attach(model, proj, ranks))
             fraction = float(ranks.sum()) / (geom.layers * geom.kv_heads * 2 * geom.head_dim)
             sizes.append((fraction * ladder.dtype_bits(model), fraction))
-    table = kl_table(model, factories, blocks, args.batch_size)
-    measured = [real_bits(model, s, proj, blocks["in-domain"][:1, :64]) for s in chosen]
+    table = kl_table(model, factories, blocks, batch_size)
     rows = []
-    for s, (bpe, fraction), cells, real in zip(chosen, sizes, table, measured):
+    for s, (bpe, fraction), cells in zip(chosen, sizes, table):
         ood = {d: v for d, v in cells.items() if d != "in-domain"}
+        real = real_bits(model, s, proj, blocks["in-domain"][:1, :64])
         rows.append({"family": s["family"], "label": s["label"], "bits_per_element": round(bpe, 4),
-                     "measured_bits_per_element": round(real, 4), "fraction": round(fraction, 5), "kl_ood": sum(v[0] for v in ood.values()) / len(ood),
-                     "kl_in_domain": cells["in-domain"][0],
+                     "measured_bits_per_element": round(real, 4), "fraction": round(fraction, 5),
+                     "kl_ood": sum(v[0] for v in ood.values()) / len(ood), "kl_in_domain": cells["in-domain"][0],
                      "top1_ood": sum(v[1] for v in ood.values()) / len(ood),
                      "kl_by_domain": {d: v[0] for d, v in ood.items()}})
         print(f"{s['label']:<48} {bpe:6.3f} bits  KL ood {rows[-1]['kl_ood']:.4f}  in-domain "
               f"{rows[-1]['kl_in_domain']:.4f}", flush=True)
+    return rows
 
-    check = quanto_check(model, tokenizer, traj, proj, args.compare_n)
-    passkey = []
-    for length in args.passkey_lengths:
-        prompts = passkey_prompts(tokenizer, length, args.passkey_n)
+
+def passkey_row(model, tokenizer, prompts: list, traj, proj, bits: float | None) -> dict:
+    """Passkey answers through the real LadderCache at ``bits`` per element (None: uncompressed), with the bytes
+    per token that cache held beside those planned."""
+    from .core.geometry import KVGeometry
+    from .ladder import LadderCache
+
+    make = (lambda: None) if bits is None else (lambda: LadderCache(model, proj, traj.at(bits)))
+    correct, held, tokens = passkey_count(model, tokenizer, prompts, make)
+    row = {"bits": bits, "correct": correct, "n": len(prompts)}
+    if bits is not None:
+        geom = KVGeometry.of(model)
+        row.update(measured_bytes_per_token=held / tokens, planned_bytes_per_token=traj.at(bits).token_bytes(),
+                   measured_bits_per_element=held / tokens * 8 / (geom.layers * geom.kv_heads * 2 * geom.head_dim))
+    return row
+
+
+def passkey_rows(model, tokenizer, traj, proj, lengths, n: int) -> list[dict]:
+    """:func:`passkey_row` uncompressed and at :data:`PASSKEY_BITS`, for ``n`` prompts at each length."""
+    from .core.cache import disable
+    from .retrieval import passkey_prompts
+
+    rows = []
+    for length in lengths:
+        prompts = passkey_prompts(tokenizer, length, n)
         for bits in (None,) + PASSKEY_BITS:
-            correct, held, tokens = 0, 0, 0
-            for p in prompts:
-                cache = None if bits is None else ladder.LadderCache(model, proj, traj.at(bits))
-                kwargs = {} if cache is None else cache_kwargs(cache)
-                with torch.no_grad():
-                    out = model.generate(input_ids=p.ids, attention_mask=torch.ones_like(p.ids), max_new_tokens=8,
-                                         do_sample=False, temperature=None, top_p=None, top_k=None,
-                                         pad_token_id=tokenizer.eos_token_id, **kwargs)
-                correct += score_answer(tokenizer.decode(out[0, p.ids.shape[1]:], skip_special_tokens=True), p.key)
-                if cache is not None:
-                    held += cache.stored_bytes()
-                    tokens += cache.get_seq_length()
-            row = {"length": length, "bits": bits, "correct": correct, "n": len(prompts)}
-            if bits is not None:
-                planned = traj.at(bits).token_bytes()
-                row.update(measured_bytes_per_token=held / tokens, planned_bytes_per_token=planned,
-                           measured_bits_per_element=held / tokens * 8 / (geom.layers * geom.kv_heads * 2 *
-                                                                          geom.head_dim))
-            passkey.append(row)
+            rows.append({"length": length, **passkey_row(model, tokenizer, prompts, traj, proj, bits)})
             print(f"passkey {length} tokens, {'uncompressed' if bits is None else f'ladder {bits:g} bits'}: "
-                  f"{correct}/{len(prompts)}", flush=True)
-        from .core.cache import disable
+                  f"{rows[-1]['correct']}/{len(prompts)}", flush=True)
         disable(model)
+    return rows
 
+
+def load_frontier(args):
+    """(model, tokenizer, projections, ladder trajectory) of a frontier run, checked to belong together."""
+    from .core.projections import resolve_projections
+    from .ladder import LadderTrajectory
+    from .models import load_model
+
+    model, tokenizer = load_model()
+    proj = resolve_projections(args.projections, model)
+    traj = LadderTrajectory.load(args.trajectory)
+    if traj.fingerprint != proj.fingerprint():
+        raise ValueError(f"{args.trajectory} was searched for other projections than {args.projections!r}")
+    return model, tokenizer, proj, traj
+
+
+def run_frontier(args) -> None:
     from .core.io import write_json
 
+    start = time.time()
+    model, tokenizer, proj, traj = load_frontier(args)
+    blocks = frontier_blocks(tokenizer, args)
+    rows = frontier_rows(model, settings(model, traj, proj), proj, blocks, args.batch_size)
+    check = quanto_check(model, tokenizer, traj, proj, args.compare_n)
+    passkey = passkey_rows(model, tokenizer, traj, proj, args.passkey_lengths, args.passkey_n)
     write_json(args.out, {
         "model": getattr(model, "mkv_name", "?"), "projections": args.projections, "fingerprint": proj.fingerprint(),
         "trajectory": args.trajectory, "suite": {"tokens_per_domain": args.tokens, "seq_len": args.seq_len,
@@ -406,23 +430,11 @@ def whole_passkey(model, tokenizer, traj, proj, args) -> list[dict]:
 
 def run_whole_frontier(args) -> None:
     """``frontier --keep-first F --keep-recent W``: :func:`whole_settings` on the held-out suite, then passkey."""
-    from .commands.eval import IN_DOMAIN_SEED, IN_DOMAIN_SKIP
     from .core.io import write_json
-    from .core.projections import resolve_projections
-    from .corpora import DEFAULT_TRAINING_MIXTURE, mixture_blocks
-    from .ladder import LadderTrajectory
-    from .models import load_model
-    from .suite import suite_blocks
 
     start = time.time()
-    model, tokenizer = load_model()
-    proj = resolve_projections(args.projections, model)
-    traj = LadderTrajectory.load(args.trajectory)
-    if traj.fingerprint != proj.fingerprint():
-        raise ValueError(f"{args.trajectory} was searched for other projections than {args.projections!r}")
-    blocks = suite_blocks(tokenizer, args.tokens, args.seq_len)
-    blocks["in-domain"] = mixture_blocks(tokenizer, DEFAULT_TRAINING_MIXTURE, args.seq_len, args.in_domain,
-                                         seed=IN_DOMAIN_SEED, skip_tokens=IN_DOMAIN_SKIP)
+    model, tokenizer, proj, traj = load_frontier(args)
+    blocks = frontier_blocks(tokenizer, args)
     chosen = whole_settings(model, traj, proj, args.seq_len, args.keep_first, args.keep_recent)
     rows = whole_rows(model, chosen, blocks, args.batch_size, args.seq_len)
     passkey = whole_passkey(model, tokenizer, traj, proj, args)
