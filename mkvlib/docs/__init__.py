@@ -9,7 +9,7 @@ embed it between ``<!-- generated: NAME -->`` and ``<!-- /generated -->``::
 
     @section("ood-suite", "Out-of-domain perplexity and KL", result="ood_suite.json")
     def ood_suite(data: Data, path, rec) -> str:      # left out while data/results/ood_suite.json is absent
-        return paragraphs(prose("ood-suite"), table(headers, rows))    # framed by its source and its command
+        return paragraphs(prose("ood-suite", rec), table(headers, rows))   # framed by its source and command
 
 Further glob patterns under ``data/`` name other files it reads; a results file no section reads is listed under
 "Other result files". Fixed text lives in prose.md (:func:`.results.prose`); sort rows explicitly, so that the same

@@ -31,7 +31,7 @@ def _tasks_table(rows, tasks, order=None) -> str:
     asked = ["bytes asked"] * bool(order)
     return table(["method", "setting", *asked, "bytes stored", "tokens", *["ppl x / KL" if t == "ppl" else t
                                                                           for t in tasks]],
-                 [[m + (" (composed)" if order and first[m, s, n].get("composed") else ""), s]
+                 [[m + (" (composed)" if first[m, s, n].get("composed") else ""), s]
                   + [", ".join(pct(f, None) for f in first[m, s, n]["requested"])] * bool(order)
                   + [pct(first[m, s, n]["fraction"]), f"{n:,}"] + [_cell(groups[m, s, n].get(t)) for t in tasks]
                   for m, s, n in keys])

@@ -106,15 +106,12 @@ def _margins(data: Data, path, rec) -> str | None:
                       table(["method", "budget", "length", "exact match", "key log p", "decoy given"], rows))
 
 
-for _name, _title, _file, _render in (
-        ("retrieval", "Passkey retrieval against budget", "retrieval", _retrieval),
-        ("retrieval-whole-tokens", "Passkey retrieval with tokens kept whole, at equal bytes",
-         "retrieval_whole_tokens", _retrieval),
-        ("retrieval-varied", "Retrieval with varied prompts: wordings, key lengths, a decoy, prose filler",
-         "retrieval_varied", _margins),
-        ("retrieval-8k", "Passkey retrieval at the model's whole window, with the key's log-probability",
-         "retrieval_8k", _margins)):
-    section(_name, _title, result=f"{_file}.json")(_render)
+for _name, _title, _render in (      # each reads data/results/<name with underscores>.json
+        ("retrieval", "Passkey retrieval against budget", _retrieval),
+        ("retrieval-whole-tokens", "Passkey retrieval with tokens kept whole, at equal bytes", _retrieval),
+        ("retrieval-varied", "Retrieval with varied prompts: wordings, key lengths, a decoy, prose filler", _margins),
+        ("retrieval-8k", "Passkey retrieval at the model's whole window, with the key's log-probability", _margins)):
+    section(_name, _title, result=_name.replace("-", "_") + ".json")(_render)
 
 
 @section("ood-routes", "Starting points and objectives: out-of-domain KL at 50% against CPU time",
@@ -203,7 +200,7 @@ def _value(metric: str, value: float) -> str:
 
 def _ceiling_where(cell, kinds, budgets) -> str:
     """How much of the KL gap between shipped PCA and the best in-sample basis the shipped projections close with
-    uniform ranks, and whether the oracles and the in-sample bases with searched ranks do worse."""
+    uniform ranks, whether the oracles and searched ranks do worse, and whether an in-sample basis fitted the text."""
     below = sorted({(m, r["perplexity_ratio"]) for (m, a, b), r in cell.items()
                     if kinds[m] == "in-sample" and r["perplexity_ratio"] < 1}, key=lambda x: x[1])
     names = sorted({m for m, _ in below})         # an in-sample row below the uncompressed perplexity fitted the text
