@@ -99,7 +99,7 @@ def test_a_cycle_is_found():
 
 
 CORE = "mkvlib.core"
-CORE_LINES = 2500   # issue 33: the whole method in at most about 2,500 lines
+CORE_LINES = 2500   # the whole method in at most about 2,500 lines
 
 
 def test_the_core_imports_nothing_outside_it():
