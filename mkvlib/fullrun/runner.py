@@ -8,13 +8,10 @@ interrupt are ``not run``. SIGTERM (a job's time limit) is handled like Ctrl-C: 
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import platform
-import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -88,29 +85,14 @@ def header(ctx, load_s: float) -> dict:
             "data_dir": os.environ.get("MKV_DATA_DIR"), "stages": {}}
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Within the block SIGTERM raises KeyboardInterrupt (main thread only), so a killed job ends cleanly."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_fullrun(config) -> dict:
     """Run ``config`` (a :class:`~mkvlib.fullrun.config.FullRunConfig`); returns the summary. Raises
     :class:`StageFailed` after writing everything when a stage fails, KeyboardInterrupt when interrupted."""
+    from ..training.trainer import sigterm_interrupts
+
     budget = Budget(config.minutes, config.train_minutes)
     out = prepare_out(config)
-    with sigterm_as_interrupt():
+    with sigterm_interrupts():
         start = clock.now()
         model, tokenizer, profile = load(config)
         ctx = RunContext(config, PROFILES[profile], model, tokenizer, out, budget)

@@ -35,6 +35,7 @@ from ..models import model_identity
 from ..core.projections import Projections
 from ..core.sampler import RankSampler, default_schedule
 from ..core.checks import check_schedule
+from .config import check_counts, require
 from .trainer import blocks_fingerprint, cosine_with_warmup
 
 CAPTURE_FORMAT = "mkv-layer-inputs/1"
@@ -44,8 +45,6 @@ LAYER_FORMAT = "mkv-layerwise-layer/1"
 class CaptureMismatchError(ValueError):
     """A capture of layer inputs was made with another model (or geometry, or weights) than the one given."""
 
-
-# --- model identity ----------------------------------------------------------------------------------------
 
 # --- capture -----------------------------------------------------------------------------------------------
 
@@ -273,11 +272,10 @@ def layer_objective(attn: LayerAttention, query, key, value, uk, uv, value_mean,
                     target=None) -> torch.Tensor:
     """||W_o (o_c - o)||^2 / ||W_o o||^2 over the batch: the compressed layer's error relative to its output's
     energy (o at ``positions`` of the query; ``target`` = the uncompressed W_o o when already computed)."""
+    q = query.index_select(2, positions) if positions is not None else query
     if target is None:
         with torch.no_grad():
-            target = attn.output(query.index_select(2, positions) if positions is not None else query,
-                                 key, value, positions)
-    q = query.index_select(2, positions) if positions is not None else query
+            target = attn.output(q, key, value, positions)
     k, v = compress_kv(key, value, uk, uv, value_mean, ranks)
     out = attn.output(q, k, v, positions)
     return (out - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-30)
@@ -310,13 +308,10 @@ class LayerwiseConfig:
 
     def __post_init__(self):
         def need(cond, msg):
-            if not cond:
-                raise ValueError(f"LayerwiseConfig: {msg}")
+            require("LayerwiseConfig", cond, msg)
 
-        for name in ("steps", "batch_size", "rank_samples", "eval_sequences"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
-                 f"{name} must be a positive integer, not {getattr(self, name)!r}")
-        need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        check_counts("LayerwiseConfig", self, ("steps", "batch_size", "rank_samples", "eval_sequences"), minimum=1)
+        check_counts("LayerwiseConfig", self, ("warmup_steps",), minimum=0)
         need(self.queries is None or (isinstance(self.queries, int) and self.queries >= 1),
              f"queries must be a positive integer or None, not {self.queries!r}")
         need(self.lr > 0, f"lr must be positive, not {self.lr}")
@@ -539,7 +534,3 @@ def finished_layers(folder) -> list[int]:
         return []
     return sorted(int(p.stem[5:]) for p in folder.glob("layer[0-9][0-9][0-9].safetensors"))
 
-
-__all__ = ["Capture", "CaptureMismatchError", "LayerAttention", "LayerFit", "LayerInputs", "LayerwiseConfig",
-           "capture_layer_inputs", "compress_kv", "finished_layers",
-           "fit_layer", "fit_layerwise", "layer_objective", "parse_layers"]

@@ -1,9 +1,8 @@
 """The Matryoshka trainer: projections (and optional extra parameters) trained by distillation at sampled ranks.
 
-Each micro-batch: the teacher is the same model with compression switched off, under no_grad; the student is
-the model with compression on at ranks drawn by the :class:`RankSampler`; the loss is kd_weight * KD + lm_weight * LM (default KD only). Only
-the projector's rotations (and ``extra_parameters``) train; every model weight is frozen. Introduced in
-notebook 02.
+Each micro-batch: the teacher is the model with compression off (no_grad); the student the model with
+compression on at ranks drawn by the :class:`RankSampler`; the loss is kd_weight * KD + lm_weight * LM (default
+KD only). Only the projector's rotations (and ``extra_parameters``) train. Introduced in notebook 02.
 """
 from __future__ import annotations
 
@@ -54,9 +53,9 @@ def _raise_terminated(signum, frame):
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
-    """Within the block SIGTERM raises :class:`TrainingTerminated` (main thread only); the previous handler is put
-    back after."""
+def sigterm_interrupts():
+    """Within the block SIGTERM raises :class:`TrainingTerminated`, a KeyboardInterrupt (main thread only), so a
+    killed job ends like Ctrl-C; the previous handler is put back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -91,28 +90,16 @@ def _defer_signals():
 class Trainer:
     """Train a :class:`~mkvlib.core.compress.Projector` (made trainable here if it is not) on token blocks.
 
-    Args:
-        model: a causal LM; its own weights are frozen (``requires_grad=False``) except ``extra_parameters``.
-        projector: a Projector or Projections to start from (e.g. PCA); trained in float32.
-        train_blocks: LongTensor (N, T) of training token ids (text corpora only, never the evaluation set).
-        config: :class:`TrainConfig`.
-        eval_blocks: optional LongTensor (M, T) for the periodic KL evaluation at ``config.eval_budgets``.
-        extra_parameters: optional {name: Parameter} trained together with the projector (e.g. a peft LoRA
-            adapter's parameters: ``{n: p for n, p in model.named_parameters() if "lora_" in n}``); they are
-            saved in checkpoints by name and restored on resume. Set ``config.kd_weight = 0`` to train with the
-            LM loss alone (then no teacher pass runs).
-        teacher_context: optional factory of a context manager entered around the teacher pass, in addition
-            to switching compression off (e.g. ``model.disable_adapter`` for a peft model).
-        accelerator: optional ``accelerate.Accelerator``: device from it, data sharded across processes (all
-            processes draw the same ranks), gradients averaged, only the main process writes checkpoints.
-        train_masks: optional (N, T) 0/1 tensor aligned with ``train_blocks``, handed to the loss as its
-            attention mask: a next-token target counts where both it and its input are 1 (padding, or only the
-            answers of supervised fine-tuning examples; see :mod:`mkvlib.lora.data`). Default: every token.
+    The model's own weights are frozen except ``extra_parameters`` ({name: Parameter}, e.g. a peft LoRA adapter's,
+    checkpointed by name; with ``config.kd_weight = 0`` no teacher pass runs). ``train_blocks``: (N, T) token ids
+    of training text; ``eval_blocks``: (M, T) for the periodic KL evaluation at ``config.eval_budgets``;
+    ``train_masks``: (N, T) 0/1, the loss's attention mask (padding, or only the answers of fine-tuning examples;
+    :mod:`mkvlib.lora.data`). ``teacher_context``: a context-manager factory around the teacher pass (e.g.
+    ``model.disable_adapter``). ``accelerator``: data sharded across processes (same ranks drawn everywhere),
+    gradients averaged, only the main process writes checkpoints.
 
-    ``history`` holds one dict per step (loss, kd, lm, lr, grad_norm, budget) and ``evals`` the periodic
-    evaluations. :meth:`train` runs to ``config.steps`` (or ``until``), checkpointing every
-    ``config.checkpoint_every`` steps to ``checkpoint_path``; Ctrl-C or SIGTERM saves a checkpoint of the last
-    completed step and raises (KeyboardInterrupt, :class:`TrainingTerminated`).
+    ``history`` holds one dict per step (loss, kd, lm, lr, grad_norm, budget), ``evals`` the periodic
+    evaluations. Ctrl-C or SIGTERM saves a checkpoint of the last completed step and raises.
     """
 
     def __init__(self, model, projector, train_blocks: torch.Tensor, config: TrainConfig | None = None,
@@ -273,7 +260,7 @@ class Trainer:
         main = self.accelerator is None or self.accelerator.is_main_process
         bar = tqdm(total=until, initial=self.step, desc="training", disable=not (c.progress and main))
         try:
-            with _sigterm_interrupts():
+            with sigterm_interrupts():
                 self._loop(until, bar, callback, main)
         except KeyboardInterrupt as stop:
             if self.checkpoint_path:
@@ -322,7 +309,7 @@ class Trainer:
             "extra": {k: v.detach().cpu() for k, v in self.extra.items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": list(_py_state_to_list(random.getstate()))},
+            "rng": {"torch": torch.get_rng_state(), "python": _python_rng_state()},
             "history": self.history, "evals": self.evals,
         }
 
@@ -362,7 +349,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(_py_state_from_list(state["rng"]["python"]))
+        version, internal, gauss = state["rng"]["python"]
+        random.setstate((version, tuple(internal), gauss))
         self.step, self.wall_time = int(state["step"]), float(state["wall_time"])
         self.history, self.evals = list(state["history"]), list(state["evals"])
         self.compression.set_ranks(self.geometry.head_dim)
@@ -383,11 +371,6 @@ class Trainer:
             self.model.gradient_checkpointing_disable()
 
 
-def _py_state_to_list(state):
-    version, internal, gauss = state
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
     return [version, list(internal), gauss]
-
-
-def _py_state_from_list(state):
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
