@@ -7,8 +7,8 @@
 The loop itself is :func:`mkvlib.core.greedy.algorithm1` (with a plain hand-written version to compare against in
 its docstring), its exact score and strategy :mod:`mkvlib.core.scoring` and the rules of which steps to take
 :mod:`mkvlib.core.rules`; this package is the tooling around them: the config, the driver (:mod:`.run`), the lazy
-and proxy strategies (:mod:`.strategies`, the proxy in :mod:`.proxy`), the quality grid and figures. The recorded trajectory and its file format
-are :mod:`mkvlib.core.trajectory`.
+and proxy strategies (:mod:`.strategies`, :mod:`.proxy`), the quality grid and figures. The recorded trajectory is
+:mod:`mkvlib.core.trajectory`.
 """
 from .config import SearchConfig
 from .quality import budget_grid, evaluate_trajectory

@@ -16,33 +16,22 @@ BALANCES = ("pooled", "separate")
 @dataclass(frozen=True)
 class SearchConfig:
     """How the greedy search walks from every rank at d down to the floor. The defaults are a CPU budget (they made
-    the shipped PCA trajectory; the trained one adds tokens=512, proxy_refresh=6, max_spread=32, stop_budget=0.25);
-    ``strategy='lazy'`` chooses every step by its exact KL (for the trained projections: 256 tokens, batched=2,
-    46 min on one CPU core; README), and on a GPU affords more calibration tokens.
+    the shipped PCA trajectory; the trained one adds tokens=512, proxy_refresh=6, max_spread=32, stop_budget=0.25).
 
-    step: how much one committed step lowers one entry's rank (d/8 = 8 for d = 64 matches training's schedule).
-    min_rank: the floor of every entry. stop_budget: stop once the budget is at or below this (None: the floor).
-    batched: commit the k best candidates per scoring pass (1 = the paper's one-at-a-time greedy).
-    strategy: 'exact' re-scores every candidate each pass by its true KL; 'lazy' keeps each candidate's last
-      exact score and re-scores only the front-runners until the best one is fresh (the same choices as 'exact'
-      whenever a step never hurts less after other entries were lowered); 'proxy' ranks by a per-layer
-      attention-output error weighted by an exact sensitivity per layer and kind (no full forward passes per
-      candidate), optionally re-scoring its ``shortlist`` best exactly each pass, and rebuilt around the current ranks
-      ``proxy_refresh`` times along the way (evenly spaced in budget; each rebuild costs about two exact passes).
-    balance: 'pooled' lets keys and values compete for one budget; 'separate' alternates between the key and
-      the value pools so both budgets fall together, and any pair of key/value budgets is a prefix of each pool.
-    nll_weight: 0 scores steps by the calibration KL alone (the paper's search); w > 0 by KL + w * the change of
-      the calibration text's NLL (for projections trained with an LM term, w = lm_weight / kd_weight of training).
-    max_spread: None lets every entry go anywhere between d and the floor; an integer s >= step only offers steps
-      after which the highest and the lowest rank (over all entries, keys and values) differ by at most s, so
-      the allocation stays near uniform and the search only decides which entries lead and which lag.
-    tokens, seq_len, corpus: calibration text (never the evaluation split). batch_size: blocks per forward pass.
-    recall_span: 0 calibrates on the blocks as they are; n > 0 makes each block's last n tokens repeat a span
-      from near its start (:func:`mkvlib.recall.recall_blocks`), so that steps which break long-range lookup
-      (and with it retrieval) cost KL.
-    positions: 'spread' (default) scores each calibration block at a seeded offset over the model's context
-      window, so steps that hurt late in a long context cost KL too; 'start' from position 0 (searches before
-      this option). See :mod:`mkvlib.core.positions`.
+    step: how much one step lowers one entry's rank (d/8 matches training's schedule). min_rank: every entry's
+    floor. stop_budget: stop at or below this budget (None: the floor). batched: steps committed per scoring pass
+    (1 = the paper's greedy). strategy: 'exact' re-scores every candidate each pass by its true KL; 'lazy' re-scores
+    only front-runners until the best is fresh (the choices of 'exact' while a step never hurts less after others
+    were lowered); 'proxy' ranks by a per-layer attention-output error weighted by an exact sensitivity per layer
+    and kind, re-scoring its ``shortlist`` best exactly, rebuilt ``proxy_refresh`` times on the way down.
+    balance: 'pooled' (keys and values compete for one budget) or 'separate' (the key and value pools alternate,
+    so any pair of K/V budgets is a prefix of each pool). nll_weight: w > 0 scores by KL + w * the change of the
+    calibration NLL (w = lm_weight / kd_weight of training). max_spread: an integer s >= step only offers steps
+    after which the highest and lowest ranks differ by at most s (None: no limit). tokens, seq_len, corpus,
+    batch_size: calibration text (never the evaluation split) and blocks per forward pass. recall_span: n > 0
+    makes each block's last n tokens repeat a span from near its start (:func:`mkvlib.recall.recall_blocks`), so
+    steps that break long-range lookup cost KL. positions: 'spread' (default) scores each block at a seeded offset
+    over the context window, 'start' from position 0 (:mod:`mkvlib.core.positions`).
     """
     step: int = 8
     min_rank: int = 8
@@ -62,20 +51,15 @@ class SearchConfig:
     positions: str = "spread"
 
     def __post_init__(self):
-        for name in ("step", "batched", "tokens", "seq_len", "batch_size"):
+        for name, least in (("step", 1), ("batched", 1), ("tokens", 1), ("seq_len", 1), ("batch_size", 1),
+                            ("proxy_refresh", 0), ("recall_span", 0), ("shortlist", 0)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SearchConfig.{name} must be a positive integer, not {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"SearchConfig.{name} must be an integer >= {least}, not {value!r}")
         check_rank(self.min_rank, what="SearchConfig.min_rank")
-        if not isinstance(self.proxy_refresh, int) or self.proxy_refresh < 0:
-            raise ValueError(f"SearchConfig.proxy_refresh must be an integer >= 0, not {self.proxy_refresh!r}")
-        if not isinstance(self.recall_span, int) or isinstance(self.recall_span, bool) or self.recall_span < 0:
-            raise ValueError(f"SearchConfig.recall_span must be an integer >= 0 (tokens), not {self.recall_span!r}")
         check_recall_span(self.recall_span, self.seq_len, "SearchConfig.recall_span")
         if self.positions not in POSITION_MODES:
             raise ValueError(f"SearchConfig.positions must be one of {POSITION_MODES}, not {self.positions!r}")
-        if not isinstance(self.shortlist, int) or self.shortlist < 0:
-            raise ValueError(f"SearchConfig.shortlist must be an integer >= 0, not {self.shortlist!r}")
         if isinstance(self.nll_weight, bool) or not isinstance(self.nll_weight, (int, float)) or not self.nll_weight >= 0:
             raise ValueError(f"SearchConfig.nll_weight must be a number >= 0, not {self.nll_weight!r}")
         if self.max_spread is not None and (not isinstance(self.max_spread, int) or isinstance(self.max_spread, bool)
