@@ -42,6 +42,7 @@ from .core.checks import check_budget, check_budgets
 from .core.compress import RankedHook
 from .core.geometry import KVGeometry
 from .core.ranks import resolve_ranks
+from .runtime import note
 
 ORACLE = "per-sequence SVD (oracle)"
 ORACLE_UNCENTRED = "per-sequence SVD, values uncentred (oracle)"
@@ -86,38 +87,31 @@ def best_rank_reconstruction(x: torch.Tensor, ranks, center: bool = True) -> tor
     return (mean + centred @ basis @ basis.transpose(-1, -2)).to(x.dtype)
 
 
-def _check_whole_sequence(query: torch.Tensor, key: torch.Tensor) -> None:
+def _reconstructed(query, key, value, key_ranks, value_ranks, center_keys: bool, center_values: bool) -> tuple:
+    """(query, keys, values) with keys and values at their best rank from the sequence's own SVD."""
     if query.shape[2] != key.shape[2]:
         raise RuntimeError(f"the per-sequence oracle needs each whole sequence in one forward pass (use_cache=False): "
                            f"it got {query.shape[2]} query positions over {key.shape[2]} keys")
+    return (query, best_rank_reconstruction(key, key_ranks, center_keys),
+            best_rank_reconstruction(value, value_ranks, center_values))
 
 
 def oracle_hook(fraction: float, center_keys: bool = True, center_values: bool = True):
-    """An attention hook (for :func:`mkvlib.core.attention.install`) replacing, per sequence and (layer, KV head), keys
-    and values by their best rank-r reconstruction from that sequence's own SVD, r = round(fraction * d) for
-    every head (uniform ranks); with ``center_keys`` / ``center_values`` (default) each sequence's mean is removed
-    first and added back.
-
-    An upper bound on reconstruction, not a method: it is causal-leaky (the basis of a sequence is computed from
-    all of its tokens, so position t is compressed with a basis that saw the tokens after t), and it needs each
-    whole sequence in one forward pass. ``fraction`` must lie in (0, 1].
-    """
+    """The per-sequence oracle as an attention hook (for :func:`mkvlib.core.attention.install`) at uniform ranks
+    r = round(fraction * d), ``fraction`` in (0, 1]; each sequence's mean is removed first and added back unless
+    ``center_keys`` / ``center_values`` is False. Causal-leaky: a bound on reconstruction, not a method."""
     fraction = check_budget(fraction, "the oracle's fraction")
 
     def hook(module, query, key, value):
-        _check_whole_sequence(query, key)
         rank = int(round(fraction * key.shape[-1]))
-        return (query, best_rank_reconstruction(key, rank, center_keys),
-                best_rank_reconstruction(value, rank, center_values))
+        return _reconstructed(query, key, value, rank, rank, center_keys, center_values)
     return hook
 
 
 class SequenceSVDOracle(RankedHook):
-    """The per-sequence oracle (:func:`oracle_hook`) attached to a model with the interface of
-    :class:`mkvlib.core.compress.Compression` that :func:`mkvlib.metrics.quality_curve` and
-    :func:`mkvlib.suite.evaluate_suite` use: ``ranks`` (L, G, 2), ``enabled``, :meth:`set_ranks` (an int, a
-    budget in (0, 1] for uniform ranks, or a (L, G, 2) tensor), ``geometry``. Causal-leaky: an upper bound on
-    reconstruction, never a method. Use as a context manager, or call :meth:`detach`."""
+    """The per-sequence oracle attached to a model with the interface of :class:`mkvlib.core.compress.Compression`
+    that :func:`mkvlib.suite.evaluate_suite` uses (``ranks``, ``enabled``, :meth:`set_ranks`, ``geometry``). Use as
+    a context manager, or call :meth:`detach`."""
 
     def __init__(self, model, ranks=1.0, center_keys: bool = True, center_values: bool = True):
         self.model, self.geometry = model, KVGeometry.of(model)
@@ -137,10 +131,8 @@ class SequenceSVDOracle(RankedHook):
     def __call__(self, module, query, key, value):
         if not self.enabled:
             return query, key, value
-        _check_whole_sequence(query, key)
         ranks = self.ranks[module.layer_idx]
-        return (query, best_rank_reconstruction(key, ranks[:, 0], self.center_keys),
-                best_rank_reconstruction(value, ranks[:, 1], self.center_values))
+        return _reconstructed(query, key, value, ranks[:, 0], ranks[:, 1], self.center_keys, self.center_values)
 
 
 # --- evaluation on the suite ---------------------------------------------------------------------------------
@@ -280,16 +272,12 @@ def parse_args(argv=None):
         from .runtime import pick
 
         args.seq_len = pick(64, 512)
-    for name in ("tokens", "seq_len"):
-        if getattr(args, name) < 2:
-            p.error(f"--{name.replace('_', '-')} must be at least 2")
-    for name in ("layerwise_steps", "kd_steps"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    for name, least in (("tokens", 2), ("seq_len", 2), ("layerwise_steps", 0), ("kd_steps", 0), ("kd_batch", 1),
+                        ("batch_size", 1)):
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be >= {least}")
     if args.kd_steps and not args.layerwise_steps:
         p.error("--kd-steps starts from the layer-wise bases: give --layerwise-steps too (or --kd-steps 0)")
-    if args.kd_batch < 1 or args.batch_size < 1:
-        p.error("--kd-batch and --batch-size must be at least 1")
     return args
 
 
@@ -306,10 +294,6 @@ def _schedule(args, head_dim: int):
         raise SystemExit(f"python -m mkvlib.ceiling: --schedule: {err}") from None
 
 
-def _log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 class _Clock:
     """CPU seconds (this process) and wall seconds of named stages."""
 
@@ -321,7 +305,7 @@ class _Clock:
         out = fn(*args, **kwargs)
         self.cpu[name] = round(time.process_time() - c0, 1)
         self.wall[name] = round(time.perf_counter() - w0, 1)
-        _log(f"{name}: {self.cpu[name]:.0f} CPU-s, {self.wall[name]:.0f} s wall")
+        note(f"{name}: {self.cpu[name]:.0f} CPU-s, {self.wall[name]:.0f} s wall")
         return out
 
 
@@ -436,7 +420,7 @@ def main(argv=None) -> int:
                 dict(center_keys=True, center_values=centred), center_values=centred)
     record = _record(args, argv, model, blocks, schedule, searched, methods, rows, clock, started)
     write_json(args.out, record)
-    _log(f"wrote {args.out} ({record['cpu_time_s']['total'] / 60:.1f} CPU-minutes, "
+    note(f"wrote {args.out} ({record['cpu_time_s']['total'] / 60:.1f} CPU-minutes, "
          f"{record['wall_time_s'] / 60:.1f} minutes wall)")
     return 0
 
