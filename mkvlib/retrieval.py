@@ -137,6 +137,20 @@ def answer_ids(tokenizer, prompt: PasskeyPrompt) -> torch.Tensor:
     return torch.tensor(joint[n:], dtype=torch.long)
 
 
+def _key_scores(logp: torch.Tensor, ans: torch.Tensor, tokenizer) -> dict:
+    """key_logp, first_margin and top (see :func:`key_margins`) from log-probabilities (A, V) before each key token."""
+    return {"key_logp": round(logp.gather(1, ans[:, None]).sum().item(), 4),
+            "first_margin": round((logp[0, ans[0]] - logp[0].max()).item(), 4),
+            "top": tokenizer.decode([int(logp[0].argmax())])}
+
+
+def _with_means(scores: list[dict], keys=("key_logp", "first_margin")) -> dict:
+    """{key: [per prompt], mean_key: mean} over the prompts' ``scores``."""
+    out = {k: [g[k] for g in scores] for k in keys}
+    out.update({f"mean_{k}": round(sum(out[k]) / max(len(scores), 1), 4) for k in ("key_logp", "first_margin")})
+    return out
+
+
 @torch.no_grad()
 def key_margins(model, prompts: list[PasskeyPrompt], tokenizer) -> dict:
     """Teacher-forced view of the same prompts (the model as it is, compressed or not): one forward pass over
@@ -149,17 +163,12 @@ def key_margins(model, prompts: list[PasskeyPrompt], tokenizer) -> dict:
     Returns {"key_logp": [...], "first_margin": [...], "top": [...], "mean_key_logp", "mean_first_margin"}.
     """
     device = next(model.parameters()).device
-    out = {"key_logp": [], "first_margin": [], "top": []}
+    scores = []
     for p in prompts:
         ans = answer_ids(tokenizer, p).to(device)
-        ids = torch.cat([p.ids.to(device), ans[None]], dim=1)
-        logp = model(ids, use_cache=False).logits[0, -len(ans) - 1:-1].float().log_softmax(-1)
-        out["key_logp"].append(round(logp.gather(1, ans[:, None]).sum().item(), 4))
-        out["first_margin"].append(round((logp[0, ans[0]] - logp[0].max()).item(), 4))
-        out["top"].append(tokenizer.decode([int(logp[0].argmax())]))
-    for k in ("key_logp", "first_margin"):
-        out[f"mean_{k}"] = round(sum(out[k]) / max(len(out[k]), 1), 4)
-    return out
+        logits = model(torch.cat([p.ids.to(device), ans[None]], dim=1), use_cache=False).logits
+        scores.append(_key_scores(logits[0, -len(ans) - 1:-1].float().log_softmax(-1), ans, tokenizer))
+    return _with_means(scores, ("key_logp", "first_margin", "top"))
 
 
 # --- varied prompts: several wordings, 5- to 7-digit keys, a decoy key, held-out prose as filler -----------------
@@ -250,13 +259,10 @@ def _varied_haystack(words: list[str], wording: Wording, key: str, decoy: str, d
     """The filler with the key's and the decoy's sentences inserted: (text, key slot, decoy slot)."""
     at_key = _slot(words, depth)
     at_decoy = _slot(words, decoy_depth, taken=at_key)
-    inserts = {at_key: wording.needle.format(key=key), at_decoy: wording.decoy.format(decoy=decoy)}
-    out = []
-    for i in range(len(words) + 1):
-        if i in inserts:
-            out.append(inserts[i])
-        if i < len(words):
-            out.append(words[i])
+    out = list(words)
+    for at, sentence in sorted({at_key: wording.needle.format(key=key),
+                                at_decoy: wording.decoy.format(decoy=decoy)}.items(), reverse=True):
+        out.insert(at, sentence)                    # the later slot first: the earlier one keeps its index
     return " ".join(out), at_key, at_decoy
 
 
@@ -349,10 +355,7 @@ def answer_and_margin(model, prompt: PasskeyPrompt, tokenizer, max_new_tokens: i
             break
         step = model(torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True)
         token = int(step.logits[0, -1].argmax())
-    return {"answer": tokenizer.decode(new, skip_special_tokens=True),
-            "key_logp": round(logp.gather(1, ans[:, None]).sum().item(), 4),
-            "first_margin": round((logp[0, ans[0]] - logp[0].max()).item(), 4),
-            "top": tokenizer.decode([int(logp[0].argmax())])}
+    return {"answer": tokenizer.decode(new, skip_special_tokens=True), **_key_scores(logp, ans, tokenizer)}
 
 
 def score_prompts(model, prompts: list, tokenizer, max_new_tokens: int = 8) -> dict:
@@ -363,12 +366,9 @@ def score_prompts(model, prompts: list, tokenizer, max_new_tokens: int = 8) -> d
     answers = [g["answer"] for g in got]
     correct = sum(score_answer(a, p.key) for a, p in zip(answers, prompts))
     has_decoy = all(getattr(p, "decoy", "") for p in prompts)
-    out = {"accuracy": correct / len(prompts), "correct": correct, "n": len(prompts), "answers": answers,
-           "decoys": sum(score_answer(a, p.decoy) for a, p in zip(answers, prompts)) if has_decoy else None}
-    for k in ("key_logp", "first_margin"):
-        out[k] = [g[k] for g in got]
-        out[f"mean_{k}"] = round(sum(out[k]) / len(got), 4)
-    return out
+    return {"accuracy": correct / len(prompts), "correct": correct, "n": len(prompts), "answers": answers,
+            "decoys": sum(score_answer(a, p.decoy) for a, p in zip(answers, prompts)) if has_decoy else None,
+            **_with_means(got)}
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
