@@ -1,8 +1,5 @@
 """Model loading: the embedded SmolLM2-135M-Instruct, a GGUF file, any Hugging Face id or folder, and tiny random
-models.
-
-Introduced in notebook 01.
-"""
+models. Introduced in notebook 01."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -94,9 +91,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 def embedded_model_dir() -> Path:
     """A safetensors copy of the embedded model, converted from GGUF once (about 25 s) and cached."""
     target = cache_dir() / "models" / EMBEDDED
-    if converted(target):
-        return target
-    return convert_gguf(embedded_gguf(), target)
+    return target if converted(target) else convert_gguf(embedded_gguf(), target)
 
 
 def gguf_sha256(path: str | os.PathLike) -> str:
@@ -126,9 +121,7 @@ def gguf_model_dir(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise ModelNotFoundError(f"GGUF model {str(path)!r} is not a file")
     target = cache_dir() / "models" / f"{path.stem}-{gguf_sha256(path)[:12]}"
-    if converted(target):
-        return target
-    return convert_gguf(path, target)
+    return target if converted(target) else convert_gguf(path, target)
 
 
 def gguf_name(path: str | os.PathLike) -> str:
@@ -209,15 +202,13 @@ def tiny_config(arch: str = "llama", heads: int = 4, kv_heads: int = 2, head_dim
     common = dict(vocab_size=vocab, hidden_size=hidden or heads * head_dim, intermediate_size=64,
                   num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                   head_dim=head_dim, max_position_embeddings=512)
-    if arch == "llama":
-        return tf.LlamaConfig(**common)
-    if arch == "mistral":
-        return tf.MistralConfig(**common, sliding_window=None)
-    if arch == "qwen2":
-        return tf.Qwen2Config(**common)
-    if arch == "gemma3":
-        return tf.Gemma3TextConfig(**common, sliding_window=8, query_pre_attn_scalar=head_dim)
-    raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHITECTURES}")
+    configs = {"llama": (tf.LlamaConfig, {}), "mistral": (tf.MistralConfig, dict(sliding_window=None)),
+               "qwen2": (tf.Qwen2Config, {}),
+               "gemma3": (tf.Gemma3TextConfig, dict(sliding_window=8, query_pre_attn_scalar=head_dim))}
+    if arch not in configs:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHITECTURES}")
+    make, extra = configs[arch]
+    return make(**common, **extra)
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, **kw):

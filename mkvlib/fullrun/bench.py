@@ -39,7 +39,7 @@ def held_bytes(cache) -> int:
 
 def measure(ctx, factory, batch: int, context: int, new_tokens: int) -> dict:
     from ..bench.caches import synthetic_fill
-    from ..bench.speed import decode, synchronize
+    from ..bench.speed import decode, timed_decode
 
     model, device = ctx.model, ctx.device
     cuda = device.type == "cuda"
@@ -54,11 +54,7 @@ def measure(ctx, factory, batch: int, context: int, new_tokens: int) -> dict:
         synthetic_fill(cache, model, batch, context, ctx.config.seed)
         ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         ids = decode(model, ids, cache, 1)[:, -1:]               # warm-up step
-        synchronize(device)
-        start = clock.now()
-        decode(model, ids, cache, new_tokens)
-        synchronize(device)
-        seconds = clock.now() - start
+        seconds, _ = timed_decode(model, ids, cache, new_tokens)
         out = {"batch": batch, "decode_tokens_per_s": batch * new_tokens / seconds, "cache_bytes": held_bytes(cache)}
         out["peak_memory_bytes"] = torch.cuda.max_memory_allocated() - before if cuda else out["cache_bytes"]
         return out
