@@ -206,8 +206,7 @@ def _from_data_dir(source: CorpusSource, tried: list) -> str | None:
         return None
     candidate = root / source.data_path
     if candidate.is_file() and source.part:
-        docs = read_documents(candidate, source.field, source.render)
-        return "\n\n".join(split_documents(docs, source.part))
+        return "\n\n".join(split_documents(read_documents(candidate, source.field, source.render), source.part))
     if candidate.is_file():
         return read_text_file(candidate, source.field, source.render)
     tried.append(f"data directory: {candidate} (missing)")

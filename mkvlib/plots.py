@@ -1,8 +1,5 @@
 """Plot helpers: each returns a matplotlib Figure; :func:`save_figure` writes it under figures/ with a stable name,
-:func:`show_figure` also shows it once in a notebook.
-
-Introduced in notebook 01 (spectra, energy heatmaps, truncation curve).
-"""
+:func:`show_figure` also shows it once in a notebook. Introduced in notebook 01."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -158,8 +155,8 @@ def headline_figure(record: dict | None = None):
     if record is None:
         import json
 
-        from .core.env import project_dir
-        record = json.loads((project_dir() / "data" / "results" / "ood_suite.json").read_text())
+        from .results_store import results_path
+        record = json.loads(results_path("ood_suite.json").read_text())
     curves = headline_rows(record)
     fig, (ax_kl, ax_top1) = plt.subplots(1, 2, figsize=(10, 3.8))
     for (words, color, style), cells in zip(HEADLINE_METHODS.values(), curves.values()):
