@@ -21,6 +21,10 @@ OPTIONS = {
     "json": dict(action="store_true", help="print one JSON object"),
     "debug": dict(action="store_true", help="show tracebacks"),
     "seed": dict(type=int, default=0),
+    "adapter": dict(default=None, metavar="BUNDLE", help="a fine-tuned model: the `mkv sft` bundle whose adapter is "
+                    "merged into --model first; '--projections bundle' then names the bundle's own projections"),
+    "schedule": dict(default=None, help="comma-separated ranks to sample (default d/8, 2d/8, ..., d); e.g. 24,32,40 "
+                     "concentrates training near a 50%% budget of d=64"),
 }
 
 

@@ -2,12 +2,13 @@
 DynamicCache and transformers' 4-bit quantized cache (quanto). See mkvlib.bench and notebook 05."""
 from __future__ import annotations
 
+from ..cli import add_options
 from .common import emit
 
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="measure the real compressed KV cache against DynamicCache and quanto")
-    p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
+    add_options(p, "model")
     p.add_argument("--projections", default="pca", help="'pca', 'trained' (shipped) or a .safetensors file")
     p.add_argument("--budget", type=float, default=0.5, help="KV budget in (0, 1] (default 0.5)")
     p.add_argument("--allocation", choices=["uniform", "adaptive"], default="uniform",
@@ -18,12 +19,11 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved decode rounds; medians reported (default 3)")
     p.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens per prefill forward (default 512)")
     p.add_argument("--baselines", default="dynamic,quanto", help="comma-separated: dynamic,quanto (default both)")
-    p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory and prefill runs")
-    p.add_argument("--synthetic-prefix", action="store_true", help="decode from random keys/values instead of a real "
-                   "prefill (decode cost does not depend on the values; for long contexts on a slow CPU)")
+    add_options(p, no_memory="skip the fresh-process peak-memory and prefill runs",
+                synthetic_prefix="decode from random keys/values instead of a real prefill (decode cost does not "
+                "depend on the values; for long contexts on a slow CPU)")
     p.add_argument("--out", default=None, help="also write the result as JSON to this file")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_options(p, "json", "debug")
     p.set_defaults(func=run)
 
 
@@ -38,8 +38,7 @@ def run(args) -> int:
     config = BenchConfig(projections=args.projections, budget=args.budget, allocation=args.allocation,
                          context=args.context, batch=args.batch, new_tokens=args.new_tokens, repeats=args.repeats,
                          prefill_chunk=args.prefill_chunk, baselines=baselines, memory=not args.no_memory,
-                         synthetic_prefix=args.synthetic_prefix,
-                         model=args.model)
+                         synthetic_prefix=args.synthetic_prefix, model=args.model)
     result = run_bench(config, progress=not args.json)
     if args.out:
         write_json(args.out, result)

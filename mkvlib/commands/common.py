@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import atexit
-
 import json
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
 
+from ..cli import add_options
 from ..runtime import pick
 
 
@@ -22,14 +23,13 @@ def add_model_args(p, tokens_fast: int, tokens_full: int, seq_len: int = 256, ro
                    corpus_help: str | None = None) -> None:
     """--model, --corpus, --tokens, --seq-len, --batch-size (sequences per forward pass), --device and --debug.
     ``role``: the default corpus, 'calibration' or 'eval' (:func:`mkvlib.corpora.default_corpus`)."""
-    p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
+    add_options(p, "model")
     p.add_argument("--corpus", default=None, help=corpus_help or f"corpus name or .txt/.jsonl path {CORPUS_HELP[role]}")
     p.add_argument("--tokens", type=int, default=None, help=f"tokens to use (default {tokens_full}; "
                    f"{tokens_fast} with MKV_FAST=1)")
     p.add_argument("--seq-len", type=int, default=seq_len, help=f"tokens per block (default {seq_len})")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_options(p, "device", "debug")
     p.set_defaults(_tokens=(tokens_fast, tokens_full), _role=role)
 
 
@@ -52,17 +52,9 @@ def setup(args):
     return model, tokenizer, blocks
 
 
-def add_adapter_arg(p) -> None:
-    p.add_argument("--adapter", default=None, metavar="BUNDLE",
-                   help="a fine-tuned model: the `mkv sft` bundle whose adapter is merged into --model first; "
-                   "'--projections bundle' then names the bundle's own projections")
-
-
 def load_model_and_adapter(args):
     """(model, tokenizer) for --model and --device, with --adapter merged in when given (``mkv_adapter`` names it);
     '--projections bundle' becomes the bundle's projections file."""
-    from pathlib import Path
-
     from ..models import load_model
 
     adapter, projections = getattr(args, "adapter", None), getattr(args, "projections", None)
@@ -85,18 +77,6 @@ def load_model_and_adapter(args):
     return model, tokenizer
 
 
-def add_schedule_arg(p) -> None:
-    p.add_argument("--schedule", default=None, help="comma-separated ranks to sample (default d/8, 2d/8, ..., d); "
-                   "e.g. 24,32,40 concentrates training near a 50%% budget of d=64")
-
-
-def add_run_args(p) -> None:
-    """--device, --json and --debug: where a command runs and how it reports."""
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-
-
 def add_positions_arg(p) -> None:
     from ..core.positions import POSITION_MODES
 
@@ -107,14 +87,10 @@ def add_positions_arg(p) -> None:
 
 
 def add_training_args(p, defaults: dict[str, str]) -> None:
-    """The options of the commands that run a :class:`mkvlib.training.Trainer` (``mkv train``, ``mkv sft``).
-
-    Every optimizer and loss option defaults to None: the command's own training settings decide
-    (:class:`mkvlib.training.TrainConfig` for train, the stage configs of :mod:`mkvlib.lora` for sft), so these
-    defaults are written in one place each. ``defaults`` says what they are, for --help: keys steps, batch, lr,
-    warmup, kd_weight, lm_weight.
-    """
-    p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
+    """The options of ``mkv train`` and ``mkv sft``. Optimizer and loss options default to None, so that the
+    command's own config decides; ``defaults`` says for --help what it decides (keys steps, batch, lr, warmup,
+    kd_weight, lm_weight)."""
+    add_options(p, "model")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per training row (default 256)")
     p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {defaults['steps']})")
     p.add_argument("--batch", type=int, default=None, help=f"rows per micro-batch (default {defaults['batch']})")
@@ -125,7 +101,7 @@ def add_training_args(p, defaults: dict[str, str]) -> None:
                    f"{defaults['kd_weight']})")
     p.add_argument("--lm-weight", type=float, default=None, help=f"weight of the LM term (default "
                    f"{defaults['lm_weight']})")
-    add_schedule_arg(p)
+    add_options(p, "schedule")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUT with .ckpt)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 25)")
     p.add_argument("--resume", default=None, help="checkpoint to resume from (same settings and data)")
@@ -133,9 +109,9 @@ def add_training_args(p, defaults: dict[str, str]) -> None:
                    "pass (less memory, more time)")
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default=None,
                    help="auto: bf16 autocast on CUDA, float32 on CPU (default auto)")
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, "seed")
     add_positions_arg(p)
-    add_run_args(p)
+    add_options(p, "device", "json", "debug")
 
 
 def training_settings(args, steps: int) -> dict:
@@ -155,11 +131,35 @@ def invocation() -> str | None:
     return "mkv " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def utc_now() -> str:
+    """The time now, as records write it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def hardware(device) -> dict:
     """Where a run ran, for its record: device, torch threads, CPU, platform and GPU."""
     return {"device": str(device), "torch_threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "platform": platform.platform(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def split_list(text: str, what: str, hint: str = "") -> list[str]:
+    """Comma-separated values (an existing file's name is one value even with a comma); ValueError when none."""
+    if Path(text).expanduser().is_file():
+        return [text]
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"{what} is empty{hint}")
+    return values
+
+
+def parse_numbers(text: str, what: str, kind=float, expected: str = "must be comma-separated numbers") -> list:
+    """Comma-separated numbers of ``kind``; ValueError '{what} {expected}, not {text!r}' for other text."""
+    values = split_list(text, what)
+    try:
+        return [kind(x) for x in values]
+    except ValueError:
+        raise ValueError(f"{what} {expected}, not {text!r}") from None
 
 
 def parse_schedule(text) -> list[int] | None:
@@ -172,6 +172,12 @@ def parse_schedule(text) -> list[int] | None:
         raise ValueError(f"--schedule must be comma-separated integers such as 8,16,32,64, not {text!r}") from None
 
 
+def check_suffix(path, suffix: str, flag: str = "--out") -> None:
+    """A clear error unless ``path`` ends in ``suffix``."""
+    if not str(path).endswith(suffix):
+        raise ValueError(f"{flag} must end in {suffix}, not {str(path)!r}")
+
+
 def emit(result: dict, as_json: bool) -> None:
     """Print a result as one JSON object or as aligned ``key: value`` lines."""
     if as_json:
@@ -181,7 +187,7 @@ def emit(result: dict, as_json: bool) -> None:
     for key, value in result.items():
         if isinstance(value, float):
             value = f"{value:.4f}"
-        print(f"{key:<{width}}  {value}", file=sys.stdout)
+        print(f"{key:<{width}}  {value}")
 
 
 def drive_trainer(trainer, resume, checkpoint, command: str, accelerator=None) -> int | None:

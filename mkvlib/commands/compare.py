@@ -3,13 +3,15 @@
     mkv compare --methods pca,matryoshka,quant,streaming --bytes 0.25,0.125 --tasks ppl,passkey,niah,vt \\
         --lengths 1024,4096 --n 8 --out runs/compare.json
 
-Resumable: each item is stored as it finishes (in ``items/`` beside the JSON: ``runs/items/compare_items.csv``), and
-a rerun of the same command computes only what is missing. A cost estimate is printed first. Results go to ``runs/`` (git-ignored)
-unless ``--out`` says otherwise. ``MKV_FAST=1`` makes it CI-sized (256 tokens, one item per task).
+Resumable: each item is stored as it finishes (in ``items/`` beside the JSON: ``runs/items/compare_items.csv``),
+and a rerun of the same command computes only what is missing. A cost estimate is printed first. Results go to
+``runs/`` (git-ignored) unless ``--out`` says otherwise. ``MKV_FAST=1`` makes it CI-sized (256 tokens, one item
+per task).
 """
 from __future__ import annotations
 
-from .common import emit, invocation
+from ..cli import add_options
+from .common import emit, invocation, parse_numbers, split_list
 
 
 def register(sub) -> None:
@@ -23,35 +25,18 @@ def register(sub) -> None:
                    "(multi-key needle), vt (variable tracking)")
     p.add_argument("--lengths", default=None, help="context lengths in tokens (default 1024,4096; 256 with MKV_FAST=1)")
     p.add_argument("--n", type=int, default=None, help="items per task and length (default 8; 1 with MKV_FAST=1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated items")
+    add_options(p, seed="seed of the generated items")
     p.add_argument("--out", default=None, help="JSON summary (default runs/compare.json); items are stored "
                    "in items/<stem>_items.csv beside it, which a rerun resumes from")
-    p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_options(p, "model", "device", "debug", json="print the summary as one JSON object")
     p.set_defaults(func=run)
-
-
-def parse_numbers(text: str, what: str, kind=float) -> list:
-    try:
-        values = [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{what} must be comma-separated numbers, not {text!r}") from None
-    if not values:
-        raise ValueError(f"{what} is empty")
-    return values
 
 
 def method_specs(text: str) -> list[str]:
     from ..compare import REGISTRY
 
-    specs = [m.strip() for m in text.split(",") if m.strip()]
-    if specs == ["all"]:
-        return sorted(REGISTRY)
-    if not specs:
-        raise ValueError("--methods is empty: give names such as pca,matryoshka,quant (or all)")
-    return specs
+    specs = split_list(text, "--methods", hint=": give names such as pca,matryoshka,quant (or all)")
+    return sorted(REGISTRY) if specs == ["all"] else specs
 
 
 def run(args) -> int:

@@ -11,8 +11,9 @@ import time
 
 import torch
 
+from ..cli import add_options
 from ..core.ranks import ranks_for
-from .common import add_model_args, emit, setup
+from .common import add_model_args, emit, hardware, invocation, parse_numbers, setup, split_list
 
 
 def register(sub) -> None:
@@ -31,33 +32,28 @@ def register(sub) -> None:
                    "both as uniform,adaptive")
     p.add_argument("--trajectory", default=None, metavar="JSON",
                    help="adaptive ranks from this `mkv search` file instead of the shipped one (implies adaptive)")
-    p.add_argument("--suite", choices=SUITES, default=None,
-                   help="evaluate the out-of-domain suite (held-out parts of training/, shakespeare, wikitext2 test, "
-                   "pydoc test) instead of --corpus: --tokens per domain (default 4096; 512 fast), --seq-len 512, "
-                   "--budgets default 0.5,0.375")
-    p.add_argument("--retrieval", action="store_true", help="with --suite: passkey retrieval too (exact match, "
-                   "uncompressed score beside, the budget where it first fails)")
+    p.add_argument("--suite", choices=SUITES, default=None, help="the out-of-domain suite (mkvlib.suite) instead "
+                   "of --corpus: --tokens per domain (default 4096; 512 fast), --seq-len 512, --budgets 0.5,0.375")
+    add_options(p, retrieval="with --suite: passkey retrieval too (exact match, uncompressed score beside, the "
+                "budget where it first fails)")
     p.add_argument("--retrieval-lengths", default=None, help="passkey prompt lengths in tokens (default 1024,4096; "
                    "1024 with MKV_FAST=1)")
     p.add_argument("--retrieval-n", type=int, default=None, help="passkey prompts per length (default 8; 2 fast)")
     p.add_argument("--retrieval-seed", type=int, default=0, help="seed of the passkey prompts")
     p.add_argument("--position-offset", type=int, default=0, metavar="N",
-                   help="feed every block and prompt at positions N, N+1, ... instead of 0, 1, ...: the uncompressed "
-                        "model cannot tell (RoPE is relative), post-RoPE projections can; how they hold late in "
-                        "a long context, without its cost (default 0)")
+                   help="feed blocks and prompts at positions N, N+1, ...: how post-RoPE projections hold late in a "
+                   "long context, without its cost (default 0)")
     p.add_argument("--in-domain", type=int, default=0, metavar="TOKENS",
-                   help="with --suite: also evaluate TOKENS tokens of the training mixture past the first "
-                        f"{IN_DOMAIN_SKIP:,} (text like the training text that no run trained on), as the row "
-                        "domain 'in-domain', kept out of the mean (default 0: none)")
+                   help=f"with --suite: also TOKENS of the training mixture past the first {IN_DOMAIN_SKIP:,} (never "
+                   "trained on), as domain 'in-domain', out of the mean (default 0)")
     p.add_argument("--keep-first", type=int, default=0, metavar="N",
-                   help="with --suite: also keep the first N tokens of every block whole (attention sinks); budgets "
-                        "then count stored bytes, whole tokens included, at --seq-len tokens (default 0)")
+                   help="with --suite: also keep each block's first N tokens whole; budgets then count their bytes "
+                   "too (default 0)")
     p.add_argument("--keep-recent", default="0", metavar="N[,N...]",
-                   help="with --suite: also keep each query's N latest tokens whole, as a quantized cache keeps a "
-                        "residual window; several values give one method each (default 0)")
+                   help="with --suite: also keep each query's N latest tokens whole; one method per value (default 0)")
     p.add_argument("--out", default=None, metavar="JSON", help="with --suite: also write the result, with this "
                    "command, the hardware and the wall time, atomically to this file")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_options(p, "json")
     p.set_defaults(func=run)
 
 
@@ -84,18 +80,6 @@ def parse_budgets(text: str) -> list[float]:
     return list(check_budgets(text, "--budgets"))
 
 
-def split_list(text: str, what: str) -> list[str]:
-    """Comma-separated values (an existing file's name is one value even with a comma)."""
-    from pathlib import Path
-
-    if Path(text).expanduser().is_file():
-        return [text]
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values:
-        raise ValueError(f"{what} is empty")
-    return values
-
-
 def parse_allocations(text: str) -> list[str]:
     values = split_list(text, "--allocation")
     for v in values:
@@ -105,11 +89,7 @@ def parse_allocations(text: str) -> list[str]:
 
 
 def parse_lengths(text: str) -> list[int]:
-    try:
-        lengths = [int(x) for x in split_list(text, "--retrieval-lengths")]
-    except ValueError:
-        raise ValueError(f"--retrieval-lengths must be comma-separated token counts such as 1024,4096, not {text!r}") \
-            from None
+    lengths = parse_numbers(text, "--retrieval-lengths", int, "must be comma-separated token counts such as 1024,4096")
     if any(n < 64 for n in lengths):
         raise ValueError(f"--retrieval-lengths must be at least 64 tokens each, not {text!r}")
     return lengths
@@ -152,13 +132,10 @@ def run_corpus(args) -> int:
     budgets = parse_budgets(args.budgets) if args.budgets else None
     model, _, blocks = setup(args)
     proj = resolve_projections(args.projections, model)
-    if budgets:
-        settings = []
-        for b in budgets:
-            args.budget = b
-            settings.append(resolve_rank_args(args, model, proj))
-    else:
-        settings = [resolve_rank_args(args, model, proj)]
+    settings = []
+    for b in budgets or [args.budget]:
+        args.budget = b
+        settings.append(resolve_rank_args(args, model, proj))
     check_offset(args, model, blocks.shape[1])
     with attach(model, proj, settings[0]) as comp, shifted(model, args.position_offset):
         rows = quality_curve(model, blocks, comp, settings, args.batch_size, progress=not args.json)
@@ -236,10 +213,7 @@ def suite_settings(args) -> tuple[list, list, int, int]:
 
 
 def parse_recent(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in split_list(text, "--keep-recent")]
-    except ValueError:
-        raise ValueError(f"--keep-recent takes comma-separated token counts such as 0,32, not {text!r}") from None
+    values = parse_numbers(text, "--keep-recent", int, "takes comma-separated token counts such as 0,32")
     return list(dict.fromkeys(values))
 
 
@@ -291,7 +265,6 @@ def run_suite(args, allocations) -> int:
                                                   args.retrieval_seed, progress=not args.json)
     if args.out:
         from ..core.io import write_json
-        from .common import hardware, invocation
 
         write_json(args.out, dict(result, command=invocation(), wall_time_s=round(time.time() - start),
                                   hardware=hardware(model.device)))

@@ -1,7 +1,8 @@
 """mkv fit-pca: KV statistics over calibration text, then PCA (or query-aware) projections saved to a file."""
 from __future__ import annotations
 
-from .common import add_model_args, add_positions_arg, emit, setup
+from ..cli import add_options
+from .common import add_model_args, add_positions_arg, check_suffix, emit, setup
 
 
 def register(sub) -> None:
@@ -10,12 +11,11 @@ def register(sub) -> None:
     p = sub.add_parser("fit-pca", help="fit PCA projections of post-RoPE keys and values")
     add_model_args(p, tokens_fast=4096, tokens_full=65536, role="calibration")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--center-values", action="store_true", help="centre values (mean added back after attention)")
-    p.add_argument("--query-aware", action="store_true",
-                   help="key bases that keep q.k scores given query and key second moments (values stay PCA)")
+    add_options(p, center_values="centre values (mean added back after attention)",
+                query_aware="key bases that keep q.k scores given query and key second moments (values stay PCA)")
     p.add_argument("--key-basis", choices=KEY_BASES, default="query",
                    help="with --query-aware: which closed-form basis (default 'query'; see mkvlib.core.pca)")
-    p.add_argument("--json", action="store_true")
+    add_options(p, "json")
     add_positions_arg(p)
     p.set_defaults(func=run)
 
@@ -24,8 +24,7 @@ def run(args) -> int:
     from ..core.pca import fit_pca, query_aware_projections, score_error
     from ..core.stats import collect_kv_stats
 
-    if not args.out.endswith(".safetensors"):
-        raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
+    check_suffix(args.out, ".safetensors")
     if args.corpus:   # calibration text: never held-out or evaluation text
         from ..corpora import check_not_heldout
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import add_options
+
 
 def register(sub) -> None:
     from ..fullrun.config import STAGES, TASKS
@@ -18,13 +20,11 @@ def register(sub) -> None:
                    help="training's budget (default: its share of the time left, about 40%%)")
     p.add_argument("--lmeval-limit", type=int, default=None, help="lm-eval items per task (default: full splits)")
     p.add_argument("--tasks", default=",".join(TASKS), help="lm-eval tasks (default piqa,arc_easy,hellaswag)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_options(p, "device")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous run's files in --out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # tiny random model: the test rehearsal
-    p.add_argument("--json", action="store_true", help="print the summary's stage statuses as one JSON object")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_options(p, "seed", overwrite="replace a previous run's files in --out",
+                tiny=argparse.SUPPRESS)   # tiny random model: the test rehearsal
+    add_options(p, "debug", json="print the summary's stage statuses as one JSON object")
     p.set_defaults(func=run)
 
 

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_adapter_arg, add_run_args, emit, load_model_and_adapter
+from ..cli import add_options
+from .common import emit, load_model_and_adapter
 
 
 def register(sub) -> None:
     p = sub.add_parser("lm-eval", help="zero-shot accuracy through lm-evaluation-harness (one budget, or a sweep)")
-    p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
+    add_options(p, "model")
     p.add_argument("--projections", default=None,
                    help="'pca' (default), 'trained' (shipped) or a .safetensors file; with --sweep, a file replaces "
                    "the shipped trained projections in the trained methods; 'bundle' (with --adapter) the bundle's own")
-    add_adapter_arg(p)
+    add_options(p, "adapter")
     p.add_argument("--budget", type=float, default=1.0, help="KV budget in (0, 1]; 1 = uncompressed (default)")
     p.add_argument("--allocation", choices=["uniform", "adaptive"], default="uniform",
                    help="uniform ranks, or the shipped greedy-search trajectory for these projections")
@@ -30,8 +31,7 @@ def register(sub) -> None:
                    help="run the methods x budgets x tasks grid instead, storing each cell in CSV (resumable)")
     p.add_argument("--methods", default="pca-uniform,trained-uniform,trained-adaptive", help="with --sweep")
     p.add_argument("--budgets", default="1,0.875,0.75,0.625,0.5,0.375,0.25", help="with --sweep")
-    p.add_argument("--dry-run", action="store_true", help="with --sweep: print the cost estimate and stop")
-    add_run_args(p)
+    add_options(p, "device", "json", "debug", dry_run="with --sweep: print the cost estimate and stop")
     p.set_defaults(func=run)
 
 
@@ -88,6 +88,7 @@ def evaluate_one(model, tokenizer, config, projections: str, budget: float, allo
 
 
 def run_sweep(args) -> int:
+    from ..core.checks import check_budgets
     from ..lmeval import Sweep, SweepConfig
     from ..lmeval.sweep import with_own_files
 
@@ -96,14 +97,14 @@ def run_sweep(args) -> int:
                          f"projections (--methods pca-uniform,trained-adaptive ...); give a .safetensors file to "
                          f"replace the shipped trained ones")
     model, tokenizer = load_model_and_adapter(args)     # '--projections bundle' becomes the bundle's file
-    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    budgets = list(check_budgets(args.budgets, "--budgets"))
     methods = with_own_files(args.methods, args.projections, args.trajectory)
     if not args.dry_run:
         from ..lmeval.tasks import resolve_task_paths
 
         resolve_task_paths(args.tasks, args.source, args.include_path)   # missing task files: one clear error now
     config = SweepConfig(out=args.sweep, methods=methods, budgets=budgets, tasks=args.tasks, limit=args.limit,
-                             batch_size=args.batch_size, source=args.source, include_path=args.include_path)
+                         batch_size=args.batch_size, source=args.source, include_path=args.include_path)
     sweep = Sweep(model, tokenizer, config)
     rows = sweep.run(progress=not args.json, dry_run=args.dry_run)
     result = {"out": args.sweep, "cells_run": len(rows), "skipped": sweep.skipped, **sweep.estimate()}

@@ -169,10 +169,8 @@ def row_commands(record: dict) -> list[str]:
 
 
 def _check(command: str, root: Path, r: Recipe) -> None:
-    words = split_command(command)[1]
-    outputs = [words[i + 1] for i, w in enumerate(words[:-1]) if w in OUTPUT_FLAGS]
-    shell = any(w in SHELL_WORDS for w in words)
-    if shell:
+    words, outputs = split_command(command)[1], outputs_of(command)
+    if any(w in SHELL_WORDS for w in words):
         r.no_fast = "a shell pipeline: its sizes are fixed inside it"
         outputs = [w for w in words if w == r.file.relative_to(root).as_posix()]
         if not outputs:

@@ -1,7 +1,8 @@
 """mkv search: the greedy adaptive rank search, recorded as a trajectory JSON file (with precomputed quality)."""
 from __future__ import annotations
 
-from .common import add_adapter_arg, add_model_args, add_positions_arg, emit, invocation, load_model_and_adapter
+from ..cli import add_options
+from .common import add_model_args, add_positions_arg, check_suffix, emit, invocation, load_model_and_adapter
 
 SUITE_TOKENS = (512, 1024)   # readout tokens per suite domain: fast, full
 
@@ -11,7 +12,7 @@ def register(sub) -> None:
     add_model_args(p, tokens_fast=256, tokens_full=256, role="calibration")
     p.add_argument("--projections", default="pca",
                    help="'pca', 'trained' (shipped), a .safetensors file, or 'bundle' (with --adapter)")
-    add_adapter_arg(p)
+    add_options(p, "adapter")
     p.add_argument("--step", type=int, default=None, help="rank decrement per committed step (default 8; 16 fast)")
     p.add_argument("--min-rank", type=int, default=None, help="floor of every rank (default 8; 16 fast)")
     p.add_argument("--stop-budget", type=float, default=None, help="stop at this budget (default: the floor)")
@@ -27,9 +28,8 @@ def register(sub) -> None:
                    help="score steps by KL + W * calibration NLL change (default 0: KL alone, the paper's search)")
     p.add_argument("--max-spread", type=int, default=None,
                    help="keep the highest and lowest rank within this many of each other (default: no limit)")
-    p.add_argument("--recall-span", type=int, default=None,
-                   help="make each calibration block's last N tokens repeat a span from its start, so that breaking "
-                        "long-range lookup costs KL (default 0: blocks as they are); needs 2N + seq-len/4 <= --seq-len")
+    p.add_argument("--recall-span", type=int, default=None, help="make each calibration block's last N tokens "
+                   "repeat a span from its start, so breaking lookup costs KL (default 0); 2N + seq-len/4 <= seq-len")
     add_positions_arg(p)
     p.add_argument("--eval-corpus", default=None, help="one held-out corpus for the precomputed readout instead of "
                    "the default, the out-of-domain suite (mkvlib.suite: the mean over its domains)")
@@ -37,13 +37,12 @@ def register(sub) -> None:
                    f"{SUITE_TOKENS[1]}; {SUITE_TOKENS[0]} fast), or in all with --eval-corpus (default 2048; 512 fast)")
     p.add_argument("--grid", type=int, default=None, help="budgets in the precomputed grid (default 8; 4 fast; "
                    "with --readout-only: the file's own budgets)")
-    p.add_argument("--readout-only", default=None, metavar="TRAJECTORY",
-                   help="search nothing: measure the readout of this existing trajectory file again (on the suite, "
-                        "or --eval-corpus) and rewrite only its `evaluations` (in place, or to --out); --projections "
-                        "must be the ones it was searched with")
+    p.add_argument("--readout-only", default=None, metavar="TRAJECTORY", help="search nothing: measure this "
+                   "trajectory's readout again and rewrite only its `evaluations` (in place, or to --out); "
+                   "--projections must be those it was searched with")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     p.add_argument("--out", default=None, help="output trajectory .json (required unless --readout-only)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_options(p, "json")
     p.set_defaults(func=run, seq_len=None)
 
 
@@ -53,15 +52,12 @@ def config_from_args(args):
     from ..search import SearchConfig
 
     base = SearchConfig.fast() if fast_mode() else SearchConfig()
-    given = {k: v for k, v in dict(step=args.step, min_rank=args.min_rank, stop_budget=args.stop_budget,
-                                   strategy=args.strategy, seq_len=args.seq_len, tokens=args.tokens,
-                                   batch_size=args.batch_size, corpus=args.corpus,
-                                   nll_weight=args.nll_weight,
-                                   max_spread=args.max_spread, recall_span=args.recall_span).items() if v is not None}
-    if args.proxy_refresh is not None:
-        given["proxy_refresh"] = args.proxy_refresh
+    given = dict(step=args.step, min_rank=args.min_rank, stop_budget=args.stop_budget, strategy=args.strategy,
+                 seq_len=args.seq_len, tokens=args.tokens, batch_size=args.batch_size, corpus=args.corpus,
+                 nll_weight=args.nll_weight, max_spread=args.max_spread, recall_span=args.recall_span,
+                 proxy_refresh=args.proxy_refresh)
     return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance, positions=args.positions,
-                      **given)
+                      **{k: v for k, v in given.items() if v is not None})
 
 
 def readout_blocks(args, tokenizer, seq_len: int):
@@ -76,11 +72,6 @@ def readout_blocks(args, tokenizer, seq_len: int):
         return token_blocks(tokenizer, args.eval_corpus, seq_len, args.eval_tokens or pick(512, 2048)), args.eval_corpus
     tokens = args.eval_tokens or max(pick(*SUITE_TOKENS), seq_len)
     return suite_blocks(tokenizer, tokens, seq_len=seq_len), SUITE_CORPUS
-
-
-def _check_out(path) -> None:
-    if not str(path).endswith(".json"):
-        raise ValueError(f"--out must end in .json, not {str(path)!r}")
 
 
 def _set_threads(args) -> None:
@@ -107,7 +98,7 @@ def run(args) -> int:
 
     if not args.out:
         raise ValueError("give --out FILE.json for the trajectory (or --readout-only FILE to re-measure one)")
-    _check_out(args.out)
+    check_suffix(args.out, ".json")
     config = config_from_args(args)
     _set_threads(args)
     model, tokenizer = load_model_and_adapter(args)
@@ -145,7 +136,7 @@ def run_readout(args) -> int:
 
     path = existing_file(args.readout_only, "trajectory file", "; --readout-only names an existing trajectory .json")
     out = args.out or str(path)
-    _check_out(out)
+    check_suffix(out, ".json")
     traj = Trajectory.load(path)
     old = traj.evaluations or {}
     budgets = sorted({r["budget"] for r in old.get("rows") or []}, reverse=True)

@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
+from ..cli import add_options
 from ..runtime import pick
 from .common import (add_training_args, drive_trainer, emit, hardware, invocation, launched_accelerator,
-                     parse_schedule, training_settings)
+                     parse_schedule, training_settings, utc_now)
 
 
 def register(sub) -> None:
@@ -22,15 +22,15 @@ def register(sub) -> None:
                    ".jsonl file of {prompt, response} rows")
     p.add_argument("--split", default="validation", help="split of --data to train on (never arc_easy test)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N examples")
-    p.add_argument("--no-pack", action="store_true", help="one example per row instead of packing")
+    add_options(p, no_pack="one example per row instead of packing")
     p.add_argument("--loss-on", choices=["response", "all"], default=None,
                    help="tokens the LM loss counts (default: response in stage 1, all in stage 2)")
     p.add_argument("--adapter", default=None, help="stage 2: the stage-1 bundle folder")
     p.add_argument("--init", default=None, help="stage 2: projections to start from: 'trained' (default when "
                    "shipped, else 'pca'), 'pca' or a .safetensors file")
-    p.add_argument("--freeze-adapter", action="store_true", help="stage 2: train the projections only")
-    p.add_argument("--choices", action="store_true", help="stage 2: distil on every answer choice of each item "
-                   "(the continuations the task's accuracy compares); KD only, so it needs --lm-weight 0")
+    add_options(p, freeze_adapter="stage 2: train the projections only",
+                choices="stage 2: distil on every answer choice of each item (the continuations the task's "
+                "accuracy compares); KD only, so it needs --lm-weight 0")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--lora-targets", default=None, help="comma-separated linear layers (default all)")
@@ -125,7 +125,8 @@ def training_record(args, trainer, examples, ids, mask, loss_on: str, settings, 
     hist = trainer.history
     return {
         "stage": args.stage, "command": invocation(),
-        "data": args.data, "split": args.split, "choices": args.choices, "examples": len(examples), "rows": int(len(ids)),
+        "data": args.data, "split": args.split, "choices": args.choices, "examples": len(examples),
+        "rows": int(len(ids)),
         "seq_len": args.seq_len, "loss_on": loss_on, "loss_targets": target_count(mask),
         "steps": trainer.step, "tokens_seen": trainer.tokens_seen, "wall_time_s": round(trainer.wall_time, 1),
         "config": trainer.config.to_dict(), "lora": settings_dict(settings) if settings else None,
@@ -136,7 +137,7 @@ def training_record(args, trainer, examples, ids, mask, loss_on: str, settings, 
         "first_loss": hist[0]["loss"] if hist else None,
         "last_loss": sum(r["loss"] for r in hist[-10:]) / len(hist[-10:]) if hist else None,
         "history": hist, "hardware": hardware(trainer.device),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished": utc_now(),
     }
 
 

@@ -1,32 +1,26 @@
 """mkv train: Matryoshka training of the projections by distillation at sampled ranks (notebook 02)."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from ..runtime import pick
-from .common import (add_training_args, drive_trainer, emit, hardware, invocation, launched_accelerator,
-                     parse_schedule, training_settings)
+from .common import (add_training_args, check_suffix, drive_trainer, emit, hardware, invocation,
+                     launched_accelerator, parse_schedule, training_settings, utc_now)
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train the projections (KD + LM at sampled ranks), starting from PCA")
     p.add_argument("--init", default="pca", help="'pca' (shipped), 'trained' or a .safetensors file to start from")
     p.add_argument("--corpus", action="append", default=None,
-                   help="training corpus or weighted mixture such as books:2,stackexchange,peps (repeat to mix "
-                        "evenly; default: a diverse mixture of training/ with MKV_DATA_DIR, else pydoc). Never "
-                        "held-out or evaluation text (*-heldout, wikitext2-test, shakespeare, pydoc-test) or "
-                        "benchmark items")
+                   help="training corpus or weighted mixture such as books:2,peps (repeat to mix evenly; default: "
+                   "the mixture of training/ with MKV_DATA_DIR, else pydoc); never held-out or evaluation text")
     p.add_argument("--tokens", type=int, default=None, help="training tokens in all, split evenly over corpora "
                    "(default 262144; 8192 with MKV_FAST=1)")
-    p.add_argument("--eval-tokens", type=int, default=None,
-                   help="tokens of the out-of-domain suite (mkvlib.suite: held-out parts of every domain, never "
-                        "trained on) for the periodic KL, shared over its domains (default 4096; 1024 fast; 0: none)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="tokens of the out-of-domain suite for the "
+                   "periodic KL, shared over its domains (default 4096; 1024 fast; 0: none)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between those evaluations (default 50)")
-    p.add_argument("--recall-span", type=int, default=0,
-                   help="make the last N tokens of every training block repeat a span from its first quarter "
-                        "(recall blocks, mkvlib.recall), so that the distillation also asks for long-range lookup "
-                        "(default 0: blocks as they are)")
+    p.add_argument("--recall-span", type=int, default=0, help="make each training block's last N tokens repeat "
+                   "a span from its first quarter (mkvlib.recall): long-range lookup to distil (default 0: none)")
     p.add_argument("--out", required=True, help="output .safetensors file (a JSON record is written beside it)")
     add_training_args(p, TRAIN_DEFAULTS)
     p.set_defaults(func=run)
@@ -89,9 +83,8 @@ def run(args) -> int:
     from ..recall import check_recall_span, recall_blocks
     from ..training import Trainer
 
+    check_suffix(args.out, ".safetensors")
     out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
     corpora = [check_not_heldout(c) for c in (args.corpus or [default_corpus("training")])]
     config = train_config(args)
     check_recall_span(args.recall_span, args.seq_len, "--recall-span")
@@ -129,7 +122,7 @@ def write_results(args, out: Path, model, trainer, corpora: list, train_blocks, 
         "config": trainer.config.to_dict(), "schedule": list(trainer.sampler.schedule),
         "final_train_loss": trainer.history[-1] if trainer.history else None,
         "evals": trainer.evals, "history": trainer.history,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished": utc_now(),
     }
     proj = trainer.result(model=model.mkv_name, corpora=corpora)
     proj.save(out)

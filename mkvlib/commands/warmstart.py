@@ -6,9 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli import add_options
 from ..runtime import pick
-from .common import (add_model_args, add_positions_arg, add_schedule_arg, emit, hardware, invocation,
-                     parse_schedule)
+from .common import (add_model_args, add_positions_arg, check_suffix, emit, hardware, invocation, parse_schedule,
+                     utc_now)
 
 
 def register(sub) -> None:
@@ -25,17 +26,16 @@ def register(sub) -> None:
     p.add_argument("--queries", type=int, default=128,
                    help="query positions drawn per sequence and step (default 128; 0: all)")
     p.add_argument("--rank-samples", type=int, default=1, help="rank draws averaged per step (default 1)")
-    add_schedule_arg(p)
+    add_options(p, "schedule")
     p.add_argument("--layers", default=None, help="layers to fit, e.g. 0-9,12 (default: all); the others keep --init")
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, "seed")
     add_positions_arg(p)
     p.add_argument("--capture", default=None, metavar="FILE",
                    help="keep the captured layer inputs in this .safetensors file (read back if it exists)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run: layers already in OUT.layers/ are read, not fitted again")
+    add_options(p, resume="continue an interrupted run: layers already in OUT.layers/ are read, not fitted again")
     p.add_argument("--out", required=True, help="output .safetensors file (a JSON record and a folder of finished "
                    "layers, OUT.layers/, are written beside it)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_options(p, "json")
     p.set_defaults(func=run)
 
 
@@ -48,10 +48,9 @@ def check_args(args):
     from ..corpora import check_not_heldout, default_corpus, load_text
     from ..training.layerwise import finished_layers
 
-    if Path(args.out).suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, not {args.out!r}")
-    if args.capture and not args.capture.endswith(".safetensors"):
-        raise ValueError(f"--capture must end in .safetensors, not {args.capture!r}")
+    check_suffix(args.out, ".safetensors")
+    if args.capture:
+        check_suffix(args.capture, ".safetensors", "--capture")
     corpus = check_not_heldout(args.corpus or default_corpus("calibration"))
     config = layerwise_config(args)
     tokens = args.tokens or pick(*args._tokens)
@@ -167,7 +166,7 @@ def warmstart_record(args, proj, model, corpus: str, blocks, layers: list[int], 
         "cpu_time_s": round(cpu, 1),   # this process, all threads (model load included)
         "hardware": hardware(next(model.parameters()).device),
         "objective_at_50": lw["objective_at_50"],
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished": utc_now(),
     }
 
 

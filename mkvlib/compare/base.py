@@ -115,6 +115,12 @@ class KVMethod:
         """None when the method applies to ``model``, else one line saying why it cannot."""
         return None
 
+    def check_supported(self, model) -> None:
+        """A ValueError saying why when the method cannot run on ``model``."""
+        reason = self.unsupported(model)
+        if reason:
+            raise ValueError(reason)
+
     def settings(self, model) -> list[Setting]:
         """The settings this method offers on ``model``, from least to most compressed."""
         raise NotImplementedError

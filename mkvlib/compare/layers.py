@@ -1,11 +1,8 @@
 """Shared machinery of the bench's own caches: a runner over a cache factory, layer types, option checks.
 
-The bench's own cache layers (token eviction, ThinK, the pre-RoPE SVD latents, the quantized reduced cache) are
-subclasses of :class:`mkvlib.core.cache.CompressedLayer`: they hand a :class:`mkvlib.core.cache.ReducedKV` to the attention
-override of :mod:`mkvlib.core.cache`, which calls the layer's ``attend(query, attention_mask, scaling)``. A layer that
-stores fewer tokens than it has seen ignores the model's mask (built for every token seen) and attends causally
-over the new tokens and to every stored token before them; such layers serve unpadded batches only, which is
-what the :class:`~mkvlib.compare.base.Runner` protocol sends.
+The bench's cache layers subclass :class:`mkvlib.core.cache.CompressedLayer`. A layer that stores fewer tokens
+than it has seen ignores the model's mask and attends causally over the new tokens and to every stored token
+before them, so it serves unpadded batches only, which is what the :class:`~mkvlib.compare.base.Runner` sends.
 """
 from __future__ import annotations
 
@@ -69,6 +66,12 @@ def check_context(context) -> int:
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
         raise ValueError(f"context must be a positive number of tokens, not {context!r}")
     return context
+
+
+def check_count(name: str, value, least: int = 1, what: str = "a positive integer") -> None:
+    """A ValueError '{name} must be {what}' unless ``value`` is an integer (not a bool) of at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be {what}, not {value!r}")
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -96,8 +96,7 @@ def pivot(result: dict, length: int, task: str) -> str:
         for f in fractions:
             r = rows.get(f)
             value = "-" if r is None else f"{r['kl']:.3f}" if task == "ppl" else f"{r['accuracy']:.0%}"
-            stored = "" if r is None or abs(r["fraction"] - f) < 0.005 else \
-                f" ({r['fraction']:.1%})"
+            stored = "" if r is None or abs(r["fraction"] - f) < 0.005 else f" ({r['fraction']:.1%})"
             cells.append(value + stored)
         lines.append([method_name(m)] + cells)
     return _columns(lines)
@@ -118,10 +117,8 @@ def metric(row: dict) -> float | None:
 
 def quality(result: dict, method: str, task: str, length: int, requested: float) -> float | None:
     """:func:`metric` of ``method`` at the setting chosen for ``requested`` bytes (None: not measured)."""
-    for r in rows_of(result, method, task, length):
-        if requested in r["requested"]:
-            return metric(r)
-    return None
+    row = row_at(result, method, task, length, requested)
+    return None if row is None else metric(row)
 
 
 def mean_relative(result: dict, method: str, length: int, requested: float) -> float | None:
@@ -147,8 +144,7 @@ def plot_quality_vs_bytes(result: dict, length: int, title: str = "", guess: dic
 
     tasks = result["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
-    methods = [m for m in result["methods"] if m != BASELINE and any(rows_of(result, m, t, length)
-                                                                           for t in tasks)]
+    methods = [m for m in result["methods"] if m != BASELINE and any(rows_of(result, m, t, length) for t in tasks)]
     palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + ["#00429d", "#8c6d31"]
     colors = (palette * len(methods))[:len(methods)]            # no grey: the reference lines are black and grey
     for ax, task in zip(axes[0], tasks):

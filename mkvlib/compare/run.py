@@ -1,16 +1,14 @@
 """The comparison run: every method at matched bytes on every task, resumable item by item (``mkv compare``).
 
-For each method and each requested byte fraction, :func:`mkvlib.compare.base.at_bytes` picks the method's nearest
-setting at each length (the fraction it really stores is recorded); a fraction it cannot reach, or a method that
-does not apply to the model, becomes a row saying so and the run goes on. The uncompressed model always runs: its
-accuracy is the ceiling, and a task it answers below :data:`~mkvlib.compare.tasks.CANNOT_DO` is flagged "model
-cannot do it" and left out of averages.
+For each method and requested byte fraction, :func:`mkvlib.compare.base.at_bytes` picks the nearest setting at
+each length (the fraction it really stores is recorded); an unreachable fraction or an unsupported method becomes
+a status row and the run goes on. The uncompressed model always runs: its accuracy is the ceiling, and a task it
+answers below :data:`~mkvlib.compare.tasks.CANNOT_DO` is flagged "model cannot do it".
 
-Every item's result is stored the moment it is done, in a :class:`mkvlib.results_store.ResultStore` CSV beside
-the JSON output (``compare.json`` -> ``items/compare_items.csv``), keyed by model identity (name and a hash of its
-attention weights), method, setting, the setting's identity (projections fingerprint and a hash of its ranks, for
-projection methods), task and its generator version, length, seed and item: a rerun computes only what is missing,
-and a rerun with a larger ``n`` adds items. The JSON summary (:func:`summarize`) is rebuilt from the stored items.
+Every item is stored when done, in a :class:`mkvlib.results_store.ResultStore` CSV beside the JSON output
+(``compare.json`` -> ``items/compare_items.csv``) keyed by :data:`KEY` (model name and attention hash, method,
+setting and its identity, task and generator version, length, seed, item): a rerun computes only what is
+missing. The JSON summary (:func:`summarize`) is rebuilt from the stored items.
 
     spec = CompareSpec(["pca", "matryoshka"], [0.25, 0.125], ["ppl", "passkey"], [1024], n=4)
     result = run_compare(model, tokenizer, spec, "runs/compare.json")
@@ -256,8 +254,8 @@ def run_compare(model, tokenizer, spec: CompareSpec, out, progress: bool = True,
                 size=lambda group: len(group[1]), label=lambda g: f"{g[0].spec} {g[0].setting.label} @ {g[0].length}",
                 on_error=failed, progress=progress, log=log)
     result = summarize(store.rows(), cells, status, spec, model_id)
-    result.update(command=command, items_file=store.path.relative_to(Path(out).parent).as_posix(), created=time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                      time.gmtime()))
+    result.update(command=command, items_file=store.path.relative_to(Path(out).parent).as_posix(),
+                  created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     write_json(out, result)
     return result
 
@@ -314,21 +312,21 @@ def _num(x):
 def summarize(rows: list[dict], cells: list[Cell], status: list[dict], spec: CompareSpec, model_id: str) -> dict:
     """The JSON summary: one row per (method, requested fraction, task, length) over items 0..n-1 of the stored
     ones (this model and these settings only), the uncompressed ceiling per (task, length), and flags."""
-    want = {}
+    want: dict = {}
     for r in rows:
         if r["model"] == model_id and r["seed"] == str(spec.seed) and int(r["item"]) < spec.n:
-            want[(r["method"], r["setting"], r["identity"], r["task"], r["version"], r["length"])] = \
-                want.get((r["method"], r["setting"], r["identity"], r["task"], r["version"], r["length"]), []) + [r]
+            want.setdefault(tuple(r[k] for k in ("method", "setting", "identity", "task", "version", "length")),
+                            []).append(r)
     out, ceiling = [], {}
     for cell in cells:
         for t in spec.tasks:
-            mine = want.get((cell.spec, cell.setting.key(), cell.identity, t, str(TASK_VERSION[t]), str(cell.length)), [])
+            key = (cell.spec, cell.setting.key(), cell.identity, t, str(TASK_VERSION[t]), str(cell.length))
+            mine = want.get(key, [])
             row = {"method": cell.spec, "axis": cell.method.axis, "composed": cell.method.axis == "composed",
                    "setting": cell.setting.label, "params": dict(cell.setting.params), "requested": cell.requested,
                    "fraction": round(cell.report.fraction, 6), "bytes_per_token": cell.report.per_token,
                    "fixed_bytes": cell.report.fixed, "identity": cell.identity, "task": t, "length": cell.length,
-                   "n": len(mine),
-                   "status": "ok" if len(mine) == spec.n else "incomplete"}
+                   "n": len(mine), "status": "ok" if len(mine) == spec.n else "incomplete"}
             if mine and t == "ppl":
                 nll = sum(_num(r["nll"]) for r in mine) / len(mine)
                 base = sum(_num(r["base_nll"]) for r in mine) / len(mine)

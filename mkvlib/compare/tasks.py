@@ -85,6 +85,16 @@ def _distinct_numbers(rng: random.Random, count: int, digits: int) -> list[str]:
     return out
 
 
+def needle_prompt(tokenizer, length: int, intro: str, question: str, answer_start: str, needles: list,
+                  depths: list, what: str) -> tuple[str, torch.Tensor]:
+    """(text, ids) of a prompt of ``length`` tokens: ``intro``, filler with each needle at its depth, ``question``,
+    and the assistant's answer begun with ``answer_start``."""
+    def build(repeats: int):
+        hay = " ".join(_spread([FILLER] * repeats, needles, depths))
+        return render_prompt(tokenizer, f"{intro}\n\n{hay}\n\n{question}", answer_start)
+    return fit_prompt(tokenizer, length, build, what=what)
+
+
 def passkey_item(tokenizer, length: int, index: int, seed: int = 0) -> Item:
     p = retrieval.passkey_prompt(tokenizer, length, item_seed(seed, index))
     return Item("passkey", length, index, seed, p.ids, p.key, p.text, {"depth": p.depth})
@@ -98,10 +108,8 @@ def niah_item(tokenizer, length: int, index: int, seed: int = 0, keys: int = 4) 
     depths = [round(rng.uniform(0.0, 1.0), 4) for _ in range(keys)]
     asked = rng.randrange(keys)
     needles = [NIAH_NEEDLE.format(word=w, value=v) for w, v in zip(words, values)]
-    user = lambda hay: f"{INTRO}\n\n{hay}\n\n{NIAH_QUESTION.format(word=words[asked])}"  # noqa: E731
-    build = lambda r: render_prompt(tokenizer, user(" ".join(_spread([FILLER] * r, needles, depths))),  # noqa: E731
-                                    NIAH_ANSWER.format(word=words[asked]))
-    text, ids = fit_prompt(tokenizer, length, build, what="a multi-key needle prompt")
+    text, ids = needle_prompt(tokenizer, length, INTRO, NIAH_QUESTION.format(word=words[asked]),
+                              NIAH_ANSWER.format(word=words[asked]), needles, depths, "a multi-key needle prompt")
     return Item("niah", length, index, seed, ids, values[asked], text,
                 {"depth": depths[asked], "keys": keys, "word": words[asked]})
 
@@ -130,10 +138,8 @@ def vt_item(tokenizer, length: int, index: int, seed: int = 0, hops: int = 1, di
                for c, v in zip(chains, values)]
     depths = [round(rng.uniform(0.0, 1.0), 4) for _ in needles]
     last = chains[0][-1]
-    user = lambda hay: f"{VT_INTRO}\n\n{hay}\n\n{VT_QUESTION.format(name=last)}"  # noqa: E731
-    build = lambda r: render_prompt(tokenizer, user(" ".join(_spread([FILLER] * r, needles, depths))),  # noqa: E731
-                                    VT_ANSWER.format(name=last))
-    text, ids = fit_prompt(tokenizer, length, build, what="a variable-tracking prompt")
+    text, ids = needle_prompt(tokenizer, length, VT_INTRO, VT_QUESTION.format(name=last), VT_ANSWER.format(name=last),
+                              needles, depths, "a variable-tracking prompt")
     return Item("vt", length, index, seed, ids, values[0], text,
                 {"depth": depths[0], "hops": hops, "distractors": distractors, "variable": last})
 

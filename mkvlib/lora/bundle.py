@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..core.geometry import KVGeometry
-from ..core.io import write_json
+from ..core.io import _umask, write_json
 from ..core.projections import Projections
 from .adapter import adapter_config_dict, config_hash, merge, peft_wrapping, weights_hash
 
@@ -195,9 +195,3 @@ def load_merged(folder, model):
     merged = merge(peft_model)
     merged.mkv_adapter = manifest["adapter_weights_hash"]
     return merged, projections, manifest
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

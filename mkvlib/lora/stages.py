@@ -16,17 +16,9 @@ import torch
 from ..core.compress import Projector
 from ..core.geometry import KVGeometry
 from ..core.projections import Projections, resolve_projections
+from ..ladder import identity_projections  # noqa: F401  (stage 1's placeholder projector, never used to compress)
 from ..training import TrainConfig, Trainer
 from .adapter import adapter_parameters
-
-
-def identity_projections(model) -> Projections:
-    """Identity bases for ``model`` (compression at any rank keeps the leading coordinates): stage 1's
-    placeholder projector, never used to compress."""
-    g = KVGeometry.of(model)
-    eye = torch.eye(g.head_dim).expand(g.layers, g.kv_heads, g.head_dim, g.head_dim).clone()
-    return Projections(eye, eye.clone(), torch.zeros(g.layers, g.kv_heads, g.head_dim),
-                       meta={"model": getattr(model, "mkv_name", None), "kind": "identity"})
 
 
 def stage1_config(**kw) -> TrainConfig:

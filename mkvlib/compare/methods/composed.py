@@ -1,21 +1,14 @@
 """Compositions: ``matryoshka+quant`` (quantized reduced keys and values) and ``streaming+matryoshka``.
 
-``matryoshka+quant``: the MatryoshkaKV cache whose reduced tensors k~ (B, n, S, r_K) and v~ (B, n, S, r_V) are
-stored as unsigned integers of ``nbits`` bits, per token and KV head in groups of ``group_size`` consecutive
-rank coordinates (the last group may be shorter), asymmetric min-max: q = round((x - min) / scale), scale =
-(max - min) / (2^nbits - 1). Stored per token and (layer, KV head, K or V) of rank r:
+``matryoshka+quant`` stores the MatryoshkaKV cache's reduced tensors k~ (B, n, S, r_K), v~ (B, n, S, r_V) as
+``nbits`` unsigned integers per token and KV head, in groups of ``group_size`` rank coordinates, asymmetric
+min-max (q = round((x - min) / scale), scale = (max - min) / (2^nbits - 1)). Bytes per token and (layer, KV
+head, K or V) of rank r: ceil(r x nbits / 8) packed + 2 x ceil(r / group_size) scales and minima in the model's
+dtype. Attention dequantizes exactly what is stored. Per token rather than per channel (as KIVI does for keys),
+so every token's bytes are final when written, with no full-precision residual.
 
-    ceil(r x nbits / 8) bytes of packed integers (uint8, 8 / nbits numbers a byte)
-    + 2 x ceil(r / group_size) numbers (scale, min) in the model's dtype.
-
-Attention dequantizes exactly what is stored (q x scale + min with the stored, rounded scale and min) and then
-runs the reduced attention of :class:`mkvlib.core.cache.CompressedLayer`. Quantizing per token (not per channel as
-KIVI does for keys) keeps every token's bytes final when it is written, with no full-precision residual. At 50%
-with 4 bits the integers are 1/8 of a 16-bit cache's bytes; the scales add the rest, all counted.
-
-``streaming+matryoshka``: StreamingLLM's eviction (:mod:`.eviction`) applied to the MatryoshkaKV cache: after the
-prefill each layer keeps the sinks and recent tokens of the prompt, at the reduced widths; bytes per token are
-kept / S x sum(r_K + r_V) x element size.
+``streaming+matryoshka``: StreamingLLM's eviction (:mod:`.eviction`) on the MatryoshkaKV cache; bytes per token
+are kept / S x sum(r_K + r_V) x element size.
 """
 from __future__ import annotations
 
@@ -27,7 +20,7 @@ import torch
 from ...core.cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
 from ...core.geometry import KVGeometry
 from ..base import ByteReport, Setting, register
-from ..layers import cache_runner, check_context, check_fractions, element_size, sliding_reason
+from ..layers import cache_runner, check_context, check_count, check_fractions, element_size, sliding_reason
 from .eviction import EvictingCache, kept_tokens, streaming_selector
 from .projection import ProjectionMethod, projection_bytes
 
@@ -159,8 +152,7 @@ class MatryoshkaQuant(ProjectionMethod):
         if not bits or any(b not in QUANT_BITS for b in bits):
             raise ValueError(f"bits are among {QUANT_BITS}, not {self.bits!r}")
         object.__setattr__(self, "bits", bits)
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
-            raise ValueError(f"group_size must be a positive integer, not {self.group_size!r}")
+        check_count("group_size", self.group_size)
 
     def settings(self, model) -> list[Setting]:
         return [Setting(self.name, f"{100 * b:g}% {n}-bit",
@@ -194,8 +186,7 @@ class StreamingMatryoshka(ProjectionMethod):
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "keep", check_fractions("keep", self.keep))
-        if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
-            raise ValueError(f"sinks must be a non-negative number of tokens, not {self.sinks!r}")
+        check_count("sinks", self.sinks, 0, "a non-negative number of tokens")
 
     def unsupported(self, model) -> str | None:
         return sliding_reason(model, self.name) or super().unsupported(model)
@@ -213,9 +204,7 @@ class StreamingMatryoshka(ProjectionMethod):
                              **report.detail, kept_tokens=kept)
 
     def runner(self, model, setting: Setting):
-        reason = sliding_reason(model, self.name)
-        if reason:
-            raise ValueError(reason)
+        self.check_supported(model)
         proj, ranks = self.resolved(model), self.ranks(model, setting)
         select = streaming_selector(setting.get("keep"), self.sinks)
         return cache_runner(model, lambda batch, tokens: EvictingCache(model, proj, ranks, select, reserve=tokens))

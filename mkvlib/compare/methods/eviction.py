@@ -1,27 +1,16 @@
 """Token eviction: ``streaming`` (StreamingLLM: attention sinks + the recent window) and ``snapkv`` (SnapKV).
 
-Why our own and not kvpress: kvpress 0.5.5 (the release on PyPI) pins ``transformers<5.3``; installing it would
-downgrade this project's transformers 5.24 (``pip install --dry-run kvpress`` would install transformers 5.2.0).
-Imported without its pins beside transformers 5.24, its presses fail at the first forward (their attention hook
-reads ``kwargs["past_key_values"]``, which transformers 5.24 passes as ``cache``). So both methods are written
-here, as prompt compression applied once after the prefill, as kvpress does:
+Written here rather than taken from kvpress: kvpress 0.5.5 pins ``transformers<5.3`` and, imported without its
+pins, its attention hook fails under transformers 5.24. As in kvpress, both compress the prompt once after the
+prefill: each layer keeps ``kept = round(keep x S)`` of the S prompt tokens per KV head; later tokens are
+appended and never evicted. StreamingLLM keeps the first ``sinks`` tokens and the most recent ones; SnapKV keeps
+the last ``window`` tokens and the earlier tokens the window's queries attend to most (softmax weights averaged
+over the KV head's query heads, summed over the window, pooled along tokens with ``kernel``).
 
-- the prompt (S tokens) runs with its full cache; then each layer keeps ``kept = round(keep x S)`` tokens per KV
-  head and drops the rest; tokens that come after the prompt are appended and never evicted;
-- StreamingLLM keeps the first ``sinks`` tokens and the last ``kept - sinks``;
-- SnapKV keeps the last ``window`` prompt tokens (the observation window) and the ``kept - window`` earlier
-  tokens that the window's queries attend to most: softmax weights of the window's queries, averaged over the
-  query heads of the KV head, summed over the window, smoothed along tokens by pooling (``kernel``); each KV
-  head keeps its own tokens.
-
-Kept keys keep their RoPE positions (they are stored post-RoPE) and new tokens continue at the prompt's length,
-as if nothing had been evicted. Storage is real: after eviction the layer holds (B, G, kept, d) keys and values,
-so the bytes per prompt token are kept / S x the full bytes per token (``fraction`` = kept / S at context S).
-
-Implementation: :class:`EvictingLayer` is a :class:`mkvlib.core.cache.CompressedLayer` that evicts after its prefill,
-so the same code evicts from the full cache (identity bases at full rank: exact, and no bases stored, so no
-fixed bytes) and from a MatryoshkaKV cache (``streaming+matryoshka``). Unpadded batches only; models with
-sliding-window layers are refused (their window is not reproduced).
+Kept keys keep their RoPE positions and new tokens continue at the prompt's length. Storage is real: bytes per
+prompt token are kept / S of the full cache's. :class:`EvictingLayer` is a :class:`mkvlib.core.cache.CompressedLayer`,
+so the same code evicts from the full cache (identity bases, no fixed bytes) and from a MatryoshkaKV cache
+(``streaming+matryoshka``). Unpadded batches only; sliding-window models are refused.
 """
 from __future__ import annotations
 
@@ -32,9 +21,9 @@ import torch.nn.functional as F
 
 from ...core.cache import CompressedCache, CompressedLayer, head_groups
 from ...core.geometry import KVGeometry
-from ...core.projections import Projections
+from ...ladder import identity_projections  # noqa: F401  (identity bases: a full-rank cache stores K, V as they are)
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
-from ..layers import cache_runner, check_choice, check_context, check_fractions, sliding_reason
+from ..layers import cache_runner, check_choice, check_context, check_count, check_fractions, sliding_reason
 
 KEEP_RATIOS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 
@@ -42,15 +31,6 @@ KEEP_RATIOS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 def kept_tokens(length: int, keep: float) -> int:
     """Tokens a prompt of ``length`` keeps at ratio ``keep``: round(keep x length), at least 1, at most length."""
     return min(length, max(1, round(keep * length)))
-
-
-def identity_projections(model) -> Projections:
-    """Identity bases (L, G, d, d) and zero means: a CompressedCache at full rank that stores keys and values as
-    they are."""
-    geom = KVGeometry.of(model)
-    eye = torch.eye(geom.head_dim).expand(geom.layers, geom.kv_heads, -1, -1).clone()
-    return Projections(eye, eye.clone(), torch.zeros(geom.layers, geom.kv_heads, geom.head_dim),
-                       meta={"kind": "identity"})
 
 
 class EvictingLayer(CompressedLayer):
@@ -190,9 +170,7 @@ class EvictionMethod(KVMethod):
         raise NotImplementedError
 
     def runner(self, model, setting: Setting):
-        reason = self.unsupported(model)
-        if reason:
-            raise ValueError(reason)
+        self.check_supported(model)
         proj, select = identity_projections(model), self.selector(setting)
         d = KVGeometry.of(model).head_dim
         return cache_runner(model, lambda batch, tokens: EvictingCache(model, proj, d, select, reserve=tokens))
@@ -208,8 +186,7 @@ class Streaming(EvictionMethod):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
-            raise ValueError(f"sinks must be a non-negative number of tokens, not {self.sinks!r}")
+        check_count("sinks", self.sinks, 0, "a non-negative number of tokens")
 
     def params(self) -> tuple:
         return (("sinks", self.sinks),)
@@ -232,10 +209,8 @@ class SnapKV(EvictionMethod):
     def __post_init__(self):
         super().__post_init__()
         check_choice("pooling", self.pooling, ("avg", "max"))
-        for name in ("window", "kernel"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        check_count("window", self.window)
+        check_count("kernel", self.kernel)
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd (the pooling is centred on each token), not {self.kernel}")
 

@@ -1,13 +1,9 @@
 """``ladder``: the precision ladder on the Matryoshka bases (:mod:`mkvlib.ladder`), searched over bytes.
 
-Every (layer, KV head, K or V) stores consecutive segments of its trained basis at the widths of a searched
-layout (the model's dtype, 16, 8, 4, 2 bits or dropped; float16 low and range per group of quantized features),
-in the real :class:`mkvlib.ladder.LadderCache`. The settings are budgets in bits per stored element (scales
-included; the uncompressed cache holds the model dtype's bits), each the prefix of the trajectory
-(``trajectory``: a path or :class:`~mkvlib.ladder.LadderTrajectory`; default the shipped
-``data/results/ladder_trajectory.json``) that first reaches it. Bytes per token are
-:meth:`mkvlib.ladder.Ladder.token_bytes` (the cache holds exactly that); the fixed bytes are the truncated bases
-and value means, as for ``matryoshka``.
+Each (layer, KV head, K or V) stores consecutive segments of its trained basis at the widths of a searched layout
+in the real :class:`mkvlib.ladder.LadderCache`. Settings are budgets in bits per stored element, each the prefix
+of the trajectory (default ``data/results/ladder_trajectory.json``) that first reaches it; fixed bytes are the
+truncated bases and value means, as for ``matryoshka``.
 """
 from __future__ import annotations
 

@@ -1,18 +1,11 @@
 """``pca`` and ``matryoshka``: feature-axis compression by orthogonal projections, in the real compressed cache.
 
-Per layer l and KV head g with ranks (r_K, r_V) the cache (:class:`mkvlib.core.cache.CompressedCache`) stores per token
-
-    k~ = k U_K[:, :r_K]   (B, 1, 1, r_K)        v~ = (v - mu) U_V[:, :r_V]   (B, 1, 1, r_V)
-
-in the model's dtype, so the bytes per token are sum over (l, g) of (r_K + r_V) x element size, and the
-fixed bytes are the truncated bases U_K[:, :r_K], U_V[:, :r_V] and the value means mu (d numbers each per
-(l, g, column)). ``pca`` uses the PCA bases, ``matryoshka`` the trained ones; ``allocation`` 'uniform' gives
-every (l, g, K/V) the rank round(budget x d), 'adaptive' the greedy-searched ranks of the shipped trajectory for
-those projections (:func:`mkvlib.core.ranks.ranks_for`); budgets below the trajectory's floor are left out of
-the settings. ``only='keys'`` (or ``'values'``) compresses that half alone and keeps the other at full rank, an
-ablation that says which half a task needs (the bytes then are (budget + 1) / 2 of the full cache's).
-``layers='a-b'`` (inclusive, or one layer number) compresses those layers alone and keeps every other layer at
-full rank: the ablation that says where in the depth of the model a task breaks.
+Per layer and KV head of ranks (r_K, r_V) the cache (:class:`mkvlib.core.cache.CompressedCache`) stores per
+token k U_K[:, :r_K] and (v - mu) U_V[:, :r_V] in the model's dtype: (r_K + r_V) x element size bytes; the
+fixed bytes are the truncated bases and value means. ``pca`` uses the PCA bases, ``matryoshka`` the trained
+ones; ``allocation`` 'uniform' gives every rank round(budget x d), 'adaptive' the searched ranks of the shipped
+trajectory (budgets below its floor are left out). Ablations: ``only='keys'`` (or ``'values'``) compresses
+that half alone, ``layers='a-b'`` (or one number) those layers alone, the rest at full rank.
 """
 from __future__ import annotations
 

@@ -1,20 +1,12 @@
 """``quant``: transformers' ``QuantizedCache`` (KIVI-style), backend optimum-quanto or HQQ, at 4 and 2 bits.
 
-What the cache holds per layer (keys and values alike, tensors (B, G, S, d) flattened into groups of ``group``
-consecutive numbers along the head dimension, a group never spanning two tokens since group divides d):
-
-- packed integers: B x G x S_q x d x nbits / 8 bytes (uint8, two 4-bit or four 2-bit numbers a byte);
-- a scale and a zero point (quanto: shift) per group, in the model's dtype: 2 x B x G x S_q x d / group numbers;
-- the full-precision residual buffer: the last S_r tokens (B, G, S_r, d) in the model's dtype.
-
-The prompt is quantized whole at its first forward (S_r = 0 after the prefill); decoded tokens collect in the
-residual buffer, which is folded into the quantized part once it would reach ``residual_length`` tokens, so it
-holds at most ``residual_length - 1`` tokens. :meth:`Quant.bytes` charges that worst case at the given context:
-S_r = min(residual_length - 1, context), S_q = context - S_r, everything amortised over the context.
-:func:`quantized_bytes` is the exact formula for any (S_q, S_r); :func:`held_bytes` sums the tensors a real
-cache holds (the test compares the two). Packages: ``pip install optimum-quanto hqq`` (the ``compare`` extra).
-
-Models with sliding-window layers (Gemma 3) are refused by ``QuantizedCache``; :meth:`Quant.unsupported` says so.
+Per layer, keys and values alike, in groups of ``group`` numbers along the head dimension: packed integers
+(S_q x d x nbits / 8 bytes per KV head), a scale and a zero point per group in the model's dtype, and a
+full-precision residual buffer of the last S_r tokens. The prompt is quantized whole at its prefill; decoded
+tokens collect in the residual, folded in before it reaches ``residual_length``, so :meth:`Quant.bytes` charges
+S_r = min(residual_length - 1, context), amortised over the context. :func:`quantized_bytes` is the formula,
+:func:`held_bytes` what a real cache holds (the tests compare them). Packages: ``pip install optimum-quanto hqq``
+(the ``compare`` extra). Models with sliding-window layers are refused.
 """
 from __future__ import annotations
 
@@ -23,7 +15,7 @@ from dataclasses import dataclass
 
 from ...core.geometry import KVGeometry
 from ..base import ByteReport, KVMethod, Setting, register
-from ..layers import cache_runner, check_choice, check_context, element_size, layer_types
+from ..layers import cache_runner, check_choice, check_context, check_count, element_size, layer_types
 
 BITS = {"quanto": (2, 4), "hqq": (2, 4, 8)}
 PACKAGES = {"quanto": "optimum.quanto", "hqq": "hqq"}
@@ -76,10 +68,8 @@ class Quant(KVMethod):
         if not bits or any(b not in BITS[self.backend] for b in bits):
             raise ValueError(f"bits for the {self.backend} backend are among {BITS[self.backend]}, not {self.bits!r}")
         object.__setattr__(self, "bits", bits)
-        for name in ("group_size", "residual_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        check_count("group_size", self.group_size)
+        check_count("residual_length", self.residual_length)
 
     def group(self, model) -> int:
         """The group size used on ``model``: group_size, or head_dim when that is smaller."""
@@ -115,9 +105,7 @@ class Quant(KVMethod):
                              quantized_tokens=context - residual)
 
     def runner(self, model, setting: Setting):
-        reason = self.unsupported(model)
-        if reason:
-            raise ValueError(reason)
+        self.check_supported(model)
         from transformers import QuantizedCache
 
         def make(batch, tokens):

@@ -1,31 +1,18 @@
 """``svd``: Palu-style low-rank keys and values from the SVD of the weights W_k, W_v (no calibration text).
 
-For layer l and KV head g, W (d, hidden) is that head's rows of ``k_proj`` (or ``v_proj``), with the bias as one
-more column when the projection has one, and W = U S V^T. Keeping the first r columns of U (d, d) stores per
-token the rank-r latent of that head:
+Per layer and KV head, W (d, hidden) is that head's rows of ``k_proj`` (or ``v_proj``, the bias as one more
+column) and W = U S V^T; the cache stores per token the rank-r latents h_K = U_K[:, :r]^T k_pre and
+h_V = U_V[:, :r]^T v. Keys get RoPE after the projection, and a position-dependent rotation does not commute
+with a fixed basis, so, as in Palu, the latent is taken *pre-RoPE*: the layer undoes the rotation of the
+post-RoPE keys our hook sees (exact up to rounding) and re-applies it to the keys reconstructed at every
+attention, k = RoPE(U_K[:, :r] h_K). Values carry no RoPE: their latent is an orthogonal projection as in
+MatryoshkaKV.
 
-    h_K = U_K[:, :r]^T k_pre   (r numbers; = S_r V_r^T [x; 1], Palu's latent x A of the head)
-    h_V = U_V[:, :r]^T v       (r numbers)
+Calibration-free, the basis treats every input direction as equally likely, so on the embedded model cutting the
+values costs far more than cutting the keys, and far more than ``pca`` at the same rank.
 
-Decision (exact Palu, option (a)): keys get RoPE *after* the projection, and a rotation depending on the
-position does not commute with a fixed basis, so the cache stores the **pre-RoPE** latent as Palu does and
-reconstructs keys before each attention: k = RoPE(U_K[:, :r] h_K, position). Our attention hook only sees
-post-RoPE keys, so the layer undoes the rotation first (RoPE is orthogonal: k_pre = R(p)^T k_post, exact up to
-rounding) and re-applies it to the reconstructed keys at positions 0..S-1. Values carry no RoPE, so their latent
-is an orthogonal projection as in MatryoshkaKV (o = softmax(q k^T) h_V U_V[:, :r]^T; Palu fuses U_V into W_o).
-The cost is the reconstruction of every stored key at every step (B x G x S x d x r multiply-adds a layer),
-which Palu does in a fused kernel; fine for this bench.
-
-Being calibration-free, the basis treats every input direction x as equally likely: directions W_v maps weakly
-(small singular values) can still carry much of the values when the inputs concentrate there. On the embedded
-model the cut of the values costs far more than the cut of the keys, and far more than ``pca`` (which sees the
-real statistics) at the same rank. Palu's whitened variant would need calibration text, which this method is
-defined without.
-
-Bytes: per token sum over (l, g) of (r_K + r_V) x element size (the stored latents), as for ``pca``; fixed: the
-truncated bases U_K[:, :r], U_V[:, :r] (and zero value means) the cache holds. Ranks are uniform, round(b x d).
-Refused: models whose keys are normalised after k_proj (k_norm: the SVD of W_k no longer spans the keys),
-without a ``rotary_emb`` over the full head dimension, or with sliding-window layers.
+Bytes per token: sum over (l, g) of (r_K + r_V) x element size; fixed: the truncated bases. Ranks are uniform,
+round(b x d). Refused: models with k_norm, RoPE over part of the head, or sliding-window layers.
 """
 from __future__ import annotations
 
@@ -174,8 +161,6 @@ class SVD(KVMethod):
         return ByteReport.of(model, per_token, projection_bytes(ranks, geom.head_dim, element), context)
 
     def runner(self, model, setting: Setting):
-        reason = self.unsupported(model)
-        if reason:
-            raise ValueError(reason)
+        self.check_supported(model)
         bases, budget = self.bases(model), float(setting.get("budget"))
         return cache_runner(model, lambda batch, tokens: LatentCache(model, bases, budget, reserve=tokens))

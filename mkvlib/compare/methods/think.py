@@ -1,19 +1,10 @@
 """``think``: ThinK-style query-driven pruning of key channels; values stay full.
 
-After the prompt's prefill (computed with the full cache), each layer scores the d channels of each KV head by
-the query-key magnitude of ThinK, over a window of the prompt's last ``window`` queries:
-
-    score[b, g, c] = ||Q[b, g, :, c]||_2 x ||K[b, g, :, c]||_2      (= ||Q_c K_c^T||_F, ThinK's criterion)
-
-Q (B, G, H/G x w, d): the window's queries of the KV head's query heads; K (B, G, S, d): the prompt's keys. The
-``round(keep x d)`` best channels are kept, per sequence and KV head, for the prompt and every later token, and
-attention scores use only them (q_c . k_c over kept c, the model's own scale). Values are not pruned (ThinK
-prunes keys only), so the bytes per token are (kept + d) / 2d of the full cache's: (1 + keep) / 2.
-
-Storage is real: after the prefill a layer holds keys (B, G, S, kept) and values (B, G, S, d), plus the kept
-channel index (B, G, kept) int64 per sequence, reported as ``fixed`` bytes (it does not grow with tokens).
-The layer is a :class:`mkvlib.core.cache.CompressedLayer` with identity bases at full rank until it prunes.
-Unpadded batches; models with sliding-window layers are refused.
+After the prefill each layer scores the d channels of each KV head by ||Q_c|| x ||K_c|| (ThinK's criterion),
+Q the last ``window`` prompt queries of the KV head's query heads and K the prompt's keys, and keeps the
+``round(keep x d)`` best per sequence and KV head for the prompt and every later token. Bytes per token are
+(kept + d) / 2d of the full cache's; the kept-channel index (B, G, kept) int64 is reported as ``fixed`` bytes.
+Unpadded batches; sliding-window models are refused.
 """
 from __future__ import annotations
 
@@ -25,7 +16,7 @@ import torch.nn.functional as F
 from ...core.cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
 from ...core.geometry import KVGeometry
 from ..base import ByteReport, KVMethod, Setting, register
-from ..layers import FEATURE_BUDGETS, cache_runner, check_fractions, element_size, sliding_reason
+from ..layers import FEATURE_BUDGETS, cache_runner, check_count, check_fractions, element_size, sliding_reason
 from .eviction import identity_projections
 
 
@@ -129,8 +120,7 @@ class ThinK(KVMethod):
 
     def __post_init__(self):
         object.__setattr__(self, "keep", check_fractions("keep", self.keep))
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"window must be a positive number of queries, not {self.window!r}")
+        check_count("window", self.window, 1, "a positive number of queries")
 
     def unsupported(self, model) -> str | None:
         return sliding_reason(model, self.name)
@@ -147,8 +137,6 @@ class ThinK(KVMethod):
                              index_bytes_per_sequence=index)
 
     def runner(self, model, setting: Setting):
-        reason = self.unsupported(model)
-        if reason:
-            raise ValueError(reason)
+        self.check_supported(model)
         kept = kept_channels(KVGeometry.of(model).head_dim, setting.get("keep"))
         return cache_runner(model, lambda batch, tokens: ThinKCache(model, kept, self.window, reserve=tokens))
