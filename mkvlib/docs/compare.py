@@ -16,7 +16,7 @@ def _cell(row: dict | None) -> str:
     if row is None or not row.get("n"):
         return DASH
     if row["task"] == "ppl":
-        return f"{num(row['perplexity_ratio'], 2)} / {num(row['kl'], 3)}"
+        return f"{num(row['perplexity_ratio'], 2)} / {num(row['kl'], 3)} / {pct(row.get('top1'), 0)}"
     return count(row["correct"], row["n"]) + (" (flagged)" if row.get("flagged") else "")
 
 
@@ -29,7 +29,7 @@ def _tasks_table(rows, tasks, order=None) -> str:
     first = {k: next(iter(g.values())) for k, g in groups.items()}
     keys = sorted(groups, key=lambda k: (k[2], order.get(k[0], len(order)), -first[k]["fraction"])) if order else groups
     asked = ["bytes asked"] * bool(order)
-    return table(["method", "setting", *asked, "bytes stored", "tokens", *["ppl x / KL" if t == "ppl" else t
+    return table(["method", "setting", *asked, "bytes stored", "tokens", *["ppl x / KL / top-1" if t == "ppl" else t
                                                                           for t in tasks]],
                  [[m + (" (composed)" if first[m, s, n].get("composed") else ""), s]
                   + [", ".join(pct(f, None) for f in first[m, s, n]["requested"])] * bool(order)
@@ -127,13 +127,13 @@ def precision_ladder(data: Data, path, rec: dict) -> str:
 def precision_ladder_whole(data: Data, path, rec: dict) -> str:
     suite, bits = rec["suite"], ["bits per element in all (measured)", "in the ladder"]
     rows = [[r["family"], r["label"], num(r.get("measured_bits_per_element"), 2),
-             num(r.get("ladder_bits_per_element"), 2), num(r.get("kl_ood"), 3), num(r.get("kl_in_domain"), 3),
-             r.get("reason", "")] for r in rec["rows"]]
+             num(r.get("ladder_bits_per_element"), 2), num(r.get("kl_ood"), 3), pct(r.get("top1_ood"), 0),
+             num(r.get("kl_in_domain"), 3), r.get("reason", "")] for r in rec["rows"]]
     passkey = [[f"{p['length']:,}", "uncompressed" if p["bits"] is None else f"ladder {p['bits']:g} bits in all",
                 num(p.get("measured_bits_per_element"), 2), num(p.get("ladder_bits_per_element"), 2),
                 count(p["correct"], p["n"]) if "correct" in p else p.get("reason", DASH)] for p in rec["passkey"]]
     return paragraphs(prose("precision-ladder-whole", rec, suite, n=len(suite["domains"])),
-                      table(["family", "setting", *bits, "held-out KL", "in-domain KL", "note"], rows),
+                      table(["family", "setting", *bits, "held-out KL", "held-out top-1", "in-domain KL", "note"], rows),
                       table(["passkey length", "setting", *bits, "correct"], passkey))
 
 

@@ -130,7 +130,7 @@ def ood_routes(data: Data) -> str | None:      # not framed by result=: each rou
 def positions(data: Data, path, rec) -> str:
     cell = {(r["method"], r["offset"]): r for r in rec["rows"]}
     rows = [[m["label"], m["positions"]] + [either(lambda r: f"{num(r['kl_to_base'], 3)} ("
-                                                   f"{num(r['perplexity_ratio'], 2)})", cell.get((m["label"], o)))
+                                                   f"{num(r['perplexity_ratio'], 2)}, {pct(r.get('top1_agreement'), 0)})", cell.get((m["label"], o)))
                                             for o in rec["offsets"]] for m in rec["methods"]]
     shift = rec.get("passkey_shift")
     moved = (f"The same {shift['length']:,}-token passkey prompts ({shift['method']}, {pct(shift['budget'])}) placed "
@@ -139,7 +139,7 @@ def positions(data: Data, path, rec) -> str:
                  for o, v in by_int(shift["by_offset"])) + ".") if shift else ""
     return paragraphs(prose("positions", rec, budget=pct(rec["budget"], 0)),
                       table(["method (uniform ranks)", "fitted on positions"]
-                            + [f"from {o:,}: KL (ppl x)" for o in rec["offsets"]], rows),
+                            + [f"from {o:,}: KL (ppl x, top-1)" for o in rec["offsets"]], rows),
                       _passkey(rec) if rec.get("passkey") else "", moved)
 
 
