@@ -192,9 +192,8 @@ def quanto_check(model, tokenizer, traj, proj, n: int = 4, length: int = 1024) -
 
 def frontier_blocks(tokenizer, args) -> dict:
     """The out-of-domain suite's blocks by domain, and unseen text of the training mixture as 'in-domain'."""
-    from .commands.eval import IN_DOMAIN_SEED, IN_DOMAIN_SKIP
     from .corpora import DEFAULT_TRAINING_MIXTURE, mixture_blocks
-    from .suite import suite_blocks
+    from .suite import IN_DOMAIN_SEED, IN_DOMAIN_SKIP, suite_blocks
 
     blocks = suite_blocks(tokenizer, args.tokens, args.seq_len)
     blocks["in-domain"] = mixture_blocks(tokenizer, DEFAULT_TRAINING_MIXTURE, args.seq_len, args.in_domain,

@@ -29,6 +29,8 @@ SUITES = ("ood",)
 DOMAINS = ("books-heldout", "stackexchange-heldout", "factbook-heldout", "peps-heldout", "rfcs-heldout",
            "shakespeare", "wikitext2-test", "pydoc-test")
 DEFAULT_SEQ_LEN = 512
+IN_DOMAIN_SKIP = 1 << 20   # in-domain text starts this many tokens into the training mixture: past every run's tokens
+IN_DOMAIN_SEED = 7
 
 
 def default_tokens() -> int:

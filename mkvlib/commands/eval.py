@@ -13,6 +13,7 @@ import torch
 
 from ..cli import add_options
 from ..core.ranks import ranks_for
+from ..suite import IN_DOMAIN_SEED, IN_DOMAIN_SKIP, SUITES
 from .common import add_model_args, emit, hardware, invocation, parse_numbers, setup, split_list
 
 
@@ -57,10 +58,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-SUITES = ("ood",)
 SUITE_BUDGETS = (0.5, 0.375)
-IN_DOMAIN_SKIP = 1 << 20          # tokens of the training mixture skipped before in-domain text: past every run's
-IN_DOMAIN_SEED = 7
 ALLOCATIONS = ("uniform", "adaptive")
 
 
