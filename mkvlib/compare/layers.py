@@ -35,6 +35,15 @@ def cache_runner(model, factory):
             cache_module.disable(model)
 
 
+def bench_layers(cache, projections, reserve: int, layer_type, *options) -> list:
+    """The layers of a bench cache, a :class:`~mkvlib.core.cache.CompressedCache` subclass, made after its own
+    ``__init__`` as it makes its own: ``layer_type(*options, layer index, head groups, U_K, U_V, mu_V, reserve,
+    attention module id)`` for each of the model's layers, with the bases in float32."""
+    return [layer_type(*options, l, cache_module.head_groups(cache.ranks[l]), projections.keys[l].float(),
+                       projections.values[l].float(), projections.value_mean[l].float(), reserve,
+                       id(cache._modules[l])) for l in range(cache.geometry.layers)]
+
+
 def layer_types(model) -> list[str]:
     """The model's attention layer types ('full_attention', 'sliding_attention', ...), one per layer."""
     config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config

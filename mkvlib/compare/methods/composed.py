@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ...core.cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
+from ...core.cache import CompressedCache, CompressedLayer, ReducedKV
 from ...core.geometry import KVGeometry
 from ..base import ByteReport, Setting, register
-from ..layers import cache_runner, check_context, check_count, check_fractions, element_size, sliding_reason
+from ..layers import (bench_layers, cache_runner, check_context, check_count, check_fractions, element_size,
+                      sliding_reason)
 from .eviction import EvictingCache, kept_tokens, streaming_selector
 from .projection import ProjectionMethod, projection_bytes
 
@@ -127,10 +128,7 @@ class QuantizedReducedCache(CompressedCache):
 
     def __init__(self, model, projections, ranks, nbits: int, group: int, reserve: int = 0):
         super().__init__(model, projections, ranks, reserve)
-        p = projections
-        self.layers = [QuantizedReducedLayer(nbits, group, l, head_groups(self.ranks[l]), p.keys[l].float(),
-                                             p.values[l].float(), p.value_mean[l].float(), reserve,
-                                             id(self._modules[l])) for l in range(self.geometry.layers)]
+        self.layers = bench_layers(self, projections, reserve, QuantizedReducedLayer, nbits, group)
 
 
 @register

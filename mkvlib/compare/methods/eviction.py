@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...core.cache import CompressedCache, CompressedLayer, head_groups
+from ...core.cache import CompressedCache, CompressedLayer
 from ...core.geometry import KVGeometry
 from ...ladder import identity_projections  # noqa: F401  (identity bases: a full-rank cache stores K, V as they are)
 from ..base import ByteReport, KVMethod, Setting, full_bytes_per_token, register
-from ..layers import cache_runner, check_choice, check_context, check_count, check_fractions, sliding_reason
+from ..layers import (bench_layers, cache_runner, check_choice, check_context, check_count, check_fractions,
+                      sliding_reason)
 
 KEEP_RATIOS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 
@@ -90,10 +91,7 @@ class EvictingCache(CompressedCache):
 
     def __init__(self, model, projections, ranks, selector, reserve: int = 0):
         super().__init__(model, projections, ranks, reserve)
-        proj = projections
-        self.layers = [EvictingLayer(selector, l, head_groups(self.ranks[l]), proj.keys[l].float(),
-                                     proj.values[l].float(), proj.value_mean[l].float(), reserve,
-                                     id(self._modules[l])) for l in range(self.geometry.layers)]
+        self.layers = bench_layers(self, projections, reserve, EvictingLayer, selector)
 
 
 def evicting_selector(keep: float, choose):

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from ...core.attention import attention_modules
-from ...core.cache import CompressedCache, CompressedLayer, head_groups, same_width
+from ...core.cache import CompressedCache, CompressedLayer, same_width
 from ...core.geometry import KVGeometry
 from ...core.projections import Projections
 from ...core.ranks import resolve_ranks
 from ..base import ByteReport, KVMethod, Setting, register
-from ..layers import FEATURE_BUDGETS, cache_runner, check_fractions, element_size, sliding_reason
+from ..layers import FEATURE_BUDGETS, bench_layers, cache_runner, check_fractions, element_size, sliding_reason
 from .projection import projection_bytes
 
 
@@ -112,10 +112,7 @@ class LatentCache(CompressedCache):
 
     def __init__(self, model, projections: Projections, ranks, reserve: int = 0):
         super().__init__(model, projections, ranks, reserve)
-        rope = RopeTable(model.model.rotary_emb)
-        self.layers = [LatentKeyLayer(rope, l, head_groups(self.ranks[l]), projections.keys[l],
-                                      projections.values[l], projections.value_mean[l], reserve,
-                                      id(self._modules[l])) for l in range(self.geometry.layers)]
+        self.layers = bench_layers(self, projections, reserve, LatentKeyLayer, RopeTable(model.model.rotary_emb))
 
 
 @register

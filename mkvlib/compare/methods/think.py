@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...core.cache import CompressedCache, CompressedLayer, ReducedKV, head_groups
+from ...core.cache import CompressedCache, CompressedLayer, ReducedKV
 from ...core.geometry import KVGeometry
 from ..base import ByteReport, KVMethod, Setting, register
-from ..layers import FEATURE_BUDGETS, cache_runner, check_count, check_fractions, element_size, sliding_reason
+from ..layers import (FEATURE_BUDGETS, bench_layers, cache_runner, check_count, check_fractions, element_size,
+                      sliding_reason)
 from .eviction import identity_projections
 
 
@@ -99,9 +100,7 @@ class ThinKCache(CompressedCache):
         proj = identity_projections(model)
         d = KVGeometry.of(model).head_dim
         super().__init__(model, proj, d, reserve)
-        self.layers = [ThinKLayer(kept, window, l, head_groups(self.ranks[l]), proj.keys[l], proj.values[l],
-                                  proj.value_mean[l], reserve, id(self._modules[l]))
-                       for l in range(self.geometry.layers)]
+        self.layers = bench_layers(self, proj, reserve, ThinKLayer, kept, window)
 
     def index_bytes(self) -> int:
         """Bytes of the kept-channel indices (per sequence, not per token)."""
