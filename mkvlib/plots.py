@@ -42,6 +42,14 @@ def show_figure(fig, name: str) -> None:
         display(Image(data=path.read_bytes(), format="png"))
 
 
+def finish_figure(fig, title: str = ""):
+    """``fig`` with ``title`` (if any) above its panels and its layout made tight: how the figures end."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def spectrum_decay(spectrum: torch.Tensor, title: str):
     """Normalised eigenvalue decay, one line per layer (mean over KV heads), for a spectrum (L, G, d)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -86,10 +94,7 @@ def quality_vs_budget(curves: dict, metrics=("perplexity_ratio", "kl_to_base"), 
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
     axes[0][0].legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return finish_figure(fig, title)
 
 
 def energy_by_layer(curves: dict, head_dim: int, fraction: float):
@@ -121,9 +126,7 @@ def quality_by_offset(record: dict):
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle("The same text, placed later and later in the context window")
-    fig.tight_layout()
-    return fig
+    return finish_figure(fig, "The same text, placed later and later in the context window")
 
 
 # The picture the series comes back to: quality against budget for both projections and both allocations.
@@ -173,6 +176,5 @@ def headline_figure(record: dict | None = None):
         ax.grid(alpha=0.3)
     ax_kl.legend(fontsize=8)
     domains = len(record.get("domains", [])) or "the"
-    fig.suptitle(f"What each budget costs on held-out text ({domains} domains that no training or search read)")
-    fig.tight_layout()
-    return fig
+    return finish_figure(fig, f"What each budget costs on held-out text ({domains} domains that no training or "
+                              "search read)")

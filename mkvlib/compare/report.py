@@ -142,6 +142,8 @@ def plot_quality_vs_bytes(result: dict, length: int, title: str = "", guess: dic
     import matplotlib.pyplot as plt
     from matplotlib.ticker import PercentFormatter
 
+    from ..plots import finish_figure
+
     tasks = result["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
     methods = [m for m in result["methods"] if m != BASELINE and any(rows_of(result, m, t, length) for t in tasks)]
@@ -179,7 +181,4 @@ def plot_quality_vs_bytes(result: dict, length: int, title: str = "", guess: dic
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
     axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return finish_figure(fig, title)

@@ -121,6 +121,7 @@ def adaptive_vs_uniform(rows, title: str = "") -> Figure:
     """Perplexity ratio and KL against budget for each allocation in ``rows``: ``trajectory.evaluations`` (then
     the title says what it was measured on, e.g. the out-of-domain suite's mean over domains) or its rows."""
     from ..core.trajectory import readout_label
+    from ..plots import finish_figure
 
     on = readout_label(rows) if isinstance(rows, dict) else ""
     rows = rows.get("rows") or [] if isinstance(rows, dict) else rows
@@ -139,7 +140,4 @@ def adaptive_vs_uniform(rows, title: str = "") -> Figure:
         ax.grid(alpha=0.3)
         ax.legend()
     title = ": ".join(t for t in (title, f"on {on}" if on else "") if t)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return finish_figure(fig, title)

@@ -63,6 +63,8 @@ def loss_curves(history: list, evals: list | None = None, smooth: int = 5, title
     """Training loss parts (KD, LM) per step, smoothed over ``smooth`` steps, and periodic eval KL if given."""
     import matplotlib.pyplot as plt
 
+    from ..plots import finish_figure
+
     n = 2 if evals else 1
     fig, axes = plt.subplots(1, n, figsize=(4.8 * n, 3.4), squeeze=False)
     ax = axes[0][0]
@@ -85,10 +87,7 @@ def loss_curves(history: list, evals: list | None = None, smooth: int = 5, title
         ax.set(xlabel="step", ylabel="KL(base || compressed)", title="held-out KL")
         ax.legend(title="budget")
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return finish_figure(fig, title)
 
 
 # --- training routes ---------------------------------------------------------------------------------------------
