@@ -94,24 +94,41 @@ def curves(df: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
     return long.sort_values(["method", "task", "budget"], ascending=[True, True, False]).reset_index(drop=True)
 
 
-def table1(df: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
-    """The paper's Table 1 layout: one row per (budget, method), one column per task, then the average and
-    the average as % of the uncompressed model's (accuracies in %)."""
+def accuracy_table(df: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Accuracy (%) with one row per (budget, method) and one column per task, then the average over tasks; and
+    the average's rows of :func:`curves`, indexed by (budget, method), for the columns a table adds from them."""
     long = curves(df, metric)
     tasks = [t for t in long.task.unique() if t != AVERAGE]
     wide = long.pivot_table(index=["budget", "method"], columns="task", values="value")
     wide = wide.reindex(columns=tasks + [AVERAGE]) * 100
-    rel = long[long.task == AVERAGE].set_index(["budget", "method"])["relative"] * 100
-    wide["% of 100%"] = rel
-    wide = wide.sort_index(level=["budget", "method"], ascending=[False, True])
-    # the shared 100% cell once, not once per method
+    return wide, long[long.task == AVERAGE].set_index(["budget", "method"])
+
+
+def full_cell_first(wide: pd.DataFrame, compressed: pd.DataFrame) -> pd.DataFrame:
+    """The shared 100% cell of ``wide`` once as 'uncompressed' (:func:`curves` repeats it under every method),
+    then the ``compressed`` rows."""
     full = wide.xs(1.0, level="budget", drop_level=False).iloc[:1].rename(index=lambda m: BASELINE, level=1)
-    wide = pd.concat([full, wide.drop(index=1.0, level="budget")])
+    return pd.concat([full, compressed])
+
+
+def titled(wide: pd.DataFrame, df: pd.DataFrame, heading: str) -> pd.DataFrame:
+    """``wide`` rounded to 0.1, its columns headed ``heading``, or said to be a pipeline check where ``df`` has a
+    handful of items per task (said on the table itself)."""
+    wide.columns.name = pipeline_check(df["items"]) or heading
+    return wide.round(1)
+
+
+def table1(df: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
+    """The paper's Table 1 layout: one row per (budget, method), one column per task, then the average and
+    the average as % of the uncompressed model's (accuracies in %)."""
+    wide, avg = accuracy_table(df, metric)
+    wide["% of 100%"] = avg["relative"] * 100
+    wide = wide.sort_index(level=["budget", "method"], ascending=[False, True])
+    wide = full_cell_first(wide, wide.drop(index=1.0, level="budget"))
     wide.index = wide.index.set_levels([[budget_label(b) for b in wide.index.levels[0]],
                                         [LABELS.get(m, m) for m in wide.index.levels[1]]])
     wide.index.names = ["budget", "method"]
-    wide.columns.name = pipeline_check(df["items"]) or "task"     # a handful of items: said on the table itself
-    return wide.round(1)
+    return titled(wide, df, "task")
 
 
 def kept_at(df: pd.DataFrame, budgets=(0.5, 0.375), metric: str = "acc") -> pd.DataFrame:
@@ -140,20 +157,14 @@ def summary(df: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
     uncompressed model's margin over chance that remains ('% kept above chance'). Within a budget, rows go from
     the set-up that keeps least to the one that keeps most; the 100% cell comes once, first. Where the
     uncompressed accuracy is itself at chance (a handful of items) the share above chance is undefined: NaN."""
-    long = curves(df, metric)
-    tasks = [t for t in long.task.unique() if t != AVERAGE]
-    wide = long.pivot_table(index=["budget", "method"], columns="task", values="value")
-    wide = wide.reindex(columns=tasks + [AVERAGE]) * 100
-    avg = long[long.task == AVERAGE].set_index(["budget", "method"])
+    wide, avg = accuracy_table(df, metric)
     wide["% kept"] = 100 * avg["relative"]
     wide["% kept above chance"] = (100 * avg["above_chance"]).replace([float("inf"), -float("inf")], float("nan"))
-    full = wide.xs(1.0, level="budget", drop_level=False).iloc[:1].rename(index=lambda m: BASELINE, level=1)
     rest = wide.drop(index=1.0, level="budget").reset_index().sort_values(["budget", "% kept"],
                                                                           ascending=[False, True])
-    wide = pd.concat([full, rest.set_index(["budget", "method"])])
+    wide = full_cell_first(wide, rest.set_index(["budget", "method"]))
     wide.index = pd.MultiIndex.from_tuples([(budget_label(b), m) for b, m in wide.index], names=["budget", "set-up"])
-    wide.columns.name = pipeline_check(df["items"]) or "accuracy (%)"
-    return wide.round(1)
+    return titled(wide, df, "accuracy (%)")
 
 
 def accuracy_vs_budget(df: pd.DataFrame, scale: str = "relative", metric: str = "acc"):
