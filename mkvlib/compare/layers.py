@@ -55,13 +55,14 @@ def layer_types(model) -> list[str]:
     return ["sliding_attention" if window and use else "full_attention"] * config.num_hidden_layers
 
 
-def sliding_reason(model, method: str) -> str | None:
+def sliding_reason(model, method: str, cache: str = "its own cache layers") -> str | None:
     """A reason when ``model`` has layers other than full attention (sliding windows), which ``method``'s cache
-    does not reproduce; None otherwise."""
+    (``cache``, what it keeps the keys and values in) does not reproduce, and what to do; None otherwise."""
     other = sorted(set(layer_types(model)) - {"full_attention"})
     if other:
-        return (f"{method} keeps its own cache layers with full attention over what they store, but this model has "
-                f"{', '.join(other)} layers (a sliding window its cache would not apply)")
+        return (f"{method} keeps {cache} with full attention over what they store, but this model has "
+                f"{', '.join(other)} layers (a sliding window its cache would not apply): compare {method} on a "
+                "model whose layers are all full attention")
     return None
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ...core.geometry import KVGeometry
 from ..base import ByteReport, KVMethod, Setting, register
-from ..layers import cache_runner, check_choice, check_context, check_count, element_size, layer_types
+from ..layers import cache_runner, check_choice, check_context, check_count, element_size, sliding_reason
 
 BITS = {"quanto": (2, 4), "hqq": (2, 4, 8)}
 PACKAGES = {"quanto": "optimum.quanto", "hqq": "hqq"}
@@ -80,10 +80,9 @@ class Quant(KVMethod):
                 importlib.util.find_spec(PACKAGES[self.backend]) is None:
             return f"quant ({self.backend}) needs its package: pip install " + \
                    {"quanto": "optimum-quanto", "hqq": "hqq"}[self.backend]
-        other = sorted(set(layer_types(model)) - {"full_attention"})
-        if other:
-            return (f"transformers' QuantizedCache is only supported for models with only full attention layers; "
-                    f"this model has {', '.join(other)} layers")
+        reason = sliding_reason(model, self.name, "transformers' QuantizedCache layers")
+        if reason:
+            return reason
         d = KVGeometry.of(model).head_dim
         if d % self.group(model):
             return f"quant needs a group size dividing head_dim {d}, not {self.group_size}"
