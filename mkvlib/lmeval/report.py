@@ -195,15 +195,11 @@ def accuracy_vs_budget(df: pd.DataFrame, scale: str = "relative", metric: str = 
             if not g.empty:
                 ax.plot(100 * g.budget, 100 * g[scale], marker="o", color=colours[method],
                         label=LABELS.get(method, method))
-        if scale == "value":
-            ax.axhline(100 * sub.chance.iloc[0], ls="--", c="grey", lw=1, label="chance (guessing)")
-        else:
+        chance = 100 * sub.chance.iloc[0]                       # on the accuracy scale
+        if scale != "value":
             ax.axhline(100, ls=":", c="black", lw=1, label="uncompressed")
-            if scale == "relative":
-                ax.axhline(100 * sub.chance.iloc[0] / sub.baseline.iloc[0], ls="--", c="grey", lw=1,
-                           label="chance (guessing)")
-            else:
-                ax.axhline(0, ls="--", c="grey", lw=1, label="chance (guessing)")
+            chance = chance / sub.baseline.iloc[0] if scale == "relative" else 0
+        ax.axhline(chance, ls="--", c="grey", lw=1, label="chance (guessing)")
         items = int(sub[sub.method == sub.method.iloc[0]]["items"].max())
         ax.set(title=f"{task} ({items:,} items)", xlabel="KV budget (% of the full cache)")
         ax.invert_xaxis()

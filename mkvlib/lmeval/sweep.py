@@ -92,6 +92,11 @@ class SweepConfig(LMEvalConfig):
         self.budgets = sorted(set(check_budgets(self.budgets)), reverse=True)
 
     @property
+    def limit_label(self) -> int | str:
+        """The ``limit`` column: the items per task, or 'full' for whole splits."""
+        return self.limit if self.limit is not None else "full"
+
+    @property
     def eval_config(self) -> LMEvalConfig:
         """The lm-eval settings alone."""
         return LMEvalConfig(**{f.name: getattr(self, f.name) for f in fields(LMEvalConfig)})
@@ -161,8 +166,13 @@ class Cell:
     task: str
 
     @property
+    def name(self) -> str:
+        """The method's name, or the baseline's."""
+        return self.method.name if self.method else BASELINE
+
+    @property
     def label(self) -> str:
-        return f"{self.method.name if self.method else BASELINE} @ {100 * self.budget:g}% / {self.task}"
+        return f"{self.name} @ {100 * self.budget:g}% / {self.task}"
 
 
 class Sweep:
@@ -208,10 +218,8 @@ class Sweep:
         model = getattr(self.model, "mkv_name", "?")
         if getattr(self.model, "mkv_adapter", None):      # a fine-tuned model (an `mkv sft` bundle merged in)
             model += f"+adapter:{self.model.mkv_adapter}"
-        return {"model": model, "method": cell.method.name if cell.method else
-                BASELINE, "fingerprint": fingerprint, "budget": _fmt_budget(cell.budget), "ranks": ranks,
-                "task": cell.task,
-                "limit": self.config.limit if self.config.limit is not None else "full"}
+        return {"model": model, "method": cell.name, "fingerprint": fingerprint, "budget": _fmt_budget(cell.budget),
+                "ranks": ranks, "task": cell.task, "limit": self.config.limit_label}
 
     def pending(self) -> list[Cell]:
         """The cells of the grid not stored yet."""
@@ -234,7 +242,7 @@ class Sweep:
 
     def stored_items(self) -> dict:
         """Items per task as scored by the cells already stored at this limit (what lm-eval actually ran)."""
-        limit = self.config.limit if self.config.limit is not None else "full"
+        limit = self.config.limit_label
         items = {}
         for row in self.store.rows():
             try:

@@ -178,10 +178,10 @@ def resolve_task_paths(names, source: str = "auto", include_path=None, root: Pat
     for p in user:
         if not Path(p).is_dir():
             raise FileNotFoundError(f"--include-path {p} is not a folder of lm-eval task YAMLs")
-    if choose_source(source) == "hub":
-        check_hub([n for n in names if n not in _names_in(user)])
-        return user
     user_defined = _names_in(user)
+    if choose_source(source) == "hub":
+        check_hub([n for n in names if n not in user_defined])
+        return user
     local = [n for n in names if n not in user_defined]
     unknown = [n for n in local if n not in LOCAL_TASKS]
     if unknown:
