@@ -42,7 +42,10 @@ def test_every_row_of_every_sweep_is_named_by_a_recipe():
 def test_the_committed_sweep_is_a_result_on_every_task(sweep):
     assert report.pipeline_check(sweep["items"]) is None
     assert set(sweep.task) == {"piqa", "arc_easy", "hellaswag"}
-    assert set(sweep.budget) == {1.0, 0.75, 0.5, 0.375, 0.25}
+    assert set(sweep.budget) == {1.0, 0.75, 0.625, 0.5, 0.375, 0.25}
+    compressed = sweep[sweep.budget < 1]
+    methods = compressed.groupby("budget").method.nunique()       # PCA and the trained projections, both rankings
+    assert (methods == 3).all(), f"set-ups per budget: {methods.to_dict()}"
 
 
 def test_a_small_model_sits_close_to_chance(acc):
