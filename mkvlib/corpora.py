@@ -294,10 +294,28 @@ def _corpus_blocks(tokenizer, corpus: str, seq_len: int, n_tokens: int | None, s
     ids = ids[skip_tokens:]
     if n_tokens is not None:
         ids = ids[:n_tokens]
-    n_blocks = len(ids) // seq_len
+    bos = opening_token(tokenizer)
+    width = seq_len - (bos is not None)         # room for the opening token the model always saw in training
+    n_blocks = len(ids) // width
+    if bos is not None and n_tokens is not None:
+        n_blocks = min(n_blocks, n_tokens // seq_len)    # n_tokens counts the opening tokens too
     if n_blocks == 0 and not allow_short:
         raise ValueError(f"corpus {corpus!r} gave {len(ids)} tokens, fewer than one block of {seq_len}")
-    return torch.tensor(ids[: n_blocks * seq_len], dtype=torch.long).view(n_blocks, seq_len)
+    blocks = torch.tensor(ids[: n_blocks * width], dtype=torch.long).view(n_blocks, width)
+    return blocks if bos is None else torch.cat([torch.full((n_blocks, 1), bos, dtype=torch.long), blocks], dim=1)
+
+
+def opening_token(tokenizer) -> int | None:
+    """The BOS id when the tokenizer opens every text with it (Gemma's does: without it the model runs far out of
+    its regime, perplexity several times higher), else None (SmolLM2's tokenizer adds none: blocks are plain text)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    try:
+        opened = tokenizer("a", return_tensors=None)["input_ids"]
+    except (TypeError, KeyError):
+        return None
+    return bos if opened and opened[0] == bos else None
 
 
 # --- mixtures ------------------------------------------------------------------------------------------------

@@ -85,6 +85,27 @@ def test_token_blocks_shapes_and_disjoint_slices(tmp_path):
         corpora.token_blocks(Tok(), str(tmp_path / "t.txt"), 500)
 
 
+def test_blocks_open_with_bos_when_the_tokenizer_opens_every_text_with_it(tmp_path):
+    """A tokenizer that opens every text with BOS (Gemma's) gets BOS first in every block, then the text in order,
+    within the same shape and token count; one with a BOS it never adds (SmolLM2's) gets plain text as before."""
+    class Tok:
+        bos_token_id = 1
+
+        def __init__(self, opens: bool):
+            self.opens = opens
+
+        def __call__(self, text, add_special_tokens=True, **kw):
+            return {"input_ids": [1] * (self.opens and add_special_tokens) + [ord(c) for c in text]}
+
+    (tmp_path / "t.txt").write_text("abcdefghij" * 20)
+    text = torch.tensor([ord(c) for c in "abcdefghij" * 20])
+    opened = corpora.token_blocks(Tok(True), str(tmp_path / "t.txt"), 8, 40)
+    assert corpora.opening_token(Tok(True)) == 1 and opened.shape == (5, 8)
+    assert (opened[:, 0] == 1).all() and torch.equal(opened[:, 1:].flatten(), text[:35])
+    plain = corpora.token_blocks(Tok(False), str(tmp_path / "t.txt"), 8, 40)
+    assert corpora.opening_token(Tok(False)) is None and torch.equal(plain.flatten(), text[:40])
+
+
 def test_missing_model_package_says_how_to_install(monkeypatch):
     real = models.importlib.util.find_spec
     monkeypatch.setattr(models.importlib.util, "find_spec",
