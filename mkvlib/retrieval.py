@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .compat import cache_kwargs
+
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. Find it and "
          "memorize it. I will quiz you about the important information there.")
@@ -343,9 +345,12 @@ def answer_and_margin(model, prompt: PasskeyPrompt, tokenizer, max_new_tokens: i
     prompt's own prediction. Returns {answer, key_logp, first_margin, top} (same values as the two separately)."""
     device = next(model.parameters()).device
     ans = answer_ids(tokenizer, prompt).to(device)
-    out = model(torch.cat([prompt.ids.to(device), ans[None]], dim=1), use_cache=True, logits_to_keep=len(ans) + 1)
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    out = model(torch.cat([prompt.ids.to(device), ans[None]], dim=1), **cache_kwargs(cache), use_cache=True,
+                logits_to_keep=len(ans) + 1)
     logp = out.logits[0, :-1].float().log_softmax(-1)
-    cache = out.past_key_values
     cache.crop(-len(ans))                                   # back to the prompt: transformers 5 counts removals
     eos = getattr(tokenizer, "eos_token_id", None)
     token, new = int(logp[0].argmax()), []
@@ -353,7 +358,7 @@ def answer_and_margin(model, prompt: PasskeyPrompt, tokenizer, max_new_tokens: i
         new.append(token)
         if len(new) >= max_new_tokens or token == eos:
             break
-        step = model(torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True)
+        step = model(torch.tensor([[token]], device=device), **cache_kwargs(cache), use_cache=True)
         token = int(step.logits[0, -1].argmax())
     return {"answer": tokenizer.decode(new, skip_special_tokens=True), **_key_scores(logp, ans, tokenizer)}
 
