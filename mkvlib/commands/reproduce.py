@@ -177,7 +177,10 @@ def _check(command: str, root: Path, r: Recipe) -> None:
             raise ValueError("its shell command does not write the file under its own name")
     elif not outputs and not ("--json" in words and "result" in read_json(r.file)):
         raise ValueError("its command names no output file (--out, --sweep) and prints no record")
-    for p in re.findall(r"data/[\w./-]+", command):
+    for p in re.findall(r"(?<![\w./-])(?:data|build)/[\w./-]+", command):
+        if p.startswith("build/") and p not in outputs:     # never committed, whatever this checkout holds
+            raise ValueError(f"its command reads {p}, which is rebuilt, not committed: make it first (its recipe is "
+                             "in docs/results.md), then run the recorded command")
         if p not in outputs and not (root / p).exists():
             raise ValueError(f"its command reads {p}, which is not committed")
     adapter = words[words.index("--adapter") + 1] if "--adapter" in words[:-1] else None

@@ -7,6 +7,8 @@ from collections import Counter
 from operator import itemgetter
 
 from ..answers import kept_facts
+from ..lmeval.recipes import EARLIER_DETAILS
+from .accuracy import projections_recipe
 from .markdown import bullets, code, count, either, num, paragraphs, pct, table
 from .records import Data, by_int
 from .results import prose, section, source_line
@@ -110,7 +112,9 @@ for _name, _title, _render in (      # each reads data/results/<name with unders
         ("retrieval", "Passkey retrieval against budget", _retrieval),
         ("retrieval-whole-tokens", "Passkey retrieval with tokens kept whole, at equal bytes", _retrieval),
         ("retrieval-varied", "Retrieval with varied prompts: wordings, key lengths, a decoy, prose filler", _margins),
-        ("retrieval-8k", "Passkey retrieval at the model's whole window, with the key's log-probability", _margins)):
+        ("retrieval-8k", "Passkey retrieval at the model's whole window, with the key's log-probability", _margins),
+        ("retrieval-8k-whole", "The whole window with the first and latest tokens kept whole, at equal bytes",
+         _margins)):
     section(_name, _title, result=_name.replace("-", "_") + ".json")(_render)
 
 
@@ -282,3 +286,33 @@ def ceiling(data: Data, path, rec) -> str:
         f"{num(rec.get('wall_time_s', 0) / 60, 1)} minutes wall ({hw.get('device')}, {hw.get('torch_threads')} torch "
         f"thread(s), {hw.get('cpu_count')} cores"
         + (f", load average {num(load, 1)} when it started" if load is not None else "") + ").")
+
+
+@section("second-architecture", "A second architecture: Gemma 3 270M", "results/gemma3_270m_passkey.json",
+         "results/items/gemma3_270m_passkey_items.csv", result="gemma3_270m_suite.json")
+def second_architecture(data: Data, path, rec) -> str:
+    cell = {(r["method"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
+    labels = [m["label"] for m in rec["methods"]]
+    rows = [[m["label"], projections_recipe(data, m["fingerprint"])] + [_triple(cell.get((m["label"], b)))
+                                                                        for b in rec["budgets"]] for m in rec["methods"]]
+    start, end = (cell[(labels[i], 0.5)]["kl_to_base"] for i in (0, -1))
+    return paragraphs(prose("second-architecture", _suite(rec), pca_kl=num(start, 3), kd_kl=num(end, 3),
+                            cut=pct(1 - end / start, 0)),
+                      table(["projections (uniform ranks)", "made by"]
+                            + [f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]], rows),
+                      "Recipes in full: " + "; ".join(f"{code(m['fingerprint'])}: {EARLIER_DETAILS[m['fingerprint']]}"
+                                                      for m in rec["methods"] if m["fingerprint"] in EARLIER_DETAILS)
+                      + ". GEMMA stands for the model file, PCA and LAYERWISE for the projections each step wrote.",
+                      _gemma_passkey(data))
+
+
+def _gemma_passkey(data: Data) -> str:
+    """Passkey in the real compressed cache on the same model, from gemma3_270m_passkey.json ('' without it)."""
+    path, rec = data.result("gemma3_270m_passkey.json")
+    if rec is None:
+        return ""
+    made = {"uncompressed": "uncompressed", "pca": "PCA", "matryoshka": "KD-trained"}
+    rows = [f"{made[r['method'].split(':')[0]]} {r['setting']}: {count(r['correct'], r['n'])}" for r in rec["rows"]]
+    return (f"Passkey retrieval in the real compressed cache ({code(data.rel(path))}, {rec['n']} prompts of "
+            f"{', '.join(f'{n:,}' for n in rec['lengths'])} tokens, uniform ranks): " + "; ".join(rows)
+            + f". Made by {code(rec['command'])}.")

@@ -36,6 +36,10 @@ EARLIER = {
     # position variants (data/results/positions.json)
     "5ebfa7c58d72f1cc": "PCA on spread positions",
     "d8350504de10facb": "trained from position 0, then 90 KD steps on spread positions",
+    # a second architecture, Gemma 3 270M (data/results/gemma3_270m_suite.json)
+    "200778aaf0cdf8ae": "Gemma 3 270M: PCA",
+    "54cbf840d261c46f": "Gemma 3 270M: layer-wise from PCA, 100 steps per layer",
+    "76ea0acc286b14c0": "Gemma 3 270M: layer-wise start, then 48 KD-only steps",
 }
 # how each earlier recipe was trained, in full (for the generated docs)
 EARLIER_DETAILS = {
@@ -64,6 +68,13 @@ EARLIER_DETAILS = {
                         "positions (mkv fit-pca --positions spread)",
     "d8350504de10facb": "the projections trained from position 0, then 30 KD steps at spread positions "
                         "(lr 5e-4) and 60 more (lr 5e-4)",
+    "200778aaf0cdf8ae": "PCA of 16,384 tokens of the diverse training mixture in 512-token blocks at spread "
+                        "positions (mkv fit-pca --model GEMMA --tokens 16384 --seq-len 512)",
+    "54cbf840d261c46f": "layer-wise warm start from that PCA, 100 steps per layer on 8,192 tokens in 512-token blocks, "
+                        "lr 5e-3 (mkv warmstart --model GEMMA --init PCA --tokens 8192 --seq-len 512 --steps 100)",
+    "76ea0acc286b14c0": "from that layer-wise start, 48 KD-only steps of 2 x 512 tokens of the diverse mixture, lr 1e-3 "
+                        "(mkv train --model GEMMA --init LAYERWISE --tokens 49152 --steps 48 --seq-len 512 --batch 2 "
+                        "--lr 1e-3 --warmup 4 --kd-weight 1 --lm-weight 0)",
 }
 UNCOMPRESSED = ("none", BASELINE, "")   # how a row without projections names them
 
