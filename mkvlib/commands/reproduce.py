@@ -178,10 +178,12 @@ def _check(command: str, root: Path, r: Recipe) -> None:
     elif not outputs and not ("--json" in words and "result" in read_json(r.file)):
         raise ValueError("its command names no output file (--out, --sweep) and prints no record")
     for p in re.findall(r"(?<![\w./-])(?:data|build)/[\w./-]+", command):
-        if p.startswith("build/") and p not in outputs:     # never committed, whatever this checkout holds
+        if p in outputs:
+            continue
+        if p.startswith("build/"):                      # never committed, whatever this checkout holds
             raise ValueError(f"its command reads {p}, which is rebuilt, not committed: make it first (its recipe is "
                              "in docs/results.md), then run the recorded command")
-        if p not in outputs and not (root / p).exists():
+        if not (root / p).exists():
             raise ValueError(f"its command reads {p}, which is not committed")
     adapter = words[words.index("--adapter") + 1] if "--adapter" in words[:-1] else None
     if adapter and (root / adapter).is_dir() and not any((root / adapter).rglob("adapter_model.*")):

@@ -11,7 +11,7 @@ from ..lmeval.recipes import EARLIER_DETAILS
 from .accuracy import projections_recipe
 from .markdown import bullets, code, count, either, num, paragraphs, pct, table
 from .records import Data, by_int
-from .results import prose, section, source_line
+from .results import commands_line, prose, section, source_line
 
 CEILING_METRICS = {"kl_to_base": "KL", "perplexity_ratio": "ppl x", "top1_agreement": "top-1"}
 
@@ -292,10 +292,9 @@ def ceiling(data: Data, path, rec) -> str:
          "results/items/gemma3_270m_passkey_items.csv", result="gemma3_270m_suite.json")
 def second_architecture(data: Data, path, rec) -> str:
     cell = {(r["method"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
-    labels = [m["label"] for m in rec["methods"]]
     rows = [[m["label"], projections_recipe(data, m["fingerprint"])] + [_triple(cell.get((m["label"], b)))
                                                                         for b in rec["budgets"]] for m in rec["methods"]]
-    start, end = (cell[(labels[i], 0.5)]["kl_to_base"] for i in (0, -1))
+    start, end = (cell[(rec["methods"][i]["label"], 0.5)]["kl_to_base"] for i in (0, -1))
     return paragraphs(prose("second-architecture", _suite(rec), pca_kl=num(start, 3), kd_kl=num(end, 3),
                             cut=pct(1 - end / start, 0)),
                       table(["projections (uniform ranks)", "made by"]
@@ -313,6 +312,6 @@ def _gemma_passkey(data: Data) -> str:
         return ""
     made = {"uncompressed": "uncompressed", "pca": "PCA", "matryoshka": "KD-trained"}
     rows = [f"{made[r['method'].split(':')[0]]} {r['setting']}: {count(r['correct'], r['n'])}" for r in rec["rows"]]
-    return (f"Passkey retrieval in the real compressed cache ({code(data.rel(path))}, {rec['n']} prompts of "
-            f"{', '.join(f'{n:,}' for n in rec['lengths'])} tokens, uniform ranks): " + "; ".join(rows)
-            + f". Made by {code(rec['command'])}.")
+    return paragraphs(f"Passkey retrieval in the real compressed cache ({code(data.rel(path))}, {rec['n']} prompts "
+                      f"of {', '.join(f'{n:,}' for n in rec['lengths'])} tokens, uniform ranks): " + "; ".join(rows)
+                      + ".", commands_line([rec["command"]]))
