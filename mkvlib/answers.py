@@ -139,14 +139,19 @@ def fact_rows(model, tokenizer, projections, budgets, allocation: str = "adaptiv
     tokens kept whole, a budget then being the bytes stored at the prompt's length."""
     from .core.compress import attach
     from .core.projections import resolve_projections
+    from .core.ranks import budget_for_bytes
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
     proj, rows = resolve_projections(projections, model), []
     device = next(model.parameters()).device
+    all_ids = [_prompt_ids(tokenizer, prompt, None if fillers is None else fillers[i]).to(device)
+               for i, prompt in enumerate(prompts)]
+    shortest = min((ids.shape[1] for ids in all_ids), default=0)
+    for whole, budget in ((w, b) for w in wholes if any(w) for b in budgets):
+        budget_for_bytes(budget, shortest, *whole)          # a budget too small for the whole tokens fails here
     with attach(model, proj, 1.0) as comp:
-        for i, prompt in enumerate(prompts):
-            ids = _prompt_ids(tokenizer, prompt, None if fillers is None else fillers[i]).to(device)
+        for i, (prompt, ids) in enumerate(zip(prompts, all_ids)):
             comp.enabled = False
             base = _greedy(model, tokenizer, ids, max_new_tokens)
             base_text = tokenizer.decode(base, skip_special_tokens=True)

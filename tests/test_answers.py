@@ -84,6 +84,15 @@ def test_prompts_after_a_passage_count_known_facts_only(llama, one_thread):
     assert set(survival_by_budget(known)) == {1.0, 0.5}
 
 
+def test_a_budget_too_small_for_the_whole_tokens_fails_before_generating(llama, monkeypatch):
+    import mkvlib.answers as answers
+
+    monkeypatch.setattr(answers, "_greedy", lambda *a: pytest.fail("generated before checking the budgets"))
+    with pytest.raises(ValueError, match="cannot hold 4 \\+ 32 whole tokens"):
+        fact_rows(llama, WordTokenizer(), random_projections(llama), [0.5, 0.1], "uniform", prompts=("w5 w9",),
+                  max_new_tokens=3, fillers=[torch.arange(20, 100)], expected=[{"w5"}], wholes=((0, 0), (4, 32)))
+
+
 def test_kept_facts_count_known_facts_per_setting():
     row = dict(allocation="adaptive", known=True, token_agreement=0.5)
     rows = [dict(row, whole="0+0", budget=0.5, survives=True), dict(row, whole="0+0", budget=0.5, survives=False),

@@ -8,7 +8,7 @@ import shlex
 
 import pandas as pd
 
-from ..lmeval.recipes import EARLIER, EARLIER_DETAILS, SHIPPED_NAMES
+from ..lmeval.recipes import UNSHIPPED, UNSHIPPED_DETAILS, SHIPPED_NAMES
 from ..lmeval.report import kept_at, load_results, table1
 from ..lora.accuracy import kept_table, read_rows
 from ..lora.runs import RUNS
@@ -30,8 +30,8 @@ def projections_recipe(data: Data, fingerprint: str) -> str:
     kind = (data.projections.get(found) or {}).get("kind") if found and found.count("/") == 2 else None
     if kind in SHIPPED_NAMES and data.short(found) == kind:
         return SHIPPED_NAMES[kind]
-    if fingerprint in EARLIER:
-        return EARLIER[fingerprint]
+    if fingerprint in UNSHIPPED:
+        return UNSHIPPED[fingerprint]
     return f"{data.short(found)} projections" if found else f"projections {fingerprint} (not committed)"
 
 
@@ -120,7 +120,7 @@ def lm_eval_sources(data: Data, cells, _) -> str:
                   ("what", "run_note", "note", "adaptive_note") if record.get(k)]
     setups = cells[cells.method != "uncompressed"].drop_duplicates("method").sort_values("method")
     files = [[r.method, r.fingerprint, code(found) if (found := data.projections_file(r.fingerprint)) else
-              "not committed: " + EARLIER_DETAILS.get(r.fingerprint, "recipe not recorded"),
+              "not committed: " + UNSHIPPED_DETAILS.get(r.fingerprint, "recipe not recorded"),
               (code(r.trajectory) if isinstance(r.trajectory, str) else "not committed")
               if "searched ranks" in r.method else DASH] for r in setups.itertuples()]
     return paragraphs(prose("lm-eval-sources"),

@@ -7,7 +7,7 @@ from collections import Counter
 from operator import itemgetter
 
 from ..answers import kept_facts
-from ..lmeval.recipes import EARLIER_DETAILS
+from ..lmeval.recipes import UNSHIPPED_DETAILS
 from .accuracy import projections_recipe
 from .markdown import bullets, code, count, either, num, paragraphs, pct, table
 from .records import Data, by_int
@@ -299,8 +299,8 @@ def second_architecture(data: Data, path, rec) -> str:
                             cut=pct(1 - end / start, 0)),
                       table(["projections (uniform ranks)", "made by"]
                             + [f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]], rows),
-                      "Recipes in full: " + "; ".join(f"{code(m['fingerprint'])}: {EARLIER_DETAILS[m['fingerprint']]}"
-                                                      for m in rec["methods"] if m["fingerprint"] in EARLIER_DETAILS)
+                      "Recipes in full: " + "; ".join(f"{code(m['fingerprint'])}: {UNSHIPPED_DETAILS[m['fingerprint']]}"
+                                                      for m in rec["methods"] if m["fingerprint"] in UNSHIPPED_DETAILS)
                       + ". GEMMA stands for the model file, PCA and LAYERWISE for the projections each step wrote.",
                       _gemma_passkey(data))
 

@@ -89,5 +89,5 @@ def other_results(data: Data) -> str | None:
     """The closing part of docs/results.md: results files that no section reads (None when there are none)."""
     unread = [r for p in data.files if data.results in p.parents
               for r in [p.relative_to(data.dir).as_posix()] if not any(s.reads(r) for s in SECTIONS.values())]
-    return ("No table reads these files yet; register one in `mkvlib/docs/results.py` (see its docstring):\n\n" +
+    return ("No table reads these files yet; register one as the docstring of `mkvlib/docs/__init__.py` shows:\n\n" +
             "\n".join(f"- {code('data/' + r)}" for r in unread)) if unread else None

@@ -20,7 +20,7 @@ SHIPPED_NAMES = {"pca": "PCA", "trained": "MatryoshkaKV trained"}
 
 # fingerprint -> recipe, for projections not in data/projections/ whose rows remain in data/results/: shipped once,
 # or made for one experiment and never committed
-EARLIER = {
+UNSHIPPED = {
     "6cc7201ebcc3d7c3": "trained 180 steps on WikiText + Wikipedia",
     "d409a853eb79f6fc": "trained 480 steps on WikiText, Wikipedia, C4",
     "37338d89d46168ec": "trained 980 steps on WikiText, Wikipedia, C4",
@@ -41,8 +41,8 @@ EARLIER = {
     "54cbf840d261c46f": "Gemma 3 270M: layer-wise from PCA, 100 steps per layer",
     "76ea0acc286b14c0": "Gemma 3 270M: layer-wise start, then 48 KD-only steps",
 }
-# how each earlier recipe was trained, in full (for the generated docs)
-EARLIER_DETAILS = {
+# how each unshipped recipe was made, in full (for the generated docs)
+UNSHIPPED_DETAILS = {
     "6cc7201ebcc3d7c3": "from PCA, 180 steps of 2 x 256 tokens of WikiText-2 validation and Wikipedia, "
                         "KD : LM = 3 : 1, every block from position 0",
     "d409a853eb79f6fc": "the 180-step projections, then 300 KD-only steps of 2 x 256 tokens of C4, Wikipedia and "
@@ -105,10 +105,10 @@ def recipe(fingerprint: str, model: str = "SmolLM2-135M-Instruct") -> str:
     kind = shipped_kind(fingerprint, model)
     if kind is not None:
         return SHIPPED_NAMES[kind]
-    if fingerprint in EARLIER:
-        return EARLIER[fingerprint]
+    if fingerprint in UNSHIPPED:
+        return UNSHIPPED[fingerprint]
     raise KeyError(f"projections {fingerprint} are neither shipped for {model} nor among the earlier recipes "
-                   f"of mkvlib.lmeval.recipes: add how they were made to EARLIER")
+                   f"of mkvlib.lmeval.recipes: add how they were made to UNSHIPPED")
 
 
 def ranks_words(allocation: str) -> str:
