@@ -110,7 +110,8 @@ def climb_figure(record: dict, budget: float = 0.5):
     ax.set_xscale("log")
     ax.set(xlabel="tokens trained end to end (log)", ylabel=f"held-out KL at {budget:.0%} (nats/token)",
            title=f"out-of-domain KL at {budget:.0%} against tokens trained")
-    return finish_figure(fig, ax)
+    ax.legend(fontsize="small")
+    return finish_figure(fig)
 
 
 def same_start(shipped: dict, run: dict, budget: float = 0.5) -> dict:

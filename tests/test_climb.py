@@ -73,6 +73,7 @@ def test_command_writes_the_record_and_its_figure(tmp_path):
     assert rec["same_start"] == dict(budget=0.5, shipped_last=0.658, climb_step_0=0.658)
     assert rec["run"]["hardware"]["processes"] == 2 and rec["trends"]["0.5"]["per_doubling"] < 0
     fig = climb.climb_figure(rec)
-    assert fig.axes[0].get_xscale() == "log"
+    assert fig.axes[0].get_xscale() == "log" and not fig.texts           # one panel: no figure title over it
+    assert [len(line.get_xdata()) for line in fig.axes[0].lines[:2]] == [3, 3]   # the last stage, then the climb
     with pytest.raises(FileNotFoundError, match="training record"):
         climb.main(["--run", str(tmp_path / "none.json"), "--out", str(out)])
