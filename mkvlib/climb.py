@@ -80,13 +80,16 @@ def log_trend(tokens, values, at: float) -> dict:
 
 def trends(points: list[dict], at: float = GPU_TOKENS, metric: str = "kl_to_base") -> dict:
     """:func:`log_trend` of the climb's own points (and the shipped end it starts from) per budget, keyed
-    by the budget as text ('0.5')."""
+    by the budget as text ('0.5'), with ``segments``: the change per doubling between consecutive points."""
     out = {}
     for b in sorted({p["budget"] for p in points}):
         ps = [p for p in points if p["budget"] == b]
         last_shipped = max((p for p in ps if p["source"] == "shipped route"), key=lambda p: p["tokens"])
         ps = [last_shipped] + [p for p in ps if p["source"] == "climb"]
-        out[str(b)] = log_trend([p["tokens"] for p in ps], [p[metric] for p in ps], at)
+        t = log_trend([p["tokens"] for p in ps], [p[metric] for p in ps], at)
+        t["segments"] = [dict(tokens=[p["tokens"], q["tokens"]], per_doubling=(q[metric] - p[metric])
+                              / math.log2(q["tokens"] / p["tokens"])) for p, q in zip(ps, ps[1:])]
+        out[str(b)] = t
     return out
 
 
@@ -112,6 +115,17 @@ def climb_figure(record: dict, budget: float = 0.5):
            title=f"out-of-domain KL at {budget:.0%} against tokens trained")
     ax.legend(fontsize="small")
     return finish_figure(fig)
+
+
+def launch_line(run: dict) -> str | None:
+    """The command line that ran ``run``: its recorded ``mkv`` command, started through ``accelerate launch``
+    when it ran in several processes (two CPU processes come from torchrun, which ``--multi_gpu`` starts: accelerate's
+    ``--cpu`` starts one process only without mpirun). None when the record holds no command."""
+    command, n = run.get("command"), (run.get("hardware") or {}).get("processes", 1)
+    if not command or n <= 1:
+        return command
+    return (f"OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes {n} --num_machines 1 --mixed_precision "
+            f"no --dynamo_backend no -m mkvlib {command.removeprefix('mkv ')}")
 
 
 def same_start(shipped: dict, run: dict, budget: float = 0.5) -> dict:
@@ -151,7 +165,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     run = _read(existing_file(args.run, "training record", " (the .json `mkv train` writes beside --out)"))
-    shipped = _read(existing_file(args.shipped or shipped_path("trained", run.get("model", "")),
+    shipped = _read(existing_file(args.shipped or shipped_path("trained", run.get("model", "")).with_suffix(".json"),
                                   "shipped training record"))
     points = climb_points(shipped, run)
     keep = ("command", "model", "init_fingerprint", "fingerprint", "corpora", "train_tokens_available", "tokens_seen",
@@ -162,7 +176,7 @@ def main(argv=None) -> int:
         model=run.get("model"), points=points, trends=trends(points, args.to), same_start=same_start(shipped, run),
         run={k: run.get(k) for k in keep}, shipped=dict(fingerprint=shipped.get("fingerprint"),
                                                          tokens_seen=shipped.get("tokens_seen")),
-        command="python -m mkvlib.climb " + shlex.join(argv))
+        launch=launch_line(run), command="python -m mkvlib.climb " + shlex.join(argv))
     write_json(args.out, record)
     t = record["trends"].get("0.5")
     if t:
@@ -172,4 +186,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as err:     # what the user can fix: one line, no traceback
+        sys.exit(f"python -m mkvlib.climb: error: {err}")

@@ -45,6 +45,7 @@ def test_trend_recovers_the_slope_and_carries_it():
     assert t["extrapolated"] == pytest.approx(0.658 - 0.05 * math.log2(2 ** 24 / 327680), abs=1e-9)
     last = 327680 + 120 * 4096
     assert t["doublings"] == pytest.approx(math.log2(2 ** 24 / last))
+    assert [seg["per_doubling"] for seg in t["segments"]] == pytest.approx([-0.05] * 3)
 
 
 def test_a_noisy_trend_has_an_error():
@@ -70,6 +71,8 @@ def test_command_writes_the_record_and_its_figure(tmp_path):
     assert climb.main(["--run", str(run), "--shipped", str(shipped), "--out", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["command"].startswith("python -m mkvlib.climb --run ")
+    assert rec["launch"].startswith("OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 ")
+    assert rec["launch"].endswith(" -m mkvlib train ...")
     assert rec["same_start"] == dict(budget=0.5, shipped_last=0.658, climb_step_0=0.658)
     assert rec["run"]["hardware"]["processes"] == 2 and rec["trends"]["0.5"]["per_doubling"] < 0
     fig = climb.climb_figure(rec)

@@ -288,6 +288,67 @@ def ceiling(data: Data, path, rec) -> str:
         + (f", load average {num(load, 1)} when it started" if load is not None else "") + ").")
 
 
+@section("climb", "A longer climb on CPU: out-of-domain KL against tokens trained", "results/climb_suite.json",
+         result="climb.json")
+def climb(data: Data, path, rec) -> str:
+    run, trend = rec["run"], rec["trends"]["0.5"]
+    budgets = sorted(rec["trends"], key=float, reverse=True)
+    cell = {(p["source"], p["step"], str(p["budget"])): p for p in rec["points"]}
+    steps = dict.fromkeys((p["source"], p["step"], p["tokens"]) for p in rec["points"])
+    def kl_ppl(p):
+        return f"{num(p['kl_to_base'], 3)} / {num(p['perplexity_ratio'], 2)}"
+
+    rows = [[f"{tokens:,}", source, step] + [either(kl_ppl, cell.get((source, step, b))) for b in budgets]
+            for source, step, tokens in steps]
+    segments = ", ".join(f"{num(s['per_doubling'], 3)} (to {s['tokens'][1]:,})" for s in trend["segments"])
+    c, start = run["config"], rec["same_start"]
+    return paragraphs(
+        prose("climb", run, rec, processes=run["hardware"]["processes"], lr=c["lr"],
+              minutes=num(run["wall_time_s"] / 60, 0),
+              per_step=f"{run['tokens_seen'] // run['steps']:,}", every=c["eval_every"],
+              eval_tokens=f"{run['eval']['tokens']:,}", shipped_last=num(start["shipped_last"], 3),
+              climb_first=num(start["climb_step_0"], 3)),
+        table(["tokens trained end to end", "run", "step"] + [f"{pct(float(b), None)}: KL / ppl x" for b in budgets],
+              rows, align="rlr" + "r" * len(budgets)),
+        prose("climb.trend", per_doubling=num(trend["per_doubling"], 3), se=num(trend["per_doubling_se"], 3),
+              points=trend["points"], doublings=num(trend["doublings"], 1), at=f"{trend['at_tokens']:,}",
+              extrapolated=num(trend["extrapolated"], 3), segments=segments,
+              others="; ".join(f"{pct(float(b), None)}: {num(rec['trends'][b]['per_doubling'], 3)} per doubling, "
+                               f"{num(rec['trends'][b]['extrapolated'], 3)}" for b in budgets if b != "0.5")),
+        _climb_suite(data, rec), "Training command (run from `build/climb/`): " + code(rec["launch"]))
+
+
+def _climb_suite(data: Data, rec: dict) -> str:
+    """The continued projections on the whole suite and the passkey beside the shipped ones ('' without the file)."""
+    path, suite = data.result("climb_suite.json")
+    _, shipped = data.result("ood_suite.json")
+    _, passkeys = data.result("retrieval.json")
+    if suite is None or shipped is None:
+        return ""
+    ours = {(r["allocation"], r["target_budget"]): r for r in suite["rows"] if r["domain"] == "mean"}
+    before = {(r["allocation"], r["target_budget"]): r for r in shipped["rows"]
+              if r["domain"] == "mean" and r["projections"] == rec["shipped"]["fingerprint"]}
+    keys = (suite.get("retrieval") or {}).get("rows", []) + (passkeys or {}).get("rows", [])
+    held = {(r["method"], r["budget"], r["length"]): count(r["correct"], r["n"]) for r in keys}
+    label = {m["allocation"]: m["label"] for m in suite["methods"]}
+    rows = []
+    for name, cells, methods in (("continued", ours, label), ("shipped", before, SHIPPED_SUITE_LABELS)):
+        for (allocation, budget), r in sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+            if budget in suite["budgets"]:
+                rows.append([name, "uniform" if allocation == "uniform" else "searched", pct(budget, None),
+                             _triple(r)] + [held.get((methods.get(allocation), budget, int(n)), "-")
+                                            for n in (suite.get("retrieval") or {}).get("base", {})])
+    lengths = [f"passkey, {int(n):,} tokens" for n in (suite.get("retrieval") or {}).get("base", {})]
+    better = all(ours[k]["kl_to_base"] < before[k]["kl_to_base"] for k in ours if k in before)
+    return paragraphs(
+        prose("climb.suite", _suite(suite), source=code(data.rel(path)), command=code(suite["command"])),
+        table(["projections", "ranks", "budget", "ppl x / KL / top-1"] + lengths, rows),
+        prose("climb.better" if better else "climb.not-better"))
+
+
+SHIPPED_SUITE_LABELS = {"uniform": "MatryoshkaKV, uniform", "adaptive": "MatryoshkaKV, adaptive"}
+
+
 @section("second-architecture", "A second architecture: Gemma 3 270M", "results/gemma3_270m_passkey.json",
          "results/items/gemma3_270m_passkey_items.csv", result="gemma3_270m_suite.json")
 def second_architecture(data: Data, path, rec) -> str:
