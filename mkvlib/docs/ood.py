@@ -350,7 +350,8 @@ SHIPPED_SUITE_LABELS = {"uniform": "MatryoshkaKV, uniform", "adaptive": "Matryos
 
 
 @section("second-architecture", "A second architecture: Gemma 3 270M", "results/gemma3_270m_passkey.json",
-         "results/items/gemma3_270m_passkey_items.csv", result="gemma3_270m_suite.json")
+         "results/items/gemma3_270m_passkey_items.csv", "results/gemma3_270m_searched.json",
+         result="gemma3_270m_suite.json")
 def second_architecture(data: Data, path, rec) -> str:
     cell = {(r["method"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
     rows = [[m["label"], projections_recipe(data, m["fingerprint"])] + [_triple(cell.get((m["label"], b)))
@@ -363,7 +364,22 @@ def second_architecture(data: Data, path, rec) -> str:
                       "Recipes in full: " + "; ".join(f"{code(m['fingerprint'])}: {UNSHIPPED_DETAILS[m['fingerprint']]}"
                                                       for m in rec["methods"] if m["fingerprint"] in UNSHIPPED_DETAILS)
                       + ". GEMMA stands for the model file, PCA and LAYERWISE for the projections each step wrote.",
-                      _gemma_passkey(data))
+                      _gemma_searched(data), _gemma_passkey(data))
+
+
+def _gemma_searched(data: Data) -> str:
+    """Uniform against searched ranks for the KD-trained projections, from gemma3_270m_searched.json ('' without)."""
+    path, rec = data.result("gemma3_270m_searched.json")
+    if rec is None:
+        return ""
+    cell = {(r["allocation"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
+    rows = [["uniform" if a == "uniform" else "searched"] + [_triple(cell.get((a, b))) for b in rec["budgets"]]
+            for a in dict.fromkeys(m["allocation"] for m in rec["methods"])]
+    return paragraphs(f"The KD-trained projections with ranks from a greedy search of their own "
+                      f"({code(data.rel(path))}, the same suite; the search read the training mixture's recall blocks "
+                      "as SmolLM2's did):",
+                      table(["ranks"] + [f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]], rows),
+                      commands_line([rec["command"]]))
 
 
 def _gemma_passkey(data: Data) -> str:
