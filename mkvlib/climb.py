@@ -80,15 +80,19 @@ def log_trend(tokens, values, at: float) -> dict:
 
 def trends(points: list[dict], at: float = GPU_TOKENS, metric: str = "kl_to_base") -> dict:
     """:func:`log_trend` of the climb's own points (and the shipped end it starts from) per budget, keyed
-    by the budget as text ('0.5'), with ``segments``: the change per doubling between consecutive points."""
+    by the budget as text ('0.5'); with six points or more, ``halves``: the same fit over the first half of the
+    points and over the second (they share the middle point), which shows where the curve bends."""
     out = {}
     for b in sorted({p["budget"] for p in points}):
         ps = [p for p in points if p["budget"] == b]
         last_shipped = max((p for p in ps if p["source"] == "shipped route"), key=lambda p: p["tokens"])
         ps = [last_shipped] + [p for p in ps if p["source"] == "climb"]
         t = log_trend([p["tokens"] for p in ps], [p[metric] for p in ps], at)
-        t["segments"] = [dict(tokens=[p["tokens"], q["tokens"]], per_doubling=(q[metric] - p[metric])
-                              / math.log2(q["tokens"] / p["tokens"])) for p, q in zip(ps, ps[1:])]
+        half = len(ps) // 2
+        if half >= 3:       # where the curve bends: the first half of the points against the second
+            t["halves"] = [dict(tokens=[part[0]["tokens"], part[-1]["tokens"]],
+                                **log_trend([p["tokens"] for p in part], [p[metric] for p in part], at))
+                           for part in (ps[:half + 1], ps[half:])]
         out[str(b)] = t
     return out
 
@@ -120,9 +124,17 @@ def climb_figure(record: dict, budget: float = 0.5):
 def launch_line(run: dict) -> str | None:
     """The command line that ran ``run``: its recorded ``mkv`` command, started through ``accelerate launch``
     when it ran in several processes (two CPU processes come from torchrun, which ``--multi_gpu`` starts: accelerate's
-    ``--cpu`` starts one process only without mpirun). None when the record holds no command."""
+    ``--cpu`` starts one process only without mpirun), without the ``--resume`` of a run that was resumed (the
+    record's own command keeps it). None when the record holds no command."""
     command, n = run.get("command"), (run.get("hardware") or {}).get("processes", 1)
-    if not command or n <= 1:
+    if not command:
+        return None
+    words = shlex.split(command)
+    if "--resume" in words[:-1]:              # a resumed run: the command that starts it afresh
+        i = words.index("--resume")
+        words[i:i + 2] = []
+    command = shlex.join(words)
+    if n <= 1:
         return command
     return (f"OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes {n} --num_machines 1 --mixed_precision "
             f"no --dynamo_backend no -m mkvlib {command.removeprefix('mkv ')}")

@@ -45,7 +45,16 @@ def test_trend_recovers_the_slope_and_carries_it():
     assert t["extrapolated"] == pytest.approx(0.658 - 0.05 * math.log2(2 ** 24 / 327680), abs=1e-9)
     last = 327680 + 120 * 4096
     assert t["doublings"] == pytest.approx(math.log2(2 ** 24 / last))
-    assert [seg["per_doubling"] for seg in t["segments"]] == pytest.approx([-0.05] * 3)
+    assert "halves" not in t                                 # four points: too few to split
+
+
+def test_halves_show_where_the_curve_bends():
+    steps = range(0, 240, 20)                                # a fall, then flat from step 120 on
+    kl = {s: 0.658 - 0.05 * math.log2((327680 + 4096 * min(s, 120)) / 327680) for s in steps}
+    run = record("climbed", "ship", 4096 * 220, 220, {s: {0.5: kl[s]} for s in steps}, processes=2)
+    first, second = climb.trends(climb.climb_points(SHIPPED, run))["0.5"]["halves"]
+    assert first["tokens"][0] == 327680 and first["tokens"][1] == second["tokens"][0]
+    assert first["per_doubling"] == pytest.approx(-0.05, abs=1e-9) and second["per_doubling"] == pytest.approx(0, abs=1e-9)
 
 
 def test_a_noisy_trend_has_an_error():
@@ -73,6 +82,8 @@ def test_command_writes_the_record_and_its_figure(tmp_path):
     assert rec["command"].startswith("python -m mkvlib.climb --run ")
     assert rec["launch"].startswith("OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 ")
     assert rec["launch"].endswith(" -m mkvlib train ...")
+    resumed = dict(climbing(), command="mkv train --init trained --resume c.ckpt --out c.safetensors")
+    assert climb.launch_line(resumed).endswith("-m mkvlib train --init trained --out c.safetensors")
     assert rec["same_start"] == dict(budget=0.5, shipped_last=0.658, climb_step_0=0.658)
     assert rec["run"]["hardware"]["processes"] == 2 and rec["trends"]["0.5"]["per_doubling"] < 0
     fig = climb.climb_figure(rec)

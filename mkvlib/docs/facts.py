@@ -127,3 +127,15 @@ def readme_example_answers(data: Data) -> str:
             if r["allocation"] == "uniform" and r["prompt"] == "The capital of France is"}
     return (f'the uncompressed model continues "{said[0.75]["uncompressed"]}", the 75% cache '
             f'"{said[0.75]["compressed"]}" and the 50% cache "{said[0.5]["compressed"]}"')
+
+
+@fact("climb-gpu")
+def climb_gpu(data: Data) -> str:
+    """The CPU climb's measured rate and the KL its trend gives at the GPU run's tokens (the README's GPU path)."""
+    rec = _record(data, "climb.json")
+    run, t = rec["run"], rec["trends"]["0.5"]
+    return (f"{run['hardware']['processes']} CPU processes through accelerate trained the shipped projections on "
+            f"{run['tokens_seen']:,} more tokens in {run['wall_time_s'] / 60:.0f} minutes "
+            f"({run['tokens_seen'] / run['wall_time_s']:.0f} tokens/s) and moved the out-of-domain KL at 50% by "
+            f"{t['per_doubling']:+.3f} nats per doubling of the tokens trained; carried to {t['at_tokens']:,} tokens "
+            f"that line gives {t['extrapolated']:.2f}")

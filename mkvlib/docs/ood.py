@@ -300,7 +300,8 @@ def climb(data: Data, path, rec) -> str:
 
     rows = [[f"{tokens:,}", source, step] + [either(kl_ppl, cell.get((source, step, b))) for b in budgets]
             for source, step, tokens in steps]
-    segments = ", ".join(f"{num(s['per_doubling'], 3)} (to {s['tokens'][1]:,})" for s in trend["segments"])
+    halves = "; ".join(f"{h['tokens'][0]:,} to {h['tokens'][1]:,} tokens: {num(h['per_doubling'], 3)} ± "
+                       f"{num(h['per_doubling_se'], 3)}" for h in trend.get("halves", []))
     c, start = run["config"], rec["same_start"]
     return paragraphs(
         prose("climb", run, rec, processes=run["hardware"]["processes"], lr=c["lr"],
@@ -312,7 +313,7 @@ def climb(data: Data, path, rec) -> str:
               rows, align="rlr" + "r" * len(budgets)),
         prose("climb.trend", per_doubling=num(trend["per_doubling"], 3), se=num(trend["per_doubling_se"], 3),
               points=trend["points"], doublings=num(trend["doublings"], 1), at=f"{trend['at_tokens']:,}",
-              extrapolated=num(trend["extrapolated"], 3), segments=segments,
+              extrapolated=num(trend["extrapolated"], 3), halves=halves or "-",
               others="; ".join(f"{pct(float(b), None)}: {num(rec['trends'][b]['per_doubling'], 3)} per doubling, "
                                f"{num(rec['trends'][b]['extrapolated'], 3)}" for b in budgets if b != "0.5")),
         _climb_suite(data, rec), "Training command (run from `build/climb/`): " + code(rec["launch"]))

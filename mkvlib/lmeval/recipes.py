@@ -40,6 +40,8 @@ UNSHIPPED = {
     "200778aaf0cdf8ae": "Gemma 3 270M: PCA",
     "54cbf840d261c46f": "Gemma 3 270M: layer-wise from PCA, 100 steps per layer",
     "76ea0acc286b14c0": "Gemma 3 270M: layer-wise start, then 48 KD-only steps",
+    # the longer climb (data/results/climb.json, climb_suite.json)
+    "6616f5c9fbd765af": "the shipped projections, then 260 KD steps on two CPU processes (the longer climb)",
 }
 # how each unshipped recipe was made, in full (for the generated docs)
 UNSHIPPED_DETAILS = {
@@ -75,6 +77,9 @@ UNSHIPPED_DETAILS = {
     "76ea0acc286b14c0": "from that layer-wise start, 48 KD-only steps of 2 x 512 tokens of the diverse mixture, lr 1e-3 "
                         "(mkv train --model GEMMA --init LAYERWISE --tokens 49152 --steps 48 --seq-len 512 --batch 2 "
                         "--lr 1e-3 --warmup 4 --kd-weight 1 --lm-weight 0)",
+    "6616f5c9fbd765af": "the shipped projections, then 260 KD-only steps of 2 x 2,048 tokens of the diverse mixture "
+                        "with recall blocks on spread positions, lr 5e-4, in two accelerate CPU processes (the "
+                        "training command in data/results/climb.json)",
 }
 UNCOMPRESSED = ("none", BASELINE, "")   # how a row without projections names them
 
