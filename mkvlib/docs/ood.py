@@ -330,8 +330,13 @@ def _climb_suite(data: Data, rec: dict) -> str:
     before = {(r["allocation"], r["target_budget"]): r for r in shipped["rows"]
               if r["domain"] == "mean" and r["projections"] == rec["shipped"]["fingerprint"]}
     keys = (suite.get("retrieval") or {}).get("rows", []) + (passkeys or {}).get("rows", [])
+    found = {(r["method"], r["budget"], r["length"]): r["correct"] for r in keys}
     held = {(r["method"], r["budget"], r["length"]): count(r["correct"], r["n"]) for r in keys}
     label = {m["allocation"]: m["label"] for m in suite["methods"]}
+    lost = [f"{'uniform' if a == 'uniform' else 'searched'} {pct(b, None)} at {n:,} tokens "
+            f"({found[(SHIPPED_SUITE_LABELS[a], b, n)]} -> {found[(label[a], b, n)]})"
+            for (m, b, n), c in found.items() for a in label if m == label[a]
+            and (SHIPPED_SUITE_LABELS[a], b, n) in found and c < found[(SHIPPED_SUITE_LABELS[a], b, n)]]
     rows = []
     for name, cells, methods in (("continued", ours, label), ("shipped", before, SHIPPED_SUITE_LABELS)):
         for (allocation, budget), r in sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
@@ -341,10 +346,11 @@ def _climb_suite(data: Data, rec: dict) -> str:
                                             for n in (suite.get("retrieval") or {}).get("base", {})])
     lengths = [f"passkey, {int(n):,} tokens" for n in (suite.get("retrieval") or {}).get("base", {})]
     better = all(ours[k]["kl_to_base"] < before[k]["kl_to_base"] for k in ours if k in before)
+    verdict = ("climb.not-better" if not better else "climb.loses-passkeys" if lost else "climb.better")
     return paragraphs(
         prose("climb.suite", _suite(suite), source=code(data.rel(path)), command=code(suite["command"])),
         table(["projections", "ranks", "budget", "ppl x / KL / top-1"] + lengths, rows),
-        prose("climb.better" if better else "climb.not-better"))
+        prose(verdict, lost="; ".join(lost)))
 
 
 SHIPPED_SUITE_LABELS = {"uniform": "MatryoshkaKV, uniform", "adaptive": "MatryoshkaKV, adaptive"}
