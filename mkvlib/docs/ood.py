@@ -382,9 +382,7 @@ def _gemma_searched(data: Data) -> str:
     cell = {(r["allocation"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
     rows = [["uniform" if a == "uniform" else "searched"] + [_triple(cell.get((a, b))) for b in rec["budgets"]]
             for a in dict.fromkeys(m["allocation"] for m in rec["methods"])]
-    return paragraphs(f"The KD-trained projections with ranks from a greedy search of their own "
-                      f"({code(data.rel(path))}, the same suite; the search read the training mixture's recall blocks "
-                      "as SmolLM2's did):",
+    return paragraphs(prose("second-architecture.searched", source=code(data.rel(path))),
                       table(["ranks"] + [f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]], rows),
                       commands_line([rec["command"]]))
 
