@@ -25,7 +25,6 @@ import numpy as np
 
 # tokens the full-size GPU run trains on (the README's GPU path): where the trend is read off
 GPU_TOKENS = 20_000_000
-BUDGETS = (0.25, 0.5, 0.75)
 
 
 def _tokens_per_step(record: dict) -> int:

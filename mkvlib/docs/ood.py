@@ -294,12 +294,13 @@ def climb(data: Data, path, rec) -> str:
     run, trend = rec["run"], rec["trends"]["0.5"]
     budgets = sorted(rec["trends"], key=float, reverse=True)
     cell = {(p["source"], p["step"], str(p["budget"])): p for p in rec["points"]}
-    steps = dict.fromkeys((p["source"], p["step"], p["tokens"]) for p in rec["points"])
+    evaluations = dict.fromkeys((p["source"], p["step"], p["tokens"]) for p in rec["points"])
+
     def kl_ppl(p):
         return f"{num(p['kl_to_base'], 3)} / {num(p['perplexity_ratio'], 2)}"
 
     rows = [[f"{tokens:,}", source, step] + [either(kl_ppl, cell.get((source, step, b))) for b in budgets]
-            for source, step, tokens in steps]
+            for source, step, tokens in evaluations]
     halves = "; ".join(f"{h['tokens'][0]:,} to {h['tokens'][1]:,} tokens: {num(h['per_doubling'], 3)} ± "
                        f"{num(h['per_doubling_se'], 3)}" for h in trend.get("halves", []))
     c, start = run["config"], rec["same_start"]
@@ -329,27 +330,31 @@ def _climb_suite(data: Data, rec: dict) -> str:
     ours = {(r["allocation"], r["target_budget"]): r for r in suite["rows"] if r["domain"] == "mean"}
     before = {(r["allocation"], r["target_budget"]): r for r in shipped["rows"]
               if r["domain"] == "mean" and r["projections"] == rec["shipped"]["fingerprint"]}
-    keys = (suite.get("retrieval") or {}).get("rows", []) + (passkeys or {}).get("rows", [])
-    found = {(r["method"], r["budget"], r["length"]): r["correct"] for r in keys}
-    held = {(r["method"], r["budget"], r["length"]): count(r["correct"], r["n"]) for r in keys}
+    passkey = {(r["method"], r["budget"], r["length"]): r for r in
+               (suite.get("retrieval") or {}).get("rows", []) + (passkeys or {}).get("rows", [])}
     label = {m["allocation"]: m["label"] for m in suite["methods"]}
-    lost = [f"{'uniform' if a == 'uniform' else 'searched'} {pct(b, None)} at {n:,} tokens "
-            f"({found[(SHIPPED_SUITE_LABELS[a], b, n)]} -> {found[(label[a], b, n)]})"
-            for (m, b, n), c in found.items() for a in label if m == label[a]
-            and (SHIPPED_SUITE_LABELS[a], b, n) in found and c < found[(SHIPPED_SUITE_LABELS[a], b, n)]]
+    lost = []
+    for allocation, mine in label.items():
+        for (method, budget, length), r in passkey.items():
+            theirs = passkey.get((SHIPPED_SUITE_LABELS[allocation], budget, length))
+            if method == mine and theirs and r["correct"] < theirs["correct"]:
+                lost.append(f"{'uniform' if allocation == 'uniform' else 'searched'} {pct(budget, None)} at "
+                            f"{length:,} tokens ({theirs['correct']} -> {r['correct']})")
+    lengths = [int(n) for n in (suite.get("retrieval") or {}).get("base", {})]
     rows = []
     for name, cells, methods in (("continued", ours, label), ("shipped", before, SHIPPED_SUITE_LABELS)):
         for (allocation, budget), r in sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
             if budget in suite["budgets"]:
                 rows.append([name, "uniform" if allocation == "uniform" else "searched", pct(budget, None),
-                             _triple(r)] + [held.get((methods.get(allocation), budget, int(n)), "-")
-                                            for n in (suite.get("retrieval") or {}).get("base", {})])
-    lengths = [f"passkey, {int(n):,} tokens" for n in (suite.get("retrieval") or {}).get("base", {})]
+                             _triple(r)] + [either(lambda k: count(k["correct"], k["n"]),
+                                                   passkey.get((methods.get(allocation), budget, n)))
+                                            for n in lengths])
     better = all(ours[k]["kl_to_base"] < before[k]["kl_to_base"] for k in ours if k in before)
     verdict = ("climb.not-better" if not better else "climb.loses-passkeys" if lost else "climb.better")
     return paragraphs(
         prose("climb.suite", _suite(suite), source=code(data.rel(path)), command=code(suite["command"])),
-        table(["projections", "ranks", "budget", "ppl x / KL / top-1"] + lengths, rows),
+        table(["projections", "ranks", "budget", "ppl x / KL / top-1"] + [f"passkey, {n:,} tokens" for n in lengths],
+              rows),
         prose(verdict, lost="; ".join(lost)))
 
 
