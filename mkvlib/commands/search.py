@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--recall-span", type=int, default=None, help="make each calibration block's last N tokens "
                    "repeat a span from its start, so breaking lookup costs KL (default 0); 2N + seq-len/4 <= seq-len")
     add_positions_arg(p)
+    p.add_argument("--protect-heads", default=None, metavar="FILE", help="never lower the keys and values of the "
+                   "--protect-top best KV heads of this retrieval-heads file (python -m mkvlib.retrieval_heads)")
+    p.add_argument("--protect-top", type=int, default=None, help="how many of --protect-heads' KV heads to keep whole")
     p.add_argument("--eval-corpus", default=None, help="one held-out corpus for the precomputed readout instead of "
                    "the default, the out-of-domain suite (mkvlib.suite: the mean over its domains)")
     p.add_argument("--eval-tokens", type=int, default=None, help="readout tokens per suite domain (default "
@@ -52,6 +55,13 @@ def config_from_args(args):
     from ..search import SearchConfig
 
     base = SearchConfig.fast() if fast_mode() else SearchConfig()
+    if (args.protect_heads is None) != (args.protect_top is None):
+        raise ValueError("--protect-heads FILE and --protect-top N go together: the file ranks the KV heads, N says "
+                         "how many of them keep their keys and values whole")
+    if args.protect_heads is not None:
+        from ..retrieval_heads import load_protected
+
+        base = base.with_(protect=load_protected(args.protect_heads, args.protect_top))
     given = dict(step=args.step, min_rank=args.min_rank, stop_budget=args.stop_budget, strategy=args.strategy,
                  seq_len=args.seq_len, tokens=args.tokens, batch_size=args.batch_size, corpus=args.corpus,
                  nll_weight=args.nll_weight, max_spread=args.max_spread, recall_span=args.recall_span,
@@ -110,6 +120,10 @@ def run(args) -> int:
     traj = greedy_search(model, proj, blocks, config, progress=not args.json)
     search_seconds = time.time() - start
     traj.meta.update(projections=args.projections, calibration_corpus=corpus)
+    if invocation():
+        traj.meta["command"] = invocation()
+    if args.protect_heads:
+        traj.meta["protected"] = {"heads_file": args.protect_heads, "top": args.protect_top}
     if args.adapter:
         traj.meta["adapter"] = {"path": args.adapter, "weights_hash": model.mkv_adapter}
     eval_blocks, eval_corpus = readout_blocks(args, tokenizer, config.seq_len)

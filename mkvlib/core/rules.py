@@ -70,11 +70,17 @@ class Batch:
 
 
 class Rules:
-    """The ladder of ranks of ``geom``'s entries, and the spread, balance and batch rules."""
+    """The ladder of ranks of ``geom``'s entries, and the spread, balance and batch rules. Entries in ``fixed``
+    (e.g. the retrieval heads of :mod:`mkvlib.retrieval_heads`) never move: they keep the rank they start at."""
 
     def __init__(self, geom: KVGeometry, step: int, min_rank: int, spread: SpreadLimit = SpreadLimit(),
-                 balance: KVBalance = KVBalance(), batch: Batch = Batch()):
-        self.entries, self.head_dim = geom.entries(), geom.head_dim
+                 balance: KVBalance = KVBalance(), batch: Batch = Batch(), fixed=()):
+        fixed = {tuple(e) for e in fixed}
+        unknown = sorted(fixed - set(geom.entries()))
+        if unknown:
+            raise ValueError(f"entries to keep fixed {unknown} are not (layer, KV head, kind) entries of a model "
+                             f"with {geom.layers} layers and {geom.kv_heads} KV heads")
+        self.entries, self.head_dim = [e for e in geom.entries() if e not in fixed], geom.head_dim
         self.path = rank_path(geom.head_dim, step, min_rank)
         self.lower = next_ranks(geom.head_dim, step, min_rank)
         self.spread, self.balance, self.batch = spread, balance, batch

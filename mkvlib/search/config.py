@@ -31,7 +31,8 @@ class SearchConfig:
     batch_size: calibration text (never the evaluation split) and blocks per forward pass. recall_span: n > 0
     makes each block's last n tokens repeat a span from near its start (:func:`mkvlib.recall.recall_blocks`), so
     steps that break long-range lookup cost KL. positions: 'spread' (default) scores each block at a seeded offset
-    over the context window, 'start' from position 0 (:mod:`mkvlib.core.positions`).
+    over the context window, 'start' from position 0 (:mod:`mkvlib.core.positions`). protect: (layer, KV head,
+    kind) entries the search never lowers (:func:`mkvlib.retrieval_heads.load_protected`: the retrieval heads).
     """
     step: int = 8
     min_rank: int = 8
@@ -49,6 +50,7 @@ class SearchConfig:
     batch_size: int = 4
     recall_span: int = 0
     positions: str = "spread"
+    protect: tuple = ()
 
     def __post_init__(self):
         for name, least in (("step", 1), ("batched", 1), ("tokens", 1), ("seq_len", 1), ("batch_size", 1),
@@ -68,6 +70,12 @@ class SearchConfig:
                              f"{self.max_spread!r}: a smaller spread would leave no step to take once all ranks "
                              "are equal")
         check_budget(self.stop_budget, "SearchConfig.stop_budget", optional=True)
+        entries = tuple(tuple(e) for e in self.protect) if isinstance(self.protect, (tuple, list)) else None
+        if entries is None or any(len(e) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                         for x in e) or e[2] not in (0, 1) for e in entries):
+            raise ValueError("SearchConfig.protect must be (layer, KV head, kind) triples of integers >= 0 with kind "
+                             f"0 (keys) or 1 (values), not {self.protect!r}")
+        object.__setattr__(self, "protect", entries)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"SearchConfig.strategy must be one of {STRATEGIES}, not {self.strategy!r}")
         if self.balance not in BALANCES:
@@ -89,7 +97,7 @@ class SearchConfig:
     def rules(self, geom: KVGeometry) -> Rules:
         """The rules of step 4 these settings give on ``geom``: ladder, spread limit, K/V balance, batching."""
         return Rules(geom, self.step, self.min_rank, SpreadLimit(self.max_spread), KVBalance(self.balance),
-                     Batch(self.batched))
+                     Batch(self.batched), fixed=self.protect)
 
     @classmethod
     def fast(cls, **overrides) -> "SearchConfig":
