@@ -19,6 +19,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -86,12 +87,17 @@ def fit_prompt(tokenizer, n_tokens: int, build, unit: str = FILLER, what: str = 
     return text, torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
 
 
+def passkey_setting(seed: int) -> tuple[str, float]:
+    """(key, depth) of the passkey prompt with ``seed``: the 5-digit key and where it sits in the filler."""
+    rng = random.Random(f"passkey-{seed}")
+    key = str(rng.randint(10000, 99999))
+    return key, round(rng.uniform(0.0, 1.0), 4)
+
+
 def passkey_prompt(tokenizer, n_tokens: int, seed: int = 0) -> PasskeyPrompt:
     """A passkey prompt of at most ``n_tokens`` tokens (within one filler sentence group of it), the same for the
     same (tokenizer, n_tokens, seed); the key and its depth come from ``seed``."""
-    rng = random.Random(f"passkey-{seed}")
-    key = str(rng.randint(10000, 99999))
-    depth = round(rng.uniform(0.0, 1.0), 4)
+    key, depth = passkey_setting(seed)
     text, ids = fit_prompt(tokenizer, n_tokens, lambda repeats: _render(tokenizer, _haystack(repeats, depth, key)))
     return PasskeyPrompt(ids, key, depth, n_tokens, seed, text)
 
@@ -479,8 +485,16 @@ def format_retrieval_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _trajectory_label(path: str) -> str:
+    """How a method with its own trajectory is named: its protected retrieval heads, else the file's name."""
+    from .core.trajectory import Trajectory
+
+    kept = Trajectory.load(path).meta.get("protected")
+    return f"{kept['top']} retrieval heads whole" if kept else Path(path).name.removesuffix(".trajectory.json")
+
+
 def _parse_methods(args) -> tuple[list, dict]:
-    """(methods, {name: budgets}) from ``--methods`` entries PROJECTIONS:ALLOCATION[@B1/B2...]."""
+    """(methods, {name: budgets}) from ``--methods`` entries PROJECTIONS:ALLOCATION[:TRAJECTORY][@B1/B2...]."""
     from .core.ranks import Method
     from .suite import suite_label
 
@@ -489,11 +503,15 @@ def _parse_methods(args) -> tuple[list, dict]:
     methods, own = [], {}
     for entry in args.methods.split(","):
         spec, _, at = entry.partition("@")
-        if spec.count(":") != 1:
-            raise SystemExit(f"--methods: {entry!r} is not PROJECTIONS:ALLOCATION[@BUDGET/BUDGET...]")
-        proj, alloc = spec.split(":")
-        m = Method(f"{suite_label(proj)}, {alloc}{whole}", proj, alloc,
-                   args.trajectory if alloc == "adaptive" else None, args.keep_first, args.keep_recent)
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[1] != "adaptive"):
+            raise SystemExit(f"--methods: {entry!r} is not PROJECTIONS:ALLOCATION[@BUDGET/BUDGET...] or "
+                             "PROJECTIONS:adaptive:TRAJECTORY[@...]")
+        proj, alloc = parts[:2]
+        traj = parts[2] if len(parts) == 3 else (args.trajectory if alloc == "adaptive" else None)
+        own_traj = f", {_trajectory_label(traj)}" if len(parts) == 3 else ""
+        m = Method(f"{suite_label(proj)}, {alloc}{own_traj}{whole}", proj, alloc, traj, args.keep_first,
+                   args.keep_recent)
         methods.append(m)
         if at:
             try:
@@ -516,7 +534,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m mkvlib.retrieval", description=main.__doc__.split(": ", 1)[1])
     p.add_argument("--methods", default="pca:uniform,trained:uniform,trained:adaptive",
-                   help="comma-separated PROJECTIONS:ALLOCATION, each optionally @B1/B2 (its own budgets)")
+                   help="comma-separated PROJECTIONS:ALLOCATION, each optionally @B1/B2 (its own budgets); "
+                   "PROJECTIONS:adaptive:TRAJECTORY gives one method its own trajectory")
     p.add_argument("--trajectory", default=None, help="trajectory of the adaptive methods (default: the shipped one)")
     p.add_argument("--budgets", default="0.75,0.5,0.375")
     p.add_argument("--lengths", default="1024,4096")

@@ -101,3 +101,18 @@ def test_methods_with_their_own_budgets():
     assert [m.allocation for m in methods] == ["adaptive", "uniform"] and list(own.values()) == [[0.5, 0.375]]
     with pytest.raises(SystemExit, match="must be numbers"):
         retrieval._parse_methods(argparse.Namespace(**{**vars(args), "methods": "trained:uniform@half"}))
+
+
+def test_a_method_with_its_own_trajectory_is_named_by_what_it_protects(tmp_path):
+    from mkvlib.core.trajectory import Trajectory
+
+    path = tmp_path / "p.trajectory.json"
+    Trajectory("m", "f" * 16, (1, 1, 16), [(0, 0, 1, 8, 0.1, 0.75)], {"protected": {"top": 4}}).save(str(path))
+    args = argparse.Namespace(methods=f"trained:adaptive,trained:adaptive:{path}@0.5", trajectory=None,
+                              keep_first=0, keep_recent=0)
+    methods, own = retrieval._parse_methods(args)
+    assert [m.trajectory for m in methods] == [None, str(path)]
+    assert methods[1].name.endswith("adaptive, 4 retrieval heads whole") and own == {methods[1].name: [0.5]}
+    for bad in ("trained:uniform:x.json", "trained:adaptive:a:b"):
+        with pytest.raises(SystemExit, match="TRAJECTORY"):
+            retrieval._parse_methods(argparse.Namespace(**{**vars(args), "methods": bad}))

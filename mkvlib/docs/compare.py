@@ -84,7 +84,9 @@ for _name, _file, _title in (
          "Passkey retrieval with MatryoshkaKV by context length: where it breaks"),
         ("compare-passkey-halves", "compare_kv_halves", "Which half breaks the passkey: keys or values alone"),
         ("compare-passkey-halves-shipped", "compare_passkey_halves_shipped",
-         "One half alone with the shipped projections (trained on recall blocks)")):
+         "One half alone with the shipped projections (trained on recall blocks)"),
+        ("compare-passkey-halves-8k", "compare_passkey_halves_8k",
+         "One half alone at the whole window, with searched ranks")):
     section(_name, _title, result=f"{_file}.json")(functools.partial(_passkey, key=_name))
 
 

@@ -7,6 +7,7 @@ from collections import Counter
 from operator import itemgetter
 
 from ..answers import kept_facts
+from ..retrieval import passkey_setting, score_answer
 from ..lmeval.recipes import UNSHIPPED_DETAILS
 from .accuracy import projections_recipe
 from .markdown import bullets, code, count, either, num, paragraphs, pct, table
@@ -116,6 +117,66 @@ for _name, _title, _render in (      # each reads data/results/<name with unders
         ("retrieval-8k-whole", "The whole window with the first and latest tokens kept whole, at equal bytes",
          _margins)):
     section(_name, _title, result=_name.replace("-", "_") + ".json")(_render)
+
+
+PROTECTED_SUITES = ("protected4_suite.json", "protected8_suite.json")
+
+
+def _suite_cells(data: Data, trajectory: str | None) -> tuple[dict, dict]:
+    """({budget: suite mean row}, {(budget, length): passkey row}) of the searched ranks along ``trajectory``: the
+    protected searches' own suite files, or the shipped trajectory's rows of ood_suite.json and retrieval.json."""
+    for name in PROTECTED_SUITES:
+        _, rec = data.result(name)
+        if rec and trajectory and any(m.get("trajectory") == trajectory for m in rec["methods"]):
+            return ({r["target_budget"]: r for r in rec["rows"] if r["domain"] == "mean"},
+                    {(r["budget"], r["length"]): r for r in (rec.get("retrieval") or {}).get("rows", [])})
+    _, suite = data.result("ood_suite.json")
+    _, passkey = data.result("retrieval.json")
+    label = SHIPPED_SUITE_LABELS["adaptive"]
+    return ({r["target_budget"]: r for r in (suite or {}).get("rows", []) if r["domain"] == "mean"
+             and r["method"] == label},
+            {(r["budget"], r["length"]): r for r in (passkey or {}).get("rows", []) if r["method"] == label})
+
+
+@section("retrieval-protected", "Retrieval heads kept whole: the passkey at the whole window",
+         "results/retrieval_heads.json", *(f"results/{n}" for n in PROTECTED_SUITES),
+         result="retrieval_protected_8k.json")
+def retrieval_protected(data: Data, path, rec) -> str | None:
+    heads_path, heads = data.result("retrieval_heads.json")
+    if heads is None:
+        return None
+    head_rows = [[i + 1, h["layer"], h["kv_head"], num(h["score"], 3)] for i, h in enumerate(heads["heads"][:8])]
+    length, budget = max(rec["lengths"]), 0.5
+    cell = {r["method"]: r for r in rec["rows"] if r["length"] == length and r["budget"] == budget}
+    base = rec["base_rows"][str(length)]
+    lengths = (1024, 4096)
+    rows, found = [], {}
+    for m in rec["methods"]:
+        suite, passkey = _suite_cells(data, m["trajectory"])
+        r = cell[m["label"]]
+        found[m["label"]] = r["correct"]
+        rows.append([m["label"], count(r["correct"], r["n"]), num(r["mean_key_logp"], 2)]
+                    + [_triple(suite.get(b)) for b in (0.5, 0.375)]
+                    + [_counted(passkey.get((0.375, n))) for n in lengths])
+    best = max(found, key=found.get)
+    depths = {True: set(), False: set()}
+    for r in cell.values():
+        for i, answer in enumerate(r["answers"]):
+            key, depth = passkey_setting(rec["seed"] * 1000 + i)
+            depths[score_answer(answer, key)].add(depth)
+    return paragraphs(
+        prose("retrieval-protected", heads, source=code(data.rel(heads_path)), heads_command=code(heads["command"]),
+              lengths=", ".join(f"{n:,}" for n in heads["lengths"])),
+        table(["rank", "layer", "KV head", "attention on the key"], head_rows),
+        prose("retrieval-protected.table", length=f"{length:,}", base=count(base["correct"], rec["n"]),
+              suites=", ".join(code(f"data/results/{n}") for n in PROTECTED_SUITES)),
+        table(["searched ranks", f"passkey {length:,} at 50%", "key log p", "suite 50%: ppl x / KL / top-1",
+               "suite 37.5%: ppl x / KL / top-1"] + [f"passkey {n:,} at 37.5%" for n in lengths], rows),
+        prose("retrieval-protected.best" if found[best] > min(found.values()) else "retrieval-protected.none",
+              best=best, correct=found[best], n=rec["n"]),
+        prose("retrieval-protected.depths" if depths[False] and depths[True] and max(depths[False]) < min(depths[True])
+              else "retrieval-protected.depths-mixed", found=", ".join(num(d, 2) for d in sorted(depths[True])) or "none",
+              lost=", ".join(num(d, 2) for d in sorted(depths[False])) or "none"))
 
 
 @section("ood-routes", "Starting points and objectives: out-of-domain KL at 50% against CPU time",
