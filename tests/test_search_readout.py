@@ -186,3 +186,25 @@ def test_a_fresh_search_reads_out_on_the_suite_by_default_or_on_one_corpus(searc
         assert a["kl_to_base"] == pytest.approx(b["kl_to_base"], abs=2e-6)
         assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-5)
     capsys.readouterr()
+
+
+def test_grid_0_searches_now_and_reads_out_later_at_another_block_length(searched, tmp_path, monkeypatch, capsys):
+    """A long-block search skips its readout (--grid 0); --readout-only then measures it in shorter blocks."""
+    import mkvlib.commands.search as command
+    from mkvlib.cli import main
+
+    model, _, _ = searched
+    monkeypatch.delenv("MKV_DATA_DIR", raising=False)
+    monkeypatch.setattr(command, "load_model_and_adapter", lambda args: (model, CharTok()))
+    proj_path = random_projections(model).save(tmp_path / "proj.safetensors")
+    out = tmp_path / "long.json"
+    assert main(["search", "--projections", str(proj_path), "--tokens", "96", "--seq-len", "48", "--batch-size", "1",
+                 "--step", "8", "--min-rank", "4", "--strategy", "proxy", "--proxy-refresh", "0", "--grid", "0",
+                 "--out", str(out), "--json"]) == 0
+    traj = Trajectory.load(out)
+    assert traj.evaluations is None and len(traj) > 0 and traj.meta["config"]["seq_len"] == 48
+    assert main(["search", "--readout-only", str(out), "--projections", str(proj_path), "--seq-len", "24",
+                 "--eval-tokens", "48", "--grid", "3", "--json"]) == 0
+    ev = Trajectory.load(out).evaluations
+    assert ev["seq_len"] == 24 and len(ev["rows"]) == 2 * 3 and Trajectory.load(out).steps == traj.steps
+    capsys.readouterr()

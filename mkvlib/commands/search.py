@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--eval-tokens", type=int, default=None, help="readout tokens per suite domain (default "
                    f"{SUITE_TOKENS[1]}; {SUITE_TOKENS[0]} fast), or in all with --eval-corpus (default 2048; 512 fast)")
     p.add_argument("--grid", type=int, default=None, help="budgets in the precomputed grid (default 8; 4 fast; "
-                   "with --readout-only: the file's own budgets)")
+                   "0: no readout now; with --readout-only: the file's own budgets)")
     p.add_argument("--readout-only", default=None, metavar="TRAJECTORY", help="search nothing: measure this "
                    "trajectory's readout again and rewrite only its `evaluations` (in place, or to --out); "
                    "--projections must be those it was searched with")
@@ -93,7 +93,7 @@ def _set_threads(args) -> None:
 
 def _summary(traj) -> dict:
     return {f"{r['allocation']}@{r['budget']:.3f}": (round(r["perplexity"], 2), round(r["kl_to_base"], 4))
-            for r in traj.evaluations["rows"]}
+            for r in (traj.evaluations or {}).get("rows", [])}
 
 
 def run(args) -> int:
@@ -126,9 +126,12 @@ def run(args) -> int:
         traj.meta["protected"] = {"heads_file": args.protect_heads, "top": args.protect_top}
     if args.adapter:
         traj.meta["adapter"] = {"path": args.adapter, "weights_hash": model.mkv_adapter}
-    eval_blocks, eval_corpus = readout_blocks(args, tokenizer, config.seq_len)
-    grid = budget_grid(traj, args.grid or pick(4, 8))
-    evaluate_trajectory(model, proj, traj, eval_blocks, grid, eval_corpus, config.batch_size, progress=not args.json)
+    eval_corpus = None
+    if args.grid != 0:                  # 0: no readout now (--readout-only adds it, at any --seq-len)
+        eval_blocks, eval_corpus = readout_blocks(args, tokenizer, config.seq_len)
+        grid = budget_grid(traj, args.grid or pick(4, 8))
+        evaluate_trajectory(model, proj, traj, eval_blocks, grid, eval_corpus, config.batch_size,
+                            progress=not args.json)
     traj.meta["total_seconds"] = round(time.time() - start, 2)
     traj.save(args.out)
     emit({"out": args.out, "model": traj.model, "fingerprint": traj.fingerprint, "steps": len(traj),
