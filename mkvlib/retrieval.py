@@ -486,11 +486,17 @@ def format_retrieval_table(result: dict) -> str:
 
 
 def _trajectory_label(path: str) -> str:
-    """How a method with its own trajectory is named: its protected retrieval heads, else the file's name."""
+    """How a method with its own trajectory is named: its protected retrieval heads, its recall blocks' length, or
+    else the file's name."""
     from .core.trajectory import Trajectory
 
-    kept = Trajectory.load(path).meta.get("protected")
-    return f"{kept['top']} retrieval heads whole" if kept else Path(path).name.removesuffix(".trajectory.json")
+    meta = Trajectory.load(path).meta
+    kept, config = meta.get("protected"), meta.get("config") or {}
+    if kept:
+        return f"{kept['top']} retrieval heads whole"
+    if config.get("recall_span"):
+        return f"searched on {config['seq_len']:,}-token recall blocks"
+    return Path(path).name.removesuffix(".trajectory.json")
 
 
 def _parse_methods(args) -> tuple[list, dict]:

@@ -116,3 +116,13 @@ def test_a_method_with_its_own_trajectory_is_named_by_what_it_protects(tmp_path)
     for bad in ("trained:uniform:x.json", "trained:adaptive:a:b"):
         with pytest.raises(SystemExit, match="TRAJECTORY"):
             retrieval._parse_methods(argparse.Namespace(**{**vars(args), "methods": bad}))
+
+
+def test_a_trajectory_searched_on_recall_blocks_is_named_by_their_length(tmp_path):
+    from mkvlib.core.trajectory import Trajectory
+
+    path = tmp_path / "r.trajectory.json"
+    meta = {"config": {"recall_span": 256, "seq_len": 8192}}
+    Trajectory("m", "f" * 16, (1, 1, 16), [(0, 0, 1, 8, 0.1, 0.75)], meta).save(str(path))
+    args = argparse.Namespace(methods=f"trained:adaptive:{path}", trajectory=None, keep_first=0, keep_recent=0)
+    assert retrieval._parse_methods(args)[0][0].name == "MatryoshkaKV, adaptive, searched on 8,192-token recall blocks"

@@ -119,13 +119,13 @@ for _name, _title, _render in (      # each reads data/results/<name with unders
     section(_name, _title, result=_name.replace("-", "_") + ".json")(_render)
 
 
-PROTECTED_SUITES = ("protected4_suite.json", "protected8_suite.json")
+SEARCH_SUITES = ("protected4_suite.json", "protected8_suite.json", "recall8k_suite.json")
 
 
 def _suite_cells(data: Data, trajectory: str | None) -> tuple[dict, dict]:
     """({budget: suite mean row}, {(budget, length): passkey row}) of the searched ranks along ``trajectory``: the
-    protected searches' own suite files, or the shipped trajectory's rows of ood_suite.json and retrieval.json."""
-    for name in PROTECTED_SUITES:
+    other searches' own suite files, or the shipped trajectory's rows of ood_suite.json and retrieval.json."""
+    for name in SEARCH_SUITES:
         _, rec = data.result(name)
         if rec and trajectory and any(m.get("trajectory") == trajectory for m in rec["methods"]):
             return ({r["target_budget"]: r for r in rec["rows"] if r["domain"] == "mean"},
@@ -138,8 +138,8 @@ def _suite_cells(data: Data, trajectory: str | None) -> tuple[dict, dict]:
             {(r["budget"], r["length"]): r for r in (passkey or {}).get("rows", []) if r["method"] == label})
 
 
-@section("retrieval-protected", "Retrieval heads kept whole: the passkey at the whole window",
-         "results/retrieval_heads.json", *(f"results/{n}" for n in PROTECTED_SUITES),
+@section("retrieval-protected", "Ranks for the whole window: retrieval heads kept whole, long recall blocks",
+         "results/retrieval_heads.json", *(f"results/{n}" for n in SEARCH_SUITES),
          result="retrieval_protected_8k.json")
 def retrieval_protected(data: Data, path, rec) -> str | None:
     heads_path, heads = data.result("retrieval_heads.json")
@@ -158,24 +158,32 @@ def retrieval_protected(data: Data, path, rec) -> str | None:
         rows.append([m["label"], count(r["correct"], r["n"]), num(r["mean_key_logp"], 2)]
                     + [_triple(suite.get(b)) for b in (0.5, 0.375)]
                     + [_counted(passkey.get((0.375, n))) for n in lengths])
-    best = max(found, key=found.get)
+    shipped = found[SHIPPED_SUITE_LABELS["adaptive"]]
+    better = [f"{m} ({k} of {rec['n']})" for m, k in found.items() if k > shipped]
+    heads_better = any(k > shipped for m, k in found.items() if "retrieval heads" in m)
     depths = {True: set(), False: set()}
     for r in cell.values():
         for i, answer in enumerate(r["answers"]):
             key, depth = passkey_setting(rec["seed"] * 1000 + i)
             depths[score_answer(answer, key)].add(depth)
+    apart = depths[False] and depths[True] and max(depths[False]) < min(depths[True])
+    commands = [f"{m['label']}: " + either(code, (data.trajectories.get(m["trajectory"]) or {}).get("meta", {})
+                                              .get("command"), "command not recorded")
+                for m in rec["methods"] if m["label"] != SHIPPED_SUITE_LABELS["adaptive"]]
     return paragraphs(
         prose("retrieval-protected", heads, source=code(data.rel(heads_path)), heads_command=code(heads["command"]),
               lengths=", ".join(f"{n:,}" for n in heads["lengths"])),
         table(["rank", "layer", "KV head", "attention on the key"], head_rows),
         prose("retrieval-protected.table", length=f"{length:,}", base=count(base["correct"], rec["n"]),
-              suites=", ".join(code(f"data/results/{n}") for n in PROTECTED_SUITES)),
+              suites=", ".join(code(f"data/results/{n}") for n in SEARCH_SUITES)),
+        bullets(commands),
         table(["searched ranks", f"passkey {length:,} at 50%", "key log p", "suite 50%: ppl x / KL / top-1",
                "suite 37.5%: ppl x / KL / top-1"] + [f"passkey {n:,} at 37.5%" for n in lengths], rows),
-        prose("retrieval-protected.best" if found[best] > min(found.values()) else "retrieval-protected.none",
-              best=best, correct=found[best], n=rec["n"]),
-        prose("retrieval-protected.depths" if depths[False] and depths[True] and max(depths[False]) < min(depths[True])
-              else "retrieval-protected.depths-mixed", found=", ".join(num(d, 2) for d in sorted(depths[True])) or "none",
+        prose("retrieval-protected.better", better="; ".join(better), shipped=shipped, n=rec["n"]) if better
+        else prose("retrieval-protected.none"),
+        "" if heads_better else prose("retrieval-protected.heads"),
+        prose("retrieval-protected.depths" if apart else "retrieval-protected.depths-mixed",
+              found=", ".join(num(d, 2) for d in sorted(depths[True])) or "none",
               lost=", ".join(num(d, 2) for d in sorted(depths[False])) or "none"))
 
 
