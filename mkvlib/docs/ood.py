@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from pathlib import Path
 from operator import itemgetter
 
 from ..answers import kept_facts
@@ -130,6 +131,8 @@ def _suite_cells(data: Data, trajectory: str | None) -> tuple[dict, dict]:
         if rec and trajectory and any(m.get("trajectory") == trajectory for m in rec["methods"]):
             return ({r["target_budget"]: r for r in rec["rows"] if r["domain"] == "mean"},
                     {(r["budget"], r["length"]): r for r in (rec.get("retrieval") or {}).get("rows", [])})
+    if trajectory and Path(trajectory).parent.name == "alternatives":   # its suite file is not there (yet)
+        return {}, {}
     _, suite = data.result("ood_suite.json")
     _, passkey = data.result("retrieval.json")
     label = SHIPPED_SUITE_LABELS["adaptive"]
@@ -170,7 +173,7 @@ def retrieval_protected(data: Data, path, rec) -> str | None:
     better = [f"{m} ({k} of {rec['n']})" for m, k in found.items() if k > shipped]
     heads_better = any(k > shipped for m, k in found.items() if "retrieval heads" in m)
     depths = {True: set(), False: set()}
-    for r in cell.values():
+    for r in (r for r in cell.values() if r["correct"]):          # the rows that find any key
         for i, answer in enumerate(r["answers"]):
             key, depth = passkey_setting(rec["seed"] * 1000 + i)
             depths[score_answer(answer, key)].add(depth)
