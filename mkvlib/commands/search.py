@@ -120,8 +120,9 @@ def run(args) -> int:
     traj = greedy_search(model, proj, blocks, config, progress=not args.json)
     search_seconds = time.time() - start
     traj.meta.update(projections=args.projections, calibration_corpus=corpus)
-    if invocation():
-        traj.meta["command"] = invocation()
+    command = invocation()
+    if command:
+        traj.meta["command"] = command
     if args.protect_heads:
         traj.meta["protected"] = {"heads_file": args.protect_heads, "top": args.protect_top}
     if args.adapter:

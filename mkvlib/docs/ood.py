@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from pathlib import Path
 from operator import itemgetter
 
 from ..answers import kept_facts
-from ..retrieval import passkey_setting, score_answer
 from ..lmeval.recipes import UNSHIPPED_DETAILS
+from ..retrieval import passkey_setting, score_answer
 from .accuracy import projections_recipe
 from .markdown import bullets, code, count, either, num, paragraphs, pct, table
 from .records import Data, by_int
@@ -123,71 +122,64 @@ for _name, _title, _render in (      # each reads data/results/<name with unders
 SEARCH_SUITES = ("protected4_suite.json", "protected8_suite.json", "recall8k_suite.json")
 
 
-def _suite_cells(data: Data, trajectory: str | None) -> tuple[dict, dict]:
+def _suite_cells(data: Data, trajectory: str | None, shipped: bool) -> tuple[dict, dict]:
     """({budget: suite mean row}, {(budget, length): passkey row}) of the searched ranks along ``trajectory``: the
-    other searches' own suite files, or the shipped trajectory's rows of ood_suite.json and retrieval.json."""
+    shipped trajectory's rows of ood_suite.json and retrieval.json, or another search's own suite file (none:
+    empty)."""
+    if shipped:
+        _, suite = data.result("ood_suite.json")
+        _, passkey = data.result("retrieval.json")
+        label = SHIPPED_SUITE_LABELS["adaptive"]
+        return ({r["target_budget"]: r for r in (suite or {}).get("rows", []) if r["domain"] == "mean"
+                 and r["method"] == label},
+                {(r["budget"], r["length"]): r for r in (passkey or {}).get("rows", []) if r["method"] == label})
     for name in SEARCH_SUITES:
         _, rec = data.result(name)
-        if rec and trajectory and any(m.get("trajectory") == trajectory for m in rec["methods"]):
+        if rec and any(m.get("trajectory") == trajectory for m in rec["methods"]):
             return ({r["target_budget"]: r for r in rec["rows"] if r["domain"] == "mean"},
                     {(r["budget"], r["length"]): r for r in (rec.get("retrieval") or {}).get("rows", [])})
-    if trajectory and Path(trajectory).parent.name == "alternatives":   # its suite file is not there (yet)
-        return {}, {}
-    _, suite = data.result("ood_suite.json")
-    _, passkey = data.result("retrieval.json")
-    label = SHIPPED_SUITE_LABELS["adaptive"]
-    return ({r["target_budget"]: r for r in (suite or {}).get("rows", []) if r["domain"] == "mean"
-             and r["method"] == label},
-            {(r["budget"], r["length"]): r for r in (passkey or {}).get("rows", []) if r["method"] == label})
+    return {}, {}
 
 
 @section("retrieval-protected", "Ranks for the whole window: retrieval heads kept whole, long recall blocks",
-         "results/retrieval_heads.json", "results/retrieval_recall8k.json", *(f"results/{n}" for n in SEARCH_SUITES),
+         "results/retrieval_heads.json", *(f"results/{n}" for n in SEARCH_SUITES),
          result="retrieval_protected_8k.json")
 def retrieval_protected(data: Data, path, rec) -> str | None:
     heads_path, heads = data.result("retrieval_heads.json")
     if heads is None:
         return None
     head_rows = [[i + 1, h["layer"], h["kv_head"], num(h["score"], 3)] for i, h in enumerate(heads["heads"][:8])]
-    length, budget = max(rec["lengths"]), 0.5
-    more_path, more = data.result("retrieval_recall8k.json")   # the same prompts, measured later for one more search
-    later = ""
-    if more and (more["seed"], more["n"], more["lengths"]) == (rec["seed"], rec["n"], rec["lengths"]):
-        known = {m["label"] for m in rec["methods"]}
-        rec = dict(rec, methods=rec["methods"] + [m for m in more["methods"] if m["label"] not in known],
-                   rows=rec["rows"] + [r for r in more["rows"] if r["method"] not in known])
-        later = (f"The passkey of the row searched on recall blocks at the whole window: {code(data.rel(more_path))} "
-                 f"(the same prompts), made by {code(more['command'])}.")
+    length, budget, lengths = max(rec["lengths"]), 0.5, (1024, 4096)
     cell = {r["method"]: r for r in rec["rows"] if r["length"] == length and r["budget"] == budget}
     base = rec["base_rows"][str(length)]
-    lengths = (1024, 4096)
+    shipped_label = SHIPPED_SUITE_LABELS["adaptive"]
+    meta = {m["label"]: (data.trajectories.get(m["trajectory"]) or {}).get("meta", {}) for m in rec["methods"]}
     rows, found = [], {}
     for m in rec["methods"]:
-        suite, passkey = _suite_cells(data, m["trajectory"])
+        suite, passkey = _suite_cells(data, m["trajectory"], m["label"] == shipped_label)
         r = cell[m["label"]]
         found[m["label"]] = r["correct"]
         rows.append([m["label"], count(r["correct"], r["n"]), num(r["mean_key_logp"], 2)]
                     + [_triple(suite.get(b)) for b in (0.5, 0.375)]
                     + [_counted(passkey.get((0.375, n))) for n in lengths])
-    shipped = found[SHIPPED_SUITE_LABELS["adaptive"]]
+    shipped = found[shipped_label]
     better = [f"{m} ({k} of {rec['n']})" for m, k in found.items() if k > shipped]
-    heads_better = any(k > shipped for m, k in found.items() if "retrieval heads" in m)
+    heads_better = any(k > shipped for m, k in found.items() if meta[m].get("protected"))
     depths = {True: set(), False: set()}
     for r in (r for r in cell.values() if r["correct"]):          # the rows that find any key
         for i, answer in enumerate(r["answers"]):
             key, depth = passkey_setting(rec["seed"] * 1000 + i)
             depths[score_answer(answer, key)].add(depth)
     apart = depths[False] and depths[True] and max(depths[False]) < min(depths[True])
-    commands = [f"{m['label']}: " + either(code, (data.trajectories.get(m["trajectory"]) or {}).get("meta", {})
-                                              .get("command"), "command not recorded")
-                for m in rec["methods"] if m["label"] != SHIPPED_SUITE_LABELS["adaptive"]]
+    commands = [f"{label}: " + either(code, meta[label].get("command"), "command not recorded")
+                for label in meta if label != shipped_label]
     return paragraphs(
         prose("retrieval-protected", heads, source=code(data.rel(heads_path)), heads_command=code(heads["command"]),
               lengths=", ".join(f"{n:,}" for n in heads["lengths"])),
         table(["rank", "layer", "KV head", "attention on the key"], head_rows),
         prose("retrieval-protected.table", length=f"{length:,}", base=count(base["correct"], rec["n"]),
               suites=", ".join(code(f"data/results/{n}") for n in SEARCH_SUITES)),
-        bullets(commands), later,
+        bullets(commands),
         table(["searched ranks", f"passkey {length:,} at 50%", "key log p", "suite 50%: ppl x / KL / top-1",
                "suite 37.5%: ppl x / KL / top-1"] + [f"passkey {n:,} at 37.5%" for n in lengths], rows),
         prose("retrieval-protected.better", better="; ".join(better), shipped=shipped, n=rec["n"]) if better
