@@ -251,3 +251,19 @@ def test_cli_recall_span_trains_on_recall_blocks(tiny_model_folder, tmp_path, mo
     assert main(args + ["--recall-span", "40", "--out", str(bad)]) == 2
     assert "--recall-span" in capsys.readouterr().err
     assert not bad.exists() and not bad.with_suffix(".json").exists()
+
+
+def test_activation_checkpointing_trains_the_same_projections_without_warnings():
+    import warnings
+    results = []
+    for checkpointing in (False, True):
+        model, blocks, proj = setup()
+        trainer = Trainer(model, proj, blocks, cfg(steps=3, schedule=(4,), gradient_checkpointing=checkpointing))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)   # no deprecated transformers call
+            trainer.train()
+            trainer.close()
+        results.append(trainer.result())
+    assert (results[1].keys - proj.keys).abs().max() > 1e-4
+    torch.testing.assert_close(results[1].keys, results[0].keys, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(results[1].values, results[0].values, atol=1e-5, rtol=1e-4)

@@ -148,7 +148,7 @@ class Trainer:
         self.data_fingerprint = blocks_fingerprint(self.train_blocks if self.train_masks is None
                                                    else torch.cat([self.train_blocks, self.train_masks]))
         if self.config.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _activation_checkpointing(model, True)
 
     # --- the data stream: stateless, so resuming needs only the step ---------------------------------
     def micro_batch(self, index: int) -> torch.Tensor:
@@ -368,7 +368,17 @@ class Trainer:
         """Detach the compression hook (the model computes exactly as before)."""
         self.compression.detach()
         if self.config.gradient_checkpointing:
-            self.model.gradient_checkpointing_disable()
+            _activation_checkpointing(self.model, False)
+
+
+def _activation_checkpointing(model, on: bool) -> None:
+    """Recompute activations in the backward pass (or stop), under the name this transformers gives it."""
+    if hasattr(model, "activation_checkpointing_enable"):   # the name since transformers 5.25
+        model.activation_checkpointing_enable({"use_reentrant": False}) if on else model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def _python_rng_state() -> list:
