@@ -177,6 +177,88 @@ def evaluate_oracle(model, budgets, blocks_by_domain: dict, searched: dict | Non
     return _labelled(rows, label, None, labels)
 
 
+# --- the oracle on passkey retrieval ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def teacher_forced_keys(model, tokenizer, prompts) -> list[dict]:
+    """Per passkey prompt, one forward pass over prompt + key without a cache (as the oracle needs): ``key_logp``,
+    log p(the key's tokens | prompt), and ``found``, whether every key token is the most probable one given the
+    tokens before it (what greedy decoding writes when it writes the key)."""
+    from .retrieval import answer_ids
+
+    device, out = next(model.parameters()).device, []
+    for p in prompts:
+        ans = answer_ids(tokenizer, p).to(device)
+        logp = model(torch.cat([p.ids.to(device), ans[None]], dim=1), use_cache=False).logits[0, -len(ans) - 1:-1]
+        logp = logp.float().log_softmax(-1)
+        out.append({"key_logp": round(logp.gather(1, ans[:, None]).sum().item(), 4),
+                    "found": bool((logp.argmax(-1) == ans).all())})
+    return out
+
+
+def passkey_settings(model, budget: float, projections: str = "trained", allocations=("uniform", "adaptive")):
+    """(label, allocation, context factory) of each compressed row of the passkey ceiling at ``budget``: the
+    oracle with and without centred values, and the shipped ``projections`` at each of ``allocations``."""
+    from .core.compress import attach
+    from .core.projections import resolve_projections
+    from .core.ranks import ranks_for
+
+    proj = resolve_projections(projections, model)
+    shipped = SHIPPED_LABELS.get(projections, Path(projections).stem)
+    return [(ORACLE, "uniform", lambda: attention.install(model, hook=oracle_hook(budget))),
+            (ORACLE_UNCENTRED, "uniform", lambda: attention.install(model, hook=oracle_hook(budget, center_values=False))),
+            *[(shipped, a, lambda r=ranks_for(model, proj, a, budget): attach(model, proj, ranks=r))
+              for a in allocations]]
+
+
+def passkey_ceiling(model, tokenizer, lengths, n: int, budgets, seed: int = 0, projections: str = "trained",
+                    allocations=("uniform", "adaptive")) -> list[dict]:
+    """Rows {method, allocation, budget, length, n, correct, mean_key_logp, key_logp, found}: per length the
+    uncompressed model, then :func:`passkey_settings` at each of ``budgets``, on ``n`` standard passkey prompts
+    (:func:`mkvlib.retrieval.passkey_prompts`, ``seed``), scored teacher-forced (:func:`teacher_forced_keys`)."""
+    import contextlib
+
+    from .retrieval import passkey_prompts
+
+    rows = []
+    for length in lengths:
+        prompts = passkey_prompts(tokenizer, length, n, seed)
+        settings = [("uncompressed", None, 1.0, contextlib.nullcontext)] + [
+            (label, allocation, b, context) for b in budgets
+            for label, allocation, context in passkey_settings(model, b, projections, allocations)]
+        for label, allocation, budget, context in settings:
+            with context():
+                scores = teacher_forced_keys(model, tokenizer, prompts)
+            found = [s["found"] for s in scores]
+            logps = [s["key_logp"] for s in scores]
+            rows.append(dict(method=label, allocation=allocation, budget=budget, length=length, n=n,
+                             correct=sum(found), found=found, key_logp=logps, mean_key_logp=round(sum(logps) / n, 4)))
+            note(f"{length:,} tokens, {label} {allocation or ''} at {budget:.1%}: {sum(found)}/{n}, mean key log p "
+                 f"{rows[-1]['mean_key_logp']:.2f}")
+    return rows
+
+
+def passkey_main(args, argv) -> int:
+    """``--passkey-lengths``: the oracle and the shipped projections on passkey prompts, teacher-forced."""
+    from .commands.common import hardware
+    from .core.io import write_json
+    from .models import load_model
+    from .retrieval import passkey_setting
+
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model, device=args.device)
+    rows = passkey_ceiling(model, tokenizer, args.passkey_lengths, args.passkey_n, args.budgets, args.seed,
+                           args.projections[-1], args.allocation)
+    write_json(args.out, dict(
+        what="Passkey retrieval teacher-forced: the per-sequence SVD oracle beside the shipped projections",
+        model=model.mkv_name, budgets=args.budgets, lengths=args.passkey_lengths, n=args.passkey_n, seed=args.seed,
+        depths=[passkey_setting(args.seed * 1000 + i)[1] for i in range(args.passkey_n)], rows=rows,
+        command="python -m mkvlib.ceiling " + shlex.join(argv), wall_time_s=round(time.perf_counter() - started),
+        hardware=hardware(model.device)))
+    note(f"wrote {args.out}")
+    return 0
+
+
 # --- in-sample fixed bases (never shipped) -------------------------------------------------------------------
 
 def suite_text(blocks_by_domain: dict) -> torch.Tensor:
@@ -256,6 +338,11 @@ def parse_args(argv=None):
                    "--budgets, default), 'default' (d/8, ..., d) or comma-separated ranks")
     p.add_argument("--batch-size", type=int, default=4, help="blocks per evaluation pass (default 4)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--passkey-lengths", default=None, help="instead of the suite: the oracle and the last of "
+                   "--projections on passkey prompts of these lengths (e.g. 1024,4096,8192), teacher-forced, at "
+                   "each of --budgets")
+    p.add_argument("--passkey-n", type=int, default=6, help="passkey prompts per length (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="passkey prompt seed (default 0, as the retrieval records)")
     args = p.parse_args(argv)
     try:
         args.budgets = list(check_budgets(args.budgets, "--budgets"))
@@ -276,6 +363,14 @@ def parse_args(argv=None):
                         ("batch_size", 1)):
         if getattr(args, name) < least:
             p.error(f"--{name.replace('_', '-')} must be >= {least}")
+    if args.passkey_lengths is not None:
+        try:
+            args.passkey_lengths = [int(x) for x in args.passkey_lengths.split(",")]
+        except ValueError:
+            p.error(f"--passkey-lengths takes comma-separated token counts such as 1024,8192, "
+                    f"not {args.passkey_lengths!r}")
+        if not args.passkey_lengths or min(args.passkey_lengths) < 64 or args.passkey_n < 1:
+            p.error("--passkey-lengths must be token counts >= 64 and --passkey-n >= 1")
     if args.kd_steps and not args.layerwise_steps:
         p.error("--kd-steps starts from the layer-wise bases: give --layerwise-steps too (or --kd-steps 0)")
     return args
@@ -372,6 +467,8 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.passkey_lengths:
+        return passkey_main(args, argv)
     started = time.process_time(), time.perf_counter(), os.getloadavg()
     clock = _Clock()
     model, tokenizer = load_model(args.model, device=args.device)

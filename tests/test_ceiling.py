@@ -172,8 +172,46 @@ def test_the_command_writes_a_record(tiny_model_folder, tmp_path, monkeypatch, c
     (["--allocation", "greedy"], "uniform and/or adaptive"),
     (["--kd-steps", "3", "--layerwise-steps", "0"], "give --layerwise-steps"),
     (["--kd-steps", "-1"], "must be >= 0"),
+    (["--passkey-lengths", "8k"], "comma-separated token counts"),
+    (["--passkey-lengths", "1024", "--passkey-n", "0"], "--passkey-n >= 1"),
 ])
 def test_command_argument_errors(argv, match, capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:
         ceiling.main(["--out", str(tmp_path / "x.json"), *argv])
     assert stop.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_the_passkey_mode_scores_the_oracle_teacher_forced(tiny_model_folder, tmp_path, capsys):
+    out = tmp_path / "passkey.json"
+    argv = ["--out", str(out), "--model", str(tiny_model_folder), "--projections",
+            str(tiny_model_folder / "pca.safetensors"), "--allocation", "uniform", "--budgets", "0.5,0.25",
+            "--passkey-lengths", "320", "--passkey-n", "2"]
+    assert ceiling.main(argv) == 0
+    rec = json.loads(out.read_text())
+    assert rec["command"] == "python -m mkvlib.ceiling " + " ".join(argv) and len(rec["depths"]) == 2
+    compressed = [(ceiling.ORACLE, "uniform"), (ceiling.ORACLE_UNCENTRED, "uniform"), ("pca", "uniform")]
+    assert [(r["method"], r["allocation"], r["budget"]) for r in rec["rows"]] == [("uncompressed", None, 1.0)] + [
+        (m, a, b) for b in (0.5, 0.25) for m, a in compressed]
+    for r in rec["rows"]:
+        assert r["length"] == 320 and r["n"] == 2 and r["correct"] == sum(r["found"])
+        assert all(v <= 0 for v in r["key_logp"]) and r["mean_key_logp"] == pytest.approx(sum(r["key_logp"]) / 2, abs=1e-3)
+    base, oracle = rec["rows"][0], rec["rows"][1]
+    assert oracle["key_logp"] != base["key_logp"] and rec["budgets"] == [0.5, 0.25]
+
+
+def test_teacher_forced_keys_match_greedy_decoding(llama, one_thread, monkeypatch):
+    from types import SimpleNamespace
+
+    from mkvlib import retrieval
+
+    prompt = SimpleNamespace(ids=text(5, n=1, seq_len=20))
+    with torch.no_grad():
+        greedy = llama.generate(prompt.ids, max_new_tokens=4, do_sample=False)[0, 20:]
+    other = greedy.clone()
+    other[-1] = (other[-1] + 1) % 128
+    scores = []
+    for answer in (greedy, other):
+        monkeypatch.setattr(retrieval, "answer_ids", lambda tokenizer, p, a=answer: a)
+        scores.append(ceiling.teacher_forced_keys(llama, None, [prompt])[0])
+    assert scores[0]["found"] and not scores[1]["found"]          # the greedy answer is found, one token off is not
+    assert scores[1]["key_logp"] < scores[0]["key_logp"] <= 0

@@ -40,7 +40,7 @@ SHELL_WORDS = ("&&", "||", "|", ">", ">>", ";")
 FAST_SIZES = {"--tokens": "128", "--in-domain": "128", "--lengths": "256", "--n": "1", "--limit": "2",
               "--retrieval-n": "1", "--retrieval-lengths": "256", "--new-tokens": "2", "--context": "32",
               "--batch": "1", "--repeats": "1", "--layerwise-steps": "2", "--kd-steps": "1", "--steps": "2",
-              "--eval-limit": "2"}
+              "--eval-limit": "2", "--passkey-lengths": "256", "--passkey-n": "1"}
 FIRST_ONLY = ("--budgets", "--bytes", "--eval-budgets")
 SHRUNK = ("--keep-first", "--keep-recent")    # token counts inside a block: divided by 8 with the block's length
 # where the defaults are the large sizes

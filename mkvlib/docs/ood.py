@@ -11,6 +11,7 @@ from ..lmeval.recipes import UNSHIPPED_DETAILS
 from ..retrieval import passkey_setting, score_answer
 from .accuracy import projections_recipe
 from .markdown import bullets, code, count, either, num, paragraphs, pct, table
+from ..ceiling import ORACLE, ORACLE_UNCENTRED, SHIPPED_LABELS as CEILING_SHIPPED
 from .records import Data, by_int
 from .results import commands_line, prose, section, source_line
 
@@ -360,6 +361,39 @@ def ceiling(data: Data, path, rec) -> str:
         + (f", load average {num(load, 1)} when it started" if load is not None else "") + ").")
 
 
+@section("ceiling-passkey", "The oracle on passkey retrieval: the best reconstruction loses the key",
+         "results/retrieval_8k.json", result="ceiling_passkey.json")
+def ceiling_passkey(data: Data, path, rec) -> str:
+    cell = {(r["method"], r["allocation"], r["budget"], r["length"]): r for r in rec["rows"]}
+    cols = [(n, b) for n in rec["lengths"] for b in rec["budgets"]]
+    kinds = list(dict.fromkeys((r["method"], r["allocation"]) for r in rec["rows"] if r["allocation"]))
+    show = (lambda r: f"{r['correct']}/{r['n']} ({num(r['mean_key_logp'], 1)})")
+    rows = [["uncompressed", "-"] + [either(show, cell.get(("uncompressed", None, 1.0, n))) for n, _ in cols]]
+    rows += [[m, "uniform" if a == "uniform" else "searched"] + [either(show, cell.get((m, a, b, n))) for n, b in cols]
+             for m, a in kinds]
+    oracles = [k for k in kinds if k[0] in (ORACLE, ORACLE_UNCENTRED)]
+    shipped = [k for k in kinds if k not in oracles]
+    total = (lambda keys: sum(cell[(m, a, b, n)]["correct"] for m, a in keys for n, b in cols if (m, a, b, n) in cell))
+    best_oracle = max((total([k]) for k in oracles), default=0)
+    best_shipped = max((total([k]) for k in shipped), default=0)
+    verdict = prose("ceiling-passkey.loses" if best_oracle < best_shipped else "ceiling-passkey.keeps",
+                    oracle=best_oracle, shipped=best_shipped, cells=len(cols) * rec["n"])
+    _, greedy = data.result("retrieval_8k.json")           # the same prompts, greedy decoding in the hook
+    length = max(rec["lengths"])
+    same = []
+    for g in (greedy or {}).get("rows", []):
+        mine = [r for r in rec["rows"] if r["length"] == g["length"] == length and r["budget"] == g["budget"]
+                and r["n"] == g["n"] and r["allocation"] == g["method"].split(", ")[-1] and r["method"] in
+                CEILING_SHIPPED.values()]
+        same += [(g["method"], g["correct"], mine[0]["correct"])] if mine else []
+    check = prose("ceiling-passkey.greedy", length=f"{length:,}", counts="; ".join(
+        f"{m}: {a} and {b}" for m, a, b in same), agree="agree" if all(a == b for _, a, b in same) else
+        "differ") if same else ""
+    return paragraphs(prose("ceiling-passkey", rec, base=num(min(r["mean_key_logp"] for r in rec["rows"]
+                                                                 if r["method"] == "uncompressed"), 1)),
+                      table(["method", "ranks"] + [f"{n:,} at {pct(b)}" for n, b in cols], rows), verdict, check)
+
+
 @section("climb", "A longer climb on CPU: out-of-domain KL against tokens trained", "results/climb_suite.json",
          result="climb.json")
 def climb(data: Data, path, rec) -> str:
@@ -389,19 +423,21 @@ def climb(data: Data, path, rec) -> str:
               extrapolated=num(trend["extrapolated"], 3), halves=halves or "-",
               others="; ".join(f"{pct(float(b), None)}: {num(rec['trends'][b]['per_doubling'], 3)} per doubling, "
                                f"{num(rec['trends'][b]['extrapolated'], 3)}" for b in budgets if b != "0.5")),
-        _climb_suite(data, rec), "Training command (run from `build/climb/`): " + code(rec["launch"]))
+        _continued_suite(data, rec["shipped"]["fingerprint"]), "Training command (run from `build/climb/`): " + code(rec["launch"]))
 
 
-def _climb_suite(data: Data, rec: dict) -> str:
-    """The continued projections on the whole suite and the passkey beside the shipped ones ('' without the file)."""
-    path, suite = data.result("climb_suite.json")
+def _continued_suite(data: Data, shipped_fingerprint: str, name: str = "climb_suite.json", key: str = "climb") -> str:
+    """Projections continued from the shipped ones (their suite record ``name``) on the whole suite and the passkey
+    beside the shipped ones, and the verdict in the prose ``key``.better / .loses-passkeys / .not-better ('' without
+    the file)."""
+    path, suite = data.result(name)
     _, shipped = data.result("ood_suite.json")
     _, passkeys = data.result("retrieval.json")
     if suite is None or shipped is None:
         return ""
     ours = {(r["allocation"], r["target_budget"]): r for r in suite["rows"] if r["domain"] == "mean"}
     before = {(r["allocation"], r["target_budget"]): r for r in shipped["rows"]
-              if r["domain"] == "mean" and r["projections"] == rec["shipped"]["fingerprint"]}
+              if r["domain"] == "mean" and r["projections"] == shipped_fingerprint}
     passkey = {(r["method"], r["budget"], r["length"]): r for r in
                (suite.get("retrieval") or {}).get("rows", []) + (passkeys or {}).get("rows", [])}
     label = {m["allocation"]: m["label"] for m in suite["methods"]}
@@ -422,15 +458,49 @@ def _climb_suite(data: Data, rec: dict) -> str:
                                                    passkey.get((methods.get(allocation), budget, n)))
                                             for n in lengths])
     better = all(ours[k]["kl_to_base"] < before[k]["kl_to_base"] for k in ours if k in before)
-    verdict = ("climb.not-better" if not better else "climb.loses-passkeys" if lost else "climb.better")
+    verdict = (".not-better" if not better else ".loses-passkeys" if lost else ".better")
     return paragraphs(
-        prose("climb.suite", _suite(suite), source=code(data.rel(path)), command=code(suite["command"])),
+        prose(f"{key}.suite", _suite(suite), source=code(data.rel(path)), command=code(suite["command"])),
         table(["projections", "ranks", "budget", "ppl x / KL / top-1"] + [f"passkey, {n:,} tokens" for n in lengths],
               rows),
-        prose(verdict, lost="; ".join(lost)))
+        prose(key + verdict, lost="; ".join(lost)))
 
 
 SHIPPED_SUITE_LABELS = {"uniform": "MatryoshkaKV, uniform", "adaptive": "MatryoshkaKV, adaptive"}
+
+
+@section("long-blocks", "Training at the whole window: KD on 8,192-token recall blocks", "results/long8k_suite.json",
+         "results/retrieval_8k.json", result="long8k_passkey_8k.json")
+def long_blocks(data: Data, path, rec) -> str | None:
+    _, shipped = data.result("retrieval_8k.json")                     # the same prompts, the shipped projections
+    if shipped is None:
+        return None
+    fingerprints = {m.get("fingerprint") for m in (data.result("long8k_suite.json")[1] or {}).get("methods", [])}
+    recipe = "; ".join(f"{UNSHIPPED_DETAILS[f]} ({f})" for f in sorted(fingerprints - {None}) if f in UNSHIPPED_DETAILS)
+    length = max(rec["lengths"])
+    rows = [dict(rec["base_rows"][str(length)], method="uncompressed", budget=1.0)]
+    rows += [r for r in shipped["rows"] + rec["rows"] if r["length"] == length]
+    table_rows = [[r["method"], pct(r["budget"], None), count(r["correct"], r["n"]), num(r["mean_key_logp"], 2),
+                   ", ".join(num(v, 1) for v in r["key_logp"])] for r in rows]
+    mine = {r["allocation"] if "allocation" in r else r["method"].split(", ")[-1]: r for r in rec["rows"]}
+    theirs = {r["method"].split(", ")[-1]: r for r in shipped["rows"] if r["length"] == length}
+    moved = "; ".join(f"{a}: {theirs[a]['correct']} -> {r['correct']} of {r['n']}, mean key log p "
+                      f"{num(theirs[a]['mean_key_logp'], 2)} -> {num(r['mean_key_logp'], 2)}"
+                      for a, r in mine.items() if a in theirs)
+    return paragraphs(
+        prose("long-blocks", rec, recipe=recipe or "not recorded", length=f"{length:,}", command=code(rec["command"]),
+              shipped_command=code(shipped["command"])),
+        table(["method", "budget", "exact match", "mean key log p", "key log p per prompt"], table_rows),
+        prose("long-blocks.moved", moved=moved or "-"),
+        _continued_suite(data, _shipped_trained(data), "long8k_suite.json", "long-blocks"))
+
+
+def _shipped_trained(data: Data) -> str | None:
+    """The fingerprint of the shipped trained projections, as ood_suite.json records it."""
+    _, suite = data.result("ood_suite.json")
+    return next((m["fingerprint"] for m in (suite or {}).get("methods", []) if m["label"] in
+                 SHIPPED_SUITE_LABELS.values()), None)
+
 
 
 @section("second-architecture", "A second architecture: Gemma 3 270M", "results/gemma3_270m_passkey.json",
