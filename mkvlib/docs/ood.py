@@ -488,7 +488,7 @@ def long_blocks(data: Data, path, rec) -> str | None:
                       f"{num(theirs[a]['mean_key_logp'], 2)} -> {num(r['mean_key_logp'], 2)}"
                       for a, r in mine.items() if a in theirs)
     return paragraphs(
-        prose("long-blocks", rec, recipe=recipe or "not recorded", length=f"{length:,}", command=code(rec["command"]),
+        prose("long-blocks", rec, recipe=recipe or "not recorded", length=f"{length:,}",
               shipped_command=code(shipped["command"])),
         table(["method", "budget", "exact match", "mean key log p", "key log p per prompt"], table_rows),
         prose("long-blocks.moved", moved=moved or "-"),

@@ -42,6 +42,8 @@ UNSHIPPED = {
     "76ea0acc286b14c0": "Gemma 3 270M: layer-wise start, then 48 KD-only steps",
     # the longer climb (data/results/climb.json, climb_suite.json)
     "6616f5c9fbd765af": "the shipped projections, then 260 KD steps on two CPU processes (the longer climb)",
+    # training at the whole window (data/results/long8k_passkey_8k.json, long8k_suite.json)
+    "00d459a0aedf4ba7": "the shipped projections, then 48 KD steps on 8,192-token recall blocks",
 }
 # how each unshipped recipe was made, in full (for the generated docs)
 UNSHIPPED_DETAILS = {
@@ -80,6 +82,14 @@ UNSHIPPED_DETAILS = {
     "6616f5c9fbd765af": "the shipped projections, then 260 KD-only steps of 2 x 2,048 tokens of the diverse mixture "
                         "with recall blocks on spread positions, lr 5e-4, in two accelerate CPU processes (the "
                         "training command in data/results/climb.json)",
+    "00d459a0aedf4ba7": "the shipped projections, then 48 KD-only steps of one 8,192-token block of the diverse "
+                        "mixture each (393,216 tokens), the last 512 tokens of each block repeating a span from its "
+                        "first quarter, lr 3e-4 with a cosine decay, 86 minutes on one CPU core (run from "
+                        "`build/long8k/`: `mkv train --device cpu --init trained --corpus "
+                        "books,stackexchange,factbook,peps,rfcs,c4,wikipedia --tokens 393216 --steps 48 --seq-len "
+                        "8192 --batch 1 --lr 3e-4 --warmup 2 --kd-weight 1 --lm-weight 0 --eval-tokens 0 "
+                        "--checkpoint-every 4 --gradient-checkpointing --seed 13 --positions spread --recall-span 512 "
+                        "--out long8k.safetensors`)",
 }
 UNCOMPRESSED = ("none", BASELINE, "")   # how a row without projections names them
 
