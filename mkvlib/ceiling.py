@@ -179,23 +179,6 @@ def evaluate_oracle(model, budgets, blocks_by_domain: dict, searched: dict | Non
 
 # --- the oracle on passkey retrieval ---------------------------------------------------------------------------
 
-@torch.no_grad()
-def teacher_forced_keys(model, tokenizer, prompts) -> list[dict]:
-    """Per passkey prompt, one forward pass over prompt + key without a cache (as the oracle needs): ``key_logp``,
-    log p(the key's tokens | prompt), and ``found``, whether every key token is the most probable one given the
-    tokens before it (what greedy decoding writes when it writes the key)."""
-    from .retrieval import answer_ids
-
-    device, out = next(model.parameters()).device, []
-    for p in prompts:
-        ans = answer_ids(tokenizer, p).to(device)
-        logp = model(torch.cat([p.ids.to(device), ans[None]], dim=1), use_cache=False).logits[0, -len(ans) - 1:-1]
-        logp = logp.float().log_softmax(-1)
-        out.append({"key_logp": round(logp.gather(1, ans[:, None]).sum().item(), 4),
-                    "found": bool((logp.argmax(-1) == ans).all())})
-    return out
-
-
 def passkey_settings(model, budget: float, projections: str = "trained", allocations=("uniform", "adaptive")):
     """(label, allocation, context factory) of each compressed row of the passkey ceiling at ``budget``: the
     oracle with and without centred values, and the shipped ``projections`` at each of ``allocations``."""
@@ -206,7 +189,8 @@ def passkey_settings(model, budget: float, projections: str = "trained", allocat
     proj = resolve_projections(projections, model)
     shipped = SHIPPED_LABELS.get(projections, Path(projections).stem)
     return [(ORACLE, "uniform", lambda: attention.install(model, hook=oracle_hook(budget))),
-            (ORACLE_UNCENTRED, "uniform", lambda: attention.install(model, hook=oracle_hook(budget, center_values=False))),
+            (ORACLE_UNCENTRED, "uniform",
+             lambda: attention.install(model, hook=oracle_hook(budget, center_values=False))),
             *[(shipped, a, lambda r=ranks_for(model, proj, a, budget): attach(model, proj, ranks=r))
               for a in allocations]]
 
@@ -215,10 +199,11 @@ def passkey_ceiling(model, tokenizer, lengths, n: int, budgets, seed: int = 0, p
                     allocations=("uniform", "adaptive")) -> list[dict]:
     """Rows {method, allocation, budget, length, n, correct, mean_key_logp, key_logp, found}: per length the
     uncompressed model, then :func:`passkey_settings` at each of ``budgets``, on ``n`` standard passkey prompts
-    (:func:`mkvlib.retrieval.passkey_prompts`, ``seed``), scored teacher-forced (:func:`teacher_forced_keys`)."""
+    (:func:`mkvlib.retrieval.passkey_prompts`, ``seed``), scored teacher-forced without a cache, as the oracle needs
+    (:func:`mkvlib.retrieval.key_margins`: found = every key token the most probable one)."""
     import contextlib
 
-    from .retrieval import passkey_prompts
+    from .retrieval import key_margins, passkey_prompts
 
     rows = []
     for length in lengths:
@@ -228,13 +213,12 @@ def passkey_ceiling(model, tokenizer, lengths, n: int, budgets, seed: int = 0, p
             for label, allocation, context in passkey_settings(model, b, projections, allocations)]
         for label, allocation, budget, context in settings:
             with context():
-                scores = teacher_forced_keys(model, tokenizer, prompts)
-            found = [s["found"] for s in scores]
-            logps = [s["key_logp"] for s in scores]
+                scores = key_margins(model, prompts, tokenizer)
             rows.append(dict(method=label, allocation=allocation, budget=budget, length=length, n=n,
-                             correct=sum(found), found=found, key_logp=logps, mean_key_logp=round(sum(logps) / n, 4)))
-            note(f"{length:,} tokens, {label} {allocation or ''} at {budget:.1%}: {sum(found)}/{n}, mean key log p "
-                 f"{rows[-1]['mean_key_logp']:.2f}")
+                             correct=sum(scores["found"]), found=scores["found"], key_logp=scores["key_logp"],
+                             mean_key_logp=scores["mean_key_logp"]))
+            note(f"{length:,} tokens, {label} {allocation or ''} at {budget:.1%}: {rows[-1]['correct']}/{n}, "
+                 f"mean key log p {rows[-1]['mean_key_logp']:.2f}")
     return rows
 
 

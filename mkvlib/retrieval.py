@@ -146,10 +146,11 @@ def answer_ids(tokenizer, prompt: PasskeyPrompt) -> torch.Tensor:
 
 
 def _key_scores(logp: torch.Tensor, ans: torch.Tensor, tokenizer) -> dict:
-    """key_logp, first_margin and top (see :func:`key_margins`) from log-probabilities (A, V) before each key token."""
+    """key_logp, first_margin, top and found (see :func:`key_margins`) from log-probabilities (A, V) before each key
+    token."""
     return {"key_logp": round(logp.gather(1, ans[:, None]).sum().item(), 4),
             "first_margin": round((logp[0, ans[0]] - logp[0].max()).item(), 4),
-            "top": tokenizer.decode([int(logp[0].argmax())])}
+            "top": tokenizer.decode([int(logp[0].argmax())]), "found": bool((logp.argmax(-1) == ans).all())}
 
 
 def _with_means(scores: list[dict], keys=("key_logp", "first_margin")) -> dict:
@@ -164,11 +165,14 @@ def key_margins(model, prompts: list[PasskeyPrompt], tokenizer) -> dict:
     """Teacher-forced view of the same prompts (the model as it is, compressed or not): one forward pass over
     prompt + key per prompt. Per prompt, ``key_logp`` is log p(the key's tokens | prompt) and ``first_margin``
     is log p(the key's first token) minus the largest log-probability at that position (0 when greedy decoding
-    starts the key; negative: how far another token is ahead). ``top`` is the token greedy decoding picks there.
+    starts the key; negative: how far another token is ahead). ``top`` is the token greedy decoding picks there;
+    ``found`` whether every key token is the most probable one given those before it (greedy decoding writes the
+    key). Needs no cache, so it also scores hooks that must see each whole sequence (the ceiling's oracle).
 
     Exact match says only whether greedy decoding wrote the key; this separates a key that is lost (every digit
     improbable) from one still found but preceded by another opening (a first margin near 0, digits probable).
-    Returns {"key_logp": [...], "first_margin": [...], "top": [...], "mean_key_logp", "mean_first_margin"}.
+    Returns {"key_logp": [...], "first_margin": [...], "top": [...], "found": [...], "mean_key_logp",
+    "mean_first_margin"}.
     """
     device = next(model.parameters()).device
     scores = []
@@ -176,7 +180,7 @@ def key_margins(model, prompts: list[PasskeyPrompt], tokenizer) -> dict:
         ans = answer_ids(tokenizer, p).to(device)
         logits = model(torch.cat([p.ids.to(device), ans[None]], dim=1), use_cache=False).logits
         scores.append(_key_scores(logits[0, -len(ans) - 1:-1].float().log_softmax(-1), ans, tokenizer))
-    return _with_means(scores, ("key_logp", "first_margin", "top"))
+    return _with_means(scores, ("key_logp", "first_margin", "top", "found"))
 
 
 # --- varied prompts: several wordings, 5- to 7-digit keys, a decoy key, held-out prose as filler -----------------

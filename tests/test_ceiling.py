@@ -198,20 +198,3 @@ def test_the_passkey_mode_scores_the_oracle_teacher_forced(tiny_model_folder, tm
     base, oracle = rec["rows"][0], rec["rows"][1]
     assert oracle["key_logp"] != base["key_logp"] and rec["budgets"] == [0.5, 0.25]
 
-
-def test_teacher_forced_keys_match_greedy_decoding(llama, one_thread, monkeypatch):
-    from types import SimpleNamespace
-
-    from mkvlib import retrieval
-
-    prompt = SimpleNamespace(ids=text(5, n=1, seq_len=20))
-    with torch.no_grad():
-        greedy = llama.generate(prompt.ids, max_new_tokens=4, do_sample=False)[0, 20:]
-    other = greedy.clone()
-    other[-1] = (other[-1] + 1) % 128
-    scores = []
-    for answer in (greedy, other):
-        monkeypatch.setattr(retrieval, "answer_ids", lambda tokenizer, p, a=answer: a)
-        scores.append(ceiling.teacher_forced_keys(llama, None, [prompt])[0])
-    assert scores[0]["found"] and not scores[1]["found"]          # the greedy answer is found, one token off is not
-    assert scores[1]["key_logp"] < scores[0]["key_logp"] <= 0

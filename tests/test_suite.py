@@ -230,6 +230,23 @@ def test_key_margins_agree_with_greedy_decoding(llama, one_thread):
 
 
 @torch.no_grad()
+def test_key_margins_find_the_greedy_answer_and_not_one_token_off(llama, one_thread, monkeypatch):
+    """``found``: every key token the most probable one given those before it, as greedy decoding writes it."""
+    tok = CharTok()
+    prompt = retrieval.passkey_prompts(tok, 300, n=1)[0]
+    length = prompt.ids.shape[1]
+    greedy = llama.generate(prompt.ids, max_new_tokens=4, do_sample=False)[0, length:]
+    other = greedy.clone()
+    other[-1] = (other[-1] + 1) % 128
+    scores = []
+    for answer in (greedy, other):
+        monkeypatch.setattr(retrieval, "answer_ids", lambda tokenizer, p, a=answer: a)
+        scores.append(retrieval.key_margins(llama, [prompt], tok))
+    assert scores[0]["found"] == [True] and scores[1]["found"] == [False]
+    assert scores[1]["key_logp"][0] < scores[0]["key_logp"][0] <= 0
+
+
+@torch.no_grad()
 def test_compressed_generate_with_cache_matches_decoding_without(llama, one_thread):
     """The hook projects cached and new keys/values alike: greedy decoding with the cache equals greedy
     decoding by full forward passes without one, under compression."""

@@ -7,7 +7,7 @@ from collections import Counter
 from operator import itemgetter
 
 from ..answers import kept_facts
-from ..lmeval.recipes import UNSHIPPED_DETAILS
+from ..lmeval.recipes import UNSHIPPED_DETAILS, shipped_fingerprint
 from ..retrieval import passkey_setting, score_answer
 from .accuracy import projections_recipe
 from .markdown import bullets, code, count, either, num, paragraphs, pct, table
@@ -383,7 +383,7 @@ def ceiling_passkey(data: Data, path, rec) -> str:
     same = []
     for g in (greedy or {}).get("rows", []):
         mine = [r for r in rec["rows"] if r["length"] == g["length"] == length and r["budget"] == g["budget"]
-                and r["n"] == g["n"] and r["allocation"] == g["method"].split(", ")[-1] and r["method"] in
+                and r["n"] == g["n"] and r["allocation"] == g["allocation"] and r["method"] in
                 CEILING_SHIPPED.values()]
         same += [(g["method"], g["correct"], mine[0]["correct"])] if mine else []
     check = prose("ceiling-passkey.greedy", length=f"{length:,}", counts="; ".join(
@@ -423,7 +423,8 @@ def climb(data: Data, path, rec) -> str:
               extrapolated=num(trend["extrapolated"], 3), halves=halves or "-",
               others="; ".join(f"{pct(float(b), None)}: {num(rec['trends'][b]['per_doubling'], 3)} per doubling, "
                                f"{num(rec['trends'][b]['extrapolated'], 3)}" for b in budgets if b != "0.5")),
-        _continued_suite(data, rec["shipped"]["fingerprint"]), "Training command (run from `build/climb/`): " + code(rec["launch"]))
+        _continued_suite(data, rec["shipped"]["fingerprint"]),
+        "Training command (run from `build/climb/`): " + code(rec["launch"]))
 
 
 def _continued_suite(data: Data, shipped_fingerprint: str, name: str = "climb_suite.json", key: str = "climb") -> str:
@@ -482,8 +483,8 @@ def long_blocks(data: Data, path, rec) -> str | None:
     rows += [r for r in shipped["rows"] + rec["rows"] if r["length"] == length]
     table_rows = [[r["method"], pct(r["budget"], None), count(r["correct"], r["n"]), num(r["mean_key_logp"], 2),
                    ", ".join(num(v, 1) for v in r["key_logp"])] for r in rows]
-    mine = {r["allocation"] if "allocation" in r else r["method"].split(", ")[-1]: r for r in rec["rows"]}
-    theirs = {r["method"].split(", ")[-1]: r for r in shipped["rows"] if r["length"] == length}
+    mine = {r["allocation"]: r for r in rec["rows"]}
+    theirs = {r["allocation"]: r for r in shipped["rows"] if r["length"] == length}
     moved = "; ".join(f"{a}: {theirs[a]['correct']} -> {r['correct']} of {r['n']}, mean key log p "
                       f"{num(theirs[a]['mean_key_logp'], 2)} -> {num(r['mean_key_logp'], 2)}"
                       for a, r in mine.items() if a in theirs)
@@ -492,15 +493,7 @@ def long_blocks(data: Data, path, rec) -> str | None:
               shipped_command=code(shipped["command"])),
         table(["method", "budget", "exact match", "mean key log p", "key log p per prompt"], table_rows),
         prose("long-blocks.moved", moved=moved or "-"),
-        _continued_suite(data, _shipped_trained(data), "long8k_suite.json", "long-blocks"))
-
-
-def _shipped_trained(data: Data) -> str | None:
-    """The fingerprint of the shipped trained projections, as ood_suite.json records it."""
-    _, suite = data.result("ood_suite.json")
-    return next((m["fingerprint"] for m in (suite or {}).get("methods", []) if m["label"] in
-                 SHIPPED_SUITE_LABELS.values()), None)
-
+        _continued_suite(data, shipped_fingerprint("trained"), "long8k_suite.json", "long-blocks"))
 
 
 @section("second-architecture", "A second architecture: Gemma 3 270M", "results/gemma3_270m_passkey.json",

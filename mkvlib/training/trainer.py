@@ -374,7 +374,10 @@ class Trainer:
 def _activation_checkpointing(model, on: bool) -> None:
     """Recompute activations in the backward pass (or stop), under the name this transformers gives it."""
     if hasattr(model, "activation_checkpointing_enable"):   # the name since transformers 5.25
-        model.activation_checkpointing_enable({"use_reentrant": False}) if on else model.activation_checkpointing_disable()
+        if on:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
     elif on:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
