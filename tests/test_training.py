@@ -267,3 +267,27 @@ def test_activation_checkpointing_trains_the_same_projections_without_warnings()
     assert (results[1].keys - proj.keys).abs().max() > 1e-4
     torch.testing.assert_close(results[1].keys, results[0].keys, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(results[1].values, results[0].values, atol=1e-5, rtol=1e-4)
+
+
+def test_tokens_kept_whole_in_training_leave_only_the_rest_to_learn():
+    """keep_first/keep_recent: the trainer reads those tokens whole, as the cache will. With every token inside the
+    recent window nothing is compressed, so the KD loss is 0 and the bases stay where they started; with a short
+    window they move, and differently from a run that compresses every token."""
+    model, blocks, proj = setup()
+    everything = Trainer(model, proj, blocks, cfg(steps=2, schedule=(4,), keep_recent=blocks.shape[1]))
+    history = everything.train()
+    everything.close()
+    assert max(abs(r["kd"]) for r in history) < 1e-6
+    assert torch.allclose(everything.result().keys, proj.keys, atol=1e-6)
+    runs = []
+    for whole in (dict(), dict(keep_first=2, keep_recent=4)):
+        trainer = Trainer(model, proj, blocks, cfg(steps=3, schedule=(4,), **whole))
+        trainer.train()
+        trainer.close()
+        runs.append(trainer.result())
+        assert trainer.config.to_dict()["keep_recent"] == whole.get("keep_recent", 0)
+    assert (runs[1].keys - proj.keys).abs().max() > 1e-4
+    assert (runs[1].keys - runs[0].keys).abs().max() > 1e-5
+    for bad in (dict(keep_first=-1), dict(keep_recent=1.5)):
+        with pytest.raises(ValueError, match="keep_"):
+            TrainConfig(**bad)

@@ -111,6 +111,10 @@ def add_training_args(p, defaults: dict[str, str]) -> None:
                    help="auto: bf16 autocast on CUDA, float32 on CPU (default auto)")
     add_options(p, "seed")
     add_positions_arg(p)
+    p.add_argument("--keep-first", type=int, default=None, help="train with each block's first N tokens read "
+                   "whole, for a cache that keeps them whole (default 0)")
+    p.add_argument("--keep-recent", type=int, default=None, help="train with each query's latest N tokens read "
+                   "whole, for a cache that keeps them whole (default 0)")
     add_options(p, "device", "json", "debug")
 
 
@@ -119,7 +123,8 @@ def training_settings(args, steps: int) -> dict:
     options left at None are left out, so the command's config keeps its default."""
     given = dict(batch_size=args.batch, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup,
                  kd_weight=args.kd_weight, lm_weight=args.lm_weight, checkpoint_every=args.checkpoint_every,
-                 mixed_precision=args.mixed_precision, positions=getattr(args, "positions", None))
+                 mixed_precision=args.mixed_precision, positions=getattr(args, "positions", None),
+                 keep_first=args.keep_first, keep_recent=args.keep_recent)
     return dict(steps=args.steps or steps, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
                 progress=not args.json, **{k: v for k, v in given.items() if v is not None})
 

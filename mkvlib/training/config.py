@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..core.checks import check_budgets, check_schedule
+from ..core.ranks import check_whole_tokens
 from ..core.positions import POSITION_MODES
 
 MIXED_PRECISION = ("auto", "no", "bf16")
@@ -39,6 +40,8 @@ class TrainConfig:
       epoch and block, so post-RoPE keys are seen at every angle they take in long contexts; 'start' feeds every
       block from position 0 (what runs before this option did; see :mod:`mkvlib.core.positions`).
     mixed_precision: 'auto' (bf16 autocast on CUDA, float32 on CPU), 'no' or 'bf16'.
+    keep_first / keep_recent: tokens read whole while training (each block's first tokens and each query's latest
+      ones), as the cache that will hold them whole at inference; the projections then learn only the rest.
     """
     steps: int = 300
     batch_size: int = 4
@@ -59,6 +62,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     mixed_precision: str = "auto"
     positions: str = "spread"
+    keep_first: int = 0
+    keep_recent: int = 0
     progress: bool = True
 
     def __post_init__(self):
@@ -79,6 +84,7 @@ class TrainConfig:
              f"mixed_precision must be one of {MIXED_PRECISION}, not {self.mixed_precision!r}")
         need(self.positions in POSITION_MODES,
              f"positions must be one of {POSITION_MODES}, not {self.positions!r}")
+        check_whole_tokens(self.keep_first, self.keep_recent)
         self.eval_budgets = check_budgets(self.eval_budgets, "TrainConfig.eval_budgets")
         if self.schedule is not None:
             check_schedule(self.schedule)          # and against head_dim by the RankSampler

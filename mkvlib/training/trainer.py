@@ -135,7 +135,8 @@ class Trainer:
                 raise TypeError(f"extra parameter {name!r} is a {type(p).__name__}, not a torch.nn.Parameter")
             p.requires_grad_(True)
         self.device = accelerator.device if accelerator else next(model.parameters()).device
-        self.compression = attach(model, projector, ranks=self.geometry.head_dim)
+        self.compression = attach(model, projector, ranks=self.geometry.head_dim, keep_first=self.config.keep_first,
+                                  keep_recent=self.config.keep_recent)
         groups = [{"params": list(projector.parameters()), "lr": self.config.lr}]
         if self.extra:
             groups.append({"params": list(self.extra.values()), "lr": self.config.extra_lr or self.config.lr})
