@@ -130,3 +130,37 @@ def test_output_check_catches_errors_and_figures_not_shown(tmp_path, monkeypatch
         check([new_code_cell('show_figure(fig, "98_a")')])
     shown = new_output("display_data", data={"image/png": "aGk=", "text/plain": "<Image>"})
     check([new_code_cell('show_figure(fig, "98_a")', outputs=[shown])])      # shown once: passes
+
+
+def test_a_lost_kernel_message_reruns_the_notebook_once_in_fast_mode(tmp_path, monkeypatch, capsys):
+    """A cell timeout (kernel and client both idle: a message lost under load) runs the notebook once more in fast
+    mode, with the fast cell limit; a second timeout fails, and in full mode the first one does."""
+    import nbclient
+    from nbclient.exceptions import CellTimeoutError
+
+    runs = []
+
+    class Client:
+        def __init__(self, nb, timeout, **kw):
+            runs.append(timeout)
+
+        def execute(self):
+            if len(runs) <= fails:
+                raise CellTimeoutError("Cell execution timed out")
+
+    monkeypatch.setattr(nbclient, "NotebookClient", Client)
+    monkeypatch.setenv("MKV_FAST", "1")
+    fails = 1
+    execute(NOTEBOOKS[0], tmp_path)
+    assert runs == [600, 600] and "running it once more" in capsys.readouterr().out
+    assert (tmp_path / NOTEBOOKS[0].name).exists()
+    runs.clear()
+    fails = 2
+    with pytest.raises(CellTimeoutError):
+        execute(NOTEBOOKS[0], tmp_path)
+    assert runs == [600, 600]
+    runs.clear()
+    monkeypatch.setenv("MKV_FAST", "0")
+    with pytest.raises(CellTimeoutError):
+        execute(NOTEBOOKS[0], tmp_path, timeout=30)
+    assert runs == [30]
