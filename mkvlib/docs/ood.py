@@ -496,6 +496,83 @@ def long_blocks(data: Data, path, rec) -> str | None:
         _continued_suite(data, shipped_fingerprint("trained"), "long8k_suite.json", "long-blocks"))
 
 
+def _ranks(allocation: str) -> str:
+    return "uniform" if allocation == "uniform" else "searched"
+
+
+def _whole_cells(suite: dict, recent: int, domain: str = "mean") -> dict:
+    """{(allocation, bytes asked): suite row} of the rows with ``recent`` latest tokens whole."""
+    return {(r["allocation"], r["target_budget"]): r for r in suite["rows"]
+            if r["domain"] == domain and r.get("keep_recent", 0) == recent}
+
+
+def _passkey_cells(*records: dict) -> dict:
+    return {(r["allocation"], r["budget"], r["length"]): r for rec in records for r in rec["rows"]}
+
+
+@section("whole-trained", "Training for the cache that keeps tokens whole", "results/whole_trained_plain.json",
+         "results/whole_trained_8k.json", "results/whole_tokens.json", "results/retrieval_whole_tokens.json",
+         "results/retrieval_8k_whole.json", result="whole_trained_suite.json")
+def whole_trained(data: Data, path, rec) -> str | None:
+    first, recent = rec["methods"][0]["keep_first"], rec["methods"][0]["keep_recent"]
+    files = [data.result(n)[1] for n in ("whole_tokens.json", "retrieval_whole_tokens.json", "retrieval_8k_whole.json",
+                                         "whole_trained_8k.json")]
+    if any(f is None for f in files) or data.result("whole_trained_plain.json")[1] is None:
+        return None
+    shipped_suite, shipped_keys, shipped_8k, mine_8k = files
+    sides = {"shipped": (_whole_cells(shipped_suite, recent), _whole_cells(shipped_suite, recent, "in-domain"),
+                         _passkey_cells(shipped_keys, shipped_8k)),
+             "trained with tokens whole": (_whole_cells(rec, recent), _whole_cells(rec, recent, "in-domain"),
+                                           _passkey_cells(rec["retrieval"], mine_8k))}
+    lengths = sorted({k[2] for k in sides["shipped"][2]})
+    key_cell = lambda k: count(k["correct"], k["n"]) + (f" ({num(k['mean_key_logp'], 1)})"  # noqa: E731
+                                                        if "mean_key_logp" in k else "")
+    rows = [[name, _ranks(a), pct(b, None), _triple(r), _kl(inside.get((a, b)))]
+            + [either(key_cell, passkeys.get((a, b, n))) for n in lengths]
+            for name, (suite, inside, passkeys) in sides.items()
+            for (a, b), r in sorted(suite.items(), key=lambda kv: (kv[0][0], -kv[0][1]))]
+    recipe = "; ".join(f"{UNSHIPPED_DETAILS[f]} ({f})" for f in dict.fromkeys(m["fingerprint"] for m in rec["methods"])
+                       if f in UNSHIPPED_DETAILS)
+    return paragraphs(
+        prose("whole-trained", _suite(rec), first=first, recent=recent, recipe=recipe or "not recorded"),
+        table(["projections", "ranks", "bytes", "ppl x / KL / top-1", "in-domain KL"]
+              + [f"passkey, {n:,} tokens" for n in lengths], rows),
+        _whole_trained_moved(*sides.values()),
+        _whole_trained_plain(data, mine_8k["command"]))
+
+
+def _whole_trained_moved(shipped: tuple, trained: tuple) -> str:
+    """Shipped -> trained with tokens whole: the KL per cell, the passkey counts that changed, and the verdict."""
+    (before, _, theirs), (after, _, ours) = shipped, trained
+    order = [k for k in sorted(after, key=lambda k: (k[0], -k[1])) if k in before]
+    kl_moves = "; ".join(f"{_ranks(a)} {pct(b, None)} {num(before[a, b]['kl_to_base'], 3)} -> "
+                         f"{num(after[a, b]['kl_to_base'], 3)}" for a, b in order)
+    moved = [f"{_ranks(k[0])} {pct(k[1], None)} at {k[2]:,} tokens {theirs[k]['correct']} -> {r['correct']}"
+             for k, r in sorted(ours.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2]))
+             if k in theirs and r["correct"] != theirs[k]["correct"]]
+    lower = {k: after[k]["kl_to_base"] < before[k]["kl_to_base"] for k in order}
+    named = lambda keep: ", ".join(f"{_ranks(a)} {pct(b, None)}" for (a, b), v in lower.items() if v == keep)  # noqa: E731
+    verdict = ("Lower KL at every budget and allocation measured." if all(lower.values()) else
+               f"Lower KL at {named(True) or 'none'}, not at {named(False)}.")
+    return prose("whole-trained.moved", kl_moves=kl_moves, passkey_moves="; ".join(moved) or "unchanged",
+                 verdict=verdict)
+
+
+def _whole_trained_plain(data: Data, command_8k: str) -> str:
+    """The projections trained with tokens whole in a cache that keeps none whole, against the shipped ones."""
+    path, plain = data.result("whole_trained_plain.json")
+    shipped = {r["target_budget"]: r for r in data.result("ood_suite.json")[1]["rows"] if r["domain"] == "mean"
+               and r["allocation"] == "uniform" and r["projections"] == shipped_fingerprint("trained")}
+    pairs = [(b, shipped[b], _whole_cells(plain, 0)[("uniform", b)]) for b in plain["budgets"]]
+    higher = [y["kl_to_base"] > x["kl_to_base"] for _, x, y in pairs]
+    verdict = ("worse than the shipped ones" if all(higher) else "better than the shipped ones" if not any(higher)
+               else "neither better nor worse everywhere")
+    moved = "; ".join(f"KL at {pct(b, None)} {num(x['kl_to_base'], 3)} -> {num(y['kl_to_base'], 3)}"
+                      for b, x, y in pairs)
+    return prose("whole-trained.plain", source=code(data.rel(path)), command=code(plain["command"]),
+                 command_8k=code(command_8k), moved=moved, verdict=verdict)
+
+
 @section("second-architecture", "A second architecture: Gemma 3 270M", "results/gemma3_270m_passkey.json",
          "results/items/gemma3_270m_passkey_items.csv", "results/gemma3_270m_searched.json",
          result="gemma3_270m_suite.json")

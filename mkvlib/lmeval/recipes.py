@@ -44,6 +44,8 @@ UNSHIPPED = {
     "6616f5c9fbd765af": "the shipped projections, then 260 KD steps on two CPU processes (the longer climb)",
     # training at the whole window (data/results/long8k_passkey_8k.json, long8k_suite.json)
     "00d459a0aedf4ba7": "the shipped projections, then 48 KD steps on 8,192-token recall blocks",
+    # trained for a cache that keeps tokens whole (data/results/whole_trained_suite.json, whole_trained_8k.json)
+    "755818b886d2b49e": "the shipped projections, then 48 KD steps with the first 4 and latest 32 tokens read whole",
 }
 # how each unshipped recipe was made, in full (for the generated docs)
 UNSHIPPED_DETAILS = {
@@ -90,6 +92,16 @@ UNSHIPPED_DETAILS = {
                         "8192 --batch 1 --lr 3e-4 --warmup 2 --kd-weight 1 --lm-weight 0 --eval-tokens 0 "
                         "--checkpoint-every 4 --gradient-checkpointing --seed 13 --positions spread --recall-span 512 "
                         "--out long8k.safetensors`)",
+    "755818b886d2b49e": "the shipped projections, then 48 KD-only steps of 2 x 2,048 tokens of the diverse mixture "
+                        "(196,608 tokens), each block's first 4 tokens and each query's latest 32 read whole, the last "
+                        "256 tokens of each block repeating an earlier span, lr 5e-4 with a cosine decay, 30 minutes "
+                        "in two accelerate CPU processes (run from `build/whole/`: `OMP_NUM_THREADS=1 accelerate "
+                        "launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no "
+                        "-m mkvlib train --device cpu --init trained --corpus "
+                        "books,stackexchange,factbook,peps,rfcs,c4,wikipedia --tokens 196608 --steps 48 --seq-len 2048 "
+                        "--batch 1 --lr 5e-4 --warmup 2 --kd-weight 1 --lm-weight 0 --eval-every 12 --eval-tokens 2048 "
+                        "--checkpoint-every 2 --seed 17 --positions spread --recall-span 256 --keep-first 4 "
+                        "--keep-recent 32 --out whole.safetensors`)",
 }
 UNCOMPRESSED = ("none", BASELINE, "")   # how a row without projections names them
 
