@@ -327,7 +327,11 @@ def parse_args(argv=None):
                    "each of --budgets")
     p.add_argument("--passkey-n", type=int, default=6, help="passkey prompts per length (default 6)")
     p.add_argument("--seed", type=int, default=0, help="passkey prompt seed (default 0, as the retrieval records)")
-    args = p.parse_args(argv)
+    return _checked(p, p.parse_args(argv))
+
+
+def _checked(p, args):
+    """``args`` with budgets, lists and sizes checked and parsed (``p.error`` on bad input)."""
     try:
         args.budgets = list(check_budgets(args.budgets, "--budgets"))
     except ValueError as err:
@@ -357,6 +361,9 @@ def parse_args(argv=None):
             p.error("--passkey-lengths must be token counts >= 64 and --passkey-n >= 1")
     if args.kd_steps and not args.layerwise_steps:
         p.error("--kd-steps starts from the layer-wise bases: give --layerwise-steps too (or --kd-steps 0)")
+    labels = [SHIPPED_LABELS.get(name, Path(name).stem) for name in args.projections]
+    if len(set(labels)) < len(labels):
+        p.error(f"--projections names the same projections twice ({labels})")
     return args
 
 
@@ -485,9 +492,6 @@ def main(argv=None) -> int:
                         "fit_cpu_s": clock.cpu.get(f"fit {fit}") if fit else None,
                         "evaluate_cpu_s": clock.cpu[f"evaluate {label}"]})
 
-    labels = [SHIPPED_LABELS.get(name, Path(name).stem) for name, _ in shipped]
-    if len(set(labels)) < len(labels):
-        raise SystemExit(f"python -m mkvlib.ceiling: --projections names the same projections twice ({labels})")
     for name, proj in shipped:
         measure(SHIPPED_LABELS.get(name, Path(name).stem), "shipped", f"the shipped projections {name!r}"
                 + ("; searched: their own shipped trajectory" if adaptive else ""), proj, own_ranks[name])

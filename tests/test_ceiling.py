@@ -174,6 +174,7 @@ def test_the_command_writes_a_record(tiny_model_folder, tmp_path, monkeypatch, c
     (["--kd-steps", "-1"], "must be >= 0"),
     (["--passkey-lengths", "8k"], "comma-separated token counts"),
     (["--passkey-lengths", "1024", "--passkey-n", "0"], "--passkey-n >= 1"),
+    (["--projections", "trained,trained"], "the same projections twice"),
 ])
 def test_command_argument_errors(argv, match, capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:

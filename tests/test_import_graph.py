@@ -118,3 +118,11 @@ def test_the_core_fits_its_line_budget():
     assert files, "no files under mkvlib/core"
     lines = sum(len((ROOT.parent / f).read_text().splitlines()) for f in files)
     assert lines <= CORE_LINES, f"mkvlib/core holds {lines} lines, more than {CORE_LINES}"
+
+
+def test_no_function_is_over_60_lines():
+    """The library's functions stay short enough to read at once (the lean-library target: none over 60 lines)."""
+    long = [f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for name, path in modules().items() for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60]
+    assert not long, long
