@@ -39,6 +39,19 @@ def _counted(r: dict | None) -> str:
     return either(lambda r: count(r["correct"], r["n"]), r)
 
 
+def _ranks(allocation: str) -> str:
+    """How the prose names an allocation: 'uniform' or 'searched' ranks."""
+    return "uniform" if allocation == "uniform" else "searched"
+
+
+def _budget_cells(suite: dict, recent: int = 0, domain: str = "mean", projections: str | None = None) -> dict:
+    """{(allocation, bytes asked): suite row} of ``domain``'s rows with ``recent`` latest tokens whole (0: none),
+    of the projections with that fingerprint only when ``projections`` is given."""
+    return {(r["allocation"], r["target_budget"]): r for r in suite["rows"]
+            if r["domain"] == domain and r.get("keep_recent", 0) == recent
+            and projections in (None, r["projections"])}
+
+
 @section("ood-suite", "Out of domain: perplexity ratio and KL to the uncompressed model", result="ood_suite.json")
 def ood_suite(data: Data, path, rec) -> str:
     cell = {(r["method"], r["target_budget"], r["domain"]): r for r in rec["rows"]}
@@ -315,7 +328,7 @@ def _ceiling_target(t: dict, cell: dict, kinds: dict, ours: list) -> str:
     ceiling = {(m, a): r[metric] for (m, a, b), r in cell.items() if b == t["budget"] and kinds[m] != "shipped"
                and (a == "uniform" or t["allocation"] != "uniform")}
     shipped = cell.get((ours[0], t["allocation"], t["budget"])) if ours else None
-    head = (f"{pct(t['budget'])}, {'uniform' if t['allocation'] == 'uniform' else 'searched'} ranks: "
+    head = (f"{pct(t['budget'])}, {_ranks(t['allocation'])} ranks: "
             f"{CEILING_METRICS[metric]} {'<=' if at_most else '>='} {_value(metric, bound)}"
             + (f" (shipped: {_value(metric, shipped[metric])})" if shipped is not None else ""))
     if not ceiling:
@@ -325,7 +338,7 @@ def _ceiling_target(t: dict, cell: dict, kinds: dict, ours: list) -> str:
     verdict = ("met by the shipped projections" if shipped is not None and meets(shipped[metric]) else
                "within the ceiling" if meets(ceiling[best]) else
                "**lies above the ceiling**: no in-sample basis and no oracle measured reaches it")
-    text = (f"{head}: {verdict} (best: {best[0]}, {'uniform' if best[1] == 'uniform' else 'searched'} ranks, "
+    text = (f"{head}: {verdict} (best: {best[0]}, {_ranks(best[1])} ranks, "
             f"{_value(metric, ceiling[best])}")
     if oracles and best not in oracles:
         top = pick(oracles, key=oracles.get)
@@ -339,7 +352,7 @@ def _ceiling_target(t: dict, cell: dict, kinds: dict, ours: list) -> str:
 def ceiling(data: Data, path, rec) -> str:
     kinds = {m["label"]: m["kind"] for m in rec["methods"]}
     cell = {(r["method"], r["allocation"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
-    rows = [[m["label"], "uniform" if a == "uniform" else "searched"]
+    rows = [[m["label"], _ranks(a)]
             + [_triple(cell.get((m["label"], a, b)), kl_first=True) for b in rec["budgets"]]
             + [either(lambda s: num(s / 60, 1), m.get("fit_cpu_s"))] for m in rec["methods"] for a in m["allocations"]]
     ours = [m for m in dict.fromkeys(m for m, _, _ in cell) if kinds[m] == "shipped"][-1:]
@@ -369,7 +382,7 @@ def ceiling_passkey(data: Data, path, rec) -> str:
     kinds = list(dict.fromkeys((r["method"], r["allocation"]) for r in rec["rows"] if r["allocation"]))
     show = (lambda r: f"{r['correct']}/{r['n']} ({num(r['mean_key_logp'], 1)})")
     rows = [["uncompressed", "-"] + [either(show, cell.get(("uncompressed", None, 1.0, n))) for n, _ in cols]]
-    rows += [[m, "uniform" if a == "uniform" else "searched"] + [either(show, cell.get((m, a, b, n))) for n, b in cols]
+    rows += [[m, _ranks(a)] + [either(show, cell.get((m, a, b, n))) for n, b in cols]
              for m, a in kinds]
     oracles = [k for k in kinds if k[0] in (ORACLE, ORACLE_UNCENTRED)]
     shipped = [k for k in kinds if k not in oracles]
@@ -436,9 +449,7 @@ def _continued_suite(data: Data, shipped_fingerprint: str, name: str = "climb_su
     _, passkeys = data.result("retrieval.json")
     if suite is None or shipped is None:
         return ""
-    ours = {(r["allocation"], r["target_budget"]): r for r in suite["rows"] if r["domain"] == "mean"}
-    before = {(r["allocation"], r["target_budget"]): r for r in shipped["rows"]
-              if r["domain"] == "mean" and r["projections"] == shipped_fingerprint}
+    ours, before = _budget_cells(suite), _budget_cells(shipped, projections=shipped_fingerprint)
     passkey = {(r["method"], r["budget"], r["length"]): r for r in
                (suite.get("retrieval") or {}).get("rows", []) + (passkeys or {}).get("rows", [])}
     label = {m["allocation"]: m["label"] for m in suite["methods"]}
@@ -447,14 +458,14 @@ def _continued_suite(data: Data, shipped_fingerprint: str, name: str = "climb_su
         for (method, budget, length), r in passkey.items():
             theirs = passkey.get((SHIPPED_SUITE_LABELS[allocation], budget, length))
             if method == mine and theirs and r["correct"] < theirs["correct"]:
-                lost.append(f"{'uniform' if allocation == 'uniform' else 'searched'} {pct(budget, None)} at "
+                lost.append(f"{_ranks(allocation)} {pct(budget, None)} at "
                             f"{length:,} tokens ({theirs['correct']} -> {r['correct']})")
     lengths = [int(n) for n in (suite.get("retrieval") or {}).get("base", {})]
     rows = []
     for name, cells, methods in (("continued", ours, label), ("shipped", before, SHIPPED_SUITE_LABELS)):
         for (allocation, budget), r in sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
             if budget in suite["budgets"]:
-                rows.append([name, "uniform" if allocation == "uniform" else "searched", pct(budget, None),
+                rows.append([name, _ranks(allocation), pct(budget, None),
                              _triple(r)] + [either(lambda k: count(k["correct"], k["n"]),
                                                    passkey.get((methods.get(allocation), budget, n)))
                                             for n in lengths])
@@ -496,16 +507,6 @@ def long_blocks(data: Data, path, rec) -> str | None:
         _continued_suite(data, shipped_fingerprint("trained"), "long8k_suite.json", "long-blocks"))
 
 
-def _ranks(allocation: str) -> str:
-    return "uniform" if allocation == "uniform" else "searched"
-
-
-def _whole_cells(suite: dict, recent: int, domain: str = "mean") -> dict:
-    """{(allocation, bytes asked): suite row} of the rows with ``recent`` latest tokens whole."""
-    return {(r["allocation"], r["target_budget"]): r for r in suite["rows"]
-            if r["domain"] == domain and r.get("keep_recent", 0) == recent}
-
-
 def _passkey_cells(*records: dict) -> dict:
     return {(r["allocation"], r["budget"], r["length"]): r for rec in records for r in rec["rows"]}
 
@@ -520,9 +521,9 @@ def whole_trained(data: Data, path, rec) -> str | None:
     if any(f is None for f in files) or data.result("whole_trained_plain.json")[1] is None:
         return None
     shipped_suite, shipped_keys, shipped_8k, mine_8k = files
-    sides = {"shipped": (_whole_cells(shipped_suite, recent), _whole_cells(shipped_suite, recent, "in-domain"),
+    sides = {"shipped": (_budget_cells(shipped_suite, recent), _budget_cells(shipped_suite, recent, "in-domain"),
                          _passkey_cells(shipped_keys, shipped_8k)),
-             "trained with tokens whole": (_whole_cells(rec, recent), _whole_cells(rec, recent, "in-domain"),
+             "trained with tokens whole": (_budget_cells(rec, recent), _budget_cells(rec, recent, "in-domain"),
                                            _passkey_cells(rec["retrieval"], mine_8k))}
     lengths = sorted({k[2] for k in sides["shipped"][2]})
     key_cell = lambda k: count(k["correct"], k["n"]) + (f" ({num(k['mean_key_logp'], 1)})"  # noqa: E731
@@ -561,9 +562,8 @@ def _whole_trained_moved(shipped: tuple, trained: tuple) -> str:
 def _whole_trained_plain(data: Data, command_8k: str) -> str:
     """The projections trained with tokens whole in a cache that keeps none whole, against the shipped ones."""
     path, plain = data.result("whole_trained_plain.json")
-    shipped = {r["target_budget"]: r for r in data.result("ood_suite.json")[1]["rows"] if r["domain"] == "mean"
-               and r["allocation"] == "uniform" and r["projections"] == shipped_fingerprint("trained")}
-    pairs = [(b, shipped[b], _whole_cells(plain, 0)[("uniform", b)]) for b in plain["budgets"]]
+    shipped = _budget_cells(data.result("ood_suite.json")[1], projections=shipped_fingerprint("trained"))
+    pairs = [(b, shipped["uniform", b], _budget_cells(plain)["uniform", b]) for b in plain["budgets"]]
     higher = [y["kl_to_base"] > x["kl_to_base"] for _, x, y in pairs]
     verdict = ("worse than the shipped ones" if all(higher) else "better than the shipped ones" if not any(higher)
                else "neither better nor worse everywhere")
@@ -597,7 +597,7 @@ def _gemma_searched(data: Data) -> str:
     if rec is None:
         return ""
     cell = {(r["allocation"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
-    rows = [["uniform" if a == "uniform" else "searched"] + [_triple(cell.get((a, b))) for b in rec["budgets"]]
+    rows = [[_ranks(a)] + [_triple(cell.get((a, b))) for b in rec["budgets"]]
             for a in dict.fromkeys(m["allocation"] for m in rec["methods"])]
     return paragraphs(prose("second-architecture.searched", source=code(data.rel(path))),
                       table(["ranks"] + [f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]], rows),
