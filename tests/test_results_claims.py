@@ -121,6 +121,21 @@ def test_whole_tokens_at_equal_bytes_beat_none_out_of_domain_and_in_domain(budge
     assert wider["kl_to_base"] < narrower["kl_to_base"] and wider["top1_agreement"] > narrower["top1_agreement"]
 
 
+def test_the_first_tokens_alone_buy_nothing_and_the_latest_window_buys_the_gain():
+    """docs/results.md: at equal bytes, 4 first tokens alone lower no KL, each wider latest window lowers it."""
+    plain, sinks, recent64 = load("ood_suite.json"), load("whole_tokens_sinks.json"), load("whole_tokens_recent64.json")
+    whole = load("whole_tokens.json")
+    for allocation in ("uniform", "adaptive"):
+        for budget in sinks["budgets"]:
+            alone = [r for r in sinks["rows"] if r["domain"] == "mean" and r["allocation"] == allocation
+                     and r["target_budget"] == budget]
+            assert len(alone) == 1 and alone[0]["keep_first"] == 4 and alone[0]["keep_recent"] == 0
+            assert alone[0]["kl_to_base"] >= mean(plain, f"MatryoshkaKV, {allocation}", budget)
+        kl = {r["keep_recent"]: r["kl_to_base"] for rec in (whole, recent64) for r in rec["rows"]
+              if r["domain"] == "mean" and r["allocation"] == allocation and r["target_budget"] == 0.5}
+        assert sorted(kl) == [16, 32, 64] and kl[16] > kl[32] > kl[64]
+
+
 def test_whole_tokens_keep_the_passkey_with_searched_ranks_at_half_the_bytes():
     rec = load("retrieval_whole_tokens.json")
     assert all(m["keep_first"] == 4 and m["keep_recent"] == 32 for m in rec["methods"])

@@ -219,6 +219,33 @@ def test_nll_weighted_score_adds_the_change_of_the_texts_own_cross_entropy(setup
     assert traj.meta["config"]["nll_weight"] == 0.5 and traj.final_budget == pytest.approx(4 / 16)
 
 
+def test_whole_tokens_are_read_whole_by_every_scored_candidate(setup):
+    """With keep_first/keep_recent the scorer's KL is the brute-force KL of a model that reads those tokens whole
+    (not the plain one); a window over every token leaves nothing to lose; the search records the setting."""
+    model, ids, proj = setup
+    geom = KVGeometry.of(model)
+    trial = torch.full(geom.shape, 16, dtype=torch.long)
+    trial[1, 0, 0] = 4
+    trial[2, 1, 1] = 4
+    full = torch.full(geom.shape, 16, dtype=torch.long)
+    with torch.no_grad(), attach(model, proj, 1.0) as comp:
+        comp.enabled = False
+        base = F.log_softmax(model(ids, use_cache=False).logits[:, :-1].float(), -1).flatten(0, 1)
+        comp.enabled = True
+        plain = _brute_kl(model, comp, ids, base, trial)
+        comp.keep_whole(2, 4)
+        whole = _brute_kl(model, comp, ids, base, trial)
+    assert abs(whole - plain) > 1e-4
+    for (first, recent), expected in (((2, 4), whole), ((0, ids.shape[1]), 0.0)):
+        with calibration_scorer(model, proj, ids, 1, keep_first=first, keep_recent=recent) as scorer:
+            scorer.set_state(full)
+            assert scorer.score(trial, 1) == pytest.approx(expected, abs=1e-5)
+    traj = greedy_search(model, proj, ids, CFG.with_(keep_first=2, keep_recent=4), progress=False)
+    assert (traj.meta["config"]["keep_first"], traj.meta["config"]["keep_recent"]) == (2, 4)
+    with pytest.raises(ValueError, match="keep_recent"):
+        SearchConfig(keep_recent=-1)
+
+
 @pytest.mark.parametrize("strategy, batched", [("exact", 1), ("lazy", 2), ("proxy", 1)])
 def test_max_spread_bounds_every_prefix_and_takes_the_best_allowed_step(setup, exact_traj, strategy, batched):
     """With max_spread s no prefix has ranks further apart than s; the free search does break that bound (so the

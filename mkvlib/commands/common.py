@@ -111,11 +111,17 @@ def add_training_args(p, defaults: dict[str, str]) -> None:
                    help="auto: bf16 autocast on CUDA, float32 on CPU (default auto)")
     add_options(p, "seed")
     add_positions_arg(p)
-    p.add_argument("--keep-first", type=int, default=None, help="train with each block's first N tokens read "
-                   "whole, for a cache that keeps them whole (default 0)")
-    p.add_argument("--keep-recent", type=int, default=None, help="train with each query's latest N tokens read "
-                   "whole, for a cache that keeps them whole (default 0)")
+    add_whole_token_args(p, "train")
     add_options(p, "device", "json", "debug")
+
+
+def add_whole_token_args(p, verb: str) -> None:
+    """--keep-first/--keep-recent of train, sft and search: ``verb`` with those tokens read whole, for a cache that
+    keeps them whole (default None: 0)."""
+    p.add_argument("--keep-first", type=int, default=None, help=f"{verb} with each block's first N tokens read "
+                   "whole, for a cache that keeps them whole (default 0)")
+    p.add_argument("--keep-recent", type=int, default=None, help=f"{verb} with each query's latest N tokens read "
+                   "whole, for a cache that keeps them whole (default 0)")
 
 
 def training_settings(args, steps: int) -> dict:

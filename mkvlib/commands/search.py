@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..cli import add_options
-from .common import add_model_args, add_positions_arg, check_suffix, emit, invocation, load_model_and_adapter
+from .common import add_model_args, add_positions_arg, add_whole_token_args, check_suffix, emit, invocation, load_model_and_adapter
 
 SUITE_TOKENS = (512, 1024)   # readout tokens per suite domain: fast, full
 
@@ -31,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--recall-span", type=int, default=None, help="make each calibration block's last N tokens "
                    "repeat a span from its start, so breaking lookup costs KL (default 0); 2N + seq-len/4 <= seq-len")
     add_positions_arg(p)
+    add_whole_token_args(p, "score steps")
     p.add_argument("--protect-heads", default=None, metavar="FILE", help="never lower the keys and values of the "
                    "--protect-top best KV heads of this retrieval-heads file (python -m mkvlib.retrieval_heads)")
     p.add_argument("--protect-top", type=int, default=None, help="how many of --protect-heads' KV heads to keep whole")
@@ -65,7 +66,7 @@ def config_from_args(args):
     given = dict(step=args.step, min_rank=args.min_rank, stop_budget=args.stop_budget, strategy=args.strategy,
                  seq_len=args.seq_len, tokens=args.tokens, batch_size=args.batch_size, corpus=args.corpus,
                  nll_weight=args.nll_weight, max_spread=args.max_spread, recall_span=args.recall_span,
-                 proxy_refresh=args.proxy_refresh)
+                 proxy_refresh=args.proxy_refresh, keep_first=args.keep_first, keep_recent=args.keep_recent)
     return base.with_(batched=args.batched, shortlist=args.shortlist, balance=args.balance, positions=args.positions,
                       **{k: v for k, v in given.items() if v is not None})
 

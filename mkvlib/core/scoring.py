@@ -113,11 +113,12 @@ class KLScorer:
 
 @contextmanager
 def calibration_scorer(model, projections, blocks: torch.Tensor, batch_size: int = 4, nll_weight: float = 0.0,
-                       offsets: torch.Tensor | None = None):
+                       offsets: torch.Tensor | None = None, keep_first: int = 0, keep_recent: int = 0):
     """A :class:`KLScorer` on ``blocks`` (N, T) with ``projections`` attached to ``model`` at full rank; the
     model is left as it was on exit. ``projections``: an object, a path, or 'pca'/'trained' (shipped).
-    ``offsets``: (N,) position offsets of the blocks (:mod:`.positions`), or None for positions from 0."""
-    with attach(model, projections, 1.0) as comp:
+    ``offsets``: (N,) position offsets of the blocks (:mod:`.positions`), or None for positions from 0.
+    ``keep_first``/``keep_recent``: tokens every candidate reads whole (:meth:`.compress.Compression.keep_whole`)."""
+    with attach(model, projections, 1.0, keep_first=keep_first, keep_recent=keep_recent) as comp:
         yield KLScorer(model, comp, blocks, batch_size, nll_weight, offsets)
 
 

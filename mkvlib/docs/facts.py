@@ -44,13 +44,16 @@ def _and(values) -> str:
 def whole_tokens_50(data: Data) -> str:
     """Searched ranks at half the bytes: the whole-token setting with the lowest KL against none kept whole."""
     rows = [r for r in whole_token_rows(data) if r["target_budget"] == 0.5 and r["allocation"] == "adaptive"]
+    passkey = data.result("retrieval_whole_tokens.json")[1]
+    if passkey is not None:            # the setting the passkey was measured with, so that both speak of it
+        rows = [r for r in rows if r["whole"] in ("0 + 0", "{keep_first} + {keep_recent}".format(**passkey["methods"][0]))]
     plain, best = next(r for r in rows if r["whole"] == "0 + 0"), min(rows, key=lambda r: r["kl_to_base"])
     first, recent = best["whole"].split(" + ")
     text = (f"keeping the first {first} and the latest {recent} tokens whole as well, within the same bytes, takes "
             f"the KL from {plain['kl_to_base']:.2f} to {best['kl_to_base']:.2f}, the perplexity ratio from "
             f"{plain['perplexity_ratio']:.2f}x to {best['perplexity_ratio']:.2f}x and top-1 agreement from "
             f"{pct(plain['top1_agreement'], 0)} to {pct(best['top1_agreement'], 0)}")
-    if (passkey := data.result("retrieval_whole_tokens.json")[1]) is None:
+    if passkey is None:
         return text
     rows = sorted(passkey["rows"], key=lambda r: r["length"])
     found = {k: _and(r["correct"] for r in rows if (r["allocation"], r["budget"]) == k) for k in

@@ -71,18 +71,50 @@ def ood_suite_domains(data: Data, path, rec) -> str:
     return paragraphs("Perplexity ratio / KL at a 50% budget.", table(["domain", "uncompressed ppl", *methods], rows))
 
 
+WHOLE_TOKEN_WINDOWS = ("whole_tokens_sinks.json", "whole_tokens_recent64.json")   # more windows, same suite
+
+
 def whole_token_rows(data: Data, domain: str = "mean") -> list[dict]:
-    """The trained projections' suite rows at equal bytes, from ood_suite.json (none kept whole) and
-    whole_tokens.json, each with ``whole`` = 'F + W' (first and latest tokens kept whole)."""
+    """The trained projections' suite rows at equal bytes, from ood_suite.json (none kept whole), whole_tokens.json
+    and the files of :data:`WHOLE_TOKEN_WINDOWS` (where committed), each with ``whole`` = 'F + W' (first and latest
+    tokens kept whole)."""
     budgets = set(data.result("whole_tokens.json")[1]["budgets"])
     rows = [dict(r, whole=f"{r.get('keep_first', 0)} + {r.get('keep_recent', 0)}",
                  stored=r.get("stored_fraction", r["budget"]))
-            for name in ("ood_suite.json", "whole_tokens.json") for r in data.result(name)[1]["rows"]
+            for name in ("ood_suite.json", "whole_tokens.json", *WHOLE_TOKEN_WINDOWS)
+            for r in (data.result(name)[1] or {}).get("rows", [])
             if r["domain"] == domain and r["method"].startswith("MatryoshkaKV") and r["target_budget"] in budgets]
-    return sorted(rows, key=lambda r: (-r["target_budget"], r["allocation"], r.get("keep_recent", 0)))
+    return sorted(rows, key=lambda r: (-r["target_budget"], r["allocation"], r.get("keep_recent", 0),
+                                       r.get("keep_first", 0)))
 
 
-@section("whole-tokens", "Keeping the first and the latest tokens whole, at equal bytes", result="whole_tokens.json")
+def _whole_windows(rows: list[dict]) -> str:
+    """The KL at each budget and allocation as the whole tokens grow, and what the first tokens alone and each wider
+    latest window do to it (computed from ``rows`` of :func:`whole_token_rows`)."""
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((r["target_budget"], r["allocation"]), {})[r["whole"]] = r
+    moves = "; ".join(f"{_ranks(a)} {pct(b, None)}: " + ", ".join(f"{w} {_kl(r)}" for w, r in c.items())
+                      for (b, a), c in cells.items())
+    sinks = [(c["4 + 0"], c["0 + 0"]) for c in cells.values() if "4 + 0" in c and "0 + 0" in c]
+    windows = [[r["kl_to_base"] for w, r in c.items() if w.startswith("4 + ") and w != "4 + 0"]
+               for c in cells.values()]
+    verdict = []
+    if sinks:
+        lower = [1 - alone["kl_to_base"] / none["kl_to_base"] for alone, none in sinks]
+        free = [x for x, (alone, none) in zip(lower, sinks) if alone["budget"] == none["budget"]]
+        verdict.append("The first 4 tokens alone lower the KL "
+                       + (f"by at most {pct(max(lower), 0)}" if max(lower) > 0 else "nowhere measured")
+                       + (", even where they take no feature from the other tokens (uniform ranks, rounded up): "
+                          "compressing the attention sinks is not what costs." if free and max(free) < 0.01 else "."))
+    if all(len(w) > 1 and all(x > y for x, y in zip(w, w[1:])) for w in windows if w):
+        verdict.append("Each wider window of latest tokens lowers it further, at every budget and allocation: the "
+                       "gain is the local context read whole.")
+    return prose("whole-tokens.windows", moves=moves, verdict=" ".join(verdict))
+
+
+@section("whole-tokens", "Keeping the first and the latest tokens whole, at equal bytes",
+         *(f"results/{n}" for n in WHOLE_TOKEN_WINDOWS), result="whole_tokens.json")
 def whole_tokens(data: Data, path, rec) -> str | None:
     if data.result("ood_suite.json")[1] is None:
         return None
@@ -90,9 +122,12 @@ def whole_tokens(data: Data, path, rec) -> str | None:
     inside = {key(r): r for r in whole_token_rows(data, "in-domain")}
     rows = [[pct(r["target_budget"]), r["allocation"], r["whole"], pct(r["stored"]), pct(r["budget"]), _triple(r),
              _kl(inside.get(key(r)))] for r in whole_token_rows(data)]
+    windows = [rec for rec in (data.result(name)[1] for name in WHOLE_TOKEN_WINDOWS) if rec]
     return paragraphs(prose("whole-tokens", _suite(rec)),
                       table(["bytes asked", "ranks", "whole tokens (first + recent)", "bytes stored",
-                             "features per token", "ppl x / KL / top-1", "in-domain KL"], rows))
+                             "features per token", "ppl x / KL / top-1", "in-domain KL"], rows),
+                      _whole_windows(whole_token_rows(data)),
+                      commands_line([r["command"] for r in windows]) if windows else "")
 
 
 def _retrieval(data: Data, path, rec) -> str:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from ..core.checks import check_budget, check_rank
 from ..core.geometry import KVGeometry
 from ..core.positions import POSITION_MODES
+from ..core.ranks import check_whole_tokens
 from ..core.rules import Batch, KVBalance, Rules, SpreadLimit
 from ..recall import check_recall_span
 
@@ -33,6 +34,8 @@ class SearchConfig:
     steps that break long-range lookup cost KL. positions: 'spread' (default) scores each block at a seeded offset
     over the context window, 'start' from position 0 (:mod:`mkvlib.core.positions`). protect: (layer, KV head,
     kind) entries the search never lowers (:func:`mkvlib.retrieval_heads.load_protected`: the retrieval heads).
+    keep_first / keep_recent: tokens read whole while scoring (each block's first tokens, each query's latest), so
+    the ranks fit a cache that keeps them whole (:meth:`mkvlib.core.compress.Compression.keep_whole`).
     """
     step: int = 8
     min_rank: int = 8
@@ -51,6 +54,8 @@ class SearchConfig:
     recall_span: int = 0
     positions: str = "spread"
     protect: tuple = ()
+    keep_first: int = 0
+    keep_recent: int = 0
 
     def __post_init__(self):
         for name, least in (("step", 1), ("batched", 1), ("tokens", 1), ("seq_len", 1), ("batch_size", 1),
@@ -59,6 +64,7 @@ class SearchConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"SearchConfig.{name} must be an integer >= {least}, not {value!r}")
         check_rank(self.min_rank, what="SearchConfig.min_rank")
+        check_whole_tokens(self.keep_first, self.keep_recent)
         check_recall_span(self.recall_span, self.seq_len, "SearchConfig.recall_span")
         if self.positions not in POSITION_MODES:
             raise ValueError(f"SearchConfig.positions must be one of {POSITION_MODES}, not {self.positions!r}")

@@ -44,7 +44,8 @@ def greedy_search(model, projections, blocks: torch.Tensor, config: SearchConfig
     rules, stop, start = config.rules(geom), stop_budget(config, geom.head_dim), time.time()
     total = int(round((1 - stop) * geom.head_dim * len(rules.entries) / config.step))
     offsets = block_offsets(config.positions, len(blocks), blocks.shape[1], model)
-    with calibration_scorer(model, projections, blocks, config.batch_size, config.nll_weight, offsets) as scorer:
+    with calibration_scorer(model, projections, blocks, config.batch_size, config.nll_weight, offsets,
+                            config.keep_first, config.keep_recent) as scorer:
         strategy = make_strategy(config, scorer, geom, rules, stop, progress)
         with tqdm(total=max(1, total), desc="greedy search", disable=not progress) as bar:
             steps, passes = algorithm1(uniform_ranks(geom, 1.0), strategy, rules, stop, bar)
