@@ -136,6 +136,23 @@ def test_the_first_tokens_alone_buy_nothing_and_the_latest_window_buys_the_gain(
         assert sorted(kl) == [16, 32, 64] and kl[16] > kl[32] > kl[64]
 
 
+def test_ranks_searched_with_the_tokens_whole_lower_the_kl_of_the_cache_that_keeps_them():
+    """README and docs/results.md: the whole-trained projections, searched with the same tokens whole, beat their
+    plain search at equal bytes out of domain and in domain, with the passkey at 1k and 4k kept at 50%."""
+    kept, plain = load("whole_kept_suite.json"), load("whole_trained_suite.json")
+    assert "--keep-first 4 --keep-recent 32" in kept["command"] and kept["methods"][0]["trajectory"] != \
+        next(m for m in plain["methods"] if m["allocation"] == "adaptive")["trajectory"]
+    for domain in ("mean", "in-domain"):
+        for budget in (0.5, 0.375):
+            ours, theirs = ([r for r in rec["rows"] if r["domain"] == domain and r["allocation"] == "adaptive"
+                             and r["target_budget"] == budget] for rec in (kept, plain))
+            assert len(ours) == len(theirs) == 1
+            assert ours[0]["stored_fraction"] == pytest.approx(theirs[0]["stored_fraction"], abs=0.01)
+            assert ours[0]["kl_to_base"] < 0.8 * theirs[0]["kl_to_base"]
+    found = {(r["budget"], r["length"]): r["correct"] for r in kept["retrieval"]["rows"]}
+    assert found[0.5, 1024] == found[0.5, 4096] == kept["retrieval"]["n"]
+
+
 def test_whole_tokens_keep_the_passkey_with_searched_ranks_at_half_the_bytes():
     rec = load("retrieval_whole_tokens.json")
     assert all(m["keep_first"] == 4 and m["keep_recent"] == 32 for m in rec["methods"])

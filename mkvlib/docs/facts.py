@@ -64,6 +64,20 @@ def whole_tokens_50(data: Data) -> str:
             "fewer features per token cost retrieval there")
 
 
+@fact("whole-searched-50")
+def whole_searched_50(data: Data) -> str:
+    """The whole-trained projections searched with the same tokens whole: suite and passkey at 50% and 37.5%."""
+    suite, long = _record(data, "whole_kept_suite.json"), _record(data, "whole_kept_8k.json")
+    rows = {r["target_budget"]: r for r in suite["rows"] if r["domain"] == "mean"}
+    found = {b: _and(r["correct"] for r in sorted(suite["retrieval"]["rows"], key=lambda r: r["length"])
+                     if r["budget"] == b) for b in (0.5, 0.375)}
+    return (f"the KL falls to {rows[0.5]['kl_to_base']:.2f} at 50% and {rows[0.375]['kl_to_base']:.2f} at 37.5% "
+            f"(perplexity {rows[0.5]['perplexity_ratio']:.2f}x and {rows[0.375]['perplexity_ratio']:.2f}x, top-1 "
+            f"agreement {pct(rows[0.5]['top1_agreement'], 0)} and {pct(rows[0.375]['top1_agreement'], 0)}), and the "
+            f"passkey is found {found[0.5]} of {suite['retrieval']['n']} times at 1,024 and 4,096 tokens at 50% "
+            f"({found[0.375]} at 37.5%; at 8,192 tokens {long['rows'][0]['correct']} of {long['n']} at 50%)")
+
+
 @fact("whole-trained-50")
 def whole_trained_50(data: Data) -> str:
     """Projections trained with tokens whole, in a cache that keeps them whole, at half the bytes: KL and passkey."""

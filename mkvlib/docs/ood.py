@@ -153,6 +153,8 @@ def _margins(data: Data, path, rec) -> str | None:
             for r in base + sorted(rec["rows"], key=lambda r: (order[r["method"]], -r["budget"], r["length"]))]
     return paragraphs(prose("retrieval-varied" if rec.get("prompts") == "varied" else "retrieval-margins", rec,
                             lengths=", ".join(f"{n:,}" for n in sorted(rec["lengths"])),
+                            window=" (the last, the model's whole window: its max_position_embeddings)"
+                            if len(rec["lengths"]) > 1 else ", the model's whole window (its max_position_embeddings)",
                             wordings=len({w for ws in rec.get("wordings", {}).values() for w in ws}),
                             filler="; ".join(rec.get("filler_source", []))),
                       table(["method", "budget", "length", "exact match", "key log p", "decoy given"], rows))
@@ -164,6 +166,8 @@ for _name, _title, _render in (      # each reads data/results/<name with unders
         ("retrieval-varied", "Retrieval with varied prompts: wordings, key lengths, a decoy, prose filler", _margins),
         ("retrieval-8k", "Passkey retrieval at the model's whole window, with the key's log-probability", _margins),
         ("retrieval-8k-whole", "The whole window with the first and latest tokens kept whole, at equal bytes",
+         _margins),
+        ("retrieval-whole-recent64", "Passkey with the first 4 and the latest 64 tokens kept whole, at equal bytes",
          _margins)):
     section(_name, _title, result=_name.replace("-", "_") + ".json")(_render)
 
@@ -548,7 +552,8 @@ def _passkey_cells(*records: dict) -> dict:
 
 @section("whole-trained", "Training for the cache that keeps tokens whole", "results/whole_trained_plain.json",
          "results/whole_trained_8k.json", "results/whole_tokens.json", "results/retrieval_whole_tokens.json",
-         "results/retrieval_8k_whole.json", result="whole_trained_suite.json")
+         "results/retrieval_8k_whole.json", "results/whole_kept_suite.json", "results/whole_kept_8k.json",
+         "results/whole_kept_plain.json", result="whole_trained_suite.json")
 def whole_trained(data: Data, path, rec) -> str | None:
     first, recent = rec["methods"][0]["keep_first"], rec["methods"][0]["keep_recent"]
     files = [data.result(n)[1] for n in ("whole_tokens.json", "retrieval_whole_tokens.json", "retrieval_8k_whole.json",
@@ -560,6 +565,11 @@ def whole_trained(data: Data, path, rec) -> str | None:
                          _passkey_cells(shipped_keys, shipped_8k)),
              "trained with tokens whole": (_budget_cells(rec, recent), _budget_cells(rec, recent, "in-domain"),
                                            _passkey_cells(rec["retrieval"], mine_8k))}
+    kept, kept_8k = (data.result(n)[1] for n in WHOLE_KEPT_SEARCH)
+    if kept and kept_8k:
+        sides["trained, searched with tokens whole"] = (_budget_cells(kept, recent),
+                                                         _budget_cells(kept, recent, "in-domain"),
+                                                         _passkey_cells(kept["retrieval"], kept_8k))
     lengths = sorted({k[2] for k in sides["shipped"][2]})
     key_cell = lambda k: count(k["correct"], k["n"]) + (f" ({num(k['mean_key_logp'], 1)})"  # noqa: E731
                                                         if "mean_key_logp" in k else "")
@@ -573,12 +583,41 @@ def whole_trained(data: Data, path, rec) -> str | None:
         prose("whole-trained", _suite(rec), first=first, recent=recent, recipe=recipe or "not recorded"),
         table(["projections", "ranks", "bytes", "ppl x / KL / top-1", "in-domain KL"]
               + [f"passkey, {n:,} tokens" for n in lengths], rows),
-        _whole_trained_moved(*sides.values()),
-        _whole_trained_plain(data, mine_8k["command"]))
+        _whole_trained_moved(sides["shipped"], sides["trained with tokens whole"]),
+        _whole_trained_plain(data, mine_8k["command"]),
+        _whole_kept(data, sides, kept, kept_8k) if kept and kept_8k else "")
 
 
-def _whole_trained_moved(shipped: tuple, trained: tuple) -> str:
-    """Shipped -> trained with tokens whole: the KL per cell, the passkey counts that changed, and the verdict."""
+WHOLE_KEPT_SEARCH = ("whole_kept_suite.json", "whole_kept_8k.json")   # the whole-trained, searched with tokens whole
+
+
+def _whole_kept(data: Data, sides: dict, suite: dict, long: dict) -> str:
+    """The whole-trained projections searched with the same tokens whole against their plain search."""
+    method = suite["methods"][0]
+    return paragraphs(
+        prose("whole-trained.kept", method, commands=", ".join(code(r["command"]) for r in (suite, long)),
+              moved=_whole_trained_moved(sides["trained with tokens whole"],
+                                         sides["trained, searched with tokens whole"], "whole-trained.kept-moved")),
+        _whole_kept_plain(data))
+
+
+def _whole_kept_plain(data: Data) -> str:
+    """Those ranks in a cache that keeps no token whole, against uniform ranks there ('' without the files)."""
+    path, mine = data.result("whole_kept_plain.json")
+    uniform = data.result("whole_trained_plain.json")[1]
+    if mine is None or uniform is None:
+        return ""
+    ours, theirs = _budget_cells(mine), _budget_cells(uniform)
+    pairs = [(b, r, theirs.get(("uniform", b))) for (_, b), r in sorted(ours.items(), key=lambda kv: -kv[0][1])]
+    worse = all(u is not None and r["kl_to_base"] > u["kl_to_base"] for _, r, u in pairs)
+    return prose("whole-trained.kept-plain", source=code(data.rel(path)), command=code(mine["command"]),
+                 cells="; ".join(f"{pct(b, None)} {num(r['kl_to_base'], 3)} (uniform {_kl(u)})" for b, r, u in pairs),
+                 verdict=prose("whole-trained.kept-plain.worse") if worse else "")
+
+
+def _whole_trained_moved(shipped: tuple, trained: tuple, key: str = "whole-trained.moved") -> str:
+    """Shipped -> trained with tokens whole (or any two sides of that table): the KL per cell, the passkey counts
+    that changed, and the verdict, in the prose ``key``."""
     (before, _, theirs), (after, _, ours) = shipped, trained
     order = [k for k in sorted(after, key=lambda k: (k[0], -k[1])) if k in before]
     kl_moves = "; ".join(f"{_ranks(a)} {pct(b, None)} {num(before[a, b]['kl_to_base'], 3)} -> "
@@ -590,8 +629,7 @@ def _whole_trained_moved(shipped: tuple, trained: tuple) -> str:
     named = lambda keep: ", ".join(f"{_ranks(a)} {pct(b, None)}" for (a, b), v in lower.items() if v == keep)  # noqa: E731
     verdict = ("Lower KL at every budget and allocation measured." if all(lower.values()) else
                f"Lower KL at {named(True) or 'none'}, not at {named(False)}.")
-    return prose("whole-trained.moved", kl_moves=kl_moves, passkey_moves="; ".join(moved) or "unchanged",
-                 verdict=verdict)
+    return prose(key, kl_moves=kl_moves, passkey_moves="; ".join(moved) or "unchanged", verdict=verdict)
 
 
 def _whole_trained_plain(data: Data, command_8k: str) -> str:
