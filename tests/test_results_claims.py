@@ -10,6 +10,7 @@ import pytest
 
 from mkvlib.bench import speed_table
 from mkvlib.core.env import project_dir
+from mkvlib.retrieval import passkey_setting, score_answer
 from mkvlib.suite import suite_cell
 
 RESULTS = project_dir() / "data" / "results"
@@ -151,6 +152,21 @@ def test_ranks_searched_with_the_tokens_whole_lower_the_kl_of_the_cache_that_kee
             assert ours[0]["kl_to_base"] < 0.8 * theirs[0]["kl_to_base"]
     found = {(r["budget"], r["length"]): r["correct"] for r in kept["retrieval"]["rows"]}
     assert found[0.5, 1024] == found[0.5, 4096] == kept["retrieval"]["n"]
+
+
+def test_a_wider_window_costs_short_prompts_and_helps_the_whole_window():
+    """docs/results.md: 4 + 64 whole against 4 + 32 at equal bytes, uniform ranks at 50%: fewer keys at 1,024 tokens,
+    more at 8,192 on the same prompts (the first 6, which both files hold)."""
+    wide, narrow, far = load("retrieval_whole_recent64.json"), load("retrieval_whole_tokens.json"), \
+        load("retrieval_8k_whole.json")
+    assert all(m["keep_first"] == 4 and m["keep_recent"] == 64 for m in wide["methods"]) and wide["seed"] == far["seed"]
+    cell = {(r["allocation"], r["length"]): r for r in wide["rows"] if r["budget"] == 0.5}
+    short = next(r for r in narrow["rows"] if (r["allocation"], r["budget"], r["length"]) == ("uniform", 0.5, 1024))
+    assert cell["uniform", 1024]["n"] == short["n"] and cell["uniform", 1024]["correct"] < short["correct"]
+    keys = [passkey_setting(wide["seed"] * 1000 + i)[0] for i in range(far["n"])]
+    long_narrow = next(r for r in far["rows"] if r["allocation"] == "uniform")
+    found = [sum(score_answer(a, k) for a, k in zip(r["answers"], keys)) for r in (long_narrow, cell["uniform", 8192])]
+    assert found[0] == long_narrow["correct"] and found[1] > found[0]
 
 
 def test_whole_tokens_keep_the_passkey_with_searched_ranks_at_half_the_bytes():

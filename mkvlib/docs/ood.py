@@ -114,7 +114,8 @@ def _whole_windows(rows: list[dict]) -> str:
 
 
 @section("whole-tokens", "Keeping the first and the latest tokens whole, at equal bytes",
-         *(f"results/{n}" for n in WHOLE_TOKEN_WINDOWS), result="whole_tokens.json")
+         *(f"results/{n}" for n in WHOLE_TOKEN_WINDOWS), "results/whole_searched_suite.json",
+         "results/retrieval_whole_tokens.json", result="whole_tokens.json")
 def whole_tokens(data: Data, path, rec) -> str | None:
     if data.result("ood_suite.json")[1] is None:
         return None
@@ -127,7 +128,22 @@ def whole_tokens(data: Data, path, rec) -> str | None:
                       table(["bytes asked", "ranks", "whole tokens (first + recent)", "bytes stored",
                              "features per token", "ppl x / KL / top-1", "in-domain KL"], rows),
                       _whole_windows(whole_token_rows(data)),
-                      commands_line([r["command"] for r in windows]) if windows else "")
+                      commands_line([r["command"] for r in windows]) if windows else "",
+                      _whole_searched(data, rec))
+
+
+def _whole_searched(data: Data, shipped: dict) -> str:
+    """The shipped projections with ranks searched with the tokens whole against the shipped search, at equal bytes
+    with the same tokens whole ('' without whole_searched_suite.json or the shipped passkey file)."""
+    path, mine = data.result("whole_searched_suite.json")
+    passkeys = data.result("retrieval_whole_tokens.json")[1]
+    if mine is None or passkeys is None:
+        return ""
+    method, recent = mine["methods"][0], mine["methods"][0]["keep_recent"]
+    before = (_budget_cells(shipped, recent), None, _passkey_cells(passkeys))
+    after = (_budget_cells(mine, recent), None, _passkey_cells(mine["retrieval"]))
+    return prose("whole-tokens.searched", method, source=code(data.rel(path)), command=code(mine["command"]),
+                 moved=_whole_trained_moved(before, after, "whole-tokens.searched-moved"))
 
 
 def _retrieval(data: Data, path, rec) -> str:
@@ -167,9 +183,35 @@ for _name, _title, _render in (      # each reads data/results/<name with unders
         ("retrieval-8k", "Passkey retrieval at the model's whole window, with the key's log-probability", _margins),
         ("retrieval-8k-whole", "The whole window with the first and latest tokens kept whole, at equal bytes",
          _margins),
-        ("retrieval-whole-recent64", "Passkey with the first 4 and the latest 64 tokens kept whole, at equal bytes",
-         _margins)):
+):
     section(_name, _title, result=_name.replace("-", "_") + ".json")(_render)
+
+
+def _found(rec: dict, row: dict, n: int) -> int:
+    """Keys found among the first ``n`` prompts of a passkey row (prompt i has the seed ``seed * 1000 + i``; a row
+    of ``n`` prompts needs no answers)."""
+    if row["n"] == n:
+        return row["correct"]
+    return sum(score_answer(a, passkey_setting(rec["seed"] * 1000 + i)[0]) for i, a in enumerate(row["answers"][:n]))
+
+
+@section("retrieval-whole-recent64", "Passkey with the first 4 and the latest 64 tokens kept whole, at equal bytes",
+         "results/retrieval_whole_tokens.json", "results/retrieval_8k_whole.json",
+         result="retrieval_whole_recent64.json")
+def retrieval_whole_recent64(data: Data, path, rec) -> str | None:
+    """The passkey with a 64-token window beside the 32-token one on the same prompts (the first n of both)."""
+    narrow = [r for name in ("retrieval_whole_tokens.json", "retrieval_8k_whole.json")
+              if (r := data.result(name)[1]) is not None]
+    cells = {(r["allocation"], r["budget"], r["length"]): (old, r) for old in narrow for r in old["rows"]}
+    moves = []
+    for r in sorted(rec["rows"], key=lambda r: (r["allocation"], r["length"])):
+        if (pair := cells.get((r["allocation"], r["budget"], r["length"]))) is None:
+            continue
+        old, before = pair
+        n = min(old["n"], rec["n"])
+        moves.append(f"{_ranks(r['allocation'])} {pct(r['budget'], None)} at {r['length']:,} tokens "
+                     f"{_found(old, before, n)} -> {_found(rec, r, n)} of {n}")
+    return paragraphs(_margins(data, path, rec), prose("retrieval-whole-recent64", moves="; ".join(moves)))
 
 
 SEARCH_SUITES = ("protected4_suite.json", "protected8_suite.json", "recall8k_suite.json")
