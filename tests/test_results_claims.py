@@ -154,6 +154,19 @@ def test_ranks_searched_with_the_tokens_whole_lower_the_kl_of_the_cache_that_kee
     assert found[0.5, 1024] == found[0.5, 4096] == kept["retrieval"]["n"]
 
 
+def test_the_shipped_projections_searched_with_the_tokens_whole_lower_the_kl():
+    """docs/results.md: the committed alternative trajectory searched with 4 + 32 whole beats the shipped search at
+    equal bytes with the same tokens whole, keeping the passkey at 50% at 1,024 and 4,096 tokens."""
+    mine, shipped = load("whole_searched_suite.json"), load("whole_tokens.json")
+    assert mine["methods"][0]["trajectory"].endswith("alternatives/SmolLM2-135M-Instruct.trained.whole.trajectory.json")
+    for budget in (0.5, 0.375):
+        ours, theirs = ([r for r in rec["rows"] if r["domain"] == "mean" and r["allocation"] == "adaptive"
+                         and r["target_budget"] == budget and r["keep_recent"] == 32] for rec in (mine, shipped))
+        assert len(ours) == len(theirs) == 1 and ours[0]["kl_to_base"] < 0.8 * theirs[0]["kl_to_base"]
+    found = {(r["budget"], r["length"]): r["correct"] for r in mine["retrieval"]["rows"]}
+    assert found[0.5, 1024] == found[0.5, 4096] == mine["retrieval"]["n"]
+
+
 def test_a_wider_window_costs_short_prompts_and_helps_the_whole_window():
     """docs/results.md: 4 + 64 whole against 4 + 32 at equal bytes, uniform ranks at 50%: fewer keys at 1,024 tokens,
     more at 8,192 on the same prompts (the first 6, which both files hold)."""
