@@ -197,6 +197,7 @@ def _found(rec: dict, row: dict, n: int) -> int:
 
 @section("retrieval-whole-recent64", "Passkey with the first 4 and the latest 64 tokens kept whole, at equal bytes",
          "results/retrieval_whole_tokens.json", "results/retrieval_8k_whole.json",
+         "results/retrieval_8k_recent128.json",
          result="retrieval_whole_recent64.json")
 def retrieval_whole_recent64(data: Data, path, rec) -> str | None:
     """The passkey with a 64-token window beside the 32-token one on the same prompts (the first n of both)."""
@@ -211,7 +212,23 @@ def retrieval_whole_recent64(data: Data, path, rec) -> str | None:
         n = min(old["n"], rec["n"])
         moves.append(f"{_ranks(r['allocation'])} {pct(r['budget'], None)} at {r['length']:,} tokens "
                      f"{_found(old, before, n)} -> {_found(rec, r, n)} of {n}")
-    return paragraphs(_margins(data, path, rec), prose("retrieval-whole-recent64", moves="; ".join(moves)))
+    return paragraphs(_margins(data, path, rec), prose("retrieval-whole-recent64", moves="; ".join(moves)),
+                      _recent128(data, rec, narrow[-1] if narrow else None))
+
+
+def _recent128(data: Data, recent64: dict, recent32: dict | None) -> str:
+    """The whole window with 4 + 128 whole, against 4 + 32 and 4 + 64 on the same prompts ('' without the file)."""
+    path, wide = data.result("retrieval_8k_recent128.json")
+    if wide is None or recent32 is None:
+        return ""
+    n, length = wide["n"], max(wide["lengths"])
+    windows = {32: recent32, 64: recent64, 128: wide}
+    cells = {(w, r["allocation"]): _found(rec, r, n) for w, rec in windows.items() for r in rec["rows"]
+             if r["length"] == length and r["budget"] == 0.5 and r["n"] >= n}
+    counts = "; ".join(f"{_ranks(a)}: " + ", ".join(f"4 + {w} {cells[w, a]}" for w in windows if (w, a) in cells)
+                       + f" of {n}" for a in dict.fromkeys(r["allocation"] for r in wide["rows"]))
+    return prose("retrieval-whole-recent64.128", source=code(data.rel(path)), command=code(wide["command"]),
+                 length=f"{length:,}", n=n, counts=counts)
 
 
 SEARCH_SUITES = ("protected4_suite.json", "protected8_suite.json", "recall8k_suite.json")
