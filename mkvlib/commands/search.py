@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..cli import add_options
-from .common import add_model_args, add_positions_arg, add_whole_token_args, check_suffix, emit, invocation, load_model_and_adapter
+from .common import (add_model_args, add_positions_arg, add_whole_token_args, check_suffix, emit, invocation,
+                     load_model_and_adapter)
 
 SUITE_TOKENS = (512, 1024)   # readout tokens per suite domain: fast, full
 

@@ -46,7 +46,8 @@ def whole_tokens_50(data: Data) -> str:
     rows = [r for r in whole_token_rows(data) if r["target_budget"] == 0.5 and r["allocation"] == "adaptive"]
     passkey = data.result("retrieval_whole_tokens.json")[1]
     if passkey is not None:            # the setting the passkey was measured with, so that both speak of it
-        rows = [r for r in rows if r["whole"] in ("0 + 0", "{keep_first} + {keep_recent}".format(**passkey["methods"][0]))]
+        measured = "{keep_first} + {keep_recent}".format(**passkey["methods"][0])
+        rows = [r for r in rows if r["whole"] in ("0 + 0", measured)]
     plain, best = next(r for r in rows if r["whole"] == "0 + 0"), min(rows, key=lambda r: r["kl_to_base"])
     first, recent = best["whole"].split(" + ")
     text = (f"keeping the first {first} and the latest {recent} tokens whole as well, within the same bytes, takes "
