@@ -204,3 +204,11 @@ def test_a_command_reading_an_adapter_without_weights_cannot_be_remade(tmp_path)
     path = tmp_path / "data" / "results" / "acc.json"
     path.write_text(json.dumps({"command": "mkv sft --stage 2 --adapter data/lora/b --out data/results/acc.json"}))
     assert "whose weights are not committed" in R.recipe(path, tmp_path).why_not
+
+
+def test_the_fast_form_shrinks_whole_token_counts_without_dropping_one_to_zero():
+    """--keep-first/--keep-recent shrink with the block (by 8), rounded up: a count above 0 stays above 0, so the
+    fast record keeps the whole-token fields of the committed one (whole_tokens_sinks.json keeps 4 first, 0 recent)."""
+    words = R.split_command("mkv eval --suite ood --keep-first 4 --keep-recent 0,16,64 --tokens 1024 --out x.json")[1]
+    new = R.rewrite(words, Path("/scratch"), fast=True)
+    assert new[new.index("--keep-first") + 1] == "1" and new[new.index("--keep-recent") + 1] == "0,2,8"

@@ -42,7 +42,8 @@ FAST_SIZES = {"--tokens": "128", "--in-domain": "128", "--lengths": "256", "--n"
               "--batch": "1", "--repeats": "1", "--layerwise-steps": "2", "--kd-steps": "1", "--steps": "2",
               "--eval-limit": "2", "--passkey-lengths": "256", "--passkey-n": "1"}
 FIRST_ONLY = ("--budgets", "--bytes", "--eval-budgets")
-SHRUNK = ("--keep-first", "--keep-recent")    # token counts inside a block: divided by 8 with the block's length
+SHRUNK = ("--keep-first", "--keep-recent")    # token counts inside a block: divided by 8 with the block's length,
+# rounded up, so that a count above 0 stays above 0 (and the record keeps its whole-token fields)
 # where the defaults are the large sizes
 FAST_ADDED = {"answers": ["--budgets", "0.5", "--new-tokens", "2", "--limit", "2"]}
 # full form: (relative, absolute) tolerance and what it rests on, per command; None: values not compared
@@ -234,7 +235,7 @@ def rewrite(words: list[str], scratch: Path, fast: bool, earlier=()) -> list[str
         elif w in FIRST_ONLY:
             words[i + 1] = words[i + 1].split(",")[0]
         elif w in SHRUNK:
-            words[i + 1] = ",".join(str(int(v) // 8) for v in words[i + 1].split(","))
+            words[i + 1] = ",".join(str(-(-int(v) // 8)) for v in words[i + 1].split(","))
     if "--tokens" in words or "--seq-len" in words:        # blocks no longer than the tokens fast mode reads
         words += ["--seq-len", FAST_SIZES["--tokens"]] if "--seq-len" not in words else []
         words[words.index("--seq-len") + 1] = FAST_SIZES["--tokens"]
