@@ -213,12 +213,13 @@ def retrieval_whole_recent64(data: Data, path, rec) -> str | None:
         moves.append(f"{_ranks(r['allocation'])} {pct(r['budget'], None)} at {r['length']:,} tokens "
                      f"{_found(old, before, n)} -> {_found(rec, r, n)} of {n}")
     return paragraphs(_margins(data, path, rec), prose("retrieval-whole-recent64", moves="; ".join(moves)),
-                      _recent128(data, rec, narrow[-1] if narrow else None))
+                      _recent128(data, rec))
 
 
-def _recent128(data: Data, recent64: dict, recent32: dict | None) -> str:
-    """The whole window with 4 + 128 whole, against 4 + 32 and 4 + 64 on the same prompts ('' without the file)."""
+def _recent128(data: Data, recent64: dict) -> str:
+    """The whole window with 4 + 128 whole, against 4 + 32 and 4 + 64 on the same prompts ('' without the files)."""
     path, wide = data.result("retrieval_8k_recent128.json")
+    recent32 = data.result("retrieval_8k_whole.json")[1]
     if wide is None or recent32 is None:
         return ""
     n, length = wide["n"], max(wide["lengths"])
