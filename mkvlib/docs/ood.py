@@ -140,10 +140,9 @@ def _whole_searched(data: Data, shipped: dict) -> str:
     if mine is None or passkeys is None:
         return ""
     method, recent = mine["methods"][0], mine["methods"][0]["keep_recent"]
-    before = (_budget_cells(shipped, recent), None, _passkey_cells(passkeys))
-    after = (_budget_cells(mine, recent), None, _passkey_cells(mine["retrieval"]))
     return prose("whole-tokens.searched", method, source=code(data.rel(path)), command=code(mine["command"]),
-                 moved=_whole_trained_moved(before, after, "whole-tokens.searched-moved"))
+                 moved=_whole_trained_moved(_side(shipped, recent, passkeys), _side(mine, recent, mine["retrieval"]),
+                                            "whole-tokens.searched-moved"))
 
 
 def _retrieval(data: Data, path, rec) -> str:
@@ -610,6 +609,11 @@ def _passkey_cells(*records: dict) -> dict:
     return {(r["allocation"], r["budget"], r["length"]): r for rec in records for r in rec["rows"]}
 
 
+def _side(suite: dict, recent: int, *passkeys: dict) -> tuple[dict, dict, dict]:
+    """One side of a with-tokens-whole comparison: (mean suite cells, in-domain cells, passkey cells)."""
+    return _budget_cells(suite, recent), _budget_cells(suite, recent, "in-domain"), _passkey_cells(*passkeys)
+
+
 @section("whole-trained", "Training for the cache that keeps tokens whole", "results/whole_trained_plain.json",
          "results/whole_trained_8k.json", "results/whole_tokens.json", "results/retrieval_whole_tokens.json",
          "results/retrieval_8k_whole.json", "results/whole_kept_suite.json", "results/whole_kept_8k.json",
@@ -621,15 +625,11 @@ def whole_trained(data: Data, path, rec) -> str | None:
     if any(f is None for f in files) or data.result("whole_trained_plain.json")[1] is None:
         return None
     shipped_suite, shipped_keys, shipped_8k, mine_8k = files
-    sides = {"shipped": (_budget_cells(shipped_suite, recent), _budget_cells(shipped_suite, recent, "in-domain"),
-                         _passkey_cells(shipped_keys, shipped_8k)),
-             "trained with tokens whole": (_budget_cells(rec, recent), _budget_cells(rec, recent, "in-domain"),
-                                           _passkey_cells(rec["retrieval"], mine_8k))}
+    sides = {"shipped": _side(shipped_suite, recent, shipped_keys, shipped_8k),
+             "trained with tokens whole": _side(rec, recent, rec["retrieval"], mine_8k)}
     kept, kept_8k = (data.result(n)[1] for n in WHOLE_KEPT_SEARCH)
     if kept and kept_8k:
-        sides["trained, searched with tokens whole"] = (_budget_cells(kept, recent),
-                                                         _budget_cells(kept, recent, "in-domain"),
-                                                         _passkey_cells(kept["retrieval"], kept_8k))
+        sides["trained, searched with tokens whole"] = _side(kept, recent, kept["retrieval"], kept_8k)
     lengths = sorted({k[2] for k in sides["shipped"][2]})
     key_cell = lambda k: count(k["correct"], k["n"]) + (f" ({num(k['mean_key_logp'], 1)})"  # noqa: E731
                                                         if "mean_key_logp" in k else "")
