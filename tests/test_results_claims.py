@@ -190,3 +190,18 @@ def test_whole_tokens_keep_the_passkey_with_searched_ranks_at_half_the_bytes():
     cell = {(r["allocation"], r["budget"], r["length"]): r["correct"] for r in rec["rows"]}
     assert cell["adaptive", 0.5, 1024] == cell["adaptive", 0.5, 4096] == rec["n"]
     assert cell["uniform", 0.5, 1024] < rec["n"] and cell["uniform", 0.5, 4096] < rec["n"]
+
+
+def test_the_suite_targets_are_met_with_tokens_whole_at_equal_bytes():
+    """docs/results.md, the ceiling's target list: every suite target of the ceiling record that the plain cache
+    misses is met by the shipped projections with the first 4 and latest 32 tokens whole at the same bytes."""
+    ceiling, whole, plain = load("ceiling.json"), load("whole_tokens.json"), load("ood_suite.json")
+
+    def value(rec, t, recent):
+        label = "MatryoshkaKV, " + t["allocation"]
+        return next(r[t["metric"]] for r in rec["rows"] if r["domain"] == "mean" and r["method"].startswith(label)
+                    and r["target_budget"] == t["budget"] and r.get("keep_recent", 0) == recent)
+
+    for t in ceiling["targets"]:
+        meets = (lambda v: v <= t["bound"]) if t["direction"] == "at_most" else (lambda v: v >= t["bound"])
+        assert not meets(value(plain, t, 0)) and meets(value(whole, t, 32)), t

@@ -3,6 +3,7 @@ and facts, the training routes and the ceiling of fixed projections (each file r
 from __future__ import annotations
 
 import functools
+import shlex
 from collections import Counter
 from operator import itemgetter
 
@@ -231,6 +232,47 @@ def _recent128(data: Data, recent64: dict) -> str:
                  length=f"{length:,}", n=n, counts=counts)
 
 
+WINDOW_128_SEARCHES = ("retrieval_8k_whole128min16.json",)    # more searches for the 128-token window, same prompts
+
+
+def _search_name(data: Data, trajectory: str | None) -> str:
+    """How a table names the ranks of ``trajectory``: uniform, the shipped search, or a search's own options."""
+    if trajectory is None:
+        return "uniform"
+    words = shlex.split((data.trajectories.get(trajectory) or {}).get("meta", {}).get("command", ""))
+    option = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+    whole = f"{option.get('--keep-first', 0)} + {option.get('--keep-recent', 0)}"
+    return ("searched, every token compressed" if whole == "0 + 0" else f"searched with {whole} whole") + (
+        f", min rank {option['--min-rank']}" if option.get("--min-rank", "8") != "8" else "")
+
+
+@section("whole128", "The whole window with 4 + 128 whole and ranks searched for that window",
+         "results/retrieval_8k_recent128.json", *(f"results/{n}" for n in WINDOW_128_SEARCHES),
+         result="retrieval_8k_whole128.json")
+def whole128(data: Data, path, rec) -> str | None:
+    """The passkey at the whole window, the latest 128 tokens whole: ranks searched with that window read whole
+    beside uniform ranks and the shipped search (its 6 prompts are the first of these)."""
+    shipped = data.result("retrieval_8k_recent128.json")[1]
+    if shipped is None:
+        return None
+    records = [rec] + [r for n in WINDOW_128_SEARCHES if (r := data.result(n)[1]) is not None]
+    length, n = max(rec["lengths"]), shipped["n"]
+    named = [(_search_name(data, m["trajectory"]), m["trajectory"], x, r) for x in (shipped, *records)
+             for m in x["methods"] for r in x["rows"] if r["method"] == m["label"] and r["length"] == length]
+    base = rec["base_rows"][str(length)]
+    rows = [["uncompressed", count(base["correct"], rec["n"]), "-", num(base["mean_key_logp"], 2)]]
+    rows += [[name, count(r["correct"], r["n"]) if r["n"] == rec["n"] else "-", f"{_found(x, r, n)}/{n}",
+              num(r["mean_key_logp"], 2)] for name, _, x, r in named]
+    best = max((r["correct"], name) for name, _, x, r in named if r["n"] == rec["n"] and name != "uniform")
+    commands = {f"{name}: " + code(data.trajectories[t]["meta"]["command"]): None for name, t, _, _ in named
+                if t in data.trajectories and name.startswith("searched with")}
+    return paragraphs(prose("whole128", rec, length=f"{length:,}", n6=n, stored=pct(rec["budgets"][0], None)),
+                      table(["ranks", f"exact match, {rec['n']} prompts", f"the first {n}", "mean key log p"], rows),
+                      bullets(commands),
+                      prose("whole128.met" if best[0] == rec["n"] else "whole128.short", found=best[0], n=rec["n"],
+                            ranks=best[1]))
+
+
 SEARCH_SUITES = ("protected4_suite.json", "protected8_suite.json", "recall8k_suite.json")
 
 
@@ -418,9 +460,10 @@ def _ceiling_where(cell, kinds, budgets) -> str:
     return f"{text} {overfit}" if overfit else text
 
 
-def _ceiling_target(t: dict, cell: dict, kinds: dict, ours: list) -> str:
+def _ceiling_target(t: dict, cell: dict, kinds: dict, ours: list, whole: dict) -> str:
     """A target against the shipped value, the best ceiling row (searched ranks compete with every allocation at
-    the budget) and the best oracle, and whether it lies above every ceiling row."""
+    the budget) and the best oracle, and whether it lies above every ceiling row; then the shipped projections'
+    value with tokens kept whole at equal bytes (``whole``: {(allocation, budget): row}), where measured."""
     metric, bound, at_most = t["metric"], t["bound"], t["direction"] == "at_most"
     meets, pick = ((lambda v: v <= bound), min) if at_most else ((lambda v: v >= bound), max)
     ceiling = {(m, a): r[metric] for (m, a, b), r in cell.items() if b == t["budget"] and kinds[m] != "shipped"
@@ -442,11 +485,14 @@ def _ceiling_target(t: dict, cell: dict, kinds: dict, ours: list) -> str:
         top = pick(oracles, key=oracles.get)
         text += (f"; best oracle: {_value(metric, oracles[top])}, "
                  + ("which reaches it" if meets(oracles[top]) else "short of it"))
+    if (kept := whole.get((t["allocation"], t["budget"]))) is not None:
+        text += (f"; with the first {kept['keep_first']} and latest {kept['keep_recent']} tokens whole at equal bytes: "
+                 f"{_value(metric, kept[metric])}, " + ("which meets it" if meets(kept[metric]) else "short of it"))
     return text + ")."
 
 
 @section("ceiling", "The ceiling of fixed projections: in-sample bases and the per-sequence oracle",
-         result="ceiling.json")
+         "results/whole_tokens.json", result="ceiling.json")
 def ceiling(data: Data, path, rec) -> str:
     kinds = {m["label"]: m["kind"] for m in rec["methods"]}
     cell = {(r["method"], r["allocation"], r["target_budget"]): r for r in rec["rows"] if r["domain"] == "mean"}
@@ -457,6 +503,8 @@ def ceiling(data: Data, path, rec) -> str:
     searched = (f"; searched ranks: each shipped projections' own trajectory, and for every other row the shipped "
                 f"trajectory of {code(rec['searched_ranks'])}" if rec.get("searched_ranks") else "")
     cpu, hw = rec.get("cpu_time_s") or {}, rec.get("hardware") or {}
+    kept = data.result("whole_tokens.json")[1]               # its widest window: the passkey's setting too
+    whole = _budget_cells(kept, max(r["keep_recent"] for r in kept["rows"])) if kept else {}
     load = (hw.get("load_average_start") or [None])[0]
     return paragraphs(
         prose("ceiling", _suite(rec), s="s" if len(rec["domains"]) > 1 else "", searched=searched,
@@ -464,7 +512,8 @@ def ceiling(data: Data, path, rec) -> str:
         table(["method", "ranks"] + [f"{pct(b)}: KL / ppl x / top-1" for b in rec["budgets"]]
               + ["CPU minutes to fit (this row's step)"], rows),
         _ceiling_where(cell, kinds, rec["budgets"]),
-        bullets([_ceiling_target(t, cell, kinds, ours) for t in rec.get("targets", [])], prose("ceiling.targets"))
+        bullets([_ceiling_target(t, cell, kinds, ours, whole) for t in rec.get("targets", [])],
+                prose("ceiling.targets"))
         if rec.get("targets") else "",
         f"CPU time: {num(cpu.get('total', 0) / 60, 1)} minutes in all, "
         f"{num(rec.get('wall_time_s', 0) / 60, 1)} minutes wall ({hw.get('device')}, {hw.get('torch_threads')} torch "
