@@ -205,3 +205,14 @@ def test_the_suite_targets_are_met_with_tokens_whole_at_equal_bytes():
     for t in ceiling["targets"]:
         meets = (lambda v: v <= t["bound"]) if t["direction"] == "at_most" else (lambda v: v >= t["bound"])
         assert not meets(value(plain, t, 0)) and meets(value(whole, t, 32)), t
+
+
+def test_the_whole_window_with_128_whole_keeps_every_key_with_uniform_ranks_only():
+    """README and docs/results.md: at 8,192 tokens, 4 + 128 whole at 50% of the bytes, uniform ranks find every key
+    the uncompressed model finds; the searches that read that window whole find fewer, the min-rank-16 one fewest."""
+    rec, floor16 = load("retrieval_8k_whole128.json"), load("retrieval_8k_whole128min16.json")
+    assert all(m["keep_first"] == 4 and m["keep_recent"] == 128 for m in rec["methods"] + floor16["methods"])
+    found = {r["allocation"]: r["correct"] for r in rec["rows"]}
+    base = rec["base_rows"]["8192"]["correct"]
+    assert found["uniform"] == base == rec["n"] and found["adaptive"] < rec["n"]
+    assert floor16["rows"][0]["correct"] < found["adaptive"] and floor16["n"] == rec["n"]

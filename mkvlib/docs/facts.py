@@ -171,3 +171,14 @@ def climb_gpu(data: Data) -> str:
             f"({run['tokens_seen'] / run['wall_time_s']:.0f} tokens/s) and moved the out-of-domain KL at 50% by "
             f"{t['per_doubling']:+.3f} nats per doubling of the tokens trained; carried to {t['at_tokens']:,} tokens "
             f"that line gives {t['extrapolated']:.2f}")
+
+
+@fact("whole-window-128")
+def whole_window_128(data: Data) -> str:
+    """The passkey at the model's whole window with the first 4 and latest 128 tokens whole, at half the bytes."""
+    rec = _record(data, "retrieval_8k_whole128.json")
+    found = {r["allocation"]: r["correct"] for r in rec["rows"]}
+    return (f"at the model's whole window ({max(rec['lengths']):,} tokens) with the first 4 and the latest 128 tokens "
+            f"whole at 50% of the bytes, the passkey is found {found['uniform']} of {rec['n']} times with uniform ranks "
+            f"and {found['adaptive']} with ranks searched for that cache (uncompressed: "
+            f"{rec['base_rows'][str(max(rec['lengths']))]['correct']})")

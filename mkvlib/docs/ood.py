@@ -258,19 +258,22 @@ def whole128(data: Data, path, rec) -> str | None:
     records = [rec] + [r for n in WINDOW_128_SEARCHES if (r := data.result(n)[1]) is not None]
     length, n = max(rec["lengths"]), shipped["n"]
     named = [(_search_name(data, m["trajectory"]), m["trajectory"], x, r) for x in (shipped, *records)
-             for m in x["methods"] for r in x["rows"] if r["method"] == m["label"] and r["length"] == length]
-    base = rec["base_rows"][str(length)]
-    rows = [["uncompressed", count(base["correct"], rec["n"]), "-", num(base["mean_key_logp"], 2)]]
-    rows += [[name, count(r["correct"], r["n"]) if r["n"] == rec["n"] else "-", f"{_found(x, r, n)}/{n}",
-              num(r["mean_key_logp"], 2)] for name, _, x, r in named]
+             for m in x["methods"] for r in x["rows"] if r["method"] == m["label"] and r["length"] == length
+             and (x is not shipped or m["trajectory"])]          # its uniform row: the first n of this file's
+    base = dict(rec["base_rows"][str(length)], method="uncompressed")
+    rows = [[name, count(r["correct"], r["n"]) if r["n"] == rec["n"] else "-", f"{_found(x, r, n)}/{n}",
+             num(r["mean_key_logp"], 2)] for name, _, x, r in [("uncompressed", None, rec, base), *named]]
     best = max((r["correct"], name) for name, _, x, r in named if r["n"] == rec["n"] and name != "uniform")
     commands = {f"{name}: " + code(data.trajectories[t]["meta"]["command"]): None for name, t, _, _ in named
                 if t in data.trajectories and name.startswith("searched with")}
     return paragraphs(prose("whole128", rec, length=f"{length:,}", n6=n, stored=pct(rec["budgets"][0], None)),
-                      table(["ranks", f"exact match, {rec['n']} prompts", f"the first {n}", "mean key log p"], rows),
+                      table(["ranks", f"exact match, {rec['n']} prompts", f"the first {n}", "mean key log p (its prompts)"],
+                            rows),
                       bullets(commands),
                       prose("whole128.met" if best[0] == rec["n"] else "whole128.short", found=best[0], n=rec["n"],
-                            ranks=best[1]))
+                            ranks=best[1], uniform=next(r["correct"] for name, _, x, r in named if x is rec
+                                                        and name == "uniform")),
+                      commands_line([r["command"] for r in records[1:]]) if records[1:] else "")
 
 
 SEARCH_SUITES = ("protected4_suite.json", "protected8_suite.json", "recall8k_suite.json")
