@@ -232,7 +232,7 @@ def _recent128(data: Data, recent64: dict) -> str:
                  length=f"{length:,}", n=n, counts=counts)
 
 
-WINDOW_128_SEARCHES = ("retrieval_8k_whole128min16.json",)    # more searches for the 128-token window, same prompts
+WINDOW_128_SEARCHES = ("retrieval_8k_whole128min16.json", "retrieval_8k_whole128long.json")    # more searches for the 128-token window, same prompts
 
 
 def _search_name(data: Data, trajectory: str | None) -> str:
@@ -243,7 +243,8 @@ def _search_name(data: Data, trajectory: str | None) -> str:
     option = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
     whole = f"{option.get('--keep-first', 0)} + {option.get('--keep-recent', 0)}"
     return ("searched, every token compressed" if whole == "0 + 0" else f"searched with {whole} whole") + (
-        f", min rank {option['--min-rank']}" if option.get("--min-rank", "8") != "8" else "")
+        f", min rank {option['--min-rank']}" if option.get("--min-rank", "8") != "8" else "") + (
+        f", {int(option['--seq-len']):,}-token blocks" if option.get("--seq-len", "1024") != "1024" else "")
 
 
 @section("whole128", "The whole window with 4 + 128 whole and ranks searched for that window",
