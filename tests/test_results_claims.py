@@ -219,5 +219,6 @@ def test_the_whole_window_with_128_whole_keeps_every_key_with_uniform_and_search
     assert found["uniform"] == base == rec["n"] and found["adaptive"] < rec["n"]
     assert floor16["rows"][0]["correct"] < found["adaptive"] and floor16["n"] == rec["n"] == far["n"]
     assert far["rows"][0]["correct"] == far["base_rows"]["8192"]["correct"] == far["n"]
-    assert "--seq-len 2048" in far["methods"][0]["trajectory"] or far["methods"][0]["trajectory"].endswith(
-        "whole128long.trajectory.json")
+    searched = json.loads((project_dir() / far["methods"][0]["trajectory"]).read_text())["meta"]["command"].split()
+    assert searched[searched.index("--seq-len") + 1] == "2048"
+    assert searched[searched.index("--keep-recent") + 1] == "128"

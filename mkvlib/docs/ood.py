@@ -3,7 +3,6 @@ and facts, the training routes and the ceiling of fixed projections (each file r
 from __future__ import annotations
 
 import functools
-import shlex
 from collections import Counter
 from operator import itemgetter
 
@@ -232,19 +231,25 @@ def _recent128(data: Data, recent64: dict) -> str:
                  length=f"{length:,}", n=n, counts=counts)
 
 
-WINDOW_128_SEARCHES = ("retrieval_8k_whole128min16.json", "retrieval_8k_whole128long.json")    # more searches for the 128-token window, same prompts
+WINDOW_128_SEARCHES = ("retrieval_8k_whole128min16.json", "retrieval_8k_whole128long.json")  # same prompts
+
+
+def window_128_records(data: Data) -> list[dict]:
+    """The passkey records at the whole window with 4 + 128 whole: retrieval_8k_whole128.json (uniform ranks and
+    the first search), then those of :data:`WINDOW_128_SEARCHES` that are committed ([] without the first)."""
+    first = data.result("retrieval_8k_whole128.json")[1]
+    return [] if first is None else [first, *(r for n in WINDOW_128_SEARCHES if (r := data.result(n)[1]) is not None)]
 
 
 def _search_name(data: Data, trajectory: str | None) -> str:
-    """How a table names the ranks of ``trajectory``: uniform, the shipped search, or a search's own options."""
+    """How a table names the ranks of ``trajectory``: uniform, or a search by the settings it records."""
     if trajectory is None:
         return "uniform"
-    words = shlex.split((data.trajectories.get(trajectory) or {}).get("meta", {}).get("command", ""))
-    option = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
-    whole = f"{option.get('--keep-first', 0)} + {option.get('--keep-recent', 0)}"
+    config = ((data.trajectories.get(trajectory) or {}).get("meta") or {}).get("config") or {}
+    whole = f"{config.get('keep_first', 0)} + {config.get('keep_recent', 0)}"
     return ("searched, every token compressed" if whole == "0 + 0" else f"searched with {whole} whole") + (
-        f", min rank {option['--min-rank']}" if option.get("--min-rank", "8") != "8" else "") + (
-        f", {int(option['--seq-len']):,}-token blocks" if option.get("--seq-len", "1024") != "1024" else "")
+        f", min rank {config['min_rank']}" if config.get("min_rank", 8) != 8 else "") + (
+        f", {config['seq_len']:,}-token blocks" if config.get("seq_len", 1024) != 1024 else "")
 
 
 @section("whole128", "The whole window with 4 + 128 whole and ranks searched for that window",
@@ -256,7 +261,7 @@ def whole128(data: Data, path, rec) -> str | None:
     shipped = data.result("retrieval_8k_recent128.json")[1]
     if shipped is None:
         return None
-    records = [rec] + [r for n in WINDOW_128_SEARCHES if (r := data.result(n)[1]) is not None]
+    records = [rec, *window_128_records(data)[1:]]
     length, n = max(rec["lengths"]), shipped["n"]
     named = [(_search_name(data, m["trajectory"]), m["trajectory"], x, r) for x in (shipped, *records)
              for m in x["methods"] for r in x["rows"] if r["method"] == m["label"] and r["length"] == length
@@ -268,8 +273,8 @@ def whole128(data: Data, path, rec) -> str | None:
     commands = {f"{name}: " + code(data.trajectories[t]["meta"]["command"]): None for name, t, _, _ in named
                 if t in data.trajectories and name.startswith("searched with")}
     return paragraphs(prose("whole128", rec, length=f"{length:,}", n6=n, stored=pct(rec["budgets"][0], None)),
-                      table(["ranks", f"exact match, {rec['n']} prompts", f"the first {n}", "mean key log p (its prompts)"],
-                            rows),
+                      table(["ranks", f"exact match, {rec['n']} prompts", f"the first {n}",
+                             "mean key log p (its prompts)"], rows),
                       bullets(commands),
                       prose("whole128.met" if best[0] == rec["n"] else "whole128.short", found=best[0], n=rec["n"],
                             ranks=best[1], uniform=next(r["correct"] for name, _, x, r in named if x is rec
