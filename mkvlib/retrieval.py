@@ -438,16 +438,18 @@ def retrieval_curve(model, tokenizer, methods, budgets, lengths=DEFAULT_LENGTHS,
     score = (lambda ps: score_prompts(model, ps, tokenizer, max_new_tokens)) if margins else \
         (lambda ps: passkey_accuracy(model, ps, tokenizer, max_new_tokens))
     budgets = sorted(budgets, reverse=True)
-    prompt_sets = {length: build_prompts(prompts, tokenizer, length, n, seed) for length in lengths}
-    base_scores = {length: score(ps) for length, ps in tqdm(prompt_sets.items(), desc="base", disable=not progress)}
-    base = {length: acc["accuracy"] for length, acc in base_scores.items()}
-    rows = []
+    plans = []              # every method's ranks first: a budget no method can hold fails before any scoring
     for method in map(as_method, methods):
         mine = sorted((method_budgets or {}).get(method.name, budgets), reverse=True)
         proj = resolve_projections(method.projections, model)
         features = {(b, length): method.feature_budget(b, length) for b in mine for length in lengths}
         ranks = {f: method.ranks(model, proj, f) for f in dict.fromkeys(features.values())}   # once per budget
-        settings = {key: ranks[f] for key, f in features.items()}
+        plans.append((method, mine, proj, {key: ranks[f] for key, f in features.items()}))
+    prompt_sets = {length: build_prompts(prompts, tokenizer, length, n, seed) for length in lengths}
+    base_scores = {length: score(ps) for length, ps in tqdm(prompt_sets.items(), desc="base", disable=not progress)}
+    base = {length: acc["accuracy"] for length, acc in base_scores.items()}
+    rows = []
+    for method, mine, proj, settings in plans:
         with attach(model, proj, settings[mine[0], lengths[0]], keep_first=method.keep_first,
                     keep_recent=method.keep_recent) as comp:
             for budget in tqdm(mine, desc=method.name, disable=not progress):

@@ -368,3 +368,16 @@ def test_retrieval_curve_with_whole_tokens_counts_bytes_per_length(llama, one_th
     result = retrieval.retrieval_curve(llama, CharTok(), [method], [0.5], lengths=(300, 400), n=1, max_new_tokens=3)
     assert sorted(asked) == [(0.5, 300), (0.5, 400)]
     assert [(r["budget"], r["length"]) for r in result["rows"]] == [(0.5, 300), (0.5, 400)]
+
+
+def test_retrieval_curve_refuses_a_budget_before_scoring_any_prompt(llama, one_thread, monkeypatch):
+    """A method that cannot hold a budget at some length fails at once, not after the other methods have run."""
+    from mkvlib.core.ranks import Method
+
+    scored = []
+    monkeypatch.setattr(retrieval, "passkey_accuracy", lambda *a, **k: scored.append(a) or {"accuracy": 1.0})
+    fits, too_wide = Method("fits", random_projections(llama)), Method("wide", random_projections(llama),
+                                                                        keep_recent=200)
+    with pytest.raises(ValueError, match="whole tokens"):
+        retrieval.retrieval_curve(llama, CharTok(), [fits, too_wide], [0.5], lengths=(300,), n=1, max_new_tokens=3)
+    assert scored == []
