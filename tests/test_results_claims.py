@@ -222,3 +222,26 @@ def test_the_whole_window_with_128_whole_keeps_every_key_with_uniform_and_search
     searched = json.loads((project_dir() / far["methods"][0]["trajectory"]).read_text())["meta"]["command"].split()
     assert searched[searched.index("--seq-len") + 1] == "2048"
     assert searched[searched.index("--keep-recent") + 1] == "128"
+
+
+def test_on_2048_token_blocks_the_128_window_lowers_the_kl_and_its_own_search_fits_it():
+    """docs/results.md, section whole128-blocks: on the suite's 2,048-token blocks the latest 128 tokens whole lower
+    the KL of every ranks and budget at equal bytes; the ranks searched with that window on 2,048-token blocks are
+    the best with it and the worst without it, and they find every passkey the uncompressed model finds at 1,024 and
+    4,096 tokens."""
+    suites = [load(n) for n in ("whole128_suite.json", "whole128long_suite.json")]
+    cells = {(s["methods"][0]["trajectory"] if r["allocation"] == "adaptive" else None, r["allocation"],
+              r["keep_recent"], r["target_budget"]): r["kl_to_base"]
+             for s in suites for r in s["rows"] if r["domain"] == "mean"}
+    assert all(s["seq_len"] == 2048 for s in suites) and len(cells) == 12
+    for (trajectory, allocation, recent, budget), kl in cells.items():
+        if recent:
+            assert kl < cells[trajectory, allocation, 0, budget]
+    own = suites[1]["methods"][0]["trajectory"]
+    for budget in (0.5, 0.375):
+        assert cells[own, "adaptive", 128, budget] == min(v for k, v in cells.items() if k[2] == 128 and k[3] == budget)
+        assert cells[own, "adaptive", 0, budget] == max(v for k, v in cells.items() if k[2] == 0 and k[3] == budget)
+    passkey = load("retrieval_whole128long.json")
+    mine = [r for r in passkey["rows"] if r["method"] == passkey["methods"][-1]["label"]]
+    assert passkey["methods"][-1]["trajectory"] == own and {r["length"] for r in mine} == {1024, 4096}
+    assert all(r["correct"] == passkey["base_rows"][str(r["length"])]["correct"] for r in mine)

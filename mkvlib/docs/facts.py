@@ -185,3 +185,16 @@ def whole_window_128(data: Data) -> str:
             f"whole at 50% of the bytes, the passkey is found {uniform} of {rec['n']} times with uniform ranks and "
             f"{searched} with the best of the ranks searched for that cache (uncompressed: "
             f"{rec['base_rows'][str(max(rec['lengths']))]['correct']})")
+
+
+@fact("whole-window-128-suite")
+def whole_window_128_suite(data: Data) -> str:
+    """The suite on 2,048-token blocks with 4 + 128 whole at 50% of the bytes: the ranks searched for that cache on
+    2,048-token blocks, beside uniform ranks."""
+    rows = [r for name in ("whole128_suite.json", "whole128long_suite.json") for r in _record(data, name)["rows"]
+            if r["domain"] == "mean" and r["target_budget"] == 0.5 and r["keep_recent"] == 128]
+    uniform = next(r for r in rows if r["allocation"] == "uniform")
+    best = min((r for r in rows if r["allocation"] == "adaptive"), key=lambda r: r["kl_to_base"])
+    return (f"on the suite in 2,048-token blocks with that window the best of those searches brings the KL at 50% to "
+            f"{best['kl_to_base']:.2f} (perplexity {best['perplexity_ratio']:.2f}x, top-1 agreement "
+            f"{best['top1_agreement']:.0%}; uniform ranks {uniform['kl_to_base']:.2f})")

@@ -282,6 +282,72 @@ def whole128(data: Data, path, rec) -> str | None:
                       commands_line([r["command"] for r in records[1:]]) if records[1:] else "")
 
 
+WINDOW_128_SUITES = ("whole128_suite.json", "whole128long_suite.json")     # the same suite on 2,048-token blocks
+
+
+def _window_128_name(data: Data, method: dict, fingerprint: str) -> str:
+    """How the 2,048-block section names a method's ranks (its projections have ``fingerprint``): uniform, the
+    shipped search, or a search by the settings its trajectory records."""
+    if method["allocation"] == "uniform":
+        return "uniform"
+    return _search_name(data, method["trajectory"] or data.default_trajectory(fingerprint))
+
+
+def _fits_its_cache(cells: dict, budgets: list) -> str:
+    """Which ranks are best with the window whole at every budget, and whether they are the worst without it
+    (``cells``: {(ranks, (first, recent), budget): suite mean row})."""
+    def ranked(recent: bool, b) -> list:
+        return sorted((r["kl_to_base"], name) for (name, whole, at), r in cells.items()
+                      if at == b and bool(whole[1]) == recent)
+    best = {ranked(True, b)[0][1] for b in budgets}
+    if len(best) != 1:
+        return ""
+    name = best.pop()
+    worst = all(ranked(False, b)[-1][1] == name for b in budgets)
+    return (f" Ranks {name} give the lowest KL with the window whole at every budget"
+            + (", and the highest in the cache that keeps only the first 4 whole: a search fits the cache it scored"
+               " its steps in." if worst else "."))
+
+
+@section("whole128-blocks", "The 4 + 128 window on 2,048-token blocks: the suite, and the passkey at 1k and 4k",
+         *(f"results/{n}" for n in WINDOW_128_SUITES[1:]), "results/retrieval_whole128long.json",
+         result=WINDOW_128_SUITES[0])
+def whole128_blocks(data: Data, path, rec) -> str | None:
+    """The suite at 2,048-token blocks with 4 + 0 and 4 + 128 tokens whole (uniform ranks, the shipped search, the
+    search made with 4 + 128 read whole on 2,048-token blocks), with the same ranks' passkey at 1,024 and 4,096
+    tokens (4 + 128 whole, 50% of the bytes)."""
+    suites = [r for n in WINDOW_128_SUITES if (r := data.result(n)[1]) is not None]
+    passkey = data.result("retrieval_whole128long.json")[1]
+    fingerprint = rec["methods"][0]["fingerprint"]
+    found = {} if passkey is None else {
+        (_window_128_name(data, m, fingerprint), r["length"]): r for m in passkey["methods"] for r in passkey["rows"]
+        if r["method"] == m["label"] and r["budget"] == 0.5}
+    lengths = sorted(passkey["lengths"]) if passkey else []
+    rows, cells = [], {}
+    for suite in suites:
+        for m in suite["methods"]:
+            name, whole = _window_128_name(data, m, fingerprint), (m["keep_first"], m["keep_recent"])
+            mine = {(r["domain"], r["target_budget"]): r for r in suite["rows"] if r["method"] == m["label"]}
+            cells.update({(name, whole, b): mine["mean", b] for b in rec["budgets"]})
+            rows.append([name, "{} + {}".format(*whole), *(_triple(mine.get(("mean", b))) for b in rec["budgets"]),
+                         _kl(mine.get(("in-domain", 0.5)))]
+                        + [_counted(found.get((name, n))) if m["keep_recent"] else "-" for n in lengths])
+    moves = "; ".join(f"{name} {pct(b, None)}: {_kl(cells.get((name, (first, 0), b)))} -> {_kl(r)}"
+                      for (name, (first, recent), b), r in cells.items() if recent)
+    widest = max(sum(whole) for _name, whole, _budget in cells)
+    fits = _fits_its_cache(cells, rec["budgets"])
+    usual = data.result("ood_suite.json")[1]["seq_len"]
+    return paragraphs(prose("whole128-blocks", _suite(rec), tokens=f"{rec['tokens_per_domain']:,}",
+                            seq_len=f"{rec['seq_len']:,}", exact=pct(widest / rec["seq_len"], 1), widest=widest,
+                            usual=f"{usual:,}", small=pct(widest / usual, 1)),
+                      table(["ranks", "whole tokens (first + recent)",
+                             *(f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]), "in-domain KL at 50%",
+                             *(f"passkey {n:,}, 4 + 128, 50%" for n in lengths)], rows),
+                      prose("whole128-blocks.moves", moves=moves, fits=fits),
+                      commands_line(more) if (more := [s["command"] for s in suites[1:]]
+                                              + ([passkey["command"]] if passkey else [])) else "")
+
+
 SEARCH_SUITES = ("protected4_suite.json", "protected8_suite.json", "recall8k_suite.json")
 
 
