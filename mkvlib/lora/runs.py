@@ -77,6 +77,9 @@ _UNIFORM = [
         "4f81f3ec92c469b4", FROM_POSITION_0, 80),
     Run("(m)", "stage 2, 80 steps from the projections of (b''') with (g)'s settings",
         "90c6054ac055051d", "77496f83eb10c3d0", RECALL_BLOCKS, 80),
+    Run("(n)", "(g), then 60 steps more with one item per row, unpacked, so that every item starts at position 0 "
+        "as lm-eval reads it (16 rows of 80 tokens a step, lr 5e-4)", "5ac6c9bf127a5055", "c48127f121e594f8",
+        TRAINED_980, 260),
 ]
 _BY_LABEL = {r.label: r for r in _UNIFORM}
 RUNS: list[Run] = _UNIFORM + [
