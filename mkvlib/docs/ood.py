@@ -7,6 +7,7 @@ from collections import Counter
 from operator import itemgetter
 
 from ..answers import kept_facts
+from ..core.ranks import budget_for_bytes
 from ..lmeval.recipes import UNSHIPPED_DETAILS, shipped_fingerprint
 from ..retrieval import passkey_setting, score_answer
 from .accuracy import projections_recipe
@@ -339,7 +340,9 @@ def whole128_blocks(data: Data, path, rec) -> str | None:
     usual = data.result("ood_suite.json")[1]["seq_len"]
     return paragraphs(prose("whole128-blocks", _suite(rec), tokens=f"{rec['tokens_per_domain']:,}",
                             seq_len=f"{rec['seq_len']:,}", exact=pct(widest / rec["seq_len"], 1), widest=widest,
-                            usual=f"{usual:,}", small=pct(widest / usual, 1)),
+                            usual=f"{usual:,}", small=pct(widest / usual, 1),
+                            features=", ".join(f"{pct(budget_for_bytes(0.5, n, 4, 128), 1)} at {n:,} tokens"
+                                               for n in lengths) or "-"),
                       table(["ranks", "whole tokens (first + recent)",
                              *(f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]), "in-domain KL at 50%",
                              *(f"passkey {n:,}, 4 + 128, 50%" for n in lengths)], rows),
