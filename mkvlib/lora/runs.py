@@ -80,6 +80,9 @@ _UNIFORM = [
     Run("(n)", "(g), then 60 steps more with one item per row, unpacked, so that every item starts at position 0 "
         "as lm-eval reads it (16 rows of 80 tokens a step, lr 5e-4)", "5ac6c9bf127a5055", "c48127f121e594f8",
         TRAINED_980, 260),
+    Run("(o)", "(g), then 60 KD steps on every answer choice, unpacked, the loss on the answer tokens only (what "
+        "lm-eval compares), the adapter frozen (16 rows of 80 tokens a step, lr 5e-4)", "84d7be788201bf5f",
+        "17d9a41e468a8401", TRAINED_980, 260),
 ]
 _BY_LABEL = {r.label: r for r in _UNIFORM}
 RUNS: list[Run] = _UNIFORM + [
