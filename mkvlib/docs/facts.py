@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..answers import kept_facts, survival_by_budget
 from ..lmeval import report
 from .markdown import pct
-from .ood import whole_token_rows, window_128_records
+from .ood import WINDOW_128_SUITES, whole_token_rows, window_128_records
 from .records import Data, register
 
 FACTS: dict = {}
@@ -191,7 +191,7 @@ def whole_window_128(data: Data) -> str:
 def whole_window_128_suite(data: Data) -> str:
     """The suite on 2,048-token blocks with 4 + 128 whole at 50% of the bytes: the ranks searched for that cache on
     2,048-token blocks, beside uniform ranks."""
-    rows = [r for name in ("whole128_suite.json", "whole128long_suite.json") for r in _record(data, name)["rows"]
+    rows = [r for name in WINDOW_128_SUITES for r in _record(data, name)["rows"]
             if r["domain"] == "mean" and r["target_budget"] == 0.5 and r["keep_recent"] == 128]
     uniform = next(r for r in rows if r["allocation"] == "uniform")
     best = min((r for r in rows if r["allocation"] == "adaptive"), key=lambda r: r["kl_to_base"])

@@ -324,6 +324,8 @@ def whole128_blocks(data: Data, path, rec) -> str | None:
         (_window_128_name(data, m, fingerprint), r["length"]): r for m in passkey["methods"] for r in passkey["rows"]
         if r["method"] == m["label"] and r["budget"] == 0.5}
     lengths = sorted(passkey["lengths"]) if passkey else []
+    kept = passkey["methods"][0] if passkey else {}              # its whole tokens: every passkey method's alike
+    window = (kept.get("keep_first", 0), kept.get("keep_recent", 0))
     rows, cells = [], {}
     for suite in suites:
         for m in suite["methods"]:
@@ -341,11 +343,11 @@ def whole128_blocks(data: Data, path, rec) -> str | None:
     return paragraphs(prose("whole128-blocks", _suite(rec), tokens=f"{rec['tokens_per_domain']:,}",
                             seq_len=f"{rec['seq_len']:,}", exact=pct(widest / rec["seq_len"], 1), widest=widest,
                             usual=f"{usual:,}", small=pct(widest / usual, 1),
-                            features=", ".join(f"{pct(budget_for_bytes(0.5, n, 4, 128), 1)} at {n:,} tokens"
+                            features=", ".join(f"{pct(budget_for_bytes(0.5, n, *window), 1)} at {n:,} tokens"
                                                for n in lengths) or "-"),
                       table(["ranks", "whole tokens (first + recent)",
                              *(f"{pct(b)}: ppl x / KL / top-1" for b in rec["budgets"]), "in-domain KL at 50%",
-                             *(f"passkey {n:,}, 4 + 128, 50%" for n in lengths)], rows),
+                             *(f"passkey {n:,}, {window[0]} + {window[1]}, 50%" for n in lengths)], rows),
                       prose("whole128-blocks.moves", moves=moves, fits=fits),
                       commands_line(more) if (more := [s["command"] for s in suites[1:]]
                                               + ([passkey["command"]] if passkey else [])) else "")
